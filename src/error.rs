@@ -1,0 +1,85 @@
+//! The top-level error type: every module's error converts into it, and `main` turns it into
+//! `error:` / `caused by:` / `hint:` lines and an exit code.
+
+use std::error::Error as StdError;
+
+/// Result alias used by command entry points.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Exit code for invalid input (inventory, arguments): nothing touched a machine.
+pub const EXIT_INVALID_INPUT: i32 = 2;
+/// Exit code for a failure while running (remote command, I/O, network).
+pub const EXIT_FAILURE: i32 = 1;
+
+/// Every error a command can end with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The inventory failed to load or validate.
+    #[error(transparent)]
+    Inventory(#[from] crate::inventory::InventoryError),
+    /// Certificate or kubeconfig handling failed.
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
+    /// A local file operation failed.
+    #[error("{context}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Anything else, with a message and an optional hint.
+    #[error("{message}")]
+    Other {
+        /// What went wrong.
+        message: String,
+        /// How to fix it, if known.
+        hint: Option<String>,
+    },
+}
+
+impl Error {
+    /// Builds an [`Error::Other`] with a hint.
+    pub fn msg(message: impl Into<String>, hint: Option<&str>) -> Self {
+        Error::Other { message: message.into(), hint: hint.map(str::to_owned) }
+    }
+
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { context: context.into(), source }
+    }
+
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Inventory(_) => EXIT_INVALID_INPUT,
+            _ => EXIT_FAILURE,
+        }
+    }
+
+    /// A hint for the user, if the error knows how to fix itself.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Inventory(e) => e.hint(),
+            Error::Pki(e) => e.hint(),
+            Error::Other { hint, .. } => hint.clone(),
+            Error::Io { .. } => None,
+        }
+    }
+
+    /// Renders the error as the lines `main` prints: `error:`, each `caused by:`, then `hint:`.
+    pub fn report(&self) -> String {
+        let mut out = format!("error: {self}");
+        let mut cause = self.source();
+        // `transparent` variants forward `source()` to the inner error's source, so no line repeats.
+        while let Some(c) = cause {
+            out.push_str(&format!("\n  caused by: {c}"));
+            cause = c.source();
+        }
+        if let Some(h) = self.hint() {
+            out.push_str(&format!("\n  hint: {h}"));
+        }
+        out
+    }
+}

@@ -1,0 +1,15 @@
+//! kubeforge: turns an inventory file into a running, secured, self-hosted Kubernetes cluster over SSH,
+//! and keeps it alive (join, upgrade, certificate renewal, backup, reset).
+//!
+//! The crate is a library with a thin binary on top (`src/main.rs`). Module map (see DESIGN.md):
+//! `cli` (clap definitions), `error` (top-level error, exit codes, hints), `inventory` (YAML model and
+//! validation with file:line:col errors), `model` (the derived cluster model every phase reads),
+//! `pki` (certificates, keys, kubeconfigs, client bundle).
+
+pub mod cli;
+pub mod error;
+pub mod inventory;
+pub mod model;
+pub mod pki;
+
+pub use error::{Error, Result};
