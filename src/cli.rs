@@ -1,7 +1,7 @@
 //! Command-line definitions (clap) and dispatch. Only argument shapes live here; each command's work is in
 //! its own module.
 
-use crate::{inventory, Result};
+use crate::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -29,8 +29,18 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Validate { inventory } => {
-            let inv = inventory::load(&inventory)?;
-            println!("{}: valid ({} hosts)", inventory.display(), inv.hosts.len());
+            let model = crate::model::ClusterModel::load(&inventory)?;
+            println!(
+                "{}: valid — cluster `{}`, Kubernetes {}, {} control plane(s), {} etcd member(s), {} node(s), endpoint {} ({:?})",
+                inventory.display(),
+                model.name,
+                model.versions.kubernetes,
+                model.control_planes().count(),
+                model.etcd_members().count(),
+                model.nodes().count(),
+                model.endpoint.external_url(),
+                model.endpoint.mode,
+            );
             Ok(0)
         }
     }
