@@ -17,6 +17,16 @@ pub struct Cli {
 /// Every command.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Node-local API load balancer (runs as the `kube-api-lb` service on nodes; not for interactive use).
+    #[command(hide = true)]
+    ApiLb {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        listen: std::net::SocketAddr,
+        /// An apiserver address, `IP:PORT`; repeat once per control plane.
+        #[arg(long = "backend", required = true)]
+        backends: Vec<std::net::SocketAddr>,
+    },
     /// Validate an inventory without connecting to any host.
     Validate {
         /// The inventory file.
@@ -28,6 +38,7 @@ pub enum Command {
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
+        Command::ApiLb { listen, backends } => crate::apilb::run(listen, backends),
         Command::Validate { inventory } => {
             let model = crate::model::ClusterModel::load(&inventory)?;
             println!(

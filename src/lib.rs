@@ -6,6 +6,7 @@
 //! validation with file:line:col errors), `model` (the derived cluster model every phase reads),
 //! `pki` (certificates, keys, kubeconfigs, client bundle).
 
+pub mod apilb;
 pub mod cli;
 pub mod error;
 pub mod inventory;
