@@ -20,6 +20,12 @@ pub enum Error {
     /// Certificate or kubeconfig handling failed.
     #[error(transparent)]
     Pki(#[from] crate::pki::PkiError),
+    /// Connecting to or running something on a host failed.
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    /// Steps failed on some hosts.
+    #[error(transparent)]
+    Exec(#[from] crate::exec::ExecError),
     /// A local file operation failed.
     #[error("{context}")]
     Io {
@@ -63,6 +69,8 @@ impl Error {
         match self {
             Error::Inventory(e) => e.hint(),
             Error::Pki(e) => e.hint(),
+            Error::Transport(e) => e.hint(),
+            Error::Exec(e) => e.hint(),
             Error::Other { hint, .. } => hint.clone(),
             Error::Io { .. } => None,
         }

@@ -4,13 +4,17 @@
 //! The crate is a library with a thin binary on top (`src/main.rs`). Module map (see DESIGN.md):
 //! `cli` (clap definitions), `error` (top-level error, exit codes, hints), `inventory` (YAML model and
 //! validation with file:line:col errors), `model` (the derived cluster model every phase reads),
-//! `pki` (certificates, keys, kubeconfigs, client bundle).
+//! `pki` (certificates, keys, kubeconfigs, client bundle), `transport` (SSH/local/fake machines),
+//! `exec` (parallel runner over hosts), `report` (progress and summaries).
 
 pub mod apilb;
 pub mod cli;
 pub mod error;
+pub mod exec;
 pub mod inventory;
 pub mod model;
 pub mod pki;
+pub mod report;
+pub mod transport;
 
 pub use error::{Error, Result};

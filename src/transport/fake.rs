@@ -1,0 +1,208 @@
+//! A scripted transport for unit tests of phases and plans: it records every call (commands as their
+//! redacted display form, uploads as destination + sha256) and answers from rules matched on the
+//! command text, so a test can assert on exactly what would run without any machine.
+
+use super::{
+    Command, ExecOutput, OutputSink, StatsSnapshot, Transport, TransportError, Upload, UploadOutcome,
+};
+use futures::future::BoxFuture;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// One recorded call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// A command, in its redacted display form.
+    Exec(String),
+    /// An upload: destination, mode, sha256, and whether it was skipped as unchanged.
+    Upload {
+        /// Destination path.
+        dest: String,
+        /// Mode.
+        mode: u32,
+        /// sha256 of the content.
+        sha256: String,
+        /// Skipped because the fake already held the same content.
+        unchanged: bool,
+    },
+}
+
+/// A canned answer.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// Exit with this status and output.
+    Output {
+        /// Exit status.
+        status: u32,
+        /// Stdout.
+        stdout: String,
+        /// Stderr.
+        stderr: String,
+    },
+    /// Fail as if the connection dropped.
+    Disconnect,
+    /// Fail as if the command timed out.
+    Timeout,
+}
+
+impl Reply {
+    /// Exit 0 with `stdout`.
+    pub fn ok(stdout: impl Into<String>) -> Self {
+        Reply::Output { status: 0, stdout: stdout.into(), stderr: String::new() }
+    }
+    /// Exit `status` with `stderr`.
+    pub fn fail(status: u32, stderr: impl Into<String>) -> Self {
+        Reply::Output { status, stdout: String::new(), stderr: stderr.into() }
+    }
+}
+
+/// A scripted, recording transport. Commands without a matching rule exit 0 with no output. Uploaded
+/// files are kept in memory, so `read_file`/`sha256` see them and a second identical upload is skipped.
+pub struct FakeTransport {
+    name: String,
+    rules: Mutex<Vec<(String, Reply)>>,
+    calls: Mutex<Vec<Call>>,
+    files: Mutex<BTreeMap<String, Vec<u8>>>,
+}
+
+impl FakeTransport {
+    /// A fake host named `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        FakeTransport {
+            name: name.into(),
+            rules: Mutex::new(Vec::new()),
+            calls: Mutex::new(Vec::new()),
+            files: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Answers commands whose display text contains `needle` with `reply` (first added rule wins).
+    pub fn on(&self, needle: impl Into<String>, reply: Reply) -> &Self {
+        self.rules.lock().unwrap().push((needle.into(), reply));
+        self
+    }
+
+    /// Pre-populates a remote file.
+    pub fn put_file(&self, path: impl Into<String>, content: impl Into<Vec<u8>>) {
+        self.files.lock().unwrap().insert(path.into(), content.into());
+    }
+
+    /// The content of a remote file, if uploaded or put.
+    pub fn file(&self, path: &str) -> Option<Vec<u8>> {
+        self.files.lock().unwrap().get(path).cloned()
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// The commands run so far (redacted display form).
+    pub fn commands(&self) -> Vec<String> {
+        self.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Exec(s) => Some(s),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Transport for FakeTransport {
+    fn host(&self) -> &str {
+        &self.name
+    }
+
+    fn exec_io<'a>(
+        &'a self,
+        cmd: &'a Command,
+        stdin: Option<Box<dyn AsyncRead + Send + Unpin + 'a>>,
+        sink: Option<&'a OutputSink>,
+    ) -> BoxFuture<'a, Result<ExecOutput, TransportError>> {
+        Box::pin(async move {
+            let shown = cmd.to_string();
+            self.calls.lock().unwrap().push(Call::Exec(shown.clone()));
+            if let Some(mut r) = stdin {
+                let mut sink_buf = Vec::new();
+                let _ = r.read_to_end(&mut sink_buf).await;
+            }
+            let reply = self
+                .rules
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(n, _)| shown.contains(n.as_str()))
+                .map(|(_, r)| r.clone());
+            match reply.unwrap_or_else(|| Reply::ok("")) {
+                Reply::Output { status, stdout, stderr } => {
+                    if let Some(s) = sink {
+                        stdout.lines().for_each(|l| s(super::Stream::Stdout, l));
+                        stderr.lines().for_each(|l| s(super::Stream::Stderr, l));
+                    }
+                    Ok(ExecOutput {
+                        status: Some(status),
+                        stdout_len: stdout.len() as u64,
+                        stdout: stdout.into_bytes(),
+                        stderr: stderr.into_bytes(),
+                        ..Default::default()
+                    })
+                }
+                Reply::Disconnect => Err(TransportError::Disconnected {
+                    host: self.name.clone(),
+                    command: shown,
+                    message: "scripted disconnect".into(),
+                }),
+                Reply::Timeout => Err(TransportError::Timeout {
+                    host: self.name.clone(),
+                    command: shown,
+                    timeout: cmd.get_timeout().unwrap_or_default(),
+                }),
+            }
+        })
+    }
+
+    fn stats(&self) -> StatsSnapshot {
+        StatsSnapshot { round_trips: self.calls.lock().unwrap().len() as u64, ..Default::default() }
+    }
+
+    fn upload<'a>(&'a self, up: &'a Upload) -> BoxFuture<'a, Result<UploadOutcome, TransportError>> {
+        Box::pin(async move {
+            let data = match &up.source {
+                super::UploadSource::Bytes(b) => b.as_ref().clone(),
+                super::UploadSource::File(p) => std::fs::read(p).map_err(|e| TransportError::Io {
+                    host: self.name.clone(),
+                    context: format!("reading {}", p.display()),
+                    source: e,
+                })?,
+            };
+            let unchanged = self.files.lock().unwrap().get(&up.dest) == Some(&data);
+            self.calls.lock().unwrap().push(Call::Upload {
+                dest: up.dest.clone(),
+                mode: up.mode,
+                sha256: up.sha256.clone(),
+                unchanged,
+            });
+            self.files.lock().unwrap().insert(up.dest.clone(), data);
+            Ok(if unchanged { UploadOutcome::Unchanged } else { UploadOutcome::Written })
+        })
+    }
+
+    fn read_file<'a>(
+        &'a self,
+        path: &'a str,
+        _sudo: bool,
+        _max: usize,
+    ) -> BoxFuture<'a, Result<Vec<u8>, TransportError>> {
+        Box::pin(async move {
+            self.calls.lock().unwrap().push(Call::Exec(format!("cat -- {path}")));
+            self.file(path).ok_or_else(|| TransportError::Remote {
+                host: self.name.clone(),
+                what: format!("reading {path}"),
+                status: Some(1),
+                stderr: format!("cat: {path}: No such file or directory"),
+            })
+        })
+    }
+}

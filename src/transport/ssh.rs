@@ -1,0 +1,614 @@
+//! The SSH transport (russh): resolved connection settings from the inventory ([`SshTarget`]), one
+//! connection per host for the whole run (reopened lazily after a drop), a channel per command,
+//! identity-file and ssh-agent authentication, an optional jump host (`direct-tcpip`), host key
+//! verification, sudo, timeouts and keepalives.
+
+use super::known_hosts::{self, HostKeyPolicy, Verdict};
+use super::{
+    pump, Command, ExecOutput, OutputCollector, OutputSink, Stats, StatsSnapshot, Stream, Transport,
+    TransportError,
+};
+use crate::inventory::schema::{HostSpec, Inventory, SshSpec};
+use futures::future::BoxFuture;
+use russh::client;
+use russh::keys::{PrivateKeyWithHashAlg, PublicKey};
+use russh::ChannelMsg;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncRead;
+
+/// A secret string (sudo password): never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret value; only for sending it to the host.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// How privileged commands run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SudoMode {
+    /// The login user is root (or sudo is disabled): commands run as they are.
+    Off,
+    /// `sudo -n` (passwordless sudo).
+    NoPassword,
+    /// `sudo -S` with this password written to its stdin (never on the command line).
+    Password(Secret),
+}
+
+/// Options that come from the command line rather than the inventory.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Record unknown host keys (`--accept-new-host-keys`).
+    pub accept_new_host_keys: bool,
+    /// TCP connect + handshake + authentication limit.
+    pub connect_timeout: Duration,
+    /// Interval of SSH keepalives (a dead peer is detected after 3 missed ones).
+    pub keepalive: Duration,
+    /// Sudo password typed at a prompt, used when the inventory names no environment variable.
+    pub sudo_password: Option<Secret>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            accept_new_host_keys: false,
+            connect_timeout: Duration::from_secs(15),
+            keepalive: Duration::from_secs(15),
+            sudo_password: None,
+        }
+    }
+}
+
+/// Fully resolved connection settings for one host (inventory defaults merged with per-host overrides).
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    /// Host name (inventory `name`), used in every message.
+    pub name: String,
+    /// Address connected to.
+    pub address: String,
+    /// Port.
+    pub port: u16,
+    /// Login user.
+    pub user: String,
+    /// Private key file.
+    pub identity_file: Option<PathBuf>,
+    /// Try keys from ssh-agent.
+    pub agent: bool,
+    /// How the host key is checked.
+    pub host_key: HostKeyPolicy,
+    /// Privilege escalation.
+    pub sudo: SudoMode,
+    /// The jump host, when one is used.
+    pub bastion: Option<Box<SshTarget>>,
+    /// Connect limit.
+    pub connect_timeout: Duration,
+    /// Keepalive interval.
+    pub keepalive: Duration,
+}
+
+fn expand_path(p: &str, base: &Path) -> PathBuf {
+    if let Some(rest) = p.strip_prefix("~/") {
+        dirs::home_dir().unwrap_or_default().join(rest)
+    } else {
+        base.join(p)
+    }
+}
+
+impl SshTarget {
+    /// Resolves the settings of `host`: per-host `ssh` fields override the inventory's `ssh` defaults;
+    /// relative paths are relative to `inventory_dir`. A sudo password comes from the environment
+    /// variable named by `sudoPasswordEnv`, else from `opts.sudo_password`.
+    pub fn from_inventory(
+        inv: &Inventory,
+        inventory_dir: &Path,
+        host: &HostSpec,
+        opts: &ConnectOptions,
+    ) -> Result<SshTarget, TransportError> {
+        let d = &inv.ssh;
+        let empty = SshSpec::default();
+        let h = host.ssh.as_ref().unwrap_or(&empty);
+        macro_rules! pick {
+            ($f:ident) => {
+                h.$f.clone().or_else(|| d.$f.clone())
+            };
+        }
+        let user = pick!(user).unwrap_or_else(|| "root".into());
+        let identity_file = pick!(identity_file).map(|p| expand_path(&p, inventory_dir));
+        let agent = pick!(agent).unwrap_or(identity_file.is_none());
+        let known_hosts = pick!(known_hosts)
+            .map(|p| expand_path(&p, inventory_dir))
+            .unwrap_or_else(|| dirs::home_dir().unwrap_or_default().join(".ssh/known_hosts"));
+        let host_key = match h.host_key.clone() {
+            Some(k) => HostKeyPolicy::Pinned(k),
+            None => {
+                HostKeyPolicy::KnownHosts { path: known_hosts.clone(), accept_new: opts.accept_new_host_keys }
+            }
+        };
+        let sudo = if pick!(sudo).unwrap_or(user != "root") {
+            match pick!(sudo_password_env) {
+                Some(var) => match std::env::var(&var) {
+                    Ok(pw) if !pw.is_empty() => SudoMode::Password(Secret(pw)),
+                    _ => match &opts.sudo_password {
+                        Some(pw) => SudoMode::Password(pw.clone()),
+                        None => {
+                            return Err(TransportError::Config {
+                                host: host.name.clone(),
+                                message: format!(
+                                    "ssh.sudoPasswordEnv names {var}, which is not set in the environment"
+                                ),
+                            })
+                        }
+                    },
+                },
+                None => match &opts.sudo_password {
+                    Some(pw) => SudoMode::Password(pw.clone()),
+                    None => SudoMode::NoPassword,
+                },
+            }
+        } else {
+            SudoMode::Off
+        };
+        let bastion = pick!(bastion).map(|b| {
+            Box::new(SshTarget {
+                name: format!("{} (via bastion {})", host.name, b.address),
+                address: b.address.clone(),
+                port: b.port.unwrap_or(22),
+                user: b.user.clone().unwrap_or_else(|| user.clone()),
+                identity_file: b
+                    .identity_file
+                    .as_ref()
+                    .map(|p| expand_path(p, inventory_dir))
+                    .or_else(|| identity_file.clone()),
+                agent,
+                host_key: match &b.host_key {
+                    Some(k) => HostKeyPolicy::Pinned(k.clone()),
+                    None => HostKeyPolicy::KnownHosts {
+                        path: known_hosts.clone(),
+                        accept_new: opts.accept_new_host_keys,
+                    },
+                },
+                sudo: SudoMode::Off,
+                bastion: None,
+                connect_timeout: opts.connect_timeout,
+                keepalive: opts.keepalive,
+            })
+        });
+        Ok(SshTarget {
+            name: host.name.clone(),
+            address: host.address.clone(),
+            port: pick!(port).unwrap_or(22),
+            user,
+            identity_file,
+            agent,
+            host_key,
+            sudo,
+            bastion,
+            connect_timeout: opts.connect_timeout,
+            keepalive: opts.keepalive,
+        })
+    }
+
+    fn addr(&self) -> String {
+        format!("{}:{}", self.address, self.port)
+    }
+
+    fn config(&self) -> Arc<client::Config> {
+        Arc::new(client::Config {
+            keepalive_interval: Some(self.keepalive),
+            keepalive_max: 3,
+            inactivity_timeout: None,
+            // Bigger windows and packets: a 50 MB upload is window-bound on loopback with the defaults.
+            window_size: 8 * 1024 * 1024,
+            maximum_packet_size: 65535,
+            channel_buffer_size: 256,
+            nodelay: true,
+            ..Default::default()
+        })
+    }
+}
+
+/// What the handler saw when it refused a host key; turned into a precise error after `connect` fails.
+#[derive(Debug, Clone)]
+struct KeyRefusal {
+    verdict: Verdict,
+    fingerprint: String,
+}
+
+struct Handler {
+    host: String,
+    address: String,
+    port: u16,
+    policy: HostKeyPolicy,
+    refusal: Arc<Mutex<Option<KeyRefusal>>>,
+}
+
+impl Handler {
+    fn verify(&self, key: &PublicKey) -> bool {
+        let fp = known_hosts::fingerprint(key);
+        let verdict = match &self.policy {
+            HostKeyPolicy::Pinned(k) => known_hosts::check_pinned(k, key),
+            HostKeyPolicy::KnownHosts { path, accept_new } => {
+                match known_hosts::check_file(path, &self.address, self.port, key) {
+                    Ok(Verdict::Unknown) if *accept_new => {
+                        match known_hosts::record(path, &self.address, self.port, key) {
+                            Ok(()) => {
+                                eprintln!("{}: recorded new host key {fp} in {}", self.host, path.display());
+                                Verdict::Known
+                            }
+                            Err(e) => Verdict::Changed {
+                                recorded_in: format!("{} (cannot record: {e})", path.display()),
+                            },
+                        }
+                    }
+                    Ok(v) => v,
+                    Err(e) => {
+                        Verdict::Changed { recorded_in: format!("{} (unreadable: {e})", path.display()) }
+                    }
+                }
+            }
+        };
+        if verdict == Verdict::Known {
+            return true;
+        }
+        *self.refusal.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(KeyRefusal { verdict, fingerprint: fp });
+        false
+    }
+}
+
+impl client::Handler for Handler {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(match key {
+            russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => self.verify(key),
+            // Host certificates are not supported: verify the certified key itself like a plain key.
+            russh::keys::PublicKeyOrCertificate::Certificate(c) => {
+                self.verify(&PublicKey::new(c.public_key().clone(), ""))
+            }
+        })
+    }
+}
+
+struct Conn {
+    handle: client::Handle<Handler>,
+    // Kept alive so the tunnel through the jump host stays open as long as the connection.
+    _jump: Option<client::Handle<Handler>>,
+}
+
+/// A live SSH session to one host; cheap to share (`Arc`), safe to use from many tasks at once.
+pub struct SshTransport {
+    target: SshTarget,
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    stats: Stats,
+}
+
+impl SshTransport {
+    /// A transport that connects on first use.
+    pub fn new(target: SshTarget) -> Self {
+        SshTransport { target, conn: tokio::sync::Mutex::new(None), stats: Stats::default() }
+    }
+
+    /// Connects now (useful to fail fast on host keys and auth before any work starts).
+    pub async fn connect(target: SshTarget) -> Result<Self, TransportError> {
+        let t = SshTransport::new(target);
+        t.conn().await?;
+        Ok(t)
+    }
+
+    /// The resolved settings.
+    pub fn target(&self) -> &SshTarget {
+        &self.target
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(&self) {
+        if let Some(c) = self.conn.lock().await.take() {
+            let _ = c.handle.disconnect(russh::Disconnect::ByApplication, "", "en").await;
+        }
+    }
+
+    async fn conn(&self) -> Result<Arc<Conn>, TransportError> {
+        let mut g = self.conn.lock().await;
+        if let Some(c) = g.as_ref() {
+            if !c.handle.is_closed() {
+                return Ok(c.clone());
+            }
+        }
+        let t = &self.target;
+        let c = match tokio::time::timeout(t.connect_timeout, open(t)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(TransportError::Connect {
+                    host: t.name.clone(),
+                    addr: t.addr(),
+                    message: format!("timed out after {:?}", t.connect_timeout),
+                    source: None,
+                })
+            }
+        };
+        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        let c = Arc::new(c);
+        *g = Some(c.clone());
+        Ok(c)
+    }
+
+    fn wrap(&self, cmd: &Command) -> (String, Option<String>) {
+        let line = cmd.to_shell();
+        if !cmd.needs_sudo() {
+            return (line, None);
+        }
+        match &self.target.sudo {
+            SudoMode::Off => (line, None),
+            SudoMode::NoPassword => (format!("sudo -n -- {line}"), None),
+            // -k: never use a cached credential, so sudo always reads exactly one password line first
+            // and the rest of stdin reaches the command unchanged.
+            SudoMode::Password(pw) => {
+                (format!("sudo -k -S -p '' -- {line}"), Some(format!("{}\n", pw.expose())))
+            }
+        }
+    }
+
+    async fn run(
+        &self,
+        cmd: &Command,
+        stdin: Option<Box<dyn AsyncRead + Send + Unpin + '_>>,
+        sink: Option<&OutputSink>,
+    ) -> Result<ExecOutput, TransportError> {
+        let host = &self.target.name;
+        let conn = self.conn().await?;
+        let lost = |e: &dyn fmt::Display| TransportError::Disconnected {
+            host: host.clone(),
+            command: cmd.to_string(),
+            message: e.to_string(),
+        };
+        self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+        let channel = conn.handle.channel_open_session().await.map_err(|e| lost(&e))?;
+        let (line, password) = self.wrap(cmd);
+        channel.exec(true, line).await.map_err(|e| lost(&e))?;
+        let (mut read, write) = channel.split();
+
+        let feed = async {
+            if let Some(pw) = &password {
+                write.data_bytes(pw.clone().into_bytes()).await.map_err(|e| e.to_string())?;
+            }
+            if let Some(r) = stdin {
+                let sent = pump(r, |chunk| {
+                    let n = chunk.len() as u64;
+                    let w = &write;
+                    async move {
+                        w.data_bytes(chunk).await.map_err(std::io::Error::other)?;
+                        self.stats.bytes_sent.fetch_add(n, Ordering::Relaxed);
+                        Ok(())
+                    }
+                })
+                .await;
+                sent.map_err(|e| e.to_string())?;
+            }
+            write.eof().await.map_err(|e| e.to_string())
+        };
+
+        let collect = async {
+            let mut out = OutputCollector::new(Stream::Stdout, cmd.get_output_cap());
+            let mut err = OutputCollector::new(Stream::Stderr, cmd.get_output_cap());
+            let mut status = None;
+            let mut signal = None;
+            while let Some(msg) = read.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => out.push(&data, sink),
+                    ChannelMsg::ExtendedData { data, ext: 1 } => err.push(&data, sink),
+                    ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                    ChannelMsg::ExitSignal { signal_name, .. } => signal = Some(format!("{signal_name:?}")),
+                    ChannelMsg::Close => break,
+                    _ => {}
+                }
+            }
+            (out, err, status, signal)
+        };
+
+        let both = async {
+            // Feeding stdin fails when the remote command exits early (e.g. sudo refused); the exit
+            // status tells the real story, so a feed error only matters if no status arrives.
+            let (fed, collected) = tokio::join!(feed, collect);
+            (fed, collected)
+        };
+        let (fed, (out, err, status, signal)) = match cmd.get_timeout() {
+            Some(limit) => match tokio::time::timeout(limit, both).await {
+                Ok(r) => r,
+                Err(_) => {
+                    // Ask sshd to kill the command, then close the channel; the connection stays usable.
+                    let _ = write.signal(russh::Sig::KILL).await;
+                    let _ = write.close().await;
+                    return Err(TransportError::Timeout {
+                        host: host.clone(),
+                        command: cmd.to_string(),
+                        timeout: limit,
+                    });
+                }
+            },
+            None => both.await,
+        };
+        let (stdout, t1, stdout_len) = out.finish(sink);
+        let (stderr, t2, _) = err.finish(sink);
+        if status.is_none() && signal.is_none() {
+            let why = match fed {
+                Err(e) => e,
+                Ok(()) if conn.handle.is_closed() => "the connection closed".into(),
+                Ok(()) => "the channel closed without an exit status".into(),
+            };
+            return Err(lost(&why));
+        }
+        let output = ExecOutput { status, signal, stdout, stderr, truncated: t1 || t2, stdout_len };
+        if cmd.needs_sudo() && self.target.sudo != SudoMode::Off && output.status == Some(1) {
+            let e = output.stderr_str();
+            if let Some(l) = e.lines().find(|l| {
+                l.starts_with("sudo: ")
+                    && (l.contains("password") || l.contains("sudoers") || l.contains("not allowed"))
+            }) {
+                return Err(TransportError::Sudo {
+                    host: host.clone(),
+                    command: cmd.to_string(),
+                    message: l.trim_start_matches("sudo: ").to_string(),
+                });
+            }
+        }
+        Ok(output)
+    }
+}
+
+async fn open(t: &SshTarget) -> Result<Conn, TransportError> {
+    match &t.bastion {
+        None => {
+            let tcp = tokio::net::TcpStream::connect((t.address.as_str(), t.port)).await.map_err(|e| {
+                TransportError::Connect {
+                    host: t.name.clone(),
+                    addr: t.addr(),
+                    message: e.to_string(),
+                    source: Some(Box::new(e)),
+                }
+            })?;
+            let _ = tcp.set_nodelay(true);
+            let handle = handshake(t, tcp).await?;
+            Ok(Conn { handle, _jump: None })
+        }
+        Some(b) => {
+            let jump = Box::pin(open(b)).await?.handle;
+            let ch = jump
+                .channel_open_direct_tcpip(t.address.clone(), t.port as u32, "127.0.0.1", 0)
+                .await
+                .map_err(|e| TransportError::Connect {
+                host: t.name.clone(),
+                addr: format!("{} via {}", t.addr(), b.addr()),
+                message: format!("the jump host refused to open a tunnel: {e}"),
+                source: Some(Box::new(e)),
+            })?;
+            let handle = handshake(t, ch.into_stream()).await?;
+            Ok(Conn { handle, _jump: Some(jump) })
+        }
+    }
+}
+
+async fn handshake<S>(t: &SshTarget, stream: S) -> Result<client::Handle<Handler>, TransportError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let refusal = Arc::new(Mutex::new(None));
+    let handler = Handler {
+        host: t.name.clone(),
+        address: t.address.clone(),
+        port: t.port,
+        policy: t.host_key.clone(),
+        refusal: refusal.clone(),
+    };
+    let mut handle = match client::connect_stream(t.config(), stream, handler).await {
+        Ok(h) => h,
+        Err(e) => {
+            let addr = known_hosts::host_pattern(&t.address, t.port);
+            let seen = refusal.lock().unwrap_or_else(|p| p.into_inner()).take();
+            return Err(match seen {
+                Some(KeyRefusal { verdict: Verdict::Unknown, fingerprint }) => {
+                    TransportError::UnknownHostKey { host: t.name.clone(), addr, fingerprint }
+                }
+                Some(KeyRefusal { verdict: Verdict::Changed { recorded_in }, fingerprint }) => {
+                    TransportError::HostKeyChanged { host: t.name.clone(), addr, fingerprint, recorded_in }
+                }
+                _ => TransportError::Connect {
+                    host: t.name.clone(),
+                    addr: t.addr(),
+                    message: format!("SSH handshake failed: {e}"),
+                    source: Some(Box::new(e)),
+                },
+            });
+        }
+    };
+    authenticate(t, &mut handle).await?;
+    Ok(handle)
+}
+
+async fn authenticate(t: &SshTarget, handle: &mut client::Handle<Handler>) -> Result<(), TransportError> {
+    let mut tried = Vec::new();
+    let conn_err = |e: russh::Error| TransportError::Connect {
+        host: t.name.clone(),
+        addr: t.addr(),
+        message: format!("authentication exchange failed: {e}"),
+        source: Some(Box::new(e)),
+    };
+    if let Some(path) = &t.identity_file {
+        let key = russh::keys::load_secret_key(path, None).map_err(|e| TransportError::Config {
+            host: t.name.clone(),
+            message: format!("cannot load identity file {}: {e}", path.display()),
+        })?;
+        let hash = handle.best_supported_rsa_hash().await.map_err(conn_err)?.flatten();
+        let r = handle
+            .authenticate_publickey(t.user.clone(), PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+            .await
+            .map_err(conn_err)?;
+        if r.success() {
+            return Ok(());
+        }
+        tried.push(format!("key {}", path.display()));
+    }
+    if t.agent {
+        match russh::keys::agent::client::AgentClient::connect_env().await {
+            Ok(mut agent) => {
+                let ids = agent.request_identities().await.unwrap_or_default();
+                for id in ids {
+                    let key = id.public_key().into_owned();
+                    let hash = handle.best_supported_rsa_hash().await.map_err(conn_err)?.flatten();
+                    if let Ok(r) =
+                        handle.authenticate_publickey_with(t.user.clone(), key, hash, &mut agent).await
+                    {
+                        if r.success() {
+                            return Ok(());
+                        }
+                    }
+                }
+                tried.push("ssh-agent keys".into());
+            }
+            Err(e) => tried.push(format!("ssh-agent unavailable: {e}")),
+        }
+    }
+    if tried.is_empty() {
+        tried.push("no identity file and agent disabled".into());
+    }
+    Err(TransportError::Auth { host: t.name.clone(), user: t.user.clone(), tried: tried.join(", ") })
+}
+
+impl Transport for SshTransport {
+    fn host(&self) -> &str {
+        &self.target.name
+    }
+
+    fn exec_io<'a>(
+        &'a self,
+        cmd: &'a Command,
+        stdin: Option<Box<dyn AsyncRead + Send + Unpin + 'a>>,
+        sink: Option<&'a OutputSink>,
+    ) -> BoxFuture<'a, Result<ExecOutput, TransportError>> {
+        Box::pin(self.run(cmd, stdin, sink))
+    }
+
+    fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+}
