@@ -14,6 +14,7 @@ pub mod exec;
 pub mod inventory;
 pub mod model;
 pub mod pki;
+pub mod plan;
 pub mod report;
 pub mod transport;
 
