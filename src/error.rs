@@ -20,6 +20,9 @@ pub enum Error {
     /// Certificate or kubeconfig handling failed.
     #[error(transparent)]
     Pki(#[from] crate::pki::PkiError),
+    /// Release artifacts could not be resolved, downloaded, verified or bundled.
+    #[error(transparent)]
+    Artifacts(#[from] crate::artifacts::ArtifactError),
     /// A local file operation failed.
     #[error("{context}")]
     Io {
@@ -63,6 +66,7 @@ impl Error {
         match self {
             Error::Inventory(e) => e.hint(),
             Error::Pki(e) => e.hint(),
+            Error::Artifacts(e) => e.hint(),
             Error::Other { hint, .. } => hint.clone(),
             Error::Io { .. } => None,
         }
