@@ -23,6 +23,12 @@ pub enum Command {
         #[arg(short, long)]
         inventory: PathBuf,
     },
+    /// Release binaries: fill the cache, write or verify an air-gapped bundle.
+    Artifacts {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::artifacts::command::ArtifactsCommand,
+    },
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -33,5 +39,6 @@ pub fn run(cli: Cli) -> Result<i32> {
             println!("{}: valid ({} hosts)", inventory.display(), inv.hosts.len());
             Ok(0)
         }
+        Command::Artifacts { command } => crate::artifacts::command::run(command),
     }
 }

@@ -4,8 +4,7 @@
 //! The crate is a library with a thin binary on top (`src/main.rs`). Module map (see DESIGN.md):
 //! `cli` (clap definitions), `error` (top-level error, exit codes, hints), `inventory` (YAML model and
 //! validation with file:line:col errors), `model` (the derived cluster model every phase reads),
-//! `pki` (certificates, keys, kubeconfigs, client bundle), `artifacts` (release sources, download, cache,
-//! air-gapped bundles).
+//! `pki` (certificates, keys, kubeconfigs, client bundle).
 
 pub mod artifacts;
 pub mod cli;

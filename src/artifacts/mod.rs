@@ -29,6 +29,7 @@
 
 pub mod bundle;
 pub mod cache;
+pub mod command;
 mod download;
 mod extract;
 pub mod layout;
