@@ -15,6 +15,19 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Subcommand)]
 pub enum ArtifactsCommand {
     /// Download and verify every binary the inventory's hosts need into the local cache.
+    ///
+    /// Each host gets what its roles need, for its own arch. Digests come from the published checksum
+    /// files, or from `cluster.releaseSource.pins` ("etcd/amd64": "sha256:<hex>"), never from a table
+    /// inside kubeforge. A cached artifact is re-hashed and used without any network request.
+    ///
+    /// A mirror (`releaseSource: {type: mirror, url: M}`) serves the upstream paths under M:
+    ///   M/release/<v>/bin/linux/<arch>/<bin>            and <bin>.sha256
+    ///   M/github.com/etcd-io/etcd/releases/download/<v>/etcd-<v>-linux-<arch>.tar.gz, SHA256SUMS
+    ///   M/github.com/containerd/containerd/releases/download/v<x>/containerd-<x>-linux-<arch>.tar.gz(.sha256sum)
+    ///   M/github.com/opencontainers/runc/releases/download/v<x>/runc.<arch>, runc.sha256sum
+    ///   M/github.com/containernetworking/plugins/releases/download/v<x>/cni-plugins-linux-<arch>-v<x>.tgz(.sha256)
+    ///   M/github.com/kubernetes-sigs/cri-tools/releases/download/v<x>/crictl-v<x>-linux-<arch>.tar.gz(.sha256)
+    #[command(verbatim_doc_comment)]
     Fetch {
         /// Inventory, versions and cache.
         #[command(flatten)]

@@ -367,7 +367,7 @@ impl ArtifactError {
                 "pins look like `etcd/amd64: sha256:` followed by the 64 hex digits of the file".into()
             }
             ArtifactError::Http { status: 404, .. } => {
-                "check the version and, for a mirror, that it holds this file at this path (see `kubeforge artifacts --help` for the mirror layout)".into()
+                "check the version and, for a mirror, that it holds this file at this path (`kubeforge artifacts fetch --help` shows the mirror layout)".into()
             }
             ArtifactError::Unreachable { .. } => {
                 "check the network, the mirror URL in cluster.releaseSource, or use an air-gapped bundle".into()

@@ -320,10 +320,13 @@ fn executables_of(
     match kind {
         Kind::Tarball => extract(unit.component, file, bin_dir),
         Kind::Binary => {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o755))
-                .or_else(|e| if e.kind() == std::io::ErrorKind::PermissionDenied { Ok(()) } else { Err(e) })
-                .map_err(|e| ArtifactError::io(format!("cannot chmod {}", file.display()), e))?;
+            // Only files in our own cache are made executable; a bundle is the user's and stays
+            // untouched (uploads set the mode on the host anyway).
+            if file.starts_with(bin_dir.parent().unwrap_or(bin_dir)) {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o755))
+                    .map_err(|e| ArtifactError::io(format!("cannot chmod {}", file.display()), e))?;
+            }
             let name = unit
                 .component
                 .executables()
