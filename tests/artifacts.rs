@@ -34,11 +34,15 @@ fn req(c: Component, v: &str, arch: &str) -> Requirement {
     Requirement::new(c, v, arch).unwrap()
 }
 
+/// Every file under `dir` except the empty per-unit lock files (`.locks/`), which hold no content.
 fn files_under(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             let p = e.path();
+            if p.file_name().is_some_and(|n| n == ".locks") {
+                continue;
+            }
             if p.is_dir() {
                 out.extend(files_under(&p));
             } else {
@@ -275,4 +279,54 @@ async fn a_pin_overrides_the_published_checksum() {
         let e = ArtifactSource::from_spec(Some(&spec), Path::new("."), cache.path()).unwrap_err();
         assert!(e.to_string().starts_with(&format!("pin '{k}: ")), "{e}");
     }
+}
+
+#[tokio::test]
+async fn a_partial_download_left_by_an_earlier_run_is_resumed() {
+    let srv = TestServer::start().await;
+    let fx = publish_mirror(&srv);
+    let path = fx.kube_paths[&("amd64".into(), "kube-apiserver".into())].clone();
+    srv.fault(&path, Fault::Truncate(300_000));
+    let cache = tempfile::tempdir().unwrap();
+    let spec = mirror(&srv, &[]);
+    let r = req(Component::KubeApiserver, KUBE, "amd64");
+    // The first run gives up after one attempt and leaves the partial file behind, not an entry.
+    let once = RetryPolicy { attempts: 1, initial_backoff: Duration::from_millis(1) };
+    let first =
+        ArtifactSource::from_spec(Some(&spec), Path::new("."), cache.path()).unwrap().with_retry(once);
+    assert!(matches!(
+        first.ensure(&r, &Recorder::default()).await,
+        Err(ArtifactError::Transfer { attempts: 1, .. })
+    ));
+    let part = first.cache().dir(&r).join("kube-apiserver.part");
+    assert_eq!(std::fs::metadata(&part).unwrap().len(), 300_000);
+    // The next run asks only for the rest.
+    srv.clear_log();
+    let a = source(&spec, cache.path()).ensure(&r, &Recorder::default()).await.unwrap();
+    assert_eq!(
+        std::fs::read(&a.executables[0].path).unwrap(),
+        fx.executables[&("amd64".into(), "kube-apiserver".into())]
+    );
+    assert!(!part.exists());
+    let gets: Vec<_> =
+        srv.log().into_iter().filter(|l| l.path == path).map(|l| (l.range, l.status)).collect();
+    assert_eq!(gets, [(Some("bytes=300000-".to_owned()), 206)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_for_one_tarball_download_it_once() {
+    let srv = TestServer::start().await;
+    publish_mirror(&srv);
+    let cache = tempfile::tempdir().unwrap();
+    let spec = mirror(&srv, &[]);
+    // Two sources on one cache behave like two processes: the file lock serializes them.
+    let (a, b) = (source(&spec, cache.path()), source(&spec, cache.path()));
+    let (ra, rb) = (req(Component::Etcd, ETCD, "arm64"), req(Component::Etcdctl, ETCD, "arm64"));
+    let rec = Recorder::default();
+    let (x, y, z) = tokio::join!(a.ensure(&ra, &rec), b.ensure(&rb, &rec), a.ensure(&rb, &rec));
+    assert_eq!(x.unwrap().executables.len(), 2);
+    assert_eq!(y.unwrap().executables[0].name, "etcdctl");
+    assert_eq!(z.unwrap().executables[0].name, "etcdctl");
+    let tarball = srv.log().into_iter().filter(|l| l.path.ends_with("linux-arm64.tar.gz")).count();
+    assert_eq!(tarball, 1);
 }

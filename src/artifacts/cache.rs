@@ -98,6 +98,27 @@ impl Cache {
             .map_err(|e| ArtifactError::io(format!("cannot write {}", dir.join(ENTRY_FILE).display()), e))
     }
 
+    /// Takes an exclusive lock on a unit, blocking until another kubeforge process (or task) releases
+    /// it. Lock files live in `<root>/.locks/` and are never deleted, so every process locks the same
+    /// inode even while an entry directory is being evicted and recreated.
+    pub fn lock(&self, unit: &Requirement) -> Result<UnitLock, ArtifactError> {
+        let dir = self.root.join(".locks");
+        fs::create_dir_all(&dir)
+            .map_err(|e| ArtifactError::io(format!("cannot create {}", dir.display()), e))?;
+        let path = dir.join(format!("{}-{}-{}.lock", unit.component, unit.version, unit.arch));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| ArtifactError::io(format!("cannot open {}", path.display()), e))?;
+        let lock =
+            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, errno)| {
+                ArtifactError::io(format!("cannot lock {}", path.display()), errno.into())
+            })?;
+        Ok(UnitLock { _lock: lock })
+    }
+
     /// Removes a unit's entry directory entirely, then the parents that became empty.
     pub fn evict(&self, unit: &Requirement) {
         let dir = self.dir(unit);
@@ -110,4 +131,10 @@ impl Cache {
             p = d.parent();
         }
     }
+}
+
+/// A held per-unit lock; released on drop.
+#[derive(Debug)]
+pub struct UnitLock {
+    _lock: nix::fcntl::Flock<fs::File>,
 }

@@ -165,6 +165,10 @@ impl ArtifactSource {
             locks.entry(unit.clone()).or_default().clone()
         };
         let _guard = lock.lock().await;
+        // Then across processes: two `kubeforge` runs sharing a cache must not write one entry at once.
+        let cache = self.cache.clone();
+        let u = unit.clone();
+        let _file_lock = blocking(move || cache.lock(&u)).await?;
         let artifact = match &self.kind {
             Kind2::Remote { bases, pins, .. } => {
                 let entry = self.ensure_remote(&unit, bases, pins.get(&req.pin_key()), progress).await?;
