@@ -179,7 +179,7 @@ impl Downloader {
         let resp = request.send().await.map_err(classify_send_error)?;
         let status = resp.status();
         let mut hasher = Sha256::new();
-        let (mut file, mut done) = if have > 0 && status == reqwest::StatusCode::PARTIAL_CONTENT {
+        let (file, mut done) = if have > 0 && status == reqwest::StatusCode::PARTIAL_CONTENT {
             // Resuming: the digest must cover the bytes already on disk too.
             let mut f = tokio::fs::File::open(part).await.map_err(|e| io("cannot read", e))?;
             let mut buf = vec![0u8; 1 << 16];
@@ -206,6 +206,8 @@ impl Downloader {
         } else {
             return Err(classify_status(url, status));
         };
+        // Network chunks are small; writing each through tokio's blocking pool costs more than hashing.
+        let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
         let expected_len = resp.content_length().map(|l| l + done);
         let mut bar = progress.begin(url, expected_len, done);
         let mut stream = resp.bytes_stream();
@@ -216,7 +218,7 @@ impl Downloader {
                     Err(e) => {
                         // Flush what arrived so the next attempt resumes from the real length.
                         let _ = file.flush().await;
-                        let _ = file.sync_all().await;
+                        let _ = file.get_ref().sync_all().await;
                         return Err(Failure::Retry(Box::new(e), None));
                     }
                 };
@@ -226,7 +228,7 @@ impl Downloader {
                 bar.advance(chunk.len() as u64);
             }
             file.flush().await.map_err(|e| io("cannot write", e))?;
-            file.sync_all().await.map_err(|e| io("cannot sync", e))?;
+            file.get_ref().sync_all().await.map_err(|e| io("cannot sync", e))?;
             if let Some(len) = expected_len {
                 if done != len {
                     return Err(Failure::Retry(
