@@ -330,3 +330,59 @@ async fn concurrent_requests_for_one_tarball_download_it_once() {
     let tarball = srv.log().into_iter().filter(|l| l.path.ends_with("linux-arm64.tar.gz")).count();
     assert_eq!(tarball, 1);
 }
+
+#[tokio::test]
+async fn redirects_to_another_host_path_are_followed() {
+    let srv = TestServer::start().await;
+    let fx = publish_mirror(&srv);
+    let path = fx.kube_paths[&("arm64".into(), "kubectl".into())].clone();
+    let want = fx.executables[&("arm64".into(), "kubectl".into())].clone();
+    srv.put("/cdn/blob/1234", want.clone());
+    srv.fault(&path, Fault::Redirect(format!("{}/cdn/blob/1234", srv.url())));
+    let cache = tempfile::tempdir().unwrap();
+    let a = source(&mirror(&srv, &[]), cache.path())
+        .ensure(&req(Component::Kubectl, KUBE, "arm64"), &Recorder::default())
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&a.executables[0].path).unwrap(), want);
+    let log: Vec<_> = srv.log().into_iter().map(|l| (l.path, l.status)).collect();
+    assert!(log.ends_with(&[(path, 302), ("/cdn/blob/1234".to_owned(), 200)]), "{log:?}");
+}
+
+#[test]
+fn a_mirror_url_must_be_http() {
+    for url in ["mirror.lan/k8s", "ftp://mirror.lan", "https://"] {
+        let spec = ReleaseSourceSpec::Mirror { url: url.into(), pins: BTreeMap::new() };
+        let e =
+            ArtifactSource::from_spec(Some(&spec), Path::new("."), Path::new("/nonexistent")).unwrap_err();
+        assert_eq!(e.to_string(), format!("mirror URL '{url}' is not an http:// or https:// URL"));
+    }
+}
+
+#[tokio::test]
+async fn a_206_for_the_wrong_range_is_not_appended() {
+    let srv = TestServer::start().await;
+    let fx = publish_mirror(&srv);
+    let path = fx.kube_paths[&("amd64".into(), "kube-apiserver".into())].clone();
+    srv.fault(&path, Fault::Truncate(50_000));
+    srv.fault(&path, Fault::RangeFromStart);
+    let cache = tempfile::tempdir().unwrap();
+    let rec = Recorder::default();
+    let a = source(&mirror(&srv, &[]), cache.path())
+        .ensure(&req(Component::KubeApiserver, KUBE, "amd64"), &rec)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(&a.executables[0].path).unwrap(),
+        fx.executables[&("amd64".into(), "kube-apiserver".into())]
+    );
+    let statuses: Vec<_> =
+        srv.log().into_iter().filter(|l| l.path == path).map(|l| (l.range, l.status)).collect();
+    assert_eq!(statuses, [(None, 200), (Some("bytes=50000-".into()), 206), (None, 200)]);
+    assert!(rec
+        .messages
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|m| m.contains("server answered a different range than bytes=50000-")));
+}

@@ -58,6 +58,12 @@ fn classify_status(url: &str, status: reqwest::StatusCode) -> Failure {
     }
 }
 
+/// The first byte of a `Content-Range: bytes N-M/T` header.
+fn content_range_start(resp: &reqwest::Response) -> Option<u64> {
+    let v = resp.headers().get(reqwest::header::CONTENT_RANGE)?.to_str().ok()?;
+    v.trim().strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
+}
+
 impl Downloader {
     pub(crate) fn new(retry: RetryPolicy) -> Self {
         let client = reqwest::Client::builder()
@@ -179,6 +185,19 @@ impl Downloader {
         let resp = request.send().await.map_err(classify_send_error)?;
         let status = resp.status();
         let mut hasher = Sha256::new();
+        if have > 0
+            && status == reqwest::StatusCode::PARTIAL_CONTENT
+            && content_range_start(&resp) != Some(have)
+        {
+            // A 206 for some other range than the one asked for cannot be appended; start over.
+            let _ = tokio::fs::remove_file(part).await;
+            return Err(Failure::Retry(
+                Box::new(std::io::Error::other(format!(
+                    "server answered a different range than bytes={have}-"
+                ))),
+                None,
+            ));
+        }
         let (file, mut done) = if have > 0 && status == reqwest::StatusCode::PARTIAL_CONTENT {
             // Resuming: the digest must cover the bytes already on disk too.
             let mut f = tokio::fs::File::open(part).await.map_err(|e| io("cannot read", e))?;

@@ -251,6 +251,9 @@ pub enum ArtifactError {
         /// The pin value.
         value: String,
     },
+    /// A mirror URL that is not an http(s) URL.
+    #[error("mirror URL '{0}' is not an http:// or https:// URL")]
+    BadMirrorUrl(String),
     /// The server answered with an error status.
     #[error("GET {url} returned HTTP {status}")]
     Http {
@@ -363,8 +366,11 @@ impl ArtifactError {
                     c => c,
                 }
             ),
+            ArtifactError::BadMirrorUrl(_) => {
+                "set cluster.releaseSource.url to the mirror's base, e.g. https://mirror.example.internal/k8s".into()
+            }
             ArtifactError::BadPin { .. } => {
-                "pins look like `etcd/amd64: sha256:` followed by the 64 hex digits of the file".into()
+                "pins look like `etcd/amd64: sha256:` followed by the 64 hex digits of the downloaded file (etcdctl is pinned through the etcd tarball)".into()
             }
             ArtifactError::Http { status: 404, .. } => {
                 "check the version and, for a mirror, that it holds this file at this path (`kubeforge artifacts fetch --help` shows the mirror layout)".into()

@@ -115,6 +115,12 @@ impl ArtifactSource {
                 pins: parse_pins(pins)?,
                 label: "official release servers".into(),
             },
+            Some(ReleaseSourceSpec::Mirror { url, .. })
+                if !(url.starts_with("http://") || url.starts_with("https://"))
+                    || url.len() <= "https://".len() =>
+            {
+                return Err(ArtifactError::BadMirrorUrl(url.clone()));
+            }
             Some(ReleaseSourceSpec::Mirror { url, pins }) => Kind2::Remote {
                 bases: Bases::mirror(url),
                 pins: parse_pins(pins)?,

@@ -20,6 +20,10 @@ pub enum Fault {
     Drop,
     /// Answer 200 with the full body even when a Range was asked for.
     IgnoreRange,
+    /// Answer a Range request with `206` but the whole body from byte 0 (a broken cache or proxy).
+    RangeFromStart,
+    /// Answer `302 Found` with this `Location` (how the upstream servers send clients to their CDN).
+    Redirect(String),
 }
 
 /// One logged request.
@@ -148,6 +152,13 @@ async fn serve(mut sock: TcpStream, st: Arc<Mutex<State>>) -> std::io::Result<()
             log(0);
             return Ok(());
         }
+        (Some(Fault::Redirect(to)), _) => {
+            log(302);
+            let resp = format!(
+                "HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            sock.write_all(resp.as_bytes()).await?;
+        }
         (Some(Fault::Status(code)), _) => {
             log(*code);
             let resp = format!("HTTP/1.1 {code} Injected\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
@@ -179,6 +190,8 @@ async fn serve(mut sock: TcpStream, st: Arc<Mutex<State>>) -> std::io::Result<()
                     return sock.shutdown().await;
                 }
             }
+            let start =
+                if matches!(fault, Some(Fault::RangeFromStart)) && start.is_some() { Some(0) } else { start };
             let (status, part) = match start {
                 Some(s) => (206, &body[s..]),
                 None => (200, &body[..]),
