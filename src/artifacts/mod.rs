@@ -40,7 +40,9 @@ pub mod versions;
 pub use bundle::{Manifest, ManifestEntry};
 pub use progress::{Progress, Silent, TerminalProgress};
 pub use source::{ArtifactSource, Executable, LocalArtifact, RetryPolicy};
-pub use versions::{default_versions, requirements_for_host, requirements_for_hosts, Versions};
+pub use versions::{
+    default_versions, requirements_for_host, requirements_for_hosts, VersionOverrides, Versions,
+};
 
 use std::fmt;
 use std::path::PathBuf;

@@ -61,14 +61,15 @@ pub struct LocalArtifact {
     pub note: Option<String>,
 }
 
-enum Kind2 {
+/// The configured source: remote (official or mirror, with pins) or a bundle opened on first use.
+enum SourceKind {
     Remote { bases: Bases, pins: BTreeMap<String, String>, label: String },
     Bundle { path: PathBuf, opened: tokio::sync::OnceCell<Arc<Bundle>> },
 }
 
 /// Where artifacts come from, plus the cache they land in.
 pub struct ArtifactSource {
-    kind: Kind2,
+    kind: SourceKind,
     cache: Cache,
     downloader: Downloader,
     // Serializes work on one download unit (etcd and etcdctl share a tarball and a cache entry).
@@ -105,12 +106,12 @@ impl ArtifactSource {
         cache_dir: &Path,
     ) -> Result<Self, ArtifactError> {
         let kind = match spec {
-            None => Kind2::Remote {
+            None => SourceKind::Remote {
                 bases: Bases::official(),
                 pins: BTreeMap::new(),
                 label: "official release servers".into(),
             },
-            Some(ReleaseSourceSpec::Official { pins }) => Kind2::Remote {
+            Some(ReleaseSourceSpec::Official { pins }) => SourceKind::Remote {
                 bases: Bases::official(),
                 pins: parse_pins(pins)?,
                 label: "official release servers".into(),
@@ -121,13 +122,13 @@ impl ArtifactSource {
             {
                 return Err(ArtifactError::BadMirrorUrl(url.clone()));
             }
-            Some(ReleaseSourceSpec::Mirror { url, pins }) => Kind2::Remote {
+            Some(ReleaseSourceSpec::Mirror { url, pins }) => SourceKind::Remote {
                 bases: Bases::mirror(url),
                 pins: parse_pins(pins)?,
                 label: format!("mirror {url}"),
             },
             Some(ReleaseSourceSpec::Bundle { path }) => {
-                Kind2::Bundle { path: inventory_dir.join(path), opened: tokio::sync::OnceCell::new() }
+                SourceKind::Bundle { path: inventory_dir.join(path), opened: tokio::sync::OnceCell::new() }
             }
         };
         Ok(ArtifactSource {
@@ -147,8 +148,8 @@ impl ArtifactSource {
     /// `official release servers`, `mirror <url>` or `bundle <path>`.
     pub fn describe(&self) -> String {
         match &self.kind {
-            Kind2::Remote { label, .. } => label.clone(),
-            Kind2::Bundle { path, .. } => format!("bundle {}", path.display()),
+            SourceKind::Remote { label, .. } => label.clone(),
+            SourceKind::Bundle { path, .. } => format!("bundle {}", path.display()),
         }
     }
 
@@ -176,11 +177,11 @@ impl ArtifactSource {
         let u = unit.clone();
         let _file_lock = blocking(move || cache.lock(&u)).await?;
         let artifact = match &self.kind {
-            Kind2::Remote { bases, pins, .. } => {
+            SourceKind::Remote { bases, pins, .. } => {
                 let entry = self.ensure_remote(&unit, bases, pins.get(&req.pin_key()), progress).await?;
-                select(req, &self.cache.dir(&unit), &entry, None)?
+                select(req, &self.cache.dir(&unit), &entry)?
             }
-            Kind2::Bundle { path, opened } => {
+            SourceKind::Bundle { path, opened } => {
                 let bundle = opened
                     .get_or_try_init(|| async {
                         let (p, root) = (path.clone(), self.cache.root().to_owned());
@@ -352,12 +353,8 @@ fn executables_of(
     }
 }
 
-fn select(
-    req: &Requirement,
-    dir: &Path,
-    e: &CacheEntry,
-    note: Option<String>,
-) -> Result<LocalArtifact, ArtifactError> {
+/// A downloaded cache entry as the artifact `req` asked for (downloads never carry a note).
+fn select(req: &Requirement, dir: &Path, e: &CacheEntry) -> Result<LocalArtifact, ArtifactError> {
     let executables = e
         .executables
         .iter()
@@ -373,7 +370,7 @@ fn select(
         kind: e.kind,
         source: e.source.clone(),
     };
-    filter(req, LocalArtifact { requirement: req.clone(), executables, origin, note })
+    filter(req, LocalArtifact { requirement: req.clone(), executables, origin, note: None })
 }
 
 /// Keeps the executables `req` installs; the first listed one must be there.
