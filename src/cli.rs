@@ -33,6 +33,12 @@ pub enum Command {
         #[arg(short, long)]
         inventory: PathBuf,
     },
+    /// Release binaries: fill the cache, write or verify an air-gapped bundle.
+    Artifacts {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::artifacts::command::ArtifactsCommand,
+    },
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -54,5 +60,6 @@ pub fn run(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
+        Command::Artifacts { command } => crate::artifacts::command::run(command),
     }
 }

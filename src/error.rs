@@ -26,6 +26,9 @@ pub enum Error {
     /// Steps failed on some hosts.
     #[error(transparent)]
     Exec(#[from] crate::exec::ExecError),
+    /// Release artifacts could not be resolved, downloaded, verified or bundled.
+    #[error(transparent)]
+    Artifacts(#[from] crate::artifacts::ArtifactError),
     /// A local file operation failed.
     #[error("{context}")]
     Io {
@@ -71,6 +74,7 @@ impl Error {
             Error::Pki(e) => e.hint(),
             Error::Transport(e) => e.hint(),
             Error::Exec(e) => e.hint(),
+            Error::Artifacts(e) => e.hint(),
             Error::Other { hint, .. } => hint.clone(),
             Error::Io { .. } => None,
         }

@@ -8,6 +8,7 @@
 //! `exec` (parallel runner over hosts), `report` (progress and summaries).
 
 pub mod apilb;
+pub mod artifacts;
 pub mod cli;
 pub mod error;
 pub mod exec;
