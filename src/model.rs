@@ -153,24 +153,20 @@ pub struct Versions {
     pub crictl: Version,
 }
 
-/// Default versions of the other components for a Kubernetes minor: the etcd kubeadm pairs with that minor,
-/// and container tooling known to support it. Every one can be overridden in `cluster.components`.
+/// Default versions of the other components for a Kubernetes minor. The table itself lives in
+/// [`crate::artifacts::default_versions`] (one source of defaults); every entry can be overridden in
+/// `cluster.components`.
 pub fn default_versions(k8s: Version) -> Versions {
+    let table = crate::artifacts::default_versions(k8s.major, k8s.minor).unwrap_or_default();
+    let parse = |v: Option<String>, fallback: Version| v.and_then(|s| s.parse().ok()).unwrap_or(fallback);
     let v = |major, minor, patch| Version { major, minor, patch };
-    let etcd = if k8s.minor <= 33 {
-        v(3, 5, 24)
-    } else if k8s.minor == 34 {
-        v(3, 6, 5)
-    } else {
-        v(3, 6, 6)
-    };
     Versions {
         kubernetes: k8s,
-        etcd,
-        containerd: v(2, 1, 4),
-        runc: v(1, 3, 0),
-        cni_plugins: v(1, 7, 1),
-        crictl: v(1, k8s.minor, 0),
+        etcd: parse(table.etcd, v(3, 6, 6)),
+        containerd: parse(table.containerd, v(2, 1, 5)),
+        runc: parse(table.runc, v(1, 3, 3)),
+        cni_plugins: parse(table.cni_plugins, v(1, 8, 0)),
+        crictl: parse(table.crictl, v(1, k8s.minor, 0)),
     }
 }
 

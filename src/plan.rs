@@ -447,7 +447,12 @@ mod tests {
         let d = HostDesired {
             files: vec![
                 DesiredFile::bytes(present.to_str().unwrap(), 0o644, "a=1\n", "present"),
-                DesiredFile::bytes(dir.path().join("absent; rm -rf /").to_str().unwrap(), 0o644, "x", "odd name"),
+                DesiredFile::bytes(
+                    dir.path().join("absent; rm -rf /").to_str().unwrap(),
+                    0o644,
+                    "x",
+                    "odd name",
+                ),
             ],
             ..Default::default()
         };

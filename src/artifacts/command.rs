@@ -143,7 +143,7 @@ async fn fetch_all(args: &FetchArgs) -> Result<(ArtifactSource, Vec<LocalArtifac
     };
     let versions = Versions::resolve(&inv.cluster, &overrides)?;
     for h in &inv.hosts {
-        let reqs = requirements_for_host(h, &inv.hosts, &versions)?;
+        let reqs = requirements_for_host(h, &versions)?;
         let names: Vec<&str> = reqs.iter().map(|r| r.component.name()).collect();
         eprintln!("{} ({}): {}", h.name, reqs.first().map_or("-", |r| r.arch.as_str()), names.join(", "));
     }

@@ -105,9 +105,9 @@ impl Versions {
     }
 }
 
-/// The components a host needs for its roles. `stacked_etcd` is true when no host has the `etcd` role,
-/// so control-plane hosts run etcd themselves.
-pub fn components_for_roles(roles: &[String], stacked_etcd: bool) -> BTreeSet<Component> {
+/// The components a host needs for its roles (etcd members always carry the `etcd` role explicitly:
+/// validation requires it, so stacking is spelled out in the inventory).
+pub fn components_for_roles(roles: &[String]) -> BTreeSet<Component> {
     let has = |r: &str| roles.iter().any(|x| x == r);
     let mut out = BTreeSet::new();
     let control_plane = has("control-plane");
@@ -119,7 +119,7 @@ pub fn components_for_roles(roles: &[String], stacked_etcd: bool) -> BTreeSet<Co
             Component::Kubectl,
         ]);
     }
-    if has("etcd") || (control_plane && stacked_etcd) {
+    if has("etcd") {
         out.extend([Component::Etcd, Component::Etcdctl]);
     }
     // Control-plane hosts are nodes too: they run kubelet and the container runtime.
@@ -136,18 +136,13 @@ pub fn components_for_roles(roles: &[String], stacked_etcd: bool) -> BTreeSet<Co
     out
 }
 
-/// The requirements of one host of a cluster (`all_hosts` decides whether etcd is stacked).
+/// The requirements of one host.
 pub fn requirements_for_host(
     host: &HostSpec,
-    all_hosts: &[HostSpec],
     versions: &Versions,
 ) -> Result<Vec<Requirement>, ArtifactError> {
-    let stacked = !all_hosts.iter().any(|h| h.roles.iter().any(|r| r == "etcd"));
     let arch = host.arch.as_deref().unwrap_or("amd64");
-    components_for_roles(&host.roles, stacked)
-        .into_iter()
-        .map(|c| Requirement::new(c, versions.of(c), arch))
-        .collect()
+    components_for_roles(&host.roles).into_iter().map(|c| Requirement::new(c, versions.of(c), arch)).collect()
 }
 
 /// The union of every host's requirements, sorted and without duplicates.
@@ -157,7 +152,7 @@ pub fn requirements_for_hosts(
 ) -> Result<Vec<Requirement>, ArtifactError> {
     let mut all = BTreeSet::new();
     for h in hosts {
-        all.extend(requirements_for_host(h, hosts, versions)?);
+        all.extend(requirements_for_host(h, versions)?);
     }
     Ok(all.into_iter().collect())
 }
@@ -197,9 +192,10 @@ mod tests {
     #[test]
     fn each_host_gets_only_what_its_roles_need() {
         let v = Versions::resolve(&cluster("v1.35.7"), &VersionOverrides::default()).unwrap();
-        let hosts = vec![host("cp1", &["control-plane"], None), host("w1", &["worker"], Some("arm64"))];
+        let hosts =
+            vec![host("cp1", &["control-plane", "etcd"], None), host("w1", &["worker"], Some("arm64"))];
         let names = |h: &HostSpec| -> Vec<String> {
-            requirements_for_host(h, &hosts, &v).unwrap().iter().map(|r| r.to_string()).collect()
+            requirements_for_host(h, &v).unwrap().iter().map(|r| r.to_string()).collect()
         };
         assert_eq!(
             names(&hosts[0]),
@@ -233,13 +229,13 @@ mod tests {
     }
 
     #[test]
-    fn dedicated_etcd_hosts_take_etcd_off_the_control_plane() {
+    fn only_etcd_members_get_etcd() {
         let v = Versions::resolve(&cluster("v1.34.1"), &VersionOverrides::default()).unwrap();
-        let hosts = vec![host("cp1", &["control-plane"], None), host("e1", &["etcd"], None)];
-        let cp: Vec<_> = requirements_for_host(&hosts[0], &hosts, &v).unwrap();
+        let hosts = [host("cp1", &["control-plane"], None), host("e1", &["etcd"], None)];
+        let cp: Vec<_> = requirements_for_host(&hosts[0], &v).unwrap();
         assert!(!cp.iter().any(|r| r.component == Component::Etcd));
         let e: Vec<_> =
-            requirements_for_host(&hosts[1], &hosts, &v).unwrap().into_iter().map(|r| r.component).collect();
+            requirements_for_host(&hosts[1], &v).unwrap().into_iter().map(|r| r.component).collect();
         assert_eq!(e, [Component::Etcd, Component::Etcdctl]);
     }
 }

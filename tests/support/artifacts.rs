@@ -162,7 +162,7 @@ pub fn inventory_yaml(release_source: &str) -> String {
 hosts:
   - name: cp1
     address: 127.0.0.1
-    roles: [control-plane]
+    roles: [control-plane, etcd]
   - name: w1
     address: 127.0.0.2
     roles: [worker]
