@@ -8,12 +8,14 @@
 //! `exec` (parallel runner over hosts), `report` (progress and summaries).
 
 pub mod apilb;
+pub mod apply;
 pub mod artifacts;
 pub mod cli;
 pub mod error;
 pub mod exec;
 pub mod inventory;
 pub mod model;
+pub mod phase;
 pub mod pki;
 pub mod plan;
 pub mod report;

@@ -1,0 +1,187 @@
+//! `kubeforge apply`: prepares the local material (PKI, verified binaries, generated secrets), connects to
+//! every host once, and runs the workflow's phases in order. Each phase converges every participating host
+//! in parallel; a failure stops the run at the phase boundary with every failing host reported, and a re-run
+//! continues from the state the hosts are in. `--dry-run` probes and prints, and writes nothing to any host.
+
+use crate::artifacts::{self, ArtifactSource, Component as Art, LocalArtifact, Requirement};
+use crate::exec::{Executor, HostPlan};
+use crate::model::ClusterModel;
+use crate::phase::{Context, HostWork, Phase};
+use crate::plan::{converge_step, ChangeLog};
+use crate::transport::ssh::{ConnectOptions, SshTarget, SshTransport};
+use crate::transport::Transport;
+use crate::{Error, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Options of one run.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// Probe and print the plan; write nothing to any host.
+    pub dry_run: bool,
+    /// Hosts worked on at once.
+    pub concurrency: usize,
+    /// SSH options from the command line.
+    pub connect: ConnectOptions,
+    /// Where `pki/<cluster>/` lives.
+    pub pki_root: PathBuf,
+    /// Artifact cache.
+    pub cache_dir: PathBuf,
+    /// Run only these phases (ids), in workflow order.
+    pub only: Option<Vec<String>>,
+    /// Preflight checks whose failure is reported but does not stop the run (`all` for every check).
+    pub ignore_preflight: Vec<String>,
+}
+
+/// Material prepared on the admin machine before any host is touched.
+pub struct Material {
+    /// Verified artifacts by component and architecture.
+    pub artifacts: BTreeMap<(Art, String), LocalArtifact>,
+    /// The cluster's PKI directory (`pki/<cluster>/`).
+    pub pki_dir: PathBuf,
+    /// Options of the run (preflight exceptions, dry-run).
+    pub options: ApplyOptions,
+}
+
+impl Material {
+    /// The verified executable `name` of `component` for `arch`.
+    pub fn executable(&self, component: Art, arch: &str, name: &str) -> Result<&artifacts::Executable> {
+        self.artifacts
+            .get(&(component, arch.to_owned()))
+            .and_then(|a| a.executables.iter().find(|e| e.name == name))
+            .ok_or_else(|| Error::msg(format!("no {name} for {arch} among the prepared artifacts"), None))
+    }
+}
+
+/// Resolves (downloads or reads from the cache/bundle, verifying checksums) every artifact the cluster
+/// needs, once per component and architecture. Notes (test doubles) are printed.
+pub async fn prepare_artifacts(
+    model: &ClusterModel,
+    inv: &crate::inventory::Inventory,
+    cache_dir: &Path,
+) -> Result<BTreeMap<(Art, String), LocalArtifact>> {
+    let source =
+        ArtifactSource::from_spec(inv.cluster.release_source.as_ref(), &model.inventory_dir, cache_dir)?;
+    let v = &model.versions;
+    let versions = artifacts::Versions {
+        kubernetes: v.kubernetes.to_string(),
+        etcd: v.etcd.to_string(),
+        containerd: v.containerd.to_string(),
+        runc: v.runc.to_string(),
+        cni_plugins: v.cni_plugins.to_string(),
+        crictl: v.crictl.to_string(),
+    };
+    let reqs: Vec<Requirement> = artifacts::requirements_for_hosts(&inv.hosts, &versions)?;
+    let progress = artifacts::TerminalProgress::default();
+    let mut out = BTreeMap::new();
+    let mut notes = BTreeMap::new();
+    for r in reqs {
+        let a = source.ensure(&r, &progress).await?;
+        if let Some(n) = &a.note {
+            notes.insert(r.component.name().to_owned(), n.clone());
+        }
+        out.insert((r.component, r.arch.clone()), a);
+    }
+    if !notes.is_empty() {
+        eprintln!("note: these binaries are not the official releases:");
+        for (c, n) in notes {
+            eprintln!("  {c}: {n}");
+        }
+    }
+    Ok(out)
+}
+
+/// Opens one transport per host (connections are made on first use and kept for the whole run).
+pub fn transports(
+    loaded: &crate::inventory::Loaded,
+    connect: &ConnectOptions,
+) -> Result<BTreeMap<String, Arc<dyn Transport>>> {
+    let mut out = BTreeMap::new();
+    for h in &loaded.inventory.hosts {
+        let target = SshTarget::from_inventory(&loaded.inventory, &loaded.dir, h, connect)?;
+        out.insert(h.name.clone(), Arc::new(SshTransport::new(target)) as Arc<dyn Transport>);
+    }
+    Ok(out)
+}
+
+/// The outcome of a workflow run.
+pub struct RunSummary {
+    /// Each phase's report.
+    pub phases: Vec<crate::exec::PhaseReport>,
+    /// Every host's changes, per phase.
+    pub changes: Vec<(String, Vec<(String, crate::plan::HostChanges)>)>,
+}
+
+impl RunSummary {
+    /// Total number of changes.
+    pub fn total_changes(&self) -> usize {
+        self.changes.iter().flat_map(|(_, hs)| hs.iter()).map(|(_, c)| c.count()).sum()
+    }
+}
+
+/// Runs `phases` over the model's hosts. Stops at the first phase in which a host fails.
+pub async fn run_phases(
+    model: &ClusterModel,
+    material: &Material,
+    phases: &[&dyn Phase],
+    transports: &BTreeMap<String, Arc<dyn Transport>>,
+    executor: &Executor,
+) -> Result<RunSummary> {
+    let ctx = Context { model, material };
+    let mut summary = RunSummary { phases: Vec::new(), changes: Vec::new() };
+    for phase in phases {
+        if let Some(only) = &material.options.only {
+            if !only.iter().any(|p| p == phase.id()) {
+                continue;
+            }
+        }
+        let log: ChangeLog = Default::default();
+        let mut plans = Vec::new();
+        for host in &model.hosts {
+            let Some(work) = phase.work(&ctx, host)? else { continue };
+            let step = match work {
+                HostWork::Converge(desired) => {
+                    converge_step(host.name.clone(), desired, material.options.dry_run, log.clone())
+                }
+                HostWork::Step(s) => s,
+            };
+            let transport = transports
+                .get(&host.name)
+                .cloned()
+                .ok_or_else(|| Error::msg(format!("no connection for host {}", host.name), None))?;
+            plans.push(HostPlan { transport, steps: vec![step] });
+        }
+        if plans.is_empty() {
+            continue;
+        }
+        let report = executor.run(phase.id(), plans).await;
+        let mut changes = std::mem::take(&mut *log.lock().expect("lock"));
+        changes.sort_by(|a, b| a.0.cmp(&b.0));
+        summary.changes.push((phase.id().to_owned(), changes));
+        let failed = !report.failures.is_empty() || report.interrupted;
+        summary.phases.push(report);
+        if failed {
+            let report = summary.phases.pop().expect("just pushed");
+            return Err(report.into_result().err().expect("failed").into());
+        }
+    }
+    Ok(summary)
+}
+
+/// The dry-run text: per phase and host, what would change.
+pub fn plan_text(summary: &RunSummary) -> String {
+    let mut s = String::new();
+    for (phase, hosts) in &summary.changes {
+        for (host, ch) in hosts {
+            if ch.is_empty() {
+                continue;
+            }
+            s.push_str(&format!("[{phase}] {host}: {} change(s)\n{ch}", ch.count()));
+        }
+    }
+    if s.is_empty() {
+        s.push_str("no changes: the cluster matches the inventory\n");
+    }
+    s
+}

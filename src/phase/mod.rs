@@ -1,0 +1,35 @@
+//! Phases of a workflow. A phase is a pure description: for each host it returns the state the host must
+//! reach ([`HostDesired`]) or, for phases that only check or query, its own executor [`Step`]. Phases
+//! never talk to hosts themselves; [`crate::plan`] probes and diffs, [`crate::exec`] writes. That split is
+//! what makes `--dry-run` unable to leak a write and lets unit tests assert on plans.
+
+use crate::exec::Step;
+use crate::model::{ClusterModel, HostModel};
+use crate::plan::HostDesired;
+
+/// What a phase does on one host.
+pub enum HostWork {
+    /// Converge the host to this state (probe, diff, write, restart).
+    Converge(HostDesired),
+    /// Run this step (checks and queries that are not about files and services).
+    Step(Step),
+}
+
+/// Everything phases read: the model, and the material prepared on the admin machine before any host is
+/// touched (certificates, binaries, generated secrets).
+pub struct Context<'a> {
+    /// The cluster model.
+    pub model: &'a ClusterModel,
+    /// Prepared local material (PKI, artifacts, secrets), filled by the workflow before phases run.
+    pub material: &'a crate::apply::Material,
+}
+
+/// One phase of a workflow.
+pub trait Phase: Send + Sync {
+    /// Stable id (`etcd`, `control-plane`), used in progress lines, `--phases`, and checkpoints.
+    fn id(&self) -> &'static str;
+    /// Human title ("Install the etcd cluster").
+    fn title(&self) -> &'static str;
+    /// The work on `host`, or `None` when the host takes no part in this phase.
+    fn work(&self, ctx: &Context<'_>, host: &HostModel) -> Result<Option<HostWork>, crate::Error>;
+}
