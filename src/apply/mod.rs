@@ -159,12 +159,10 @@ pub async fn run_phases(
         let mut changes = std::mem::take(&mut *log.lock().expect("lock"));
         changes.sort_by(|a, b| a.0.cmp(&b.0));
         summary.changes.push((phase.id().to_owned(), changes));
-        let failed = !report.failures.is_empty() || report.interrupted;
-        summary.phases.push(report);
-        if failed {
-            let report = summary.phases.pop().expect("just pushed");
-            return Err(report.into_result().err().expect("failed").into());
+        if !report.failures.is_empty() || report.interrupted {
+            return Err(report.into_result().expect_err("hosts failed").into());
         }
+        summary.phases.push(report);
     }
     Ok(summary)
 }
