@@ -33,3 +33,5 @@ pub trait Phase: Send + Sync {
     /// The work on `host`, or `None` when the host takes no part in this phase.
     fn work(&self, ctx: &Context<'_>, host: &HostModel) -> Result<Option<HostWork>, crate::Error>;
 }
+
+pub mod preflight;
