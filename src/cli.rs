@@ -17,6 +17,14 @@ pub struct Cli {
 /// Every command.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Install or converge the cluster described by an inventory (idempotent; `--dry-run` prints the plan).
+    Apply(ApplyArgs),
+    /// List the phases of a workflow, in order.
+    Phases {
+        /// The workflow (`apply`).
+        #[arg(default_value = "apply")]
+        workflow: String,
+    },
     /// Node-local API load balancer (runs as the `kube-api-lb` service on nodes; not for interactive use).
     #[command(hide = true)]
     ApiLb {
@@ -41,9 +49,62 @@ pub enum Command {
     },
 }
 
+/// Arguments of `kubeforge apply`.
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// The inventory file.
+    #[arg(short, long)]
+    pub inventory: PathBuf,
+    /// Probe the hosts and print what would change, per host; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Hosts worked on at once.
+    #[arg(long, default_value_t = 10)]
+    pub concurrency: usize,
+    /// Record host keys that are not yet in known_hosts (changed keys are always refused).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+    /// Preflight checks to report as warnings instead of errors (`cpu,memory`, or `all`).
+    #[arg(long, value_delimiter = ',')]
+    pub ignore_preflight_errors: Vec<String>,
+    /// Run only these phases (see `kubeforge phases apply`).
+    #[arg(long, value_delimiter = ',')]
+    pub phases: Option<Vec<String>>,
+    /// Directory holding `<cluster>/` PKI directories.
+    #[arg(long, default_value = "pki")]
+    pub pki_dir: PathBuf,
+    /// Artifact cache directory (default: the user cache dir, or $KUBEFORGE_CACHE_DIR).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+}
+
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
+        Command::Apply(a) => {
+            let options = crate::apply::ApplyOptions {
+                dry_run: a.dry_run,
+                concurrency: a.concurrency.max(1),
+                connect: crate::transport::ssh::ConnectOptions {
+                    accept_new_host_keys: a.accept_new_host_keys,
+                    ..Default::default()
+                },
+                pki_root: a.pki_dir,
+                cache_dir: a.cache_dir.unwrap_or_else(crate::artifacts::default_cache_dir),
+                only: a.phases,
+                ignore_preflight: a.ignore_preflight_errors,
+            };
+            crate::apply::run(&a.inventory, options)
+        }
+        Command::Phases { workflow } => {
+            let phases = crate::workflow::by_name(&workflow).ok_or_else(|| {
+                crate::Error::msg(format!("unknown workflow `{workflow}`"), Some("workflows: apply"))
+            })?;
+            for (i, p) in phases.iter().enumerate() {
+                println!("{:>2}. {:<16} {}", i + 1, p.id(), p.title());
+            }
+            Ok(0)
+        }
         Command::ApiLb { listen, backends } => crate::apilb::run(listen, backends),
         Command::Validate { inventory } => {
             let model = crate::model::ClusterModel::load(&inventory)?;

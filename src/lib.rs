@@ -20,5 +20,6 @@ pub mod pki;
 pub mod plan;
 pub mod report;
 pub mod transport;
+pub mod workflow;
 
 pub use error::{Error, Result};

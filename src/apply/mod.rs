@@ -183,3 +183,43 @@ pub fn plan_text(summary: &RunSummary) -> String {
     }
     s
 }
+
+/// Entry point of `kubeforge apply`.
+pub fn run(inventory: &Path, options: ApplyOptions) -> Result<i32> {
+    let loaded = crate::inventory::load(inventory)?;
+    let model = ClusterModel::derive(&loaded);
+    let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
+    rt.block_on(async move {
+        let artifacts = prepare_artifacts(&model, &loaded.inventory, &options.cache_dir).await?;
+        let material =
+            Material { artifacts, pki_dir: options.pki_root.join(&model.name), options: options.clone() };
+        let transports = transports(&loaded, &options.connect)?;
+        let executor = Executor::new(options.concurrency, crate::report::auto(false));
+        executor.stop_on_ctrl_c();
+        let phases = crate::workflow::apply();
+        let result = run_phases(&model, &material, &phases, &transports, &executor).await;
+        for t in transports.values() {
+            let s = t.stats();
+            eprintln!(
+                "[stats] {}: {} round trips, {} bytes sent, {} connection(s)",
+                t.host(),
+                s.round_trips,
+                s.bytes_sent,
+                s.connects
+            );
+        }
+        let summary = result?;
+        if options.dry_run {
+            print!("{}", plan_text(&summary));
+        } else {
+            eprint!("{}", crate::report::summary(&summary.phases));
+            let n = summary.total_changes();
+            println!(
+                "apply: {n} change{}{}",
+                if n == 1 { "" } else { "s" },
+                if n == 0 { " (the cluster already matches the inventory)" } else { "" }
+            );
+        }
+        Ok(0)
+    })
+}
