@@ -19,6 +19,13 @@ pub struct Cli {
 pub enum Command {
     /// Install or converge the cluster described by an inventory (idempotent; `--dry-run` prints the plan).
     Apply(ApplyArgs),
+    /// Certificates: generate, check expiration, renew.
+    #[command(subcommand)]
+    Certs(crate::pki::command::CertsCommand),
+    /// Issue a kubeconfig for a person (short-lived client certificate, recorded in the ledger).
+    Kubeconfig(crate::pki::command::UserArgs),
+    /// Issue a client bundle for a person: kubeconfig, CA, cert, key and env scripts in one archive.
+    Bundle(crate::pki::command::UserArgs),
     /// List the phases of a workflow, in order.
     Phases {
         /// The workflow (`apply`).
@@ -96,6 +103,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             };
             crate::apply::run(&a.inventory, options)
         }
+        Command::Certs(c) => crate::pki::command::run_certs(c),
+        Command::Kubeconfig(a) => crate::pki::command::run_kubeconfig(a),
+        Command::Bundle(a) => crate::pki::command::run_bundle(a),
         Command::Phases { workflow } => {
             let phases = crate::workflow::by_name(&workflow).ok_or_else(|| {
                 crate::Error::msg(format!("unknown workflow `{workflow}`"), Some("workflows: apply"))

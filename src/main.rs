@@ -3,6 +3,7 @@
 use clap::Parser;
 
 fn main() {
+    restore_sigpipe();
     let cli = kubeforge::cli::Cli::parse();
     match kubeforge::cli::run(cli) {
         Ok(code) => std::process::exit(code),
@@ -10,5 +11,16 @@ fn main() {
             eprintln!("{}", e.report());
             std::process::exit(e.exit_code());
         }
+    }
+}
+
+/// Rust ignores SIGPIPE, so `kubeforge ... | head` would panic on the closed pipe; a command-line tool
+/// should end quietly instead, like every other Unix tool.
+#[allow(unsafe_code)]
+fn restore_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL installs no Rust handler.
+    unsafe {
+        let _ = signal(Signal::SIGPIPE, SigHandler::SigDfl);
     }
 }
