@@ -318,7 +318,7 @@ pub async fn run(flags: Flags, version: KubeVersion) -> Result<(), String> {
         let st = st.clone();
         Box::pin(async move { handle(&st, req).await })
     });
-    http::serve(listener, Some(tls), handler).await;
+    http::serve(listener, Some((tls, client_ca)), handler).await;
     Ok(())
 }
 
@@ -482,6 +482,10 @@ fn authorize(id: &Identity, verb: &str, t: &Target) -> Result<(), String> {
 
 async fn handle(st: &State, req: Request) -> Response {
     let path = req.path.clone();
+    if let Some(err) = &req.auth_error {
+        log::error("authentication.go:73", "Unable to authenticate the request", &[("err", err.clone())]);
+        return status(401, "Unauthorized", "Unauthorized");
+    }
     // Authentication: a verified client cert, or anonymous.
     let Some(id) = req.identity.clone() else {
         if is_health(&path) && st.s.anonymous {

@@ -80,7 +80,7 @@ async fn serve_healthz(addr: SocketAddr, chain: &[Cert], key: &Key) -> Result<()
             }
         })
     });
-    http::serve(listener, Some(tls), handler).await;
+    http::serve(listener, Some((tls, Vec::new())), handler).await;
     Ok(())
 }
 

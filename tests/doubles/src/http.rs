@@ -35,6 +35,8 @@ pub struct Request {
     pub body: Vec<u8>,
     /// Client-cert identity, if a verified cert was presented.
     pub identity: Option<Identity>,
+    /// Why a presented client cert was rejected (the real servers answer 401 for such requests).
+    pub auth_error: Option<String>,
 }
 
 impl Request {
@@ -118,25 +120,79 @@ pub fn server_tls(
     )
     .map_err(|e| format!("tls: failed to parse private key: {e}"))?;
     let builder = rustls::ServerConfig::builder();
-    let builder = match client_cas {
+    let builder = match client_cas.filter(|c| !c.is_empty()) {
         Some(cas) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for ca in cas {
-                roots
-                    .add(rustls::pki_types::CertificateDer::from(ca.der.clone()))
-                    .map_err(|e| e.to_string())?;
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| e.to_string())?;
-            builder.with_client_cert_verifier(verifier)
+            let hints = cas
+                .iter()
+                .filter_map(|ca| {
+                    let (_, x) = x509_parser::parse_x509_certificate(&ca.der).ok()?;
+                    Some(rustls::DistinguishedName::from(x.subject().as_raw().to_vec()))
+                })
+                .collect();
+            builder.with_client_cert_verifier(Arc::new(RequestClientCert { hints }))
         }
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_single_cert(certs, key_der).map_err(|e| format!("tls: {e}"))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Go's `tls.RequestClientCert`: the handshake accepts any client certificate (proof of key possession
+/// is still checked); the chain is verified per request against the client CA, and a bad one gives 401.
+#[derive(Debug)]
+struct RequestClientCert {
+    hints: Vec<rustls::DistinguishedName>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for RequestClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &self.hints
+    }
+    fn verify_client_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algs = rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &algs)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algs = rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &algs)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Verifies a presented client cert like the apiserver's x509 authenticator: chain to the client CA,
+/// clientAuth usage, validity. Ok = identity from CN/O.
+fn authenticate_cert(der: &[u8], cas: &[Cert]) -> Result<Identity, String> {
+    let cert = pki::certs_from_pem(&pem_of(der), "client certificate").map_err(|e| e.0)?.remove(0);
+    pki::check_chain(&cert, cas).map_err(|e| e.0)?;
+    pki::check_usage(&cert, pki::Usage::Client).map_err(|e| e.0)?;
+    Ok(Identity { user: cert.cn, groups: cert.orgs })
 }
 
 /// Binds `addr` (failing like the real binaries: `listen tcp ADDR: bind: address already in use`).
@@ -147,25 +203,31 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
 }
 
 /// Serves `handler` on `listener` forever, over TLS when `tls` is given.
-pub async fn serve(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>, handler: Handler) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<(Arc<rustls::ServerConfig>, Vec<Cert>)>,
+    handler: Handler,
+) {
+    let (tls, cas) = match tls {
+        Some((t, c)) => (Some(t), Arc::new(c)),
+        None => (None, Arc::new(Vec::new())),
+    };
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let acceptor = acceptor.clone();
         let handler = handler.clone();
+        let cas = cas.clone();
         tokio::spawn(async move {
             match acceptor {
                 Some(acceptor) => {
                     let Ok(tls) = acceptor.accept(stream).await else { return };
-                    let identity = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|c| pki::certs_from_pem(&pem_of(c.as_ref()), "client").ok())
-                        .and_then(|c| c.into_iter().next())
-                        .map(|c| Identity { user: c.cn, groups: c.orgs });
-                    serve_conn(hyper_util::rt::TokioIo::new(tls), identity, handler).await;
+                    let auth = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                        None => None,
+                        Some(_) if cas.is_empty() => None,
+                        Some(c) => Some(authenticate_cert(c.as_ref(), &cas)),
+                    };
+                    serve_conn(hyper_util::rt::TokioIo::new(tls), auth, handler).await;
                 }
                 None => serve_conn(hyper_util::rt::TokioIo::new(stream), None, handler).await,
             }
@@ -179,13 +241,17 @@ fn pem_of(der: &[u8]) -> Vec<u8> {
     format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n").into_bytes()
 }
 
-async fn serve_conn<I>(io: I, identity: Option<Identity>, handler: Handler)
+async fn serve_conn<I>(io: I, auth: Option<Result<Identity, String>>, handler: Handler)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let handler = handler.clone();
-        let identity = identity.clone();
+        let (identity, auth_error) = match auth.clone() {
+            None => (None, None),
+            Some(Ok(id)) => (Some(id), None),
+            Some(Err(e)) => (None, Some(e)),
+        };
         async move {
             let (parts, body) = req.into_parts();
             let body = body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
@@ -199,6 +265,7 @@ where
                 content_type: header("content-type"),
                 body,
                 identity,
+                auth_error,
             };
             let resp = handler(request).await;
             let out = hyper::Response::builder()

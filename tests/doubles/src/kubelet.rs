@@ -141,7 +141,7 @@ pub async fn run(flags: Flags, version: KubeVersion) -> Result<(), String> {
     let api: http::Handler = Arc::new(move |req: Request| {
         let node = name_for_api.clone();
         Box::pin(async move {
-            if req.identity.is_none() && !anonymous {
+            if req.auth_error.is_some() || (req.identity.is_none() && !anonymous) {
                 return Response::text(401, "Unauthorized");
             }
             match req.path.as_str() {
@@ -153,7 +153,7 @@ pub async fn run(flags: Flags, version: KubeVersion) -> Result<(), String> {
             }
         })
     });
-    tokio::spawn(http::serve(listener, Some(tls), api));
+    tokio::spawn(http::serve(listener, Some((tls, client_ca.unwrap_or_default())), api));
     let hz: http::Handler = Arc::new(|_req| Box::pin(async { Response::text(200, "ok") }));
     tokio::spawn(http::serve(hz_listener, None, hz));
     log::info(

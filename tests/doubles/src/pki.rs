@@ -92,7 +92,17 @@ pub fn certs_from_pem(pem: &[u8], origin: &str) -> Result<Vec<Cert>, PkiError> {
 }
 
 fn read(path: &str, what: &str) -> Result<Vec<u8>, PkiError> {
-    std::fs::read(path).map_err(|e| PkiError(format!("failed to read {what} {path:?}: open {path}: {e}")))
+    std::fs::read(path)
+        .map_err(|e| PkiError(format!("failed to read {what} {path:?}: open {path}: {}", go_io_error(&e))))
+}
+
+/// An io error worded like Go's syscall errors (`no such file or directory`).
+pub fn go_io_error(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file or directory".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
 }
 
 /// Loads a certificate file (first cert = leaf, rest = chain).
