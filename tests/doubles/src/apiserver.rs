@@ -567,6 +567,19 @@ async fn non_resource(st: &State, req: &Request) -> Response {
                 .collect();
             Response::json(200, &json!({"kind":"APIGroupList","apiVersion":"v1","groups": list}))
         }
+        "/openapi/v3" => {
+            let mut gvs: Vec<String> = RESOURCES.iter().map(|r| gv_path(r.group, r.version)).collect();
+            gvs.dedup();
+            let paths: serde_json::Map<String, Value> = gvs
+                .into_iter()
+                .map(|gv| {
+                    let url = format!("/openapi/v3/{gv}?hash={}", st.s.version);
+                    (gv, json!({"serverRelativeURL": url}))
+                })
+                .collect();
+            Response::json(200, &json!({"paths": paths}))
+        }
+        p if p.starts_with("/openapi/v3/") => openapi_gv(&p["/openapi/v3/".len()..]),
         "/openid/v1/jwks" => {
             let keys: Vec<Value> = st.s.sa_public.iter().filter_map(|k| pki::jwk_of_spki(k)).collect();
             Response::json(200, &json!({"keys": keys}))
@@ -601,6 +614,43 @@ async fn non_resource(st: &State, req: &Request) -> Response {
             )
         }
     }
+}
+
+fn gv_path(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
+}
+
+/// A minimal OpenAPI v3 document per group-version: the operations with their GVK and the
+/// `fieldValidation` query parameter, which is what kubectl checks before choosing server-side field
+/// validation. Schemas are not published (the double does not validate fields).
+fn openapi_gv(gv: &str) -> Response {
+    let rs: Vec<&Resource> = RESOURCES.iter().filter(|r| gv_path(r.group, r.version) == gv).collect();
+    if rs.is_empty() {
+        return status(404, "NotFound", "the server could not find the requested resource");
+    }
+    let mut paths = serde_json::Map::new();
+    for r in rs {
+        let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
+        let params = json!([{"name":"fieldValidation","in":"query","schema":{"type":"string","uniqueItems":true}},
+            {"name":"dryRun","in":"query","schema":{"type":"string","uniqueItems":true}},
+            {"name":"fieldManager","in":"query","schema":{"type":"string","uniqueItems":true}}]);
+        let op = json!({"x-kubernetes-group-version-kind": gvk, "parameters": params, "responses": {}});
+        let base = if r.namespaced {
+            format!("/{gv}/namespaces/{{namespace}}/{}", r.plural)
+        } else {
+            format!("/{gv}/{}", r.plural)
+        };
+        paths.insert(base.clone(), json!({"post": op, "get": op}));
+        paths.insert(format!("{base}/{{name}}"), json!({"get": op, "put": op, "patch": op, "delete": op}));
+    }
+    Response::json(
+        200,
+        &json!({"openapi":"3.0.0","info":{"title":"Kubernetes","version":"contract double"},"paths": paths,"components":{"schemas":{}}}),
+    )
 }
 
 fn key_of(r: &Resource, ns: Option<&str>, name: &str) -> String {
@@ -871,12 +921,32 @@ async fn resource(st: &State, req: &Request, t: &Target, verb: &str) -> Result<R
             let name = t.name.clone().unwrap_or_default();
             let key = key_of(r, ns, &name);
             let Some(existing) = st.etcd.get(&key).await? else { return Ok(not_found(r, &name)) };
-            st.etcd.delete(&key, false).await?;
             if r.plural == "namespaces" {
-                for other in RESOURCES.iter().filter(|o| o.namespaced) {
-                    st.etcd.delete(&format!("/registry/{}/{name}/", other.etcd), true).await?;
+                // Like the real API: the namespace turns Terminating and its content goes away in the
+                // background (the real namespace controller runs in kube-controller-manager; the double
+                // does it here after a short delay so later deletes of its objects still find them).
+                if matches!(name.as_str(), "default" | "kube-system" | "kube-public") {
+                    return Ok(status(
+                        403,
+                        "Forbidden",
+                        &format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
+                    ));
                 }
+                let mut obj = existing.value.clone();
+                obj["status"]["phase"] = json!("Terminating");
+                obj["metadata"]["deletionTimestamp"] = json!(now());
+                let rev = st.etcd.put(&key, &obj).await?;
+                let etcd = st.etcd.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    for other in RESOURCES.iter().filter(|o| o.namespaced) {
+                        let _ = etcd.delete(&format!("/registry/{}/{name}/", other.etcd), true).await;
+                    }
+                    let _ = etcd.delete(&key, false).await;
+                });
+                return Ok(Response::json(200, &with_rv(obj, rev)));
             }
+            st.etcd.delete(&key, false).await?;
             Ok(Response::json(200, &with_rv(existing.value, existing.mod_revision)))
         }
         _ => Ok(status(
@@ -924,7 +994,14 @@ async fn create(st: &State, r: &Resource, ns: Option<&str>, obj: &mut Value) -> 
             .map(String::from)
             .or_else(|| obj["metadata"]["namespace"].as_str().map(String::from))
             .unwrap_or_else(|| "default".into());
-        if st.etcd.get(&format!("/registry/namespaces/{ns}")).await?.is_none() {
+        let ns_obj = st.etcd.get(&format!("/registry/namespaces/{ns}")).await?;
+        if ns_obj.as_ref().is_some_and(|n| n.value["status"]["phase"] == "Terminating") {
+            return Ok(Response::json(
+                403,
+                &json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":format!("{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated", r.plural),"reason":"Forbidden","details":{"name":name,"kind":r.plural,"causes":[{"reason":"NamespaceTerminating","message":format!("namespace {ns} is being terminated"),"field":"metadata.namespace"}]},"code":403}),
+            ));
+        }
+        if ns_obj.is_none() {
             return Ok(Response::json(
                 404,
                 &json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":format!("namespaces \"{ns}\" not found"),"reason":"NotFound","details":{"name":ns,"kind":"namespaces"},"code":404}),
