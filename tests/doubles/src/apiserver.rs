@@ -382,7 +382,7 @@ fn parse_target(path: &str) -> Option<Result<Target, Response>> {
             if find(group, version, plural).is_some_and(|r| r.namespaced) {
                 (Some(ns.to_string()), &[&[*plural][..], tail].concat()[..])
             } else if group.is_empty() {
-                (None, &rest[..])
+                (None, rest)
             } else {
                 return Some(Err(status(
                     404,

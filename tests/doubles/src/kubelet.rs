@@ -103,7 +103,7 @@ pub async fn run(flags: Flags, version: KubeVersion) -> Result<(), String> {
     let freq =
         s("nodeStatusUpdateFrequency").and_then(|d| config::parse_go_duration(&d)).unwrap_or(10.0).max(0.2);
     let node_name =
-        flags.get("hostname-override").map(String::from).unwrap_or_else(|| nix_hostname()).to_lowercase();
+        flags.get("hostname-override").map(String::from).unwrap_or_else(nix_hostname).to_lowercase();
     let node_ip = pick_node_ip(&flags, &address)?;
 
     let client_ca =
@@ -128,7 +128,7 @@ pub async fn run(flags: Flags, version: KubeVersion) -> Result<(), String> {
         }
         (None, None) => crate::components::self_signed(
             &format!("{node_name}@{}", std::process::id()),
-            &[node_name.clone()],
+            std::slice::from_ref(&node_name),
         )?,
         _ => return Err("tlsCertFile and tlsPrivateKeyFile must be set together".into()),
     };
