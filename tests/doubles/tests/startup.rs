@@ -134,6 +134,28 @@ fn version_flags_and_configs() {
             || err.contains("unknown field \"tlsCurvePreferences\""),
         "{err}"
     );
+    // kubelet serving cert must cover the node IP.
+    env.pki.kubelet(&env.layout, "node9", "127.0.0.9");
+    let kcfg = write(
+        "kubelet-serving.yaml",
+        &format!(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\naddress: 127.0.0.1\nport: 0\nhealthzPort: 0\nauthentication:\n  x509:\n    clientCAFile: {}\ntlsCertFile: {}\ntlsPrivateKeyFile: {}\n",
+            env.pki.p("pki/ca.crt"),
+            env.pki.p("kubelet-node9.crt"),
+            env.pki.p("kubelet-node9.key")
+        ),
+    );
+    fails_with(
+        &env,
+        "kubelet",
+        V34,
+        &[
+            format!("--config={kcfg}"),
+            format!("--kubeconfig={}", env.pki.p("kubelet-node9.conf")),
+            "--node-ip=127.0.0.1".into(),
+        ],
+        "does not cover the node address 127.0.0.1",
+    );
     let proxy_type = write(
         "proxy.yaml",
         "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nconntrack:\n  maxPerCore: many\n",
