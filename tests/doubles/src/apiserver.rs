@@ -1033,3 +1033,52 @@ async fn create(st: &State, r: &Resource, ns: Option<&str>, obj: &mut Value) -> 
     let rev = st.etcd.put(&key, obj).await?;
     Ok(Response::json(201, &with_rv(obj.clone(), rev)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_ip_and_selectors() {
+        assert_eq!(first_service_ip("10.96.0.0/12").unwrap().to_string(), "10.96.0.1");
+        assert_eq!(first_service_ip("fd00:10:96::/112").unwrap().to_string(), "fd00:10:96::1");
+        assert!(first_service_ip("10.96.0.0").is_err());
+        let pod =
+            json!({"metadata":{"name":"a","namespace":"ns","labels":{"app":"x"}},"spec":{"nodeName":"n1"}});
+        assert!(fields_match(&pod, "spec.nodeName=n1"));
+        assert!(!fields_match(&pod, "spec.nodeName=n2"));
+        assert!(fields_match(&pod, "metadata.name=a,metadata.namespace=ns"));
+        assert!(labels_match(&pod, "app=x"));
+        assert!(!labels_match(&pod, "app!=x"));
+        assert!(labels_match(&pod, "!other"));
+    }
+
+    #[test]
+    fn node_may_only_modify_itself() {
+        let id = Identity { user: "system:node:a".into(), groups: vec!["system:nodes".into()] };
+        let nodes = find("", "v1", "nodes").unwrap();
+        let t = |name: &str| Target { res: nodes, ns: None, name: Some(name.into()), sub: None };
+        assert!(authorize(&id, "patch", &t("a")).is_ok());
+        assert!(authorize(&id, "patch", &t("b")).unwrap_err().contains("not allowed to modify node \"b\""));
+        assert!(authorize(&id, "delete", &t("a")).is_err());
+        assert!(authorize(&id, "get", &t("b")).is_ok());
+        let proxy = Identity { user: "system:kube-proxy".into(), groups: vec![] };
+        assert!(authorize(&proxy, "list", &t("b")).is_ok());
+        assert!(authorize(&proxy, "delete", &t("b")).is_err());
+        let admin =
+            Identity { user: "kubernetes-admin".into(), groups: vec!["kubeadm:cluster-admins".into()] };
+        assert!(authorize(&admin, "delete", &t("b")).is_ok());
+        let nobody = Identity { user: "someone".into(), groups: vec!["system:nodes".into()] };
+        assert!(authorize(&nobody, "get", &t("b")).is_err());
+    }
+
+    #[test]
+    fn merge_patch_semantics() {
+        let mut node = json!({"spec":{"unschedulable":true,"podCIDR":"x"},"metadata":{"labels":{"a":"1"}}});
+        merge_patch(
+            &mut node,
+            &json!({"spec":{"unschedulable":null},"metadata":{"labels":{"b":"2"}},"$setElementOrder/x":[1]}),
+        );
+        assert_eq!(node, json!({"spec":{"podCIDR":"x"},"metadata":{"labels":{"a":"1","b":"2"}}}));
+    }
+}

@@ -97,13 +97,6 @@ fn addr(flags: &Flags, default_port: u16) -> Result<SocketAddr, String> {
 
 /// kube-controller-manager double.
 pub async fn controller_manager(flags: Flags, _version: KubeVersion) -> Result<(), String> {
-    let kubeconfig = flags.get("kubeconfig").ok_or("invalid configuration: no configuration has been provided, try setting KUBERNETES_MASTER environment variable")?;
-    let client = ApiClient::from_kubeconfig(kubeconfig).map_err(|e| e.0)?;
-    for f in ["authentication-kubeconfig", "authorization-kubeconfig"] {
-        if let Some(p) = flags.get(f) {
-            ApiClient::from_kubeconfig(p).map_err(|e| format!("--{f}: {e}"))?;
-        }
-    }
     let e = |e: pki::PkiError| e.0;
     if let Some(ca) = flags.get("root-ca-file") {
         pki::load_ca(ca).map_err(e)?;
@@ -124,6 +117,13 @@ pub async fn controller_manager(flags: Flags, _version: KubeVersion) -> Result<(
             return Err(
                 "--cluster-signing-cert-file and --cluster-signing-key-file must be given together".into()
             )
+        }
+    }
+    let kubeconfig = flags.get("kubeconfig").ok_or("invalid configuration: no configuration has been provided, try setting KUBERNETES_MASTER environment variable")?;
+    let client = ApiClient::from_kubeconfig(kubeconfig).map_err(|e| e.0)?;
+    for f in ["authentication-kubeconfig", "authorization-kubeconfig"] {
+        if let Some(p) = flags.get(f) {
+            ApiClient::from_kubeconfig(p).map_err(|e| format!("--{f}: {e}"))?;
         }
     }
     let (chain, key) = tls_pair(&flags, "kube-controller-manager")?;

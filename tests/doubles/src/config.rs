@@ -262,3 +262,30 @@ pub fn lookup<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
 pub fn string_at(doc: &Value, path: &str) -> Option<String> {
     lookup(doc, path).and_then(Value::as_str).map(String::from)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("10s"), Some(10.0));
+        assert_eq!(parse_go_duration("2m0s"), Some(120.0));
+        assert_eq!(parse_go_duration("1h30m"), Some(5400.0));
+        assert_eq!(parse_go_duration("100ms"), Some(0.1));
+        assert_eq!(parse_go_duration("0"), Some(0.0));
+        assert_eq!(parse_go_duration("10"), None);
+        assert_eq!(parse_go_duration("ten seconds"), None);
+        assert_eq!(parse_go_duration(""), None);
+    }
+
+    #[test]
+    fn version_column() {
+        assert!(version_covers("all", 34));
+        assert!(version_covers("untracked", 35));
+        assert!(!version_covers("1.36+", 35));
+        assert!(version_covers("1.36+", 36));
+        assert!(version_covers("1.33-1.35", 35));
+        assert!(!version_covers("1.33-1.35", 36));
+    }
+}

@@ -209,3 +209,60 @@ pub fn usage(component: Component, table: &BTreeMap<String, FlagSpec>) -> String
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn pflag_rules() {
+        let t = table(Component::ApiServer, 35).unwrap();
+        let ParseOutcome::Run(f) = parse(
+            &args(&[
+                "--secure_port",
+                "6443",
+                "--anonymous-auth=false",
+                "--allow-privileged",
+                "--etcd-servers=a,b",
+                "--etcd-servers",
+                "c",
+                "-v",
+                "2",
+            ]),
+            &t,
+        ) else {
+            panic!("should parse")
+        };
+        assert_eq!(f.get("secure-port"), Some("6443"));
+        assert!(!f.bool_or("anonymous-auth", true));
+        assert!(f.bool_or("allow-privileged", false));
+        assert_eq!(f.list("etcd-servers"), vec!["a", "b", "c"]);
+        assert_eq!(f.get("v"), Some("2"));
+        // A bool never swallows the next argument.
+        let ParseOutcome::Run(f) = parse(&args(&["--allow-privileged", "x"]), &t) else { panic!() };
+        assert_eq!(f.positional, vec!["x"]);
+        assert!(
+            matches!(parse(&args(&["--nope"]), &t), ParseOutcome::Error(e) if e == "unknown flag: --nope")
+        );
+        assert!(matches!(parse(&args(&["--version=raw"]), &t), ParseOutcome::Version(v) if v == "raw"));
+        assert!(matches!(parse(&args(&["-h"]), &t), ParseOutcome::Help));
+    }
+
+    #[test]
+    fn tables_differ_by_version() {
+        let k34 = table(Component::Kubelet, 34).unwrap();
+        let k35 = table(Component::Kubelet, 35).unwrap();
+        assert!(k34.contains_key("pod-infra-container-image"));
+        assert!(!k35.contains_key("pod-infra-container-image"));
+        assert!(table(Component::Kubelet, 36).is_none());
+        // kube-proxy's klog flags are registered with `_` and still match `-`.
+        assert!(
+            table(Component::Proxy, 35).unwrap().contains_key("log-dir")
+                || table(Component::Proxy, 35).unwrap().contains_key("add-dir-header")
+        );
+    }
+}

@@ -58,8 +58,9 @@ fn data_or_file(
 impl ApiClient {
     /// Loads `path`, checks the client cert/key pair and usage and the CA, and builds the client.
     pub fn from_kubeconfig(path: &str) -> Result<Self, KubeconfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| KubeconfigError(format!("invalid configuration: stat {path}: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            KubeconfigError(format!("invalid configuration: stat {path}: {}", pki::go_io_error(&e)))
+        })?;
         let doc: Value = serde_yaml::from_str(&text)
             .map_err(|e| KubeconfigError(format!("error loading config file {path:?}: {e}")))?;
         if doc.get("kind").and_then(Value::as_str) != Some("Config") {

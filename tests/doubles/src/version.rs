@@ -86,3 +86,29 @@ pub fn stamp(binary: &mut [u8], version: &str) -> Result<(), String> {
         _ => Err(format!("version marker found {} times in binary", hits.len())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamp_writes_exactly_one_slot() {
+        let mut bin = b"xxxxKFDOUBLEVERSION=v0.0.0".to_vec();
+        bin.extend_from_slice(&[0u8; SLOT_LEN]);
+        stamp(&mut bin, "v1.35.7").unwrap();
+        assert_eq!(&bin[20..27], b"v1.35.7");
+        assert!(bin[27..20 + SLOT_LEN].iter().all(|b| *b == 0));
+        let mut twice = bin.clone();
+        twice.extend_from_slice(&bin);
+        assert!(stamp(&mut twice, "v1.35.7").unwrap_err().contains("2 times"));
+        assert!(stamp(&mut b"nothing here at all, no marker".to_vec(), "v1.35.7").is_err());
+        assert!(stamp(&mut bin, "1.35").is_err());
+    }
+
+    #[test]
+    fn parses_versions() {
+        assert_eq!(KubeVersion::parse("v1.34.10"), Some(KubeVersion { major: 1, minor: 34, patch: 10 }));
+        assert_eq!(KubeVersion::parse("1.34.10"), None);
+        assert_eq!(stamped(), "v0.0.0", "the unit-test binary is never stamped");
+    }
+}

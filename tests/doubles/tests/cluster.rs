@@ -12,7 +12,7 @@ mod pki;
 use std::{process::Command, time::Duration};
 
 use bins::{free_port, wait_for, Proc};
-use cluster::{Env, V35};
+use cluster::{Env, V34, V35};
 use serde_json::Value;
 
 struct Kubectl {
@@ -201,7 +201,8 @@ rotateCertificates: false
         "--hostname-override=node1".into(),
         "--node-ip=127.0.0.3".into(),
     ];
-    let mut kubelet = Proc::start(&env.bin("kubelet", V35), &kubelet_args, &env.path("kubelet.log"));
+    // The kubelet one minor behind the apiserver (allowed skew; the upgrade tests start here).
+    let mut kubelet = Proc::start(&env.bin("kubelet", V34), &kubelet_args, &env.path("kubelet.log"));
 
     let k = Kubectl {
         kubeconfig: p("admin.conf"),
@@ -219,7 +220,7 @@ rotateCertificates: false
     .unwrap_or_else(|| {
         panic!("node1 never Ready; kubelet log:\n{}\napiserver log:\n{}", kubelet.log_text(), api.log_text())
     });
-    assert_eq!(node["status"]["nodeInfo"]["kubeletVersion"], V35);
+    assert_eq!(node["status"]["nodeInfo"]["kubeletVersion"], V34);
     assert_eq!(node["status"]["addresses"][0]["address"], "127.0.0.3");
     let table = k.ok(&["get", "nodes"]);
     assert!(table.contains("node1") && table.contains("Ready"), "{table}");
@@ -309,7 +310,7 @@ rotateCertificates: false
         .output()
         .unwrap();
     assert!(
-        String::from_utf8_lossy(&etcdctl.stdout).contains("\"kubeletVersion\":\"v1.35.7\""),
+        String::from_utf8_lossy(&etcdctl.stdout).contains("\"kubeletVersion\":\"v1.34.10\""),
         "{etcdctl:?}"
     );
 
