@@ -25,7 +25,7 @@ impl Kubectl {
         self.run_as(&self.kubeconfig, args)
     }
     fn run_as(&self, kubeconfig: &str, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(cluster::which("kubectl"))
+        let out = Command::new(cluster::kubectl())
             .arg(format!("--kubeconfig={kubeconfig}"))
             .arg(format!("--cache-dir={}", self.cache))
             .arg("--request-timeout=20s")
@@ -228,9 +228,14 @@ rotateCertificates: false
     assert_eq!(nodes["items"].as_array().unwrap().len(), 1);
 
     // kubelet ports: 10250-equivalent needs a client cert; healthz answers plainly.
-    let hz =
-        Command::new("curl").args(["-sS", &format!("http://127.0.0.3:{hport}/healthz")]).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&hz.stdout), "ok");
+    {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.3", hport)).unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        c.read_to_string(&mut resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200") && resp.ends_with("ok"), "{resp}");
+    }
 
     // cordon survives heart-beats; uncordon clears it.
     k.ok(&["cordon", "node1"]);

@@ -156,6 +156,14 @@ pub fn to_args(flags: &BTreeMap<String, String>) -> Vec<String> {
     flags.iter().map(|(k, v)| format!("--{k}={v}")).collect()
 }
 
+/// The real kubectl: `$KUBEFORGE_TEST_KUBECTL`, else `kubectl` on PATH.
+pub fn kubectl() -> PathBuf {
+    match std::env::var_os("KUBEFORGE_TEST_KUBECTL") {
+        Some(p) => PathBuf::from(p),
+        None => which("kubectl"),
+    }
+}
+
 /// Absolute path of a program on PATH.
 pub fn which(name: &str) -> PathBuf {
     for dir in std::env::var("PATH").unwrap_or_default().split(':') {
