@@ -163,6 +163,19 @@ pub async fn run(flags: Flags, version: KubeVersion) -> Result<(), String> {
             "service-account-signing-key-file",
         ],
     )?;
+    // Value sets the real option validation enforces.
+    for mode in flags.list("authorization-mode") {
+        if !matches!(mode.as_str(), "AlwaysAllow" | "AlwaysDeny" | "ABAC" | "Webhook" | "RBAC" | "Node") {
+            return Err(format!(
+                "[authorization-mode {mode:?} is not a valid mode, supported modes: AlwaysAllow, AlwaysDeny, ABAC, Webhook, RBAC, Node]"
+            ));
+        }
+    }
+    for t in flags.list("kubelet-preferred-address-types") {
+        if !matches!(t.as_str(), "Hostname" | "InternalIP" | "ExternalIP" | "InternalDNS" | "ExternalDNS") {
+            return Err(format!("[--kubelet-preferred-address-types: unsupported address type {t:?}]"));
+        }
+    }
     let e = |e: pki::PkiError| e.0;
     let client_ca = pki::load_ca(flags.get("client-ca-file").unwrap_or_default()).map_err(e)?;
 

@@ -178,6 +178,13 @@ pub async fn proxy(flags: Flags, version: KubeVersion) -> Result<(), String> {
                 &[("err", format!("strict decoding error: {complaint}"))],
             );
         }
+        if let Some(mode) = string_at(&d.doc, "mode") {
+            if !matches!(mode.as_str(), "" | "iptables" | "ipvs" | "nftables") {
+                return Err(format!(
+                    "invalid configuration: KubeProxyConfiguration.Mode: Invalid value: {mode:?}: must be iptables, ipvs or nftables"
+                ));
+            }
+        }
         kubeconfig = string_at(&d.doc, "clientConnection.kubeconfig").or(kubeconfig);
         healthz = string_at(&d.doc, "healthzBindAddress").unwrap_or(healthz);
         metrics = string_at(&d.doc, "metricsBindAddress").unwrap_or(metrics);

@@ -74,6 +74,13 @@ pub async fn run(flags: Flags, version: KubeVersion) -> Result<(), String> {
         }
         None => json_to_yaml(json!({})),
     };
+    if let Some(driver) = string_at(&doc, "cgroupDriver") {
+        if !matches!(driver.as_str(), "systemd" | "cgroupfs") {
+            return Err(format!(
+                "invalid configuration: cgroupDriver ({driver:?}) must be one of: systemd, cgroupfs"
+            ));
+        }
+    }
     let kubeconfig = flags
         .get("kubeconfig")
         .ok_or("--kubeconfig must be specified (standalone mode is not supported by the double)")?;

@@ -59,6 +59,23 @@ fn version_flags_and_configs() {
         &s(&["--etcd-servers"]),
         "flag needs an argument: --etcd-servers",
     );
+    fails_with(
+        &env,
+        "kube-apiserver",
+        V35,
+        &s(&[
+            "--authorization-mode=Node,Rbac",
+            "--etcd-servers=https://127.0.0.1:1",
+            "--client-ca-file=x",
+            "--tls-cert-file=x",
+            "--tls-private-key-file=x",
+            "--service-cluster-ip-range=10.96.0.0/12",
+            "--service-account-issuer=x",
+            "--service-account-key-file=x",
+            "--service-account-signing-key-file=x",
+        ]),
+        "authorization-mode \"Rbac\" is not a valid mode",
+    );
     // Required flags.
     fails_with(
         &env,
@@ -155,6 +172,28 @@ fn version_flags_and_configs() {
             "--node-ip=127.0.0.1".into(),
         ],
         "does not cover the node address 127.0.0.1",
+    );
+    let kubelet_cg = write(
+        "kubelet-cg.yaml",
+        "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncgroupDriver: system\n",
+    );
+    fails_with(
+        &env,
+        "kubelet",
+        V35,
+        &[format!("--config={kubelet_cg}")],
+        "cgroupDriver (\"system\") must be one of",
+    );
+    let proxy_mode = write(
+        "proxy-mode.yaml",
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipables\n",
+    );
+    fails_with(
+        &env,
+        "kube-proxy",
+        V35,
+        &[format!("--config={proxy_mode}")],
+        "KubeProxyConfiguration.Mode: Invalid value",
     );
     let proxy_type = write(
         "proxy.yaml",
