@@ -81,6 +81,10 @@ pub async fn run(flags: Flags, version: KubeVersion) -> Result<(), String> {
             ));
         }
     }
+    let labels = node_labels(&flags.list("node-labels"))?;
+    let taints = lookup(&doc, "registerWithTaints")
+        .map(|t| serde_json::to_value(t).unwrap_or(Value::Null))
+        .unwrap_or(Value::Null);
     let kubeconfig = flags
         .get("kubeconfig")
         .ok_or("--kubeconfig must be specified (standalone mode is not supported by the double)")?;
@@ -179,7 +183,13 @@ pub async fn run(flags: Flags, version: KubeVersion) -> Result<(), String> {
                 &[("endpoint", runtime.clone()), ("err", e.clone())],
             );
         }
-        let node = node_object(&node_name, node_ip, version, runtime_ok.as_ref().err());
+        let mut node = node_object(&node_name, node_ip, version, runtime_ok.as_ref().err());
+        for (k, v) in &labels {
+            node["metadata"]["labels"][k] = json!(v);
+        }
+        if !taints.is_null() {
+            node["spec"]["taints"] = taints.clone();
+        }
         if !registered {
             match client.call("POST", "/api/v1/nodes", Some(("application/json", node.clone()))).await {
                 Ok((201, _)) => {
@@ -223,6 +233,51 @@ pub async fn run(flags: Flags, version: KubeVersion) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_secs_f64(freq)).await;
     }
+}
+
+/// `--node-labels` parsed and checked like the real kubelet: labels in the `kubernetes.io` / `k8s.io`
+/// namespaces are refused unless NodeRestriction lets a kubelet set them (e.g. `node-role.kubernetes.io/*`
+/// must be set by an admin, not by the kubelet).
+pub fn node_labels(items: &[String]) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut bad = Vec::new();
+    for item in items {
+        let (k, v) = item.split_once('=').ok_or_else(|| {
+            format!("invalid argument {item:?} for \"--node-labels\" flag: must be formatted as key=value")
+        })?;
+        let ns = k.split_once('/').map(|(p, _)| p).unwrap_or("");
+        let restricted = ns == "kubernetes.io"
+            || ns == "k8s.io"
+            || ns.ends_with(".kubernetes.io")
+            || ns.ends_with(".k8s.io");
+        let allowed = matches!(
+            k,
+            "kubernetes.io/hostname"
+                | "kubernetes.io/arch"
+                | "kubernetes.io/os"
+                | "beta.kubernetes.io/arch"
+                | "beta.kubernetes.io/os"
+                | "beta.kubernetes.io/instance-type"
+                | "node.kubernetes.io/instance-type"
+                | "failure-domain.beta.kubernetes.io/region"
+                | "failure-domain.beta.kubernetes.io/zone"
+                | "topology.kubernetes.io/region"
+                | "topology.kubernetes.io/zone"
+        ) || ns == "kubelet.kubernetes.io"
+            || ns.ends_with(".kubelet.kubernetes.io")
+            || ns == "node.kubernetes.io"
+            || ns.ends_with(".node.kubernetes.io");
+        if restricted && !allowed {
+            bad.push(k.to_string());
+        }
+        out.push((k.to_string(), v.to_string()));
+    }
+    if !bad.is_empty() {
+        return Err(format!(
+            "failed to validate kubelet flags: unknown 'kubernetes.io' or 'k8s.io' labels specified with --node-labels: {bad:?}\n--node-labels in the 'kubernetes.io' namespace must begin with an allowed prefix (kubelet.kubernetes.io, node.kubernetes.io) or be in the specifically allowed set (beta.kubernetes.io/arch, beta.kubernetes.io/instance-type, beta.kubernetes.io/os, failure-domain.beta.kubernetes.io/region, failure-domain.beta.kubernetes.io/zone, kubernetes.io/arch, kubernetes.io/hostname, kubernetes.io/os, node.kubernetes.io/instance-type, topology.kubernetes.io/region, topology.kubernetes.io/zone)"
+        ));
+    }
+    Ok(out)
 }
 
 fn json_to_yaml(v: Value) -> serde_yaml::Value {

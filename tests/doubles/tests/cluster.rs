@@ -200,6 +200,8 @@ rotateCertificates: false
         format!("--kubeconfig={}", p("kubelet-node1.conf")),
         "--hostname-override=node1".into(),
         "--node-ip=127.0.0.3".into(),
+        "--node-labels=kubeforge.test/pool=a,node.kubernetes.io/exclude-from-external-load-balancers=true"
+            .into(),
     ];
     // The kubelet one minor behind the apiserver (allowed skew; the upgrade tests start here).
     let mut kubelet = Proc::start(&env.bin("kubelet", V34), &kubelet_args, &env.path("kubelet.log"));
@@ -221,6 +223,7 @@ rotateCertificates: false
         panic!("node1 never Ready; kubelet log:\n{}\napiserver log:\n{}", kubelet.log_text(), api.log_text())
     });
     assert_eq!(node["status"]["nodeInfo"]["kubeletVersion"], V34);
+    assert_eq!(node["metadata"]["labels"]["kubeforge.test/pool"], "a");
     assert_eq!(node["status"]["addresses"][0]["address"], "127.0.0.3");
     let table = k.ok(&["get", "nodes"]);
     assert!(table.contains("node1") && table.contains("Ready"), "{table}");

@@ -184,6 +184,13 @@ fn version_flags_and_configs() {
         &[format!("--config={kubelet_cg}")],
         "cgroupDriver (\"system\") must be one of",
     );
+    fails_with(
+        &env,
+        "kubelet",
+        V35,
+        &s(&["--node-labels=node-role.kubernetes.io/control-plane=,node.kubernetes.io/exclude-from-external-load-balancers="]),
+        "unknown 'kubernetes.io' or 'k8s.io' labels specified with --node-labels: [\"node-role.kubernetes.io/control-plane\"]",
+    );
     let proxy_mode = write(
         "proxy-mode.yaml",
         "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipables\n",
