@@ -673,6 +673,33 @@ fn key_of(r: &Resource, ns: Option<&str>, name: &str) -> String {
     }
 }
 
+/// How long a Node may go without a heart-beat before it reads as `Ready=Unknown`
+/// (kube-controller-manager's `--node-monitor-grace-period` default).
+const NODE_GRACE_SECS: i64 = 40;
+
+/// What the real node lifecycle controller (in kube-controller-manager) does to a Node whose kubelet
+/// stopped posting status: its Ready condition turns Unknown. The double applies it when Nodes are read,
+/// so a dead kubelet never looks Ready.
+fn node_liveness(mut node: Value, now: time::OffsetDateTime) -> Value {
+    let Some(conds) = node["status"]["conditions"].as_array_mut() else { return node };
+    let stale = conds
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .and_then(|c| c["lastHeartbeatTime"].as_str())
+        .is_some_and(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .is_ok_and(|t| (now - t).whole_seconds() > NODE_GRACE_SECS)
+        });
+    if stale {
+        for c in conds.iter_mut() {
+            c["status"] = json!("Unknown");
+            c["reason"] = json!("NodeStatusUnknown");
+            c["message"] = json!("Kubelet stopped posting node status.");
+        }
+    }
+    node
+}
+
 fn with_rv(mut obj: Value, rv: i64) -> Value {
     obj["metadata"]["resourceVersion"] = json!(rv.to_string());
     obj
@@ -830,16 +857,23 @@ async fn resource(st: &State, req: &Request, t: &Target, verb: &str) -> Result<R
             let (kvs, rv) = st.etcd.list(&prefix).await?;
             let label_sel = req.param("labelSelector").unwrap_or_default();
             let field_sel = req.param("fieldSelector").unwrap_or_default();
-            let items: Vec<Value> = kvs
-                .into_iter()
-                // `/registry/services/specs/` must not pick up a deeper prefix by accident.
-                .filter(|kv| {
-                    kv.key[prefix.len()..].split('/').count()
-                        == if r.namespaced && ns.is_none() { 2 } else { 1 }
-                })
-                .map(|kv| with_rv(kv.value, kv.mod_revision))
-                .filter(|o| labels_match(o, &label_sel) && fields_match(o, &field_sel))
-                .collect();
+            let items: Vec<Value> =
+                kvs.into_iter()
+                    // `/registry/services/specs/` must not pick up a deeper prefix by accident.
+                    .filter(|kv| {
+                        kv.key[prefix.len()..].split('/').count()
+                            == if r.namespaced && ns.is_none() { 2 } else { 1 }
+                    })
+                    .map(|kv| with_rv(kv.value, kv.mod_revision))
+                    .map(|o| {
+                        if r.plural == "nodes" {
+                            node_liveness(o, time::OffsetDateTime::now_utc())
+                        } else {
+                            o
+                        }
+                    })
+                    .filter(|o| labels_match(o, &label_sel) && fields_match(o, &field_sel))
+                    .collect();
             if r.plural == "nodes" && req.accept.contains("as=Table") {
                 let mut resp = Response::json(200, &node_table(&items, rv));
                 resp.content_type = "application/json;as=Table;v=v1;g=meta.k8s.io".into();
@@ -853,6 +887,10 @@ async fn resource(st: &State, req: &Request, t: &Target, verb: &str) -> Result<R
         "get" => {
             let name = t.name.as_deref().unwrap_or_default();
             match st.etcd.get(&key_of(r, ns, name)).await? {
+                Some(kv) if r.plural == "nodes" && t.sub.is_none() => Ok(Response::json(
+                    200,
+                    &node_liveness(with_rv(kv.value, kv.mod_revision), time::OffsetDateTime::now_utc()),
+                )),
                 Some(kv) => Ok(Response::json(200, &with_rv(kv.value, kv.mod_revision))),
                 None => Ok(not_found(r, name)),
             }
@@ -1083,6 +1121,20 @@ mod tests {
         assert!(authorize(&admin, "delete", &t("b")).is_ok());
         let nobody = Identity { user: "someone".into(), groups: vec!["system:nodes".into()] };
         assert!(authorize(&nobody, "get", &t("b")).is_err());
+    }
+
+    #[test]
+    fn silent_kubelet_turns_unknown() {
+        let node = json!({"status":{"conditions":[
+            {"type":"MemoryPressure","status":"False","lastHeartbeatTime":"2026-01-01T00:00:00Z"},
+            {"type":"Ready","status":"True","lastHeartbeatTime":"2026-01-01T00:00:00Z"}]}});
+        let t0 = time::macros::datetime!(2026-01-01 0:00:30 UTC);
+        assert_eq!(node_liveness(node.clone(), t0)["status"]["conditions"][1]["status"], "True");
+        let t1 = time::macros::datetime!(2026-01-01 0:00:41 UTC);
+        let n = node_liveness(node, t1);
+        assert_eq!(n["status"]["conditions"][1]["status"], "Unknown");
+        assert_eq!(n["status"]["conditions"][0]["status"], "Unknown");
+        assert_eq!(n["status"]["conditions"][1]["reason"], "NodeStatusUnknown");
     }
 
     #[test]
