@@ -38,8 +38,10 @@ pub struct ApplyOptions {
 pub struct Material {
     /// Verified artifacts by component and architecture.
     pub artifacts: BTreeMap<(Art, String), LocalArtifact>,
-    /// The cluster's PKI directory (`pki/<cluster>/`).
-    pub pki_dir: PathBuf,
+    /// The cluster's PKI store (`pki/<cluster>/`), complete and current.
+    pub pki: crate::pki::store::Store,
+    /// The inputs the PKI was made from.
+    pub pki_inputs: crate::pki::PkiInputs,
     /// Options of the run (preflight exceptions, dry-run).
     pub options: ApplyOptions,
 }
@@ -190,9 +192,20 @@ pub fn run(inventory: &Path, options: ApplyOptions) -> Result<i32> {
     let model = ClusterModel::derive(&loaded);
     let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
     rt.block_on(async move {
+        let pki = crate::pki::store::Store::new(&options.pki_root, &model.name);
+        let pki_inputs = model.pki_inputs();
+        let report = pki.ensure(&pki_inputs)?;
+        if !report.issued.is_empty() || !report.cas_created.is_empty() {
+            eprintln!(
+                "[pki] {}: {} issued, {} reused, {} CA/key pair(s) created",
+                pki.root().display(),
+                report.issued.len(),
+                report.reused.len(),
+                report.cas_created.len()
+            );
+        }
         let artifacts = prepare_artifacts(&model, &loaded.inventory, &options.cache_dir).await?;
-        let material =
-            Material { artifacts, pki_dir: options.pki_root.join(&model.name), options: options.clone() };
+        let material = Material { artifacts, pki, pki_inputs, options: options.clone() };
         let transports = transports(&loaded, &options.connect)?;
         let executor = Executor::new(options.concurrency, crate::report::auto(false));
         executor.stop_on_ctrl_c();

@@ -34,4 +34,5 @@ pub trait Phase: Send + Sync {
     fn work(&self, ctx: &Context<'_>, host: &HostModel) -> Result<Option<HostWork>, crate::Error>;
 }
 
+pub mod pki_files;
 pub mod preflight;
