@@ -34,5 +34,6 @@ pub trait Phase: Send + Sync {
     fn work(&self, ctx: &Context<'_>, host: &HostModel) -> Result<Option<HostWork>, crate::Error>;
 }
 
+pub mod addons;
 pub mod pki_files;
 pub mod preflight;

@@ -10,27 +10,67 @@ use crate::Result;
 /// Remote PKI directory.
 pub const PKI: &str = "/etc/kubernetes/pki";
 
-fn file(ctx: &Context<'_>, local: &str, remote: &str, secret: bool, restarts: &[&str], label: &str) -> Result<DesiredFile> {
+fn file(
+    ctx: &Context<'_>,
+    local: &str,
+    remote: &str,
+    secret: bool,
+    restarts: &[&str],
+    label: &str,
+) -> Result<DesiredFile> {
     let data = ctx.material.pki.read(local)?;
     let mode = if secret { 0o600 } else { 0o644 };
     let f = DesiredFile::bytes(remote, mode, data, label).restarts(restarts);
     Ok(if secret { f.secret() } else { f })
 }
 
-fn pair(ctx: &Context<'_>, local: &str, remote: &str, restarts: &[&str], label: &str) -> Result<Vec<DesiredFile>> {
+fn pair(
+    ctx: &Context<'_>,
+    local: &str,
+    remote: &str,
+    restarts: &[&str],
+    label: &str,
+) -> Result<Vec<DesiredFile>> {
     Ok(vec![
-        file(ctx, &format!("{local}.crt"), &format!("{remote}.crt"), false, restarts, &format!("{label} certificate"))?,
-        file(ctx, &format!("{local}.key"), &format!("{remote}.key"), true, restarts, &format!("{label} key"))?,
+        file(
+            ctx,
+            &format!("{local}.crt"),
+            &format!("{remote}.crt"),
+            false,
+            restarts,
+            &format!("{label} certificate"),
+        )?,
+        file(
+            ctx,
+            &format!("{local}.key"),
+            &format!("{remote}.key"),
+            true,
+            restarts,
+            &format!("{label} key"),
+        )?,
     ])
 }
 
 /// etcd members: the etcd CA certificate, the member's server and peer pairs, the health-check client.
 pub fn etcd(ctx: &Context<'_>, host: &HostModel) -> Result<Vec<DesiredFile>> {
     let r = &["etcd"];
-    let mut v = vec![file(ctx, "etcd/ca.crt", &format!("{PKI}/etcd/ca.crt"), false, r, "etcd CA certificate")?];
-    v.extend(pair(ctx, &format!("etcd/{}/server", host.name), &format!("{PKI}/etcd/server"), r, "etcd server")?);
+    let mut v =
+        vec![file(ctx, "etcd/ca.crt", &format!("{PKI}/etcd/ca.crt"), false, r, "etcd CA certificate")?];
+    v.extend(pair(
+        ctx,
+        &format!("etcd/{}/server", host.name),
+        &format!("{PKI}/etcd/server"),
+        r,
+        "etcd server",
+    )?);
     v.extend(pair(ctx, &format!("etcd/{}/peer", host.name), &format!("{PKI}/etcd/peer"), r, "etcd peer")?);
-    v.extend(pair(ctx, "etcd/healthcheck-client", &format!("{PKI}/etcd/healthcheck-client"), &[], "etcd health-check client")?);
+    v.extend(pair(
+        ctx,
+        "etcd/healthcheck-client",
+        &format!("{PKI}/etcd/healthcheck-client"),
+        &[],
+        "etcd health-check client",
+    )?);
     Ok(v)
 }
 
@@ -42,26 +82,81 @@ pub fn control_plane(ctx: &Context<'_>, host: &HostModel) -> Result<Vec<DesiredF
     let all = &["kube-apiserver", "kube-controller-manager", "kube-scheduler"];
     let mut v = vec![
         file(ctx, "ca.crt", &format!("{PKI}/ca.crt"), false, all, "cluster CA certificate")?,
-        file(ctx, "ca.key", &format!("{PKI}/ca.key"), true, cm, "cluster CA key (controller-manager signer)")?,
-        file(ctx, "front-proxy-ca.crt", &format!("{PKI}/front-proxy-ca.crt"), false, &["kube-apiserver", "kube-controller-manager"], "front-proxy CA certificate")?,
+        file(
+            ctx,
+            "ca.key",
+            &format!("{PKI}/ca.key"),
+            true,
+            cm,
+            "cluster CA key (controller-manager signer)",
+        )?,
+        file(
+            ctx,
+            "front-proxy-ca.crt",
+            &format!("{PKI}/front-proxy-ca.crt"),
+            false,
+            &["kube-apiserver", "kube-controller-manager"],
+            "front-proxy CA certificate",
+        )?,
         file(ctx, "etcd/ca.crt", &format!("{PKI}/etcd/ca.crt"), false, api, "etcd CA certificate")?,
-        file(ctx, "sa.key", &format!("{PKI}/sa.key"), true, &["kube-apiserver", "kube-controller-manager"], "service-account signing key")?,
+        file(
+            ctx,
+            "sa.key",
+            &format!("{PKI}/sa.key"),
+            true,
+            &["kube-apiserver", "kube-controller-manager"],
+            "service-account signing key",
+        )?,
         file(ctx, "sa.pub", &format!("{PKI}/sa.pub"), false, api, "service-account public key")?,
     ];
     v.extend(pair(ctx, "apiserver", &format!("{PKI}/apiserver"), api, "apiserver serving")?);
-    v.extend(pair(ctx, "apiserver-kubelet-client", &format!("{PKI}/apiserver-kubelet-client"), api, "apiserver kubelet client")?);
-    v.extend(pair(ctx, "front-proxy-client", &format!("{PKI}/front-proxy-client"), api, "front-proxy client")?);
-    v.extend(pair(ctx, "apiserver-etcd-client", &format!("{PKI}/apiserver-etcd-client"), api, "apiserver etcd client")?);
+    v.extend(pair(
+        ctx,
+        "apiserver-kubelet-client",
+        &format!("{PKI}/apiserver-kubelet-client"),
+        api,
+        "apiserver kubelet client",
+    )?);
+    v.extend(pair(
+        ctx,
+        "front-proxy-client",
+        &format!("{PKI}/front-proxy-client"),
+        api,
+        "front-proxy client",
+    )?);
+    v.extend(pair(
+        ctx,
+        "apiserver-etcd-client",
+        &format!("{PKI}/apiserver-etcd-client"),
+        api,
+        "apiserver etcd client",
+    )?);
     let local = crate::model::url(host.internal_ip, 6443);
     let i = &ctx.material.pki_inputs;
     let store = &ctx.material.pki;
     for (cert, user, remote, restarts, label) in [
-        ("controller-manager", "system:kube-controller-manager", "controller-manager.conf", &["kube-controller-manager"][..], "controller-manager kubeconfig"),
-        ("scheduler", "system:kube-scheduler", "scheduler.conf", &["kube-scheduler"][..], "scheduler kubeconfig"),
+        (
+            "controller-manager",
+            "system:kube-controller-manager",
+            "controller-manager.conf",
+            &["kube-controller-manager"][..],
+            "controller-manager kubeconfig",
+        ),
+        (
+            "scheduler",
+            "system:kube-scheduler",
+            "scheduler.conf",
+            &["kube-scheduler"][..],
+            "scheduler kubeconfig",
+        ),
         ("admin", "kubernetes-admin", "admin.conf", &[][..], "admin kubeconfig"),
     ] {
         let y = store.kubeconfig_for(i, cert, user, &local)?;
-        v.push(DesiredFile::bytes(&format!("/etc/kubernetes/{remote}"), 0o600, y, label).restarts(restarts).secret());
+        v.push(
+            DesiredFile::bytes(&format!("/etc/kubernetes/{remote}"), 0o600, y, label)
+                .restarts(restarts)
+                .secret(),
+        );
     }
     Ok(v)
 }
@@ -71,9 +166,29 @@ pub fn node(ctx: &Context<'_>, host: &HostModel) -> Result<Vec<DesiredFile>> {
     let kubelet = &["kubelet"];
     let mut v = vec![
         file(ctx, "ca.crt", &format!("{PKI}/ca.crt"), false, &["kubelet"], "cluster CA certificate")?,
-        file(ctx, &format!("nodes/{}/kubelet.conf", host.name), "/etc/kubernetes/kubelet.conf", true, kubelet, "kubelet kubeconfig")?,
-        file(ctx, "kube-proxy.conf", "/etc/kubernetes/kube-proxy.conf", true, &["kube-proxy"], "kube-proxy kubeconfig")?,
+        file(
+            ctx,
+            &format!("nodes/{}/kubelet.conf", host.name),
+            "/etc/kubernetes/kubelet.conf",
+            true,
+            kubelet,
+            "kubelet kubeconfig",
+        )?,
+        file(
+            ctx,
+            "kube-proxy.conf",
+            "/etc/kubernetes/kube-proxy.conf",
+            true,
+            &["kube-proxy"],
+            "kube-proxy kubeconfig",
+        )?,
     ];
-    v.extend(pair(ctx, &format!("nodes/{}/kubelet-serving", host.name), "/var/lib/kubelet/pki/kubelet", kubelet, "kubelet serving")?);
+    v.extend(pair(
+        ctx,
+        &format!("nodes/{}/kubelet-serving", host.name),
+        "/var/lib/kubelet/pki/kubelet",
+        kubelet,
+        "kubelet serving",
+    )?);
     Ok(v)
 }
