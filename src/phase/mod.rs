@@ -37,3 +37,4 @@ pub trait Phase: Send + Sync {
 pub mod addons;
 pub mod pki_files;
 pub mod preflight;
+pub mod verify;
