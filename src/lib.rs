@@ -18,6 +18,7 @@ pub mod model;
 pub mod phase;
 pub mod pki;
 pub mod plan;
+pub mod render;
 pub mod report;
 pub mod transport;
 pub mod workflow;

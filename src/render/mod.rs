@@ -1,0 +1,576 @@
+//! Rendering: the content of every file kubeforge places on a host, as a pure function of the cluster
+//! model (and the few generated secrets passed in), so output is deterministic and an unchanged inventory
+//! gives byte-identical files, which is what makes a re-apply a no-op.
+//!
+//! Text formats (systemd units, sysctl, modules-load, containerd TOML) come from Tera templates embedded
+//! in the binary; YAML/JSON configs (KubeletConfiguration, KubeProxyConfiguration, EncryptionConfiguration,
+//! the audit Policy, the CNI conflist) are serde values. Flags are chosen from those every supported
+//! Kubernetes version accepts; `extraArgs` from the inventory override or extend them.
+
+use crate::model::{ClusterModel, Component, HostModel, LOCAL_LB_PORT};
+use ipnet::IpNet;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+/// Remote paths, in one place.
+pub mod paths {
+    /// Binaries.
+    pub const BIN: &str = "/usr/local/bin";
+    /// Kubernetes configuration.
+    pub const KUBE: &str = "/etc/kubernetes";
+    /// PKI.
+    pub const PKI: &str = "/etc/kubernetes/pki";
+    /// etcd data.
+    pub const ETCD_DATA: &str = "/var/lib/etcd";
+    /// systemd units.
+    pub const UNITS: &str = "/etc/systemd/system";
+    /// Audit log.
+    pub const AUDIT_LOG: &str = "/var/log/kubernetes/audit.log";
+    /// containerd's socket.
+    pub const CONTAINERD_SOCK: &str = "unix:///run/containerd/containerd.sock";
+}
+use paths::*;
+
+/// Pause image for pod sandboxes (what containerd pulls for every pod).
+pub const SANDBOX_IMAGE: &str = "registry.k8s.io/pause:3.10";
+
+fn tera() -> &'static tera::Tera {
+    static T: OnceLock<tera::Tera> = OnceLock::new();
+    T.get_or_init(|| {
+        let mut t = tera::Tera::default();
+        t.add_raw_templates([
+            ("unit", include_str!("../../templates/systemd/component.service.tera")),
+            ("pod-routes", include_str!("../../templates/systemd/pod-routes.service.tera")),
+            ("modules", include_str!("../../templates/os/modules-load.conf.tera")),
+            ("sysctl", include_str!("../../templates/os/sysctl.conf.tera")),
+            ("containerd", include_str!("../../templates/containerd/config.toml.tera")),
+        ])
+        .expect("embedded templates parse");
+        t
+    })
+}
+
+fn render(name: &str, ctx: &tera::Context) -> String {
+    tera().render(name, ctx).unwrap_or_else(|e| panic!("template {name}: {e:?}"))
+}
+
+/// Flags as an ordered map (name without dashes → value), so `extraArgs` can override by name.
+pub type Flags = BTreeMap<String, String>;
+
+fn flags(pairs: &[(&str, String)], extra: Option<&BTreeMap<String, String>>) -> Flags {
+    let mut m: Flags = pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    if let Some(e) = extra {
+        for (k, v) in e {
+            m.insert(k.replace('_', "-"), v.clone());
+        }
+    }
+    m
+}
+
+/// `--name=value` arguments, with `%` escaped for systemd.
+pub fn to_args(f: &Flags) -> Vec<String> {
+    f.iter().map(|(k, v)| format!("--{k}={}", v.replace('%', "%%"))).collect()
+}
+
+/// A systemd unit for a component.
+pub fn unit(component: Component, exec: &str, args: Vec<String>, docs: &str) -> String {
+    let mut c = tera::Context::new();
+    let (desc, after, wants, notify, oom): (&str, Vec<&str>, Vec<&str>, bool, Option<i32>) = match component {
+        Component::Etcd => (
+            "etcd key-value store (kubeforge)",
+            vec!["network-online.target"],
+            vec!["network-online.target"],
+            true,
+            Some(-900),
+        ),
+        Component::KubeApiserver => (
+            "Kubernetes API server (kubeforge)",
+            vec!["network-online.target", "etcd.service"],
+            vec!["network-online.target"],
+            false,
+            Some(-900),
+        ),
+        Component::KubeControllerManager => {
+            ("Kubernetes controller manager (kubeforge)", vec!["kube-apiserver.service"], vec![], false, None)
+        }
+        Component::KubeScheduler => {
+            ("Kubernetes scheduler (kubeforge)", vec!["kube-apiserver.service"], vec![], false, None)
+        }
+        Component::ApiLoadBalancer => (
+            "Node-local Kubernetes API load balancer (kubeforge)",
+            vec!["network-online.target"],
+            vec!["network-online.target"],
+            false,
+            Some(-900),
+        ),
+        Component::Kubelet => (
+            "Kubernetes node agent (kubeforge)",
+            vec!["containerd.service", "kube-api-lb.service"],
+            vec!["containerd.service"],
+            false,
+            Some(-999),
+        ),
+        Component::KubeProxy => (
+            "Kubernetes network proxy (kubeforge)",
+            vec!["network-online.target", "kube-api-lb.service"],
+            vec![],
+            false,
+            None,
+        ),
+        Component::ContainerRuntime => (
+            "containerd container runtime (kubeforge)",
+            vec!["network-online.target"],
+            vec![],
+            true,
+            Some(-999),
+        ),
+    };
+    c.insert("description", desc);
+    c.insert("documentation", docs);
+    c.insert("after", &after);
+    c.insert("wants", &wants);
+    c.insert("notify", &notify);
+    c.insert("oom_score_adjust", &oom);
+    c.insert("exec", exec);
+    c.insert("args", &args);
+    render("unit", &c)
+}
+
+/// etcd flags for a member. Timing is relaxed (250 ms heartbeat, 2.5 s election) because members on slow or
+/// busy machines otherwise lose leadership under load; it costs only slower failover.
+pub fn etcd_flags(m: &ClusterModel, h: &HostModel, initial_state: &str) -> Flags {
+    let ip = h.internal_ip;
+    flags(
+        &[
+            ("name", h.name.clone()),
+            ("data-dir", ETCD_DATA.into()),
+            ("listen-client-urls", format!("{},https://127.0.0.1:2379", crate::model::url(ip, 2379))),
+            ("advertise-client-urls", crate::model::url(ip, 2379)),
+            ("listen-peer-urls", crate::model::url(ip, 2380)),
+            ("initial-advertise-peer-urls", crate::model::url(ip, 2380)),
+            ("initial-cluster", m.etcd_initial_cluster()),
+            ("initial-cluster-state", initial_state.into()),
+            ("initial-cluster-token", format!("kubeforge-{}", m.name)),
+            ("cert-file", format!("{PKI}/etcd/server.crt")),
+            ("key-file", format!("{PKI}/etcd/server.key")),
+            ("trusted-ca-file", format!("{PKI}/etcd/ca.crt")),
+            ("client-cert-auth", "true".into()),
+            ("peer-cert-file", format!("{PKI}/etcd/peer.crt")),
+            ("peer-key-file", format!("{PKI}/etcd/peer.key")),
+            ("peer-trusted-ca-file", format!("{PKI}/etcd/ca.crt")),
+            ("peer-client-cert-auth", "true".into()),
+            ("listen-metrics-urls", "http://127.0.0.1:2381".into()),
+            ("heartbeat-interval", "250".into()),
+            ("election-timeout", "2500".into()),
+        ],
+        m.extra_args.get("etcd"),
+    )
+}
+
+/// kube-apiserver flags.
+pub fn apiserver_flags(m: &ClusterModel, h: &HostModel) -> Flags {
+    flags(
+        &[
+            ("advertise-address", h.internal_ip.to_string()),
+            ("allow-privileged", "true".into()),
+            ("audit-log-maxage", "30".into()),
+            ("audit-log-maxbackup", "10".into()),
+            ("audit-log-maxsize", "100".into()),
+            ("audit-log-path", AUDIT_LOG.into()),
+            ("audit-policy-file", format!("{KUBE}/audit-policy.yaml")),
+            ("authorization-mode", "Node,RBAC".into()),
+            ("bind-address", "0.0.0.0".into()),
+            ("client-ca-file", format!("{PKI}/ca.crt")),
+            ("enable-admission-plugins", "NodeRestriction".into()),
+            ("encryption-provider-config", format!("{KUBE}/encryption-config.yaml")),
+            ("etcd-cafile", format!("{PKI}/etcd/ca.crt")),
+            ("etcd-certfile", format!("{PKI}/apiserver-etcd-client.crt")),
+            ("etcd-keyfile", format!("{PKI}/apiserver-etcd-client.key")),
+            ("etcd-servers", m.etcd_client_urls()),
+            ("kubelet-client-certificate", format!("{PKI}/apiserver-kubelet-client.crt")),
+            ("kubelet-client-key", format!("{PKI}/apiserver-kubelet-client.key")),
+            ("kubelet-preferred-address-types", "InternalIP,Hostname".into()),
+            ("proxy-client-cert-file", format!("{PKI}/front-proxy-client.crt")),
+            ("proxy-client-key-file", format!("{PKI}/front-proxy-client.key")),
+            ("requestheader-allowed-names", "front-proxy-client".into()),
+            ("requestheader-client-ca-file", format!("{PKI}/front-proxy-ca.crt")),
+            ("requestheader-extra-headers-prefix", "X-Remote-Extra-".into()),
+            ("requestheader-group-headers", "X-Remote-Group".into()),
+            ("requestheader-username-headers", "X-Remote-User".into()),
+            ("secure-port", "6443".into()),
+            ("service-account-issuer", m.service_account_issuer()),
+            ("service-account-key-file", format!("{PKI}/sa.pub")),
+            ("service-account-signing-key-file", format!("{PKI}/sa.key")),
+            ("service-cluster-ip-range", m.service_cidr.to_string()),
+            ("tls-cert-file", format!("{PKI}/apiserver.crt")),
+            ("tls-private-key-file", format!("{PKI}/apiserver.key")),
+        ],
+        m.extra_args.get("kube-apiserver"),
+    )
+}
+
+/// kube-controller-manager flags. Node CIDRs are not allocated by it: with the bridge CNI kubeforge assigns
+/// each node its pod subnet itself ([`pod_subnet`]); with a manifest CNI the plugin does its own IPAM.
+pub fn controller_manager_flags(m: &ClusterModel) -> Flags {
+    let kc = format!("{KUBE}/controller-manager.conf");
+    flags(
+        &[
+            ("authentication-kubeconfig", kc.clone()),
+            ("authorization-kubeconfig", kc.clone()),
+            ("bind-address", "127.0.0.1".into()),
+            ("client-ca-file", format!("{PKI}/ca.crt")),
+            ("cluster-name", m.name.clone()),
+            ("cluster-signing-cert-file", format!("{PKI}/ca.crt")),
+            ("cluster-signing-key-file", format!("{PKI}/ca.key")),
+            ("kubeconfig", kc),
+            ("leader-elect", "true".into()),
+            ("requestheader-client-ca-file", format!("{PKI}/front-proxy-ca.crt")),
+            ("root-ca-file", format!("{PKI}/ca.crt")),
+            ("service-account-private-key-file", format!("{PKI}/sa.key")),
+            ("service-cluster-ip-range", m.service_cidr.to_string()),
+            ("use-service-account-credentials", "true".into()),
+        ],
+        m.extra_args.get("kube-controller-manager"),
+    )
+}
+
+/// kube-scheduler flags; its own kubeconfig and leader election are in its configuration file, because the
+/// `--kubeconfig` flag is deprecated for the scheduler.
+pub fn scheduler_flags(m: &ClusterModel) -> Flags {
+    let kc = format!("{KUBE}/scheduler.conf");
+    flags(
+        &[
+            ("authentication-kubeconfig", kc.clone()),
+            ("authorization-kubeconfig", kc),
+            ("bind-address", "127.0.0.1".into()),
+            ("config", format!("{KUBE}/scheduler-config.yaml")),
+        ],
+        m.extra_args.get("kube-scheduler"),
+    )
+}
+
+/// The KubeSchedulerConfiguration (the scheduler decodes it strictly: only fields of the v1 API).
+pub fn scheduler_config() -> String {
+    let v = json!({
+        "apiVersion": "kubescheduler.config.k8s.io/v1",
+        "kind": "KubeSchedulerConfiguration",
+        "clientConnection": {"kubeconfig": format!("{KUBE}/scheduler.conf")},
+        "leaderElection": {"leaderElect": true},
+    });
+    serde_yaml::to_string(&v).expect("yaml")
+}
+
+/// kubelet flags (everything else is in its configuration file).
+pub fn kubelet_flags(m: &ClusterModel, h: &HostModel) -> Flags {
+    flags(
+        &[
+            ("config", "/var/lib/kubelet/config.yaml".into()),
+            ("kubeconfig", format!("{KUBE}/kubelet.conf")),
+            ("node-ip", h.internal_ip.to_string()),
+            ("hostname-override", h.name.clone()),
+        ],
+        m.extra_args.get("kubelet"),
+    )
+}
+
+/// kube-proxy flags.
+pub fn kube_proxy_flags(m: &ClusterModel) -> Flags {
+    flags(&[("config", "/var/lib/kube-proxy/config.yaml".into())], m.extra_args.get("kube-proxy"))
+}
+
+/// The KubeletConfiguration. Node labels and the control-plane taint are not set here: NodeRestriction
+/// forbids kubelets to label themselves `node-role.kubernetes.io/*`; the addons phase applies them.
+pub fn kubelet_config(m: &ClusterModel) -> String {
+    let v = json!({
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "authentication": {
+            "anonymous": {"enabled": false},
+            "webhook": {"enabled": true},
+            "x509": {"clientCAFile": format!("{PKI}/ca.crt")}
+        },
+        "authorization": {"mode": "Webhook"},
+        "cgroupDriver": "systemd",
+        "clusterDNS": [m.dns_service_ip.to_string()],
+        "clusterDomain": m.cluster_domain,
+        "containerRuntimeEndpoint": CONTAINERD_SOCK,
+        "failSwapOn": true,
+        "healthzBindAddress": "127.0.0.1",
+        "healthzPort": 10248,
+        "rotateCertificates": false,
+        "serverTLSBootstrap": false,
+        "tlsCertFile": "/var/lib/kubelet/pki/kubelet.crt",
+        "tlsPrivateKeyFile": "/var/lib/kubelet/pki/kubelet.key",
+    });
+    serde_yaml::to_string(&v).expect("yaml")
+}
+
+/// The KubeProxyConfiguration for a node.
+pub fn kube_proxy_config(m: &ClusterModel, h: &HostModel) -> String {
+    let v = json!({
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": format!("{KUBE}/kube-proxy.conf")},
+        "clusterCIDR": m.pod_cidr.to_string(),
+        "healthzBindAddress": "0.0.0.0:10256",
+        "hostnameOverride": h.name,
+        "metricsBindAddress": "127.0.0.1:10249",
+        "mode": "iptables",
+    });
+    serde_yaml::to_string(&v).expect("yaml")
+}
+
+/// Encryption at rest for Secrets (AES-CBC with the cluster's generated key; identity last so data written
+/// before encryption was enabled stays readable).
+pub fn encryption_config(key_base64: &str) -> String {
+    let v = json!({
+        "apiVersion": "apiserver.config.k8s.io/v1",
+        "kind": "EncryptionConfiguration",
+        "resources": [{
+            "resources": ["secrets"],
+            "providers": [
+                {"aescbc": {"keys": [{"name": "kubeforge-1", "secret": key_base64}]}},
+                {"identity": {}}
+            ]
+        }]
+    });
+    serde_yaml::to_string(&v).expect("yaml")
+}
+
+/// The audit policy: metadata for everything, no bodies (Secrets never reach the log), health and read-only
+/// node noise left out.
+pub fn audit_policy() -> String {
+    let v = json!({
+        "apiVersion": "audit.k8s.io/v1",
+        "kind": "Policy",
+        "omitStages": ["RequestReceived"],
+        "rules": [
+            {"level": "None", "nonResourceURLs": ["/healthz*", "/livez*", "/readyz*", "/version"]},
+            {"level": "None", "users": ["system:kube-proxy"], "verbs": ["watch"]},
+            {"level": "Metadata"}
+        ]
+    });
+    serde_yaml::to_string(&v).expect("yaml")
+}
+
+/// The node's pod subnet with the bridge CNI: the node's index among the nodes selects a /24 (IPv4) or /64
+/// (IPv6) of the pod CIDR. Stable as long as nodes are only appended to the inventory.
+pub fn pod_subnet(m: &ClusterModel, h: &HostModel) -> Option<IpNet> {
+    let index = m.nodes().position(|n| n.name == h.name)?;
+    let prefix = match m.pod_cidr {
+        IpNet::V4(_) => 24,
+        IpNet::V6(_) => 64,
+    };
+    m.pod_cidr.subnets(prefix.max(m.pod_cidr.prefix_len())).ok()?.nth(index)
+}
+
+/// The bridge CNI conflist for a node.
+pub fn cni_conflist(m: &ClusterModel, h: &HostModel) -> Option<String> {
+    let subnet = pod_subnet(m, h)?;
+    let v = json!({
+        "cniVersion": "0.4.0",
+        "name": "kubeforge",
+        "plugins": [
+            {"type": "bridge", "bridge": "kf0", "isGateway": true, "ipMasq": true, "hairpinMode": true,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet.to_string()}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "portmap", "capabilities": {"portMappings": true}},
+            {"type": "loopback"}
+        ]
+    });
+    Some(serde_json::to_string_pretty(&v).expect("json") + "\n")
+}
+
+/// The unit that routes the other nodes' pod subnets via those nodes.
+pub fn pod_routes_unit(m: &ClusterModel, h: &HostModel) -> String {
+    let routes: Vec<serde_json::Value> = m
+        .nodes()
+        .filter(|n| n.name != h.name)
+        .filter_map(|n| {
+            pod_subnet(m, n).map(|s| json!({"subnet": s.to_string(), "via": n.internal_ip.to_string()}))
+        })
+        .collect();
+    let mut c = tera::Context::new();
+    c.insert("routes", &routes);
+    render("pod-routes", &c)
+}
+
+/// `/etc/modules-load.d/kubeforge.conf`.
+pub fn modules_load() -> String {
+    render("modules", &tera::Context::new())
+}
+
+/// `/etc/sysctl.d/99-kubeforge.conf`.
+pub fn sysctl() -> String {
+    render("sysctl", &tera::Context::new())
+}
+
+/// `/etc/containerd/config.toml`.
+pub fn containerd_config() -> String {
+    let mut c = tera::Context::new();
+    c.insert("sandbox_image", SANDBOX_IMAGE);
+    render("containerd", &c)
+}
+
+/// `/etc/crictl.yaml`.
+pub fn crictl_config() -> String {
+    serde_yaml::to_string(
+        &json!({"runtime-endpoint": CONTAINERD_SOCK, "image-endpoint": CONTAINERD_SOCK, "timeout": 10}),
+    )
+    .expect("yaml")
+}
+
+/// The node-local balancer's flags: every control plane's apiserver.
+pub fn api_lb_args(m: &ClusterModel) -> Vec<String> {
+    let mut v = vec![format!("--listen=127.0.0.1:{LOCAL_LB_PORT}")];
+    v.extend(m.control_planes().map(|h| match h.internal_ip {
+        std::net::IpAddr::V6(ip) => format!("--backend=[{ip}]:6443"),
+        ip => format!("--backend={ip}:6443"),
+    }));
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn model(version: &str) -> ClusterModel {
+        let text = format!(
+            "cluster: {{name: c, kubernetesVersion: {version}}}\nhosts:\n\
+             - {{name: cp1, address: 10.0.0.1, roles: [control-plane, etcd]}}\n\
+             - {{name: cp2, address: 10.0.0.2, roles: [control-plane, etcd]}}\n\
+             - {{name: cp3, address: 10.0.0.3, roles: [control-plane, etcd]}}\n\
+             - {{name: w1, address: 10.0.0.4, roles: [worker]}}\n"
+        );
+        ClusterModel::derive(&crate::inventory::parse(std::path::Path::new("t.yaml"), &text).unwrap())
+    }
+
+    /// The flag names a component of `minor` accepts, from the reference lists the doubles also enforce.
+    fn known(component: &str, minor: u32) -> BTreeSet<String> {
+        let path = format!(
+            "{}/tests/doubles/reference/flags/v1.{minor}/{component}.txt",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        text.lines()
+            .filter(|l| l.starts_with("--"))
+            .filter(|l| l.split('\t').nth(3).is_none_or(|d| d != "deprecated"))
+            .map(|l| l.split('\t').next().unwrap().trim_start_matches('-').to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn every_rendered_flag_exists_and_is_not_deprecated_in_each_version() {
+        for (version, minor) in [("v1.34.10", 34), ("v1.35.7", 35)] {
+            let m = model(version);
+            let cp = m.host("cp1").unwrap();
+            for (component, f) in [
+                ("kube-apiserver", apiserver_flags(&m, cp)),
+                ("kube-controller-manager", controller_manager_flags(&m)),
+                ("kube-scheduler", scheduler_flags(&m)),
+                ("kubelet", kubelet_flags(&m, cp)),
+                ("kube-proxy", kube_proxy_flags(&m)),
+            ] {
+                let k = known(component, minor);
+                for name in f.keys() {
+                    assert!(k.contains(name), "{component} {version}: --{name} is not a valid, current flag");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn flags_come_from_the_model() {
+        let m = model("v1.35.7");
+        let cp = m.host("cp2").unwrap();
+        let a = apiserver_flags(&m, cp);
+        assert_eq!(a["advertise-address"], "10.0.0.2");
+        assert_eq!(a["etcd-servers"], "https://10.0.0.1:2379,https://10.0.0.2:2379,https://10.0.0.3:2379");
+        assert_eq!(a["service-cluster-ip-range"], "10.96.0.0/12");
+        let e = etcd_flags(&m, cp, "new");
+        assert_eq!(
+            e["initial-cluster"],
+            "cp1=https://10.0.0.1:2380,cp2=https://10.0.0.2:2380,cp3=https://10.0.0.3:2380"
+        );
+        assert_eq!(
+            api_lb_args(&m),
+            [
+                "--listen=127.0.0.1:7443",
+                "--backend=10.0.0.1:6443",
+                "--backend=10.0.0.2:6443",
+                "--backend=10.0.0.3:6443"
+            ]
+        );
+        let k: serde_yaml::Value = serde_yaml::from_str(&kubelet_config(&m)).unwrap();
+        assert_eq!(k["clusterDNS"][0], "10.96.0.10");
+        assert_eq!(k["cgroupDriver"], "systemd");
+    }
+
+    #[test]
+    fn every_node_gets_its_own_pod_subnet_and_routes_to_the_others() {
+        let m = model("v1.35.7");
+        let subnets: Vec<String> = m.nodes().map(|n| pod_subnet(&m, n).unwrap().to_string()).collect();
+        assert_eq!(subnets, ["10.244.0.0/24", "10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"]);
+        let routes = pod_routes_unit(&m, m.host("w1").unwrap());
+        assert!(routes.contains("ExecStart=/sbin/ip route replace 10.244.0.0/24 via 10.0.0.1"), "{routes}");
+        assert!(!routes.contains("10.244.3.0/24"), "no route to its own subnet");
+        assert!(cni_conflist(&m, m.host("w1").unwrap()).unwrap().contains("10.244.3.0/24"));
+    }
+
+    #[test]
+    fn extra_args_override_and_units_escape_percent() {
+        let text = "cluster: {name: c, kubernetesVersion: v1.35.7, extraArgs: {kube-apiserver: {audit-log-maxage: \"7\", v: \"2\"}}}\nhosts:\n\
+                    - {name: n, address: 10.0.0.1, roles: [control-plane, etcd, worker]}\n";
+        let m = ClusterModel::derive(&crate::inventory::parse(std::path::Path::new("t.yaml"), text).unwrap());
+        let f = apiserver_flags(&m, m.host("n").unwrap());
+        assert_eq!(f["audit-log-maxage"], "7");
+        assert_eq!(f["v"], "2");
+        let u = unit(
+            Component::KubeApiserver,
+            "/usr/local/bin/kube-apiserver",
+            vec!["--x=100%".into()],
+            "https://kubernetes.io/docs/",
+        );
+        assert!(u.contains("ExecStart=/usr/local/bin/kube-apiserver \\\n  --x=100%"), "{u}");
+        let _ = to_args(&f);
+        assert_eq!(to_args(&[("a".to_string(), "5%".to_string())].into_iter().collect()), ["--a=5%%"]);
+    }
+
+    fn field_paths(prefix: &str, v: &serde_yaml::Value, out: &mut Vec<String>) {
+        if let serde_yaml::Value::Mapping(m) = v {
+            for (k, val) in m {
+                let k = k.as_str().unwrap();
+                let p = if prefix.is_empty() { k.to_owned() } else { format!("{prefix}.{k}") };
+                if val.is_mapping() {
+                    field_paths(&p, val, out);
+                } else {
+                    out.push(p);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_config_field_exists_in_the_reference() {
+        let m = model("v1.35.7");
+        for (kind, text) in [
+            ("KubeletConfiguration", kubelet_config(&m)),
+            ("KubeProxyConfiguration", kube_proxy_config(&m, m.host("w1").unwrap())),
+            ("KubeSchedulerConfiguration", scheduler_config()),
+        ] {
+            let path = format!("{}/tests/doubles/reference/config/{kind}.txt", env!("CARGO_MANIFEST_DIR"));
+            let reference = std::fs::read_to_string(&path).unwrap();
+            let known: BTreeSet<&str> = reference
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| l.split('\t').next())
+                .collect();
+            let mut fields = Vec::new();
+            field_paths("", &serde_yaml::from_str(&text).unwrap(), &mut fields);
+            for f in fields {
+                assert!(known.contains(f.as_str()), "{kind}: field `{f}` is not in the reference");
+            }
+        }
+    }
+}
