@@ -78,6 +78,9 @@ pub struct HostDesired {
     pub after_change: Vec<(String, Command)>,
     /// Commands that always run in this phase (kept rare: each is a round trip on converged hosts).
     pub always: Vec<(String, Command)>,
+    /// Programs that must already be installed (e.g. the distribution's containerd), checked by the probe
+    /// itself at no extra round trip: `(program, how to install it)`.
+    pub require: Vec<(String, String)>,
 }
 
 /// The state of one unit.
@@ -180,8 +183,13 @@ impl fmt::Display for HostChanges {
 
 /// The one command that reads a host's actual state for `desired`: file digests, then unit states.
 pub fn probe_command(desired: &HostDesired) -> Command {
-    // Arguments: files..., `--`, units.... Values arrive as "$@", never pasted into the script.
-    let script = r#"while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+    // Arguments: required programs..., `--`, files..., `--`, units.... Values arrive as "$@", never pasted
+    // into the script.
+    let script = r#"missing=""
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do command -v "$1" >/dev/null 2>&1 || missing="$missing $1"; shift; done
+shift
+if [ -n "$missing" ]; then echo "missing:$missing" >&2; exit 3; fi
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do
   if [ -f "$1" ]; then d=$(sha256sum < "$1") && echo "${d%% *}" || echo "?"; else echo "-"; fi
   shift
 done
@@ -191,6 +199,8 @@ for u in "$@"; do
   echo "${e:-missing} ${a:-inactive}"
 done"#;
     Command::shell(script)
+        .args(desired.require.iter().map(|(p, _)| p.clone()))
+        .arg("--")
         .args(desired.files.iter().map(|f| f.upload.dest.clone()))
         .arg("--")
         .args(desired.units.iter().cloned())
@@ -229,11 +239,21 @@ pub fn parse_probe(desired: &HostDesired, stdout: &str) -> Result<ActualState, S
 
 /// Reads the actual state of a host in one round trip.
 pub async fn probe(t: &dyn Transport, desired: &HostDesired) -> Result<ActualState, StepError> {
-    if desired.files.is_empty() && desired.units.is_empty() {
+    if desired.files.is_empty() && desired.units.is_empty() && desired.require.is_empty() {
         return Ok(ActualState::default());
     }
     let cmd = probe_command(desired);
     let out = t.exec(&cmd).await?;
+    if out.status == Some(3) {
+        let missing = out.stderr_str().trim().trim_start_matches("missing:").trim().to_owned();
+        let hints: Vec<String> = desired
+            .require
+            .iter()
+            .filter(|(p, _)| missing.split_whitespace().any(|m| m == p))
+            .map(|(p, how)| format!("`{p}` is not installed: {how}"))
+            .collect();
+        return Err(StepError::Other(hints.join("; ")));
+    }
     if !out.success() {
         return Err(StepError::Command {
             command: "read host state".into(),
@@ -290,7 +310,9 @@ pub async fn apply_changes(t: &dyn Transport, changes: &HostChanges) -> Result<b
         }
         script
             .push_str("while [ \"$1\" != \"--\" ]; do systemctl enable --quiet \"$1\"; shift; done\nshift\n");
-        script.push_str("for u in \"$@\"; do systemctl restart \"$u\"; done\n");
+        // --no-block: a notify-type etcd member only reports ready once a quorum runs, so a blocking restart
+        // could wait on hosts not yet started; every phase proves readiness with its own health waits.
+        script.push_str("for u in \"$@\"; do systemctl restart --no-block \"$u\"; done\n");
         let cmd = Command::shell(script)
             .args(changes.enable.iter().cloned())
             .arg("--")
@@ -357,6 +379,7 @@ mod tests {
             units: vec!["svc-a".into(), "svc-b".into()],
             after_change: vec![("wait".into(), Command::new("true"))],
             always: vec![],
+            require: vec![],
         }
     }
 

@@ -1,10 +1,12 @@
 //! The ordered phase lists of every workflow: the one place where order is written.
 
-use crate::phase::{preflight::Preflight, Phase};
+use crate::phase::addons::Addons;
+use crate::phase::install::{ApiEndpoint, ControlPlane, Etcd, Nodes, OsPrep, Runtime};
+use crate::phase::{preflight::Preflight, verify::Verify, Phase};
 
 /// `apply`: install or converge a cluster.
 pub fn apply() -> Vec<&'static dyn Phase> {
-    vec![&Preflight]
+    vec![&Preflight, &OsPrep, &Runtime, &Etcd, &ControlPlane, &ApiEndpoint, &Nodes, &Addons, &Verify]
 }
 
 /// A workflow by name (for `kubeforge phases NAME`).

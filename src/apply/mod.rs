@@ -44,6 +44,34 @@ pub struct Material {
     pub pki_inputs: crate::pki::PkiInputs,
     /// Options of the run (preflight exceptions, dry-run).
     pub options: ApplyOptions,
+    /// The key that encrypts Secrets at rest (base64 of 32 random bytes), generated once per cluster and kept
+    /// in the PKI store.
+    pub encryption_key: String,
+    /// This kubeforge binary (installed on nodes as the API balancer) and its sha256.
+    pub kubeforge_binary: PathBuf,
+    /// sha256 of [`Self::kubeforge_binary`].
+    pub kubeforge_sha256: String,
+}
+
+/// The cluster's encryption-at-rest key: read from the store, or created once (0600).
+pub fn encryption_key(store: &crate::pki::store::Store) -> Result<String> {
+    use base64::Engine;
+    const NAME: &str = "secrets/encryption-key";
+    if let Ok(k) = store.read(NAME) {
+        return Ok(String::from_utf8_lossy(&k).trim().to_owned());
+    }
+    let key: [u8; 32] = rand::random();
+    let text = base64::engine::general_purpose::STANDARD.encode(key);
+    store.write(NAME, text.as_bytes(), 0o600)?;
+    Ok(text)
+}
+
+/// This binary and its sha256.
+pub fn self_binary() -> Result<(PathBuf, String)> {
+    let me = std::env::current_exe().map_err(|e| Error::io("locating the kubeforge binary", e))?;
+    let up = crate::transport::Upload::file(&me, "/", 0o755)
+        .map_err(|e| Error::io(format!("reading {}", me.display()), e))?;
+    Ok((me, up.sha256))
 }
 
 impl Material {
@@ -79,7 +107,17 @@ pub async fn prepare_artifacts(
     let mut out = BTreeMap::new();
     let mut notes = BTreeMap::new();
     for r in reqs {
-        let a = source.ensure(&r, &progress).await?;
+        let optional = matches!(r.component, Art::Containerd | Art::Runc | Art::CniPlugins | Art::Crictl);
+        let a = match source.ensure(&r, &progress).await {
+            Ok(a) => a,
+            // A bundle without the container runtime is fine: the runtime phase then uses (and requires) the
+            // distribution's packages on the hosts. A failed download is never skipped.
+            Err(artifacts::ArtifactError::NotInBundle { .. }) if optional => {
+                eprintln!("note: {} is not in the bundle; nodes must have the distribution's package", r.component.name());
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         if let Some(n) = &a.note {
             notes.insert(r.component.name().to_owned(), n.clone());
         }
@@ -205,7 +243,17 @@ pub fn run(inventory: &Path, options: ApplyOptions) -> Result<i32> {
             );
         }
         let artifacts = prepare_artifacts(&model, &loaded.inventory, &options.cache_dir).await?;
-        let material = Material { artifacts, pki, pki_inputs, options: options.clone() };
+        let encryption_key = encryption_key(&pki)?;
+        let (kubeforge_binary, kubeforge_sha256) = self_binary()?;
+        let material = Material {
+            artifacts,
+            pki,
+            pki_inputs,
+            options: options.clone(),
+            encryption_key,
+            kubeforge_binary,
+            kubeforge_sha256,
+        };
         let transports = transports(&loaded, &options.connect)?;
         let executor = Executor::new(options.concurrency, crate::report::auto(false));
         executor.stop_on_ctrl_c();

@@ -166,12 +166,7 @@ impl Phase for Addons {
             }
         }
         after.extend(node_metadata_commands(model));
-        Ok(Some(HostWork::Converge(HostDesired {
-            files,
-            units: vec![],
-            after_change: after,
-            always: vec![],
-        })))
+        Ok(Some(HostWork::Converge(HostDesired { files, after_change: after, ..Default::default() })))
     }
 }
 

@@ -35,6 +35,7 @@ pub trait Phase: Send + Sync {
 }
 
 pub mod addons;
+pub mod install;
 pub mod pki_files;
 pub mod preflight;
 pub mod verify;
