@@ -26,6 +26,9 @@ pub enum Command {
     Kubeconfig(crate::pki::command::UserArgs),
     /// Issue a client bundle for a person: kubeconfig, CA, cert, key and env scripts in one archive.
     Bundle(crate::pki::command::UserArgs),
+    /// Local VMs to try kubeforge and to test it end to end.
+    #[command(subcommand)]
+    Lab(crate::lab::LabCommand),
     /// List the phases of a workflow, in order.
     Phases {
         /// The workflow (`apply`).
@@ -104,6 +107,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             crate::apply::run(&a.inventory, options)
         }
         Command::Certs(c) => crate::pki::command::run_certs(c),
+        Command::Lab(c) => crate::lab::run_command(c),
         Command::Kubeconfig(a) => crate::pki::command::run_kubeconfig(a),
         Command::Bundle(a) => crate::pki::command::run_bundle(a),
         Command::Phases { workflow } => {

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod error;
 pub mod exec;
 pub mod inventory;
+pub mod lab;
 pub mod model;
 pub mod phase;
 pub mod pki;

@@ -151,6 +151,8 @@ pub struct Versions {
     pub cni_plugins: Version,
     /// crictl.
     pub crictl: Version,
+    /// kubectl.
+    pub kubectl: Version,
 }
 
 /// Default versions of the other components for a Kubernetes minor. The table itself lives in
@@ -167,6 +169,7 @@ pub fn default_versions(k8s: Version) -> Versions {
         runc: parse(table.runc, v(1, 3, 3)),
         cni_plugins: parse(table.cni_plugins, v(1, 8, 0)),
         crictl: parse(table.crictl, v(1, k8s.minor, 0)),
+        kubectl: k8s,
     }
 }
 
@@ -265,6 +268,7 @@ impl ClusterModel {
         over(&mut versions.runc, &c.runc);
         over(&mut versions.cni_plugins, &c.cni_plugins);
         over(&mut versions.crictl, &c.crictl);
+        over(&mut versions.kubectl, &c.kubectl);
 
         let pod_cidr: IpNet = cl.pod_cidr.as_deref().unwrap_or("10.244.0.0/16").parse().expect("validated");
         let service_cidr: IpNet =

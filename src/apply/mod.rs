@@ -101,6 +101,7 @@ pub async fn prepare_artifacts(
         runc: v.runc.to_string(),
         cni_plugins: v.cni_plugins.to_string(),
         crictl: v.crictl.to_string(),
+        kubectl: v.kubectl.to_string(),
     };
     let reqs: Vec<Requirement> = artifacts::requirements_for_hosts(&inv.hosts, &versions)?;
     let progress = artifacts::TerminalProgress::default();
@@ -113,7 +114,10 @@ pub async fn prepare_artifacts(
             // A bundle without the container runtime is fine: the runtime phase then uses (and requires) the
             // distribution's packages on the hosts. A failed download is never skipped.
             Err(artifacts::ArtifactError::NotInBundle { .. }) if optional => {
-                eprintln!("note: {} is not in the bundle; nodes must have the distribution's package", r.component.name());
+                eprintln!(
+                    "note: {} is not in the bundle; nodes must have the distribution's package",
+                    r.component.name()
+                );
                 continue;
             }
             Err(e) => return Err(e.into()),

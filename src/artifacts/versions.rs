@@ -13,6 +13,8 @@ use std::collections::BTreeSet;
 pub struct Versions {
     /// Kubernetes (`v1.35.7`).
     pub kubernetes: String,
+    /// kubectl (default: the Kubernetes version).
+    pub kubectl: String,
     /// etcd.
     pub etcd: String,
     /// containerd.
@@ -88,6 +90,10 @@ impl Versions {
             runc: pick("runc", &overrides.runc, &c.runc, &defaults.runc)?,
             cni_plugins: pick("cni-plugins", &overrides.cni_plugins, &c.cni_plugins, &defaults.cni_plugins)?,
             crictl: pick("crictl", &overrides.crictl, &c.crictl, &defaults.crictl)?,
+            kubectl: match &c.kubectl {
+                Some(k) => normalize_version(k)?,
+                None => kubernetes.clone(),
+            },
             kubernetes,
         })
     }
@@ -96,6 +102,7 @@ impl Versions {
     pub fn of(&self, c: Component) -> &str {
         match c {
             Component::Etcd | Component::Etcdctl => &self.etcd,
+            Component::Kubectl => &self.kubectl,
             Component::Containerd => &self.containerd,
             Component::Runc => &self.runc,
             Component::CniPlugins => &self.cni_plugins,

@@ -153,6 +153,10 @@ pub struct ComponentVersions {
     /// crictl version.
     #[serde(default)]
     pub crictl: Option<String>,
+    /// kubectl version (installed on control planes for the addons phase). Default: the Kubernetes version;
+    /// the skew policy allows one minor newer or older.
+    #[serde(default)]
+    pub kubectl: Option<String>,
 }
 
 /// SSH connection settings. At the top level they are the defaults; under a host, overrides.
