@@ -181,6 +181,40 @@ impl fmt::Display for HostChanges {
     }
 }
 
+/// Where each phase records that it converged.
+pub const MARKER_DIR: &str = "/var/lib/kubeforge/converged";
+
+impl HostDesired {
+    /// Adds the phase's completion marker: a file whose content is the digest of the whole desired state
+    /// (files, units, follow-up commands). It is written last, only after every restart and follow-up
+    /// succeeded, so a run that failed half-way is redone by the next run instead of looking converged.
+    pub fn with_marker(mut self, phase: &str) -> Self {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for f in &self.files {
+            h.update(format!("{} {} {:o}\n", f.upload.dest, f.upload.sha256, f.upload.mode));
+        }
+        for u in &self.units {
+            h.update(format!("unit {u}\n"));
+        }
+        for (name, cmd) in &self.after_change {
+            h.update(format!("after {name}: {cmd}\n"));
+        }
+        let digest = hex::encode(h.finalize());
+        self.files.push(DesiredFile::bytes(
+            &format!("{MARKER_DIR}/{phase}"),
+            0o644,
+            digest + "\n",
+            "phase completion marker",
+        ));
+        self
+    }
+}
+
+fn is_marker(f: &DesiredFile) -> bool {
+    f.upload.dest.starts_with(MARKER_DIR)
+}
+
 /// The one command that reads a host's actual state for `desired`: file digests, then unit states.
 pub fn probe_command(desired: &HostDesired) -> Command {
     // Arguments: required programs..., `--`, files..., `--`, units.... Values arrive as "$@", never pasted
@@ -299,7 +333,7 @@ pub fn diff(desired: &HostDesired, actual: &ActualState) -> HostChanges {
 /// Applies `changes` to a host: writes files, reloads systemd, enables and (re)starts units, runs the
 /// follow-up commands. Returns whether anything changed.
 pub async fn apply_changes(t: &dyn Transport, changes: &HostChanges) -> Result<bool, StepError> {
-    for c in &changes.files {
+    for c in changes.files.iter().filter(|c| !is_marker(&c.file)) {
         t.upload(&c.file.upload).await?;
     }
     if changes.daemon_reload || !changes.enable.is_empty() || !changes.restart.is_empty() {
@@ -322,6 +356,9 @@ pub async fn apply_changes(t: &dyn Transport, changes: &HostChanges) -> Result<b
     }
     for (name, cmd) in &changes.after_change {
         run_checked(t, name, cmd).await?;
+    }
+    for c in changes.files.iter().filter(|c| is_marker(&c.file)) {
+        t.upload(&c.file.upload).await?;
     }
     Ok(!changes.is_empty())
 }
@@ -347,7 +384,8 @@ pub async fn run_checked(
 pub type ChangeLog = Arc<std::sync::Mutex<Vec<(String, HostChanges)>>>;
 
 /// The executor step for one host and phase: probe, diff, record, and (unless `dry_run`) apply.
-pub fn converge_step(host: String, desired: HostDesired, dry_run: bool, log: ChangeLog) -> Step {
+pub fn converge_step(phase: &str, host: String, desired: HostDesired, dry_run: bool, log: ChangeLog) -> Step {
+    let desired = desired.with_marker(phase);
     Step::custom("converge", move |t: &dyn Transport| {
         Box::pin(async move {
             for (name, cmd) in &desired.always {
@@ -437,9 +475,9 @@ mod tests {
     #[tokio::test]
     async fn converge_runs_one_probe_then_writes_and_restarts() {
         let t = FakeTransport::new("h1");
-        t.on("sha256sum", Reply::ok("-\n-\n-\nmissing inactive\nmissing inactive\n"));
+        t.on("sha256sum", Reply::ok("-\n-\n-\n-\nmissing inactive\nmissing inactive\n"));
         let log: ChangeLog = Default::default();
-        let step = converge_step("h1".into(), desired(), false, log.clone());
+        let step = converge_step("test", "h1".into(), desired(), false, log.clone());
         let crate::exec::Action::Custom(f) = step.action else { panic!("custom step") };
         assert!(f(&t).await.unwrap());
         assert_eq!(t.file("/etc/a.conf").as_deref(), Some(&b"a=1\n"[..]));
@@ -452,14 +490,14 @@ mod tests {
     #[tokio::test]
     async fn dry_run_writes_nothing() {
         let t = FakeTransport::new("h1");
-        t.on("sha256sum", Reply::ok("-\n-\n-\nmissing inactive\nmissing inactive\n"));
+        t.on("sha256sum", Reply::ok("-\n-\n-\n-\nmissing inactive\nmissing inactive\n"));
         let log: ChangeLog = Default::default();
-        let step = converge_step("h1".into(), desired(), true, log.clone());
+        let step = converge_step("test", "h1".into(), desired(), true, log.clone());
         let crate::exec::Action::Custom(f) = step.action else { panic!("custom step") };
         assert!(!f(&t).await.unwrap());
         assert_eq!(t.commands().len(), 1, "only the probe ran");
         assert!(t.file("/etc/a.conf").is_none());
-        assert_eq!(log.lock().unwrap()[0].1.count(), 7);
+        assert_eq!(log.lock().unwrap()[0].1.count(), 8, "3 files + the marker, 2 enables, 2 restarts");
     }
 
     #[tokio::test]
@@ -485,5 +523,20 @@ mod tests {
         assert_eq!(ch.files.len(), 1, "{ch}");
         assert!(ch.files[0].old.is_none());
         assert!(ch.files[0].file.upload.dest.ends_with("absent; rm -rf /"));
+    }
+
+    #[tokio::test]
+    async fn a_failed_follow_up_leaves_the_phase_unmarked_so_the_next_run_redoes_it() {
+        let t = FakeTransport::new("h1");
+        t.on("sha256sum", Reply::ok("-\n-\n-\n-\nmissing inactive\nmissing inactive\n"));
+        t.on("true", Reply::fail(1, "not ready"));
+        let log: ChangeLog = Default::default();
+        let crate::exec::Action::Custom(f) = converge_step("p", "h1".into(), desired(), false, log).action
+        else {
+            panic!()
+        };
+        assert!(f(&t).await.is_err());
+        assert!(t.file("/etc/a.conf").is_some(), "files were written");
+        assert!(t.file(&format!("{MARKER_DIR}/p")).is_none(), "but the phase is not marked converged");
     }
 }

@@ -185,9 +185,13 @@ pub async fn run_phases(
         for host in &model.hosts {
             let Some(work) = phase.work(&ctx, host)? else { continue };
             let step = match work {
-                HostWork::Converge(desired) => {
-                    converge_step(host.name.clone(), desired, material.options.dry_run, log.clone())
-                }
+                HostWork::Converge(desired) => converge_step(
+                    phase.id(),
+                    host.name.clone(),
+                    desired,
+                    material.options.dry_run,
+                    log.clone(),
+                ),
                 HostWork::Step(s) => s,
             };
             let transport = transports

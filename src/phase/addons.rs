@@ -19,8 +19,9 @@ pub const DIR: &str = "/etc/kubernetes/addons";
 /// CoreDNS image (pulled by the nodes' container runtime from the registry the user's nodes can reach).
 pub const COREDNS_IMAGE: &str = "registry.k8s.io/coredns/coredns:v1.12.1";
 
+/// A multi-document manifest (one object per document, the usual addon format).
 fn list(items: Vec<Value>) -> String {
-    serde_yaml::to_string(&json!({"apiVersion": "v1", "kind": "List", "items": items})).expect("yaml")
+    items.iter().map(|i| format!("---\n{}", serde_yaml::to_string(i).expect("yaml"))).collect()
 }
 
 /// RBAC objects kubeforge's identities rely on.
@@ -173,6 +174,7 @@ impl Phase for Addons {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize;
 
     fn model() -> ClusterModel {
         let text = "cluster: {name: c, kubernetesVersion: v1.35.7, serviceCIDR: 10.32.0.0/16}\nhosts:\n\
@@ -183,10 +185,14 @@ mod tests {
 
     #[test]
     fn coredns_serves_on_the_dns_service_ip_of_the_model() {
-        let y: serde_yaml::Value = serde_yaml::from_str(&coredns(&model())).unwrap();
-        let svc = y["items"].as_sequence().unwrap().iter().find(|o| o["kind"] == "Service").unwrap();
+        let text = coredns(&model());
+        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+            .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+            .collect();
+        assert_eq!(docs.len(), 6);
+        let svc = docs.iter().find(|o| o["kind"] == "Service").unwrap();
         assert_eq!(svc["spec"]["clusterIP"], "10.32.0.10");
-        let cm = y["items"].as_sequence().unwrap().iter().find(|o| o["kind"] == "ConfigMap").unwrap();
+        let cm = docs.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
         assert!(cm["data"]["Corefile"].as_str().unwrap().contains("kubernetes cluster.local in-addr.arpa"));
     }
 
