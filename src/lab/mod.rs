@@ -249,6 +249,17 @@ pub fn ensure_image(suite: &str) -> Result<Image> {
     if dir.join("ready").exists() {
         return Ok(Image { dir, built: false });
     }
+    // One builder at a time: a second `lab up` on a cold cache would otherwise delete the directory the
+    // first is building in. It waits here, then finds the image ready.
+    std::fs::create_dir_all(&root).map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
+    let lock_path = root.join(format!("{}.lock", &key[..16]));
+    let lock_file = std::fs::File::create(&lock_path)
+        .map_err(|e| Error::io(format!("creating {}", lock_path.display()), e))?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| Error::io(format!("locking {}", lock_path.display()), e.into()))?;
+    if dir.join("ready").exists() {
+        return Ok(Image { dir, built: false });
+    }
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let dir = dir.canonicalize().map_err(|e| Error::io("resolving the cache path", e))?;
