@@ -926,47 +926,64 @@ async fn resource(st: &State, req: &Request, t: &Target, verb: &str) -> Result<R
                 Ok(o) => o,
                 Err(resp) => return Ok(resp),
             };
-            let existing = st.etcd.get(&key).await?;
-            let apply = req.content_type.contains("apply-patch");
-            let Some(existing) = existing else {
-                if apply || (verb == "update" && t.sub.is_none()) {
-                    let mut obj = body;
-                    obj["metadata"]["name"] = json!(name);
-                    return create(st, r, ns, &mut obj).await;
+            // Read, change, and write only if nobody wrote in between (retrying patches; an update that named
+            // a resourceVersion gets 409), like the real apiserver's GuaranteedUpdate: a kubelet's status
+            // heart-beat never loses a label that `kubectl label` set a moment before.
+            for _attempt in 0..20 {
+                let existing = st.etcd.get(&key).await?;
+                let apply = req.content_type.contains("apply-patch");
+                let Some(existing) = existing else {
+                    if apply || (verb == "update" && t.sub.is_none()) {
+                        let mut obj = body.clone();
+                        obj["metadata"]["name"] = json!(name);
+                        return create(st, r, ns, &mut obj).await;
+                    }
+                    return Ok(not_found(r, &name));
+                };
+                let mut obj = existing.value.clone();
+                let conflict = || {
+                    status(409, "Conflict", &format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", r.plural))
+                };
+                let named_rv = verb == "update" && body["metadata"]["resourceVersion"].as_str().is_some();
+                if verb == "update" {
+                    if let Some(rv) = body["metadata"]["resourceVersion"].as_str() {
+                        if rv != existing.mod_revision.to_string() {
+                            return Ok(conflict());
+                        }
+                    }
+                    obj = body.clone();
+                } else {
+                    merge_patch(&mut obj, &body);
                 }
-                return Ok(not_found(r, &name));
-            };
-            let mut obj = existing.value.clone();
-            if verb == "update" {
-                if let Some(rv) = body["metadata"]["resourceVersion"].as_str() {
-                    if rv != existing.mod_revision.to_string() {
-                        return Ok(status(409, "Conflict", &format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", r.plural)));
+                // Status subresource writes touch only status; main-resource writes never touch status.
+                if t.sub.as_deref() == Some("status") {
+                    let mut merged = existing.value.clone();
+                    merged["status"] = obj["status"].clone();
+                    obj = merged;
+                } else if has_status(r) && !existing.value["status"].is_null() {
+                    obj["status"] = existing.value["status"].clone();
+                }
+                for keep in ["uid", "creationTimestamp", "name", "namespace"] {
+                    if !existing.value["metadata"][keep].is_null() {
+                        obj["metadata"][keep] = existing.value["metadata"][keep].clone();
                     }
                 }
-                obj = body;
-            } else {
-                merge_patch(&mut obj, &body);
-            }
-            // Status subresource writes touch only status; main-resource writes never touch status.
-            if t.sub.as_deref() == Some("status") {
-                let mut merged = existing.value.clone();
-                merged["status"] = obj["status"].clone();
-                obj = merged;
-            } else if has_status(r) && !existing.value["status"].is_null() {
-                obj["status"] = existing.value["status"].clone();
-            }
-            for keep in ["uid", "creationTimestamp", "name", "namespace"] {
-                if !existing.value["metadata"][keep].is_null() {
-                    obj["metadata"][keep] = existing.value["metadata"][keep].clone();
+                obj["apiVersion"] = json!(api_version(r));
+                obj["kind"] = json!(r.kind);
+                if let Some(m) = obj["metadata"].as_object_mut() {
+                    m.remove("resourceVersion");
+                }
+                match st.etcd.put_if(&key, &obj, existing.mod_revision).await? {
+                    Some(rev) => return Ok(Response::json(200, &with_rv(obj, rev))),
+                    None if named_rv => return Ok(conflict()),
+                    None => continue,
                 }
             }
-            obj["apiVersion"] = json!(api_version(r));
-            obj["kind"] = json!(r.kind);
-            if let Some(m) = obj["metadata"].as_object_mut() {
-                m.remove("resourceVersion");
-            }
-            let rev = st.etcd.put(&key, &obj).await?;
-            Ok(Response::json(200, &with_rv(obj, rev)))
+            Ok(status(
+                409,
+                "Conflict",
+                &format!("{} \"{name}\" kept changing while it was being written", r.plural),
+            ))
         }
         "delete" => {
             let name = t.name.clone().unwrap_or_default();

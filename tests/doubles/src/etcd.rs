@@ -117,6 +117,24 @@ impl Etcd {
         Ok(rev(&r["header"]["revision"]))
     }
 
+    /// Writes a key only if it still has `mod_revision` (a transaction comparing the key's MOD revision, as
+    /// the real apiserver's optimistic concurrency does); returns the new revision, or `None` when the key
+    /// changed in between.
+    pub async fn put_if(&self, key: &str, value: &Value, mod_revision: i64) -> Result<Option<i64>, String> {
+        let data = serde_json::to_vec(value).map_err(|e| e.to_string())?;
+        let k = B64.encode(key);
+        let r = self
+            .post(
+                "kv/txn",
+                json!({
+                    "compare": [{"key": k, "target": "MOD", "result": "EQUAL", "mod_revision": mod_revision.to_string()}],
+                    "success": [{"request_put": {"key": k, "value": B64.encode(data)}}],
+                }),
+            )
+            .await?;
+        Ok(if r["succeeded"].as_bool() == Some(true) { Some(rev(&r["header"]["revision"])) } else { None })
+    }
+
     /// Deletes a key, or a prefix when `prefix` is set; returns how many were deleted.
     pub async fn delete(&self, key: &str, prefix: bool) -> Result<i64, String> {
         let mut body = json!({"key": B64.encode(key)});

@@ -230,6 +230,21 @@ rotateCertificates: false
     let nodes = k.json(&["get", "nodes"]);
     assert_eq!(nodes["items"].as_array().unwrap().len(), 1);
 
+    // Writers racing on one Node (16 kubectl processes at once, while the kubelet heart-beats every second)
+    // lose nothing: every write is a compare-and-swap on the object's revision, as in the real apiserver.
+    std::thread::scope(|s| {
+        for i in 0..16 {
+            let k = &k;
+            s.spawn(move || {
+                k.ok(&["label", "node", "node1", "--overwrite", &format!("kubeforge.test/race-{i}=v")])
+            });
+        }
+    });
+    let labels = k.json(&["get", "node", "node1"])["metadata"]["labels"].clone();
+    for i in 0..16 {
+        assert_eq!(labels[format!("kubeforge.test/race-{i}")], "v", "a concurrent write was lost: {labels}");
+    }
+
     // kubelet ports: 10250-equivalent needs a client cert; healthz answers plainly.
     {
         use std::io::{Read, Write};
