@@ -12,6 +12,10 @@ use crate::transport::{Command, Transport};
 /// Phase `verify`.
 pub struct Verify;
 
+/// How long a host's checks may keep retrying in total (services just restarted need some seconds; under
+/// emulated lab VMs, tens of seconds).
+const VERIFY_BUDGET_SECS: u64 = 180;
+
 /// One check: a name, the unit whose journal explains a failure, and a shell command (run with retries,
 /// since a just-restarted service may need a few seconds).
 fn checks(host: &HostModel, first_cp: bool, node_names: &[String]) -> Vec<(String, String, String)> {
@@ -62,13 +66,17 @@ fn checks(host: &HostModel, first_cp: bool, node_names: &[String]) -> Vec<(Strin
     v
 }
 
-/// The script: runs each check up to `tries` times, prints `ok NAME` or `FAIL NAME` with output and journal.
-fn script(checks: &[(String, String, String)], tries: u32) -> String {
-    let mut s = String::from("fail=0\n");
+/// The script: retries each check every 2 s until it passes or the run's shared deadline (`budget_secs` from
+/// the start of the script) has passed, then prints `ok NAME` or `FAIL NAME` with output and journal. A check
+/// that starts after the deadline gets exactly one try, so a host where everything is down reports every
+/// failure within the budget instead of waiting the budget once per check.
+fn script(checks: &[(String, String, String)], budget_secs: u64) -> String {
+    let mut s = format!("fail=0; deadline=$(( $(date +%s) + {budget_secs} ))\n");
     for (name, unit, cmd) in checks {
         s.push_str(&format!(
-            "n=0; until out=$({cmd} 2>&1); do n=$((n+1)); if [ $n -ge {tries} ]; then break; fi; sleep 2; done\n\
-             if [ $n -lt {tries} ]; then echo 'ok {name}'; else echo 'FAIL {name}'; echo \"$out\" | tail -n 5 | sed 's/^/    /'; \
+            "ok=0; while :; do if out=$({cmd} 2>&1); then ok=1; break; fi; \
+             [ \"$(date +%s)\" -ge \"$deadline\" ] && break; sleep 2; done\n\
+             if [ $ok = 1 ]; then echo 'ok {name}'; else echo 'FAIL {name}'; echo \"$out\" | tail -n 5 | sed 's/^/    /'; \
              journalctl -u {unit} -n 8 --no-pager 2>/dev/null | sed 's/^/    journal: /'; fail=1; fi\n"
         ));
     }
@@ -84,10 +92,15 @@ impl Phase for Verify {
         "Check every component's health and every node's readiness"
     }
     fn work(&self, ctx: &Context<'_>, host: &HostModel) -> crate::Result<Option<HostWork>> {
+        // A dry run changed nothing, so there is nothing new to verify; on a fresh cluster every check would
+        // only wait out its deadline.
+        if ctx.material.options.dry_run {
+            return Ok(None);
+        }
         let first_cp = ctx.model.control_planes().next().is_some_and(|h| h.name == host.name);
         let nodes: Vec<String> = ctx.model.nodes().map(|h| h.name.clone()).collect();
         let checks = checks(host, first_cp, &nodes);
-        let cmd = Command::shell(script(&checks, 30)).sudo();
+        let cmd = Command::shell(script(&checks, VERIFY_BUDGET_SECS)).sudo();
         let name = host.name.clone();
         Ok(Some(HostWork::Step(Step::custom("verify", move |t: &dyn Transport| {
             Box::pin(async move {
@@ -136,7 +149,7 @@ mod tests {
             ("fails".to_string(), "none".to_string(), "echo boom; false".to_string()),
         ];
         let t = crate::transport::local::LocalTransport::new("local");
-        let out = t.exec(&Command::shell(script(&checks, 1))).await.unwrap();
+        let out = t.exec(&Command::shell(script(&checks, 0))).await.unwrap();
         assert_eq!(out.status, Some(1));
         let text = out.stdout_str();
         assert!(
