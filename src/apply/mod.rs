@@ -155,6 +155,49 @@ pub struct RunSummary {
     pub phases: Vec<crate::exec::PhaseReport>,
     /// Every host's changes, per phase.
     pub changes: Vec<(String, Vec<(String, crate::plan::HostChanges)>)>,
+    /// SSH traffic per phase and host (round trips and bytes sent during that phase).
+    pub traffic: Vec<PhaseTraffic>,
+}
+
+/// The SSH traffic of one phase, per participating host.
+#[derive(Debug, Clone, Default)]
+pub struct PhaseTraffic {
+    /// Phase id.
+    pub phase: String,
+    /// `(host, round trips, bytes sent)` during the phase.
+    pub hosts: Vec<(String, u64, u64)>,
+    /// Bytes of file content the phase wrote (all hosts): what a cold run must send once.
+    pub written_bytes: u64,
+}
+
+/// The traffic table printed after a run: per phase, the most round trips any one host needed, the bytes
+/// sent to all hosts, and the file content written. A converged re-run shows one round trip per host per
+/// phase and no file bytes.
+pub fn traffic_table(traffic: &[PhaseTraffic]) -> String {
+    let mut s = format!(
+        "{:<16} {:>5} {:>16} {:>14} {:>14}\n",
+        "PHASE", "HOSTS", "ROUND TRIPS/HOST", "BYTES SENT", "FILE BYTES"
+    );
+    let (mut rt, mut sent, mut written) = (0u64, 0u64, 0u64);
+    for p in traffic {
+        let max = p.hosts.iter().map(|h| h.1).max().unwrap_or(0);
+        let min = p.hosts.iter().map(|h| h.1).min().unwrap_or(0);
+        let bytes: u64 = p.hosts.iter().map(|h| h.2).sum();
+        rt += p.hosts.iter().map(|h| h.1).sum::<u64>();
+        sent += bytes;
+        written += p.written_bytes;
+        let per_host = if min == max { max.to_string() } else { format!("{min}-{max}") };
+        s.push_str(&format!(
+            "{:<16} {:>5} {:>16} {:>14} {:>14}\n",
+            p.phase,
+            p.hosts.len(),
+            per_host,
+            bytes,
+            p.written_bytes
+        ));
+    }
+    s.push_str(&format!("{:<16} {:>5} {:>16} {:>14} {:>14}\n", "total", "", rt, sent, written));
+    s
 }
 
 impl RunSummary {
@@ -173,7 +216,7 @@ pub async fn run_phases(
     executor: &Executor,
 ) -> Result<RunSummary> {
     let ctx = Context { model, material };
-    let mut summary = RunSummary { phases: Vec::new(), changes: Vec::new() };
+    let mut summary = RunSummary { phases: Vec::new(), changes: Vec::new(), traffic: Vec::new() };
     for phase in phases {
         if let Some(only) = &material.options.only {
             if !only.iter().any(|p| p == phase.id()) {
@@ -203,9 +246,29 @@ pub async fn run_phases(
         if plans.is_empty() {
             continue;
         }
+        let before: Vec<(String, crate::transport::StatsSnapshot)> =
+            plans.iter().map(|p| (p.transport.host().to_owned(), p.transport.stats())).collect();
+        let transports_used: Vec<Arc<dyn Transport>> = plans.iter().map(|p| p.transport.clone()).collect();
         let report = executor.run(phase.id(), plans).await;
         let mut changes = std::mem::take(&mut *log.lock().expect("lock"));
         changes.sort_by(|a, b| a.0.cmp(&b.0));
+        let written_bytes = if material.options.dry_run {
+            0
+        } else {
+            changes.iter().flat_map(|(_, c)| c.files.iter()).map(|f| f.file.upload.size).sum()
+        };
+        summary.traffic.push(PhaseTraffic {
+            phase: phase.id().to_owned(),
+            hosts: before
+                .into_iter()
+                .zip(&transports_used)
+                .map(|((host, b), t)| {
+                    let a = t.stats();
+                    (host, a.round_trips - b.round_trips, a.bytes_sent - b.bytes_sent)
+                })
+                .collect(),
+            written_bytes,
+        });
         summary.changes.push((phase.id().to_owned(), changes));
         if !report.failures.is_empty() || report.interrupted {
             return Err(report.into_result().expect_err("hosts failed").into());
@@ -278,6 +341,7 @@ pub fn run(inventory: &Path, options: ApplyOptions) -> Result<i32> {
             );
         }
         let summary = result?;
+        eprint!("{}", traffic_table(&summary.traffic));
         if options.dry_run {
             print!("{}", plan_text(&summary));
         } else {
