@@ -429,7 +429,18 @@ impl SshTransport {
         let both = async {
             // Feeding stdin fails when the remote command exits early (e.g. sudo refused); the exit
             // status tells the real story, so a feed error only matters if no status arrives.
-            let (fed, collected) = tokio::join!(feed, collect);
+            // Once the channel is gone the feed is abandoned: a send waiting for window space is never
+            // woken when the connection dies, so waiting for it would hang the run.
+            tokio::pin!(feed, collect);
+            let mut fed = None;
+            let collected = loop {
+                tokio::select! {
+                    r = &mut feed, if fed.is_none() => fed = Some(r),
+                    c = &mut collect => break c,
+                }
+            };
+            let fed =
+                fed.unwrap_or_else(|| Err("the channel closed while input was still being sent".into()));
             (fed, collected)
         };
         let (fed, (out, err, status, signal)) = match cmd.get_timeout() {
