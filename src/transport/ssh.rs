@@ -354,7 +354,15 @@ impl SshTransport {
     }
 
     fn wrap(&self, cmd: &Command) -> (String, Option<String>) {
-        let line = cmd.to_shell();
+        let mut line = cmd.to_shell();
+        if let Some(limit) = cmd.get_timeout() {
+            // The host enforces the limit too, a little after this side gives up: the `signal` request
+            // sent on timeout is refused by OpenSSH for root logins ("session signalling requires
+            // privilege separation") and could not reach a command running under sudo anyway, so without
+            // this a timed-out command would keep running on the host. coreutils `timeout` kills the
+            // command's whole process group (KILL 5 s after TERM), and runs inside sudo so it may.
+            line = format!("timeout -k 5 {} {line}", limit.as_secs_f64().ceil() as u64 + 2);
+        }
         if !cmd.needs_sudo() {
             return (line, None);
         }
