@@ -693,7 +693,9 @@ pub(crate) fn remote_err(host: &str, what: String, out: &ExecOutput) -> Transpor
 /// The remote side of an upload. `$1` dest, `$2` expected size, `$3` mode, `$4` owner (may be empty),
 /// `$5` expected sha256 (skip check). The temp file lives in the destination directory so the final
 /// `mv` is a same-filesystem rename (atomic). `head -c` plus the size check guarantee that a stream cut
-/// short (connection dropped: the pipe sees EOF early) never gets renamed into place.
+/// short (connection dropped: the pipe sees EOF early) never gets renamed into place. The signal traps
+/// matter for that case: with sshd gone, the error message hits a closed pipe, and a shell killed by
+/// SIGPIPE would skip the EXIT trap and leave the temporary file behind.
 const UPLOAD_SCRIPT: &str = r#"set -e
 d=$1
 if [ -n "$5" ] && [ -f "$d" ] && [ "$(sha256sum < "$d" | cut -d' ' -f1)" = "$5" ]; then
@@ -703,6 +705,7 @@ dir=$(dirname -- "$d")
 mkdir -p -- "$dir"
 t=$(mktemp "$dir/.kubeforge-upload.XXXXXX")
 trap 'rm -f -- "$t"' EXIT
+trap 'exit 1' HUP INT TERM PIPE
 head -c "$2" > "$t"
 got=$(stat -c %s -- "$t")
 if [ "$got" != "$2" ]; then echo "short upload: got $got of $2 bytes" >&2; exit 4; fi
