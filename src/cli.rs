@@ -45,6 +45,10 @@ pub enum Command {
         #[arg(long = "backend", required = true)]
         backends: Vec<std::net::SocketAddr>,
     },
+    /// Run a command on the selected hosts in parallel; print each host's output and exit status.
+    Exec(ExecArgs),
+    /// Connect to the selected hosts and show their facts (OS, kernel, CPUs, memory, systemd, swap, ports).
+    Check(CheckArgs),
     /// Validate an inventory without connecting to any host.
     Validate {
         /// The inventory file.
@@ -86,6 +90,60 @@ pub struct ApplyArgs {
     /// Artifact cache directory (default: the user cache dir, or $KUBEFORGE_CACHE_DIR).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+}
+
+/// Arguments of `kubeforge exec`.
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// The inventory file.
+    #[arg(short, long)]
+    pub inventory: PathBuf,
+    /// Hosts to run on: comma-separated host names, roles (`@worker` or `role=worker`), or `all`.
+    #[arg(long, default_value = "all")]
+    pub hosts: String,
+    /// Hosts worked on at once.
+    #[arg(long, default_value_t = 10)]
+    pub concurrency: usize,
+    /// Record host keys that are not yet in known_hosts (changed keys are always refused).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+    /// Run the command as root (through sudo when the login user is not root).
+    #[arg(long)]
+    pub sudo: bool,
+    /// Stop the command on a host that runs longer than this (`30s`, `5m`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// The command, after `--`. One argument is a shell script (`'df -h | tail -n1'`); several are a
+    /// program and its arguments, passed literally.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// Arguments of `kubeforge check`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The inventory file.
+    #[arg(short, long)]
+    pub inventory: PathBuf,
+    /// Hosts to check: comma-separated host names, roles (`@worker` or `role=worker`), or `all`.
+    #[arg(long, default_value = "all")]
+    pub hosts: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub output: crate::adhoc::check::OutputFormat,
+    /// Hosts worked on at once.
+    #[arg(long, default_value_t = 10)]
+    pub concurrency: usize,
+    /// Record host keys that are not yet in known_hosts (changed keys are always refused).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+    /// Limit for gathering one host's facts.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+fn connect_options(accept_new_host_keys: bool) -> crate::transport::ssh::ConnectOptions {
+    crate::transport::ssh::ConnectOptions { accept_new_host_keys, ..Default::default() }
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -136,5 +194,22 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Artifacts { command } => crate::artifacts::command::run(command),
+        Command::Exec(a) => crate::adhoc::run_exec(crate::adhoc::ExecOptions {
+            inventory: a.inventory,
+            hosts: a.hosts,
+            concurrency: a.concurrency,
+            connect: connect_options(a.accept_new_host_keys),
+            sudo: a.sudo,
+            timeout: a.timeout,
+            command: a.command,
+        }),
+        Command::Check(a) => crate::adhoc::check::run(crate::adhoc::check::CheckOptions {
+            inventory: a.inventory,
+            hosts: a.hosts,
+            concurrency: a.concurrency,
+            connect: connect_options(a.accept_new_host_keys),
+            timeout: a.timeout,
+            output: a.output,
+        }),
     }
 }

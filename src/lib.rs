@@ -5,8 +5,10 @@
 //! `cli` (clap definitions), `error` (top-level error, exit codes, hints), `inventory` (YAML model and
 //! validation with file:line:col errors), `model` (the derived cluster model every phase reads),
 //! `pki` (certificates, keys, kubeconfigs, client bundle), `transport` (SSH/local/fake machines),
-//! `exec` (parallel runner over hosts), `report` (progress and summaries).
+//! `exec` (parallel runner over hosts), `report` (progress and summaries), `adhoc` (`exec` and `check`:
+//! ad-hoc commands and facts on selected hosts).
 
+pub mod adhoc;
 pub mod apilb;
 pub mod apply;
 pub mod artifacts;
