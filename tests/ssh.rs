@@ -1,0 +1,754 @@
+//! The SSH engine against real OpenSSH: private `sshd` instances on 127.0.0.x (see `support/sshd.rs`),
+//! the real russh transport, the real executor, and the real `kubeforge exec` / `kubeforge check`
+//! binaries. Covers identity-file login, exit codes and output, sudo without and with a password,
+//! unknown / accepted / changed host keys (checked with OpenSSH's own `ssh` and `ssh-keygen`), a jump
+//! host, command timeouts, large uploads (sha256, mode, skip on re-run), sshd dying mid-upload, and two
+//! dozen hosts at once.
+//!
+//! Needs root and Debian's openssh-server (`scripts/install-test-deps.sh`); a missing prerequisite fails
+//! the tests. `KUBEFORGE_SSH_TESTS=0` skips them.
+
+#[path = "support/sshd.rs"]
+mod sshd;
+
+use kubeforge::exec::{Executor, HostPlan, Step};
+use kubeforge::transport::known_hosts::HostKeyPolicy;
+use kubeforge::transport::ssh::{Secret, SshTarget, SshTransport, SudoMode};
+use kubeforge::transport::{Command, Transport, TransportError, Upload, UploadOutcome};
+use sha2::{Digest, Sha256};
+use sshd::{enabled, sh, ClientKey, Sshd, TestUser};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn target(
+    name: &str,
+    address: &str,
+    port: u16,
+    user: &str,
+    key: &ClientKey,
+    kh: &Path,
+    accept: bool,
+) -> SshTarget {
+    SshTarget {
+        name: name.into(),
+        address: address.into(),
+        port,
+        user: user.into(),
+        identity_file: Some(key.private()),
+        agent: false,
+        host_key: HostKeyPolicy::KnownHosts { path: kh.to_path_buf(), accept_new: accept },
+        sudo: if user == "root" { SudoMode::Off } else { SudoMode::NoPassword },
+        bastion: None,
+        connect_timeout: Duration::from_secs(10),
+        keepalive: Duration::from_secs(5),
+    }
+}
+
+/// A known_hosts file that already trusts `s` on each of its addresses.
+fn trusting(dir: &Path, s: &Sshd) -> PathBuf {
+    let kh = dir.join("known_hosts");
+    let lines: String = s.addrs.iter().map(|a| format!("[{a}]:{} {}\n", s.port, s.host_key())).collect();
+    std::fs::write(&kh, lines).unwrap();
+    kh
+}
+
+async fn stdout(t: &SshTransport, c: Command) -> String {
+    let out = t.exec(&c).await.unwrap();
+    assert!(out.success(), "{c}: {}", out.stderr_str());
+    out.stdout_str().trim().to_string()
+}
+
+/// Processes anywhere on the machine whose command line starts with `argv`.
+fn running(argv: &[&str]) -> Vec<i32> {
+    let want = argv.join("\0");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).starts_with(&want))
+        })
+        .collect()
+}
+
+fn silent() -> Arc<dyn kubeforge::report::Reporter> {
+    Arc::new(kubeforge::report::Silent)
+}
+
+fn sha256_file(p: &Path) -> String {
+    sh(&format!("sha256sum {}", p.display())).split_whitespace().next().unwrap().to_string()
+}
+
+/// A file of `mib` MiB of incompressible bytes (a xorshift stream; fast and reproducible).
+fn random_file(path: &Path, mib: usize) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..mib {
+        for chunk in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes());
+        }
+        f.write_all(&buf).unwrap();
+    }
+    f.flush().unwrap();
+}
+
+fn upload_temps(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(".kubeforge-upload."))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_with_an_identity_file_keeps_status_output_stdin_and_literal_arguments() {
+    if !enabled() {
+        return;
+    }
+    let key = ClientKey::new();
+    let s = Sshd::start(&key, &["127.0.0.1"], "");
+    let tmp = tempfile::tempdir().unwrap();
+    let kh = trusting(tmp.path(), &s);
+    let t =
+        SshTransport::connect(target("node-1", "127.0.0.1", s.port, "root", &key, &kh, false)).await.unwrap();
+
+    let out = t.exec(&Command::shell("echo out; echo err >&2; exit 7")).await.unwrap();
+    assert_eq!(
+        (out.status, out.stdout_str().as_str(), out.stderr_str().as_str()),
+        (Some(7), "out\n", "err\n")
+    );
+
+    // Arguments reach the program literally: no expansion, splitting or quoting surprises.
+    let out =
+        t.exec(&Command::new("printf").arg("%s|").arg("$(id)").arg("a b").arg("it's").arg("")).await.unwrap();
+    assert_eq!(out.stdout_str(), "$(id)|a b|it's||");
+    let out = t.exec(&Command::shell("echo \"$FOO\"").env("FOO", "x y;$HOME")).await.unwrap();
+    assert_eq!(out.stdout_str(), "x y;$HOME\n");
+    assert_eq!(t.exec(&Command::new("id").arg("-un")).await.unwrap().stdout_str(), "root\n");
+
+    // stdin streams: 3 MiB in, its sha256 out.
+    let data: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let want = hex::encode(Sha256::digest(&data));
+    let out = t
+        .exec_io(&Command::new("sha256sum"), Some(Box::new(std::io::Cursor::new(data))), None)
+        .await
+        .unwrap();
+    assert!(out.stdout_str().starts_with(&want), "{}", out.stdout_str());
+
+    let st = t.stats();
+    assert_eq!((st.connects, st.round_trips), (1, 5), "one connection, a channel per command");
+
+    // A key the server does not know is an authentication error with a hint, not a hang.
+    let other = ClientKey::new();
+    let e = SshTransport::connect(target("node-1", "127.0.0.1", s.port, "root", &other, &kh, false))
+        .await
+        .err()
+        .expect("a foreign key must be refused");
+    assert!(matches!(e, TransportError::Auth { .. }), "{e}");
+    assert!(e.to_string().starts_with("node-1: authentication as root failed (key "), "{e}");
+    assert!(e.hint().unwrap().contains("ssh.identityFile"));
+    t.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_root_user_gets_root_through_sudo_n_or_a_sudo_password() {
+    if !enabled() {
+        return;
+    }
+    let key = ClientKey::new();
+    let nopw = TestUser::create("np", "ALL=(ALL) NOPASSWD: ALL");
+    let withpw = TestUser::create("pw", "ALL=(ALL) ALL");
+    let s = Sshd::start(&key, &["127.0.0.1"], "");
+    let tmp = tempfile::tempdir().unwrap();
+    sh(&format!("chmod 755 {}", tmp.path().display()));
+    let kh = trusting(tmp.path(), &s);
+    let root_only = tmp.path().join("root-only");
+    std::fs::create_dir(&root_only).unwrap();
+
+    // Passwordless sudo: `sudo -n`.
+    let t =
+        SshTransport::connect(target("np", "127.0.0.1", s.port, &nopw.name, &key, &kh, false)).await.unwrap();
+    assert_eq!(stdout(&t, Command::new("id").arg("-u")).await, nopw.uid().to_string());
+    assert_eq!(stdout(&t, Command::new("id").arg("-u").sudo()).await, "0");
+    let dest = root_only.join("sub/secret.conf");
+    let up = Upload::bytes(b"k=v\n".to_vec(), dest.to_str().unwrap(), 0o600).owner("root:root");
+    assert_eq!(t.upload(&up).await.unwrap(), UploadOutcome::Written);
+    let m = std::fs::metadata(&dest).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o7777, std::fs::read(&dest).unwrap()), (0, 0o600, b"k=v\n".to_vec()));
+    // Without sudo the same user really is unprivileged.
+    let e = t.upload(&up.clone().with_sudo(false)).await.unwrap_err();
+    assert!(matches!(e, TransportError::Remote { .. }), "{e}");
+
+    // A user whose sudo needs a password: `sudo -n` is refused with a precise error and a hint.
+    let mut pw_target = target("pw", "127.0.0.1", s.port, &withpw.name, &key, &kh, false);
+    let t = SshTransport::connect(pw_target.clone()).await.unwrap();
+    let e = t.exec(&Command::new("true").sudo()).await.unwrap_err();
+    assert!(matches!(e, TransportError::Sudo { .. }), "{e}");
+    assert!(e.to_string().contains("password"), "{e}");
+    assert!(e.hint().unwrap().contains("sudoPasswordEnv"));
+
+    // With the password (written to sudo's stdin, never on a command line).
+    pw_target.sudo = SudoMode::Password(Secret::new(withpw.password.clone()));
+    let t = SshTransport::connect(pw_target.clone()).await.unwrap();
+    let out = t.exec(&Command::new("id").arg("-u").sudo()).await.unwrap();
+    assert_eq!(out.stdout_str().trim(), "0", "{}", out.stderr_str());
+    // The rest of stdin reaches the command unchanged after sudo took its password line.
+    let src = tmp.path().join("payload.bin");
+    random_file(&src, 2);
+    let dest = root_only.join("payload.bin");
+    let up = Upload::file(&src, dest.to_str().unwrap(), 0o640).unwrap();
+    assert_eq!(t.upload(&up).await.unwrap(), UploadOutcome::Written);
+    assert_eq!(sha256_file(&dest), up.sha256);
+    assert_eq!(std::fs::metadata(&dest).unwrap().uid(), 0);
+    assert_eq!(t.upload(&up).await.unwrap(), UploadOutcome::Unchanged);
+    // A wrong password is a sudo error, and the password is not in it.
+    pw_target.sudo = SudoMode::Password(Secret::new("wrong-password"));
+    let t = SshTransport::connect(pw_target).await.unwrap();
+    let e = t.exec(&Command::new("true").sudo()).await.unwrap_err();
+    assert!(matches!(e, TransportError::Sudo { .. }), "{e}");
+    assert!(!e.to_string().contains("wrong-password"));
+
+    // End to end: the password comes from the variable the inventory names (ssh.sudoPasswordEnv).
+    let inv = tmp.path().join("inventory.yaml");
+    std::fs::write(
+        &inv,
+        format!(
+            "cluster: {{name: sudo, kubernetesVersion: v1.35.7}}\n\
+             ssh: {{user: {}, port: {}, identityFile: {}, knownHosts: {}, sudoPasswordEnv: KF_TEST_SUDO_PASSWORD}}\n\
+             hosts:\n  - {{name: cp1, address: 127.0.0.1, roles: [control-plane, etcd, worker]}}\n",
+            withpw.name,
+            s.port,
+            key.private().display(),
+            kh.display()
+        ),
+    )
+    .unwrap();
+    let run = |env: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_kubeforge"));
+        c.args(["exec", "-i", inv.to_str().unwrap(), "--sudo", "--", "id", "-u"]);
+        c.env_remove("KF_TEST_SUDO_PASSWORD");
+        if let Some(v) = env {
+            c.env("KF_TEST_SUDO_PASSWORD", v);
+        }
+        c.output().unwrap()
+    };
+    let o = run(Some(&withpw.password));
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{out}{err}");
+    assert!(out.contains("=== cp1 (127.0.0.1): exit 0 in") && out.contains("\n0\n"), "{out}");
+    assert!(!out.contains(&withpw.password) && !err.contains(&withpw.password));
+    let o = run(None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("ssh.sudoPasswordEnv names KF_TEST_SUDO_PASSWORD, which is not set"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_host_key_is_refused_with_its_fingerprint_and_recorded_only_on_request() {
+    if !enabled() {
+        return;
+    }
+    let key = ClientKey::new();
+    let s = Sshd::start(&key, &["127.0.0.1"], "");
+    let tmp = tempfile::tempdir().unwrap();
+    let kh = tmp.path().join("ssh/known_hosts");
+
+    let e = SshTransport::connect(target("cp1", "127.0.0.1", s.port, "root", &key, &kh, false))
+        .await
+        .err()
+        .expect("an unknown key must be refused");
+    let pattern = format!("[127.0.0.1]:{}", s.port);
+    assert_eq!(e.to_string(), format!("cp1: unknown host key {} for {pattern}", s.fingerprint()));
+    assert!(e.hint().unwrap().contains("--accept-new-host-keys"));
+    assert!(!kh.exists(), "nothing is recorded without --accept-new-host-keys");
+
+    let t = SshTransport::connect(target("cp1", "127.0.0.1", s.port, "root", &key, &kh, true)).await.unwrap();
+    assert!(t.exec(&Command::new("true")).await.unwrap().success());
+    assert_eq!(std::fs::read_to_string(&kh).unwrap(), format!("{pattern} {}\n", s.host_key()));
+    assert_eq!(std::fs::metadata(&kh).unwrap().permissions().mode() & 0o777, 0o600);
+    // OpenSSH itself reads what was recorded: ssh-keygen finds it, ssh connects with strict checking.
+    sh(&format!("ssh-keygen -F '{pattern}' -f {} | grep -q ssh-ed25519", kh.display()));
+    sh(&format!(
+        "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -i {} -p {} root@127.0.0.1 true",
+        kh.display(),
+        key.private().display(),
+        s.port
+    ));
+    // From now on the host is known without the flag, and nothing more is appended.
+    let t =
+        SshTransport::connect(target("cp1", "127.0.0.1", s.port, "root", &key, &kh, false)).await.unwrap();
+    assert!(t.exec(&Command::new("true")).await.unwrap().success());
+    assert_eq!(std::fs::read_to_string(&kh).unwrap().lines().count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_host_key_is_refused_even_with_accept_new() {
+    if !enabled() {
+        return;
+    }
+    let key = ClientKey::new();
+    let mut s = Sshd::start(&key, &["127.0.0.1"], "");
+    let tmp = tempfile::tempdir().unwrap();
+    let kh = trusting(tmp.path(), &s);
+    let before = std::fs::read(&kh).unwrap();
+    let t =
+        SshTransport::connect(target("cp1", "127.0.0.1", s.port, "root", &key, &kh, false)).await.unwrap();
+    assert!(t.exec(&Command::new("true")).await.unwrap().success());
+
+    s.new_host_key();
+    for accept in [false, true] {
+        let e = SshTransport::connect(target("cp1", "127.0.0.1", s.port, "root", &key, &kh, accept))
+            .await
+            .err()
+            .expect("a changed key must be refused");
+        match &e {
+            TransportError::HostKeyChanged { fingerprint, recorded_in, .. } => {
+                assert_eq!(fingerprint, &s.fingerprint());
+                assert_eq!(recorded_in, &format!("{}:1", kh.display()));
+            }
+            other => panic!("expected HostKeyChanged, got {other}"),
+        }
+        assert!(e.hint().unwrap().contains(&format!("ssh-keygen -R '[127.0.0.1]:{}'", s.port)), "{e:?}");
+    }
+    // The old connection is gone with the old sshd; reconnecting on it is refused the same way.
+    let e = t.exec(&Command::new("true")).await.unwrap_err();
+    assert!(matches!(e, TransportError::HostKeyChanged { .. }), "{e}");
+    assert_eq!(std::fs::read(&kh).unwrap(), before, "known_hosts is never rewritten");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jump_host_tunnels_with_direct_tcpip() {
+    if !enabled() {
+        return;
+    }
+    let key = ClientKey::new();
+    // DEBUG1 logs the direct-tcpip requests (sshd copies debug lines into sessions' stderr, so only here).
+    let bastion = Sshd::start(&key, &["127.0.0.1"], "LogLevel DEBUG1");
+    let node = Sshd::start(&key, &["127.0.0.3"], "");
+    let tmp = tempfile::tempdir().unwrap();
+    let kh = tmp.path().join("known_hosts");
+    let via = |b: &Sshd| {
+        let mut t = target("node", "127.0.0.3", node.port, "root", &key, &kh, true);
+        t.bastion =
+            Some(Box::new(target("node (via bastion)", "127.0.0.1", b.port, "root", &key, &kh, true)));
+        t
+    };
+    let t = SshTransport::connect(via(&bastion)).await.unwrap();
+    let out = t.exec(&Command::shell("echo $SSH_CONNECTION")).await.unwrap();
+    let fields: Vec<String> = out.stdout_str().split_whitespace().map(str::to_owned).collect();
+    assert_eq!(fields[2..], ["127.0.0.3".to_string(), node.port.to_string()], "{fields:?}");
+    // The bastion opened the tunnel; both host keys were checked and recorded.
+    let log = bastion.log();
+    assert!(log.contains(&format!("target 127.0.0.3 port {}", node.port)), "bastion log:\n{log}");
+    let recorded = std::fs::read_to_string(&kh).unwrap();
+    assert!(recorded.contains(&format!("[127.0.0.1]:{} {}", bastion.port, bastion.host_key())), "{recorded}");
+    assert!(recorded.contains(&format!("[127.0.0.3]:{} {}", node.port, node.host_key())), "{recorded}");
+
+    // A bastion that forbids forwarding: the error says that the tunnel was refused.
+    let closed = Sshd::start(&key, &["127.0.0.1"], "AllowTcpForwarding no");
+    let e = SshTransport::connect(via(&closed)).await.err().expect("the tunnel must be refused");
+    assert!(e.to_string().contains("the jump host refused to open a tunnel"), "{e}");
+    assert!(e.to_string().contains(&format!("127.0.0.3:{} via 127.0.0.1:{}", node.port, closed.port)), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_past_its_timeout_is_stopped_and_the_connection_stays_usable() {
+    if !enabled() {
+        return;
+    }
+    let key = ClientKey::new();
+    let s = Sshd::start(&key, &["127.0.0.1"], "");
+    let tmp = tempfile::tempdir().unwrap();
+    let kh = trusting(tmp.path(), &s);
+    let t =
+        SshTransport::connect(target("cp1", "127.0.0.1", s.port, "root", &key, &kh, false)).await.unwrap();
+    let cmd = Command::shell("echo started; sleep 4711").timeout(Duration::from_secs(1));
+    let t0 = Instant::now();
+    let e = t.exec(&cmd).await.unwrap_err();
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(4), "{took:?}");
+    assert_eq!(e.to_string(), "cp1: `sh -c 'echo started; sleep 4711' sh` timed out after 1s");
+    assert!(t.exec(&Command::new("true")).await.unwrap().success());
+    assert_eq!(t.stats().connects, 1, "the timeout did not cost the connection");
+
+    // The remote command does not outlive its timeout.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let left = loop {
+        let left = running(&["sleep", "4711"]);
+        if left.is_empty() || Instant::now() > deadline {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        left.is_empty(),
+        "`sleep 4711` still runs after its timeout: pids {left:?}\nsshd log:\n{}",
+        s.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_64_mib_upload_lands_with_its_sha256_and_mode_and_is_skipped_the_second_time() {
+    if !enabled() {
+        return;
+    }
+    let key = ClientKey::new();
+    let s = Sshd::start(&key, &["127.0.0.1"], "");
+    let tmp = tempfile::tempdir().unwrap();
+    let kh = trusting(tmp.path(), &s);
+    let src = tmp.path().join("big.bin");
+    random_file(&src, 64);
+    let dest_dir = tmp.path().join("opt/kubeforge/bin");
+    let dest = dest_dir.join("big.bin");
+    let up = Upload::file(&src, dest.to_str().unwrap(), 0o750).unwrap();
+    let t = Arc::new(SshTransport::new(target("cp1", "127.0.0.1", s.port, "root", &key, &kh, false)));
+    let ex = Executor::new(1, silent());
+    let plan = || HostPlan { transport: t.clone(), steps: vec![Step::upload("place big.bin", up.clone())] };
+
+    let t0 = Instant::now();
+    let r = ex.run("upload", vec![plan()]).await.into_result().unwrap();
+    eprintln!("64 MiB upload over real sshd: {:?}", t0.elapsed());
+    assert_eq!(r.hosts[0].changes(), 1);
+    assert_eq!(sha256_file(&dest), up.sha256);
+    assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o7777, 0o750);
+    assert!(upload_temps(&dest_dir).is_empty());
+    let sent = t.stats().bytes_sent;
+    assert!(sent >= 64 << 20, "{sent}");
+
+    let r = ex.run("upload", vec![plan()]).await.into_result().unwrap();
+    assert_eq!(r.hosts[0].changes(), 0, "same sha256: skipped");
+    assert_eq!(t.stats().bytes_sent, sent, "a skipped upload sends no content");
+    assert_eq!(t.stats().connects, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sshd_dying_mid_upload_is_a_clear_error_leaves_nothing_and_a_rerun_succeeds() {
+    if !enabled() {
+        return;
+    }
+    let key = ClientKey::new();
+    let mut s = Sshd::start(&key, &["127.0.0.1"], "");
+    let tmp = tempfile::tempdir().unwrap();
+    let kh = trusting(tmp.path(), &s);
+    let src = tmp.path().join("kubelet");
+    random_file(&src, 256);
+    let dest_dir = tmp.path().join("usr/local/bin");
+    let dest = dest_dir.join("kubelet");
+    let up = Upload::file(&src, dest.to_str().unwrap(), 0o755).unwrap();
+    let t = Arc::new(SshTransport::new(target("worker-7", "127.0.0.1", s.port, "root", &key, &kh, false)));
+    let ex = Executor::new(1, silent());
+    let plan = || HostPlan { transport: t.clone(), steps: vec![Step::upload("install kubelet", up.clone())] };
+
+    let run = tokio::spawn({
+        let (ex, p) = (ex.clone(), plan());
+        async move { ex.run("nodes", vec![p]).await }
+    });
+    // Kill sshd once the temporary file holds a few MiB: the upload is surely in flight.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let size: u64 = upload_temps(&dest_dir)
+            .iter()
+            .filter_map(|n| std::fs::metadata(dest_dir.join(n)).ok())
+            .map(|m| m.len())
+            .sum();
+        if size >= 8 << 20 {
+            break;
+        }
+        assert!(!run.is_finished(), "the upload ended before sshd could be killed");
+        assert!(Instant::now() < deadline, "the upload never started");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    s.kill_all();
+    let report = tokio::time::timeout(Duration::from_secs(20), run).await.expect("no hang").unwrap();
+    assert_eq!(report.failures.len(), 1);
+    let f = &report.failures[0];
+    assert_eq!((f.host.as_str(), f.step.as_str()), ("worker-7", "install kubelet"));
+    let shown = f.to_string();
+    assert!(
+        shown.starts_with(&format!(
+            "worker-7: step 'install kubelet' failed: worker-7: connection lost while running `upload {} ",
+            dest.display()
+        )),
+        "{shown}"
+    );
+    let err = report.into_result().unwrap_err();
+    assert!(err.hint().unwrap().contains("re-running resumes safely"));
+
+    // The short stream is never renamed into place, and the remote side cleans up its temporary file.
+    assert!(!dest.exists(), "a partial upload must never reach the destination");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !upload_temps(&dest_dir).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(upload_temps(&dest_dir), Vec::<String>::new(), "temporary upload files left behind");
+
+    s.restart();
+    let r = ex.run("nodes", vec![plan()]).await.into_result().unwrap();
+    assert_eq!(r.hosts[0].changes(), 1);
+    assert_eq!(sha256_file(&dest), up.sha256);
+    assert_eq!(t.stats().connects, 2, "the transport reconnected by itself");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_four_hosts_at_once_on_two_sshds() {
+    if !enabled() {
+        return;
+    }
+    let key = ClientKey::new();
+    let a_addrs: Vec<String> = (20..32).map(|i| format!("127.0.0.{i}")).collect();
+    let b_addrs: Vec<String> = (40..52).map(|i| format!("127.0.0.{i}")).collect();
+    let a = Sshd::start(&key, &a_addrs.iter().map(String::as_str).collect::<Vec<_>>(), "");
+    let b = Sshd::start(&key, &b_addrs.iter().map(String::as_str).collect::<Vec<_>>(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let kh = tmp.path().join("known_hosts");
+    let hosts: Vec<(String, String, u16)> = a_addrs
+        .iter()
+        .map(|x| (x.clone(), a.port))
+        .chain(b_addrs.iter().map(|x| (x.clone(), b.port)))
+        .enumerate()
+        .map(|(i, (addr, port))| (format!("node-{i:02}"), addr, port))
+        .collect();
+    let plans: Vec<HostPlan> = hosts
+        .iter()
+        .map(|(name, addr, port)| {
+            let t = Arc::new(SshTransport::new(target(name, addr, *port, "root", &key, &kh, true)));
+            let dest = tmp.path().join(name).join("config.yaml");
+            HostPlan {
+                transport: t,
+                steps: vec![
+                    Step::probe("whoami", Command::shell("echo $SSH_CONNECTION")),
+                    Step::upload(
+                        "config",
+                        Upload::bytes(format!("name: {name}\n"), dest.to_str().unwrap(), 0o644),
+                    ),
+                ],
+            }
+        })
+        .collect();
+    let t0 = Instant::now();
+    let r = Executor::new(24, silent()).run("fan-out", plans).await.into_result().unwrap();
+    eprintln!("24 hosts, connect + exec + upload: {:?}", t0.elapsed());
+    assert_eq!(r.hosts.len(), 24);
+    for (h, (name, addr, port)) in r.hosts.iter().zip(&hosts) {
+        assert_eq!(&h.host, name);
+        let conn = h.results[0].output.as_ref().unwrap().stdout_str();
+        assert!(conn.trim_end().ends_with(&format!("{addr} {port}")), "{name}: {conn}");
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join(name).join("config.yaml")).unwrap(),
+            format!("name: {name}\n")
+        );
+        assert_eq!(h.stats.connects, 1);
+    }
+    // Parallel acceptance appended every key once, whole lines only.
+    let recorded = std::fs::read_to_string(&kh).unwrap();
+    let mut lines: Vec<&str> = recorded.lines().collect();
+    lines.sort();
+    lines.dedup();
+    assert_eq!(lines.len(), 24, "{recorded}");
+    for (_, addr, port) in &hosts {
+        let key = if *port == a.port { a.host_key() } else { b.host_key() };
+        assert!(lines.contains(&format!("[{addr}]:{port} {key}").as_str()), "{addr}: {recorded}");
+    }
+}
+
+/// An inventory for the CLI tests: `cp1` and two workers on `s`, and `down`, where nothing listens.
+fn cli_inventory(dir: &Path, s: &Sshd, key: &ClientKey, down_port: u16) -> PathBuf {
+    let inv = dir.join("inventory.yaml");
+    let text = format!(
+        "cluster: {{name: sshtest, kubernetesVersion: v1.35.7}}\n\
+         ssh: {{user: root, port: {}, identityFile: {}, knownHosts: known_hosts}}\n\
+         hosts:\n\
+         \x20 - {{name: cp1, address: {}, roles: [control-plane, etcd]}}\n\
+         \x20 - {{name: w1, address: {}, roles: [worker]}}\n\
+         \x20 - {{name: w2, address: {}, roles: [worker]}}\n\
+         \x20 - {{name: down, address: 127.0.0.99, roles: [worker], ssh: {{port: {down_port}}}}}\n",
+        s.port,
+        key.private().display(),
+        s.addrs[0],
+        s.addrs[1],
+        s.addrs[2]
+    );
+    std::fs::write(&inv, text).unwrap();
+    inv
+}
+
+fn kubeforge(args: &[&str]) -> (i32, String, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_kubeforge")).args(args).output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
+
+#[test]
+fn kubeforge_exec_end_to_end() {
+    if !enabled() {
+        return;
+    }
+    let key = ClientKey::new();
+    let s = Sshd::start(&key, &["127.0.0.61", "127.0.0.62", "127.0.0.63"], "");
+    let tmp = tempfile::tempdir().unwrap();
+    let down = sshd::free_port();
+    let inv = cli_inventory(tmp.path(), &s, &key, down);
+    let inv = inv.to_str().unwrap();
+
+    // Unknown keys: every host refused, with the fingerprint and the flag to accept it.
+    let (code, out, err) = kubeforge(&["exec", "-i", inv, "--hosts", "@worker", "--", "true"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.ends_with("3 host(s): 0 ok, 0 failed, 3 unreachable (w1, w2, down)\n"), "{out}");
+    assert!(
+        err.contains(&format!(
+            "error: w1: unreachable: unknown host key {} for [127.0.0.62]:{}",
+            s.fingerprint(),
+            s.port
+        )),
+        "{err}"
+    );
+    assert!(err.contains("--accept-new-host-keys"), "{err}");
+
+    // Output grouped per host, in inventory order, then the summary.
+    let (code, out, err) = kubeforge(&[
+        "exec",
+        "-i",
+        inv,
+        "--hosts",
+        "w2,cp1,w1",
+        "--accept-new-host-keys",
+        "--",
+        "echo \"on $(echo $SSH_CONNECTION | cut -d' ' -f3)\"; echo careful >&2",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let blocks: Vec<&str> = out.split("=== ").skip(1).collect();
+    assert_eq!(blocks.len(), 3, "{out}");
+    for (block, (name, addr)) in
+        blocks.iter().zip([("cp1", "127.0.0.61"), ("w1", "127.0.0.62"), ("w2", "127.0.0.63")])
+    {
+        let lines: Vec<&str> = block.lines().collect();
+        assert!(lines[0].starts_with(&format!("{name} ({addr}): exit 0 in ")), "{block}");
+        assert_eq!(
+            lines[1..4],
+            [format!("on {addr}"), format!("--- {name} stderr"), "careful".into()],
+            "{block}"
+        );
+    }
+    assert!(out.ends_with("3 host(s): 3 ok, 0 failed, 0 unreachable\n"), "{out}");
+    assert_eq!(std::fs::read_to_string(tmp.path().join("known_hosts")).unwrap().lines().count(), 3);
+
+    // Several arguments are an argv; a non-zero exit fails the run and names the host.
+    let (code, out, err) =
+        kubeforge(&["exec", "-i", inv, "--hosts", "role=worker", "--", "sh", "-c", "echo no >&2; exit 3"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("=== w1 (127.0.0.62): exit 3 in "), "{out}");
+    assert!(out.ends_with("3 host(s): 0 ok, 2 failed (w1, w2), 1 unreachable (down)\n"), "{out}");
+    assert!(err.contains("error: w1: exit 3\n") && err.contains("error: w2: exit 3\n"), "{err}");
+
+    // An unreachable host is reported with its reason; the others still run.
+    let (code, out, err) = kubeforge(&["exec", "-i", inv, "--", "true"]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains(&format!("=== down (127.0.0.99): UNREACHABLE: cannot connect to 127.0.0.99:{down}: ")),
+        "{out}"
+    );
+    assert!(out.ends_with("4 host(s): 3 ok, 0 failed, 1 unreachable (down)\n"), "{out}");
+    assert!(err.contains("hint: check that the host is up"), "{err}");
+
+    // A timeout is a failure of that host.
+    let (code, out, _) =
+        kubeforge(&["exec", "-i", inv, "--hosts", "w1", "--timeout", "1s", "--", "sleep 4712"]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("=== w1 (127.0.0.62): TIMED OUT: `sh -c 'sleep 4712' sh` timed out after 1s"),
+        "{out}"
+    );
+
+    // A bad selector is invalid input: exit 2, no connection made.
+    let connections = s.log().matches("Connection from").count();
+    let (code, out, err) = kubeforge(&["exec", "-i", inv, "--hosts", "w1,cp2", "--", "true"]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert!(
+        err.starts_with("error: --hosts: the inventory has no host named `cp2`\n  hint: did you mean `cp1`?"),
+        "{err}"
+    );
+    let (code, _, err) = kubeforge(&["exec", "-i", inv, "--hosts", "@workers", "--", "true"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown role `workers`"), "{err}");
+    assert_eq!(s.log().matches("Connection from").count(), connections);
+}
+
+#[test]
+fn kubeforge_check_end_to_end() {
+    if !enabled() {
+        return;
+    }
+    let key = ClientKey::new();
+    let s = Sshd::start(&key, &["127.0.0.71", "127.0.0.72", "127.0.0.73"], "");
+    let tmp = tempfile::tempdir().unwrap();
+    let down = sshd::free_port();
+    let inv = cli_inventory(tmp.path(), &s, &key, down);
+    let inv = inv.to_str().unwrap();
+    // Hold the scheduler's port, so one port is certainly in use (if something else holds it, also fine).
+    let _held = std::net::TcpListener::bind("127.0.0.1:10259");
+
+    let (code, out, err) = kubeforge(&["check", "-i", inv, "--accept-new-host-keys"]);
+    assert_eq!(code, 1, "the unreachable host fails the check:\n{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("HOST  ADDRESS     OS  "), "{out}");
+    let kernel = sh("uname -r");
+    let arch = sh("uname -m");
+    for (i, (name, addr)) in
+        [("cp1", "127.0.0.71"), ("w1", "127.0.0.72"), ("w2", "127.0.0.73")].iter().enumerate()
+    {
+        let row = lines[i + 1];
+        assert!(row.starts_with(&format!("{name:<4}  {addr:<10}  Debian")), "{out}");
+        assert!(row.contains(kernel.trim()) && row.contains(arch.trim()), "{row}");
+        assert!(row.contains("in use: ") && row.contains("10259"), "{row}");
+    }
+    assert!(
+        lines[4].starts_with(&format!("down  127.0.0.99  UNREACHABLE: cannot connect to 127.0.0.99:{down}")),
+        "{out}"
+    );
+    assert!(out.trim_end().lines().last().unwrap().starts_with("4 host(s): 3 answered, 1 did not;"), "{out}");
+    assert!(err.contains("error: down: unreachable: cannot connect"), "{err}");
+
+    let (code, out, err) = kubeforge(&["check", "-i", inv, "--hosts", "cp1,w1,w2", "--output", "json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["cluster"], "sshtest");
+    let hosts = doc["hosts"].as_array().unwrap();
+    assert_eq!(hosts.iter().map(|h| h["host"].as_str().unwrap()).collect::<Vec<_>>(), ["cp1", "w1", "w2"]);
+    let nproc: u64 = sh("nproc").trim().parse().unwrap();
+    for h in hosts {
+        assert_eq!(h["status"], "ok", "{h}");
+        assert_eq!(h["roundTrips"], 1, "one round trip per host: {h}");
+        let f = &h["facts"];
+        assert_eq!(f["kernel"], kernel.trim());
+        assert_eq!(f["arch"], arch.trim());
+        assert_eq!(f["cpus"].as_u64(), Some(nproc));
+        assert!(f["memoryMib"].as_u64().unwrap() > 0 && !f["os"].as_str().unwrap().is_empty(), "{f}");
+        assert!(f["swap"]["on"].is_boolean() && f["systemd"]["installed"].is_boolean(), "{f}");
+        let ports: Vec<u64> =
+            f["ports"].as_array().unwrap().iter().map(|p| p["port"].as_u64().unwrap()).collect();
+        assert_eq!(ports, [6443, 2379, 2380, 10250, 10257, 10259]);
+        assert_eq!(f["ports"][5]["free"], false, "{f}");
+    }
+    // The unreachable host as a JSON row.
+    let (code, out, _) = kubeforge(&["check", "-i", inv, "--hosts", "down", "--output", "json"]);
+    assert_eq!(code, 1);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let row = &doc["hosts"][0];
+    assert_eq!((row["status"].as_str(), row["facts"].is_null()), (Some("unreachable"), true), "{row}");
+    assert!(
+        row["error"].as_str().unwrap().starts_with(&format!("cannot connect to 127.0.0.99:{down}")),
+        "{row}"
+    );
+}
