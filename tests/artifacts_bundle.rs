@@ -298,3 +298,52 @@ async fn the_end_to_end_test_bundle_is_read_through_this_code() {
     }
     println!("test bundle {}: {n} artifacts verified and resolved", path.display());
 }
+
+/// `lab up --bundle` checks the bundle before it checks the host, builds an image or boots anything: a
+/// missing bundle and one without the Kubernetes version asked for fail at once, and no lab is created.
+#[tokio::test]
+async fn lab_up_rejects_a_wrong_bundle_before_booting_anything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = tmp.path().join("b");
+    hand_made_bundle(&b);
+    let run = |args: Vec<String>| {
+        let dir = tmp.path().to_path_buf();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_kubeforge"))
+                .args(&args)
+                .current_dir(&dir)
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let missing = tmp.path().join("no-such-bundle");
+    let out = run(vec![
+        "lab".into(),
+        "up".into(),
+        "--name".into(),
+        "badb".into(),
+        "--bundle".into(),
+        p(&missing).into(),
+    ])
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("no-such-bundle"), "the error names the bundle path:\n{err}");
+    let out = run(vec![
+        "lab".into(),
+        "up".into(),
+        "--name".into(),
+        "badb".into(),
+        "--bundle".into(),
+        p(&b).into(),
+        "--kubernetes-version".into(),
+        "v1.20.0".into(),
+    ])
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("has no Kubernetes v1.20.0"), "{err}");
+    assert!(err.contains("--kubernetes-version"), "the error says how to fix it:\n{err}");
+    assert!(!tmp.path().join("lab").exists(), "nothing of a lab is created");
+}

@@ -490,10 +490,15 @@ fn prune(v: &mut serde_yaml::Value) {
 }
 
 fn up(a: UpArgs) -> Result<i32> {
-    check_host()?;
     if !(1..=9).contains(&a.nodes) {
         return Err(Error::msg("a lab has 1 to 9 VMs", None));
     }
+    // A wrong --bundle (missing, not a bundle, or without the Kubernetes version asked for) is reported
+    // before anything else: before the host checks, the image build and minutes of booting VMs.
+    if let Some(b) = &a.bundle {
+        bundle_components(b, &a.kubernetes_version)?;
+    }
+    check_host()?;
     let dir = lab_dir(&a.name);
     if dir.join("lab.json").exists() {
         return Err(Error::msg(
