@@ -306,43 +306,19 @@ async fn lab_up_rejects_a_wrong_bundle_before_booting_anything() {
     let tmp = tempfile::tempdir().unwrap();
     let b = tmp.path().join("b");
     hand_made_bundle(&b);
-    let run = |args: Vec<String>| {
-        let dir = tmp.path().to_path_buf();
+    // `lab up --name badb --bundle BUNDLE EXTRA...`, run in the temporary directory.
+    let lab_up = |bundle: &Path, extra: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubeforge"));
+        cmd.args(["lab", "up", "--name", "badb", "--bundle", p(bundle)]).args(extra).current_dir(tmp.path());
         async move {
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_kubeforge"))
-                .args(&args)
-                .current_dir(&dir)
-                .output()
-                .await
-                .unwrap()
+            let out = cmd.output().await.unwrap();
+            assert!(!out.status.success(), "lab up must fail");
+            String::from_utf8_lossy(&out.stderr).into_owned()
         }
     };
-    let missing = tmp.path().join("no-such-bundle");
-    let out = run(vec![
-        "lab".into(),
-        "up".into(),
-        "--name".into(),
-        "badb".into(),
-        "--bundle".into(),
-        p(&missing).into(),
-    ])
-    .await;
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let err = lab_up(&tmp.path().join("no-such-bundle"), &[]).await;
     assert!(err.contains("no-such-bundle"), "the error names the bundle path:\n{err}");
-    let out = run(vec![
-        "lab".into(),
-        "up".into(),
-        "--name".into(),
-        "badb".into(),
-        "--bundle".into(),
-        p(&b).into(),
-        "--kubernetes-version".into(),
-        "v1.20.0".into(),
-    ])
-    .await;
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let err = lab_up(&b, &["--kubernetes-version", "v1.20.0"]).await;
     assert!(err.contains("has no Kubernetes v1.20.0"), "{err}");
     assert!(err.contains("--kubernetes-version"), "the error says how to fix it:\n{err}");
     assert!(!tmp.path().join("lab").exists(), "nothing of a lab is created");
