@@ -79,8 +79,7 @@ impl Lab {
         for (name, roles) in hosts {
             let mut h = all.iter().find(|h| h["name"].as_str() == Some(name)).expect("lab host").clone();
             h["roles"] = Value::Sequence(roles.iter().map(|r| Value::from(*r)).collect());
-            for (n, k, v) in labels.iter().filter(|(n, ..)| n == name) {
-                let _ = n;
+            for (_, k, v) in labels.iter().filter(|(n, ..)| n == name) {
                 if !h["labels"].is_mapping() {
                     h["labels"] = Value::Mapping(Default::default());
                 }
@@ -149,20 +148,19 @@ fn nodes(lab: &Lab, cluster: &str) -> serde_json::Map<String, serde_json::Value>
         .collect()
 }
 
+/// Whether any element of the JSON array `list` (absent counts as empty) satisfies `pred`.
+fn any_of(list: &serde_json::Value, pred: impl Fn(&serde_json::Value) -> bool) -> bool {
+    list.as_array().into_iter().flatten().any(pred)
+}
+
 fn ready(node: &serde_json::Value) -> bool {
-    node["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    any_of(&node["status"]["conditions"], |c| c["type"] == "Ready" && c["status"] == "True")
 }
 
 fn has_no_schedule_taint(node: &serde_json::Value) -> bool {
-    node["spec"]["taints"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|t| t["key"] == "node-role.kubernetes.io/control-plane" && t["effect"] == "NoSchedule")
+    any_of(&node["spec"]["taints"], |t| {
+        t["key"] == "node-role.kubernetes.io/control-plane" && t["effect"] == "NoSchedule"
+    })
 }
 
 /// Apply, then a second apply that must report 0 changes.
