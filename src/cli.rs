@@ -84,6 +84,20 @@ pub struct ApplyArgs {
     /// Run only these phases (see `kubeforge phases apply`).
     #[arg(long, value_delimiter = ',')]
     pub phases: Option<Vec<String>>,
+    /// Work on these hosts only (comma-separated names); cluster-wide phases (addons, the all-nodes check,
+    /// the state copy) still run on the first control plane.
+    #[arg(long, value_delimiter = ',')]
+    pub hosts: Option<Vec<String>>,
+    /// Running etcd members and control planes whose services restart go this many at a time, each batch
+    /// gated on its health checks.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// With --dry-run: save the plan to this file, to apply it later exactly as reviewed (`--plan`).
+    #[arg(long, requires = "dry_run")]
+    pub out: Option<PathBuf>,
+    /// Carry out a plan saved with `--dry-run --out`; refused when a host or the inventory changed since.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub plan: Option<PathBuf>,
     /// Directory holding `<cluster>/` PKI directories.
     #[arg(long, default_value = "pki")]
     pub pki_dir: PathBuf,
@@ -161,6 +175,10 @@ pub fn run(cli: Cli) -> Result<i32> {
                 cache_dir: a.cache_dir.unwrap_or_else(crate::artifacts::default_cache_dir),
                 only: a.phases,
                 ignore_preflight: a.ignore_preflight_errors,
+                hosts: a.hosts,
+                batch: a.batch.max(1),
+                plan_out: a.out,
+                plan_in: a.plan,
             };
             crate::apply::run(&a.inventory, options)
         }
@@ -170,7 +188,10 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Bundle(a) => crate::pki::command::run_bundle(a),
         Command::Phases { workflow } => {
             let phases = crate::workflow::by_name(&workflow).ok_or_else(|| {
-                crate::Error::msg(format!("unknown workflow `{workflow}`"), Some("workflows: apply"))
+                crate::Error::msg(
+                    format!("unknown workflow `{workflow}`"),
+                    Some(&format!("workflows: {}", crate::workflow::NAMES.join(", "))),
+                )
             })?;
             for (i, p) in phases.iter().enumerate() {
                 println!("{:>2}. {:<16} {}", i + 1, p.id(), p.title());

@@ -29,6 +29,9 @@ pub enum Error {
     /// Release artifacts could not be resolved, downloaded, verified or bundled.
     #[error(transparent)]
     Artifacts(#[from] crate::artifacts::ArtifactError),
+    /// The cluster state file could not be read, written or used.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     /// A local file operation failed.
     #[error("{context}")]
     Io {
@@ -76,7 +79,7 @@ impl Error {
             Error::Exec(e) => e.hint(),
             Error::Artifacts(e) => e.hint(),
             Error::Other { hint, .. } => hint.clone(),
-            Error::Io { .. } => None,
+            Error::Io { .. } | Error::State(_) => None,
         }
     }
 

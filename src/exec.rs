@@ -459,8 +459,9 @@ mod tests {
     #[tokio::test]
     async fn failures_are_collected_and_other_hosts_finish() {
         let a = Arc::new(FakeTransport::new("a"));
+        a.permissive();
         let b = Arc::new(FakeTransport::new("b"));
-        b.on("systemctl", Reply::fail(3, "line1\nJob for etcd.service failed\n"));
+        b.on("systemctl", Reply::fail(3, "line1\nJob for etcd.service failed\n")).permissive();
         let c = Arc::new(FakeTransport::new("c"));
         c.on("true", Reply::Disconnect);
         let rec = Arc::new(Recorder::default());
@@ -507,6 +508,21 @@ mod tests {
         assert!(r.interrupted);
         assert_eq!(r.failures[0].step, "never");
         assert!(a.commands().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_fake_host_refuses_commands_it_was_not_told_about() {
+        let a = Arc::new(FakeTransport::new("a"));
+        let ex = Executor::new(1, Arc::new(crate::report::Silent));
+        let r = ex
+            .run("x", vec![HostPlan { transport: a, steps: vec![Step::exec("s", Command::new("reboot"))] }])
+            .await;
+        assert_eq!(r.failures[0].status, Some(127));
+        assert!(
+            r.failures[0].stderr_tail[0].contains("no rule for `reboot`"),
+            "{:?}",
+            r.failures[0].stderr_tail
+        );
     }
 
     #[tokio::test]

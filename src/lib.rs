@@ -23,6 +23,7 @@ pub mod pki;
 pub mod plan;
 pub mod render;
 pub mod report;
+pub mod state;
 pub mod transport;
 pub mod workflow;
 

@@ -131,6 +131,10 @@ pub struct HostModel {
     pub arch: String,
     /// Services installed here, in start order.
     pub components: Vec<Component>,
+    /// The node's pod subnet (bridge CNI). [`ClusterModel::derive`] gives nodes consecutive subnets in
+    /// inventory order; a run replaces them with the allocation recorded in the cluster state
+    /// ([`ClusterModel::set_pod_subnets`]), which keeps a node's subnet when others come and go.
+    pub pod_subnet: Option<IpNet>,
     /// The host's SSH settings (defaults merged with overrides), still unresolved paths.
     #[serde(skip)]
     pub ssh: SshSpec,
@@ -327,6 +331,7 @@ impl ClusterModel {
                     taints,
                     arch: h.arch.clone().unwrap_or_else(|| "amd64".into()),
                     components,
+                    pod_subnet: None,
                     ssh: merge_ssh(&inv.ssh, h.ssh.as_ref()),
                 }
             })
@@ -391,7 +396,7 @@ impl ClusterModel {
             }
             _ => Cni::Bridge,
         };
-        ClusterModel {
+        let mut model = ClusterModel {
             name: cl.name.clone(),
             inventory_path: loaded.path.clone(),
             inventory_dir: loaded.dir.clone(),
@@ -410,6 +415,19 @@ impl ClusterModel {
                 .unwrap_or(ReleaseSourceSpec::Official { pins: BTreeMap::new() }),
             extra_args: cl.extra_args.clone(),
             hosts,
+        };
+        let prefix = crate::render::pod_subnet_prefix(&model.pod_cidr);
+        let mut subnets = model.pod_cidr.subnets(prefix).ok();
+        for h in model.hosts.iter_mut().filter(|h| h.is_node) {
+            h.pod_subnet = subnets.as_mut().and_then(|it| it.next());
+        }
+        model
+    }
+
+    /// Replaces the nodes' pod subnets with an allocation (from the cluster state).
+    pub fn set_pod_subnets(&mut self, subnets: &BTreeMap<String, IpNet>) {
+        for h in self.hosts.iter_mut().filter(|h| h.is_node) {
+            h.pod_subnet = subnets.get(&h.name).copied();
         }
     }
 

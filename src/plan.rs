@@ -1,18 +1,19 @@
-//! Desired state and the difference to a host's actual state: the heart of idempotent `apply`.
+//! Desired state, the difference to a host's actual state, and the plan: the heart of idempotent `apply`.
 //!
-//! A phase describes, per host, the files that must exist (content, mode, which services they affect) and
-//! the services that must be enabled and running ([`HostDesired`]). [`probe`] reads the host's actual state
-//! in **one** command (digests of every file, enabled/active state of every unit), and [`diff`] turns the
-//! two into a [`HostChanges`]: the dry-run prints it, [`converge_step`] carries it out. A converged host
-//! therefore costs one round trip per phase and sends no bytes, and a changed setting touches exactly the
-//! files and restarts exactly the services that depend on it.
+//! A phase describes, per host, the files that must exist (content, mode, which services they affect), the
+//! services that must be enabled and running, and what must be *absent* (files, units) ([`HostDesired`]).
+//! [`probe`] reads the host's actual state in **one** command (digests of every file, enabled/active state of
+//! every unit) for all phases at once, and [`diff`] turns the two into a [`HostChanges`]. The changes of
+//! every phase and host form a [`Plan`]: a value that the dry-run prints, that can be saved as a
+//! [`PlanRecord`] and checked again before it is carried out, and that [`apply_changes`] carries out. A
+//! converged host therefore costs one round trip for the whole plan and sends no bytes, and a changed
+//! setting touches exactly the files and restarts exactly the services that depend on it.
 
-use crate::exec::{Step, StepError};
+use crate::exec::StepError;
 use crate::transport::{Command, Transport, Upload};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// A file a host must have.
 #[derive(Debug, Clone)]
@@ -49,6 +50,7 @@ impl DesiredFile {
             size,
             sha256,
             secret: false,
+            precheck: true,
         };
         DesiredFile { upload, restarts: Vec::new(), label: label.into() }
     }
@@ -76,8 +78,10 @@ pub struct HostDesired {
     /// Commands that run (in order) after the files are written and units started, but only when something
     /// on this host changed in this phase (health waits, `etcdctl member add`...).
     pub after_change: Vec<(String, Command)>,
-    /// Commands that always run in this phase (kept rare: each is a round trip on converged hosts).
-    pub always: Vec<(String, Command)>,
+    /// Files that must not exist (removed when present), e.g. a member's data after `remove-node`.
+    pub absent_files: Vec<String>,
+    /// Units that must not exist: stopped, disabled, their unit file removed (`reset`, `remove-node`).
+    pub absent_units: Vec<String>,
     /// Programs that must already be installed (e.g. the distribution's containerd), checked by the probe
     /// itself at no extra round trip: `(program, how to install it)`.
     pub require: Vec<(String, String)>,
@@ -123,17 +127,33 @@ pub struct HostChanges {
     pub daemon_reload: bool,
     /// Commands that follow a change.
     pub after_change: Vec<(String, Command)>,
+    /// Units to stop, disable and delete (negative desired state).
+    pub remove_units: Vec<String>,
+    /// Files to delete (negative desired state), after the units that use them stopped.
+    pub remove_files: Vec<String>,
+    /// A restart hits a service that was running before: the host serves traffic while it changes, so
+    /// phases that roll out one host at a time do so for this host ([`crate::phase::Rollout`]).
+    pub disrupts: bool,
 }
 
 impl HostChanges {
     /// Nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.files.is_empty() && self.enable.is_empty() && self.restart.is_empty()
+        self.count() == 0
     }
 
-    /// Number of changes (files written + units enabled or restarted).
+    /// Number of changes (files written or removed + units enabled, restarted or removed).
     pub fn count(&self) -> usize {
-        self.files.len() + self.enable.len() + self.restart.len()
+        self.files.len()
+            + self.enable.len()
+            + self.restart.len()
+            + self.remove_units.len()
+            + self.remove_files.len()
+    }
+
+    /// Bytes of file content this host receives.
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.file.upload.size).sum()
     }
 }
 
@@ -174,6 +194,12 @@ impl fmt::Display for HostChanges {
         for u in &self.restart {
             writeln!(f, "  restart {u}")?;
         }
+        for u in &self.remove_units {
+            writeln!(f, "  - unit {u} (stop, disable, delete)")?;
+        }
+        for p in &self.remove_files {
+            writeln!(f, "  - {p}")?;
+        }
         for (name, cmd) in &self.after_change {
             writeln!(f, "  run: {name}: {cmd}")?;
         }
@@ -200,6 +226,12 @@ impl HostDesired {
         for (name, cmd) in &self.after_change {
             h.update(format!("after {name}: {cmd}\n"));
         }
+        for u in &self.absent_units {
+            h.update(format!("absent unit {u}\n"));
+        }
+        for p in &self.absent_files {
+            h.update(format!("absent {p}\n"));
+        }
         let digest = hex::encode(h.finalize());
         self.files.push(DesiredFile::bytes(
             &format!("{MARKER_DIR}/{phase}"),
@@ -213,6 +245,31 @@ impl HostDesired {
 
 fn is_marker(f: &DesiredFile) -> bool {
     f.upload.dest.starts_with(MARKER_DIR)
+}
+
+impl HostDesired {
+    /// Every path the probe must read: the files that must exist, then those that must not.
+    fn probed_paths(&self) -> impl Iterator<Item = &str> {
+        self.files.iter().map(|f| f.upload.dest.as_str()).chain(self.absent_files.iter().map(String::as_str))
+    }
+
+    /// Every unit the probe must read.
+    fn probed_units(&self) -> impl Iterator<Item = &str> {
+        self.units.iter().chain(self.absent_units.iter()).map(String::as_str)
+    }
+
+    /// Everything `parts` describe, in one value: one probe then reads the state of all of them.
+    pub fn merged<'a>(parts: impl IntoIterator<Item = &'a HostDesired>) -> HostDesired {
+        let mut all = HostDesired::default();
+        for p in parts {
+            all.files.extend(p.files.iter().cloned());
+            all.units.extend(p.units.iter().cloned());
+            all.require.extend(p.require.iter().cloned());
+            all.absent_files.extend(p.absent_files.iter().cloned());
+            all.absent_units.extend(p.absent_units.iter().cloned());
+        }
+        all
+    }
 }
 
 /// The one command that reads a host's actual state for `desired`: file digests, then unit states.
@@ -235,33 +292,35 @@ done"#;
     Command::shell(script)
         .args(desired.require.iter().map(|(p, _)| p.clone()))
         .arg("--")
-        .args(desired.files.iter().map(|f| f.upload.dest.clone()))
+        .args(desired.probed_paths().map(str::to_owned))
         .arg("--")
-        .args(desired.units.iter().cloned())
+        .args(desired.probed_units().map(str::to_owned))
         .sudo()
 }
 
 /// Parses [`probe_command`]'s output.
 pub fn parse_probe(desired: &HostDesired, stdout: &str) -> Result<ActualState, String> {
     let lines: Vec<&str> = stdout.lines().collect();
-    let (nf, nu) = (desired.files.len(), desired.units.len());
+    let paths: Vec<&str> = desired.probed_paths().collect();
+    let units: Vec<&str> = desired.probed_units().collect();
+    let (nf, nu) = (paths.len(), units.len());
     if lines.len() != nf + nu {
         return Err(format!("state probe printed {} lines, expected {}", lines.len(), nf + nu));
     }
     let mut st = ActualState::default();
-    for (f, l) in desired.files.iter().zip(&lines[..nf]) {
+    for (path, l) in paths.iter().zip(&lines[..nf]) {
         let d = match l.trim() {
             "-" => None,
             // An unreadable file counts as different: it will be rewritten.
             "?" => Some(String::new()),
             h => Some(h.to_owned()),
         };
-        st.digests.insert(f.upload.dest.clone(), d);
+        st.digests.insert((*path).to_owned(), d);
     }
-    for (u, l) in desired.units.iter().zip(&lines[nf..]) {
+    for (u, l) in units.iter().zip(&lines[nf..]) {
         let mut it = l.split_whitespace();
         st.units.insert(
-            u.clone(),
+            (*u).to_owned(),
             UnitState {
                 enabled: it.next().unwrap_or("missing").to_owned(),
                 active: it.next().unwrap_or("inactive").to_owned(),
@@ -273,7 +332,10 @@ pub fn parse_probe(desired: &HostDesired, stdout: &str) -> Result<ActualState, S
 
 /// Reads the actual state of a host in one round trip.
 pub async fn probe(t: &dyn Transport, desired: &HostDesired) -> Result<ActualState, StepError> {
-    if desired.files.is_empty() && desired.units.is_empty() && desired.require.is_empty() {
+    if desired.probed_paths().next().is_none()
+        && desired.probed_units().next().is_none()
+        && desired.require.is_empty()
+    {
         return Ok(ActualState::default());
     }
     let cmd = probe_command(desired);
@@ -296,6 +358,14 @@ pub async fn probe(t: &dyn Transport, desired: &HostDesired) -> Result<ActualSta
         });
     }
     parse_probe(desired, &out.stdout_str()).map_err(StepError::Other)
+}
+
+impl UnitState {
+    /// Whether the unit exists on the host at all (enabled, or running, or failed).
+    fn present(&self) -> bool {
+        !matches!(self.enabled.as_str(), "missing" | "not-found" | "")
+            || !matches!(self.active.as_str(), "inactive" | "missing" | "unknown" | "")
+    }
 }
 
 /// What must change to turn `actual` into `desired`.
@@ -324,17 +394,47 @@ pub fn diff(desired: &HostDesired, actual: &ActualState) -> HostChanges {
     // Keep the phase's start order, then any other unit a file asked for.
     ch.restart = desired.units.iter().filter(|u| restart.contains(*u)).cloned().collect();
     ch.restart.extend(restart.into_iter().filter(|u| !desired.units.contains(u)));
+    ch.disrupts = ch.restart.iter().any(|u| actual.units.get(u).is_some_and(|s| s.active == "active"));
+    ch.remove_units = desired
+        .absent_units
+        .iter()
+        .filter(|u| actual.units.get(*u).is_some_and(|s| s.present()))
+        .cloned()
+        .collect();
+    ch.remove_files = desired
+        .absent_files
+        .iter()
+        .filter(|p| actual.digests.get(*p).is_some_and(|d| d.is_some()))
+        .cloned()
+        .collect();
+    if ch.remove_files.iter().any(|p| p.starts_with("/etc/systemd/system/")) {
+        ch.daemon_reload = true;
+    }
     if !ch.is_empty() {
         ch.after_change = desired.after_change.clone();
     }
     ch
 }
 
-/// Applies `changes` to a host: writes files, reloads systemd, enables and (re)starts units, runs the
-/// follow-up commands. Returns whether anything changed.
+/// Applies `changes` to a host: stops and removes what must be absent, writes files (the probe has just read
+/// their digests, so each is sent without a second check), reloads systemd, enables and (re)starts units,
+/// runs the follow-up commands, and writes the phase's completion marker last. Returns whether anything
+/// changed.
 pub async fn apply_changes(t: &dyn Transport, changes: &HostChanges) -> Result<bool, StepError> {
+    if !changes.remove_units.is_empty() || !changes.remove_files.is_empty() {
+        // Arguments: units, `--`, files. Units stop before the files they use go.
+        let script = "while [ \"$1\" != \"--\" ]; do systemctl disable --now --quiet \"$1\" 2>/dev/null || systemctl stop \"$1\" 2>/dev/null || true; systemctl reset-failed \"$1\" 2>/dev/null || true; shift; done\nshift\nrm -f -- \"$@\"\n";
+        let cmd = Command::shell(script)
+            .args(changes.remove_units.iter().cloned())
+            .arg("--")
+            .args(changes.remove_files.iter().cloned())
+            .sudo();
+        run_checked(t, "remove", &cmd).await?;
+    }
     for c in changes.files.iter().filter(|c| !is_marker(&c.file)) {
-        t.upload(&c.file.upload).await?;
+        let mut up = c.file.upload.clone();
+        up.precheck = false;
+        t.upload(&up).await?;
     }
     if changes.daemon_reload || !changes.enable.is_empty() || !changes.restart.is_empty() {
         // Arguments: units to enable, `--`, units to restart (in start order).
@@ -358,7 +458,9 @@ pub async fn apply_changes(t: &dyn Transport, changes: &HostChanges) -> Result<b
         run_checked(t, name, cmd).await?;
     }
     for c in changes.files.iter().filter(|c| is_marker(&c.file)) {
-        t.upload(&c.file.upload).await?;
+        let mut up = c.file.upload.clone();
+        up.precheck = false;
+        t.upload(&up).await?;
     }
     Ok(!changes.is_empty())
 }
@@ -380,26 +482,225 @@ pub async fn run_checked(
     Ok(out)
 }
 
-/// Shared record of what a run did or would do, per host, for the dry-run text and the "N changes" summary.
-pub type ChangeLog = Arc<std::sync::Mutex<Vec<(String, HostChanges)>>>;
+/// The changes of one phase, per host (hosts without changes are listed too: they took part).
+#[derive(Debug, Clone, Default)]
+pub struct PhasePlan {
+    /// Phase id.
+    pub phase: String,
+    /// `(host, changes)`, in host order.
+    pub hosts: Vec<(String, HostChanges)>,
+}
 
-/// The executor step for one host and phase: probe, diff, record, and (unless `dry_run`) apply.
-pub fn converge_step(phase: &str, host: String, desired: HostDesired, dry_run: bool, log: ChangeLog) -> Step {
-    let desired = desired.with_marker(phase);
-    Step::custom("converge", move |t: &dyn Transport| {
-        Box::pin(async move {
-            for (name, cmd) in &desired.always {
-                run_checked(t, name, cmd).await?;
+/// What a run will do: the changes of every phase on every host, computed before anything is written.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Converge phases, in workflow order.
+    pub phases: Vec<PhasePlan>,
+}
+
+impl Plan {
+    /// Total number of changes.
+    pub fn total_changes(&self) -> usize {
+        self.phases.iter().flat_map(|p| p.hosts.iter()).map(|(_, c)| c.count()).sum()
+    }
+
+    /// The changes of `phase`, when it is part of the plan.
+    pub fn phase(&self, phase: &str) -> Option<&PhasePlan> {
+        self.phases.iter().find(|p| p.phase == phase)
+    }
+
+    /// The dry-run text: per phase and host, what would change.
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        for p in &self.phases {
+            for (host, ch) in &p.hosts {
+                if ch.is_empty() {
+                    continue;
+                }
+                s.push_str(&format!("[{}] {host}: {} change(s)\n{ch}", p.phase, ch.count()));
             }
-            let actual = probe(t, &desired).await?;
-            let changes = diff(&desired, &actual);
-            log.lock().expect("lock").push((host, changes.clone()));
-            if dry_run || changes.is_empty() {
-                return Ok(false);
+        }
+        if s.is_empty() {
+            s.push_str("no changes: the cluster matches the inventory\n");
+        }
+        s
+    }
+
+    /// The plan as a record that can be saved and compared (`apply --dry-run --out`, `apply --plan`).
+    /// Digests of secret files are salted with `salt`, so the record reveals nothing about a key.
+    pub fn record(&self, cluster: &str, salt: &str) -> PlanRecord {
+        let hide = |d: &str| {
+            use sha2::Digest;
+            format!("salted:{}", hex::encode(sha2::Sha256::digest(format!("{salt}:{d}").as_bytes())))
+        };
+        let phases = self
+            .phases
+            .iter()
+            .map(|p| PhaseRecord {
+                phase: p.phase.clone(),
+                hosts: p
+                    .hosts
+                    .iter()
+                    .filter(|(_, c)| !c.is_empty())
+                    .map(|(h, c)| HostRecord {
+                        host: h.clone(),
+                        files: c
+                            .files
+                            .iter()
+                            .map(|f| {
+                                let u = &f.file.upload;
+                                let (old, new) = if u.secret {
+                                    (f.old.as_deref().map(hide), hide(&u.sha256))
+                                } else {
+                                    (f.old.clone(), u.sha256.clone())
+                                };
+                                FileRecord { path: u.dest.clone(), mode: u.mode, old, new }
+                            })
+                            .collect(),
+                        daemon_reload: c.daemon_reload,
+                        enable: c.enable.clone(),
+                        restart: c.restart.clone(),
+                        remove_units: c.remove_units.clone(),
+                        remove_files: c.remove_files.clone(),
+                        run: c.after_change.iter().map(|(n, cmd)| format!("{n}: {cmd}")).collect(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        PlanRecord {
+            format: PlanRecord::FORMAT,
+            kubeforge: env!("CARGO_PKG_VERSION").to_owned(),
+            cluster: cluster.to_owned(),
+            salt: salt.to_owned(),
+            phases,
+        }
+    }
+}
+
+/// A saved plan: what every host will receive, with the digest each file has now and will have.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PlanRecord {
+    /// Format version of this record.
+    pub format: u32,
+    /// The kubeforge version that made it.
+    pub kubeforge: String,
+    /// Cluster name.
+    pub cluster: String,
+    /// Salt for the digests of secret files.
+    pub salt: String,
+    /// Phases with changes.
+    pub phases: Vec<PhaseRecord>,
+}
+
+/// One phase of a [`PlanRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PhaseRecord {
+    /// Phase id.
+    pub phase: String,
+    /// Hosts with changes.
+    pub hosts: Vec<HostRecord>,
+}
+
+/// One host's changes in a [`PlanRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostRecord {
+    /// Host name.
+    pub host: String,
+    /// Files written.
+    pub files: Vec<FileRecord>,
+    /// `systemctl daemon-reload`.
+    pub daemon_reload: bool,
+    /// Units enabled.
+    pub enable: Vec<String>,
+    /// Units (re)started.
+    pub restart: Vec<String>,
+    /// Units removed.
+    pub remove_units: Vec<String>,
+    /// Files removed.
+    pub remove_files: Vec<String>,
+    /// Follow-up commands (redacted).
+    pub run: Vec<String>,
+}
+
+/// One file of a [`HostRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileRecord {
+    /// Destination.
+    pub path: String,
+    /// Mode.
+    pub mode: u32,
+    /// Digest on the host when the plan was made (`None`: absent).
+    pub old: Option<String>,
+    /// Digest it will have.
+    pub new: String,
+}
+
+impl PlanRecord {
+    /// The current format.
+    pub const FORMAT: u32 = 1;
+
+    /// Where `fresh` (the plan made now) differs from this saved plan, one line per difference; empty when
+    /// the plan can be carried out exactly as reviewed.
+    pub fn differences(&self, fresh: &PlanRecord) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.cluster != fresh.cluster {
+            out.push(format!(
+                "the plan is for cluster `{}`, the inventory names `{}`",
+                self.cluster, fresh.cluster
+            ));
+        }
+        let index = |r: &PlanRecord| -> BTreeMap<(String, String), HostRecord> {
+            r.phases
+                .iter()
+                .flat_map(|p| p.hosts.iter().map(move |h| ((p.phase.clone(), h.host.clone()), h.clone())))
+                .collect()
+        };
+        let (saved, now) = (index(self), index(fresh));
+        for (key, h) in &saved {
+            match now.get(key) {
+                None => out.push(format!(
+                    "[{}] {}: nothing to do any more (it changed since the plan)",
+                    key.0, key.1
+                )),
+                Some(n) if n != h => {
+                    let saved_files: BTreeMap<&str, &FileRecord> =
+                        h.files.iter().map(|f| (f.path.as_str(), f)).collect();
+                    let mut said = false;
+                    for f in &n.files {
+                        match saved_files.get(f.path.as_str()) {
+                            Some(s) if *s == f => {}
+                            Some(s) if s.old != f.old => {
+                                out.push(format!(
+                                    "[{}] {}: {} changed on the host since the plan",
+                                    key.0, key.1, f.path
+                                ));
+                                said = true;
+                            }
+                            Some(_) => {
+                                out.push(format!(
+                                    "[{}] {}: {} would now get different content",
+                                    key.0, key.1, f.path
+                                ));
+                                said = true;
+                            }
+                            None => {
+                                out.push(format!("[{}] {}: {} is not in the plan", key.0, key.1, f.path));
+                                said = true;
+                            }
+                        }
+                    }
+                    if !said {
+                        out.push(format!("[{}] {}: the changes differ from the plan", key.0, key.1));
+                    }
+                }
+                Some(_) => {}
             }
-            apply_changes(t, &changes).await
-        })
-    })
+        }
+        for key in now.keys().filter(|k| !saved.contains_key(*k)) {
+            out.push(format!("[{}] {}: has changes that are not in the plan", key.0, key.1));
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -416,8 +717,8 @@ mod tests {
             ],
             units: vec!["svc-a".into(), "svc-b".into()],
             after_change: vec![("wait".into(), Command::new("true"))],
-            always: vec![],
             require: vec![],
+            ..Default::default()
         }
     }
 
@@ -472,32 +773,108 @@ mod tests {
         assert!(parse_probe(&desired(), "-\n").is_err());
     }
 
+    /// Probe, diff and (unless `dry_run`) apply, as a run does for one host and phase.
+    async fn converge(
+        t: &FakeTransport,
+        phase: &str,
+        d: HostDesired,
+        dry_run: bool,
+    ) -> Result<HostChanges, StepError> {
+        let d = d.with_marker(phase);
+        let actual = probe(t, &d).await?;
+        let ch = diff(&d, &actual);
+        if !dry_run {
+            apply_changes(t, &ch).await?;
+        }
+        Ok(ch)
+    }
+
     #[tokio::test]
     async fn converge_runs_one_probe_then_writes_and_restarts() {
         let t = FakeTransport::new("h1");
         t.on("sha256sum", Reply::ok("-\n-\n-\n-\nmissing inactive\nmissing inactive\n"));
-        let log: ChangeLog = Default::default();
-        let step = converge_step("test", "h1".into(), desired(), false, log.clone());
-        let crate::exec::Action::Custom(f) = step.action else { panic!("custom step") };
-        assert!(f(&t).await.unwrap());
+        t.on("daemon-reload", Reply::ok(""));
+        t.on("true", Reply::ok(""));
+        let ch = converge(&t, "test", desired(), false).await.unwrap();
+        assert!(!ch.disrupts, "nothing was running");
         assert_eq!(t.file("/etc/a.conf").as_deref(), Some(&b"a=1\n"[..]));
         let cmds = t.commands();
         assert!(cmds[0].contains("sha256sum"), "{cmds:?}");
         assert!(cmds.iter().any(|c| c.contains("daemon-reload") && c.contains("svc-b")), "{cmds:?}");
-        assert_eq!(log.lock().unwrap().len(), 1);
+        assert!(t.file(&format!("{MARKER_DIR}/test")).is_some(), "marker written last");
     }
 
     #[tokio::test]
     async fn dry_run_writes_nothing() {
         let t = FakeTransport::new("h1");
         t.on("sha256sum", Reply::ok("-\n-\n-\n-\nmissing inactive\nmissing inactive\n"));
-        let log: ChangeLog = Default::default();
-        let step = converge_step("test", "h1".into(), desired(), true, log.clone());
-        let crate::exec::Action::Custom(f) = step.action else { panic!("custom step") };
-        assert!(!f(&t).await.unwrap());
+        let ch = converge(&t, "test", desired(), true).await.unwrap();
         assert_eq!(t.commands().len(), 1, "only the probe ran");
         assert!(t.file("/etc/a.conf").is_none());
-        assert_eq!(log.lock().unwrap()[0].1.count(), 8, "3 files + the marker, 2 enables, 2 restarts");
+        assert_eq!(ch.count(), 8, "3 files + the marker, 2 enables, 2 restarts");
+    }
+
+    #[test]
+    fn a_restart_of_a_running_service_is_a_disruption() {
+        let d = desired();
+        let running = format!(
+            "{}\n{}\n{}\nenabled active\nenabled active\n",
+            sha("a=0\n"),
+            sha("[Service]\n"),
+            sha("secret")
+        );
+        assert!(diff(&d, &parse_probe(&d, &running).unwrap()).disrupts);
+    }
+
+    #[tokio::test]
+    async fn absent_units_and_files_are_removed_only_when_present() {
+        let d = HostDesired {
+            absent_files: vec!["/etc/systemd/system/old.service".into(), "/etc/gone.conf".into()],
+            absent_units: vec!["old".into(), "never".into()],
+            ..Default::default()
+        };
+        let t = FakeTransport::new("h1");
+        t.on("sha256sum", Reply::ok("abc\n-\nenabled active\nmissing inactive\n"));
+        t.on("disable --now", Reply::ok(""));
+        t.on("daemon-reload", Reply::ok(""));
+        let actual = probe(&t, &d).await.unwrap();
+        let ch = diff(&d, &actual);
+        assert_eq!(ch.remove_units, vec!["old"]);
+        assert_eq!(ch.remove_files, vec!["/etc/systemd/system/old.service"]);
+        assert!(ch.daemon_reload);
+        assert!(ch.to_string().contains("- unit old (stop, disable, delete)"), "{ch}");
+        apply_changes(&t, &ch).await.unwrap();
+        let cmds = t.commands();
+        assert!(
+            cmds.iter().any(|c| c.contains("disable --now") && c.contains("old") && !c.contains("never")),
+            "{cmds:?}"
+        );
+        // Converged: nothing left to remove.
+        let gone = parse_probe(&d, "-\n-\nmissing inactive\nmissing inactive\n").unwrap();
+        assert!(diff(&d, &gone).is_empty());
+    }
+
+    #[test]
+    fn a_saved_plan_matches_itself_and_names_what_moved() {
+        let d = desired().with_marker("p");
+        let fresh = diff(&d, &parse_probe(&d, "-\n-\n-\n-\nmissing inactive\nmissing inactive\n").unwrap());
+        let plan = Plan { phases: vec![PhasePlan { phase: "p".into(), hosts: vec![("h1".into(), fresh)] }] };
+        let saved = plan.record("c", "salt1");
+        let json = serde_json::to_string(&saved).unwrap();
+        assert!(!json.contains(&sha("secret")), "secret digests are salted: {json}");
+        let back: PlanRecord = serde_json::from_str(&json).unwrap();
+        assert!(back.differences(&plan.record("c", "salt1")).is_empty());
+
+        // The host changed since: /etc/a.conf now exists with other content.
+        let moved = diff(
+            &d,
+            &parse_probe(&d, &format!("{}\n-\n-\n-\nmissing inactive\nmissing inactive\n", sha("x")))
+                .unwrap(),
+        );
+        let now = Plan { phases: vec![PhasePlan { phase: "p".into(), hosts: vec![("h1".into(), moved)] }] };
+        let diffs = back.differences(&now.record("c", "salt1"));
+        assert_eq!(diffs, vec!["[p] h1: /etc/a.conf changed on the host since the plan"]);
+        assert!(!back.differences(&plan.record("other", "salt1")).is_empty());
     }
 
     #[tokio::test]
@@ -529,13 +906,9 @@ mod tests {
     async fn a_failed_follow_up_leaves_the_phase_unmarked_so_the_next_run_redoes_it() {
         let t = FakeTransport::new("h1");
         t.on("sha256sum", Reply::ok("-\n-\n-\n-\nmissing inactive\nmissing inactive\n"));
+        t.on("daemon-reload", Reply::ok(""));
         t.on("true", Reply::fail(1, "not ready"));
-        let log: ChangeLog = Default::default();
-        let crate::exec::Action::Custom(f) = converge_step("p", "h1".into(), desired(), false, log).action
-        else {
-            panic!()
-        };
-        assert!(f(&t).await.is_err());
+        assert!(converge(&t, "p", desired(), false).await.is_err());
         assert!(t.file("/etc/a.conf").is_some(), "files were written");
         assert!(t.file(&format!("{MARKER_DIR}/p")).is_none(), "but the phase is not marked converged");
     }

@@ -14,8 +14,8 @@
 //! Checked with real tools only (kubectl, etcdctl, systemctl, openssl). The lab is always torn down, also
 //! when an assertion fails; a failing scenario is reported and the next one still runs.
 //!
-//! Runs when `KUBEFORGE_E2E=1` (the test command sets it, and then a missing prerequisite fails the test);
-//! plain `cargo test` prints that it was not run. Needs root, the lab host tools
+//! Marked `#[ignore]`, so plain `cargo test` lists it as ignored; the test command runs it with `--ignored`,
+//! and then a missing prerequisite fails it. Needs root, the lab host tools
 //! (`tests/lab/install-host-deps.sh`) and `KUBEFORGE_TEST_BUNDLE` (built by `tests/bundle/build.sh`).
 
 use serde_yaml::Value;
@@ -343,11 +343,8 @@ fn high_availability(lab: &Lab) {
 }
 
 #[test]
+#[ignore = "boots lab VMs: run with --ignored (root, lab host tools, KUBEFORGE_TEST_BUNDLE)"]
 fn apply_on_lab_vms_single_node_then_workers_then_ha() {
-    if std::env::var("KUBEFORGE_E2E").as_deref() != Ok("1") {
-        eprintln!("not run: set KUBEFORGE_E2E=1 (root, lab host tools, KUBEFORGE_TEST_BUNDLE)");
-        return;
-    }
     let bundle = PathBuf::from(
         std::env::var("KUBEFORGE_TEST_BUNDLE").expect("KUBEFORGE_TEST_BUNDLE must name the test bundle"),
     );

@@ -5,8 +5,8 @@
 //! also when an assertion fails. The numbers `--timings` prints (image built/cached, time to ready, qemu RSS
 //! per VM) and the duration of `lab down` are checked and echoed.
 //!
-//! Runs when `KUBEFORGE_E2E=1` (then a missing prerequisite fails the test); plain `cargo test` prints that it
-//! was not run. Needs root and the lab host tools (`tests/lab/install-host-deps.sh`); the first run builds the
+//! Marked `#[ignore]`: the test command runs it with `--ignored` (then a missing prerequisite fails it).
+//! Needs root and the lab host tools (`tests/lab/install-host-deps.sh`); the first run builds the
 //! image with mmdebstrap from the machine's Debian mirror (minutes).
 
 use std::path::{Path, PathBuf};
@@ -131,11 +131,8 @@ fn taps(netns: Option<&str>) -> Vec<(String, String)> {
 }
 
 #[test]
+#[ignore = "boots lab VMs: run with --ignored (root, lab host tools: tests/lab/install-host-deps.sh)"]
 fn lab_up_gives_usable_nodes_and_lab_down_leaves_nothing_behind() {
-    if std::env::var("KUBEFORGE_E2E").as_deref() != Ok("1") {
-        eprintln!("not run: set KUBEFORGE_E2E=1 (root, lab host tools: tests/lab/install-host-deps.sh)");
-        return;
-    }
     // Prerequisites: fail, never skip, once the test was asked for.
     assert!(nix::unistd::Uid::effective().is_root(), "the lab test needs root (network namespaces, taps)");
     for tool in ["qemu-system-x86_64", "qemu-img", "mmdebstrap", "mke2fs", "ip", "ssh", "ssh-keygen", "pgrep"]

@@ -1,19 +1,29 @@
-//! `kubeforge apply`: prepares the local material (PKI, verified binaries, generated secrets), connects to
-//! every host once, and runs the workflow's phases in order. Each phase converges every participating host
-//! in parallel; a failure stops the run at the phase boundary with every failing host reported, and a re-run
-//! continues from the state the hosts are in. `--dry-run` probes and prints, and writes nothing to any host.
+//! `kubeforge apply` and the workflow runner every lifecycle command uses.
+//!
+//! A run has two passes. **Plan**: the read-only checks (preflight) run, then every participating host is
+//! probed once for the state of every phase, and the differences become a [`Plan`] value. `--dry-run`
+//! prints it (and `--out` saves it as a [`crate::plan::PlanRecord`]) and stops there: nothing is written to
+//! any host, and nothing under `pki/` either (material that must be generated to compute digests goes to a
+//! temporary copy of the store). **Execute**: the plan, and only the plan, is carried out phase by phase;
+//! `--plan FILE` first checks that a fresh plan equals the saved one and refuses when a host or the inventory
+//! changed since. Phases converge their hosts in parallel, except that restarts of running etcd members and
+//! control planes go one host (or `--batch` hosts) at a time, each gated on its health waits. `--hosts`
+//! restricts a run to some hosts (cluster-wide phases still run on the first control plane). After each
+//! phase the cluster state file (`pki/<cluster>/state.json`) records the checkpoint; a failure stops the run
+//! at the phase boundary with every failing host reported, and a re-run continues from where it stopped.
 
 use crate::artifacts::{self, ArtifactSource, Component as Art, LocalArtifact, Requirement};
-use crate::exec::{Executor, HostPlan};
+use crate::exec::{Executor, HostPlan, Step};
 use crate::model::ClusterModel;
-use crate::phase::{Context, HostWork, Phase};
-use crate::plan::{converge_step, ChangeLog};
+use crate::phase::{Context, HostWork, Phase, Rollout};
+use crate::plan::{ActualState, HostChanges, HostDesired, PhasePlan, Plan};
+use crate::state::ClusterState;
 use crate::transport::ssh::{ConnectOptions, SshTarget, SshTransport};
 use crate::transport::Transport;
 use crate::{Error, Result};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Options of one run.
 #[derive(Debug, Clone)]
@@ -32,6 +42,33 @@ pub struct ApplyOptions {
     pub only: Option<Vec<String>>,
     /// Preflight checks whose failure is reported but does not stop the run (`all` for every check).
     pub ignore_preflight: Vec<String>,
+    /// Work on these hosts only (cluster-wide phases still run on the first control plane); `None`: all.
+    pub hosts: Option<Vec<String>>,
+    /// Hosts restarted at once where a phase rolls out one batch at a time (default 1).
+    pub batch: usize,
+    /// With `dry_run`: save the plan here.
+    pub plan_out: Option<PathBuf>,
+    /// Carry out this saved plan, refused when a fresh plan differs from it.
+    pub plan_in: Option<PathBuf>,
+}
+
+impl ApplyOptions {
+    /// Options with defaults for everything but the PKI root and the cache.
+    pub fn new(pki_root: PathBuf, cache_dir: PathBuf) -> Self {
+        ApplyOptions {
+            dry_run: false,
+            concurrency: 10,
+            connect: ConnectOptions::default(),
+            pki_root,
+            cache_dir,
+            only: None,
+            ignore_preflight: Vec::new(),
+            hosts: None,
+            batch: 1,
+            plan_out: None,
+            plan_in: None,
+        }
+    }
 }
 
 /// Material prepared on the admin machine before any host is touched.
@@ -51,6 +88,9 @@ pub struct Material {
     pub kubeforge_binary: PathBuf,
     /// sha256 of [`Self::kubeforge_binary`].
     pub kubeforge_sha256: String,
+    /// The cluster state as it will be once this run succeeds (the `state` phase places it on the control
+    /// planes).
+    pub state: ClusterState,
 }
 
 /// The cluster's encryption-at-rest key: read from the store, or created once (0600).
@@ -151,10 +191,10 @@ pub fn transports(
 
 /// The outcome of a workflow run.
 pub struct RunSummary {
-    /// Each phase's report.
+    /// What the run did (or, in a dry run, would do).
+    pub plan: Plan,
+    /// Each executed phase's report (plan-time checks included).
     pub phases: Vec<crate::exec::PhaseReport>,
-    /// Every host's changes, per phase.
-    pub changes: Vec<(String, Vec<(String, crate::plan::HostChanges)>)>,
     /// SSH traffic per phase and host (round trips and bytes sent during that phase).
     pub traffic: Vec<PhaseTraffic>,
 }
@@ -171,8 +211,8 @@ pub struct PhaseTraffic {
 }
 
 /// The traffic table printed after a run: per phase, the most round trips any one host needed, the bytes
-/// sent to all hosts, and the file content written. A converged re-run shows one round trip per host per
-/// phase and no file bytes.
+/// sent to all hosts, and the file content written. A converged re-run shows one round trip per host for
+/// the whole plan and no file bytes.
 pub fn traffic_table(traffic: &[PhaseTraffic]) -> String {
     let mut s = format!(
         "{:<16} {:>5} {:>16} {:>14} {:>14}\n",
@@ -200,150 +240,518 @@ pub fn traffic_table(traffic: &[PhaseTraffic]) -> String {
     s
 }
 
-impl RunSummary {
-    /// Total number of changes.
-    pub fn total_changes(&self) -> usize {
-        self.changes.iter().flat_map(|(_, hs)| hs.iter()).map(|(_, c)| c.count()).sum()
-    }
-}
-
-/// Runs `phases` over the model's hosts. Stops at the first phase in which a host fails.
-pub async fn run_phases(
-    model: &ClusterModel,
-    material: &Material,
-    phases: &[&dyn Phase],
-    transports: &BTreeMap<String, Arc<dyn Transport>>,
-    executor: &Executor,
-) -> Result<RunSummary> {
-    let ctx = Context { model, material };
-    let mut summary = RunSummary { phases: Vec::new(), changes: Vec::new(), traffic: Vec::new() };
-    for phase in phases {
-        if let Some(only) = &material.options.only {
-            if !only.iter().any(|p| p == phase.id()) {
-                continue;
-            }
-        }
-        let log: ChangeLog = Default::default();
-        let mut plans = Vec::new();
-        for host in &model.hosts {
-            let Some(work) = phase.work(&ctx, host)? else { continue };
-            let step = match work {
-                HostWork::Converge(desired) => converge_step(
-                    phase.id(),
-                    host.name.clone(),
-                    desired,
-                    material.options.dry_run,
-                    log.clone(),
-                ),
-                HostWork::Step(s) => s,
-            };
-            let transport = transports
-                .get(&host.name)
-                .cloned()
-                .ok_or_else(|| Error::msg(format!("no connection for host {}", host.name), None))?;
-            plans.push(HostPlan { transport, steps: vec![step] });
-        }
-        if plans.is_empty() {
-            continue;
-        }
-        let before: Vec<(String, crate::transport::StatsSnapshot)> =
-            plans.iter().map(|p| (p.transport.host().to_owned(), p.transport.stats())).collect();
-        let transports_used: Vec<Arc<dyn Transport>> = plans.iter().map(|p| p.transport.clone()).collect();
-        let report = executor.run(phase.id(), plans).await;
-        let mut changes = std::mem::take(&mut *log.lock().expect("lock"));
-        changes.sort_by(|a, b| a.0.cmp(&b.0));
-        let written_bytes = if material.options.dry_run {
-            0
-        } else {
-            changes.iter().flat_map(|(_, c)| c.files.iter()).map(|f| f.file.upload.size).sum()
-        };
-        summary.traffic.push(PhaseTraffic {
-            phase: phase.id().to_owned(),
-            hosts: before
-                .into_iter()
-                .zip(&transports_used)
-                .map(|((host, b), t)| {
-                    let a = t.stats();
-                    (host, a.round_trips - b.round_trips, a.bytes_sent - b.bytes_sent)
-                })
-                .collect(),
-            written_bytes,
-        });
-        summary.changes.push((phase.id().to_owned(), changes));
-        if !report.failures.is_empty() || report.interrupted {
-            return Err(report.into_result().expect_err("hosts failed").into());
-        }
-        summary.phases.push(report);
-    }
-    Ok(summary)
-}
-
-/// The dry-run text: per phase and host, what would change.
-pub fn plan_text(summary: &RunSummary) -> String {
-    let mut s = String::new();
-    for (phase, hosts) in &summary.changes {
-        for (host, ch) in hosts {
-            if ch.is_empty() {
-                continue;
-            }
-            s.push_str(&format!("[{phase}] {host}: {} change(s)\n{ch}", ch.count()));
-        }
-    }
-    if s.is_empty() {
-        s.push_str("no changes: the cluster matches the inventory\n");
+/// Per-host traffic table: round trips and bytes each host saw over the whole run (a host that took no
+/// part shows 0).
+pub fn host_traffic_table(transports: &BTreeMap<String, Arc<dyn Transport>>) -> String {
+    let mut s = format!("{:<16} {:>12} {:>14} {:>12}\n", "HOST", "ROUND TRIPS", "BYTES SENT", "CONNECTIONS");
+    for t in transports.values() {
+        let st = t.stats();
+        s.push_str(&format!(
+            "{:<16} {:>12} {:>14} {:>12}\n",
+            t.host(),
+            st.round_trips,
+            st.bytes_sent,
+            st.connects
+        ));
     }
     s
 }
 
-/// Entry point of `kubeforge apply`.
+impl RunSummary {
+    /// Total number of changes.
+    pub fn total_changes(&self) -> usize {
+        self.plan.total_changes()
+    }
+}
+
+/// Checks `--phases` against the workflow: every name must be one of its phase ids.
+pub fn select_phases<'a>(phases: &[&'a dyn Phase], only: Option<&[String]>) -> Result<Vec<&'a dyn Phase>> {
+    let Some(only) = only else { return Ok(phases.to_vec()) };
+    let ids: Vec<&str> = phases.iter().map(|p| p.id()).collect();
+    let unknown: Vec<&String> = only.iter().filter(|o| !ids.contains(&o.as_str())).collect();
+    if !unknown.is_empty() {
+        return Err(Error::msg(
+            format!(
+                "unknown phase{} {}",
+                if unknown.len() == 1 { "" } else { "s" },
+                unknown.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", ")
+            ),
+            Some(&format!("the phases of this workflow are: {}", ids.join(", "))),
+        ));
+    }
+    Ok(phases.iter().copied().filter(|p| only.iter().any(|o| o == p.id())).collect())
+}
+
+/// Which hosts take part in a run: all, or the targeted ones (checked against the model).
+#[derive(Debug, Clone)]
+pub struct Targets {
+    hosts: Option<BTreeSet<String>>,
+    first_control_plane: Option<String>,
+}
+
+impl Targets {
+    /// Every host of `model`, or only `hosts` (each must be in the model).
+    pub fn new(model: &ClusterModel, hosts: Option<&[String]>) -> Result<Self> {
+        if let Some(hs) = hosts {
+            let unknown: Vec<&String> = hs.iter().filter(|h| model.host(h).is_none()).collect();
+            if !unknown.is_empty() {
+                return Err(Error::msg(
+                    format!(
+                        "{} not in the inventory",
+                        unknown.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", ")
+                    ),
+                    Some("name hosts as they appear under `hosts:` in the inventory"),
+                ));
+            }
+        }
+        Ok(Targets {
+            hosts: hosts.map(|h| h.iter().cloned().collect()),
+            first_control_plane: model.control_planes().next().map(|h| h.name.clone()),
+        })
+    }
+
+    /// Whether `host` takes part in `phase`.
+    pub fn includes(&self, phase: &dyn Phase, host: &str) -> bool {
+        match &self.hosts {
+            None => true,
+            Some(hs) => {
+                hs.contains(host)
+                    || (phase.cluster_wide() && self.first_control_plane.as_deref() == Some(host))
+            }
+        }
+    }
+
+    /// The targeted hosts (`None`: all).
+    pub fn hosts(&self) -> Option<&BTreeSet<String>> {
+        self.hosts.as_ref()
+    }
+}
+
+/// Everything one run works with.
+pub struct Runner<'a> {
+    /// The cluster model.
+    pub model: &'a ClusterModel,
+    /// Prepared local material.
+    pub material: &'a Material,
+    /// One transport per host.
+    pub transports: &'a BTreeMap<String, Arc<dyn Transport>>,
+    /// The executor.
+    pub executor: &'a Executor,
+    /// Which hosts take part.
+    pub targets: Targets,
+}
+
+/// Called after each executed converge phase with its plan (for checkpoints).
+pub type PhaseDone<'a> = &'a mut (dyn FnMut(&PhasePlan) -> Result<()> + Send);
+
+impl Runner<'_> {
+    fn transport(&self, host: &str) -> Result<Arc<dyn Transport>> {
+        self.transports
+            .get(host)
+            .cloned()
+            .ok_or_else(|| Error::msg(format!("no connection for host {host}"), None))
+    }
+
+    /// Runs host plans as `phase` and records their traffic; a failed host fails the run.
+    async fn run_plans(
+        &self,
+        phase: &str,
+        plans: Vec<HostPlan>,
+        written_bytes: u64,
+        summary: &mut RunSummary,
+    ) -> Result<()> {
+        let before: Vec<(String, crate::transport::StatsSnapshot, Arc<dyn Transport>)> = plans
+            .iter()
+            .map(|p| (p.transport.host().to_owned(), p.transport.stats(), p.transport.clone()))
+            .collect();
+        let report = self.executor.run(phase, plans).await;
+        let hosts = before
+            .into_iter()
+            .map(|(host, b, t)| {
+                let a = t.stats();
+                (host, a.round_trips - b.round_trips, a.bytes_sent - b.bytes_sent)
+            })
+            .collect();
+        match summary.traffic.iter_mut().find(|t| t.phase == phase) {
+            Some(t) => {
+                t.hosts.extend::<Vec<_>>(hosts);
+                t.written_bytes += written_bytes;
+            }
+            None => summary.traffic.push(PhaseTraffic { phase: phase.to_owned(), hosts, written_bytes }),
+        }
+        if !report.failures.is_empty() || report.interrupted {
+            return Err(report.into_result().expect_err("hosts failed").into());
+        }
+        summary.phases.push(report);
+        Ok(())
+    }
+
+    /// The step phase `phase` on every participating host.
+    async fn run_step_phase(&self, phase: &dyn Phase, summary: &mut RunSummary) -> Result<()> {
+        let ctx = Context { model: self.model, material: self.material };
+        let mut plans = Vec::new();
+        for host in self.model.hosts.iter().filter(|h| self.targets.includes(phase, &h.name)) {
+            if let Some(HostWork::Step(step)) = phase.work(&ctx, host)? {
+                plans.push(HostPlan { transport: self.transport(&host.name)?, steps: vec![step] });
+            }
+        }
+        if plans.is_empty() {
+            return Ok(());
+        }
+        self.run_plans(phase.id(), plans, 0, summary).await
+    }
+
+    /// Pass one: the plan-time checks, then one probe per host for every converge phase, then the diff.
+    pub async fn plan(&self, phases: &[&dyn Phase], summary: &mut RunSummary) -> Result<Plan> {
+        for phase in phases.iter().filter(|p| p.at_plan_time()) {
+            self.run_step_phase(*phase, summary).await?;
+        }
+        let ctx = Context { model: self.model, material: self.material };
+        // (phase, host, desired) for every converge phase, in workflow order.
+        let mut desired: Vec<(&'static str, String, HostDesired)> = Vec::new();
+        for phase in phases.iter().filter(|p| !p.at_plan_time()) {
+            for host in self.model.hosts.iter().filter(|h| self.targets.includes(*phase, &h.name)) {
+                if let Some(HostWork::Converge(d)) = phase.work(&ctx, host)? {
+                    desired.push((phase.id(), host.name.clone(), d.with_marker(phase.id())));
+                }
+            }
+        }
+        let actual: Arc<Mutex<BTreeMap<String, ActualState>>> = Default::default();
+        let mut probes = Vec::new();
+        let hosts: BTreeSet<&String> = desired.iter().map(|(_, h, _)| h).collect();
+        for host in hosts {
+            let merged = HostDesired::merged(desired.iter().filter(|(_, h, _)| h == host).map(|(_, _, d)| d));
+            let (out, name) = (actual.clone(), host.clone());
+            let step = Step::custom("read host state", move |t: &dyn Transport| {
+                Box::pin(async move {
+                    let st = crate::plan::probe(t, &merged).await?;
+                    out.lock().expect("lock").insert(name, st);
+                    Ok(false)
+                })
+            });
+            probes.push(HostPlan { transport: self.transport(host)?, steps: vec![step] });
+        }
+        if !probes.is_empty() {
+            self.run_plans("plan", probes, 0, summary).await?;
+        }
+        let actual = actual.lock().expect("lock");
+        let mut plan = Plan::default();
+        for phase in phases.iter().filter(|p| !p.at_plan_time()) {
+            let hosts: Vec<(String, HostChanges)> = desired
+                .iter()
+                .filter(|(p, ..)| *p == phase.id())
+                .map(|(_, h, d)| {
+                    (h.clone(), crate::plan::diff(d, actual.get(h).unwrap_or(&ActualState::default())))
+                })
+                .collect();
+            if !hosts.is_empty() {
+                plan.phases.push(PhasePlan { phase: phase.id().to_owned(), hosts });
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Pass two: carries `plan` out, phase by phase; step phases (verify) run in their place.
+    pub async fn execute(
+        &self,
+        phases: &[&dyn Phase],
+        plan: &Plan,
+        batch: usize,
+        summary: &mut RunSummary,
+        on_phase_done: PhaseDone<'_>,
+    ) -> Result<()> {
+        for phase in phases.iter().filter(|p| !p.at_plan_time()) {
+            let Some(pp) = plan.phase(phase.id()) else {
+                self.run_step_phase(*phase, summary).await?;
+                continue;
+            };
+            let changed: Vec<&(String, HostChanges)> =
+                pp.hosts.iter().filter(|(_, c)| !c.is_empty()).collect();
+            let (rolling, together): (Vec<_>, Vec<_>) = changed
+                .into_iter()
+                .partition(|(_, c)| phase.rollout() == Rollout::SerialWhenRunning && c.disrupts);
+            let mut groups: Vec<Vec<&(String, HostChanges)>> = Vec::new();
+            if !together.is_empty() {
+                groups.push(together);
+            }
+            for chunk in rolling.chunks(batch.max(1)) {
+                groups.push(chunk.to_vec());
+            }
+            for group in groups {
+                let mut plans = Vec::new();
+                let mut bytes = 0;
+                for (host, changes) in group {
+                    bytes += changes.bytes();
+                    let changes = changes.clone();
+                    let step = Step::custom("converge", move |t: &dyn Transport| {
+                        Box::pin(async move { crate::plan::apply_changes(t, &changes).await })
+                    });
+                    plans.push(HostPlan { transport: self.transport(host)?, steps: vec![step] });
+                }
+                self.run_plans(phase.id(), plans, bytes, summary).await?;
+            }
+            on_phase_done(pp)?;
+        }
+        Ok(())
+    }
+}
+
+/// The digest a phase's completion marker records, from the plan's changes or the desired state.
+fn marker_digest(changes: &HostChanges) -> Option<String> {
+    changes.files.iter().find(|f| f.file.upload.dest.starts_with(crate::plan::MARKER_DIR)).and_then(|f| {
+        match &f.file.upload.source {
+            crate::transport::UploadSource::Bytes(b) => Some(String::from_utf8_lossy(b).trim().to_owned()),
+            _ => None,
+        }
+    })
+}
+
+/// Records a phase's checkpoint in `state`: for every host that converged (or already was), the digest of
+/// its desired state.
+pub fn record_checkpoint(state: &mut ClusterState, pp: &PhasePlan, previous: &ClusterState) {
+    if pp.phase == crate::phase::state::ID {
+        return;
+    }
+    for (host, changes) in &pp.hosts {
+        let digest = marker_digest(changes)
+            .or_else(|| previous.phases.get(&pp.phase).and_then(|h| h.get(host)).cloned());
+        if let Some(d) = digest {
+            state.phases.entry(pp.phase.clone()).or_default().insert(host.clone(), d);
+        }
+    }
+}
+
+/// Copies the PKI store of `cluster` into a temporary directory, so a dry run can generate what is
+/// missing (to compute digests) without writing under `pki/`.
+fn scratch_pki(pki_root: &Path, cluster: &str) -> Result<tempfile::TempDir> {
+    let tmp = tempfile::Builder::new()
+        .prefix("kubeforge-dry-run-")
+        .tempdir()
+        .map_err(|e| Error::io("creating a temporary directory for the dry run", e))?;
+    let from = pki_root.join(cluster);
+    if from.is_dir() {
+        copy_dir(&from, &tmp.path().join(cluster))
+            .map_err(|e| Error::io(format!("copying {} for the dry run", from.display()), e))?;
+    }
+    Ok(tmp)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(to)?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700))?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if e.file_type()?.is_dir() {
+            copy_dir(&src, &dst)?;
+        } else if e.file_type()?.is_file() {
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+/// The `--plan FILE` check: the saved plan must equal the plan made now.
+fn check_saved_plan(path: &Path, cluster: &str, plan: &Plan) -> Result<()> {
+    let bytes =
+        std::fs::read(path).map_err(|e| Error::io(format!("reading the plan {}", path.display()), e))?;
+    let saved: crate::plan::PlanRecord = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::msg(format!("{} is not a saved kubeforge plan: {e}", path.display()), None))?;
+    if saved.format != crate::plan::PlanRecord::FORMAT {
+        return Err(Error::msg(
+            format!(
+                "{} has plan format {}, expected {}",
+                path.display(),
+                saved.format,
+                crate::plan::PlanRecord::FORMAT
+            ),
+            Some("make the plan again with this kubeforge"),
+        ));
+    }
+    let diffs = saved.differences(&plan.record(cluster, &saved.salt));
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    Err(Error::msg(
+        format!(
+            "refusing to apply {}: the cluster or the inventory changed since the plan was made:\n  {}",
+            path.display(),
+            diffs.join("\n  ")
+        ),
+        Some("review a new plan (`apply --dry-run --out FILE`) and apply that one"),
+    ))
+}
+
+/// Prepares the material for a run of `model`: the PKI (in a scratch copy for a dry run), the verified
+/// artifacts, the encryption key, this binary, and the state the cluster will be in after the run.
+pub async fn prepare(
+    loaded: &crate::inventory::Loaded,
+    model: &mut ClusterModel,
+    options: &ApplyOptions,
+    scratch: Option<&Path>,
+) -> Result<(Material, ClusterState)> {
+    let artifacts = prepare_artifacts(model, &loaded.inventory, &options.cache_dir).await?;
+    prepare_with(model, options, scratch, artifacts)
+}
+
+/// [`prepare`] with the artifacts already resolved.
+pub fn prepare_with(
+    model: &mut ClusterModel,
+    options: &ApplyOptions,
+    scratch: Option<&Path>,
+    artifacts: BTreeMap<(Art, String), LocalArtifact>,
+) -> Result<(Material, ClusterState)> {
+    let previous = ClusterState::load(&options.pki_root, &model.name)?;
+    let mut state = previous.clone();
+    let subnets = state.allocate_pod_subnets(model)?;
+    model.set_pod_subnets(&subnets);
+    let pki_root = scratch.unwrap_or(&options.pki_root);
+    let pki = crate::pki::store::Store::new(pki_root, &model.name);
+    let pki_inputs = model.pki_inputs();
+    let report = pki.ensure(&pki_inputs)?;
+    if !report.issued.is_empty() || !report.cas_created.is_empty() {
+        eprintln!(
+            "[pki] {}: {} {}, {} reused, {} CA/key pair(s) {}",
+            if scratch.is_some() { options.pki_root.join(&model.name) } else { pki.root().to_path_buf() }
+                .display(),
+            report.issued.len(),
+            if scratch.is_some() { "would be issued" } else { "issued" },
+            report.reused.len(),
+            report.cas_created.len(),
+            if scratch.is_some() { "would be created" } else { "created" },
+        );
+    }
+    let encryption_key = encryption_key(&pki)?;
+    let (kubeforge_binary, kubeforge_sha256) = self_binary()?;
+    let targets = Targets::new(model, options.hosts.as_deref())?;
+    let hosts: Vec<&str> = model
+        .hosts
+        .iter()
+        .filter(|h| targets.hosts().is_none_or(|t| t.contains(&h.name)))
+        .map(|h| h.name.as_str())
+        .collect();
+    state.record_hosts(model, hosts);
+    let material = Material {
+        artifacts,
+        pki,
+        pki_inputs,
+        options: options.clone(),
+        encryption_key,
+        kubeforge_binary,
+        kubeforge_sha256,
+        state: state.clone(),
+    };
+    Ok((material, previous))
+}
+
+/// Runs `phases` as one workflow run: plan, then (unless a dry run) execute, with checkpoints in the state
+/// file. Returns the summary; prints nothing but progress.
+pub async fn run_workflow(
+    model: &ClusterModel,
+    material: &mut Material,
+    previous: &ClusterState,
+    phases: &[&dyn Phase],
+    transports: &BTreeMap<String, Arc<dyn Transport>>,
+    executor: &Executor,
+) -> Result<RunSummary> {
+    let options = material.options.clone();
+    let phases = select_phases(phases, options.only.as_deref())?;
+    let targets = Targets::new(model, options.hosts.as_deref())?;
+    let mut summary = RunSummary { plan: Plan::default(), phases: Vec::new(), traffic: Vec::new() };
+    // The state the control planes receive includes every phase's checkpoint: compute it from a first plan
+    // of the other phases' desired states (their markers do not depend on the state file).
+    let mut final_state = material.state.clone();
+    {
+        let ctx = Context { model, material: &*material };
+        for phase in phases.iter().filter(|p| !p.at_plan_time() && p.id() != crate::phase::state::ID) {
+            for host in model.hosts.iter().filter(|h| targets.includes(*phase, &h.name)) {
+                if let Some(HostWork::Converge(d)) = phase.work(&ctx, host)? {
+                    let d = d.with_marker(phase.id());
+                    let pp = PhasePlan {
+                        phase: phase.id().to_owned(),
+                        hosts: vec![(host.name.clone(), crate::plan::diff(&d, &ActualState::default()))],
+                    };
+                    record_checkpoint(&mut final_state, &pp, previous);
+                }
+            }
+        }
+    }
+    material.state = final_state.clone();
+    let runner = Runner { model, material: &*material, transports, executor, targets };
+    let plan = runner.plan(&phases, &mut summary).await?;
+    summary.plan = plan;
+    if options.dry_run {
+        if let Some(out) = &options.plan_out {
+            let salt = hex::encode(rand::random::<[u8; 16]>());
+            let record = summary.plan.record(&model.name, &salt);
+            let mut json = serde_json::to_vec_pretty(&record).expect("plans serialize");
+            json.push(b'\n');
+            std::fs::write(out, json)
+                .map_err(|e| Error::io(format!("writing the plan {}", out.display()), e))?;
+        }
+        return Ok(summary);
+    }
+    if let Some(saved) = &options.plan_in {
+        check_saved_plan(saved, &model.name, &summary.plan)?;
+    }
+    let mut live = previous.clone();
+    live.pod_subnets = final_state.pod_subnets.clone();
+    let pki_root = options.pki_root.clone();
+    let plan = summary.plan.clone();
+    let mut done = |pp: &PhasePlan| -> Result<()> {
+        record_checkpoint(&mut live, pp, previous);
+        live.save(&pki_root)?;
+        Ok(())
+    };
+    runner.execute(&phases, &plan, options.batch, &mut summary, &mut done).await?;
+    // Every selected phase succeeded: the hosts are what the final state says.
+    if options.only.is_none() {
+        final_state.save(&options.pki_root)?;
+    } else {
+        live.hosts = final_state.hosts.clone();
+        live.etcd_members = final_state.etcd_members.clone();
+        live.save(&options.pki_root)?;
+    }
+    Ok(summary)
+}
+
+/// A scratch copy of the PKI store for a dry run (`None` otherwise): a dry run writes nothing under `pki/`.
+pub fn scratch_for(options: &ApplyOptions, cluster: &str) -> Result<Option<tempfile::TempDir>> {
+    if options.dry_run {
+        scratch_pki(&options.pki_root, cluster).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// Entry point of `kubeforge apply` (and of `join`, which is apply on some hosts).
 pub fn run(inventory: &Path, options: ApplyOptions) -> Result<i32> {
     let loaded = crate::inventory::load(inventory)?;
-    let model = ClusterModel::derive(&loaded);
+    let mut model = ClusterModel::derive(&loaded);
     let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
     rt.block_on(async move {
-        let pki = crate::pki::store::Store::new(&options.pki_root, &model.name);
-        let pki_inputs = model.pki_inputs();
-        let report = pki.ensure(&pki_inputs)?;
-        if !report.issued.is_empty() || !report.cas_created.is_empty() {
-            eprintln!(
-                "[pki] {}: {} issued, {} reused, {} CA/key pair(s) created",
-                pki.root().display(),
-                report.issued.len(),
-                report.reused.len(),
-                report.cas_created.len()
-            );
-        }
-        let artifacts = prepare_artifacts(&model, &loaded.inventory, &options.cache_dir).await?;
-        let encryption_key = encryption_key(&pki)?;
-        let (kubeforge_binary, kubeforge_sha256) = self_binary()?;
-        let material = Material {
-            artifacts,
-            pki,
-            pki_inputs,
-            options: options.clone(),
-            encryption_key,
-            kubeforge_binary,
-            kubeforge_sha256,
-        };
+        let scratch = scratch_for(&options, &model.name)?;
+        let (mut material, previous) =
+            prepare(&loaded, &mut model, &options, scratch.as_ref().map(|t| t.path())).await?;
         let transports = transports(&loaded, &options.connect)?;
         let executor = Executor::new(options.concurrency, crate::report::auto(false));
         executor.stop_on_ctrl_c();
         let phases = crate::workflow::apply();
-        let result = run_phases(&model, &material, &phases, &transports, &executor).await;
-        for t in transports.values() {
-            let s = t.stats();
-            eprintln!(
-                "[stats] {}: {} round trips, {} bytes sent, {} connection(s)",
-                t.host(),
-                s.round_trips,
-                s.bytes_sent,
-                s.connects
-            );
-        }
+        let result = run_workflow(&model, &mut material, &previous, &phases, &transports, &executor).await;
+        eprint!("{}", host_traffic_table(&transports));
         let summary = result?;
         eprint!("{}", traffic_table(&summary.traffic));
         if options.dry_run {
-            print!("{}", plan_text(&summary));
+            print!("{}", summary.plan.text());
+            if let Some(out) = &options.plan_out {
+                eprintln!(
+                    "plan saved to {}: apply it with `kubeforge apply -i {} --plan {}`",
+                    out.display(),
+                    inventory.display(),
+                    out.display()
+                );
+            }
         } else {
             eprint!("{}", crate::report::summary(&summary.phases));
             let n = summary.total_changes();
@@ -356,3 +764,6 @@ pub fn run(inventory: &Path, options: ApplyOptions) -> Result<i32> {
         Ok(0)
     })
 }
+
+#[cfg(test)]
+mod tests;

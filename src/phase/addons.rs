@@ -124,6 +124,9 @@ impl Phase for Addons {
     fn title(&self) -> &'static str {
         "Cluster RBAC, CoreDNS, CNI manifest, node labels and taints"
     }
+    fn cluster_wide(&self) -> bool {
+        true
+    }
     fn work(&self, ctx: &Context<'_>, host: &HostModel) -> crate::Result<Option<HostWork>> {
         let model = ctx.model;
         if model.control_planes().next().map(|h| h.name.as_str()) != Some(host.name.as_str()) {

@@ -189,6 +189,9 @@ impl Phase for Etcd {
     fn title(&self) -> &'static str {
         "etcd cluster (client and peer TLS)"
     }
+    fn rollout(&self) -> super::Rollout {
+        super::Rollout::SerialWhenRunning
+    }
     fn work(&self, ctx: &Context<'_>, h: &HostModel) -> Result<Option<HostWork>> {
         if !h.roles.etcd {
             return Ok(None);
@@ -218,6 +221,9 @@ impl Phase for ControlPlane {
     }
     fn title(&self) -> &'static str {
         "kube-apiserver, kube-controller-manager, kube-scheduler"
+    }
+    fn rollout(&self) -> super::Rollout {
+        super::Rollout::SerialWhenRunning
     }
     fn work(&self, ctx: &Context<'_>, h: &HostModel) -> Result<Option<HostWork>> {
         if !h.roles.control_plane {

@@ -190,6 +190,9 @@ impl Phase for Preflight {
     fn title(&self) -> &'static str {
         "Check every host before installing"
     }
+    fn at_plan_time(&self) -> bool {
+        true
+    }
     fn work(&self, ctx: &Context<'_>, host: &HostModel) -> Result<Option<HostWork>, crate::Error> {
         let model = ctx.model.clone();
         let host = host.clone();

@@ -91,6 +91,9 @@ impl Phase for Verify {
     fn title(&self) -> &'static str {
         "Check every component's health and every node's readiness"
     }
+    fn cluster_wide(&self) -> bool {
+        true
+    }
     fn work(&self, ctx: &Context<'_>, host: &HostModel) -> crate::Result<Option<HostWork>> {
         // A dry run changed nothing, so there is nothing new to verify; on a fresh cluster every check would
         // only wait out its deadline.

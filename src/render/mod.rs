@@ -354,15 +354,19 @@ pub fn audit_policy() -> String {
     serde_yaml::to_string(&v).expect("yaml")
 }
 
-/// The node's pod subnet with the bridge CNI: the node's index among the nodes selects a /24 (IPv4) or /64
-/// (IPv6) of the pod CIDR. Stable as long as nodes are only appended to the inventory.
-pub fn pod_subnet(m: &ClusterModel, h: &HostModel) -> Option<IpNet> {
-    let index = m.nodes().position(|n| n.name == h.name)?;
-    let prefix = match m.pod_cidr {
+/// The size of each node's pod subnet with the bridge CNI: a /24 (IPv4) or /64 (IPv6) of the pod CIDR.
+pub fn pod_subnet_prefix(pod_cidr: &IpNet) -> u8 {
+    let prefix = match pod_cidr {
         IpNet::V4(_) => 24,
         IpNet::V6(_) => 64,
     };
-    m.pod_cidr.subnets(prefix.max(m.pod_cidr.prefix_len())).ok()?.nth(index)
+    prefix.max(pod_cidr.prefix_len())
+}
+
+/// The node's pod subnet with the bridge CNI: allocated per node name and recorded in the cluster state
+/// ([`crate::state::ClusterState::allocate_pod_subnets`]), so it never moves while the node exists.
+pub fn pod_subnet(_m: &ClusterModel, h: &HostModel) -> Option<IpNet> {
+    h.pod_subnet
 }
 
 /// The bridge CNI conflist for a node.

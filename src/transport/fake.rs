@@ -57,11 +57,17 @@ impl Reply {
     }
 }
 
-/// A scripted, recording transport. Commands without a matching rule exit 0 with no output. Uploaded
-/// files are kept in memory, so `read_file`/`sha256` see them and a second identical upload is skipped.
+/// A computed answer: gets the command's argv (the script first for shell commands) and the fake itself
+/// (its files), returns the reply. Used to simulate a host (probe digests from the fake's files).
+pub type Handler = std::sync::Arc<dyn Fn(&[String], &FakeTransport) -> Reply + Send + Sync>;
+
+/// A scripted, recording transport. It is strict: a command that no rule matches fails with exit status 127
+/// and names itself, so a test never passes on a command it did not expect. Uploaded files are kept in
+/// memory, so `read_file`/`sha256` see them and a second identical upload is skipped.
 pub struct FakeTransport {
     name: String,
     rules: Mutex<Vec<(String, Reply)>>,
+    handlers: Mutex<Vec<(String, Handler)>>,
     calls: Mutex<Vec<Call>>,
     files: Mutex<BTreeMap<String, Vec<u8>>>,
 }
@@ -72,6 +78,7 @@ impl FakeTransport {
         FakeTransport {
             name: name.into(),
             rules: Mutex::new(Vec::new()),
+            handlers: Mutex::new(Vec::new()),
             calls: Mutex::new(Vec::new()),
             files: Mutex::new(BTreeMap::new()),
         }
@@ -81,6 +88,23 @@ impl FakeTransport {
     pub fn on(&self, needle: impl Into<String>, reply: Reply) -> &Self {
         self.rules.lock().unwrap().push((needle.into(), reply));
         self
+    }
+
+    /// Answers commands whose display text contains `needle` with what `handler` computes (checked after
+    /// the fixed rules).
+    pub fn handle(
+        &self,
+        needle: impl Into<String>,
+        handler: impl Fn(&[String], &FakeTransport) -> Reply + Send + Sync + 'static,
+    ) -> &Self {
+        self.handlers.lock().unwrap().push((needle.into(), std::sync::Arc::new(handler)));
+        self
+    }
+
+    /// Answers every command that no other rule matches with exit 0 and no output (a permissive host, for
+    /// tests about something else than the commands).
+    pub fn permissive(&self) -> &Self {
+        self.on("", Reply::ok(""))
     }
 
     /// Pre-populates a remote file.
@@ -128,14 +152,28 @@ impl Transport for FakeTransport {
                 let mut sink_buf = Vec::new();
                 let _ = r.read_to_end(&mut sink_buf).await;
             }
-            let reply = self
-                .rules
+            let fixed = |catch_all: bool| {
+                self.rules
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|(n, _)| n.is_empty() == catch_all && shown.contains(n.as_str()))
+                    .map(|(_, r)| r.clone())
+            };
+            let handler = self
+                .handlers
                 .lock()
                 .unwrap()
                 .iter()
                 .find(|(n, _)| shown.contains(n.as_str()))
-                .map(|(_, r)| r.clone());
-            match reply.unwrap_or_else(|| Reply::ok("")) {
+                .map(|(_, h)| h.clone());
+            let reply = fixed(false)
+                .or_else(|| handler.map(|h| h(&cmd.argv(), self)))
+                .or_else(|| fixed(true))
+                .unwrap_or_else(|| {
+                    Reply::fail(127, format!("fake host {}: no rule for `{shown}`", self.name))
+                });
+            match reply {
                 Reply::Output { status, stdout, stderr } => {
                     if let Some(s) = sink {
                         stdout.lines().for_each(|l| s(super::Stream::Stdout, l));

@@ -330,6 +330,9 @@ pub struct Upload {
     pub sha256: String,
     /// Content is secret (keys): never shown, only the path is.
     pub secret: bool,
+    /// Read the remote digest first and send nothing when it matches (one round trip). Plans turn it off:
+    /// their probe has just read every digest.
+    pub precheck: bool,
 }
 
 impl Upload {
@@ -346,6 +349,7 @@ impl Upload {
             sudo: true,
             sha256,
             secret: false,
+            precheck: true,
         }
     }
 
@@ -374,6 +378,7 @@ impl Upload {
             size,
             sha256: hex::encode(hasher.finalize()),
             secret: false,
+            precheck: true,
         })
     }
 
@@ -691,11 +696,15 @@ pub(crate) fn remote_err(host: &str, what: String, out: &ExecOutput) -> Transpor
 }
 
 /// The remote side of an upload. `$1` dest, `$2` expected size, `$3` mode, `$4` owner (may be empty),
-/// `$5` expected sha256 (skip check). The temp file lives in the destination directory so the final
-/// `mv` is a same-filesystem rename (atomic). `head -c` plus the size check guarantee that a stream cut
-/// short (connection dropped: the pipe sees EOF early) never gets renamed into place. The signal traps
-/// matter for that case: with sshd gone, the error message hits a closed pipe, and a shell killed by
-/// SIGPIPE would skip the EXIT trap and leave the temporary file behind.
+/// `$5` expected sha256. A destination that already has that digest is left alone; otherwise the bytes go
+/// to a temporary file in the destination directory, whose size **and sha256** are checked on the host
+/// before the final `mv` (a same-filesystem rename: atomic). `head -c` plus the checks guarantee that a
+/// stream cut short or corrupted never gets renamed into place. The file being replaced is kept as
+/// `<dest>.kubeforge-prev` (a hard link: no copy, same mode) so a failed upgrade can be rolled back; every
+/// directory kubeforge writes to ignores that suffix (systemd units, sysctl.d, modules-load.d, CNI configs
+/// are read by extension). The signal traps matter for a dropped connection: with sshd gone, the error
+/// message hits a closed pipe, and a shell killed by SIGPIPE would skip the EXIT trap and leave the
+/// temporary file behind.
 const UPLOAD_SCRIPT: &str = r#"set -e
 d=$1
 if [ -n "$5" ] && [ -f "$d" ] && [ "$(sha256sum < "$d" | cut -d' ' -f1)" = "$5" ]; then
@@ -709,17 +718,23 @@ trap 'exit 1' HUP INT TERM PIPE
 head -c "$2" > "$t"
 got=$(stat -c %s -- "$t")
 if [ "$got" != "$2" ]; then echo "short upload: got $got of $2 bytes" >&2; exit 4; fi
+if [ -n "$5" ]; then
+  sum=$(sha256sum < "$t" | cut -d' ' -f1)
+  if [ "$sum" != "$5" ]; then echo "checksum mismatch: got sha256 $sum, expected $5" >&2; exit 5; fi
+fi
 chmod "$3" -- "$t"
 if [ -n "$4" ]; then chown -- "$4" "$t"; fi
+if [ -f "$d" ]; then ln -f -- "$d" "$d.kubeforge-prev" 2>/dev/null || cp -p -- "$d" "$d.kubeforge-prev"; fi
 mv -f -- "$t" "$d"
 trap - EXIT
 echo kubeforge-written
 "#;
 
 async fn upload_via_exec<T: Transport + ?Sized>(t: &T, up: &Upload) -> Result<UploadOutcome, TransportError> {
-    // Check first (one round trip) so an unchanged file costs no bandwidth. The script checks again, which
-    // keeps it correct if the file changed in between.
-    if t.sha256(&up.dest, up.sudo).await?.as_deref() == Some(up.sha256.as_str()) {
+    // Check first (one round trip) so an unchanged file costs no bandwidth, unless the caller has just read
+    // the remote digest itself (a plan's probe). The script checks again, which keeps it correct if the file
+    // changed in between.
+    if up.precheck && t.sha256(&up.dest, up.sudo).await?.as_deref() == Some(up.sha256.as_str()) {
         return Ok(UploadOutcome::Unchanged);
     }
     let cmd = Command::shell(UPLOAD_SCRIPT)
@@ -727,7 +742,7 @@ async fn upload_via_exec<T: Transport + ?Sized>(t: &T, up: &Upload) -> Result<Up
         .arg(up.size.to_string())
         .arg(format!("{:o}", up.mode))
         .arg(up.owner.clone().unwrap_or_default())
-        .arg("")
+        .arg(&up.sha256)
         .with_sudo(up.sudo);
     let reader = up.open().await.map_err(|e| TransportError::Io {
         host: t.host().into(),
@@ -797,6 +812,40 @@ mod tests {
         assert!(!shown.contains("hunter2") && !shown.contains("abc"), "{shown}");
         assert_eq!(c.to_string(), "sudo env TOKEN=<redacted> etcdctl --user <redacted>");
         assert_eq!(c.to_shell(), "env TOKEN=abc etcdctl --user root:hunter2");
+    }
+
+    #[tokio::test]
+    async fn upload_checks_the_digest_on_the_host_and_keeps_the_previous_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("etc/app.conf");
+        let dest_s = dest.to_str().unwrap().to_owned();
+        let t = local::LocalTransport::new("local");
+        let mut v1 = Upload::bytes(b"v1\n".to_vec(), &dest_s, 0o640);
+        v1.sudo = false;
+        assert_eq!(t.upload(&v1).await.unwrap(), UploadOutcome::Written);
+        let mut v2 = Upload::bytes(b"v2\n".to_vec(), &dest_s, 0o640);
+        v2.sudo = false;
+        v2.precheck = false;
+        assert_eq!(t.upload(&v2).await.unwrap(), UploadOutcome::Written);
+        assert_eq!(std::fs::read(&dest).unwrap(), b"v2\n");
+        let prev = dir.path().join("etc/app.conf.kubeforge-prev");
+        assert_eq!(std::fs::read(&prev).unwrap(), b"v1\n", "the replaced version is kept for rollback");
+        // Without the pre-check the script itself still skips a file that already matches.
+        assert_eq!(t.upload(&v2).await.unwrap(), UploadOutcome::Unchanged);
+
+        // Bytes that do not match the announced digest never replace the file.
+        let mut bad = Upload::bytes(b"v3\n".to_vec(), &dest_s, 0o640);
+        bad.sudo = false;
+        bad.sha256 = hex::encode(Sha256::digest(b"something else"));
+        let err = t.upload(&bad).await.unwrap_err().to_string();
+        assert!(err.contains("checksum mismatch"), "{err}");
+        assert_eq!(std::fs::read(&dest).unwrap(), b"v2\n");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("etc"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".kubeforge-upload"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     }
 
     #[test]

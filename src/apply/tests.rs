@@ -1,0 +1,395 @@
+//! The runner against simulated hosts: fake transports that keep the files they receive and the units they
+//! were told to start, and answer the state probe from them. Golden dry-run plans for every example
+//! inventory; a full apply followed by a dry run with 0 changes; a dry run that leaves `pki/` untouched;
+//! the saved-plan round trip; rolling restarts of running control planes; pod subnets kept by node name.
+
+use super::*;
+use crate::exec::Executor;
+use crate::report::{Event, Recorder};
+use crate::transport::fake::{FakeTransport, Reply};
+use std::collections::BTreeSet;
+
+/// A fake host that behaves like a machine for the runner: probes read its files and started units.
+fn simulated(name: &str) -> Arc<FakeTransport> {
+    let t = Arc::new(FakeTransport::new(name));
+    let units: Arc<Mutex<BTreeSet<String>>> = Default::default();
+    let u = units.clone();
+    t.handle("sha256sum < \"$1\"", move |argv, fake| {
+        // sh -c SCRIPT sh required... -- files... -- units...
+        let args = &argv[4..];
+        let mut parts = args.split(|a| a == "--");
+        let _required = parts.next();
+        let files = parts.next().unwrap_or_default();
+        let unit_names = parts.next().unwrap_or_default();
+        let mut out = String::new();
+        for f in files {
+            match fake.file(f) {
+                Some(data) => {
+                    use sha2::Digest;
+                    out.push_str(&hex::encode(sha2::Sha256::digest(&data)));
+                }
+                None => out.push('-'),
+            }
+            out.push('\n');
+        }
+        let running = u.lock().unwrap();
+        for n in unit_names {
+            out.push_str(if running.contains(n) { "enabled active\n" } else { "missing inactive\n" });
+        }
+        Reply::ok(out)
+    });
+    let u = units.clone();
+    t.handle("systemctl restart --no-block", move |argv, _| {
+        let args = &argv[4..];
+        if let Some(pos) = args.iter().position(|a| a == "--") {
+            u.lock().unwrap().extend(args[pos + 1..].iter().cloned());
+        }
+        Reply::ok("")
+    });
+    t.permissive();
+    t
+}
+
+/// Artifacts as small local files, one per executable, for every component and arch the model needs.
+fn fake_artifacts(model: &ClusterModel, dir: &Path) -> BTreeMap<(Art, String), LocalArtifact> {
+    let mut out = BTreeMap::new();
+    let arches: BTreeSet<String> = model.hosts.iter().map(|h| h.arch.clone()).collect();
+    for arch in arches {
+        for c in Art::ALL {
+            let names: Vec<&str> = match c.executables() {
+                Some(n) => n.to_vec(),
+                None if c == Art::Containerd => vec!["containerd", "containerd-shim-runc-v2", "ctr"],
+                None => vec!["bridge", "host-local", "loopback", "portmap"],
+            };
+            let version = match c {
+                Art::Etcd | Art::Etcdctl => model.versions.etcd.to_string(),
+                Art::Containerd => model.versions.containerd.to_string(),
+                Art::Runc => model.versions.runc.to_string(),
+                Art::CniPlugins => model.versions.cni_plugins.to_string(),
+                Art::Crictl => model.versions.crictl.to_string(),
+                Art::Kubectl => model.versions.kubectl.to_string(),
+                _ => model.versions.kubernetes.to_string(),
+            };
+            let executables = names
+                .iter()
+                .map(|n| {
+                    let path = dir.join(format!("{n}-{version}-{arch}"));
+                    let content = format!("{n} {version} {arch}\n");
+                    std::fs::write(&path, &content).unwrap();
+                    use sha2::Digest;
+                    crate::artifacts::Executable {
+                        name: n.to_string(),
+                        path,
+                        sha256: hex::encode(sha2::Sha256::digest(content.as_bytes())),
+                    }
+                })
+                .collect();
+            let requirement = Requirement::new(c, &version, &arch).unwrap();
+            let origin = crate::artifacts::source::Origin {
+                component: c.name().into(),
+                version: version.clone(),
+                arch: arch.clone(),
+                file_name: c.name().into(),
+                path: dir.to_path_buf(),
+                sha256: String::new(),
+                kind: crate::artifacts::layout::Kind::Binary,
+                source: "test".into(),
+            };
+            out.insert((c, arch.clone()), LocalArtifact { requirement, executables, origin, note: None });
+        }
+    }
+    out
+}
+
+struct Harness {
+    dir: tempfile::TempDir,
+    hosts: BTreeMap<String, Arc<FakeTransport>>,
+}
+
+impl Harness {
+    fn new(model: &ClusterModel) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("artifacts")).unwrap();
+        let hosts = model.hosts.iter().map(|h| (h.name.clone(), simulated(&h.name))).collect();
+        Harness { dir, hosts }
+    }
+
+    fn options(&self) -> ApplyOptions {
+        let mut o = ApplyOptions::new(self.dir.path().join("pki"), self.dir.path().join("cache"));
+        o.ignore_preflight = vec!["all".into()];
+        o
+    }
+
+    /// One run, as `kubeforge apply` does it, with the given options; returns the summary and the events.
+    fn run(&self, text: &str, options: ApplyOptions) -> (Result<RunSummary>, Vec<Event>) {
+        let loaded = crate::inventory::parse(Path::new("inventory.yaml"), text).unwrap();
+        let mut model = ClusterModel::derive(&loaded);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let rec = Arc::new(Recorder::default());
+        let result = rt.block_on(async {
+            let scratch = scratch_for(&options, &model.name)?;
+            let artifacts = fake_artifacts(&model, &self.dir.path().join("artifacts"));
+            let (mut material, previous) =
+                prepare_with(&mut model, &options, scratch.as_ref().map(|t| t.path()), artifacts)?;
+            let transports: BTreeMap<String, Arc<dyn Transport>> =
+                self.hosts.iter().map(|(n, t)| (n.clone(), t.clone() as Arc<dyn Transport>)).collect();
+            let executor = Executor::new(options.concurrency, rec.clone());
+            let phases = crate::workflow::apply();
+            run_workflow(&model, &mut material, &previous, &phases, &transports, &executor).await
+        });
+        (result, rec.events())
+    }
+}
+
+/// The dry-run text with what differs between runs (fresh keys, this test binary) masked.
+fn masked(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            let volatile =
+                [".crt ", "sa.pub", "/usr/local/bin/kubeforge ", "/converged/"].iter().any(|v| l.contains(v));
+            if volatile {
+                match l.find(" (") {
+                    Some(i) => format!("{} (<varies per run>)", &l[..i]),
+                    None => l.to_owned(),
+                }
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn golden_dry_run_plans_for_every_example_inventory() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("inventories");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3);
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let loaded = crate::inventory::parse(&f, &text).unwrap();
+        let model = ClusterModel::derive(&loaded);
+        let h = Harness::new(&model);
+        let mut o = h.options();
+        o.dry_run = true;
+        let (summary, _) = h.run(&text, o);
+        let summary = summary.unwrap_or_else(|e| panic!("{}: {}", f.display(), e.report()));
+        let name = f.file_stem().unwrap().to_string_lossy().into_owned();
+        insta::assert_snapshot!(format!("dry_run_{name}"), masked(&summary.plan.text()));
+        for t in h.hosts.values() {
+            assert!(
+                t.calls().iter().all(|c| matches!(c, crate::transport::fake::Call::Exec(_))),
+                "{}: a dry run uploaded something",
+                f.display()
+            );
+        }
+    }
+}
+
+const SINGLE: &str = "cluster: {name: sim, kubernetesVersion: v1.35.7}\nhosts:\n\
+    - {name: n1, address: 10.0.0.1, roles: [control-plane, etcd, worker]}\n";
+
+#[test]
+fn a_dry_run_writes_nothing_under_pki_and_nothing_on_hosts() {
+    let model = ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), SINGLE).unwrap());
+    let h = Harness::new(&model);
+    let mut o = h.options();
+    o.dry_run = true;
+    let (summary, _) = h.run(SINGLE, o.clone());
+    assert!(summary.unwrap().total_changes() > 50);
+    assert!(!o.pki_root.exists(), "a dry run on a new cluster created {}", o.pki_root.display());
+    let n1 = &h.hosts["n1"];
+    assert!(n1.file("/usr/local/bin/etcd").is_none());
+    assert!(n1.commands().iter().all(|c| !c.contains("systemctl restart")), "{:?}", n1.commands());
+}
+
+#[test]
+fn apply_then_a_second_run_has_nothing_to_do_and_the_state_file_records_the_cluster() {
+    let model = ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), SINGLE).unwrap());
+    let h = Harness::new(&model);
+    let (first, _) = h.run(SINGLE, h.options());
+    let first = first.unwrap_or_else(|e| panic!("{}", e.report()));
+    assert!(first.total_changes() > 50);
+    let n1 = &h.hosts["n1"];
+    assert_eq!(n1.file("/usr/local/bin/etcd").as_deref(), Some(&b"etcd v3.6.6 amd64\n"[..]));
+    let st = ClusterState::load(&h.options().pki_root, "sim").unwrap();
+    assert_eq!(st.pod_subnets["n1"], "10.244.0.0/24");
+    assert_eq!(st.hosts["n1"].versions["kube-apiserver"], "v1.35.7");
+    assert!(st.phases.contains_key("etcd") && !st.phases.contains_key("state"), "{:?}", st.phases.keys());
+    let remote: ClusterState =
+        serde_json::from_slice(&n1.file(crate::state::REMOTE_PATH).expect("state copy on the control plane"))
+            .unwrap();
+    assert_eq!(remote, st, "the control plane holds the same state as the admin machine");
+
+    let calls_before = n1.calls().len();
+    let (second, _) = h.run(SINGLE, h.options());
+    let second = second.unwrap();
+    assert_eq!(second.total_changes(), 0, "{}", second.plan.text());
+    let new_calls = &n1.calls()[calls_before..];
+    // preflight facts + one state probe for every phase + verify: nothing else.
+    assert_eq!(new_calls.len(), 3, "{new_calls:?}");
+}
+
+#[test]
+fn a_saved_plan_applies_as_reviewed_and_is_refused_when_a_host_changed() {
+    let model = ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), SINGLE).unwrap());
+    let h = Harness::new(&model);
+    h.run(SINGLE, h.options()).0.unwrap();
+    let changed = SINGLE.replace(
+        "roles: [control-plane, etcd, worker]}",
+        "roles: [control-plane, etcd, worker], labels: {tier: a}}",
+    );
+    let plan_file = h.dir.path().join("plan.json");
+    let mut o = h.options();
+    o.dry_run = true;
+    o.plan_out = Some(plan_file.clone());
+    h.run(&changed, o).0.unwrap();
+    let saved = std::fs::read_to_string(&plan_file).unwrap();
+    assert!(saved.contains("node-metadata.json") && !saved.contains("BEGIN"), "{saved}");
+
+    // Someone edits a file the plan touches: the saved plan is refused, nothing is written.
+    let n1 = &h.hosts["n1"];
+    n1.put_file("/etc/kubernetes/kubeforge/node-metadata.json", b"[]".to_vec());
+    let mut o = h.options();
+    o.plan_in = Some(plan_file.clone());
+    let err = h.run(&changed, o.clone()).0.err().expect("refused").to_string();
+    assert!(err.contains("node-metadata.json changed on the host since the plan"), "{err}");
+
+    // A fresh plan, applied exactly.
+    let mut d = h.options();
+    d.dry_run = true;
+    d.plan_out = Some(plan_file.clone());
+    h.run(&changed, d).0.unwrap();
+    let done = h.run(&changed, o).0.unwrap();
+    assert!(done.total_changes() >= 1);
+    assert!(String::from_utf8(n1.file("/etc/kubernetes/kubeforge/node-metadata.json").unwrap())
+        .unwrap()
+        .contains("tier"));
+}
+
+const HA: &str = "cluster: {name: ha, kubernetesVersion: v1.35.7}\nhosts:\n\
+    - {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd]}\n\
+    - {name: cp2, address: 10.0.0.2, roles: [control-plane, etcd]}\n\
+    - {name: cp3, address: 10.0.0.3, roles: [control-plane, etcd]}\n\
+    - {name: w1, address: 10.0.0.4, roles: [worker]}\n";
+
+/// The host counts of each start of `phase` (one per batch).
+fn batches(events: &[Event], phase: &str) -> Vec<usize> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::PhaseStarted { phase: p, hosts } if p == phase => Some(*hosts),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn running_control_planes_restart_one_at_a_time_while_a_fresh_install_goes_at_once() {
+    let model = ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), HA).unwrap());
+    let h = Harness::new(&model);
+    let (first, events) = h.run(HA, h.options());
+    first.unwrap();
+    assert_eq!(batches(&events, "etcd"), vec![3], "a new etcd cluster starts together (quorum)");
+    assert_eq!(batches(&events, "control-plane"), vec![3]);
+
+    // A flag change reaches every apiserver: one control plane at a time, each gated on its health wait.
+    let changed = HA.replace(
+        "kubernetesVersion: v1.35.7}",
+        "kubernetesVersion: v1.35.7, extraArgs: {kube-apiserver: {audit-log-maxage: \"9\"}}}",
+    );
+    let (second, events) = h.run(&changed, h.options());
+    let second = second.unwrap();
+    assert_eq!(batches(&events, "control-plane"), vec![1, 1, 1]);
+    assert!(batches(&events, "etcd").is_empty(), "etcd has nothing to do");
+    let cp = second.plan.phase("control-plane").unwrap();
+    assert!(cp.hosts.iter().all(|(_, c)| c.disrupts && c.restart == vec!["kube-apiserver"]));
+
+    // --batch 2: two at a time.
+    let again = changed.replace("\"9\"", "\"10\"");
+    let mut o = h.options();
+    o.batch = 2;
+    let (_, events) = h.run(&again, o);
+    assert_eq!(batches(&events, "control-plane"), vec![2, 1]);
+}
+
+#[test]
+fn hosts_targeting_touches_only_those_hosts_and_the_first_control_plane() {
+    let model = ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), HA).unwrap());
+    let h = Harness::new(&model);
+    h.run(HA, h.options()).0.unwrap();
+    let grown = format!("{HA}- {{name: w2, address: 10.0.0.5, roles: [worker]}}\n");
+    let model = ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), &grown).unwrap());
+    let mut h2 = Harness::new(&model);
+    h2.dir = h.dir;
+    for (n, t) in &h.hosts {
+        h2.hosts.insert(n.clone(), t.clone());
+    }
+    let before: BTreeMap<String, usize> =
+        h2.hosts.iter().map(|(n, t)| (n.clone(), t.calls().len())).collect();
+    let mut o = h2.options();
+    o.hosts = Some(vec!["w2".into()]);
+    let (summary, _) = h2.run(&grown, o);
+    let summary = summary.unwrap_or_else(|e| panic!("{}", e.report()));
+    assert!(summary.total_changes() > 10);
+    let touched: Vec<&String> = h2
+        .hosts
+        .iter()
+        .filter(|(n, t)| t.calls().len() > before.get(*n).copied().unwrap_or(0))
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        touched,
+        ["cp1", "w2"],
+        "only the new host and the first control plane (addons, checks, state)"
+    );
+    let st = ClusterState::load(&h2.options().pki_root, "ha").unwrap();
+    assert_eq!(st.pod_subnets["w2"], "10.244.4.0/24");
+    assert!(st.hosts.contains_key("w2") && st.hosts.contains_key("cp2"));
+
+    let mut bad = h2.options();
+    bad.hosts = Some(vec!["nope".into()]);
+    let err = h2.run(&grown, bad).0.err().unwrap().to_string();
+    assert!(err.contains("`nope` not in the inventory"), "{err}");
+}
+
+#[test]
+fn a_misspelled_phase_is_refused_with_the_valid_ones() {
+    let phases = crate::workflow::apply();
+    let err = select_phases(&phases, Some(&["etdc".to_string()])).err().unwrap();
+    assert_eq!(err.to_string(), "unknown phase `etdc`");
+    assert!(err.hint().unwrap().contains("preflight, os-prep, runtime, etcd"), "{:?}", err.hint());
+    let ok = select_phases(&phases, Some(&["etcd".to_string(), "verify".to_string()])).unwrap();
+    assert_eq!(ok.iter().map(|p| p.id()).collect::<Vec<_>>(), ["etcd", "verify"]);
+}
+
+#[test]
+fn removing_a_node_from_the_middle_keeps_the_others_pod_subnets() {
+    let three = "cluster: {name: sub, kubernetesVersion: v1.35.7}\nhosts:\n\
+        - {name: n1, address: 10.0.0.1, roles: [control-plane, etcd, worker]}\n\
+        - {name: n2, address: 10.0.0.2, roles: [worker]}\n\
+        - {name: n3, address: 10.0.0.3, roles: [worker]}\n";
+    let model = ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), three).unwrap());
+    let h = Harness::new(&model);
+    h.run(three, h.options()).0.unwrap();
+    let n3_conf = h.hosts["n3"].file("/etc/cni/net.d/10-kubeforge.conflist").unwrap();
+    assert!(String::from_utf8_lossy(&n3_conf).contains("10.244.2.0/24"));
+    // n2 leaves (remove-node forgets it); n3 keeps its subnet although it is now the second node.
+    let mut st = ClusterState::load(&h.options().pki_root, "sub").unwrap();
+    st.forget_host("n2");
+    st.save(&h.options().pki_root).unwrap();
+    let two = three.replace("- {name: n2, address: 10.0.0.2, roles: [worker]}\n", "");
+    let (summary, _) = h.run(&two, h.options());
+    let summary = summary.unwrap();
+    let runtime = summary.plan.phase("runtime").unwrap();
+    let n3 = &runtime.hosts.iter().find(|(n, _)| n == "n3").unwrap().1;
+    assert!(
+        n3.files.iter().all(|f| !f.file.upload.dest.ends_with(".conflist")),
+        "n3's CNI config is unchanged:\n{n3}"
+    );
+}
