@@ -240,14 +240,14 @@ pub fn traffic_table(traffic: &[PhaseTraffic]) -> String {
     s
 }
 
-/// Per-host traffic table: round trips and bytes each host saw over the whole run (a host that took no
-/// part shows 0).
-pub fn host_traffic_table(transports: &BTreeMap<String, Arc<dyn Transport>>) -> String {
-    let mut s = format!("{:<16} {:>12} {:>14} {:>12}\n", "HOST", "ROUND TRIPS", "BYTES SENT", "CONNECTIONS");
+/// Per-host totals of a run, one `[stats] HOST: N round trips, M bytes sent, K connection(s)` line each
+/// (a host that took no part shows 0 round trips).
+pub fn host_stats(transports: &BTreeMap<String, Arc<dyn Transport>>) -> String {
+    let mut s = String::new();
     for t in transports.values() {
         let st = t.stats();
         s.push_str(&format!(
-            "{:<16} {:>12} {:>14} {:>12}\n",
+            "[stats] {}: {} round trips, {} bytes sent, {} connection(s)\n",
             t.host(),
             st.round_trips,
             st.bytes_sent,
@@ -739,7 +739,7 @@ pub fn run(inventory: &Path, options: ApplyOptions) -> Result<i32> {
         executor.stop_on_ctrl_c();
         let phases = crate::workflow::apply();
         let result = run_workflow(&model, &mut material, &previous, &phases, &transports, &executor).await;
-        eprint!("{}", host_traffic_table(&transports));
+        eprint!("{}", host_stats(&transports));
         let summary = result?;
         eprint!("{}", traffic_table(&summary.traffic));
         if options.dry_run {
