@@ -36,7 +36,7 @@ fn target(
         address: address.into(),
         port,
         user: user.into(),
-        identity_file: Some(key.private()),
+        identity_files: vec![key.private()],
         agent: false,
         host_key: HostKeyPolicy::KnownHosts { path: kh.to_path_buf(), accept_new: accept },
         sudo: if user == "root" { SudoMode::Off } else { SudoMode::NoPassword },
