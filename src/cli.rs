@@ -140,6 +140,10 @@ pub struct CheckArgs {
     /// Limit for gathering one host's facts.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
+    /// Also show each host's effective SSH settings and where each came from (inventory, ssh config
+    /// file:line, default).
+    #[arg(long)]
+    pub show_ssh: bool,
 }
 
 fn connect_options(accept_new_host_keys: bool) -> crate::transport::ssh::ConnectOptions {
@@ -210,6 +214,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             connect: connect_options(a.accept_new_host_keys),
             timeout: a.timeout,
             output: a.output,
+            show_ssh: a.show_ssh,
         }),
     }
 }
