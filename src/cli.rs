@@ -55,6 +55,9 @@ pub enum Command {
         #[arg(short, long)]
         inventory: PathBuf,
     },
+    /// Inventories: write one from an OpenSSH client config (`inventory init --from-ssh-config`).
+    #[command(subcommand)]
+    Inventory(crate::inventory::init::InventoryCommand),
     /// Release binaries: fill the cache, write or verify an air-gapped bundle.
     Artifacts {
         /// What to do.
@@ -198,6 +201,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Artifacts { command } => crate::artifacts::command::run(command),
+        Command::Inventory(c) => crate::inventory::init::run(c),
         Command::Exec(a) => crate::adhoc::run_exec(crate::adhoc::ExecOptions {
             inventory: a.inventory,
             hosts: a.hosts,
