@@ -869,6 +869,17 @@ fn a_proxyjump_chain_and_a_host_alias_defined_only_in_an_ssh_config_file() {
     assert_eq!(row("jump 1 address"), format!("jump 1 address 127.0.0.81 {cfg_path}:6 (HostName)"));
     assert_eq!(row("jump 2 port"), format!("jump 2 port {} {cfg_path}:10", jump2.port));
     assert_eq!(row("config file"), format!("config file {cfg_path} inventory (ssh.configFile)"));
+    // The same in JSON, and no `ssh` object without the flag.
+    let (code, out, err) =
+        kubeforge_in(&home, &["check", "-i", inv, "--hosts", "cp1", "--show-ssh", "--output", "json"], "");
+    assert_eq!(code, 0, "{out}{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let settings = doc["hosts"][0]["ssh"]["settings"].as_array().unwrap();
+    let hop2 = settings.iter().find(|s| s["hop"] == "jump 2" && s["setting"] == "address").unwrap();
+    assert_eq!(hop2["value"], "127.0.0.82");
+    assert_eq!(hop2["source"], format!("{cfg_path}:9 (HostName)"));
+    let (_, out, _) = kubeforge_in(&home, &["check", "-i", inv, "--hosts", "cp1", "--output", "json"], "");
+    assert!(!out.contains("\"ssh\""), "{out}");
     // Without --show-ssh the output is the table alone.
     let (_, out, _) = kubeforge_in(&home, &["check", "-i", inv, "--hosts", "cp1"], "");
     assert!(!out.contains("ssh settings"), "{out}");
