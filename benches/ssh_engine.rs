@@ -153,7 +153,7 @@ async fn main() {
                 address: h.address.clone(),
                 port: h.port,
                 user: "root".into(),
-                identity_file: Some(args.identity.clone()),
+                identity_files: vec![args.identity.clone()],
                 agent: false,
                 host_key: HostKeyPolicy::KnownHosts { path: args.known_hosts.clone(), accept_new: false },
                 sudo: SudoMode::Off,

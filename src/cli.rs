@@ -55,6 +55,9 @@ pub enum Command {
         #[arg(short, long)]
         inventory: PathBuf,
     },
+    /// Inventories: write one from an OpenSSH client config (`inventory init --from-ssh-config`).
+    #[command(subcommand)]
+    Inventory(crate::inventory::init::InventoryCommand),
     /// Release binaries: fill the cache, write or verify an air-gapped bundle.
     Artifacts {
         /// What to do.
@@ -154,6 +157,10 @@ pub struct CheckArgs {
     /// Limit for gathering one host's facts.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
+    /// Also show each host's effective SSH settings and where each came from (inventory, ssh config
+    /// file:line, default).
+    #[arg(long)]
+    pub show_ssh: bool,
 }
 
 fn connect_options(accept_new_host_keys: bool) -> crate::transport::ssh::ConnectOptions {
@@ -215,6 +222,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Artifacts { command } => crate::artifacts::command::run(command),
+        Command::Inventory(c) => crate::inventory::init::run(c),
         Command::Exec(a) => crate::adhoc::run_exec(crate::adhoc::ExecOptions {
             inventory: a.inventory,
             hosts: a.hosts,
@@ -231,6 +239,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             connect: connect_options(a.accept_new_host_keys),
             timeout: a.timeout,
             output: a.output,
+            show_ssh: a.show_ssh,
         }),
     }
 }

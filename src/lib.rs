@@ -5,7 +5,7 @@
 //! `cli` (clap definitions), `error` (top-level error, exit codes, hints), `inventory` (YAML model and
 //! validation with file:line:col errors), `model` (the derived cluster model every phase reads),
 //! `pki` (certificates, keys, kubeconfigs, client bundle), `transport` (SSH/local/fake machines),
-//! `exec` (parallel runner over hosts), `report` (progress and summaries), `adhoc` (`exec` and `check`:
+//! `sshconfig` (OpenSSH client config), `exec` (parallel runner over hosts), `report` (progress and summaries), `adhoc` (`exec` and `check`:
 //! ad-hoc commands and facts on selected hosts).
 
 pub mod adhoc;
@@ -23,6 +23,7 @@ pub mod pki;
 pub mod plan;
 pub mod render;
 pub mod report;
+pub mod sshconfig;
 pub mod state;
 pub mod transport;
 pub mod workflow;

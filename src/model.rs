@@ -491,6 +491,7 @@ pub fn merge_ssh(defaults: &SshSpec, host: Option<&SshSpec>) -> SshSpec {
         sudo_password_env: h.sudo_password_env.clone().or_else(|| defaults.sudo_password_env.clone()),
         known_hosts: h.known_hosts.clone().or_else(|| defaults.known_hosts.clone()),
         host_key: h.host_key.clone(),
+        config_file: h.config_file.clone().or_else(|| defaults.config_file.clone()),
     }
 }
 

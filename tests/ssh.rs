@@ -36,7 +36,7 @@ fn target(
         address: address.into(),
         port,
         user: user.into(),
-        identity_file: Some(key.private()),
+        identity_files: vec![key.private()],
         agent: false,
         host_key: HostKeyPolicy::KnownHosts { path: kh.to_path_buf(), accept_new: accept },
         sudo: if user == "root" { SudoMode::Off } else { SudoMode::NoPassword },
@@ -767,4 +767,189 @@ fn kubeforge_check_end_to_end() {
         row["error"].as_str().unwrap().starts_with(&format!("cannot connect to 127.0.0.99:{down}")),
         "{row}"
     );
+}
+
+/// Runs the binary with `HOME` set to `home` (so no ~/.ssh of this machine is read) and `stdin` as input.
+fn kubeforge_in(home: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kubeforge"))
+        .args(args)
+        .env("HOME", home)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
+
+#[test]
+fn a_proxyjump_chain_and_a_host_alias_defined_only_in_an_ssh_config_file() {
+    if !enabled() {
+        return;
+    }
+    let key = ClientKey::new();
+    // DEBUG1 makes each jump host log the direct-tcpip tunnel it opens.
+    let jump1 = Sshd::start(&key, &["127.0.0.81"], "LogLevel DEBUG1");
+    let jump2 = Sshd::start(&key, &["127.0.0.82"], "LogLevel DEBUG1");
+    let node = Sshd::start(&key, &["127.0.0.83"], "");
+    let direct = Sshd::start(&key, &["127.0.0.84"], "");
+    let tmp = tempfile::tempdir().unwrap();
+    let kh = tmp.path().join("known_hosts");
+    // The inventory says nothing about users, ports, keys or jump hosts: everything comes from here.
+    let cfg = format!(
+        "Host node1\n  HostName 127.0.0.83\n  Port {}\n  ProxyJump jump1,jump2\n\
+         Host jump1\n  HostName 127.0.0.81\n  Port {}\n\
+         Host jump2\n  HostName 127.0.0.82\n  Port {}\n\
+         Host only-in-config\n  HostName 127.0.0.84\n  Port {}\n\
+         Host *\n  User root\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n  \
+         StrictHostKeyChecking accept-new\n",
+        node.port,
+        jump1.port,
+        jump2.port,
+        direct.port,
+        key.private().display(),
+        kh.display()
+    );
+    std::fs::write(tmp.path().join("ssh_config"), &cfg).unwrap();
+    let inv = tmp.path().join("inventory.yaml");
+    std::fs::write(
+        &inv,
+        "cluster: {name: cfg, kubernetesVersion: v1.35.7}\nssh: {configFile: ssh_config}\nhosts:\n\
+         \x20 - {name: cp1, address: node1, internalAddress: 10.77.0.1, roles: [control-plane, etcd, worker]}\n\
+         \x20 - {name: w1, address: only-in-config, internalAddress: 10.77.0.2, roles: [worker]}\n",
+    )
+    .unwrap();
+    let inv = inv.to_str().unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+
+    let (code, out, err) =
+        kubeforge_in(&home, &["exec", "-i", inv, "--", "echo $SSH_CONNECTION | cut -d' ' -f3,4"], "");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("=== cp1 (node1): exit 0 in"), "{out}");
+    assert!(out.contains(&format!("\n127.0.0.83 {}\n", node.port)), "{out}");
+    assert!(out.contains(&format!("\n127.0.0.84 {}\n", direct.port)), "{out}");
+    // The chain in order: jump1 opened the tunnel to jump2, jump2 the one to the node.
+    assert!(jump1.log().contains(&format!("target 127.0.0.82 port {}", jump2.port)), "{}", jump1.log());
+    assert!(jump2.log().contains(&format!("target 127.0.0.83 port {}", node.port)), "{}", jump2.log());
+    assert!(!jump1.log().contains("target 127.0.0.83"), "the node is reached from jump2 only");
+    // accept-new from the config recorded all four keys in the config's UserKnownHostsFile.
+    let recorded = std::fs::read_to_string(&kh).unwrap();
+    for (s, a) in
+        [(&jump1, "127.0.0.81"), (&jump2, "127.0.0.82"), (&node, "127.0.0.83"), (&direct, "127.0.0.84")]
+    {
+        assert!(recorded.contains(&format!("[{a}]:{} {}", s.port, s.host_key())), "{a}: {recorded}");
+    }
+
+    // `check --show-ssh` says where each setting came from.
+    let cfg_path = tmp.path().join("ssh_config").display().to_string();
+    let (code, out, err) = kubeforge_in(&home, &["check", "-i", inv, "--hosts", "cp1", "--show-ssh"], "");
+    assert_eq!(code, 0, "{out}{err}");
+    let section = out.split("ssh settings (value and where it comes from):\n").nth(1).expect(&out);
+    let row = |label: &str| {
+        section
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{label}  ")))
+            .unwrap_or_else(|| panic!("no {label} row:\n{section}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(row("address"), format!("address 127.0.0.83 {cfg_path}:2 (HostName)"));
+    assert_eq!(row("port"), format!("port {} {cfg_path}:3", node.port));
+    assert_eq!(row("user"), format!("user root {cfg_path}:15"));
+    assert_eq!(row("jump hosts"), format!("jump hosts jump1,jump2 {cfg_path}:4 (ProxyJump)"));
+    assert_eq!(row("jump 1 address"), format!("jump 1 address 127.0.0.81 {cfg_path}:6 (HostName)"));
+    assert_eq!(row("jump 2 port"), format!("jump 2 port {} {cfg_path}:10", jump2.port));
+    assert_eq!(row("config file"), format!("config file {cfg_path} inventory (ssh.configFile)"));
+    // The same in JSON, and no `ssh` object without the flag.
+    let (code, out, err) =
+        kubeforge_in(&home, &["check", "-i", inv, "--hosts", "cp1", "--show-ssh", "--output", "json"], "");
+    assert_eq!(code, 0, "{out}{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let settings = doc["hosts"][0]["ssh"]["settings"].as_array().unwrap();
+    let hop2 = settings.iter().find(|s| s["hop"] == "jump 2" && s["setting"] == "address").unwrap();
+    assert_eq!(hop2["value"], "127.0.0.82");
+    assert_eq!(hop2["source"], format!("{cfg_path}:9 (HostName)"));
+    let (_, out, _) = kubeforge_in(&home, &["check", "-i", inv, "--hosts", "cp1", "--output", "json"], "");
+    assert!(!out.contains("\"ssh\""), "{out}");
+    // Without --show-ssh the output is the table alone.
+    let (_, out, _) = kubeforge_in(&home, &["check", "-i", inv, "--hosts", "cp1"], "");
+    assert!(!out.contains("ssh settings"), "{out}");
+
+    // The inventory wins: a port set there replaces the config's, and this one is wrong.
+    let text = std::fs::read_to_string(inv)
+        .unwrap()
+        .replace("address: only-in-config,", "address: only-in-config, ssh: {port: 1},");
+    std::fs::write(inv, text).unwrap();
+    let (code, out, _) = kubeforge_in(&home, &["exec", "-i", inv, "--hosts", "w1", "--", "true"], "");
+    assert_eq!(code, 1);
+    assert!(out.contains("cannot connect to 127.0.0.84:1"), "{out}");
+}
+
+#[test]
+fn inventory_init_pins_the_host_key_only_with_accept_new_host_keys() {
+    if !enabled() {
+        return;
+    }
+    let key = ClientKey::new();
+    let mut s = Sshd::start(&key, &["127.0.0.86"], "");
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    // What `vagrant ssh-config` prints, with this sshd's address and the test key.
+    let cfg = format!(
+        "Host default\n  HostName 127.0.0.86\n  User root\n  Port {}\n  UserKnownHostsFile /dev/null\n  \
+         StrictHostKeyChecking no\n  PasswordAuthentication no\n  IdentityFile {}\n  IdentitiesOnly yes\n  \
+         LogLevel FATAL\n  PubkeyAcceptedKeyTypes +ssh-rsa\n  HostKeyAlgorithms +ssh-rsa\n",
+        s.port,
+        key.private().display()
+    );
+    let connections = || s.log().matches("Connection from").count();
+
+    // Without the flag nothing is contacted and no key is written. (The start-up probe's connection is
+    // logged asynchronously: wait for it before counting.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while connections() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = connections();
+    let plain = tmp.path().join("plain.yaml");
+    let (code, out, err) = kubeforge_in(
+        &home,
+        &["inventory", "init", "--from-ssh-config", "-", "-o", plain.to_str().unwrap()],
+        &cfg,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(connections(), before, "no connection without --accept-new-host-keys");
+    assert!(!std::fs::read_to_string(&plain).unwrap().contains("hostKey"));
+
+    let pinned = tmp.path().join("pinned.yaml");
+    let p = pinned.to_str().unwrap();
+    let (code, out, err) = kubeforge_in(
+        &home,
+        &["inventory", "init", "--from-ssh-config", "-", "--accept-new-host-keys", "-o", p],
+        &cfg,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains(&format!("default: pinned host key {}", s.fingerprint())), "{err}");
+    let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&pinned).unwrap()).unwrap();
+    assert_eq!(doc["hosts"][0]["ssh"]["hostKey"].as_str(), Some(s.host_key().as_str()), "{doc:?}");
+    let (code, out, err) = kubeforge_in(&home, &["validate", "-i", p], "");
+    assert_eq!(code, 0, "{out}{err}");
+    // The written inventory works as it is, and the pin is what is checked: a new host key is refused.
+    let (code, out, err) = kubeforge_in(&home, &["exec", "-i", p, "--", "true"], "");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!home.join(".ssh/known_hosts").exists(), "a pinned key needs no known_hosts");
+    s.new_host_key();
+    let (code, out, _) = kubeforge_in(&home, &["exec", "-i", p, "--", "true"], "");
+    assert_eq!(code, 1);
+    assert!(out.contains("ssh.hostKey"), "{out}");
 }

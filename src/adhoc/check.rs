@@ -9,6 +9,7 @@ use super::{exec, Outcome, Target};
 use crate::exec::Executor;
 use crate::model::ClusterModel;
 use crate::phase::preflight;
+use crate::transport::settings::Setting;
 use crate::transport::ssh::ConnectOptions;
 use crate::transport::Command;
 use crate::{Error, Result};
@@ -169,6 +170,18 @@ pub struct HostCheck {
     pub preflight: Vec<Finding>,
     /// Commands run on the host (1 for a host that answered).
     pub round_trips: u64,
+    /// With `--show-ssh`: every effective SSH setting and where it came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshSources>,
+}
+
+/// A host's effective SSH settings with their sources (`check --show-ssh`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SshSources {
+    /// Setting by setting: the host's, then each jump host's.
+    pub settings: Vec<Setting>,
+    /// Notes about the OpenSSH config (values kubeforge maps differently, criteria it does not evaluate).
+    pub notes: Vec<String>,
 }
 
 impl HostCheck {
@@ -201,6 +214,7 @@ pub async fn gather(
                 facts: None,
                 preflight: Vec::new(),
                 round_trips: t.transport.stats().round_trips,
+                ssh: None,
             };
             match r.outcome {
                 Outcome::Ran { output, .. } if output.success() => {
@@ -336,6 +350,33 @@ pub fn render_table(rows: &[HostCheck]) -> String {
     out
 }
 
+/// The `--show-ssh` section: per host, every effective SSH setting, its value and where it came from
+/// (the inventory, an OpenSSH config file and line, a default), then the notes about the config.
+pub fn render_ssh_sources(rows: &[HostCheck]) -> String {
+    let mut out = String::from("\nssh settings (value and where it comes from):\n");
+    for r in rows {
+        let Some(src) = &r.ssh else { continue };
+        let _ = writeln!(out, "  {}", r.host);
+        let label = |s: &Setting| {
+            if s.hop.is_empty() {
+                s.setting.clone()
+            } else {
+                format!("{} {}", s.hop, s.setting)
+            }
+        };
+        let w0 = src.settings.iter().map(|s| label(s).chars().count()).max().unwrap_or(0);
+        let w1 = src.settings.iter().map(|s| s.value.chars().count()).max().unwrap_or(0);
+        for s in &src.settings {
+            let line = format!("    {:<w0$}  {:<w1$}  {}", label(s), s.value, s.source);
+            let _ = writeln!(out, "{}", line.trim_end());
+        }
+        for n in &src.notes {
+            let _ = writeln!(out, "    note: {n}");
+        }
+    }
+    out
+}
+
 /// How `check` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -360,6 +401,8 @@ pub struct CheckOptions {
     pub timeout: Duration,
     /// Table or JSON.
     pub output: OutputFormat,
+    /// Also show every effective SSH setting and where it came from.
+    pub show_ssh: bool,
 }
 
 /// The JSON document.
@@ -382,13 +425,19 @@ pub fn run(o: CheckOptions) -> Result<i32> {
     };
     let targets = super::targets(&loaded, &hosts, &o.connect)?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
-    let rows = rt.block_on(async {
+    let mut rows = rt.block_on(async {
         let executor = Executor::new(o.concurrency.max(1), super::progress());
         executor.stop_on_ctrl_c();
         let rows = gather(&executor, &targets, &model, o.timeout).await;
         super::close(&targets).await;
         rows
     })?;
+    if o.show_ssh {
+        for (row, h) in rows.iter_mut().zip(&hosts) {
+            let r = crate::transport::settings::resolve(&loaded.inventory, &loaded.dir, h, &o.connect)?;
+            row.ssh = Some(SshSources { settings: r.settings, notes: r.notes });
+        }
+    }
     match o.output {
         OutputFormat::Json => {
             let doc = Document { cluster: &model.name, hosts: &rows };
@@ -398,6 +447,9 @@ pub fn run(o: CheckOptions) -> Result<i32> {
         }
         OutputFormat::Table => {
             print!("{}", render_table(&rows));
+            if o.show_ssh {
+                print!("{}", render_ssh_sources(&rows));
+            }
             let mut hints: Vec<&str> = Vec::new();
             for r in rows.iter().filter(|r| !r.ok()) {
                 eprintln!("error: {}: {}: {}", r.host, r.status, r.error.as_deref().unwrap_or(""));

@@ -190,6 +190,10 @@ pub struct SshSpec {
     /// A pinned host key (`ssh-ed25519 AAAA...`), checked instead of known_hosts. Per host only.
     #[serde(default)]
     pub host_key: Option<String>,
+    /// An OpenSSH client config whose settings fill what the inventory leaves unset (relative to the
+    /// inventory file or with `~/`). Default `~/.ssh/config` when it exists; `none` reads no file.
+    #[serde(default)]
+    pub config_file: Option<String>,
 }
 
 /// A jump host.

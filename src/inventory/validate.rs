@@ -282,6 +282,16 @@ fn check_ssh(c: &mut Collector, path: &str, ssh: &SshSpec, dir: &Path, per_host:
             check_host_key(c, &format!("{path}.bastion.hostKey"), key);
         }
     }
+    if let Some(f) = ssh.config_file.as_deref().filter(|f| *f != "none") {
+        let full = expand_path(dir, f);
+        if !full.is_file() {
+            c.add(
+                format!("{path}.configFile"),
+                format!("ssh config file `{f}` does not exist (looked at {})", full.display()),
+                Some("give the path of an OpenSSH client config, relative to the inventory file or starting with ~/, or `none` to read no config file".into()),
+            );
+        }
+    }
 }
 
 fn check_host_key(c: &mut Collector, path: &str, key: &str) {

@@ -9,6 +9,7 @@
 pub mod fake;
 pub mod known_hosts;
 pub mod local;
+pub mod settings;
 pub mod ssh;
 
 use futures::future::BoxFuture;

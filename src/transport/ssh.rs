@@ -1,6 +1,7 @@
-//! The SSH transport (russh): resolved connection settings from the inventory ([`SshTarget`]), one
-//! connection per host for the whole run (reopened lazily after a drop), a channel per command,
-//! identity-file and ssh-agent authentication, an optional jump host (`direct-tcpip`), host key
+//! The SSH transport (russh): resolved connection settings from the inventory and the OpenSSH client
+//! config ([`SshTarget`], resolved by [`super::settings`]), one connection per host for the whole run
+//! (reopened lazily after a drop), a channel per command, identity-file and ssh-agent authentication,
+//! jump hosts (a chain, each hop tunnelled through the one before with `direct-tcpip`), host key
 //! verification, sudo, timeouts and keepalives.
 
 use super::known_hosts::{self, HostKeyPolicy, Verdict};
@@ -8,7 +9,7 @@ use super::{
     pump, Command, ExecOutput, OutputCollector, OutputSink, Stats, StatsSnapshot, Stream, Transport,
     TransportError,
 };
-use crate::inventory::schema::{HostSpec, Inventory, SshSpec};
+use crate::inventory::schema::{HostSpec, Inventory};
 use futures::future::BoxFuture;
 use russh::client;
 use russh::keys::{PrivateKeyWithHashAlg, PublicKey};
@@ -76,7 +77,8 @@ impl Default for ConnectOptions {
     }
 }
 
-/// Fully resolved connection settings for one host (inventory defaults merged with per-host overrides).
+/// Fully resolved connection settings for one host: the inventory, then the OpenSSH client config, then
+/// kubeforge's defaults (see [`super::settings`]).
 #[derive(Debug, Clone)]
 pub struct SshTarget {
     /// Host name (inventory `name`), used in every message.
@@ -87,15 +89,16 @@ pub struct SshTarget {
     pub port: u16,
     /// Login user.
     pub user: String,
-    /// Private key file.
-    pub identity_file: Option<PathBuf>,
+    /// Private key files, tried in order.
+    pub identity_files: Vec<PathBuf>,
     /// Try keys from ssh-agent.
     pub agent: bool,
     /// How the host key is checked.
     pub host_key: HostKeyPolicy,
     /// Privilege escalation.
     pub sudo: SudoMode,
-    /// The jump host, when one is used.
+    /// The jump host this host is reached through, when one is used. A chain of jump hosts is nested:
+    /// the jump host's own `bastion` is the hop before it, so the first hop is the innermost.
     pub bastion: Option<Box<SshTarget>>,
     /// Connect limit.
     pub connect_timeout: Duration,
@@ -103,106 +106,29 @@ pub struct SshTarget {
     pub keepalive: Duration,
 }
 
-fn expand_path(p: &str, base: &Path) -> PathBuf {
-    if let Some(rest) = p.strip_prefix("~/") {
-        dirs::home_dir().unwrap_or_default().join(rest)
-    } else {
-        base.join(p)
-    }
-}
-
 impl SshTarget {
-    /// Resolves the settings of `host`: per-host `ssh` fields override the inventory's `ssh` defaults;
-    /// relative paths are relative to `inventory_dir`. A sudo password comes from the environment
-    /// variable named by `sudoPasswordEnv`, else from `opts.sudo_password`.
+    /// Resolves the settings of `host`: per-host `ssh` fields override the inventory's `ssh` defaults,
+    /// which override the OpenSSH client config (`ssh.configFile`, default `~/.ssh/config`), which
+    /// overrides kubeforge's defaults; relative inventory paths are relative to `inventory_dir`. A sudo
+    /// password comes from the environment variable named by `sudoPasswordEnv`, else from
+    /// `opts.sudo_password`. Notes about the config (settings mapped differently from OpenSSH) are
+    /// printed to stderr once per process.
     pub fn from_inventory(
         inv: &Inventory,
         inventory_dir: &Path,
         host: &HostSpec,
         opts: &ConnectOptions,
     ) -> Result<SshTarget, TransportError> {
-        let d = &inv.ssh;
-        let empty = SshSpec::default();
-        let h = host.ssh.as_ref().unwrap_or(&empty);
-        macro_rules! pick {
-            ($f:ident) => {
-                h.$f.clone().or_else(|| d.$f.clone())
-            };
+        let r = super::settings::resolve(inv, inventory_dir, host, opts)?;
+        static SHOWN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        let mut shown = SHOWN.lock().unwrap_or_else(|p| p.into_inner());
+        for n in r.notes {
+            if !shown.contains(&n) {
+                eprintln!("note: {n}");
+                shown.push(n);
+            }
         }
-        let user = pick!(user).unwrap_or_else(|| "root".into());
-        let identity_file = pick!(identity_file).map(|p| expand_path(&p, inventory_dir));
-        let agent = pick!(agent).unwrap_or(identity_file.is_none());
-        let known_hosts = pick!(known_hosts)
-            .map(|p| expand_path(&p, inventory_dir))
-            .unwrap_or_else(|| dirs::home_dir().unwrap_or_default().join(".ssh/known_hosts"));
-        let host_key = match h.host_key.clone() {
-            Some(k) => HostKeyPolicy::Pinned(k),
-            None => {
-                HostKeyPolicy::KnownHosts { path: known_hosts.clone(), accept_new: opts.accept_new_host_keys }
-            }
-        };
-        let sudo = if pick!(sudo).unwrap_or(user != "root") {
-            match pick!(sudo_password_env) {
-                Some(var) => match std::env::var(&var) {
-                    Ok(pw) if !pw.is_empty() => SudoMode::Password(Secret(pw)),
-                    _ => match &opts.sudo_password {
-                        Some(pw) => SudoMode::Password(pw.clone()),
-                        None => {
-                            return Err(TransportError::Config {
-                                host: host.name.clone(),
-                                message: format!(
-                                    "ssh.sudoPasswordEnv names {var}, which is not set in the environment"
-                                ),
-                            })
-                        }
-                    },
-                },
-                None => match &opts.sudo_password {
-                    Some(pw) => SudoMode::Password(pw.clone()),
-                    None => SudoMode::NoPassword,
-                },
-            }
-        } else {
-            SudoMode::Off
-        };
-        let bastion = pick!(bastion).map(|b| {
-            Box::new(SshTarget {
-                name: format!("{} (via bastion {})", host.name, b.address),
-                address: b.address.clone(),
-                port: b.port.unwrap_or(22),
-                user: b.user.clone().unwrap_or_else(|| user.clone()),
-                identity_file: b
-                    .identity_file
-                    .as_ref()
-                    .map(|p| expand_path(p, inventory_dir))
-                    .or_else(|| identity_file.clone()),
-                agent,
-                host_key: match &b.host_key {
-                    Some(k) => HostKeyPolicy::Pinned(k.clone()),
-                    None => HostKeyPolicy::KnownHosts {
-                        path: known_hosts.clone(),
-                        accept_new: opts.accept_new_host_keys,
-                    },
-                },
-                sudo: SudoMode::Off,
-                bastion: None,
-                connect_timeout: opts.connect_timeout,
-                keepalive: opts.keepalive,
-            })
-        });
-        Ok(SshTarget {
-            name: host.name.clone(),
-            address: host.address.clone(),
-            port: pick!(port).unwrap_or(22),
-            user,
-            identity_file,
-            agent,
-            host_key,
-            sudo,
-            bastion,
-            connect_timeout: opts.connect_timeout,
-            keepalive: opts.keepalive,
-        })
+        Ok(r.target)
     }
 
     fn addr(&self) -> String {
@@ -292,8 +218,8 @@ impl client::Handler for Handler {
 
 struct Conn {
     handle: client::Handle<Handler>,
-    // Kept alive so the tunnel through the jump host stays open as long as the connection.
-    _jump: Option<client::Handle<Handler>>,
+    // Every jump host's session, kept alive so the tunnels stay open as long as the connection.
+    _jumps: Vec<client::Handle<Handler>>,
 }
 
 /// A live SSH session to one host; cheap to share (`Arc`), safe to use from many tasks at once.
@@ -508,10 +434,10 @@ async fn open(t: &SshTarget) -> Result<Conn, TransportError> {
             })?;
             let _ = tcp.set_nodelay(true);
             let handle = handshake(t, tcp).await?;
-            Ok(Conn { handle, _jump: None })
+            Ok(Conn { handle, _jumps: Vec::new() })
         }
         Some(b) => {
-            let jump = Box::pin(open(b)).await?.handle;
+            let Conn { handle: jump, _jumps: mut jumps } = Box::pin(open(b)).await?;
             let ch = jump
                 .channel_open_direct_tcpip(t.address.clone(), t.port as u32, "127.0.0.1", 0)
                 .await
@@ -522,7 +448,8 @@ async fn open(t: &SshTarget) -> Result<Conn, TransportError> {
                 source: Some(Box::new(e)),
             })?;
             let handle = handshake(t, ch.into_stream()).await?;
-            Ok(Conn { handle, _jump: Some(jump) })
+            jumps.push(jump);
+            Ok(Conn { handle, _jumps: jumps })
         }
     }
 }
@@ -572,7 +499,13 @@ async fn authenticate(t: &SshTarget, handle: &mut client::Handle<Handler>) -> Re
         message: format!("authentication exchange failed: {e}"),
         source: Some(Box::new(e)),
     };
-    if let Some(path) = &t.identity_file {
+    for path in &t.identity_files {
+        // As OpenSSH does, a listed key that does not exist is skipped (a config's `Host *` often names
+        // several); the inventory's own identityFile is checked by validation.
+        if !path.exists() {
+            tried.push(format!("key {} (missing)", path.display()));
+            continue;
+        }
         let key = russh::keys::load_secret_key(path, None).map_err(|e| TransportError::Config {
             host: t.name.clone(),
             message: format!("cannot load identity file {}: {e}", path.display()),
