@@ -19,6 +19,12 @@ pub struct Cli {
 pub enum Command {
     /// Install or converge the cluster described by an inventory (idempotent; `--dry-run` prints the plan).
     Apply(ApplyArgs),
+    /// Add hosts to a running cluster: the inventory hosts the cluster state does not know yet (or
+    /// `--hosts`), touching other hosts only where their desired state changes (routes, labels, state copy).
+    Join(ApplyArgs),
+    /// Remove a node from the cluster: cordon, drain (eviction API), delete the Node, remove what kubeforge
+    /// installed on the host (a dead host is reported, not waited for), converge the others without it.
+    RemoveNode(RemoveNodeArgs),
     /// Certificates: generate, check expiration, renew.
     #[command(subcommand)]
     Certs(crate::pki::command::CertsCommand),
@@ -109,6 +115,37 @@ pub struct ApplyArgs {
     pub cache_dir: Option<PathBuf>,
 }
 
+/// Arguments of `kubeforge remove-node`.
+#[derive(Debug, clap::Args)]
+pub struct RemoveNodeArgs {
+    /// The inventory file (still listing the node: its SSH address is needed to clean it).
+    #[arg(short, long)]
+    pub inventory: PathBuf,
+    /// The node to remove.
+    pub node: String,
+    /// Go on when the node cannot be drained (PodDisruptionBudgets, a dead kubelet).
+    #[arg(long)]
+    pub force: bool,
+    /// How long the drain may take.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub drain_timeout: std::time::Duration,
+    /// Print what would be done; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Hosts worked on at once.
+    #[arg(long, default_value_t = 10)]
+    pub concurrency: usize,
+    /// Record host keys that are not yet in known_hosts (changed keys are always refused).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+    /// Directory holding `<cluster>/` PKI directories.
+    #[arg(long, default_value = "pki")]
+    pub pki_dir: PathBuf,
+    /// Artifact cache directory (default: the user cache dir, or $KUBEFORGE_CACHE_DIR).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+}
+
 /// Arguments of `kubeforge exec`.
 #[derive(Debug, clap::Args)]
 pub struct ExecArgs {
@@ -167,27 +204,46 @@ fn connect_options(accept_new_host_keys: bool) -> crate::transport::ssh::Connect
     crate::transport::ssh::ConnectOptions { accept_new_host_keys, ..Default::default() }
 }
 
+fn apply_options(a: ApplyArgs) -> crate::apply::ApplyOptions {
+    crate::apply::ApplyOptions {
+        dry_run: a.dry_run,
+        concurrency: a.concurrency.max(1),
+        connect: connect_options(a.accept_new_host_keys),
+        pki_root: a.pki_dir,
+        cache_dir: a.cache_dir.unwrap_or_else(crate::artifacts::default_cache_dir),
+        only: a.phases,
+        ignore_preflight: a.ignore_preflight_errors,
+        hosts: a.hosts,
+        batch: a.batch.max(1),
+        plan_out: a.out,
+        plan_in: a.plan,
+        follow_changes: false,
+    }
+}
+
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Apply(a) => {
-            let options = crate::apply::ApplyOptions {
-                dry_run: a.dry_run,
-                concurrency: a.concurrency.max(1),
-                connect: crate::transport::ssh::ConnectOptions {
-                    accept_new_host_keys: a.accept_new_host_keys,
-                    ..Default::default()
+        Command::Apply(a) => crate::apply::run(&a.inventory.clone(), apply_options(a)),
+        Command::Join(a) => crate::lifecycle::join(&a.inventory.clone(), apply_options(a)),
+        Command::RemoveNode(a) => {
+            let mut apply = crate::apply::ApplyOptions::new(
+                a.pki_dir,
+                a.cache_dir.unwrap_or_else(crate::artifacts::default_cache_dir),
+            );
+            apply.dry_run = a.dry_run;
+            apply.concurrency = a.concurrency.max(1);
+            apply.connect = connect_options(a.accept_new_host_keys);
+            apply.ignore_preflight = vec!["all".into()];
+            crate::lifecycle::remove_node(
+                &a.inventory,
+                crate::lifecycle::RemoveOptions {
+                    node: a.node,
+                    force: a.force,
+                    drain_timeout: a.drain_timeout,
+                    apply,
                 },
-                pki_root: a.pki_dir,
-                cache_dir: a.cache_dir.unwrap_or_else(crate::artifacts::default_cache_dir),
-                only: a.phases,
-                ignore_preflight: a.ignore_preflight_errors,
-                hosts: a.hosts,
-                batch: a.batch.max(1),
-                plan_out: a.out,
-                plan_in: a.plan,
-            };
-            crate::apply::run(&a.inventory, options)
+            )
         }
         Command::Certs(c) => crate::pki::command::run_certs(c),
         Command::Lab(c) => crate::lab::run_command(c),

@@ -17,6 +17,7 @@ pub mod error;
 pub mod exec;
 pub mod inventory;
 pub mod lab;
+pub mod lifecycle;
 pub mod model;
 pub mod phase;
 pub mod pki;

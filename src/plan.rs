@@ -215,9 +215,22 @@ impl HostDesired {
     /// (files, units, follow-up commands). It is written last, only after every restart and follow-up
     /// succeeded, so a run that failed half-way is redone by the next run instead of looking converged.
     pub fn with_marker(mut self, phase: &str) -> Self {
+        let digest = self.digest();
+        self.files.push(DesiredFile::bytes(
+            &format!("{MARKER_DIR}/{phase}"),
+            0o644,
+            digest + "\n",
+            "phase completion marker",
+        ));
+        self
+    }
+
+    /// The digest of the whole desired state (files, units, follow-up commands, what must be absent): what
+    /// the completion marker and the cluster state's checkpoint record.
+    pub fn digest(&self) -> String {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
-        for f in &self.files {
+        for f in self.files.iter().filter(|f| !is_marker(f)) {
             h.update(format!("{} {} {:o}\n", f.upload.dest, f.upload.sha256, f.upload.mode));
         }
         for u in &self.units {
@@ -232,14 +245,7 @@ impl HostDesired {
         for p in &self.absent_files {
             h.update(format!("absent {p}\n"));
         }
-        let digest = hex::encode(h.finalize());
-        self.files.push(DesiredFile::bytes(
-            &format!("{MARKER_DIR}/{phase}"),
-            0o644,
-            digest + "\n",
-            "phase completion marker",
-        ));
-        self
+        hex::encode(h.finalize())
     }
 }
 

@@ -50,6 +50,9 @@ pub struct ApplyOptions {
     pub plan_out: Option<PathBuf>,
     /// Carry out this saved plan, refused when a fresh plan differs from it.
     pub plan_in: Option<PathBuf>,
+    /// With `hosts`: other hosts whose desired state moved from the recorded checkpoint take part too
+    /// (`join`).
+    pub follow_changes: bool,
 }
 
 impl ApplyOptions {
@@ -67,6 +70,7 @@ impl ApplyOptions {
             batch: 1,
             plan_out: None,
             plan_in: None,
+            follow_changes: false,
         }
     }
 }
@@ -282,11 +286,17 @@ pub fn select_phases<'a>(phases: &[&'a dyn Phase], only: Option<&[String]>) -> R
     Ok(phases.iter().copied().filter(|p| only.iter().any(|o| o == p.id())).collect())
 }
 
-/// Which hosts take part in a run: all, or the targeted ones (checked against the model).
+/// Which hosts take part in a run: all, or the targeted ones (checked against the model). Cluster-wide
+/// phases also run on the first control plane, the state copy on every control plane. With
+/// [`Targets::following_changes`] (`join`), a host outside the targets still takes part in a phase when the
+/// phase's desired state for it differs from the checkpoint the cluster state recorded (a new node adds a
+/// route on the others): hosts whose desired state did not move receive no SSH session at all.
 #[derive(Debug, Clone)]
 pub struct Targets {
     hosts: Option<BTreeSet<String>>,
     first_control_plane: Option<String>,
+    control_planes: BTreeSet<String>,
+    checkpoints: Option<BTreeMap<String, BTreeMap<String, String>>>,
 }
 
 impl Targets {
@@ -307,17 +317,39 @@ impl Targets {
         Ok(Targets {
             hosts: hosts.map(|h| h.iter().cloned().collect()),
             first_control_plane: model.control_planes().next().map(|h| h.name.clone()),
+            control_planes: model.control_planes().map(|h| h.name.clone()).collect(),
+            checkpoints: None,
         })
     }
 
-    /// Whether `host` takes part in `phase`.
+    /// Also takes in, per phase, the other hosts whose desired state moved away from `state`'s checkpoint.
+    pub fn following_changes(mut self, state: &ClusterState) -> Self {
+        self.checkpoints = Some(state.phases.clone());
+        self
+    }
+
+    /// Whether `host` takes part in `phase` by the targets alone.
     pub fn includes(&self, phase: &dyn Phase, host: &str) -> bool {
         match &self.hosts {
             None => true,
             Some(hs) => {
                 hs.contains(host)
                     || (phase.cluster_wide() && self.first_control_plane.as_deref() == Some(host))
+                    || (phase.id() == crate::phase::state::ID && self.control_planes.contains(host))
             }
+        }
+    }
+
+    /// Whether `host` takes part in `phase`, given the work the phase has for it.
+    pub fn takes_part(&self, phase: &dyn Phase, host: &str, work: &HostWork) -> bool {
+        if self.includes(phase, host) {
+            return true;
+        }
+        match (&self.checkpoints, work) {
+            (Some(cp), HostWork::Converge(d)) => {
+                cp.get(phase.id()).and_then(|h| h.get(host)).is_none_or(|digest| *digest != d.digest())
+            }
+            _ => false,
         }
     }
 
@@ -410,8 +442,12 @@ impl Runner<'_> {
         // (phase, host, desired) for every converge phase, in workflow order.
         let mut desired: Vec<(&'static str, String, HostDesired)> = Vec::new();
         for phase in phases.iter().filter(|p| !p.at_plan_time()) {
-            for host in self.model.hosts.iter().filter(|h| self.targets.includes(*phase, &h.name)) {
-                if let Some(HostWork::Converge(d)) = phase.work(&ctx, host)? {
+            for host in &self.model.hosts {
+                let Some(work) = phase.work(&ctx, host)? else { continue };
+                if !self.targets.takes_part(*phase, &host.name, &work) {
+                    continue;
+                }
+                if let HostWork::Converge(d) = work {
                     desired.push((phase.id(), host.name.clone(), d.with_marker(phase.id())));
                 }
             }
@@ -657,7 +693,10 @@ pub async fn run_workflow(
 ) -> Result<RunSummary> {
     let options = material.options.clone();
     let phases = select_phases(phases, options.only.as_deref())?;
-    let targets = Targets::new(model, options.hosts.as_deref())?;
+    let mut targets = Targets::new(model, options.hosts.as_deref())?;
+    if options.follow_changes {
+        targets = targets.following_changes(previous);
+    }
     let mut summary = RunSummary { plan: Plan::default(), phases: Vec::new(), traffic: Vec::new() };
     // The state the control planes receive includes every phase's checkpoint: compute it from a first plan
     // of the other phases' desired states (their markers do not depend on the state file).
@@ -665,8 +704,12 @@ pub async fn run_workflow(
     {
         let ctx = Context { model, material: &*material };
         for phase in phases.iter().filter(|p| !p.at_plan_time() && p.id() != crate::phase::state::ID) {
-            for host in model.hosts.iter().filter(|h| targets.includes(*phase, &h.name)) {
-                if let Some(HostWork::Converge(d)) = phase.work(&ctx, host)? {
+            for host in &model.hosts {
+                let Some(work) = phase.work(&ctx, host)? else { continue };
+                if !targets.takes_part(*phase, &host.name, &work) {
+                    continue;
+                }
+                if let HostWork::Converge(d) = work {
                     let d = d.with_marker(phase.id());
                     let pp = PhasePlan {
                         phase: phase.id().to_owned(),
@@ -725,16 +768,28 @@ pub fn scratch_for(options: &ApplyOptions, cluster: &str) -> Result<Option<tempf
     }
 }
 
-/// Entry point of `kubeforge apply` (and of `join`, which is apply on some hosts).
+/// Entry point of `kubeforge apply`.
 pub fn run(inventory: &Path, options: ApplyOptions) -> Result<i32> {
     let loaded = crate::inventory::load(inventory)?;
-    let mut model = ClusterModel::derive(&loaded);
+    let model = ClusterModel::derive(&loaded);
+    run_loaded(&loaded, model, options, "apply")
+}
+
+/// Runs the apply workflow over SSH for an already loaded inventory and prints the plan (dry run) or the
+/// summary, as `label: N changes`. `apply`, `join` and `remove-node` end here.
+pub fn run_loaded(
+    loaded: &crate::inventory::Loaded,
+    mut model: ClusterModel,
+    options: ApplyOptions,
+    label: &str,
+) -> Result<i32> {
+    let inventory = loaded.path.clone();
     let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
     rt.block_on(async move {
         let scratch = scratch_for(&options, &model.name)?;
         let (mut material, previous) =
-            prepare(&loaded, &mut model, &options, scratch.as_ref().map(|t| t.path())).await?;
-        let transports = transports(&loaded, &options.connect)?;
+            prepare(loaded, &mut model, &options, scratch.as_ref().map(|t| t.path())).await?;
+        let transports = transports(loaded, &options.connect)?;
         let executor = Executor::new(options.concurrency, crate::report::auto(false));
         executor.stop_on_ctrl_c();
         let phases = crate::workflow::apply();
@@ -756,7 +811,7 @@ pub fn run(inventory: &Path, options: ApplyOptions) -> Result<i32> {
             eprint!("{}", crate::report::summary(&summary.phases));
             let n = summary.total_changes();
             println!(
-                "apply: {n} change{}{}",
+                "{label}: {n} change{}{}",
                 if n == 1 { "" } else { "s" },
                 if n == 0 { " (the cluster already matches the inventory)" } else { "" }
             );

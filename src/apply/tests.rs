@@ -46,6 +46,19 @@ fn simulated(name: &str) -> Arc<FakeTransport> {
         }
         Reply::ok("")
     });
+    let u = units.clone();
+    t.handle("disable --now", move |argv, fake| {
+        let args = &argv[4..];
+        let pos = args.iter().position(|a| a == "--").unwrap_or(args.len());
+        let mut running = u.lock().unwrap();
+        for unit in &args[..pos] {
+            running.remove(unit);
+        }
+        for f in args.iter().skip(pos + 1) {
+            fake.remove_file(f);
+        }
+        Reply::ok("")
+    });
     t.permissive();
     t
 }
@@ -345,8 +358,8 @@ fn hosts_targeting_touches_only_those_hosts_and_the_first_control_plane() {
         .collect();
     assert_eq!(
         touched,
-        ["cp1", "w2"],
-        "only the new host and the first control plane (addons, checks, state)"
+        ["cp1", "cp2", "cp3", "w2"],
+        "the target, the first control plane (addons, checks) and the control planes' state copies"
     );
     let st = ClusterState::load(&h2.options().pki_root, "ha").unwrap();
     assert_eq!(st.pod_subnets["w2"], "10.244.4.0/24");
@@ -392,4 +405,128 @@ fn removing_a_node_from_the_middle_keeps_the_others_pod_subnets() {
         n3.files.iter().all(|f| !f.file.upload.dest.ends_with(".conflist")),
         "n3's CNI config is unchanged:\n{n3}"
     );
+}
+
+fn grow(h: &Harness, text: &str) -> Harness {
+    let model = ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), text).unwrap());
+    let mut n = Harness::new(&model);
+    for (name, t) in &h.hosts {
+        n.hosts.insert(name.clone(), t.clone());
+    }
+    n
+}
+
+fn calls(h: &Harness) -> BTreeMap<String, usize> {
+    h.hosts.iter().map(|(n, t)| (n.clone(), t.calls().len())).collect()
+}
+
+fn touched(h: &Harness, before: &BTreeMap<String, usize>) -> Vec<String> {
+    h.hosts
+        .iter()
+        .filter(|(n, t)| t.calls().len() > before.get(*n).copied().unwrap_or(0))
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+const SMALL: &str = "cluster: {name: j, kubernetesVersion: v1.35.7CNI}\nhosts:\n\
+    - {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd]}\n\
+    - {name: w1, address: 10.0.0.2, roles: [worker]}\n";
+
+#[test]
+fn a_join_touches_the_new_host_the_first_control_plane_and_only_hosts_whose_state_moves() {
+    for (cni, expect) in [("", vec!["cp1", "w1", "w2"]), (", cni: {plugin: none}", vec!["cp1", "w2"])] {
+        let base = SMALL.replace("CNI", cni);
+        let model = ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), &base).unwrap());
+        let mut h = Harness::new(&model);
+        h.run(&base, h.options()).0.unwrap();
+        let grown_text = format!("{base}- {{name: w2, address: 10.0.0.3, roles: [worker]}}\n");
+        let g = grow(&h, &grown_text);
+        let (dir, _) = (std::mem::replace(&mut h.dir, tempfile::tempdir().unwrap()), ());
+        let mut g = g;
+        g.dir = dir;
+        let st = ClusterState::load(&g.options().pki_root, "j").unwrap();
+        let new = crate::lifecycle::hosts_to_join(
+            &ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), &grown_text).unwrap()),
+            &st,
+            None,
+        )
+        .unwrap();
+        assert_eq!(new, ["w2"]);
+        let before = calls(&g);
+        let mut o = g.options();
+        o.hosts = Some(new);
+        o.follow_changes = true;
+        let (summary, _) = g.run(&grown_text, o);
+        let summary = summary.unwrap_or_else(|e| panic!("{}", e.report()));
+        assert_eq!(touched(&g, &before), expect, "cni `{cni}`:\n{}", summary.plan.text());
+        if cni.is_empty() {
+            // w1 only gets its route to w2's pod subnet.
+            let w1: Vec<String> = summary
+                .plan
+                .phases
+                .iter()
+                .flat_map(|p| {
+                    p.hosts
+                        .iter()
+                        .filter(|(n, c)| n == "w1" && !c.is_empty())
+                        .map(move |(_, c)| (p.phase.clone(), c))
+                })
+                .flat_map(|(p, c)| c.files.iter().map(move |f| format!("{p} {}", f.file.upload.dest)))
+                .collect();
+            assert_eq!(
+                w1,
+                [
+                    "runtime /etc/systemd/system/kubeforge-pod-routes.service",
+                    "runtime /var/lib/kubeforge/converged/runtime"
+                ]
+            );
+        }
+        let st = ClusterState::load(&g.options().pki_root, "j").unwrap();
+        assert!(st.hosts.contains_key("w2"));
+        // A second join has nothing to join; an apply has nothing to do.
+        assert!(crate::lifecycle::hosts_to_join(
+            &ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), &grown_text).unwrap()),
+            &st,
+            None
+        )
+        .unwrap()
+        .is_empty());
+        let (again, _) = g.run(&grown_text, g.options());
+        assert_eq!(again.unwrap().total_changes(), 0);
+    }
+}
+
+#[test]
+fn removing_what_kubeforge_owns_leaves_no_file_of_it_on_the_host() {
+    let model = ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), SINGLE).unwrap());
+    let h = Harness::new(&model);
+    h.run(SINGLE, h.options()).0.unwrap();
+    let n1 = &h.hosts["n1"];
+    // A second version of one file: its rollback copy exists too.
+    n1.put_file("/usr/local/bin/kubelet.kubeforge-prev", b"old".to_vec());
+    assert!(n1.paths().len() > 60);
+    let loaded = crate::inventory::parse(Path::new("i.yaml"), SINGLE).unwrap();
+    let mut m = ClusterModel::derive(&loaded);
+    let artifacts = fake_artifacts(&m, &h.dir.path().join("artifacts"));
+    let (material, _) = prepare_with(&mut m, &h.options(), None, artifacts).unwrap();
+    let ctx = Context { model: &m, material: &material };
+    let owned = crate::lifecycle::owned(&ctx, m.host("n1").unwrap()).unwrap();
+    assert!(
+        owned.absent_units.contains(&"kubelet".to_string())
+            && owned.absent_units.contains(&"etcd".to_string())
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let changes = rt.block_on(async {
+        let actual = crate::plan::probe(n1.as_ref(), &owned).await.unwrap();
+        let ch = crate::plan::diff(&owned, &actual);
+        crate::plan::apply_changes(n1.as_ref(), &ch).await.unwrap();
+        ch
+    });
+    assert!(changes.remove_units.len() >= 7, "{changes}");
+    assert_eq!(n1.paths(), Vec::<String>::new(), "every file kubeforge placed is gone");
+    // Removing again finds nothing to do.
+    let again = rt.block_on(async {
+        crate::plan::diff(&owned, &crate::plan::probe(n1.as_ref(), &owned).await.unwrap())
+    });
+    assert!(again.is_empty(), "{again}");
 }

@@ -428,6 +428,9 @@ fn write_inventory(a: &UpArgs, st: &LabState, host_key: &str) -> Result<PathBuf>
             user: Some("root".into()),
             identity_file: Some(st.key.display().to_string()),
             agent: Some(false),
+            // The lab's VMs live in its private network: an admin's own ~/.ssh/config (a catch-all
+            // ProxyJump, say) must not apply to them.
+            config_file: Some("none".into()),
             ..Default::default()
         },
         hosts,

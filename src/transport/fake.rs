@@ -112,6 +112,16 @@ impl FakeTransport {
         self.files.lock().unwrap().insert(path.into(), content.into());
     }
 
+    /// Deletes a remote file.
+    pub fn remove_file(&self, path: &str) {
+        self.files.lock().unwrap().remove(path);
+    }
+
+    /// Every remote file path.
+    pub fn paths(&self) -> Vec<String> {
+        self.files.lock().unwrap().keys().cloned().collect()
+    }
+
     /// The content of a remote file, if uploaded or put.
     pub fn file(&self, path: &str) -> Option<Vec<u8>> {
         self.files.lock().unwrap().get(path).cloned()
