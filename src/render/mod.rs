@@ -68,9 +68,30 @@ fn flags(pairs: &[(&str, String)], extra: Option<&BTreeMap<String, String>>) -> 
     m
 }
 
-/// `--name=value` arguments, with `%` escaped for systemd.
+/// `--name=value` arguments as words of a systemd `ExecStart=` line: `%` and `$` escaped (systemd expands
+/// specifiers and variables), and a value with spaces, quotes, backslashes or control characters quoted
+/// as one word, so that no value can split into further arguments or lines.
 pub fn to_args(f: &Flags) -> Vec<String> {
-    f.iter().map(|(k, v)| format!("--{k}={}", v.replace('%', "%%"))).collect()
+    f.iter().map(|(k, v)| systemd_word(&format!("--{k}={v}"))).collect()
+}
+
+fn systemd_word(arg: &str) -> String {
+    let escaped = arg.replace('%', "%%").replace('$', "$$");
+    if !escaped.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '\\' | ';')) {
+        return escaped;
+    }
+    let mut out = String::from("\"");
+    for c in escaped.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// A systemd unit for a component.
@@ -535,6 +556,16 @@ mod tests {
         assert!(u.contains("ExecStart=/usr/local/bin/kube-apiserver \\\n  --x=100%"), "{u}");
         let _ = to_args(&f);
         assert_eq!(to_args(&[("a".to_string(), "5%".to_string())].into_iter().collect()), ["--a=5%%"]);
+    }
+
+    #[test]
+    fn a_value_never_splits_into_more_arguments_or_lines() {
+        let args = |v: &str| to_args(&[("a".to_string(), v.to_string())].into_iter().collect());
+        assert_eq!(args("x --anonymous-auth=true"), ["\"--a=x --anonymous-auth=true\""]);
+        assert_eq!(args("$HOME"), ["--a=$$HOME"]);
+        assert_eq!(args("say \"hi\" \\o/"), [r#""--a=say \"hi\" \\o/""#]);
+        assert_eq!(args("a\nExecStartPre=/bin/sh"), [r#""--a=a\x0aExecStartPre=/bin/sh""#]);
+        assert_eq!(args("a;b"), ["\"--a=a;b\""]);
     }
 
     fn field_paths(prefix: &str, v: &serde_yaml::Value, out: &mut Vec<String>) {
