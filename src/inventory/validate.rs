@@ -3,6 +3,7 @@
 //! to lines with [`super::position::Positions`].
 
 use super::schema::*;
+use super::shown;
 use ipnet::IpNet;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -37,6 +38,8 @@ pub struct PathProblem {
     pub message: String,
     /// How to fix it.
     pub hint: Option<String>,
+    /// Only a warning: the value may be legitimate, and loading goes on.
+    pub warning: bool,
 }
 
 struct Collector(Vec<PathProblem>);
@@ -48,6 +51,7 @@ impl Collector {
             at_key: false,
             message: message.into(),
             hint: hint.into(),
+            warning: false,
         });
     }
     fn add_key(
@@ -61,6 +65,7 @@ impl Collector {
             at_key: true,
             message: message.into(),
             hint: hint.into(),
+            warning: false,
         });
     }
 }
@@ -100,12 +105,16 @@ pub fn check_label_key(key: &str) -> Result<(), String> {
     };
     if let Some(p) = prefix {
         if !is_dns1123_subdomain(p) {
-            return Err(format!("prefix `{p}` must be a DNS subdomain (lower case, like `example.com`)"));
+            return Err(format!(
+                "prefix `{}` must be a DNS subdomain (lower case, like `example.com`)",
+                shown(p)
+            ));
         }
     }
     if !is_qualified_name_part(name) {
         return Err(format!(
-            "name `{name}` must be 1-63 characters of letters, digits, `-`, `_`, `.`, starting and ending with a letter or digit"
+            "name `{}` must be 1-63 characters of letters, digits, `-`, `_`, `.`, starting and ending with a letter or digit",
+            shown(name)
         ));
     }
     Ok(())
@@ -117,7 +126,8 @@ pub fn check_label_value(value: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "value `{value}` must be at most 63 characters of letters, digits, `-`, `_`, `.`, starting and ending with a letter or digit"
+            "value `{}` must be at most 63 characters of letters, digits, `-`, `_`, `.`, starting and ending with a letter or digit",
+            shown(value)
         ))
     }
 }
@@ -135,9 +145,9 @@ pub struct Taint {
 
 /// Parses `key[=value]:Effect`.
 pub fn parse_taint(s: &str) -> Result<Taint, String> {
-    let (kv, effect) = s.rsplit_once(':').ok_or_else(|| format!("taint `{s}` has no effect"))?;
+    let (kv, effect) = s.rsplit_once(':').ok_or_else(|| format!("taint `{}` has no effect", shown(s)))?;
     if !TAINT_EFFECTS.contains(&effect) {
-        return Err(format!("taint effect `{effect}` is not one of {}", one_of(&TAINT_EFFECTS)));
+        return Err(format!("taint effect `{}` is not one of {}", shown(effect), one_of(&TAINT_EFFECTS)));
     }
     let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
     check_label_key(key)?;
@@ -178,17 +188,21 @@ impl std::str::FromStr for Version {
         match parts.as_slice() {
             [a, b, c] => match (num(a), num(b), num(c)) {
                 (Some(major), Some(minor), Some(patch)) => Ok(Version { major, minor, patch }),
-                _ => Err(format!("`{s}` is not a version like v1.35.7")),
+                _ => Err(format!("`{}` is not a version like v1.35.7", shown(s))),
             },
-            [_, _] => Err(format!("`{s}` names a minor release, not a patch release (write e.g. `{s}.0`)")),
-            _ => Err(format!("`{s}` is not a version like v1.35.7")),
+            [_, _] => Err(format!(
+                "`{s}` names a minor release, not a patch release (write e.g. `{s}.0`)",
+                s = shown(s)
+            )),
+            _ => Err(format!("`{}` is not a version like v1.35.7", shown(s))),
         }
     }
 }
 
 /// Parses a duration such as `8760h`, `365d`, `90m`, `1y`.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|_| format!("`{s}` is not a duration like 8760h or 365d"))
+    humantime::parse_duration(s.trim())
+        .map_err(|_| format!("`{}` is not a duration like 8760h or 365d", shown(s)))
 }
 
 fn expand_path(base: &Path, p: &str) -> std::path::PathBuf {
@@ -228,14 +242,14 @@ fn check_ssh(c: &mut Collector, path: &str, ssh: &SshSpec, dir: &Path, per_host:
         if !full.is_file() {
             c.add(
                 format!("{path}.identityFile"),
-                format!("identity file `{id}` does not exist (looked at {})", full.display()),
+                format!("identity file `{}` does not exist (looked at {})", shown(id), shown(&full.display().to_string())),
                 Some("give the path of an existing private key, relative to the inventory file or starting with ~/".into()),
             );
         }
     }
     if let Some(user) = &ssh.user {
         if user.is_empty() || user.contains(|ch: char| ch.is_whitespace() || ch == '@' || ch == ':') {
-            c.add(format!("{path}.user"), format!("`{user}` is not a valid login name"), None);
+            c.add(format!("{path}.user"), format!("`{}` is not a valid login name", shown(user)), None);
         }
     }
     if let Some(var) = &ssh.sudo_password_env {
@@ -245,7 +259,7 @@ fn check_ssh(c: &mut Collector, path: &str, ssh: &SshSpec, dir: &Path, per_host:
         {
             c.add(
                 format!("{path}.sudoPasswordEnv"),
-                format!("`{var}` is not an environment variable name"),
+                format!("`{}` is not an environment variable name", shown(var)),
                 Some("name the variable, e.g. `KUBEFORGE_SUDO_PASSWORD`, not its value".into()),
             );
         }
@@ -273,7 +287,11 @@ fn check_ssh(c: &mut Collector, path: &str, ssh: &SshSpec, dir: &Path, per_host:
             if !full.is_file() {
                 c.add(
                     format!("{path}.bastion.identityFile"),
-                    format!("identity file `{id}` does not exist (looked at {})", full.display()),
+                    format!(
+                        "identity file `{}` does not exist (looked at {})",
+                        shown(id),
+                        shown(&full.display().to_string())
+                    ),
                     None,
                 );
             }
@@ -316,7 +334,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
     if !is_dns1123_label(&cl.name) {
         c.add(
             "cluster.name",
-            format!("cluster name `{}` is not a DNS-1123 label", cl.name),
+            format!("cluster name `{}` is not a DNS-1123 label", shown(&cl.name)),
             Some("use lower-case letters, digits and `-`, at most 63 characters, e.g. `prod-eu1`".into()),
         );
     }
@@ -353,7 +371,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
             Err(_) => {
                 c.add(
                     path,
-                    format!("`{s}` is not a CIDR"),
+                    format!("`{}` is not a CIDR", shown(s)),
                     Some("write a network in CIDR notation, e.g. `10.244.0.0/16`".into()),
                 );
                 None
@@ -396,7 +414,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         if !is_dns1123_subdomain(d) {
             c.add(
                 "cluster.clusterDomain",
-                format!("cluster domain `{d}` is not a DNS subdomain"),
+                format!("cluster domain `{}` is not a DNS subdomain", shown(d)),
                 Some("the usual value is `cluster.local`".into()),
             );
         }
@@ -409,7 +427,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
             if !ENDPOINT_MODES.contains(&mode.as_str()) {
                 c.add(
                     "cluster.apiEndpoint.mode",
-                    format!("unknown endpoint mode `{mode}`"),
+                    format!("unknown endpoint mode `{}`", shown(mode)),
                     Some(format!("use one of {}", one_of(&ENDPOINT_MODES))),
                 );
             } else if (mode == "vip" || mode == "external") && ep.host.is_none() {
@@ -426,7 +444,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
             if h.parse::<IpAddr>().is_err() && !is_dns1123_subdomain(h) {
                 c.add(
                     "cluster.apiEndpoint.host",
-                    format!("`{h}` is neither an IP address nor a DNS name"),
+                    format!("`{}` is neither an IP address nor a DNS name", shown(h)),
                     None,
                 );
             }
@@ -440,7 +458,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         if !CNI_PLUGINS.contains(&cni.plugin.as_str()) {
             c.add(
                 "cluster.cni.plugin",
-                format!("unknown CNI plugin `{}`", cni.plugin),
+                format!("unknown CNI plugin `{}`", shown(&cni.plugin)),
                 Some(format!("use one of {}", one_of(&CNI_PLUGINS))),
             );
         } else if cni.plugin == "manifest" && cni.manifest.is_none() {
@@ -448,7 +466,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         } else if cni.plugin != "manifest" && cni.manifest.is_some() {
             c.add_key(
                 "cluster.cni.manifest",
-                format!("`manifest` is only used with plugin `manifest`, not `{}`", cni.plugin),
+                format!("`manifest` is only used with plugin `manifest`, not `{}`", shown(&cni.plugin)),
                 Some("remove it, or set `plugin: manifest`".into()),
             );
         }
@@ -456,7 +474,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
             if !(m.starts_with("https://") || m.starts_with("http://") || expand_path(dir, m).is_file()) {
                 c.add(
                     "cluster.cni.manifest",
-                    format!("manifest `{m}` is neither a URL nor an existing file"),
+                    format!("manifest `{}` is neither a URL nor an existing file", shown(m)),
                     None,
                 );
             }
@@ -497,7 +515,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         if !KEY_ALGORITHMS.contains(&alg.as_str()) {
             c.add(
                 "cluster.certificates.keyAlgorithm",
-                format!("unknown key algorithm `{alg}`"),
+                format!("unknown key algorithm `{}`", shown(alg)),
                 Some(format!("use one of {}", one_of(&KEY_ALGORITHMS))),
             );
         }
@@ -506,7 +524,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         if san.parse::<IpAddr>().is_err() && !is_dns1123_subdomain(san.strip_prefix("*.").unwrap_or(san)) {
             c.add(
                 format!("cluster.certificates.extraSANs[{i}]"),
-                format!("`{san}` is neither an IP address nor a DNS name"),
+                format!("`{}` is neither an IP address nor a DNS name", shown(san)),
                 None,
             );
         }
@@ -518,7 +536,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 c.add(
                     "cluster.releaseSource.url",
-                    format!("mirror URL `{url}` must start with https:// or http://"),
+                    format!("mirror URL `{}` must start with https:// or http://", shown(url)),
                     None,
                 );
             }
@@ -528,7 +546,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         Some(ReleaseSourceSpec::Bundle { path }) => {
             let full = expand_path(dir, path);
             if !full.exists() {
-                c.add("cluster.releaseSource.path", format!("bundle `{path}` does not exist (looked at {})", full.display()), Some("create it with `kubeforge artifacts bundle`, or fix the path (relative to the inventory file)".into()));
+                c.add("cluster.releaseSource.path", format!("bundle `{}` does not exist (looked at {})", shown(path), shown(&full.display().to_string())), Some("create it with `kubeforge artifacts bundle`, or fix the path (relative to the inventory file)".into()));
             }
         }
         None => {}
@@ -549,7 +567,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         if !EXTRA_ARGS_COMPONENTS.contains(&comp.as_str()) {
             c.add_key(
                 format!("cluster.extraArgs.{comp}"),
-                format!("unknown component `{comp}`"),
+                format!("unknown component `{}`", shown(comp)),
                 Some(format!("use one of {}", one_of(&EXTRA_ARGS_COMPONENTS))),
             );
             continue;
@@ -561,7 +579,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
             {
                 c.add_key(
                     format!("cluster.extraArgs.{comp}.{flag}"),
-                    format!("`{flag}` is not a flag name"),
+                    format!("`{}` is not a flag name", shown(flag)),
                     Some("write the flag without leading dashes, e.g. `audit-log-maxage: \"30\"`".into()),
                 );
             }
@@ -591,14 +609,14 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         if !is_dns1123_subdomain(&h.name) {
             c.add(
                 format!("{hp}.name"),
-                format!("host name `{}` is not a valid Kubernetes node name", h.name),
+                format!("host name `{}` is not a valid Kubernetes node name", shown(&h.name)),
                 Some("use lower-case letters, digits, `-` and `.`, e.g. `cp-1`".into()),
             );
         }
         if let Some(first) = names.insert(&h.name, i) {
             c.add(
                 format!("{hp}.name"),
-                format!("host name `{}` is used twice (also hosts[{first}])", h.name),
+                format!("host name `{}` is used twice (also hosts[{first}])", shown(&h.name)),
                 Some("give every host its own name".into()),
             );
         }
@@ -611,7 +629,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
                 Err(_) => {
                     c.add(
                         format!("{hp}.internalAddress"),
-                        format!("internal address `{a}` is not an IP address"),
+                        format!("internal address `{}` is not an IP address", shown(a)),
                         Some(
                             "the internal address is what the cluster advertises; write the host's IP".into(),
                         ),
@@ -624,7 +642,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
                 Err(_) => {
                     c.add(
                         format!("{hp}.address"),
-                        format!("`{}` is a name, and the host has no `internalAddress`", h.address),
+                        format!("`{}` is a name, and the host has no `internalAddress`", shown(&h.address)),
                         Some(
                             "add `internalAddress:` with the IP the cluster should use for this host".into(),
                         ),
@@ -640,7 +658,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
             match addrs.get(&v) {
                 Some((j, f)) if *j != i => c.add(
                     format!("{hp}.{field}"),
-                    format!("address `{v}` is also hosts[{j}].{f}"),
+                    format!("address `{}` is also hosts[{j}].{f}", shown(&v)),
                     Some("every host needs its own address".into()),
                 ),
                 Some(_) => {}
@@ -670,7 +688,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         if h.roles.is_empty() {
             c.add(
                 format!("{hp}.roles"),
-                format!("host `{}` has no roles", h.name),
+                format!("host `{}` has no roles", shown(&h.name)),
                 Some(format!("give it one or more of {}", one_of(&ROLES))),
             );
         }
@@ -684,14 +702,14 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
                     .filter(|g| strsim::jaro_winkler(g, r) > 0.7);
                 c.add(
                     format!("{hp}.roles[{j}]"),
-                    format!("unknown role `{r}`"),
+                    format!("unknown role `{}`", shown(r)),
                     Some(match guess {
                         Some(g) => format!("did you mean `{g}`? Roles are {}", one_of(&ROLES)),
                         None => format!("roles are {}", one_of(&ROLES)),
                     }),
                 );
             } else if seen.contains(&r) {
-                c.add(format!("{hp}.roles[{j}]"), format!("role `{r}` is listed twice"), None);
+                c.add(format!("{hp}.roles[{j}]"), format!("role `{}` is listed twice", shown(r)), None);
             }
             seen.push(r);
         }
@@ -700,7 +718,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         if has("etcd") {
             etcd += 1;
             if all_known && has("worker") && !has("control-plane") {
-                c.add(format!("{hp}.roles"), format!("host `{}` is a dedicated etcd member and a worker", h.name), Some("workloads on a dedicated etcd host compete with etcd for disk and CPU; drop `worker`, or add `control-plane` to stack etcd there".into()));
+                c.add(format!("{hp}.roles"), format!("host `{}` is a dedicated etcd member and a worker", shown(&h.name)), Some("workloads on a dedicated etcd host compete with etcd for disk and CPU; drop `worker`, or add `control-plane` to stack etcd there".into()));
             }
         }
         if has("control-plane") {
@@ -713,7 +731,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
             if !ARCHES.contains(&a.as_str()) {
                 c.add(
                     format!("{hp}.arch"),
-                    format!("unknown architecture `{a}`"),
+                    format!("unknown architecture `{}`", shown(a)),
                     Some(format!(
                         "use one of {} (Kubernetes names, not `x86_64`/`aarch64`)",
                         one_of(&ARCHES)
@@ -723,10 +741,10 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         }
         for (k, v) in &h.labels {
             if let Err(e) = check_label_key(k) {
-                c.add_key(format!("{hp}.labels.{k}"), format!("label key `{k}`: {e}"), None);
+                c.add_key(format!("{hp}.labels.{k}"), format!("label key `{}`: {e}", shown(k)), None);
             }
             if let Err(e) = check_label_value(v) {
-                c.add(format!("{hp}.labels.{k}"), format!("label `{k}`: {e}"), None);
+                c.add(format!("{hp}.labels.{k}"), format!("label `{}`: {e}", shown(k)), None);
             }
         }
         let mut taint_keys: BTreeMap<(String, String), usize> = BTreeMap::new();
@@ -736,7 +754,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
                     if taint_keys.insert((t.key.clone(), t.effect.clone()), j).is_some() {
                         c.add(
                             format!("{hp}.taints[{j}]"),
-                            format!("taint `{}:{}` is listed twice", t.key, t.effect),
+                            format!("taint `{}:{}` is listed twice", shown(&t.key), t.effect),
                             None,
                         );
                     }
@@ -781,7 +799,7 @@ fn check_pins(c: &mut Collector, pins: &BTreeMap<String, String>) {
         if k.split_once('/').is_none_or(|(comp, arch)| comp.is_empty() || !ARCHES.contains(&arch)) {
             c.add_key(
                 format!("cluster.releaseSource.pins.{k}"),
-                format!("pin key `{k}` is not `component/arch`"),
+                format!("pin key `{}` is not `component/arch`", shown(k)),
                 Some("write e.g. `kubelet/amd64: sha256:<64 hex digits>`".into()),
             );
         }
@@ -791,7 +809,7 @@ fn check_pins(c: &mut Collector, pins: &BTreeMap<String, String>) {
         if !ok {
             c.add(
                 format!("cluster.releaseSource.pins.{k}"),
-                format!("pin `{v}` is not `sha256:<64 hex digits>`"),
+                format!("pin `{}` is not `sha256:<64 hex digits>`", shown(v)),
                 None,
             );
         }
