@@ -163,3 +163,30 @@ fn hostile_shapes_are_refused_quickly() {
         assert!(took < PROMPT, "{name} took {took:?}");
     }
 }
+
+#[test]
+fn every_warning_inventory_is_valid_and_prints_exactly_its_warnings() {
+    let cases = files("tests/inventories/warn", "yaml");
+    assert!(cases.len() >= 3, "warning catalogue too small: {}", cases.len());
+    let mut failures = Vec::new();
+    for f in &cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_kubeforge"))
+            .args(["validate", "-i"])
+            .arg(f)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("KUBEFORGE_TEST_UNSET_SUDO_PASSWORD")
+            .output()
+            .expect("run kubeforge");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let expected_path = Path::new(env!("CARGO_MANIFEST_DIR")).join(f.with_extension("expected"));
+        let expected = std::fs::read_to_string(&expected_path)
+            .unwrap_or_else(|_| panic!("{} has no .expected file; it would print:\n{stderr}", f.display()));
+        if !out.status.success() {
+            failures.push(format!("{}: exit {:?}, expected 0", f.display(), out.status.code()));
+        }
+        if stderr != expected {
+            failures.push(format!("{}:\n--- expected\n{expected}--- got\n{stderr}", f.display()));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
