@@ -1,6 +1,7 @@
 //! The inventory: loading a YAML file into [`schema::Inventory`] and validating it before anything touches a
 //! machine. Every problem is reported with file, line and column, what is wrong and how to fix it.
 
+pub mod flags;
 pub mod position;
 pub mod schema;
 pub mod validate;

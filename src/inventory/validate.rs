@@ -801,6 +801,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         None => {}
     }
     let comps = &cl.components;
+    let mut etcd_version = None;
     for (name, v) in [
         ("etcd", &comps.etcd),
         ("containerd", &comps.containerd),
@@ -809,7 +810,10 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         ("crictl", &comps.crictl),
     ] {
         if let Some(v) = v {
-            check_version(&mut c, &format!("cluster.components.{name}"), v);
+            let parsed = check_version(&mut c, &format!("cluster.components.{name}"), v);
+            if name == "etcd" {
+                etcd_version = parsed;
+            }
         }
     }
     if let Some(v) = &comps.kubectl {
@@ -828,29 +832,19 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
             }
         }
     }
+    let etcd_minor =
+        etcd_version.or_else(|| k8s.map(|k| crate::model::default_versions(k).etcd)).map(|v| v.minor);
     for (comp, flags) in &cl.extra_args {
-        if !EXTRA_ARGS_COMPONENTS.contains(&comp.as_str()) {
+        let known = EXTRA_ARGS_COMPONENTS.contains(&comp.as_str());
+        if !known {
             c.add_key(
                 format!("cluster.extraArgs.{comp}"),
                 format!("unknown component `{}`", shown(comp)),
                 Some(format!("use one of {}", one_of(&EXTRA_ARGS_COMPONENTS))),
             );
-            continue;
         }
-        for flag in flags.keys() {
-            if flag.starts_with('-')
-                || flag.is_empty()
-                || !flag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
-                c.add_key(
-                    format!("cluster.extraArgs.{comp}.{flag}"),
-                    format!("`{}` is not a flag name", shown(flag)),
-                    Some("write the flag without leading dashes, e.g. `audit-log-maxage: \"30\"`".into()),
-                );
-            }
-        }
+        check_extra_args(&mut c, comp, flags, known, k8s, etcd_minor);
     }
-
     check_ssh(&mut c, "ssh", &inv.ssh, dir, false);
 
     // Hosts.
@@ -1198,6 +1192,125 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         }
     }
     c.0
+}
+
+/// Where the value of a flag kubeforge owns comes from, where an inventory setting decides it.
+fn owned_flag_source(flag: &str) -> Option<&'static str> {
+    Some(match flag {
+        "service-cluster-ip-range" => "`cluster.serviceCIDR`",
+        "cluster-cidr" => "`cluster.podCIDR`",
+        "cluster-dns" => "`cluster.serviceCIDR` (the DNS Service is its tenth address)",
+        "cluster-domain" | "service-account-issuer" => "`cluster.clusterDomain`",
+        "cluster-name" | "initial-cluster-token" => "`cluster.name`",
+        "advertise-address"
+        | "node-ip"
+        | "advertise-client-urls"
+        | "listen-client-urls"
+        | "listen-peer-urls"
+        | "initial-advertise-peer-urls" => "each host's `internalAddress`",
+        "name" | "hostname-override" => "each host's `name`",
+        "etcd-servers" | "initial-cluster" => "the hosts with the `etcd` role",
+        f if f.contains("cert")
+            || f.contains("-key")
+            || f.starts_with("key")
+            || f.contains("ca-file")
+            || f.contains("cafile") =>
+        {
+            "the certificates it issues and places itself (`cluster.certificates`)"
+        }
+        _ => return None,
+    })
+}
+
+/// One component's `extraArgs`: flag names, values that would break the systemd unit, flags the
+/// component's version does not have, and flags kubeforge sets itself.
+fn check_extra_args(
+    c: &mut Collector,
+    comp: &str,
+    flags: &BTreeMap<String, String>,
+    known: bool,
+    k8s: Option<Version>,
+    etcd_minor: Option<u32>,
+) {
+    let accepted = match (known, comp, k8s, etcd_minor) {
+        (false, ..) => None,
+        (true, "etcd", _, Some(m)) => super::flags::accepted("etcd", 0, m),
+        (true, "etcd", _, None) => None,
+        (true, _, Some(k), _) => super::flags::accepted(comp, k.minor, 0),
+        (true, _, None, _) => None,
+    };
+    let owned = crate::render::owned_flags(comp);
+    let mut seen: HashMap<String, &str> = HashMap::new();
+    for (flag, value) in flags {
+        let path = format!("cluster.extraArgs.{comp}.{flag}");
+        if flag.chars().any(char::is_control) {
+            c.add_key(
+                &path,
+                format!("flag name `{}` contains a control character", shown(flag)),
+                Some("flags are written into the component's systemd unit, one per line; write the flag name alone, e.g. `audit-log-maxage`".into()),
+            );
+        } else if flag.starts_with('-')
+            || flag.is_empty()
+            || !flag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            c.add_key(
+                &path,
+                format!("`{}` is not a flag name", shown(flag)),
+                Some("write the flag without leading dashes, e.g. `audit-log-maxage: \"30\"`".into()),
+            );
+            continue;
+        }
+        if value.chars().any(char::is_control) {
+            c.add(
+                &path,
+                format!("the value of `{comp}` flag `{}` contains a control character", shown(flag)),
+                Some("flags are written into the component's systemd unit, one per line: a line break would add unit settings. Write the value on one line".into()),
+            );
+        }
+        if flag.chars().any(char::is_control) {
+            continue;
+        }
+        let name = super::flags::normalize(flag);
+        if let Some(first) = seen.insert(name.clone(), flag) {
+            c.add_key(
+                &path,
+                format!("`{flag}` and `{first}` are the same flag `--{name}`"),
+                Some("keep one: components treat `_` and `-` in flag names alike".into()),
+            );
+        }
+        if let Some((list, version)) = &accepted {
+            if !list.contains(&name) {
+                let hint = match super::flags::closest(&name, list) {
+                    Some(g) => format!("did you mean `{g}`? `{comp} --help` lists the flags of {version}"),
+                    None => format!("`{comp} --help` lists the flags of {version}"),
+                };
+                c.add_key(&path, format!("{comp} {version} has no flag `--{name}`"), Some(hint));
+                continue;
+            }
+        }
+        let tunable = crate::render::TUNABLE_FLAGS.iter().any(|(tc, tf)| *tc == comp && *tf == name);
+        if owned.contains(&name) && !tunable {
+            if name == "enable-admission-plugins" {
+                if !value.split(',').any(|p| p.trim() == "NodeRestriction") {
+                    c.add(
+                        &path,
+                        "`--enable-admission-plugins` must keep `NodeRestriction`, which kubeforge enables",
+                        Some(
+                            "list it with the plugins you add, e.g. `NodeRestriction,AlwaysPullImages`"
+                                .into(),
+                        ),
+                    );
+                }
+                continue;
+            }
+            let hint = match owned_flag_source(&name) {
+                Some(source) => format!("remove it; kubeforge derives it from {source}"),
+                None => "remove it: kubeforge sets it, and the cluster's security or operation depends on that value"
+                    .into(),
+            };
+            c.add_key(&path, format!("`{comp}` flag `--{name}` is set by kubeforge"), Some(hint));
+        }
+    }
 }
 
 fn check_pins(c: &mut Collector, pins: &BTreeMap<String, String>) {
