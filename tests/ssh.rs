@@ -231,7 +231,7 @@ async fn a_non_root_user_gets_root_through_sudo_n_or_a_sudo_password() {
         format!(
             "cluster: {{name: sudo, kubernetesVersion: v1.35.7}}\n\
              ssh: {{user: {}, port: {}, identityFile: {}, knownHosts: {}, sudoPasswordEnv: KF_TEST_SUDO_PASSWORD}}\n\
-             hosts:\n  - {{name: cp1, address: 127.0.0.1, roles: [control-plane, etcd, worker]}}\n",
+             hosts:\n  - {{name: cp1, address: 127.0.0.1, internalAddress: 10.77.1.1, roles: [control-plane, etcd, worker]}}\n",
             withpw.name,
             s.port,
             key.private().display(),
@@ -583,10 +583,10 @@ fn cli_inventory(dir: &Path, s: &Sshd, key: &ClientKey, down_port: u16) -> PathB
         "cluster: {{name: sshtest, kubernetesVersion: v1.35.7}}\n\
          ssh: {{user: root, port: {}, identityFile: {}, knownHosts: known_hosts}}\n\
          hosts:\n\
-         \x20 - {{name: cp1, address: {}, roles: [control-plane, etcd]}}\n\
-         \x20 - {{name: w1, address: {}, roles: [worker]}}\n\
-         \x20 - {{name: w2, address: {}, roles: [worker]}}\n\
-         \x20 - {{name: down, address: 127.0.0.99, roles: [worker], ssh: {{port: {down_port}}}}}\n",
+         \x20 - {{name: cp1, address: {}, internalAddress: 10.77.1.1, roles: [control-plane, etcd]}}\n\
+         \x20 - {{name: w1, address: {}, internalAddress: 10.77.1.2, roles: [worker]}}\n\
+         \x20 - {{name: w2, address: {}, internalAddress: 10.77.1.3, roles: [worker]}}\n\
+         \x20 - {{name: down, address: 127.0.0.99, internalAddress: 10.77.1.4, roles: [worker], ssh: {{port: {down_port}}}}}\n",
         s.port,
         key.private().display(),
         s.addrs[0],
@@ -924,18 +924,41 @@ fn inventory_init_pins_the_host_key_only_with_accept_new_host_keys() {
     let plain = tmp.path().join("plain.yaml");
     let (code, out, err) = kubeforge_in(
         &home,
-        &["inventory", "init", "--from-ssh-config", "-", "-o", plain.to_str().unwrap()],
+        &[
+            "inventory",
+            "init",
+            "--from-ssh-config",
+            "-",
+            "--internal-address",
+            "default=10.77.2.1",
+            "-o",
+            plain.to_str().unwrap(),
+        ],
         &cfg,
     );
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(connections(), before, "no connection without --accept-new-host-keys");
     assert!(!std::fs::read_to_string(&plain).unwrap().contains("hostKey"));
+    // A forwarded-port host (HostName 127.0.0.x) needs its cluster address: without it, a clear refusal.
+    let (code, _, err) = kubeforge_in(&home, &["inventory", "init", "--from-ssh-config", "-"], &cfg);
+    assert_eq!(code, 2);
+    assert!(err.contains("is a loopback address") && err.contains("--internal-address"), "{err}");
 
     let pinned = tmp.path().join("pinned.yaml");
     let p = pinned.to_str().unwrap();
     let (code, out, err) = kubeforge_in(
         &home,
-        &["inventory", "init", "--from-ssh-config", "-", "--accept-new-host-keys", "-o", p],
+        &[
+            "inventory",
+            "init",
+            "--from-ssh-config",
+            "-",
+            "--accept-new-host-keys",
+            "--internal-address",
+            "default=10.77.2.1",
+            "-o",
+            p,
+        ],
         &cfg,
     );
     assert_eq!(code, 0, "{out}{err}");

@@ -37,6 +37,10 @@ pub struct InitArgs {
     /// Without any, the first host is `control-plane,etcd` and the others are `worker`.
     #[arg(long = "roles", value_name = "NAME=ROLES")]
     pub roles: Vec<String>,
+    /// A host's address on the network the nodes share, `NAME=IP`, when its `HostName` is not (a forwarded
+    /// port on 127.0.0.1, as VirtualBox machines have); repeat per host.
+    #[arg(long = "internal-address", value_name = "NAME=IP")]
+    pub internal_addresses: Vec<String>,
     /// The cluster name.
     #[arg(long, default_value = "kubeforge")]
     pub cluster_name: String,
@@ -284,9 +288,14 @@ fn build(a: &InitArgs, found: &[Found], roles: &BTreeMap<usize, Vec<String>>) ->
                 bastion: f.bastion.clone(),
                 ..Default::default()
             };
+            let internal = a.internal_addresses.iter().find_map(|x| {
+                let (n, ip) = x.split_once('=')?;
+                (n == f.alias || n == f.name).then(|| ip.trim().to_owned())
+            });
             HostSpec {
                 name: f.name.clone(),
                 address: f.address.clone(),
+                internal_address: internal,
                 roles: r,
                 ssh: Some(ssh).filter(|s| *s != SshSpec::default()),
                 ..Default::default()
@@ -405,6 +414,9 @@ fn render(
             let _ = writeln!(out, "  # `Host {}` in the ssh config", f.alias);
         }
         let _ = writeln!(out, "    address: {}", scalar(&h.address));
+        if let Some(ip) = &h.internal_address {
+            let _ = writeln!(out, "    internalAddress: {}", scalar(ip));
+        }
         let _ = writeln!(out, "    roles: [{}]", h.roles.join(", "));
         if let Some(ssh) = &h.ssh {
             let _ = writeln!(out, "    ssh:");
@@ -614,7 +626,7 @@ fn init(a: &InitArgs) -> std::result::Result<i32, Invalid> {
         let list = problems.iter().map(|p| format!("\n  {}: {}", p.path, p.message)).collect::<String>();
         return Err(invalid(
             format!("the inventory would not be valid:{list}"),
-            Some("adjust --roles, or the ssh config"),
+            Some("adjust --roles, or the ssh config; a host reached through a forwarded port on 127.0.0.1 needs --internal-address NAME=IP"),
         ));
     }
     match &a.output {
@@ -647,6 +659,7 @@ mod tests {
             from_ssh_config: "-".into(),
             roles: roles.iter().map(|s| s.to_string()).collect(),
             cluster_name: "lab".into(),
+            internal_addresses: Vec::new(),
             kubernetes_version: "v1.35.7".into(),
             output: None,
             accept_new_host_keys: false,

@@ -1,8 +1,10 @@
 //! Source positions of every node in a YAML document, by path (`hosts[1].roles[0]`), so that a validation
-//! problem found on the typed inventory can name the line and column the user has to edit.
+//! problem found on the typed inventory can name the line and column the user has to edit. The same single
+//! pass finds duplicate keys (which serde would silently collapse in maps) and enforces [`Limits`] on the
+//! document's shape before any other parser sees it.
 
 use std::collections::HashMap;
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::Marker;
 
 /// A 1-based line and column.
@@ -24,12 +26,7 @@ pub struct Positions {
 impl Positions {
     /// Indexes a YAML text. A text that does not parse yields an empty index (serde reports the syntax error).
     pub fn index(text: &str) -> Self {
-        let mut rec = Recorder::default();
-        let mut parser = Parser::new_from_str(text);
-        if parser.load(&mut rec, false).is_err() {
-            return Positions::default();
-        }
-        rec.positions
+        scan(text, &Limits::default()).positions
     }
 
     /// The position of the value at `path`, else of its key, else of the nearest ancestor that has one.
@@ -49,6 +46,169 @@ impl Positions {
     }
 }
 
+/// Bounds on the shape of a document, checked while it is scanned, before serde sees it: the event parsers
+/// take time quadratic in the nesting depth, and an alias (`*a`) makes the deserializer walk its anchored
+/// node again, so a few kilobytes of anchors can stand for billions of nodes.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Deepest nesting of mappings and sequences.
+    pub max_depth: usize,
+    /// Most nodes, counting every node an alias repeats.
+    pub max_nodes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_depth: 64, max_nodes: 1_000_000 }
+    }
+}
+
+/// A limit the document exceeded; scanning stopped there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitExceeded {
+    /// Nesting deeper than [`Limits::max_depth`].
+    Depth {
+        /// The limit.
+        max: usize,
+        /// The node that went past it.
+        at: Pos,
+    },
+    /// More nodes than [`Limits::max_nodes`].
+    Nodes {
+        /// The limit.
+        max: u64,
+        /// Whether aliases contributed (an alias bomb rather than a large file).
+        through_aliases: bool,
+        /// The node (often an alias) that went past it.
+        at: Pos,
+    },
+}
+
+/// A key that appears twice in one mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DuplicateKey {
+    /// Path of the mapping (`hosts[0].labels`, empty for the top level).
+    pub map: String,
+    /// The key.
+    pub key: String,
+    /// Where it first appears.
+    pub first: Pos,
+    /// Where it appears again.
+    pub again: Pos,
+}
+
+/// What scanning a document found: positions, duplicate keys and whether a limit was exceeded.
+#[derive(Debug, Default, Clone)]
+pub struct Scan {
+    /// Positions of keys and values (empty when the text does not parse).
+    pub positions: Positions,
+    /// Keys that appear twice in one mapping, in document order.
+    pub duplicates: Vec<DuplicateKey>,
+    /// The first limit exceeded, if any.
+    pub limit: Option<LimitExceeded>,
+    /// Whether the event parser reported a syntax error (serde then reports it in its own words).
+    pub syntax_error: bool,
+}
+
+/// Scans a YAML text once, event by event, stopping at the first exceeded limit. Time is linear in the
+/// text for documents within the limits.
+pub fn scan(text: &str, limits: &Limits) -> Scan {
+    if let Some(at) = flow_depth_exceeded(text, limits.max_depth) {
+        return Scan { limit: Some(LimitExceeded::Depth { max: limits.max_depth, at }), ..Scan::default() };
+    }
+    let mut rec = Recorder { limits: *limits, ..Recorder::default() };
+    let mut parser = Parser::new_from_str(text);
+    loop {
+        match parser.next_token() {
+            Ok((Event::StreamEnd, _)) => break,
+            Ok((ev, mark)) => {
+                rec.on_event(ev, mark);
+                if rec.limit.is_some() {
+                    break;
+                }
+            }
+            Err(_) => {
+                return Scan {
+                    positions: Positions::default(),
+                    duplicates: rec.duplicates,
+                    limit: None,
+                    syntax_error: true,
+                }
+            }
+        }
+    }
+    Scan { positions: rec.positions, duplicates: rec.duplicates, limit: rec.limit, syntax_error: false }
+}
+
+/// Where flow brackets (`[`, `{`) first nest deeper than `max`, by a lexical pass over the text.
+///
+/// Both YAML parsers look ahead across a whole flow collection that could be a mapping key (`[[[...]]]`)
+/// and re-check every open bracket on each token, so they take time quadratic in the nesting before
+/// they produce the first event; this pass bounds that first. It counts a bracket only where a token can
+/// start (not inside plain scalars such as `a[0]`), and skips quoted scalars and comments; it may
+/// over-count inside block scalars, which an inventory does not use.
+fn flow_depth_exceeded(text: &str, max: usize) -> Option<Pos> {
+    let mut depth = 0usize;
+    let (mut line, mut col) = (1usize, 0usize);
+    let mut token_start = true; // at the start of a line, or after whitespace or an indicator
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        col += 1;
+        match c {
+            '\n' => {
+                line += 1;
+                col = 0;
+                token_start = true;
+                continue;
+            }
+            '#' if token_start => {
+                // A comment runs to the end of the line.
+                while chars.peek().is_some_and(|&n| n != '\n') {
+                    chars.next();
+                }
+                continue;
+            }
+            '\'' | '"' if token_start => {
+                // A quoted scalar, which may span lines: `''` and `\"` do not close it.
+                let quote = c;
+                while let Some(q) = chars.next() {
+                    col += 1;
+                    if q == '\n' {
+                        line += 1;
+                        col = 0;
+                    } else if quote == '"' && q == '\\' {
+                        if chars.next() == Some('\n') {
+                            line += 1;
+                            col = 0;
+                        } else {
+                            col += 1;
+                        }
+                    } else if q == quote {
+                        if quote == '\'' && chars.peek() == Some(&'\'') {
+                            chars.next();
+                            col += 1;
+                        } else {
+                            break;
+                        }
+                    }
+                }
+                token_start = false;
+                continue;
+            }
+            '[' | '{' if token_start => {
+                depth += 1;
+                if depth > max {
+                    return Some(Pos { line, column: col });
+                }
+            }
+            ']' | '}' if depth > 0 => depth -= 1,
+            _ => {}
+        }
+        token_start = c.is_whitespace() || matches!(c, '[' | '{' | ',' | ':' | '-' | '?' | ']' | '}');
+    }
+    None
+}
+
 fn parent(path: &str) -> Option<String> {
     if path.is_empty() {
         return None;
@@ -58,14 +218,29 @@ fn parent(path: &str) -> Option<String> {
 }
 
 enum Frame {
-    Map { path: String, key: Option<(String, Pos)>, keys_seen: usize },
+    Map { path: String, key: Option<(String, Pos)>, keys_seen: usize, seen: HashMap<String, Pos> },
     Seq { path: String, next: usize },
+}
+
+/// An open collection's node count (with what its aliases repeat) and anchor, for alias expansion.
+struct Size {
+    nodes: u64,
+    anchor: usize,
 }
 
 #[derive(Default)]
 struct Recorder {
     stack: Vec<Frame>,
+    sizes: Vec<Size>,
     positions: Positions,
+    duplicates: Vec<DuplicateKey>,
+    limits: Limits,
+    limit: Option<LimitExceeded>,
+    /// Expanded size of each anchored node, by anchor id.
+    anchors: HashMap<usize, u64>,
+    /// Nodes so far, counting what aliases repeat.
+    nodes: u64,
+    aliased: bool,
 }
 
 impl Recorder {
@@ -80,12 +255,25 @@ impl Recorder {
                 self.positions.values.insert(p.clone(), pos);
                 Some(p)
             }
-            Some(Frame::Map { path, key, keys_seen }) => match key.take() {
+            Some(Frame::Map { path, key, keys_seen, seen }) => match key.take() {
                 None => {
                     // This node is a key. Complex keys (maps as keys) are not used by the inventory.
                     let name = scalar.unwrap_or("?").to_owned();
                     let full = if path.is_empty() { name.clone() } else { format!("{path}.{name}") };
-                    self.positions.keys.insert(full, pos);
+                    if let Some(s) = scalar {
+                        match seen.get(s) {
+                            Some(first) => self.duplicates.push(DuplicateKey {
+                                map: path.clone(),
+                                key: s.to_owned(),
+                                first: *first,
+                                again: pos,
+                            }),
+                            None => {
+                                seen.insert(s.to_owned(), pos);
+                                self.positions.keys.insert(full, pos);
+                            }
+                        }
+                    }
                     // The parser marks a block mapping's start after its first key has been scanned, so the
                     // first key is the better anchor for the mapping itself.
                     if *keys_seen == 0 && !path.is_empty() {
@@ -97,34 +285,76 @@ impl Recorder {
                 }
                 Some((name, _)) => {
                     let p = if path.is_empty() { name } else { format!("{path}.{name}") };
-                    self.positions.values.insert(p.clone(), pos);
+                    // A duplicate key's value must not move the first one's position.
+                    self.positions.values.entry(p.clone()).or_insert(pos);
                     Some(p)
                 }
             },
         }
     }
-}
 
-impl MarkedEventReceiver for Recorder {
+    /// Counts a finished node of `nodes` nodes (more than one for an alias or a collection).
+    fn count(&mut self, nodes: u64, anchor: usize, leaf: bool, mark: Marker) {
+        if anchor != 0 {
+            self.anchors.insert(anchor, nodes);
+        }
+        if let Some(parent) = self.sizes.last_mut() {
+            parent.nodes = parent.nodes.saturating_add(nodes);
+        }
+        // A collection's nodes were counted as they came; only leaves (and aliases) add to the total.
+        if leaf {
+            self.nodes = self.nodes.saturating_add(nodes);
+        } else {
+            self.nodes = self.nodes.saturating_add(1);
+        }
+        if self.nodes > self.limits.max_nodes && self.limit.is_none() {
+            self.limit = Some(LimitExceeded::Nodes {
+                max: self.limits.max_nodes,
+                through_aliases: self.aliased,
+                at: Pos { line: mark.line(), column: mark.col() + 1 },
+            });
+        }
+    }
+
+    fn open(&mut self, frame: Frame, anchor: usize, mark: Marker) {
+        self.stack.push(frame);
+        self.sizes.push(Size { nodes: 0, anchor });
+        if self.stack.len() > self.limits.max_depth && self.limit.is_none() {
+            self.limit = Some(LimitExceeded::Depth {
+                max: self.limits.max_depth,
+                at: Pos { line: mark.line(), column: mark.col() + 1 },
+            });
+        }
+    }
+
+    fn close(&mut self, mark: Marker) {
+        self.stack.pop();
+        if let Some(s) = self.sizes.pop() {
+            self.count(s.nodes.saturating_add(1), s.anchor, false, mark);
+        }
+    }
+
     fn on_event(&mut self, ev: Event, mark: Marker) {
         match ev {
-            Event::Scalar(value, ..) => {
+            Event::Scalar(value, _, anchor, _) => {
                 self.begin_node(mark, Some(&value));
+                self.count(1, anchor, true, mark);
             }
-            Event::Alias(_) => {
+            Event::Alias(id) => {
                 self.begin_node(mark, None);
+                self.aliased = true;
+                let n = self.anchors.get(&id).copied().unwrap_or(1);
+                self.count(n, 0, true, mark);
             }
-            Event::MappingStart(..) => {
+            Event::MappingStart(anchor, _) => {
                 let path = self.begin_node(mark, None).unwrap_or_default();
-                self.stack.push(Frame::Map { path, key: None, keys_seen: 0 });
+                self.open(Frame::Map { path, key: None, keys_seen: 0, seen: HashMap::new() }, anchor, mark);
             }
-            Event::SequenceStart(..) => {
+            Event::SequenceStart(anchor, _) => {
                 let path = self.begin_node(mark, None).unwrap_or_default();
-                self.stack.push(Frame::Seq { path, next: 0 });
+                self.open(Frame::Seq { path, next: 0 }, anchor, mark);
             }
-            Event::MappingEnd | Event::SequenceEnd => {
-                self.stack.pop();
-            }
+            Event::MappingEnd | Event::SequenceEnd => self.close(mark),
             _ => {}
         }
     }
@@ -145,5 +375,33 @@ mod tests {
         assert_eq!(p.find_key("hosts[1].labels"), Some(Pos { line: 7, column: 5 }));
         // A path that does not exist falls back to its nearest ancestor.
         assert_eq!(p.find("hosts[1].taints[3]"), Some(Pos { line: 6, column: 5 }));
+    }
+
+    #[test]
+    fn a_duplicate_key_is_reported_where_it_repeats_and_keeps_the_first_position() {
+        let s = scan("a:\n  x: 1\n  y: 2\n  x: 3\n", &Limits::default());
+        assert_eq!(
+            s.duplicates,
+            vec![DuplicateKey {
+                map: "a".into(),
+                key: "x".into(),
+                first: Pos { line: 2, column: 3 },
+                again: Pos { line: 4, column: 3 }
+            }]
+        );
+        assert_eq!(s.positions.find("a.x"), Some(Pos { line: 2, column: 6 }));
+    }
+
+    #[test]
+    fn limits_count_nesting_and_what_aliases_repeat() {
+        let small = Limits { max_depth: 3, max_nodes: 30 };
+        assert!(scan("a: [[[x]]]\n", &small).limit.is_some());
+        assert!(scan("a: [[x]]\n", &small).limit.is_none());
+        // Brackets inside quotes, comments and plain scalars are not nesting.
+        assert!(scan("a: '[[[[['\nb: x[[[[\n# [[[[[\nc: \"[[[[\"\n", &small).limit.is_none());
+        // 1 + 10 anchored values, then 3 aliases of 11 each: over 30.
+        let text = "a: &a [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\nb: [*a, *a, *a]\n";
+        assert!(matches!(scan(text, &small).limit, Some(LimitExceeded::Nodes { through_aliases: true, .. })));
+        assert!(scan(text, &Limits::default()).limit.is_none());
     }
 }

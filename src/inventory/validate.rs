@@ -3,10 +3,12 @@
 //! to lines with [`super::position::Positions`].
 
 use super::schema::*;
+use super::shown;
 use ipnet::IpNet;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::Path;
+use std::time::Duration;
 
 /// Kubernetes minor versions this release of kubeforge knows flags and configs for.
 pub const SUPPORTED_MINORS: std::ops::RangeInclusive<u32> = 33..=35;
@@ -23,6 +25,12 @@ pub const ARCHES: [&str; 4] = ["amd64", "arm64", "ppc64le", "s390x"];
 /// Components whose flags `extraArgs` may set.
 pub const EXTRA_ARGS_COMPONENTS: [&str; 6] =
     ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"];
+/// Longest certificate validity accepted (CA or leaf): 100 years, as `100y` parses.
+pub const MAX_CA_VALIDITY: Duration = Duration::from_secs(100 * 31_557_600);
+/// Leaf certificate validity when the inventory sets none (one year).
+pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
+/// CA validity when the inventory sets none (ten years).
+pub const DEFAULT_CA_VALIDITY: Duration = Duration::from_secs(3650 * 86_400);
 /// Taint effects.
 pub const TAINT_EFFECTS: [&str; 3] = ["NoSchedule", "PreferNoSchedule", "NoExecute"];
 
@@ -37,6 +45,8 @@ pub struct PathProblem {
     pub message: String,
     /// How to fix it.
     pub hint: Option<String>,
+    /// Only a warning: the value may be legitimate, and loading goes on.
+    pub warning: bool,
 }
 
 struct Collector(Vec<PathProblem>);
@@ -48,6 +58,16 @@ impl Collector {
             at_key: false,
             message: message.into(),
             hint: hint.into(),
+            warning: false,
+        });
+    }
+    fn warn(&mut self, path: impl Into<String>, message: impl Into<String>, hint: impl Into<Option<String>>) {
+        self.0.push(PathProblem {
+            path: path.into(),
+            at_key: false,
+            message: message.into(),
+            hint: hint.into(),
+            warning: true,
         });
     }
     fn add_key(
@@ -61,7 +81,16 @@ impl Collector {
             at_key: true,
             message: message.into(),
             hint: hint.into(),
+            warning: false,
         });
+    }
+}
+
+fn family(ip: &IpAddr) -> &'static str {
+    if ip.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
     }
 }
 
@@ -100,12 +129,16 @@ pub fn check_label_key(key: &str) -> Result<(), String> {
     };
     if let Some(p) = prefix {
         if !is_dns1123_subdomain(p) {
-            return Err(format!("prefix `{p}` must be a DNS subdomain (lower case, like `example.com`)"));
+            return Err(format!(
+                "prefix `{}` must be a DNS subdomain (lower case, like `example.com`)",
+                shown(p)
+            ));
         }
     }
     if !is_qualified_name_part(name) {
         return Err(format!(
-            "name `{name}` must be 1-63 characters of letters, digits, `-`, `_`, `.`, starting and ending with a letter or digit"
+            "name `{}` must be 1-63 characters of letters, digits, `-`, `_`, `.`, starting and ending with a letter or digit",
+            shown(name)
         ));
     }
     Ok(())
@@ -117,7 +150,8 @@ pub fn check_label_value(value: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "value `{value}` must be at most 63 characters of letters, digits, `-`, `_`, `.`, starting and ending with a letter or digit"
+            "value `{}` must be at most 63 characters of letters, digits, `-`, `_`, `.`, starting and ending with a letter or digit",
+            shown(value)
         ))
     }
 }
@@ -135,9 +169,9 @@ pub struct Taint {
 
 /// Parses `key[=value]:Effect`.
 pub fn parse_taint(s: &str) -> Result<Taint, String> {
-    let (kv, effect) = s.rsplit_once(':').ok_or_else(|| format!("taint `{s}` has no effect"))?;
+    let (kv, effect) = s.rsplit_once(':').ok_or_else(|| format!("taint `{}` has no effect", shown(s)))?;
     if !TAINT_EFFECTS.contains(&effect) {
-        return Err(format!("taint effect `{effect}` is not one of {}", one_of(&TAINT_EFFECTS)));
+        return Err(format!("taint effect `{}` is not one of {}", shown(effect), one_of(&TAINT_EFFECTS)));
     }
     let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
     check_label_key(key)?;
@@ -178,17 +212,21 @@ impl std::str::FromStr for Version {
         match parts.as_slice() {
             [a, b, c] => match (num(a), num(b), num(c)) {
                 (Some(major), Some(minor), Some(patch)) => Ok(Version { major, minor, patch }),
-                _ => Err(format!("`{s}` is not a version like v1.35.7")),
+                _ => Err(format!("`{}` is not a version like v1.35.7", shown(s))),
             },
-            [_, _] => Err(format!("`{s}` names a minor release, not a patch release (write e.g. `{s}.0`)")),
-            _ => Err(format!("`{s}` is not a version like v1.35.7")),
+            [_, _] => Err(format!(
+                "`{s}` names a minor release, not a patch release (write e.g. `{s}.0`)",
+                s = shown(s)
+            )),
+            _ => Err(format!("`{}` is not a version like v1.35.7", shown(s))),
         }
     }
 }
 
 /// Parses a duration such as `8760h`, `365d`, `90m`, `1y`.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|_| format!("`{s}` is not a duration like 8760h or 365d"))
+    humantime::parse_duration(s.trim())
+        .map_err(|_| format!("`{}` is not a duration like 8760h or 365d", shown(s)))
 }
 
 fn expand_path(base: &Path, p: &str) -> std::path::PathBuf {
@@ -215,6 +253,124 @@ fn check_version(c: &mut Collector, path: &str, v: &str) -> Option<Version> {
     }
 }
 
+/// An identity file must exist and be a private key: the `.pub` beside it is what people paste by mistake.
+fn check_identity_file(c: &mut Collector, path: &str, id: &str, dir: &Path) {
+    let full = expand_path(dir, id);
+    if !full.is_file() {
+        c.add(
+            path,
+            format!("identity file `{}` does not exist (looked at {})", shown(id), shown(&full.display().to_string())),
+            Some("give the path of an existing private key, relative to the inventory file or starting with ~/".into()),
+        );
+        return;
+    }
+    let mut head = [0u8; 16];
+    let n = std::fs::File::open(&full).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).unwrap_or(0);
+    let head = &head[..n];
+    let public = id.ends_with(".pub")
+        || [&b"ssh-"[..], b"ecdsa-sha2-", b"sk-ssh-", b"sk-ecdsa-"].iter().any(|p| head.starts_with(p));
+    if public {
+        let private = id.strip_suffix(".pub").unwrap_or(id);
+        c.add(
+            path,
+            format!("identity file `{}` is a public key", shown(id)),
+            Some(format!(
+                "give the private key instead, usually the same path without `.pub` (`{}`)",
+                shown(private)
+            )),
+        );
+    }
+}
+
+/// Why an address (SSH target or bastion) written as `a` cannot be used, with a fix; `None` when it is an
+/// IP address or looks like a host name. The shapes caught here are the usual slips: a port, a user,
+/// brackets or a URL around the address, spaces.
+fn address_slip(a: &str, port_field: &str) -> Option<(String, String)> {
+    if a.parse::<IpAddr>().is_ok() {
+        return None;
+    }
+    let q = shown(a);
+    if a.chars().any(char::is_control) {
+        return Some((
+            format!("address `{q}` contains a control character"),
+            "write only the IP address or DNS name".into(),
+        ));
+    }
+    if a.chars().any(char::is_whitespace) {
+        return Some((
+            format!("address `{q}` contains a space"),
+            "write only the IP address or DNS name, without spaces".into(),
+        ));
+    }
+    if a.contains("://") {
+        return Some((
+            format!("address `{q}` is a URL"),
+            format!("write only the IP address or DNS name; the port goes in `{port_field}`"),
+        ));
+    }
+    if let Some((user, _)) = a.split_once('@') {
+        return Some((
+            format!("address `{q}` contains a user name"),
+            format!("write only the address, and set `ssh.user: {}`", shown(user)),
+        ));
+    }
+    if let Some(inner) = a.strip_prefix('[') {
+        let (ip, port) = match inner.split_once(']') {
+            Some((ip, rest)) => (ip, rest.strip_prefix(':')),
+            None => (inner, None),
+        };
+        if ip.parse::<IpAddr>().is_ok() {
+            return Some((
+                format!("address `{q}` has brackets{}", if port.is_some() { " and a port" } else { "" }),
+                match port {
+                    Some(p) => format!(
+                        "write the IPv6 address alone (`{ip}`) and the port as `{port_field}: {}`",
+                        shown(p)
+                    ),
+                    None => format!("write the IPv6 address without brackets: `{ip}`"),
+                },
+            ));
+        }
+    }
+    if let Some((host, port)) = a.rsplit_once(':') {
+        if !host.contains(':') && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+            return Some((
+                format!("address `{q}` has a port"),
+                format!(
+                    "write the address alone (`{}`) and the port as `{port_field}: {}`",
+                    shown(host),
+                    shown(port)
+                ),
+            ));
+        }
+    }
+    None
+}
+
+fn check_address(c: &mut Collector, path: &str, a: &str, port_field: &str) {
+    if a.trim().is_empty() {
+        c.add(path, "the address is empty", None);
+    } else if let Some((message, hint)) = address_slip(a, port_field) {
+        c.add(path, message, Some(hint));
+    }
+}
+
+/// Why an address cannot be a node's cluster address: loopback, unspecified, multicast or broadcast.
+fn not_a_node_address(ip: IpAddr) -> Option<&'static str> {
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    if ip.is_loopback() {
+        Some("a loopback address")
+    } else if ip.is_unspecified() {
+        Some("the unspecified address")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else if broadcast {
+        Some("the broadcast address")
+    } else {
+        None
+    }
+}
+
 fn check_ssh(c: &mut Collector, path: &str, ssh: &SshSpec, dir: &Path, per_host: bool) {
     if ssh.port == Some(0) {
         c.add(
@@ -224,18 +380,13 @@ fn check_ssh(c: &mut Collector, path: &str, ssh: &SshSpec, dir: &Path, per_host:
         );
     }
     if let Some(id) = &ssh.identity_file {
-        let full = expand_path(dir, id);
-        if !full.is_file() {
-            c.add(
-                format!("{path}.identityFile"),
-                format!("identity file `{id}` does not exist (looked at {})", full.display()),
-                Some("give the path of an existing private key, relative to the inventory file or starting with ~/".into()),
-            );
-        }
+        check_identity_file(c, &format!("{path}.identityFile"), id, dir);
     }
     if let Some(user) = &ssh.user {
-        if user.is_empty() || user.contains(|ch: char| ch.is_whitespace() || ch == '@' || ch == ':') {
-            c.add(format!("{path}.user"), format!("`{user}` is not a valid login name"), None);
+        if user.is_empty()
+            || user.contains(|ch: char| ch.is_whitespace() || ch.is_control() || ch == '@' || ch == ':')
+        {
+            c.add(format!("{path}.user"), format!("`{}` is not a valid login name", shown(user)), None);
         }
     }
     if let Some(var) = &ssh.sudo_password_env {
@@ -245,8 +396,33 @@ fn check_ssh(c: &mut Collector, path: &str, ssh: &SshSpec, dir: &Path, per_host:
         {
             c.add(
                 format!("{path}.sudoPasswordEnv"),
-                format!("`{var}` is not an environment variable name"),
+                format!("`{}` is not an environment variable name", shown(var)),
                 Some("name the variable, e.g. `KUBEFORGE_SUDO_PASSWORD`, not its value".into()),
+            );
+        } else if std::env::var_os(var).is_none() {
+            // It may well be set in the shell that runs `apply`: a warning, not an error.
+            c.warn(
+                format!("{path}.sudoPasswordEnv"),
+                format!("environment variable `{var}` (the sudo password) is not set"),
+                Some(format!("export `{var}` before commands that connect; a host whose sudo asks for a password fails without it")),
+            );
+        }
+    }
+    if let Some(kh) = &ssh.known_hosts {
+        // kubeforge creates a missing known_hosts file (and its directory) when it records a key under
+        // --accept-new-host-keys, so a missing file is a first run, not necessarily a mistake.
+        let full = expand_path(dir, kh);
+        if full.is_dir() {
+            c.add(
+                format!("{path}.knownHosts"),
+                format!("known_hosts `{}` is a directory", shown(kh)),
+                Some("name the known_hosts file itself, e.g. `~/.ssh/known_hosts`".into()),
+            );
+        } else if !full.exists() {
+            c.warn(
+                format!("{path}.knownHosts"),
+                format!("known_hosts file `{}` does not exist (looked at {})", shown(kh), shown(&full.display().to_string())),
+                Some("run with --accept-new-host-keys once to create it; without it every host not pinned with `hostKey` is refused".into()),
             );
         }
     }
@@ -264,19 +440,14 @@ fn check_ssh(c: &mut Collector, path: &str, ssh: &SshSpec, dir: &Path, per_host:
     if let Some(b) = &ssh.bastion {
         if b.address.trim().is_empty() {
             c.add(format!("{path}.bastion.address"), "the bastion address is empty", None);
+        } else {
+            check_address(c, &format!("{path}.bastion.address"), &b.address, "bastion.port");
         }
         if b.port == Some(0) {
             c.add(format!("{path}.bastion.port"), "SSH port 0 is not a port", None);
         }
         if let Some(id) = &b.identity_file {
-            let full = expand_path(dir, id);
-            if !full.is_file() {
-                c.add(
-                    format!("{path}.bastion.identityFile"),
-                    format!("identity file `{id}` does not exist (looked at {})", full.display()),
-                    None,
-                );
-            }
+            check_identity_file(c, &format!("{path}.bastion.identityFile"), id, dir);
         }
         if let Some(key) = &b.host_key {
             check_host_key(c, &format!("{path}.bastion.hostKey"), key);
@@ -326,28 +497,37 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
     if !is_dns1123_label(&cl.name) {
         c.add(
             "cluster.name",
-            format!("cluster name `{}` is not a DNS-1123 label", cl.name),
+            format!("cluster name `{}` is not a DNS-1123 label", shown(&cl.name)),
             Some("use lower-case letters, digits and `-`, at most 63 characters, e.g. `prod-eu1`".into()),
         );
     }
-    match cl.kubernetes_version.parse::<Version>() {
-        Ok(v) if v.major != 1 || !SUPPORTED_MINORS.contains(&v.minor) => c.add(
-            "cluster.kubernetesVersion",
-            format!("Kubernetes {v} is not supported by this kubeforge"),
-            Some(format!(
-                "use a v1.{}.x to v1.{}.x release",
-                SUPPORTED_MINORS.start(),
-                SUPPORTED_MINORS.end()
-            )),
-        ),
-        Ok(_) => {}
-        Err(e) => c.add(
-            "cluster.kubernetesVersion",
-            e,
-            Some("write a Kubernetes patch release such as `v1.35.7`".into()),
-        ),
-    }
+    // The Kubernetes version, when it is one this kubeforge supports (flag lists and skew depend on it).
+    let k8s = match cl.kubernetes_version.parse::<Version>() {
+        Ok(v) if v.major != 1 || !SUPPORTED_MINORS.contains(&v.minor) => {
+            c.add(
+                "cluster.kubernetesVersion",
+                format!("Kubernetes {v} is not supported by this kubeforge"),
+                Some(format!(
+                    "use a v1.{}.x to v1.{}.x release",
+                    SUPPORTED_MINORS.start(),
+                    SUPPORTED_MINORS.end()
+                )),
+            );
+            None
+        }
+        Ok(v) => Some(v),
+        Err(e) => {
+            c.add(
+                "cluster.kubernetesVersion",
+                e,
+                Some("write a Kubernetes patch release such as `v1.35.7`".into()),
+            );
+            None
+        }
+    };
 
+    // A network with host bits set is reported and then checked as the network it names, so that its
+    // other problems (overlap, size, family) are not hidden behind the first.
     let net = |c: &mut Collector, path: &str, v: &Option<String>, default: &str| -> Option<IpNet> {
         let s = v.as_deref().unwrap_or(default);
         match s.parse::<IpNet>() {
@@ -357,13 +537,13 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
                     format!("`{s}` has host bits set"),
                     Some(format!("write the network address: `{}`", n.trunc())),
                 );
-                None
+                Some(n.trunc())
             }
             Ok(n) => Some(n),
             Err(_) => {
                 c.add(
                     path,
-                    format!("`{s}` is not a CIDR"),
+                    format!("`{}` is not a CIDR", shown(s)),
                     Some("write a network in CIDR notation, e.g. `10.244.0.0/16`".into()),
                 );
                 None
@@ -392,7 +572,17 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         }
     }
     if let (Some(p), Some(s)) = (pod, svc) {
-        if p.contains(&s.network()) || s.contains(&p.network()) {
+        if family(&p.addr()) != family(&s.addr()) {
+            c.add(
+                "cluster.serviceCIDR",
+                format!(
+                    "service CIDR `{s}` is {} but pod CIDR `{p}` is {}",
+                    family(&s.addr()),
+                    family(&p.addr())
+                ),
+                Some("kubeforge builds single-stack clusters: use two IPv4 or two IPv6 networks".into()),
+            );
+        } else if p.contains(&s.network()) || s.contains(&p.network()) {
             c.add(
                 "cluster.serviceCIDR",
                 format!("service CIDR `{s}` overlaps pod CIDR `{p}`"),
@@ -402,11 +592,46 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
             );
         }
     }
+    let bridge = cl.cni.as_ref().is_none_or(|c| c.plugin == "bridge");
+    if let (Some(p), true) = (pod, bridge) {
+        // The bridge CNI gives every node a /24 (IPv4) or /64 (IPv6) of the pod CIDR (render::pod_subnet).
+        let node_prefix: u8 = if p.addr().is_ipv4() { 24 } else { 64 };
+        let nodes = inv
+            .hosts
+            .iter()
+            .filter(|h| h.roles.iter().any(|r| r == "control-plane" || r == "worker"))
+            .count() as u128;
+        let room: u128 =
+            1u128.checked_shl(u32::from(node_prefix.saturating_sub(p.prefix_len()))).unwrap_or(u128::MAX);
+        if p.prefix_len() > node_prefix {
+            c.add(
+                "cluster.podCIDR",
+                format!("pod CIDR `{p}` is smaller than one node's pod subnet (a /{node_prefix})"),
+                Some(format!(
+                    "every node takes a /{node_prefix} of the pod CIDR; use e.g. `{}`",
+                    if node_prefix == 24 { "10.244.0.0/16" } else { "fd00:10:244::/56" }
+                )),
+            );
+        } else if nodes > room {
+            let bits = 128 - (nodes - 1).leading_zeros();
+            c.add(
+                "cluster.podCIDR",
+                format!(
+                    "pod CIDR `{p}` holds {room} node pod subnet{} (a /{node_prefix} each), and the inventory has {nodes} nodes",
+                    if room == 1 { "" } else { "s" }
+                ),
+                Some(format!(
+                    "use a /{} or larger pod CIDR",
+                    u32::from(node_prefix).saturating_sub(bits)
+                )),
+            );
+        }
+    }
     if let Some(d) = &cl.cluster_domain {
         if !is_dns1123_subdomain(d) {
             c.add(
                 "cluster.clusterDomain",
-                format!("cluster domain `{d}` is not a DNS subdomain"),
+                format!("cluster domain `{}` is not a DNS subdomain", shown(d)),
                 Some("the usual value is `cluster.local`".into()),
             );
         }
@@ -419,7 +644,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
             if !ENDPOINT_MODES.contains(&mode.as_str()) {
                 c.add(
                     "cluster.apiEndpoint.mode",
-                    format!("unknown endpoint mode `{mode}`"),
+                    format!("unknown endpoint mode `{}`", shown(mode)),
                     Some(format!("use one of {}", one_of(&ENDPOINT_MODES))),
                 );
             } else if (mode == "vip" || mode == "external") && ep.host.is_none() {
@@ -436,7 +661,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
             if h.parse::<IpAddr>().is_err() && !is_dns1123_subdomain(h) {
                 c.add(
                     "cluster.apiEndpoint.host",
-                    format!("`{h}` is neither an IP address nor a DNS name"),
+                    format!("`{}` is neither an IP address nor a DNS name", shown(h)),
                     None,
                 );
             }
@@ -450,7 +675,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         if !CNI_PLUGINS.contains(&cni.plugin.as_str()) {
             c.add(
                 "cluster.cni.plugin",
-                format!("unknown CNI plugin `{}`", cni.plugin),
+                format!("unknown CNI plugin `{}`", shown(&cni.plugin)),
                 Some(format!("use one of {}", one_of(&CNI_PLUGINS))),
             );
         } else if cni.plugin == "manifest" && cni.manifest.is_none() {
@@ -458,7 +683,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         } else if cni.plugin != "manifest" && cni.manifest.is_some() {
             c.add_key(
                 "cluster.cni.manifest",
-                format!("`manifest` is only used with plugin `manifest`, not `{}`", cni.plugin),
+                format!("`manifest` is only used with plugin `manifest`, not `{}`", shown(&cni.plugin)),
                 Some("remove it, or set `plugin: manifest`".into()),
             );
         }
@@ -466,14 +691,15 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
             if !(m.starts_with("https://") || m.starts_with("http://") || expand_path(dir, m).is_file()) {
                 c.add(
                     "cluster.cni.manifest",
-                    format!("manifest `{m}` is neither a URL nor an existing file"),
+                    format!("manifest `{}` is neither a URL nor an existing file", shown(m)),
                     None,
                 );
             }
         }
     }
 
-    // Certificates.
+    // Certificates. Both validities are bounded so that issuing never overflows a date, and a leaf never
+    // outlives its CA; the defaults take part in the comparison.
     let certs = &cl.certificates;
     let validity = certs
         .validity
@@ -485,7 +711,28 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         .as_deref()
         .map(|v| parse_duration(v).map_err(|e| c.add("cluster.certificates.caValidity", e, None)).ok())
         .unwrap_or(None);
-    let day = std::time::Duration::from_secs(86_400);
+    let day = Duration::from_secs(86_400);
+    let mut ca_ok = true;
+    if let Some(ca) = ca_validity {
+        if ca > MAX_CA_VALIDITY {
+            ca_ok = false;
+            c.add(
+                "cluster.certificates.caValidity",
+                format!(
+                    "CA validity `{}` is longer than 100 years",
+                    shown(certs.ca_validity.as_deref().unwrap_or(""))
+                ),
+                Some("the default is 87600h (ten years); rotate CAs rather than making them eternal".into()),
+            );
+        } else if ca < day {
+            ca_ok = false;
+            c.add(
+                "cluster.certificates.caValidity",
+                "a CA valid for less than a day would expire before the cluster is up",
+                Some("the default is 87600h (ten years)".into()),
+            );
+        }
+    }
     if let Some(v) = validity {
         if v < day {
             c.add(
@@ -493,21 +740,41 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
                 "certificates valid for less than a day would expire before the cluster is up",
                 Some("the default is 8760h (one year)".into()),
             );
-        }
-        let ca = ca_validity.unwrap_or(day * 3650);
-        if v > ca {
+        } else if v > MAX_CA_VALIDITY {
             c.add(
                 "cluster.certificates.validity",
-                "leaf certificates would outlive the CA that signs them",
-                Some("make `validity` shorter than `caValidity` (default 87600h)".into()),
+                format!(
+                    "certificate validity `{}` is longer than 100 years",
+                    shown(certs.validity.as_deref().unwrap_or(""))
+                ),
+                Some("the default is 8760h (one year); `kubeforge certs renew` renews them".into()),
             );
+        }
+    }
+    if ca_ok && (validity.is_some() || ca_validity.is_some()) {
+        let leaf = validity.unwrap_or(DEFAULT_VALIDITY);
+        let ca = ca_validity.unwrap_or(DEFAULT_CA_VALIDITY);
+        if leaf > ca {
+            if validity.is_some() {
+                c.add(
+                    "cluster.certificates.validity",
+                    "leaf certificates would outlive the CA that signs them",
+                    Some("make `validity` shorter than `caValidity` (default 87600h)".into()),
+                );
+            } else {
+                c.add(
+                    "cluster.certificates.caValidity",
+                    "the CA would expire before the leaf certificates it signs (8760h by default)",
+                    Some("make `caValidity` longer than `validity`, or set a shorter `validity`".into()),
+                );
+            }
         }
     }
     if let Some(alg) = &certs.key_algorithm {
         if !KEY_ALGORITHMS.contains(&alg.as_str()) {
             c.add(
                 "cluster.certificates.keyAlgorithm",
-                format!("unknown key algorithm `{alg}`"),
+                format!("unknown key algorithm `{}`", shown(alg)),
                 Some(format!("use one of {}", one_of(&KEY_ALGORITHMS))),
             );
         }
@@ -516,7 +783,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         if san.parse::<IpAddr>().is_err() && !is_dns1123_subdomain(san.strip_prefix("*.").unwrap_or(san)) {
             c.add(
                 format!("cluster.certificates.extraSANs[{i}]"),
-                format!("`{san}` is neither an IP address nor a DNS name"),
+                format!("`{}` is neither an IP address nor a DNS name", shown(san)),
                 None,
             );
         }
@@ -528,7 +795,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 c.add(
                     "cluster.releaseSource.url",
-                    format!("mirror URL `{url}` must start with https:// or http://"),
+                    format!("mirror URL `{}` must start with https:// or http://", shown(url)),
                     None,
                 );
             }
@@ -538,12 +805,13 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         Some(ReleaseSourceSpec::Bundle { path }) => {
             let full = expand_path(dir, path);
             if !full.exists() {
-                c.add("cluster.releaseSource.path", format!("bundle `{path}` does not exist (looked at {})", full.display()), Some("create it with `kubeforge artifacts bundle`, or fix the path (relative to the inventory file)".into()));
+                c.add("cluster.releaseSource.path", format!("bundle `{}` does not exist (looked at {})", shown(path), shown(&full.display().to_string())), Some("create it with `kubeforge artifacts bundle`, or fix the path (relative to the inventory file)".into()));
             }
         }
         None => {}
     }
     let comps = &cl.components;
+    let mut etcd_version = None;
     for (name, v) in [
         ("etcd", &comps.etcd),
         ("containerd", &comps.containerd),
@@ -552,32 +820,41 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         ("crictl", &comps.crictl),
     ] {
         if let Some(v) = v {
-            check_version(&mut c, &format!("cluster.components.{name}"), v);
+            let parsed = check_version(&mut c, &format!("cluster.components.{name}"), v);
+            if name == "etcd" {
+                etcd_version = parsed;
+            }
         }
     }
-    for (comp, flags) in &cl.extra_args {
-        if !EXTRA_ARGS_COMPONENTS.contains(&comp.as_str()) {
-            c.add_key(
-                format!("cluster.extraArgs.{comp}"),
-                format!("unknown component `{comp}`"),
-                Some(format!("use one of {}", one_of(&EXTRA_ARGS_COMPONENTS))),
-            );
-            continue;
-        }
-        for flag in flags.keys() {
-            if flag.starts_with('-')
-                || flag.is_empty()
-                || !flag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
-                c.add_key(
-                    format!("cluster.extraArgs.{comp}.{flag}"),
-                    format!("`{flag}` is not a flag name"),
-                    Some("write the flag without leading dashes, e.g. `audit-log-maxage: \"30\"`".into()),
+    if let Some(v) = &comps.kubectl {
+        let parsed = check_version(&mut c, "cluster.components.kubectl", v);
+        if let (Some(kv), Some(k)) = (parsed, k8s) {
+            if kv.major != k.major || kv.minor.abs_diff(k.minor) > 1 {
+                c.add(
+                    "cluster.components.kubectl",
+                    format!("kubectl {kv} is more than one minor version away from Kubernetes {k}"),
+                    Some(format!(
+                        "the version skew policy allows kubectl v1.{}.x to v1.{}.x; leave `kubectl` unset to use {k}",
+                        k.minor.saturating_sub(1),
+                        k.minor + 1
+                    )),
                 );
             }
         }
     }
-
+    let etcd_minor =
+        etcd_version.or_else(|| k8s.map(|k| crate::model::default_versions(k).etcd)).map(|v| v.minor);
+    for (comp, flags) in &cl.extra_args {
+        let known = EXTRA_ARGS_COMPONENTS.contains(&comp.as_str());
+        if !known {
+            c.add_key(
+                format!("cluster.extraArgs.{comp}"),
+                format!("unknown component `{}`", shown(comp)),
+                Some(format!("use one of {}", one_of(&EXTRA_ARGS_COMPONENTS))),
+            );
+        }
+        check_extra_args(&mut c, comp, flags, known, k8s, etcd_minor);
+    }
     check_ssh(&mut c, "ssh", &inv.ssh, dir, false);
 
     // Hosts.
@@ -589,7 +866,9 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         );
     }
     let mut names: HashMap<&str, usize> = HashMap::new();
-    let mut addrs: HashMap<String, (usize, &'static str)> = HashMap::new();
+    let mut addrs: HashMap<String, (usize, &'static str, &str)> = HashMap::new();
+    let mut internal_ips: Vec<(usize, &'static str, IpAddr)> = Vec::new();
+    let mut sudo_reported: BTreeSet<String> = BTreeSet::new();
     let mut etcd = 0usize;
     let mut cp = 0usize;
     let mut schedulable = 0usize;
@@ -601,40 +880,48 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         if !is_dns1123_subdomain(&h.name) {
             c.add(
                 format!("{hp}.name"),
-                format!("host name `{}` is not a valid Kubernetes node name", h.name),
+                format!("host name `{}` is not a valid Kubernetes node name", shown(&h.name)),
                 Some("use lower-case letters, digits, `-` and `.`, e.g. `cp-1`".into()),
             );
         }
         if let Some(first) = names.insert(&h.name, i) {
             c.add(
                 format!("{hp}.name"),
-                format!("host name `{}` is used twice (also hosts[{first}])", h.name),
+                format!("host name `{}` is used twice (also hosts[{first}])", shown(&h.name)),
                 Some("give every host its own name".into()),
             );
         }
-        if h.address.trim().is_empty() {
-            c.add(format!("{hp}.address"), "the address is empty", None);
-        }
+        let slip = address_slip(&h.address, "ssh.port").is_some();
+        check_address(&mut c, &format!("{hp}.address"), &h.address, "ssh.port");
+        let internal_field = if h.internal_address.is_some() { "internalAddress" } else { "address" };
         let internal: Option<IpAddr> = match &h.internal_address {
             Some(a) => match a.parse() {
                 Ok(ip) => Some(ip),
                 Err(_) => {
+                    let hint = match address_slip(a, "ssh.port") {
+                        Some((_, _)) if a.contains(char::is_whitespace) || a.contains(char::is_control) => {
+                            "write the IP address alone, without spaces".to_string()
+                        }
+                        Some(_) => "write the IP address alone: the cluster's ports are fixed".to_string(),
+                        None => {
+                            "the internal address is what the cluster advertises; write the host's IP".into()
+                        }
+                    };
                     c.add(
                         format!("{hp}.internalAddress"),
-                        format!("internal address `{a}` is not an IP address"),
-                        Some(
-                            "the internal address is what the cluster advertises; write the host's IP".into(),
-                        ),
+                        format!("internal address `{}` is not an IP address", shown(a)),
+                        Some(hint),
                     );
                     None
                 }
             },
             None => match h.address.parse() {
                 Ok(ip) => Some(ip),
+                Err(_) if slip || h.address.trim().is_empty() => None,
                 Err(_) => {
                     c.add(
                         format!("{hp}.address"),
-                        format!("`{}` is a name, and the host has no `internalAddress`", h.address),
+                        format!("`{}` is a name, and the host has no `internalAddress`", shown(&h.address)),
                         Some(
                             "add `internalAddress:` with the IP the cluster should use for this host".into(),
                         ),
@@ -643,19 +930,46 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
                 }
             },
         };
+        if let Some(ip) = internal {
+            if let Some(what) = not_a_node_address(ip) {
+                c.add(
+                    format!("{hp}.{internal_field}"),
+                    format!("host address `{ip}` is {what}"),
+                    Some(if h.internal_address.is_some() {
+                        "the cluster advertises this address to every other node; write the host's address on the network the nodes share".into()
+                    } else {
+                        "the cluster advertises this address to every other node; add `internalAddress:` with the host's address on the network the nodes share".into()
+                    }),
+                );
+            }
+            internal_ips.push((i, internal_field, ip));
+        }
+        // Addresses compare as addresses, not as text: `fd00::1` and `fd00:0::01` are one host.
         for (field, value) in
-            [("address", Some(h.address.clone())), ("internalAddress", h.internal_address.clone())]
+            [("address", Some(&h.address)), ("internalAddress", h.internal_address.as_ref())]
         {
             let Some(v) = value else { continue };
-            match addrs.get(&v) {
-                Some((j, f)) if *j != i => c.add(
+            let key = match v.parse::<IpAddr>() {
+                Ok(ip) => ip.to_canonical().to_string(),
+                Err(_) => v.trim().trim_end_matches('.').to_ascii_lowercase(),
+            };
+            match addrs.get(&key) {
+                Some((j, f, first)) if *j != i => c.add(
                     format!("{hp}.{field}"),
-                    format!("address `{v}` is also hosts[{j}].{f}"),
+                    if *first == v.as_str() {
+                        format!("address `{}` is also hosts[{j}].{f}", shown(v))
+                    } else {
+                        format!(
+                            "address `{}` is also hosts[{j}].{f} (written `{}` there)",
+                            shown(v),
+                            shown(first)
+                        )
+                    },
                     Some("every host needs its own address".into()),
                 ),
                 Some(_) => {}
                 None => {
-                    addrs.insert(v, (i, if field == "address" { "address" } else { "internalAddress" }));
+                    addrs.insert(key, (i, field, v.as_str()));
                 }
             }
         }
@@ -664,10 +978,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
                 if let Some(n) = n {
                     if n.contains(&ip) {
                         c.add(
-                            format!(
-                                "{hp}.{}",
-                                if h.internal_address.is_some() { "internalAddress" } else { "address" }
-                            ),
+                            format!("{hp}.{internal_field}"),
                             format!("host address `{ip}` lies inside {path} `{n}`"),
                             Some(format!("choose a {path} that does not contain any host address")),
                         );
@@ -675,12 +986,30 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
                 }
             }
         }
+        // A non-root login without sudo can install nothing; report it where `sudo: false` is written.
+        let top = &inv.ssh;
+        let own = h.ssh.as_ref();
+        let user = own.and_then(|s| s.user.as_deref()).or(top.user.as_deref()).unwrap_or("root");
+        let sudo_path = match own.and_then(|s| s.sudo) {
+            Some(v) => Some((v, format!("{hp}.ssh.sudo"))),
+            None => top.sudo.map(|v| (v, "ssh.sudo".to_string())),
+        };
+        if let Some((false, path)) = sudo_path {
+            if user != "root" && !sudo_reported.contains(&path) {
+                c.add(
+                    &path,
+                    format!("`sudo: false` with the non-root user `{}`: kubeforge could not install anything", shown(user)),
+                    Some("remove `sudo: false` (a non-root user runs privileged commands through sudo), or log in as root".into()),
+                );
+                sudo_reported.insert(path);
+            }
+        }
 
         // Roles.
         if h.roles.is_empty() {
             c.add(
                 format!("{hp}.roles"),
-                format!("host `{}` has no roles", h.name),
+                format!("host `{}` has no roles", shown(&h.name)),
                 Some(format!("give it one or more of {}", one_of(&ROLES))),
             );
         }
@@ -694,14 +1023,14 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
                     .filter(|g| strsim::jaro_winkler(g, r) > 0.7);
                 c.add(
                     format!("{hp}.roles[{j}]"),
-                    format!("unknown role `{r}`"),
+                    format!("unknown role `{}`", shown(r)),
                     Some(match guess {
                         Some(g) => format!("did you mean `{g}`? Roles are {}", one_of(&ROLES)),
                         None => format!("roles are {}", one_of(&ROLES)),
                     }),
                 );
             } else if seen.contains(&r) {
-                c.add(format!("{hp}.roles[{j}]"), format!("role `{r}` is listed twice"), None);
+                c.add(format!("{hp}.roles[{j}]"), format!("role `{}` is listed twice", shown(r)), None);
             }
             seen.push(r);
         }
@@ -710,7 +1039,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         if has("etcd") {
             etcd += 1;
             if all_known && has("worker") && !has("control-plane") {
-                c.add(format!("{hp}.roles"), format!("host `{}` is a dedicated etcd member and a worker", h.name), Some("workloads on a dedicated etcd host compete with etcd for disk and CPU; drop `worker`, or add `control-plane` to stack etcd there".into()));
+                c.add(format!("{hp}.roles"), format!("host `{}` is a dedicated etcd member and a worker", shown(&h.name)), Some("workloads on a dedicated etcd host compete with etcd for disk and CPU; drop `worker`, or add `control-plane` to stack etcd there".into()));
             }
         }
         if has("control-plane") {
@@ -723,7 +1052,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
             if !ARCHES.contains(&a.as_str()) {
                 c.add(
                     format!("{hp}.arch"),
-                    format!("unknown architecture `{a}`"),
+                    format!("unknown architecture `{}`", shown(a)),
                     Some(format!(
                         "use one of {} (Kubernetes names, not `x86_64`/`aarch64`)",
                         one_of(&ARCHES)
@@ -733,10 +1062,10 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         }
         for (k, v) in &h.labels {
             if let Err(e) = check_label_key(k) {
-                c.add_key(format!("{hp}.labels.{k}"), format!("label key `{k}`: {e}"), None);
+                c.add_key(format!("{hp}.labels.{k}"), format!("label key `{}`: {e}", shown(k)), None);
             }
             if let Err(e) = check_label_value(v) {
-                c.add(format!("{hp}.labels.{k}"), format!("label `{k}`: {e}"), None);
+                c.add(format!("{hp}.labels.{k}"), format!("label `{}`: {e}", shown(k)), None);
             }
         }
         let mut taint_keys: BTreeMap<(String, String), usize> = BTreeMap::new();
@@ -746,7 +1075,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
                     if taint_keys.insert((t.key.clone(), t.effect.clone()), j).is_some() {
                         c.add(
                             format!("{hp}.taints[{j}]"),
-                            format!("taint `{}:{}` is listed twice", t.key, t.effect),
+                            format!("taint `{}:{}` is listed twice", shown(&t.key), t.effect),
                             None,
                         );
                     }
@@ -762,6 +1091,95 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
             check_ssh(&mut c, &format!("{hp}.ssh"), ssh, dir, true);
         }
     }
+    // Address families: kubeforge builds single-stack clusters, so every node address is of the family of
+    // both networks. Reported once per network, at the first host that differs.
+    for (path, n) in [("cluster.podCIDR", pod), ("cluster.serviceCIDR", svc)] {
+        let Some(n) = n else { continue };
+        let off: Vec<_> =
+            internal_ips.iter().filter(|(_, _, ip)| ip.is_ipv4() != n.addr().is_ipv4()).collect();
+        if let Some((i, field, ip)) = off.first() {
+            let more = match off.len() {
+                1 => String::new(),
+                k => format!(" (and {} more host{})", k - 1, if k == 2 { "" } else { "s" }),
+            };
+            let example = match (ip.is_ipv4(), path) {
+                (true, "cluster.podCIDR") => "10.244.0.0/16",
+                (true, _) => "10.96.0.0/12",
+                (false, "cluster.podCIDR") => "fd00:10:244::/56",
+                (false, _) => "fd00:10:96::/112",
+            };
+            c.add(
+                format!("hosts[{i}].{field}"),
+                format!("host address `{ip}` is {}, but {path} `{n}` is {}{more}", family(ip), family(&n.addr())),
+                Some(format!(
+                    "kubeforge builds single-stack clusters: set `{path}` to an {} network (e.g. `{example}`), or give the hosts {} addresses",
+                    family(ip),
+                    family(&n.addr())
+                )),
+            );
+        }
+    }
+
+    // A VIP or external balancer address must be reachable from every node and belong to no host (a VIP)
+    // or at least not collide with a service on it (an external balancer).
+    if let Some(ep) = &cl.api_endpoint {
+        let ip = ep.host.as_deref().and_then(|h| h.parse::<IpAddr>().ok());
+        if let (Some(mode @ ("vip" | "external")), Some(ip)) = (ep.mode.as_deref(), ip) {
+            let what = if mode == "vip" { "VIP" } else { "external load balancer address" };
+            let at = "cluster.apiEndpoint.host";
+            if let Some(bad) = not_a_node_address(ip) {
+                c.add(
+                    at,
+                    format!("the {what} `{ip}` is {bad}"),
+                    Some("every node and every client reaches the API there; use an address on the nodes' network".into()),
+                );
+            }
+            for (path, n) in [("cluster.podCIDR", pod), ("cluster.serviceCIDR", svc)] {
+                if let Some(n) = n.filter(|n| n.contains(&ip)) {
+                    c.add(
+                        at,
+                        format!("the {what} `{ip}` lies inside {path} `{n}`"),
+                        Some(format!("addresses in {path} exist only inside the cluster; use an address on the nodes' network")),
+                    );
+                }
+            }
+            let port = ep.port.unwrap_or(6443);
+            let same = inv.hosts.iter().enumerate().find_map(|(i, h)| {
+                let internal = h.internal_address.as_deref().and_then(|a| a.parse::<IpAddr>().ok());
+                let ssh = h.address.parse::<IpAddr>().ok();
+                if internal.is_some_and(|a| a.to_canonical() == ip.to_canonical()) {
+                    Some((i, h, "internalAddress"))
+                } else if ssh.is_some_and(|a| a.to_canonical() == ip.to_canonical()) {
+                    Some((i, h, "address"))
+                } else {
+                    None
+                }
+            });
+            if let Some((i, h, field)) = same {
+                let cp = h.roles.iter().any(|r| r == "control-plane");
+                if mode == "vip" {
+                    c.add(
+                        at,
+                        format!("the VIP `{ip}` is also hosts[{i}].{field}"),
+                        Some("a VIP moves between the control planes and must be an address no host has; pick a free address on the nodes' network".into()),
+                    );
+                } else if cp && port == 6443 {
+                    c.add(
+                        at,
+                        format!("the external load balancer address `{ip}` is also hosts[{i}].{field}, where kube-apiserver listens on port 6443"),
+                        Some("run the balancer on a machine of its own, or give it another `port`".into()),
+                    );
+                } else {
+                    c.warn(
+                        at,
+                        format!("the external load balancer address `{ip}` is also hosts[{i}].{field}"),
+                        Some("this works only while the balancer runs on that host beside the cluster; usually it is a machine of its own".into()),
+                    );
+                }
+            }
+        }
+    }
+
     if !inv.hosts.is_empty() && !unknown_roles {
         if cp == 0 {
             c.add(
@@ -786,14 +1204,151 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
     c.0
 }
 
+/// Where the value of a flag kubeforge owns comes from, where an inventory setting decides it.
+fn owned_flag_source(flag: &str) -> Option<&'static str> {
+    Some(match flag {
+        "service-cluster-ip-range" => "`cluster.serviceCIDR`",
+        "cluster-cidr" => "`cluster.podCIDR`",
+        "cluster-dns" => "`cluster.serviceCIDR` (the DNS Service is its tenth address)",
+        "cluster-domain" | "service-account-issuer" => "`cluster.clusterDomain`",
+        "cluster-name" | "initial-cluster-token" => "`cluster.name`",
+        "advertise-address"
+        | "node-ip"
+        | "advertise-client-urls"
+        | "listen-client-urls"
+        | "listen-peer-urls"
+        | "initial-advertise-peer-urls" => "each host's `internalAddress`",
+        "name" | "hostname-override" => "each host's `name`",
+        "etcd-servers" | "initial-cluster" => "the hosts with the `etcd` role",
+        f if f.contains("cert")
+            || f.contains("-key")
+            || f.starts_with("key")
+            || f.contains("ca-file")
+            || f.contains("cafile") =>
+        {
+            "the certificates it issues and places itself (`cluster.certificates`)"
+        }
+        _ => return None,
+    })
+}
+
+/// One component's `extraArgs`: flag names, values that would break the systemd unit, flags the
+/// component's version does not have, and flags kubeforge sets itself.
+fn check_extra_args(
+    c: &mut Collector,
+    comp: &str,
+    flags: &BTreeMap<String, String>,
+    known: bool,
+    k8s: Option<Version>,
+    etcd_minor: Option<u32>,
+) {
+    let accepted = match (known, comp, k8s, etcd_minor) {
+        (false, ..) => None,
+        (true, "etcd", _, Some(m)) => super::flags::accepted("etcd", 0, m),
+        (true, "etcd", _, None) => None,
+        (true, _, Some(k), _) => super::flags::accepted(comp, k.minor, 0),
+        (true, _, None, _) => None,
+    };
+    let owned = crate::render::owned_flags(comp);
+    let mut seen: HashMap<String, &str> = HashMap::new();
+    for (flag, value) in flags {
+        let path = format!("cluster.extraArgs.{comp}.{flag}");
+        if flag.chars().any(char::is_control) {
+            c.add_key(
+                &path,
+                format!("flag name `{}` contains a control character", shown(flag)),
+                Some("flags are written into the component's systemd unit, one per line; write the flag name alone, e.g. `audit-log-maxage`".into()),
+            );
+        } else if flag.starts_with('-')
+            || flag.is_empty()
+            || !flag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            c.add_key(
+                &path,
+                format!("`{}` is not a flag name", shown(flag)),
+                Some("write the flag without leading dashes, e.g. `audit-log-maxage: \"30\"`".into()),
+            );
+            continue;
+        }
+        if value.chars().any(char::is_control) {
+            c.add(
+                &path,
+                format!("the value of `{comp}` flag `{}` contains a control character", shown(flag)),
+                Some("flags are written into the component's systemd unit, one per line: a line break would add unit settings. Write the value on one line".into()),
+            );
+        }
+        if flag.chars().any(char::is_control) {
+            continue;
+        }
+        let name = super::flags::normalize(flag);
+        if let Some(first) = seen.insert(name.clone(), flag) {
+            c.add_key(
+                &path,
+                format!("`{flag}` and `{first}` are the same flag `--{name}`"),
+                Some("keep one: components treat `_` and `-` in flag names alike".into()),
+            );
+        }
+        if let Some((list, version)) = &accepted {
+            if !list.contains(&name) {
+                let hint = match super::flags::closest(&name, list) {
+                    Some(g) => format!("did you mean `{g}`? `{comp} --help` lists the flags of {version}"),
+                    None => format!("`{comp} --help` lists the flags of {version}"),
+                };
+                c.add_key(&path, format!("{comp} {version} has no flag `--{name}`"), Some(hint));
+                continue;
+            }
+        }
+        let tunable = crate::render::TUNABLE_FLAGS.iter().any(|(tc, tf)| *tc == comp && *tf == name);
+        if owned.contains(&name) && !tunable {
+            if name == "enable-admission-plugins" {
+                if !value.split(',').any(|p| p.trim() == "NodeRestriction") {
+                    c.add(
+                        &path,
+                        "`--enable-admission-plugins` must keep `NodeRestriction`, which kubeforge enables",
+                        Some(
+                            "list it with the plugins you add, e.g. `NodeRestriction,AlwaysPullImages`"
+                                .into(),
+                        ),
+                    );
+                }
+                continue;
+            }
+            let hint = match owned_flag_source(&name) {
+                Some(source) => format!("remove it; kubeforge derives it from {source}"),
+                None => "remove it: kubeforge sets it, and the cluster's security or operation depends on that value"
+                    .into(),
+            };
+            c.add_key(&path, format!("`{comp}` flag `--{name}` is set by kubeforge"), Some(hint));
+        }
+    }
+}
+
 fn check_pins(c: &mut Collector, pins: &BTreeMap<String, String>) {
     for (k, v) in pins {
         if k.split_once('/').is_none_or(|(comp, arch)| comp.is_empty() || !ARCHES.contains(&arch)) {
             c.add_key(
                 format!("cluster.releaseSource.pins.{k}"),
-                format!("pin key `{k}` is not `component/arch`"),
+                format!("pin key `{}` is not `component/arch`", shown(k)),
                 Some("write e.g. `kubelet/amd64: sha256:<64 hex digits>`".into()),
             );
+        } else if let Some((comp, arch)) = k.split_once('/') {
+            // Pins are keyed by the unit that is downloaded: etcdctl comes in etcd's archive.
+            use crate::artifacts::Component;
+            let units: Vec<&str> =
+                Component::ALL.iter().filter(|x| x.download_unit() == **x).map(|x| x.name()).collect();
+            if !units.contains(&comp) {
+                let (message, hint) = match comp.parse::<Component>() {
+                    Ok(x) => (
+                        format!("`{comp}` is not downloaded by itself"),
+                        format!("{comp} comes in {0}'s archive; pin `{0}/{arch}`", x.download_unit()),
+                    ),
+                    Err(_) => (
+                        format!("pin for unknown component `{}`", shown(comp)),
+                        format!("pinnable components: {}", one_of(&units)),
+                    ),
+                };
+                c.add_key(format!("cluster.releaseSource.pins.{k}"), message, Some(hint));
+            }
         }
         let ok = v
             .strip_prefix("sha256:")
@@ -801,7 +1356,7 @@ fn check_pins(c: &mut Collector, pins: &BTreeMap<String, String>) {
         if !ok {
             c.add(
                 format!("cluster.releaseSource.pins.{k}"),
-                format!("pin `{v}` is not `sha256:<64 hex digits>`"),
+                format!("pin `{}` is not `sha256:<64 hex digits>`", shown(v)),
                 None,
             );
         }

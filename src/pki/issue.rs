@@ -81,9 +81,35 @@ fn serial() -> SerialNumber {
     SerialNumber::from_slice(&b)
 }
 
-fn window(validity: Duration) -> (OffsetDateTime, OffsetDateTime) {
-    let now = OffsetDateTime::now_utc();
-    (now - BACKDATE, now + validity)
+/// Latest `notAfter` written: X.509 dates end with the year 9999 (RFC 5280 GeneralizedTime).
+const LAST_DATE: OffsetDateTime = time::macros::datetime!(9999-12-31 23:59:59 UTC);
+
+/// The `notBefore`/`notAfter` pair for a certificate valid for `validity` from `now`. Never panics: a
+/// validity that overflows the calendar, or ends past what X.509 can express, is an error naming `name`.
+fn window_at(
+    now: OffsetDateTime,
+    validity: Duration,
+    name: &str,
+) -> Result<(OffsetDateTime, OffsetDateTime), PkiError> {
+    let too_long = || PkiError::Issue {
+        name: name.to_owned(),
+        message: format!(
+            "a validity of {} ends after the last date a certificate can carry (9999-12-31)",
+            humantime::format_duration(validity)
+        ),
+    };
+    let not_before =
+        time::Duration::try_from(BACKDATE).ok().and_then(|b| now.checked_sub(b)).ok_or_else(too_long)?;
+    let not_after = time::Duration::try_from(validity)
+        .ok()
+        .and_then(|v| now.checked_add(v))
+        .filter(|t| *t <= LAST_DATE)
+        .ok_or_else(too_long)?;
+    Ok((not_before, not_after))
+}
+
+fn window(validity: Duration, name: &str) -> Result<(OffsetDateTime, OffsetDateTime), PkiError> {
+    window_at(OffsetDateTime::now_utc(), validity, name)
 }
 
 /// A self-signed CA certificate (PEM) for `ca` with `key`.
@@ -98,7 +124,7 @@ pub fn ca_certificate(ca: CaId, key: &Key, validity: Duration) -> Result<String,
         KeyUsagePurpose::KeyEncipherment,
         KeyUsagePurpose::KeyCertSign,
     ];
-    (p.not_before, p.not_after) = window(validity);
+    (p.not_before, p.not_after) = window(validity, ca.name())?;
     p.serial_number = Some(serial());
     p.use_authority_key_identifier_extension = false;
     p.self_signed(&key.0)
@@ -151,8 +177,43 @@ pub fn leaf_certificate(
     for ip in &spec.ips {
         p.subject_alt_names.push(SanType::IpAddress(*ip));
     }
-    (p.not_before, p.not_after) = window(validity);
+    (p.not_before, p.not_after) = window(validity, &spec.name)?;
     p.serial_number = Some(serial());
     p.use_authority_key_identifier_extension = true;
     p.signed_by(&key.0, &signer.issuer).map(|c| c.pem()).map_err(|e| err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_never_panics_on_any_validity() {
+        let now = time::macros::datetime!(2026-01-01 00:00:00 UTC);
+        let (nb, na) = window_at(now, Duration::from_secs(86_400), "x").unwrap();
+        assert_eq!(now - nb, time::Duration::minutes(5));
+        assert_eq!(na - now, time::Duration::days(1));
+        // 100 years fits; 100000 years, u64::MAX seconds and Duration::MAX are errors, not panics.
+        assert!(window_at(now, Duration::from_secs(100 * 31_557_600), "x").is_ok());
+        for v in [Duration::from_secs(100_000 * 31_557_600), Duration::from_secs(u64::MAX), Duration::MAX] {
+            let e = window_at(now, v, "apiserver").unwrap_err();
+            assert!(e.to_string().contains("apiserver"), "{e}");
+        }
+        // At the very end of the calendar even the backdate is checked.
+        let end = time::macros::datetime!(9999-12-31 23:59:00 UTC);
+        assert!(window_at(end, Duration::from_secs(3600), "x").is_err());
+        assert!(window_at(
+            OffsetDateTime::new_utc(time::Date::MIN, time::Time::MIDNIGHT),
+            Duration::ZERO,
+            "x"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn issuing_with_an_absurd_validity_is_an_error() {
+        let key = Key::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let e = ca_certificate(CaId::Cluster, &key, Duration::from_secs(100_000 * 31_557_600)).unwrap_err();
+        assert!(matches!(e, PkiError::Issue { .. }) && e.to_string().contains("9999-12-31"), "{e}");
+    }
 }

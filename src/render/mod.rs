@@ -68,9 +68,30 @@ fn flags(pairs: &[(&str, String)], extra: Option<&BTreeMap<String, String>>) -> 
     m
 }
 
-/// `--name=value` arguments, with `%` escaped for systemd.
+/// `--name=value` arguments as words of a systemd `ExecStart=` line: `%` and `$` escaped (systemd expands
+/// specifiers and variables), and a value with spaces, quotes, backslashes or control characters quoted
+/// as one word, so that no value can split into further arguments or lines.
 pub fn to_args(f: &Flags) -> Vec<String> {
-    f.iter().map(|(k, v)| format!("--{k}={}", v.replace('%', "%%"))).collect()
+    f.iter().map(|(k, v)| systemd_word(&format!("--{k}={v}"))).collect()
+}
+
+fn systemd_word(arg: &str) -> String {
+    let escaped = arg.replace('%', "%%").replace('$', "$$");
+    if !escaped.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '\\' | ';')) {
+        return escaped;
+    }
+    let mut out = String::from("\"");
+    for c in escaped.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// A systemd unit for a component.
@@ -282,7 +303,11 @@ pub fn kube_proxy_flags(m: &ClusterModel) -> Flags {
 /// The KubeletConfiguration. Node labels and the control-plane taint are not set here: NodeRestriction
 /// forbids kubelets to label themselves `node-role.kubernetes.io/*`; the addons phase applies them.
 pub fn kubelet_config(m: &ClusterModel) -> String {
-    let v = json!({
+    serde_yaml::to_string(&kubelet_config_value(m)).expect("yaml")
+}
+
+fn kubelet_config_value(m: &ClusterModel) -> serde_json::Value {
+    json!({
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
         "authentication": {
@@ -302,8 +327,7 @@ pub fn kubelet_config(m: &ClusterModel) -> String {
         "serverTLSBootstrap": false,
         "tlsCertFile": "/var/lib/kubelet/pki/kubelet.crt",
         "tlsPrivateKeyFile": "/var/lib/kubelet/pki/kubelet.key",
-    });
-    serde_yaml::to_string(&v).expect("yaml")
+    })
 }
 
 /// The KubeProxyConfiguration for a node.
@@ -434,6 +458,110 @@ pub fn api_lb_args(m: &ClusterModel) -> Vec<String> {
     v
 }
 
+/// Flags kubeforge sets that `extraArgs` may still override: defaults that tune a component rather than
+/// hold the cluster together or keep it secure.
+pub const TUNABLE_FLAGS: &[(&str, &str)] = &[
+    ("etcd", "heartbeat-interval"),
+    ("etcd", "election-timeout"),
+    ("kube-apiserver", "audit-log-maxage"),
+    ("kube-apiserver", "audit-log-maxbackup"),
+    ("kube-apiserver", "audit-log-maxsize"),
+    ("kube-apiserver", "kubelet-preferred-address-types"),
+    ("kubelet", "fail-swap-on"),
+];
+
+/// The flags kubeforge sets for a component (by its `extraArgs` name), without dashes: the names the
+/// `*_flags` functions above produce, and for the kubelet also the flags that would override a field of
+/// the KubeletConfiguration kubeforge writes (kubelet flags take precedence over its config file). The
+/// names do not depend on the cluster, so they are computed once on a minimal model.
+pub fn owned_flags(component: &str) -> &'static std::collections::BTreeSet<String> {
+    use std::collections::BTreeSet;
+    static OWNED: OnceLock<BTreeMap<&'static str, BTreeSet<String>>> = OnceLock::new();
+    static NONE: BTreeSet<String> = BTreeSet::new();
+    let all = OWNED.get_or_init(|| {
+        use crate::inventory::{ClusterSpec, HostSpec, Inventory, Loaded};
+        let inventory = Inventory {
+            cluster: ClusterSpec {
+                name: "c".into(),
+                kubernetes_version: "v1.35.0".into(),
+                ..Default::default()
+            },
+            ssh: Default::default(),
+            hosts: vec![HostSpec {
+                name: "n".into(),
+                address: "10.0.0.1".into(),
+                roles: vec!["control-plane".into(), "etcd".into(), "worker".into()],
+                ..Default::default()
+            }],
+        };
+        let loaded = Loaded {
+            inventory,
+            path: "owned-flags.yaml".into(),
+            dir: ".".into(),
+            positions: Default::default(),
+            parse_problems: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let m = ClusterModel::derive(&loaded);
+        let h = &m.hosts[0];
+        let names = |f: Flags| f.into_keys().collect::<BTreeSet<String>>();
+        let mut kubelet = names(kubelet_flags(&m, h));
+        kubelet.extend(config_flag_names(&kubelet_config_value(&m)));
+        BTreeMap::from([
+            ("etcd", names(etcd_flags(&m, h, "new"))),
+            ("kube-apiserver", names(apiserver_flags(&m, h))),
+            ("kube-controller-manager", names(controller_manager_flags(&m))),
+            ("kube-scheduler", names(scheduler_flags(&m))),
+            ("kubelet", kubelet),
+            ("kube-proxy", names(kube_proxy_flags(&m))),
+        ])
+    });
+    all.get(component).unwrap_or(&NONE)
+}
+
+/// The kubelet flags that set the fields of a KubeletConfiguration: nested fields by the kubelet's own
+/// names for them, top-level ones by their kebab-case (`clusterDNS` → `cluster-dns`).
+fn config_flag_names(config: &serde_json::Value) -> Vec<String> {
+    fn kebab(camel: &str) -> String {
+        let chars: Vec<char> = camel.chars().collect();
+        let mut out = String::new();
+        for (i, &c) in chars.iter().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                let prev_lower = chars[i - 1].is_ascii_lowercase() || chars[i - 1].is_ascii_digit();
+                let next_lower = chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
+                if prev_lower || (chars[i - 1].is_ascii_uppercase() && next_lower) {
+                    out.push('-');
+                }
+            }
+            out.push(c.to_ascii_lowercase());
+        }
+        out
+    }
+    let nested = [
+        ("authentication", "anonymous", "anonymous-auth"),
+        ("authentication", "webhook", "authentication-token-webhook"),
+        ("authentication", "x509", "client-ca-file"),
+        ("authorization", "mode", "authorization-mode"),
+    ];
+    let mut out = Vec::new();
+    let Some(obj) = config.as_object() else { return out };
+    for (k, v) in obj {
+        match k.as_str() {
+            "apiVersion" | "kind" => {}
+            "serverTLSBootstrap" => out.push("rotate-server-certificates".into()),
+            _ if v.is_object() => {
+                for (top, field, flag) in nested {
+                    if k == top && v.get(field).is_some() {
+                        out.push(flag.into());
+                    }
+                }
+            }
+            _ => out.push(kebab(k)),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,6 +667,49 @@ mod tests {
         assert!(u.contains("ExecStart=/usr/local/bin/kube-apiserver \\\n  --x=100%"), "{u}");
         let _ = to_args(&f);
         assert_eq!(to_args(&[("a".to_string(), "5%".to_string())].into_iter().collect()), ["--a=5%%"]);
+    }
+
+    #[test]
+    fn a_value_never_splits_into_more_arguments_or_lines() {
+        let args = |v: &str| to_args(&[("a".to_string(), v.to_string())].into_iter().collect());
+        assert_eq!(args("x --anonymous-auth=true"), ["\"--a=x --anonymous-auth=true\""]);
+        assert_eq!(args("$HOME"), ["--a=$$HOME"]);
+        assert_eq!(args("say \"hi\" \\o/"), [r#""--a=say \"hi\" \\o/""#]);
+        assert_eq!(args("a\nExecStartPre=/bin/sh"), [r#""--a=a\x0aExecStartPre=/bin/sh""#]);
+        assert_eq!(args("a;b"), ["\"--a=a;b\""]);
+    }
+
+    #[test]
+    fn owned_flags_come_from_the_rendered_flags_and_the_kubelet_config() {
+        let api = owned_flags("kube-apiserver");
+        for f in [
+            "service-cluster-ip-range",
+            "authorization-mode",
+            "etcd-servers",
+            "client-ca-file",
+            "tls-cert-file",
+        ] {
+            assert!(api.contains(f), "{f}");
+        }
+        assert!(!api.contains("anonymous-auth") && !api.contains("v"));
+        let kubelet = owned_flags("kubelet");
+        for f in [
+            "node-ip",
+            "anonymous-auth",
+            "authorization-mode",
+            "client-ca-file",
+            "cluster-dns",
+            "rotate-server-certificates",
+            "authentication-token-webhook",
+        ] {
+            assert!(kubelet.contains(f), "{f}");
+        }
+        assert!(owned_flags("etcd").contains("initial-cluster"));
+        assert!(owned_flags("kube-proxy").contains("config"));
+        assert!(owned_flags("nope").is_empty());
+        for (c, f) in TUNABLE_FLAGS {
+            assert!(owned_flags(c).contains(*f), "{c} {f} is not set by kubeforge");
+        }
     }
 
     fn field_paths(prefix: &str, v: &serde_yaml::Value, out: &mut Vec<String>) {

@@ -161,10 +161,10 @@ pub fn inventory_yaml(release_source: &str) -> String {
     crictl: "{CRICTL}"
 hosts:
   - name: cp1
-    address: 127.0.0.1
+    address: 10.20.0.1
     roles: [control-plane, etcd]
   - name: w1
-    address: 127.0.0.2
+    address: 10.20.0.2
     roles: [worker]
     arch: arm64
 "#
