@@ -25,6 +25,10 @@ pub enum Command {
     /// Remove a node from the cluster: cordon, drain (eviction API), delete the Node, remove what kubeforge
     /// installed on the host (a dead host is reported, not waited for), converge the others without it.
     RemoveNode(RemoveNodeArgs),
+    /// Remove everything kubeforge installed from the hosts (units, binaries, configs, certificates, data,
+    /// CNI bridge and routes, kube-proxy's iptables chains), then check each host is clean. Without `--yes`
+    /// it only shows what it would remove.
+    Reset(ResetArgs),
     /// Certificates: generate, check expiration, renew.
     #[command(subcommand)]
     Certs(crate::pki::command::CertsCommand),
@@ -146,6 +150,32 @@ pub struct RemoveNodeArgs {
     pub cache_dir: Option<PathBuf>,
 }
 
+/// Arguments of `kubeforge reset`.
+#[derive(Debug, clap::Args)]
+pub struct ResetArgs {
+    /// The inventory file.
+    #[arg(short, long)]
+    pub inventory: PathBuf,
+    /// Only these hosts (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    pub hosts: Option<Vec<String>>,
+    /// Really remove (without it, the command shows what it would remove and changes nothing).
+    #[arg(long)]
+    pub yes: bool,
+    /// Hosts worked on at once.
+    #[arg(long, default_value_t = 10)]
+    pub concurrency: usize,
+    /// Record host keys that are not yet in known_hosts (changed keys are always refused).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+    /// Directory holding `<cluster>/` PKI directories.
+    #[arg(long, default_value = "pki")]
+    pub pki_dir: PathBuf,
+    /// Artifact cache directory (default: the user cache dir, or $KUBEFORGE_CACHE_DIR).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+}
+
 /// Arguments of `kubeforge exec`.
 #[derive(Debug, clap::Args)]
 pub struct ExecArgs {
@@ -226,6 +256,16 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Apply(a) => crate::apply::run(&a.inventory.clone(), apply_options(a)),
         Command::Join(a) => crate::lifecycle::join(&a.inventory.clone(), apply_options(a)),
+        Command::Reset(a) => {
+            let mut apply = crate::apply::ApplyOptions::new(
+                a.pki_dir,
+                a.cache_dir.unwrap_or_else(crate::artifacts::default_cache_dir),
+            );
+            apply.concurrency = a.concurrency.max(1);
+            apply.connect = connect_options(a.accept_new_host_keys);
+            apply.hosts = a.hosts;
+            crate::lifecycle::reset(&a.inventory, crate::lifecycle::ResetOptions { yes: a.yes, apply })
+        }
         Command::RemoveNode(a) => {
             let mut apply = crate::apply::ApplyOptions::new(
                 a.pki_dir,

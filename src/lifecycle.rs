@@ -14,8 +14,13 @@
 //!   node that cannot be reached (powered off, dead) is still drained and deleted on the API side, and the
 //!   report says that the host itself could not be cleaned.
 //!
-//! Control planes and etcd members are refused for now with a clear message: their join needs the etcd
-//! learner flow and their removal the quorum-safe `member remove`.
+//! - **reset** returns hosts to the state before kubeforge: the same owned list as remove-node, plus what the
+//!   services created at run time (etcd and kubelet data, mounts under the kubelet's directory, pods in
+//!   containerd, the CNI bridge, routes to pod subnets, kube-proxy's `KUBE-*` iptables chains, the CNI
+//!   plugin links). It then checks the host with the same tools and reports anything left, with why.
+//!
+//! Control planes and etcd members are refused for now by join and remove-node with a clear message: their
+//! join needs the etcd learner flow and their removal the quorum-safe `member remove`.
 
 use crate::apply::{self, ApplyOptions};
 use crate::exec::{Executor, HostPlan, Step};
@@ -256,6 +261,176 @@ pub fn remove_node(inventory: &Path, options: RemoveOptions) -> Result<i32> {
         inventory.display()
     );
     Ok(code)
+}
+
+/// Directories the services fill at run time (data, logs, generated state), removed by reset.
+pub const RUNTIME_DIRS: &[&str] = &[
+    crate::render::paths::ETCD_DATA,
+    "/var/lib/kubelet",
+    "/var/lib/kube-proxy",
+    "/var/lib/kubeforge",
+    crate::render::paths::KUBE,
+    "/var/log/kubernetes",
+    "/etc/cni/net.d/kubeforge",
+];
+
+/// Before the units stop: remove the pods containerd runs for the kubelet (their mounts and network
+/// namespaces go with them).
+const RESET_PRE: &str = r#"if [ -S /run/containerd/containerd.sock ] && command -v crictl >/dev/null 2>&1; then
+  crictl --runtime-endpoint unix:///run/containerd/containerd.sock rmp -af >/dev/null 2>&1 || true
+fi
+true"#;
+
+/// After the units stopped and the files went: what the services left behind. `$1` is the pod CIDR, the rest
+/// the runtime directories.
+const RESET_POST: &str = r#"cidr=$1; shift
+for d in "$@"; do
+  # Unmount what a kubelet mounted under its directory (deepest first), then remove.
+  awk -v d="$d" '$2 == d || index($2, d "/") == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  rm -rf -- "$d"
+done
+ip link show kf0 >/dev/null 2>&1 && ip link delete kf0 2>/dev/null
+for r in $(ip route show root "$cidr" 2>/dev/null | awk '{print $1}'); do ip route del "$r" 2>/dev/null || true; done
+if command -v iptables-save >/dev/null 2>&1; then
+  for t in filter nat mangle; do
+    if iptables-save -t "$t" 2>/dev/null | grep -q 'KUBE-'; then
+      iptables-save -t "$t" | grep -v -e '^:KUBE-' -e '-j KUBE-' -e '^-A KUBE-' | iptables-restore -T "$t" 2>/dev/null || true
+    fi
+  done
+fi
+[ -d /opt/cni/bin ] && find /opt/cni/bin -maxdepth 1 -type l -lname '/usr/lib/cni/*' -delete 2>/dev/null
+rmdir /opt/cni/bin /opt/cni /etc/cni/net.d /etc/cni 2>/dev/null
+systemctl daemon-reload
+true"#;
+
+/// The check after a reset: prints `left: WHAT` for anything kubeforge made that is still there. `$1` the pod
+/// CIDR, then the owned files, `--`, the owned units, `--`, the runtime directories.
+const RESET_CHECK: &str = r#"cidr=$1; shift
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do [ -e "$1" ] || [ -L "$1" ] && echo "left: file $1"; shift; done; shift
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+  a=$(systemctl is-active "$1" 2>/dev/null); [ "$a" = active ] || [ "$a" = activating ] && echo "left: unit $1 is $a"; shift
+done; shift
+for d in "$@"; do [ -e "$d" ] && echo "left: directory $d"; done
+awk '$2 ~ "^/var/lib/kubelet" {print "left: mount " $2}' /proc/mounts
+ip link show kf0 >/dev/null 2>&1 && echo "left: interface kf0"
+ip route show root "$cidr" 2>/dev/null | awk '{print "left: route " $1}'
+command -v iptables-save >/dev/null 2>&1 && iptables-save 2>/dev/null | grep -q '^:KUBE-' && echo "left: iptables KUBE-* chains"
+true"#;
+
+/// Options of `kubeforge reset`.
+#[derive(Debug, Clone)]
+pub struct ResetOptions {
+    /// Really remove; without it, print what would be removed.
+    pub yes: bool,
+    /// Everything else (hosts, PKI root, cache, SSH options).
+    pub apply: ApplyOptions,
+}
+
+/// `kubeforge reset`.
+pub fn reset(inventory: &Path, options: ResetOptions) -> Result<i32> {
+    let loaded = crate::inventory::load(inventory)?;
+    let mut model = ClusterModel::derive(&loaded);
+    let targets: Vec<String> = match &options.apply.hosts {
+        Some(h) => {
+            apply::Targets::new(&model, Some(h))?;
+            h.clone()
+        }
+        None => model.hosts.iter().map(|h| h.name.clone()).collect(),
+    };
+    let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
+    // The owned list needs the material the phases read; it is made in a scratch store, so a reset never
+    // creates a CA for a cluster that has none.
+    let scratch = tempfile::tempdir().map_err(|e| Error::io("creating a scratch directory", e))?;
+    let pki_copy = scratch.path().join("pki");
+    let src = options.apply.pki_root.join(&model.name);
+    if src.is_dir() {
+        apply::copy_dir(&src, &pki_copy.join(&model.name))
+            .map_err(|e| Error::io("copying the PKI store", e))?;
+    }
+    let (material, _) = rt.block_on(apply::prepare(&loaded, &mut model, &options.apply, Some(&pki_copy)))?;
+    let ctx = Context { model: &model, material: &material };
+    let transports = apply::transports(&loaded, &options.apply.connect)?;
+    let pod_cidr = model.pod_cidr.to_string();
+    let mut plans = Vec::new();
+    let reports: Arc<std::sync::Mutex<Vec<(String, String)>>> = Default::default();
+    for name in &targets {
+        let host = model.host(name).expect("checked").clone();
+        let owned = owned(&ctx, &host)?;
+        let (yes, cidr, out) = (options.yes, pod_cidr.clone(), reports.clone());
+        let hostname = name.clone();
+        let step = Step::custom("reset", move |t: &dyn Transport| {
+            Box::pin(async move {
+                let actual = crate::plan::probe(t, &owned).await?;
+                let changes = crate::plan::diff(&owned, &actual);
+                let dirs: Vec<String> = RUNTIME_DIRS.iter().map(|d| d.to_string()).collect();
+                if !yes {
+                    let mut text = format!("{changes}");
+                    for d in &dirs {
+                        text.push_str(&format!("  - {d}/ (data)\n"));
+                    }
+                    text.push_str("  - pods in containerd, the kf0 bridge, routes to pod subnets, KUBE-* iptables chains\n");
+                    out.lock().expect("lock").push((hostname, text));
+                    return Ok(false);
+                }
+                crate::plan::run_checked(t, "remove pods", &Command::shell(RESET_PRE).sudo()).await?;
+                crate::plan::apply_changes(t, &changes).await?;
+                let post = Command::shell(RESET_POST).arg(cidr.clone()).args(dirs.iter().cloned()).sudo();
+                crate::plan::run_checked(t, "remove runtime data", &post).await?;
+                let check = Command::shell(RESET_CHECK)
+                    .arg(cidr)
+                    .args(owned.absent_files.iter().cloned())
+                    .arg("--")
+                    .args(owned.absent_units.iter().cloned())
+                    .arg("--")
+                    .args(dirs);
+                let left = crate::plan::run_checked(t, "check the host is clean", &check.sudo()).await?;
+                out.lock().expect("lock").push((hostname, left.stdout_str()));
+                Ok(true)
+            })
+        });
+        plans.push(HostPlan {
+            transport: transports.get(name).cloned().expect("transport per host"),
+            steps: vec![step],
+        });
+    }
+    let executor = Executor::new(options.apply.concurrency, crate::report::auto(false));
+    let report = rt.block_on(executor.run("reset", plans));
+    let mut reports = reports.lock().expect("lock").clone();
+    reports.sort();
+    let mut unclean = 0;
+    for (host, text) in &reports {
+        if !options.yes {
+            print!("[reset] {host}: would remove\n{text}");
+        } else if text.trim().is_empty() {
+            println!("[reset] {host}: clean");
+        } else {
+            unclean += 1;
+            print!("[reset] {host}: NOT clean:\n{text}");
+        }
+    }
+    let failed = report.failures.len();
+    if options.yes {
+        let mut state = ClusterState::load(&options.apply.pki_root, &model.name)?;
+        for (host, _) in &reports {
+            state.forget_host(host);
+        }
+        if state.hosts.is_empty() {
+            let path = ClusterState::path(&options.apply.pki_root, &model.name);
+            if path.exists() {
+                std::fs::remove_file(&path)
+                    .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+            }
+        } else {
+            state.save(&options.apply.pki_root)?;
+        }
+    }
+    report.into_result()?;
+    if !options.yes {
+        println!("reset: nothing was changed; run again with --yes to remove it");
+        return Ok(0);
+    }
+    println!("reset: {} host(s) reset, {unclean} not clean, {failed} failed", reports.len());
+    Ok(if unclean > 0 { 1 } else { 0 })
 }
 
 #[cfg(test)]

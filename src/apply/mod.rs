@@ -572,7 +572,8 @@ fn scratch_pki(pki_root: &Path, cluster: &str) -> Result<tempfile::TempDir> {
     Ok(tmp)
 }
 
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+/// Copies a directory tree (files and directories; directories 0700).
+pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(to)?;
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700))?;
