@@ -19,8 +19,11 @@
 //!   containerd, the CNI bridge, routes to pod subnets, kube-proxy's `KUBE-*` iptables chains, the CNI
 //!   plugin links). It then checks the host with the same tools and reports anything left, with why.
 //!
-//! Control planes and etcd members are refused for now by join and remove-node with a clear message: their
-//! join needs the etcd learner flow and their removal the quorum-safe `member remove`.
+//! Control planes with stacked etcd join as **learners**: added after a quorum check, started with
+//! `initial-cluster-state=existing`, promoted once caught up, one member at a time; a join that fails leaves
+//! no learner behind. They leave with a quorum-checked `member remove` through a member that stays, before
+//! their Node is drained and deleted; the apiservers' etcd lists and the balancers' backends then converge,
+//! one host at a time. The last control plane and the last etcd member are refused.
 
 use crate::apply::{self, ApplyOptions};
 use crate::exec::{Executor, HostPlan, Step};
@@ -54,18 +57,6 @@ pub fn hosts_to_join(
             .map(|h| h.name.clone())
             .collect(),
     };
-    let refused: Vec<String> = new
-        .iter()
-        .filter_map(|n| model.host(n))
-        .filter(|h| h.roles.control_plane || h.roles.etcd)
-        .map(|h| h.name.clone())
-        .collect();
-    if !refused.is_empty() {
-        return Err(Error::msg(
-            format!("{}: joining control planes and etcd members is not supported yet", refused.join(", ")),
-            Some("join workers; control planes and etcd members need the etcd learner flow, which is not built yet"),
-        ));
-    }
     Ok(new)
 }
 
@@ -80,9 +71,70 @@ pub fn join(inventory: &Path, mut options: ApplyOptions) -> Result<i32> {
         return Ok(0);
     }
     eprintln!("[join] joining {}", new.join(", "));
+    let joining_members: Vec<String> =
+        new.iter().filter(|n| model.host(n).is_some_and(|h| h.roles.etcd)).cloned().collect();
+    let keeper = model.etcd_members().find(|h| state.etcd_members.contains(&h.name)).map(|h| h.name.clone());
     options.hosts = Some(new);
     options.follow_changes = true;
-    apply::run_loaded(&loaded, model, options, "join")
+    let dry = options.dry_run;
+    let connect = options.connect.clone();
+    let result = apply::run_loaded(&loaded, model.clone(), options, "join");
+    if let (Err(e), Some(keeper), false) = (&result, keeper, joining_members.is_empty() || dry) {
+        // A join that failed half-way must not leave a learner (or an unstarted member) behind: it would
+        // count against the quorum of a cluster it never served.
+        eprintln!("[join] failed: {e}");
+        match remove_stale_learners(&loaded, &model, &keeper, &joining_members, &connect) {
+            Ok(removed) if removed.is_empty() => eprintln!("[join] no etcd learner left behind"),
+            Ok(removed) => eprintln!(
+                "[join] removed the etcd member(s) that had not finished joining: {}",
+                removed.join(", ")
+            ),
+            Err(e2) => {
+                eprintln!("[join] warning: could not check for a stale etcd learner on {keeper}: {e2}")
+            }
+        }
+    }
+    result
+}
+
+/// Removes, through the running member `keeper`, the etcd members among `hosts` that are still learners or
+/// never started. Returns the names removed.
+fn remove_stale_learners(
+    loaded: &crate::inventory::Loaded,
+    model: &ClusterModel,
+    keeper: &str,
+    hosts: &[String],
+    connect: &crate::transport::ssh::ConnectOptions,
+) -> Result<Vec<String>> {
+    let script = r#"eps=$1; shift
+e() { ETCDCTL_API=3 /usr/local/bin/etcdctl --endpoints="$eps" --cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt --key=/etc/kubernetes/pki/etcd/healthcheck-client.key --command-timeout=10s "$@"; }
+list=$(e member list) || exit 1
+for peer in "$@"; do
+  line=$(echo "$list" | awk -F', ' -v p="$peer" '$4 == p')
+  [ -n "$line" ] || continue
+  case "$line" in
+    *", true"|*", unstarted, "*) e member remove "${line%%,*}" >/dev/null && echo "$peer" ;;
+  esac
+done"#;
+    let k =
+        model.host(keeper).ok_or_else(|| Error::msg(format!("{keeper} is not in the inventory"), None))?;
+    let peers: Vec<String> =
+        hosts.iter().filter_map(|n| model.host(n)).map(|h| crate::model::url(h.internal_ip, 2380)).collect();
+    let cmd =
+        Command::shell(script).arg(crate::model::url(k.internal_ip, 2379)).args(peers.iter().cloned()).sudo();
+    let transports = apply::transports(loaded, connect)?;
+    let t = transports.get(keeper).cloned().expect("transport per host");
+    let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
+    let out = rt
+        .block_on(async { crate::plan::run_checked(t.as_ref(), "remove stale etcd learners", &cmd).await })
+        .map_err(|e| Error::msg(e.to_string(), None))?;
+    let removed: Vec<String> = out
+        .stdout_str()
+        .lines()
+        .filter_map(|peer| model.hosts.iter().find(|h| crate::model::url(h.internal_ip, 2380) == peer.trim()))
+        .map(|h| h.name.clone())
+        .collect();
+    Ok(removed)
 }
 
 /// Options of `kubeforge remove-node`.
@@ -137,24 +189,60 @@ pub fn remove_node(inventory: &Path, options: RemoveOptions) -> Result<i32> {
             Some("remove-node needs the node's entry (its SSH address) to clean it; remove it from the inventory afterwards"),
         )
     })?;
-    if host.roles.control_plane || host.roles.etcd {
+    if host.roles.control_plane && full.control_planes().count() == 1 {
         return Err(Error::msg(
-            format!("{name} is a control plane or etcd member: removing those is not supported yet"),
-            Some("remove workers; control planes and etcd members need the quorum-safe etcd member removal, which is not built yet"),
+            format!("{name} is the only control plane: removing it would leave no cluster"),
+            Some("add another control plane with `kubeforge join` first, or tear the cluster down with `kubeforge reset`"),
         ));
     }
+    if host.roles.etcd && full.etcd_members().count() == 1 {
+        return Err(Error::msg(
+            format!("{name} is the only etcd member: removing it would lose the cluster's data"),
+            Some("join another etcd member first, or tear the cluster down with `kubeforge reset`"),
+        ));
+    }
+    // The API and etcd are reached through the hosts that stay.
     let first_cp = full
         .control_planes()
-        .next()
+        .find(|h| h.name != name)
         .map(|h| h.name.clone())
-        .ok_or_else(|| Error::msg("the inventory has no control plane", None))?;
+        .ok_or_else(|| Error::msg("the inventory has no other control plane", None))?;
     let mut state = ClusterState::load(&options.apply.pki_root, &full.name)?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
     let transports = apply::transports(&loaded, &options.apply.connect)?;
     let executor = Executor::new(options.apply.concurrency, crate::report::auto(false));
     let dry = options.apply.dry_run;
 
-    // 1. The API side, on the first control plane: cordon, drain through the eviction API, delete the Node.
+    // 0. An etcd member leaves first, through a member that stays, when the others keep a quorum.
+    if host.roles.etcd {
+        let keeper = full.etcd_members().find(|h| h.name != name).expect("checked: another member").clone();
+        let remaining: Vec<String> = full
+            .etcd_members()
+            .filter(|h| h.name != name)
+            .map(|h| crate::model::url(h.internal_ip, 2379))
+            .collect();
+        let cmd = Command::shell(REMOVE_MEMBER)
+            .arg(crate::model::url(host.internal_ip, 2380))
+            .arg(remaining.join(","))
+            .arg(if dry { "check" } else { "remove" })
+            .sudo();
+        let t = transports.get(&keeper.name).cloned().expect("transport per host");
+        let out = rt
+            .block_on(async { crate::plan::run_checked(t.as_ref(), "remove the etcd member", &cmd).await })
+            .map_err(|e| {
+                Error::msg(
+                    format!("{name}: the etcd member was not removed: {e}"),
+                    Some("the cluster must keep a quorum without it; bring unhealthy members back first"),
+                )
+            })?;
+        eprintln!(
+            "[remove-node] {name}: etcd member {} (checked on {})",
+            out.stdout_str().trim(),
+            keeper.name
+        );
+    }
+
+    // 1. The API side, on a control plane that stays: cordon, drain through the eviction API, delete the Node.
     let drain_secs = options.drain_timeout.as_secs().max(1).to_string();
     let timeout = format!("--timeout={drain_secs}s");
     let mut api_steps = vec![
@@ -262,6 +350,27 @@ pub fn remove_node(inventory: &Path, options: RemoveOptions) -> Result<i32> {
     );
     Ok(code)
 }
+
+/// Removes an etcd member through one that stays: `$1` its peer URL, `$2` the remaining members' client URLs,
+/// `$3` `check` or `remove`. Refuses (exit 3) when the remaining healthy members would not be a majority of
+/// the remaining voting members, naming the unhealthy ones. Prints what it did.
+const REMOVE_MEMBER: &str = r#"peer=$1; eps=$2; mode=$3
+e() { ETCDCTL_API=3 /usr/local/bin/etcdctl --endpoints="$eps" --cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt --key=/etc/kubernetes/pki/etcd/healthcheck-client.key --command-timeout=10s "$@"; }
+list=$(e member list) || { echo "cannot list the etcd members through $eps" >&2; exit 1; }
+line=$(echo "$list" | awk -F', ' -v p="$peer" '$4 == p')
+if [ -z "$line" ]; then echo "was not a member any more"; exit 0; fi
+voting=$(echo "$list" | grep -c ', false$')
+case "$line" in *", false") remaining=$((voting - 1)) ;; *) remaining=$voting ;; esac
+health=$(e endpoint health 2>&1)
+healthy=$(echo "$health" | grep -c 'is healthy')
+need=$((remaining / 2 + 1))
+if [ "$healthy" -lt "$need" ]; then
+  echo "refusing: $healthy of the $remaining remaining members are healthy, $need are needed for a quorum:" >&2
+  echo "$health" | grep -v 'is healthy' >&2
+  exit 3
+fi
+if [ "$mode" = check ]; then echo "would be removed ($healthy of $remaining remaining members healthy)"; exit 0; fi
+e member remove "${line%%,*}" >/dev/null && echo "removed ($healthy of $remaining remaining members healthy)""#;
 
 /// Directories the services fill at run time (data, logs, generated state), removed by reset.
 pub const RUNTIME_DIRS: &[&str] = &[
@@ -448,7 +557,7 @@ mod tests {
         - {name: cp2, address: 10.0.0.4, roles: [control-plane, etcd]}\n";
 
     #[test]
-    fn join_finds_the_hosts_the_state_does_not_know_and_refuses_control_planes_for_now() {
+    fn join_finds_the_hosts_the_state_does_not_know() {
         let m = model(INV);
         let mut st = ClusterState::default();
         let e = hosts_to_join(&m, &st, None).unwrap_err();
@@ -458,10 +567,6 @@ mod tests {
         st.record_hosts(&m, ["w2"]);
         assert!(hosts_to_join(&m, &st, None).unwrap().is_empty());
         st.forget_host("cp2");
-        let e = hosts_to_join(&m, &st, None).unwrap_err();
-        assert!(
-            e.to_string().contains("cp2: joining control planes and etcd members is not supported yet"),
-            "{e}"
-        );
+        assert_eq!(hosts_to_join(&m, &st, None).unwrap(), ["cp2"]);
     }
 }

@@ -135,9 +135,23 @@ pub struct HostModel {
     /// inventory order; a run replaces them with the allocation recorded in the cluster state
     /// ([`ClusterModel::set_pod_subnets`]), which keeps a node's subnet when others come and go.
     pub pod_subnet: Option<IpNet>,
+    /// How this etcd member bootstraps (`--initial-cluster`, `--initial-cluster-state`): fixed when the
+    /// member is first installed and kept in the cluster state, so later membership changes never rewrite
+    /// (and restart) the members that already run. `None`: a member of a new cluster (all members, `new`).
+    pub etcd_bootstrap: Option<EtcdBootstrap>,
     /// The host's SSH settings (defaults merged with overrides), still unresolved paths.
     #[serde(skip)]
     pub ssh: SshSpec,
+}
+
+/// How an etcd member bootstraps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdBootstrap {
+    /// `--initial-cluster`.
+    pub initial_cluster: String,
+    /// `--initial-cluster-state`: `new` (founding member) or `existing` (joined as a learner).
+    pub state: String,
 }
 
 /// Versions of everything kubeforge installs.
@@ -332,6 +346,7 @@ impl ClusterModel {
                     arch: h.arch.clone().unwrap_or_else(|| "amd64".into()),
                     components,
                     pod_subnet: None,
+                    etcd_bootstrap: None,
                     ssh: merge_ssh(&inv.ssh, h.ssh.as_ref()),
                 }
             })
@@ -422,6 +437,48 @@ impl ClusterModel {
             h.pod_subnet = subnets.as_mut().and_then(|it| it.next());
         }
         model
+    }
+
+    /// Fixes how every etcd member bootstraps, from the cluster state: a recorded member keeps its record;
+    /// a member of a cluster whose state lists none yet founds it (`new`, every member); a member the state
+    /// does not list while others run joins (`existing`, the running members plus itself). Returns the
+    /// records to keep.
+    pub fn set_etcd_bootstrap(
+        &mut self,
+        recorded: &BTreeMap<String, EtcdBootstrap>,
+        running: &[String],
+    ) -> BTreeMap<String, EtcdBootstrap> {
+        let founding = self.etcd_initial_cluster();
+        let running: Vec<&HostModel> =
+            self.etcd_members().filter(|h| running.contains(&h.name)).collect::<Vec<_>>();
+        let mut out = BTreeMap::new();
+        let mut joined: Vec<(String, IpAddr)> =
+            running.iter().map(|h| (h.name.clone(), h.internal_ip)).collect();
+        let names: Vec<String> = self.etcd_members().map(|h| h.name.clone()).collect();
+        for name in names {
+            let h = self.host(&name).expect("member").clone();
+            let b = if let Some(r) = recorded.get(&name) {
+                r.clone()
+            } else if joined.is_empty() || joined.iter().any(|(n, _)| *n == name) {
+                EtcdBootstrap { initial_cluster: founding.clone(), state: "new".into() }
+            } else {
+                // Members join one at a time, each seeing the ones before it.
+                joined.push((name.clone(), h.internal_ip));
+                EtcdBootstrap {
+                    initial_cluster: joined
+                        .iter()
+                        .map(|(n, ip)| format!("{n}={}", url(*ip, 2380)))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    state: "existing".into(),
+                }
+            };
+            out.insert(name.clone(), b.clone());
+            if let Some(hm) = self.hosts.iter_mut().find(|x| x.name == name) {
+                hm.etcd_bootstrap = Some(b);
+            }
+        }
+        out
     }
 
     /// Replaces the nodes' pod subnets with an allocation (from the cluster state).
@@ -567,5 +624,27 @@ mod tests {
         assert_eq!(m.versions.crictl.to_string(), "v1.34.0");
         let o = model("cluster: {name: s, kubernetesVersion: v1.33.2, components: {etcd: v3.5.21}}\nhosts:\n- {name: n, address: 10.1.0.1, roles: [control-plane, etcd, worker]}\n");
         assert_eq!(o.versions.etcd.to_string(), "v3.5.21");
+    }
+
+    #[test]
+    fn etcd_members_found_a_cluster_join_one_by_one_and_keep_their_bootstrap() {
+        let mut m = model(HA);
+        // A new cluster: every member founds it.
+        let founding = m.set_etcd_bootstrap(&BTreeMap::new(), &[]);
+        assert!(founding.values().all(|b| b.state == "new" && b.initial_cluster == m.etcd_initial_cluster()));
+        // cp1 runs alone; cp2 and cp3 join, each seeing the members before it.
+        let recorded: BTreeMap<String, EtcdBootstrap> =
+            founding.iter().filter(|(k, _)| *k == "cp1").map(|(k, v)| (k.clone(), v.clone())).collect();
+        let b = m.set_etcd_bootstrap(&recorded, &["cp1".to_string()]);
+        assert_eq!(b["cp1"], founding["cp1"], "a running member keeps its flags (no restart)");
+        assert_eq!(b["cp2"].state, "existing");
+        assert_eq!(b["cp2"].initial_cluster, "cp1=https://10.0.0.1:2380,cp2=https://10.0.0.2:2380");
+        assert_eq!(
+            b["cp3"].initial_cluster,
+            "cp1=https://10.0.0.1:2380,cp2=https://10.0.0.2:2380,cp3=https://10.0.0.3:2380"
+        );
+        assert_eq!(m.host("cp3").unwrap().etcd_bootstrap.as_ref(), Some(&b["cp3"]));
+        let flags = crate::render::etcd_flags(&m, m.host("cp2").unwrap(), "new");
+        assert_eq!(flags["initial-cluster-state"], "existing");
     }
 }

@@ -85,6 +85,12 @@ pub struct HostDesired {
     /// Programs that must already be installed (e.g. the distribution's containerd), checked by the probe
     /// itself at no extra round trip: `(program, how to install it)`.
     pub require: Vec<(String, String)>,
+    /// Commands that run after the files are written and before the units (re)start, only when something
+    /// changed (adding an etcd learner before the member starts).
+    pub before_start: Vec<(String, Command)>,
+    /// The host's change must roll out one batch at a time even when nothing runs yet (etcd members join
+    /// one by one).
+    pub serial: bool,
 }
 
 /// The state of one unit.
@@ -127,6 +133,8 @@ pub struct HostChanges {
     pub daemon_reload: bool,
     /// Commands that follow a change.
     pub after_change: Vec<(String, Command)>,
+    /// Commands between the file writes and the unit starts.
+    pub before_start: Vec<(String, Command)>,
     /// Units to stop, disable and delete (negative desired state).
     pub remove_units: Vec<String>,
     /// Files to delete (negative desired state), after the units that use them stopped.
@@ -200,7 +208,7 @@ impl fmt::Display for HostChanges {
         for p in &self.remove_files {
             writeln!(f, "  - {p}")?;
         }
-        for (name, cmd) in &self.after_change {
+        for (name, cmd) in self.before_start.iter().chain(&self.after_change) {
             writeln!(f, "  run: {name}: {cmd}")?;
         }
         Ok(())
@@ -235,6 +243,9 @@ impl HostDesired {
         }
         for u in &self.units {
             h.update(format!("unit {u}\n"));
+        }
+        for (name, cmd) in &self.before_start {
+            h.update(format!("before start {name}: {cmd}\n"));
         }
         for (name, cmd) in &self.after_change {
             h.update(format!("after {name}: {cmd}\n"));
@@ -418,6 +429,8 @@ pub fn diff(desired: &HostDesired, actual: &ActualState) -> HostChanges {
     }
     if !ch.is_empty() {
         ch.after_change = desired.after_change.clone();
+        ch.before_start = desired.before_start.clone();
+        ch.disrupts |= desired.serial;
     }
     ch
 }
@@ -441,6 +454,9 @@ pub async fn apply_changes(t: &dyn Transport, changes: &HostChanges) -> Result<b
         let mut up = c.file.upload.clone();
         up.precheck = false;
         t.upload(&up).await?;
+    }
+    for (name, cmd) in &changes.before_start {
+        run_checked(t, name, cmd).await?;
     }
     if changes.daemon_reload || !changes.enable.is_empty() || !changes.restart.is_empty() {
         // Arguments: units to enable, `--`, units to restart (in start order).
@@ -568,7 +584,12 @@ impl Plan {
                         restart: c.restart.clone(),
                         remove_units: c.remove_units.clone(),
                         remove_files: c.remove_files.clone(),
-                        run: c.after_change.iter().map(|(n, cmd)| format!("{n}: {cmd}")).collect(),
+                        run: c
+                            .before_start
+                            .iter()
+                            .chain(&c.after_change)
+                            .map(|(n, cmd)| format!("{n}: {cmd}"))
+                            .collect(),
                     })
                     .collect(),
             })

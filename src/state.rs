@@ -50,6 +50,9 @@ pub struct ClusterState {
     pub pod_subnets: BTreeMap<String, String>,
     /// Phase checkpoints: per phase, per host, the digest of the desired state it last converged to.
     pub phases: BTreeMap<String, BTreeMap<String, String>>,
+    /// How each etcd member bootstrapped (kept so that membership changes never rewrite running members).
+    #[serde(default)]
+    pub etcd_bootstrap: BTreeMap<String, crate::model::EtcdBootstrap>,
 }
 
 /// Errors of the state file.
@@ -228,6 +231,7 @@ impl ClusterState {
         self.hosts.remove(name);
         self.pod_subnets.remove(name);
         self.etcd_members.retain(|m| m != name);
+        self.etcd_bootstrap.remove(name);
         for hosts in self.phases.values_mut() {
             hosts.remove(name);
         }

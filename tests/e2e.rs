@@ -11,9 +11,11 @@
 //!    0 changes; a changed label changes exactly the label in the plan; `remove-node node3` drains it,
 //!    deletes its Node, leaves nothing kubeforge installed on it, forgets it in the state file, and the rest
 //!    of the cluster is converged without it.
-//! 3. **HA**: three control planes with stacked etcd that also take workloads, behind the node-local API
-//!    balancer; etcd healthy as a cluster; then one control-plane VM is powered off and the API stays
-//!    reachable through the balancer while etcd keeps quorum; removing that control plane is refused.
+//! 3. **HA**: one control plane with stacked etcd behind the node-local API balancer, then `join` adds two
+//!    more as etcd learners (promoted one at a time): three voting members, etcd healthy as a cluster, apply
+//!    reports 0 changes; then one control-plane VM is powered off, the API stays reachable through the
+//!    balancer and etcd keeps quorum; `remove-node` removes the dead member (quorum checked), its Node and
+//!    every trace of it on the others, and reports that the host itself could not be cleaned.
 //!
 //! Checked with real tools only (kubectl, etcdctl, systemctl, openssl). The lab is always torn down, also
 //! when an assertion fails; a failing scenario is reported and the next one still runs.
@@ -400,11 +402,48 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
     lab.product_reset(&cluster, &inv2, &["node1", "node2"]);
 }
 
+/// Sets `cluster.apiEndpoint.mode` in an inventory the lab wrote.
+fn endpoint_mode(inv: &Path, mode: &str) {
+    let mut v: Value = serde_yaml::from_slice(&std::fs::read(inv).unwrap()).unwrap();
+    v["cluster"]["apiEndpoint"] = serde_yaml::from_str(&format!("{{mode: {mode}}}")).unwrap();
+    std::fs::write(inv, serde_yaml::to_string(&v).unwrap()).unwrap();
+}
+
+fn etcdctl(lab: &Lab, node: &str, endpoints: &str, args: &str) -> String {
+    must(
+        lab.ssh(
+            node,
+            &format!(
+                "ETCDCTL_API=3 etcdctl --endpoints={endpoints} --cacert=/etc/kubernetes/pki/etcd/ca.crt \
+                 --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt --key=/etc/kubernetes/pki/etcd/healthcheck-client.key {args}"
+            ),
+        ),
+        &format!("etcdctl {args}"),
+    )
+}
+
 fn high_availability(lab: &Lab) {
     let cluster = format!("{}-ha", lab.name);
     let all: &[&str] = &["control-plane", "etcd", "worker"];
+    // One control plane behind the node-local balancer, then two more join as etcd learners.
+    let one = lab.inventory(&cluster, &[("node1", all)], &[]);
+    endpoint_mode(&one, "local-lb");
+    apply_converges(lab, &one);
     let inv = lab.inventory(&cluster, &[("node1", all), ("node2", all), ("node3", all)], &[]);
-    apply_converges(lab, &inv);
+    endpoint_mode(&inv, "local-lb");
+    let me = env!("CARGO_BIN_EXE_kubeforge");
+    let t = Instant::now();
+    let joined = lab.exec(&[me, "join", "-i", inv.to_str().unwrap(), "--ignore-preflight-errors=cpu,memory"]);
+    eprintln!("[e2e] join two control planes ({:.0}s):\n{}", t.elapsed().as_secs_f64(), text(&joined));
+    must(joined, "join node2 and node3 as control planes");
+    let again = must(lab.apply(&inv, &[]), "apply after the control-plane join");
+    assert!(again.contains("apply: 0 changes"), "the join converged the cluster:\n{again}");
+    let members = etcdctl(lab, "node1", "https://127.0.0.1:2379", "member list");
+    assert_eq!(
+        members.lines().filter(|l| l.ends_with(", false")).count(),
+        3,
+        "three voting members:\n{members}"
+    );
     check_nodes(lab, &cluster, &[("node1", true, false), ("node2", true, false), ("node3", true, false)]);
     for n in ["node1", "node2", "node3"] {
         must(lab.ssh(n, &format!("systemctl is-active {UNITS_CP} {UNITS_NODE} kube-api-lb")), "HA units");
@@ -444,11 +483,43 @@ fn high_availability(lab: &Lab) {
     );
     assert!(put.contains("OK"), "{put}");
 
-    // Removing a control plane with stacked etcd is refused (not built yet), before anything is touched.
-    let me = env!("CARGO_BIN_EXE_kubeforge");
-    let refused = lab.exec(&[me, "remove-node", "-i", inv.to_str().unwrap(), "node3"]);
-    assert!(!refused.status.success());
-    assert!(text(&refused).contains("node3 is a control plane or etcd member"), "{}", text(&refused));
+    // The dead control plane is removed: its etcd member first (quorum checked), its Node, and every
+    // trace of it on the others (apiservers' etcd lists, balancers' backends); the host is reported.
+    let t = Instant::now();
+    let removed = lab.exec(&[
+        me,
+        "remove-node",
+        "-i",
+        inv.to_str().unwrap(),
+        "node3",
+        "--force",
+        "--drain-timeout",
+        "30s",
+    ]);
+    let all_out = text(&removed);
+    eprintln!("[e2e] remove-node of the dead node3 ({:.0}s):\n{all_out}", t.elapsed().as_secs_f64());
+    let out = must(removed, "remove-node node3 (powered off)");
+    assert!(out.contains("node3 removed") && out.contains("NOT cleaned"), "{out}");
+    let members = etcdctl(lab, "node1", "https://127.0.0.1:2379", "member list");
+    assert!(!members.contains("10.77.0.13") && members.lines().count() == 2, "{members}");
+    let health = etcdctl(lab, "node1", "https://10.77.0.11:2379,https://10.77.0.12:2379", "endpoint health");
+    assert_eq!(health.matches("is healthy").count(), 2, "{health}");
+    assert!(!nodes(lab, &cluster).contains_key("node3"));
+    for n in ["node1", "node2"] {
+        let units = must(
+            lab.ssh(
+                n,
+                "cat /etc/systemd/system/kube-api-lb.service /etc/systemd/system/kube-apiserver.service",
+            ),
+            "units",
+        );
+        assert!(!units.contains("10.77.0.13"), "{n} still lists node3:\n{units}");
+    }
+    // The admin's inventory without node3 matches the cluster.
+    let two = lab.inventory(&cluster, &[("node1", all), ("node2", all)], &[]);
+    endpoint_mode(&two, "local-lb");
+    let after = must(lab.apply(&two, &[]), "apply with the two remaining control planes");
+    assert!(after.contains("apply: 0 changes"), "remove-node converged the rest:\n{after}");
 }
 
 #[test]
@@ -500,7 +571,7 @@ fn apply_on_lab_vms_single_node_then_workers_then_ha() {
             one_control_plane_then_join_and_remove_a_worker,
             &["node1", "node2", "node3"],
         ),
-        ("HA: 3 control planes, stacked etcd", high_availability, &[]),
+        ("HA: grow to 3 control planes with join, lose one, remove it", high_availability, &[]),
     ];
     let mut failed = Vec::new();
     for (what, run, used) in scenarios {

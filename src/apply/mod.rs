@@ -643,6 +643,7 @@ pub fn prepare_with(
     let mut state = previous.clone();
     let subnets = state.allocate_pod_subnets(model)?;
     model.set_pod_subnets(&subnets);
+    state.etcd_bootstrap = model.set_etcd_bootstrap(&previous.etcd_bootstrap, &previous.etcd_members);
     let pki_root = scratch.unwrap_or(&options.pki_root);
     let pki = crate::pki::store::Store::new(pki_root, &model.name);
     let pki_inputs = model.pki_inputs();

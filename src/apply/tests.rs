@@ -530,3 +530,58 @@ fn removing_what_kubeforge_owns_leaves_no_file_of_it_on_the_host() {
     });
     assert!(again.is_empty(), "{again}");
 }
+
+#[test]
+fn control_planes_join_as_etcd_learners_one_at_a_time_and_running_members_keep_their_flags() {
+    let one = "cluster: {name: grow, kubernetesVersion: v1.35.7, apiEndpoint: {mode: local-lb}}\nhosts:\n\
+        - {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd, worker]}\n";
+    let model = ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), one).unwrap());
+    let mut h = Harness::new(&model);
+    h.run(one, h.options()).0.unwrap();
+    let three = format!(
+        "{one}- {{name: cp2, address: 10.0.0.2, roles: [control-plane, etcd, worker]}}\n\
+         - {{name: cp3, address: 10.0.0.3, roles: [control-plane, etcd, worker]}}\n"
+    );
+    let mut g = grow(&h, &three);
+    g.dir = std::mem::replace(&mut h.dir, tempfile::tempdir().unwrap());
+    let mut o = g.options();
+    o.hosts = Some(vec!["cp2".into(), "cp3".into()]);
+    o.follow_changes = true;
+    let (summary, events) = g.run(&three, o);
+    let summary = summary.unwrap_or_else(|e| panic!("{}", e.report()));
+    assert_eq!(batches(&events, "etcd"), vec![1, 1], "one learner at a time");
+    let etcd = summary.plan.phase("etcd").unwrap();
+    assert!(
+        etcd.hosts.iter().all(|(n, _)| n != "cp1"),
+        "the running member is not touched: {:?}",
+        etcd.hosts
+    );
+    let cp2 = &etcd.hosts.iter().find(|(n, _)| n == "cp2").unwrap().1;
+    let text = cp2.to_string();
+    assert!(
+        text.contains("run: add the member as an etcd learner")
+            && text.contains("run: promote the etcd learner"),
+        "{text}"
+    );
+    let unit = String::from_utf8(g.hosts["cp3"].file("/etc/systemd/system/etcd.service").unwrap()).unwrap();
+    assert!(unit.contains("--initial-cluster-state=existing"), "{unit}");
+    assert!(
+        unit.contains("cp1=https://10.0.0.1:2380,cp2=https://10.0.0.2:2380,cp3=https://10.0.0.3:2380"),
+        "{unit}"
+    );
+    let cmds = g.hosts["cp2"].commands();
+    let add = cmds.iter().position(|c| c.contains("member add")).expect("learner added");
+    let start =
+        cmds.iter().position(|c| c.contains("systemctl restart --no-block") && c.contains("etcd")).unwrap();
+    let promote = cmds.iter().position(|c| c.contains("member promote")).expect("promoted");
+    assert!(add < start && start < promote, "add, start, promote: {cmds:?}");
+    // cp1's apiserver learns the new etcd members and its balancer the new backends, in a rolling restart.
+    let cp = summary.plan.phase("control-plane").unwrap();
+    let cp1 = &cp.hosts.iter().find(|(n, _)| n == "cp1").unwrap().1;
+    assert!(cp1.disrupts && cp1.restart == vec!["kube-apiserver"], "{cp1}");
+    let st = ClusterState::load(&g.options().pki_root, "grow").unwrap();
+    assert_eq!(st.etcd_members, ["cp1", "cp2", "cp3"]);
+    assert_eq!(st.etcd_bootstrap["cp1"].state, "new");
+    let (again, _) = g.run(&three, g.options());
+    assert_eq!(again.unwrap().total_changes(), 0);
+}

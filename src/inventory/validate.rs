@@ -1191,7 +1191,9 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         if etcd == 0 {
             c.add("hosts", "no host has the `etcd` role", Some("add `etcd` to the roles of your control-plane hosts (stacked etcd) or list dedicated etcd hosts".into()));
         } else if etcd % 2 == 0 {
-            c.add("hosts", format!("{etcd} hosts have the `etcd` role; an even number of members tolerates no more failures than one member fewer"), Some(format!("use an odd number of etcd members: {} or {}", etcd - 1, etcd + 1)));
+            // A warning, not an error: a cluster passes through an even count while a member is replaced
+            // (`remove-node`, then `join`), and etcd runs fine with it.
+            c.warn("hosts", format!("{etcd} hosts have the `etcd` role; an even number of members tolerates no more failures than one member fewer"), Some(format!("use an odd number of etcd members: {} or {}", etcd - 1, etcd + 1)));
         }
         if cp > 0 && schedulable == 0 {
             c.add(

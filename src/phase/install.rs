@@ -204,6 +204,33 @@ impl Phase for Etcd {
         let args = render::to_args(&render::etcd_flags(m, h, "new"));
         d.files.push(unit_file(Component::Etcd, &format!("{BIN}/etcd"), args, "https://etcd.io/docs/"));
         d.units.push("etcd".into());
+        if let Some(b) = h.etcd_bootstrap.as_ref().filter(|b| b.state == "existing") {
+            // A member joining a running cluster: added as a learner before it starts (after a quorum check),
+            // promoted once it caught up, removed again when it does not. Members join one at a time.
+            let peer = crate::model::url(h.internal_ip, 2380);
+            let others: Vec<String> = b
+                .initial_cluster
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .filter(|(n, _)| *n != h.name)
+                .filter_map(|(n, _)| m.host(n))
+                .map(|o| crate::model::url(o.internal_ip, 2379))
+                .collect();
+            let endpoints = others.join(",");
+            d.before_start.push((
+                "add the member as an etcd learner".into(),
+                Command::shell(format!("{ETCDCTL_FN}\n{ADD_LEARNER}"))
+                    .arg(h.name.clone())
+                    .arg(peer.clone())
+                    .arg(endpoints.clone())
+                    .sudo(),
+            ));
+            d.after_change.push((
+                "promote the etcd learner".into(),
+                Command::shell(format!("{ETCDCTL_FN}\n{PROMOTE_LEARNER}")).arg(peer).arg(endpoints).sudo(),
+            ));
+            d.serial = true;
+        }
         let check = format!(
             "ETCDCTL_API=3 {BIN}/etcdctl --endpoints=https://127.0.0.1:2379 --cacert={PKI}/etcd/ca.crt \
              --cert={PKI}/etcd/healthcheck-client.crt --key={PKI}/etcd/healthcheck-client.key --command-timeout=5s endpoint health"
@@ -212,6 +239,39 @@ impl Phase for Etcd {
         Ok(Some(HostWork::Converge(d)))
     }
 }
+
+/// `e ARGS`: etcdctl over TLS with the health-check client certificate against `$eps`.
+const ETCDCTL_FN: &str = r#"e() { ETCDCTL_API=3 /usr/local/bin/etcdctl --endpoints="$eps" --cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt --key=/etc/kubernetes/pki/etcd/healthcheck-client.key --command-timeout=10s "$@"; }"#;
+
+/// Adds this host as a learner: `$1` name, `$2` peer URL, `$3` the running members' client URLs. A re-run
+/// finds the member already there. Refuses when any running member is unhealthy, naming it.
+const ADD_LEARNER: &str = r#"name=$1; peer=$2; eps=$3
+set -u
+if e member list | awk -F', ' -v p="$peer" '$4 == p {f=1} END {exit !f}'; then exit 0; fi
+bad=$(e endpoint health 2>&1 | grep -v 'is healthy' || true)
+if [ -n "$bad" ]; then echo "etcd is not healthy, refusing to add $name: $bad" >&2; exit 1; fi
+# Data of an earlier attempt belongs to a member ID the cluster no longer knows.
+rm -rf /var/lib/etcd/member
+e member add "$name" --peer-urls="$peer" --learner >/dev/null"#;
+
+/// Promotes this host's learner once it caught up: `$1` peer URL, `$2` the other members' client URLs.
+/// After 300 s the learner is removed again (no stale member), the member stopped and its data wiped.
+const PROMOTE_LEARNER: &str = r#"peer=$1; eps=$2
+line=$(e member list | awk -F', ' -v p="$peer" '$4 == p')
+[ -n "$line" ] || { echo "this host is not an etcd member" >&2; exit 1; }
+id=${line%%,*}
+case "$line" in *", false") exit 0 ;; esac
+i=0
+until e member promote "$id" >/dev/null 2>&1; do
+  i=$((i+1))
+  if [ $i -ge 150 ]; then
+    echo "the etcd learner did not catch up within 300 s: removing it again" >&2
+    e member remove "$id" >&2 || true
+    systemctl stop etcd; rm -rf /var/lib/etcd/member
+    exit 1
+  fi
+  sleep 2
+done"#;
 
 /// `control-plane`: kube-apiserver, kube-controller-manager, kube-scheduler; waits for `/readyz`.
 pub struct ControlPlane;
@@ -306,6 +366,9 @@ impl Phase for ApiEndpoint {
     }
     fn title(&self) -> &'static str {
         "Node-local API load balancer (HA)"
+    }
+    fn rollout(&self) -> super::Rollout {
+        super::Rollout::SerialWhenRunning
     }
     fn work(&self, ctx: &Context<'_>, h: &HostModel) -> Result<Option<HostWork>> {
         if ctx.model.endpoint.mode != EndpointMode::LocalLb || !h.is_node {

@@ -170,8 +170,17 @@ pub fn etcd_flags(m: &ClusterModel, h: &HostModel, initial_state: &str) -> Flags
             ("advertise-client-urls", crate::model::url(ip, 2379)),
             ("listen-peer-urls", crate::model::url(ip, 2380)),
             ("initial-advertise-peer-urls", crate::model::url(ip, 2380)),
-            ("initial-cluster", m.etcd_initial_cluster()),
-            ("initial-cluster-state", initial_state.into()),
+            (
+                "initial-cluster",
+                h.etcd_bootstrap
+                    .as_ref()
+                    .map(|b| b.initial_cluster.clone())
+                    .unwrap_or_else(|| m.etcd_initial_cluster()),
+            ),
+            (
+                "initial-cluster-state",
+                h.etcd_bootstrap.as_ref().map(|b| b.state.clone()).unwrap_or_else(|| initial_state.into()),
+            ),
             ("initial-cluster-token", format!("kubeforge-{}", m.name)),
             ("cert-file", format!("{PKI}/etcd/server.crt")),
             ("key-file", format!("{PKI}/etcd/server.key")),
