@@ -29,6 +29,10 @@ pub enum Command {
     /// CNI bridge and routes, kube-proxy's iptables chains), then check each host is clean. Without `--yes`
     /// it only shows what it would remove.
     Reset(ResetArgs),
+    /// Per host: reachable, roles, versions, units down, drift (files that differ from what apply would
+    /// write), Node readiness, etcd health and leader; the earliest certificate expiry. Read-only, one round
+    /// trip per host; exits 1 when anything is unhealthy.
+    Status(StatusArgs),
     /// Certificates: generate, check expiration, renew.
     #[command(subcommand)]
     Certs(crate::pki::command::CertsCommand),
@@ -150,6 +154,29 @@ pub struct RemoveNodeArgs {
     pub cache_dir: Option<PathBuf>,
 }
 
+/// Arguments of `kubeforge status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The inventory file.
+    #[arg(short, long)]
+    pub inventory: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub output: crate::adhoc::check::OutputFormat,
+    /// Hosts worked on at once.
+    #[arg(long, default_value_t = 10)]
+    pub concurrency: usize,
+    /// Record host keys that are not yet in known_hosts (changed keys are always refused).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+    /// Directory holding `<cluster>/` PKI directories.
+    #[arg(long, default_value = "pki")]
+    pub pki_dir: PathBuf,
+    /// Artifact cache directory (default: the user cache dir, or $KUBEFORGE_CACHE_DIR).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+}
+
 /// Arguments of `kubeforge reset`.
 #[derive(Debug, clap::Args)]
 pub struct ResetArgs {
@@ -256,6 +283,15 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Apply(a) => crate::apply::run(&a.inventory.clone(), apply_options(a)),
         Command::Join(a) => crate::lifecycle::join(&a.inventory.clone(), apply_options(a)),
+        Command::Status(a) => {
+            let mut o = crate::apply::ApplyOptions::new(
+                a.pki_dir,
+                a.cache_dir.unwrap_or_else(crate::artifacts::default_cache_dir),
+            );
+            o.concurrency = a.concurrency.max(1);
+            o.connect = connect_options(a.accept_new_host_keys);
+            crate::status::run(&a.inventory, o, matches!(a.output, crate::adhoc::check::OutputFormat::Json))
+        }
         Command::Reset(a) => {
             let mut apply = crate::apply::ApplyOptions::new(
                 a.pki_dir,

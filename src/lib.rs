@@ -26,6 +26,7 @@ pub mod render;
 pub mod report;
 pub mod sshconfig;
 pub mod state;
+pub mod status;
 pub mod transport;
 pub mod workflow;
 

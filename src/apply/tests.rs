@@ -585,3 +585,86 @@ fn control_planes_join_as_etcd_learners_one_at_a_time_and_running_members_keep_t
     let (again, _) = g.run(&three, g.options());
     assert_eq!(again.unwrap().total_changes(), 0);
 }
+
+#[test]
+fn status_reads_one_probe_per_host_and_reports_drift_stopped_units_and_unreachable_hosts() {
+    let text = "cluster: {name: st, kubernetesVersion: v1.35.7}\nhosts:\n\
+        - {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd]}\n\
+        - {name: w1, address: 10.0.0.2, roles: [worker]}\n";
+    let model = ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), text).unwrap());
+    let h = Harness::new(&model);
+    h.run(text, h.options()).0.unwrap();
+    // The first control plane answers the cluster query like etcdctl and kubectl would.
+    h.hosts["cp1"].on(
+        "etcdstatus",
+        Reply::ok("etcdstatus https://10.0.0.1:2379 true\netcdhealth https://10.0.0.1:2379: healthy\nnode cp1 True\nnode w1 True\n"),
+    );
+    let status = |h: &Harness| {
+        let loaded = crate::inventory::parse(Path::new("i.yaml"), text).unwrap();
+        let mut m = ClusterModel::derive(&loaded);
+        let artifacts = fake_artifacts(&m, &h.dir.path().join("artifacts"));
+        let mut o = h.options();
+        o.dry_run = true;
+        let scratch = scratch_for(&o, &m.name).unwrap();
+        let (material, state) =
+            prepare_with(&mut m, &o, scratch.as_ref().map(|t| t.path()), artifacts).unwrap();
+        let transports: BTreeMap<String, Arc<dyn Transport>> =
+            h.hosts.iter().map(|(n, t)| (n.clone(), t.clone() as Arc<dyn Transport>)).collect();
+        let ex = Executor::new(4, Arc::new(crate::report::Silent));
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(crate::status::gather(&m, &material, &state, &transports, &ex)).unwrap()
+    };
+    let before: BTreeMap<String, usize> = calls(&h);
+    let pki_before = tree(&h.options().pki_root);
+    let s = status(&h);
+    assert!(s.ok(), "{}", s.table());
+    assert_eq!(s.hosts[0].etcd.as_deref(), Some("healthy,leader"));
+    assert_eq!(s.hosts[1].versions["kubelet"], "v1.35.7");
+    let after = calls(&h);
+    assert_eq!(after["w1"] - before["w1"], 1, "one round trip per host");
+    assert_eq!(after["cp1"] - before["cp1"], 2, "plus the cluster query on the first control plane");
+    assert_eq!(tree(&h.options().pki_root), pki_before, "status writes nothing under pki/");
+
+    // A tampered kubelet config and a stopped kube-proxy on w1: drift, unit down, unhealthy.
+    h.hosts["w1"].put_file("/var/lib/kubelet/config.yaml", b"tampered".to_vec());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(
+        h.hosts["w1"]
+            .exec(&crate::transport::Command::shell("systemctl disable --now").arg("kube-proxy").arg("--")),
+    )
+    .unwrap();
+    let s = status(&h);
+    let w = s.hosts.iter().find(|x| x.name == "w1").unwrap();
+    assert_eq!(w.drift, ["/var/lib/kubelet/config.yaml"], "{}", s.table());
+    assert_eq!(w.units_down, ["kube-proxy: inactive"], "{}", s.table());
+    assert!(
+        !s.ok()
+            && s.table().contains("drift /var/lib/kubelet/config.yaml")
+            && s.table().contains("UNHEALTHY")
+    );
+    assert!(s.hosts[0].ok(), "cp1 is fine: {}", s.table());
+
+    // An unreachable host is a row with its reason.
+    h.hosts["w1"].on("sha256sum", Reply::Disconnect);
+    let s = status(&h);
+    let w = s.hosts.iter().find(|x| x.name == "w1").unwrap();
+    assert!(!w.reachable && w.error.as_deref().unwrap_or("").contains("connection lost"), "{}", s.table());
+    assert!(s.table().contains("UNREACHABLE"));
+}
+
+/// Every file under `dir` with its size and modification time.
+fn tree(dir: &Path) -> BTreeMap<PathBuf, (u64, std::time::SystemTime)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.insert(e.path(), (m.len(), m.modified().unwrap()));
+            }
+        }
+    }
+    out
+}

@@ -829,8 +829,10 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
     if let Some(v) = &comps.kubectl {
         let parsed = check_version(&mut c, "cluster.components.kubectl", v);
         if let (Some(kv), Some(k)) = (parsed, k8s) {
+            // A warning: kubectl outside the supported skew mostly works, and an air-gapped bundle may only
+            // hold a newer one; the admin decides.
             if kv.major != k.major || kv.minor.abs_diff(k.minor) > 1 {
-                c.add(
+                c.warn(
                     "cluster.components.kubectl",
                     format!("kubectl {kv} is more than one minor version away from Kubernetes {k}"),
                     Some(format!(

@@ -1,0 +1,284 @@
+//! `kubeforge status`: what the cluster looks like now, read-only, for people and for cron or a monitoring
+//! check (exit 1 when anything is unhealthy).
+//!
+//! Per host, **one** round trip: the same state probe apply's plan makes (every file digest and unit state of
+//! every phase), so drift is exactly what `apply --dry-run` would change: files whose digest differs from what
+//! apply would write, services stopped. The first control plane answers one more command for the cluster:
+//! etcd members with their health and the leader, and each Node's readiness. Versions come from the cluster
+//! state; certificate expiry from `pki/<cluster>/`.
+
+use crate::apply::{self, ApplyOptions};
+use crate::exec::{Executor, HostPlan, Step};
+use crate::model::ClusterModel;
+use crate::phase::{Context, HostWork};
+use crate::plan::{ActualState, HostDesired};
+use crate::state::ClusterState;
+use crate::transport::{Command, Transport};
+use crate::{Error, Result};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// One host's status.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HostStatus {
+    /// Host name.
+    pub name: String,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// Reachable over SSH; when not, why.
+    pub reachable: bool,
+    /// Why it could not be read.
+    pub error: Option<String>,
+    /// Installed versions per component, from the cluster state.
+    pub versions: BTreeMap<String, String>,
+    /// Units that must run and do not (`unit: state`).
+    pub units_down: Vec<String>,
+    /// Files whose content differs from what apply would write (`path`), or that are missing.
+    pub drift: Vec<String>,
+    /// Node readiness (`True`, `False`, `Unknown`, or `missing` when no Node is registered); `None` for
+    /// hosts that are not nodes.
+    pub node_ready: Option<String>,
+    /// etcd member health (`healthy`/`unhealthy`, `leader`), for members.
+    pub etcd: Option<String>,
+}
+
+impl HostStatus {
+    /// Whether this host is healthy and matches the inventory.
+    pub fn ok(&self) -> bool {
+        self.reachable
+            && self.units_down.is_empty()
+            && self.drift.is_empty()
+            && self.node_ready.as_deref().is_none_or(|r| r == "True")
+            && self.etcd.as_deref().is_none_or(|e| e.starts_with("healthy"))
+    }
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    /// Cluster name.
+    pub cluster: String,
+    /// Per host.
+    pub hosts: Vec<HostStatus>,
+    /// The certificate that expires first, and in how many days.
+    pub earliest_certificate: Option<(String, i64)>,
+}
+
+impl ClusterStatus {
+    /// Whether everything is healthy.
+    pub fn ok(&self) -> bool {
+        self.hosts.iter().all(HostStatus::ok)
+            && self.earliest_certificate.as_ref().is_none_or(|(_, d)| *d > 30)
+    }
+
+    /// The table for people.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "{:<14} {:<26} {:<10} {:<12} {:<9} {:<14} {}\n",
+            "HOST", "ROLES", "SSH", "VERSION", "NODE", "ETCD", "PROBLEMS"
+        );
+        for h in &self.hosts {
+            let version =
+                h.versions.get("kubelet").or_else(|| h.versions.get("etcd")).cloned().unwrap_or("-".into());
+            let mut problems: Vec<String> = Vec::new();
+            problems.extend(h.units_down.iter().map(|u| format!("unit {u}")));
+            problems.extend(h.drift.iter().map(|f| format!("drift {f}")));
+            if let Some(e) = &h.error {
+                problems.push(e.clone());
+            }
+            s.push_str(&format!(
+                "{:<14} {:<26} {:<10} {:<12} {:<9} {:<14} {}\n",
+                h.name,
+                h.roles.join(","),
+                if h.reachable { "ok" } else { "UNREACHABLE" },
+                version,
+                h.node_ready.as_deref().unwrap_or("-"),
+                h.etcd.as_deref().unwrap_or("-"),
+                if problems.is_empty() { "-".to_string() } else { problems.join("; ") }
+            ));
+        }
+        if let Some((name, days)) = &self.earliest_certificate {
+            s.push_str(&format!("certificates: {name} expires first, in {days} days\n"));
+        }
+        s.push_str(if self.ok() { "status: healthy\n" } else { "status: UNHEALTHY\n" });
+        s
+    }
+}
+
+/// The cluster query on the first control plane: `etcd NAME healthy|unhealthy [leader]` and
+/// `node NAME READY` lines. `$1` the etcd client URLs.
+const CLUSTER_QUERY: &str = r#"eps=$1
+e() { ETCDCTL_API=3 /usr/local/bin/etcdctl --endpoints="$eps" --cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt --key=/etc/kubernetes/pki/etcd/healthcheck-client.key --command-timeout=5s "$@"; }
+if [ -n "$eps" ]; then
+  e endpoint status -w simple 2>/dev/null | awk -F', ' '{print "etcdstatus " $1 " " $5}'
+  e endpoint health 2>&1 | awk '/is healthy/ {print "etcdhealth " $1 " healthy"} /is unhealthy|failed/ {print "etcdhealth " $1 " unhealthy"}'
+fi
+kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes -o jsonpath='{range .items[*]}{"node "}{.metadata.name}{" "}{range .status.conditions[?(@.type=="Ready")]}{.status}{end}{"\n"}{end}' 2>/dev/null
+true"#;
+
+/// Reads every host (one probe each) and the cluster (one query on the first control plane).
+pub async fn gather(
+    model: &ClusterModel,
+    material: &apply::Material,
+    state: &ClusterState,
+    transports: &BTreeMap<String, Arc<dyn Transport>>,
+    executor: &Executor,
+) -> Result<ClusterStatus> {
+    let ctx = Context { model, material };
+    let mut desired: BTreeMap<String, HostDesired> = BTreeMap::new();
+    for host in &model.hosts {
+        let mut parts = Vec::new();
+        for phase in crate::workflow::apply() {
+            // The state copy's content is computed by a run (its checkpoints), not here.
+            if phase.at_plan_time() || phase.id() == crate::phase::state::ID {
+                continue;
+            }
+            if let Some(HostWork::Converge(d)) = phase.work(&ctx, host)? {
+                parts.push(d);
+            }
+        }
+        desired.insert(host.name.clone(), HostDesired::merged(parts.iter()));
+    }
+    let actual: Arc<Mutex<BTreeMap<String, ActualState>>> = Default::default();
+    let cluster_out: Arc<Mutex<String>> = Default::default();
+    let first_cp = model.control_planes().next().map(|h| h.name.clone());
+    let mut plans = Vec::new();
+    for host in &model.hosts {
+        let d = desired[&host.name].clone();
+        let (out, name) = (actual.clone(), host.name.clone());
+        let mut steps = vec![Step::custom("read host state", move |t: &dyn Transport| {
+            Box::pin(async move {
+                let st = crate::plan::probe(t, &d).await?;
+                out.lock().expect("lock").insert(name, st);
+                Ok(false)
+            })
+        })];
+        if first_cp.as_deref() == Some(host.name.as_str()) {
+            let eps = model.etcd_client_urls();
+            let out = cluster_out.clone();
+            steps.push(Step::custom("read the cluster", move |t: &dyn Transport| {
+                Box::pin(async move {
+                    let r = t.exec(&Command::shell(CLUSTER_QUERY).arg(eps).sudo()).await?;
+                    *out.lock().expect("lock") = r.stdout_str();
+                    Ok(false)
+                })
+            }));
+        }
+        let t = transports
+            .get(&host.name)
+            .cloned()
+            .ok_or_else(|| Error::msg(format!("no connection for {}", host.name), None))?;
+        plans.push(HostPlan { transport: t, steps });
+    }
+    let report = executor.run("status", plans).await;
+    let failures: BTreeMap<String, String> =
+        report.failures.iter().map(|f| (f.host.clone(), format!("{}", f.error))).collect();
+    let actual = actual.lock().expect("lock");
+    let cluster = cluster_out.lock().expect("lock").clone();
+    let mut etcd_by_url: BTreeMap<String, String> = BTreeMap::new();
+    let mut leaders: Vec<String> = Vec::new();
+    let mut nodes: BTreeMap<String, String> = BTreeMap::new();
+    for line in cluster.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["etcdhealth", url, h] => {
+                etcd_by_url.insert(url.trim_end_matches(':').to_string(), h.to_string());
+            }
+            ["etcdstatus", url, leader] if *leader == "true" => leaders.push(url.to_string()),
+            ["node", name, ready] => {
+                nodes.insert(name.to_string(), ready.to_string());
+            }
+            ["node", name] => {
+                nodes.insert(name.to_string(), "Unknown".into());
+            }
+            _ => {}
+        }
+    }
+    let mut hosts = Vec::new();
+    for h in &model.hosts {
+        let mut roles = Vec::new();
+        if h.roles.control_plane {
+            roles.push("control-plane".to_owned());
+        }
+        if h.roles.etcd {
+            roles.push("etcd".to_owned());
+        }
+        if h.roles.worker {
+            roles.push("worker".to_owned());
+        }
+        let (mut units_down, mut drift) = (Vec::new(), Vec::new());
+        if let Some(a) = actual.get(&h.name) {
+            let d = &desired[&h.name];
+            for u in &d.units {
+                let st = a.units.get(u).map(|s| s.active.clone()).unwrap_or_default();
+                if st != "active" {
+                    units_down.push(format!("{u}: {st}"));
+                }
+            }
+            for f in d.files.iter().filter(|f| !f.upload.dest.starts_with(crate::plan::MARKER_DIR)) {
+                let got = a.digests.get(&f.upload.dest).cloned().flatten();
+                if got.as_deref() != Some(f.upload.sha256.as_str()) {
+                    drift.push(if got.is_none() {
+                        format!("{} (missing)", f.upload.dest)
+                    } else {
+                        f.upload.dest.clone()
+                    });
+                }
+            }
+            units_down.dedup();
+            drift.dedup();
+        }
+        let url = crate::model::url(h.internal_ip, 2379);
+        let etcd = h.roles.etcd.then(|| {
+            let health = etcd_by_url.get(&url).cloned().unwrap_or_else(|| "unhealthy".into());
+            if leaders.contains(&url) {
+                format!("{health},leader")
+            } else {
+                health
+            }
+        });
+        hosts.push(HostStatus {
+            name: h.name.clone(),
+            roles,
+            reachable: !failures.contains_key(&h.name),
+            error: failures.get(&h.name).cloned(),
+            versions: state.hosts.get(&h.name).map(|s| s.versions.clone()).unwrap_or_default(),
+            units_down,
+            drift,
+            node_ready: h.is_node.then(|| nodes.get(&h.name).cloned().unwrap_or_else(|| "missing".into())),
+            etcd,
+        });
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let earliest = material.pki.certificates().ok().and_then(|certs| {
+        certs.into_iter().min_by_key(|(_, c)| c.not_after).map(|(n, c)| (n, (c.not_after - now) / 86_400))
+    });
+    Ok(ClusterStatus { cluster: model.name.clone(), hosts, earliest_certificate: earliest })
+}
+
+/// `kubeforge status`.
+pub fn run(inventory: &Path, options: ApplyOptions, json: bool) -> Result<i32> {
+    let loaded = crate::inventory::load(inventory)?;
+    let mut model = ClusterModel::derive(&loaded);
+    let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
+    let mut o = options;
+    o.dry_run = true;
+    let scratch = apply::scratch_for(&o, &model.name)?;
+    let status = rt.block_on(async {
+        let (material, state) =
+            apply::prepare(&loaded, &mut model, &o, scratch.as_ref().map(|t| t.path())).await?;
+        let transports = apply::transports(&loaded, &o.connect)?;
+        let executor = Executor::new(o.concurrency, Arc::new(crate::report::Silent));
+        let s = gather(&model, &material, &state, &transports, &executor).await?;
+        eprint!("{}", apply::host_stats(&transports));
+        Ok::<_, Error>(s)
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
+    } else {
+        print!("{}", status.table());
+    }
+    Ok(if status.ok() { 0 } else { 1 })
+}
