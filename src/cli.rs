@@ -140,6 +140,14 @@ pub struct RemoveNodeArgs {
     /// Print what would be done; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Connection, PKI and cache settings.
+    #[command(flatten)]
+    pub common: ClusterArgs,
+}
+
+/// Settings every command that works on a cluster shares.
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
     /// Hosts worked on at once.
     #[arg(long, default_value_t = 10)]
     pub concurrency: usize,
@@ -154,6 +162,19 @@ pub struct RemoveNodeArgs {
     pub cache_dir: Option<PathBuf>,
 }
 
+impl ClusterArgs {
+    /// The run options these settings give (everything else at its default).
+    pub fn options(self) -> crate::apply::ApplyOptions {
+        let mut o = crate::apply::ApplyOptions::new(
+            self.pki_dir,
+            self.cache_dir.unwrap_or_else(crate::artifacts::default_cache_dir),
+        );
+        o.concurrency = self.concurrency.max(1);
+        o.connect = connect_options(self.accept_new_host_keys);
+        o
+    }
+}
+
 /// Arguments of `kubeforge status`.
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -163,18 +184,9 @@ pub struct StatusArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     pub output: crate::adhoc::check::OutputFormat,
-    /// Hosts worked on at once.
-    #[arg(long, default_value_t = 10)]
-    pub concurrency: usize,
-    /// Record host keys that are not yet in known_hosts (changed keys are always refused).
-    #[arg(long)]
-    pub accept_new_host_keys: bool,
-    /// Directory holding `<cluster>/` PKI directories.
-    #[arg(long, default_value = "pki")]
-    pub pki_dir: PathBuf,
-    /// Artifact cache directory (default: the user cache dir, or $KUBEFORGE_CACHE_DIR).
-    #[arg(long)]
-    pub cache_dir: Option<PathBuf>,
+    /// Connection, PKI and cache settings.
+    #[command(flatten)]
+    pub common: ClusterArgs,
 }
 
 /// Arguments of `kubeforge reset`.
@@ -189,18 +201,9 @@ pub struct ResetArgs {
     /// Really remove (without it, the command shows what it would remove and changes nothing).
     #[arg(long)]
     pub yes: bool,
-    /// Hosts worked on at once.
-    #[arg(long, default_value_t = 10)]
-    pub concurrency: usize,
-    /// Record host keys that are not yet in known_hosts (changed keys are always refused).
-    #[arg(long)]
-    pub accept_new_host_keys: bool,
-    /// Directory holding `<cluster>/` PKI directories.
-    #[arg(long, default_value = "pki")]
-    pub pki_dir: PathBuf,
-    /// Artifact cache directory (default: the user cache dir, or $KUBEFORGE_CACHE_DIR).
-    #[arg(long)]
-    pub cache_dir: Option<PathBuf>,
+    /// Connection, PKI and cache settings.
+    #[command(flatten)]
+    pub common: ClusterArgs,
 }
 
 /// Arguments of `kubeforge exec`.
@@ -283,33 +286,19 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Apply(a) => crate::apply::run(&a.inventory.clone(), apply_options(a)),
         Command::Join(a) => crate::lifecycle::join(&a.inventory.clone(), apply_options(a)),
-        Command::Status(a) => {
-            let mut o = crate::apply::ApplyOptions::new(
-                a.pki_dir,
-                a.cache_dir.unwrap_or_else(crate::artifacts::default_cache_dir),
-            );
-            o.concurrency = a.concurrency.max(1);
-            o.connect = connect_options(a.accept_new_host_keys);
-            crate::status::run(&a.inventory, o, matches!(a.output, crate::adhoc::check::OutputFormat::Json))
-        }
+        Command::Status(a) => crate::status::run(
+            &a.inventory,
+            a.common.options(),
+            matches!(a.output, crate::adhoc::check::OutputFormat::Json),
+        ),
         Command::Reset(a) => {
-            let mut apply = crate::apply::ApplyOptions::new(
-                a.pki_dir,
-                a.cache_dir.unwrap_or_else(crate::artifacts::default_cache_dir),
-            );
-            apply.concurrency = a.concurrency.max(1);
-            apply.connect = connect_options(a.accept_new_host_keys);
+            let mut apply = a.common.options();
             apply.hosts = a.hosts;
             crate::lifecycle::reset(&a.inventory, crate::lifecycle::ResetOptions { yes: a.yes, apply })
         }
         Command::RemoveNode(a) => {
-            let mut apply = crate::apply::ApplyOptions::new(
-                a.pki_dir,
-                a.cache_dir.unwrap_or_else(crate::artifacts::default_cache_dir),
-            );
+            let mut apply = a.common.options();
             apply.dry_run = a.dry_run;
-            apply.concurrency = a.concurrency.max(1);
-            apply.connect = connect_options(a.accept_new_host_keys);
             apply.ignore_preflight = vec!["all".into()];
             crate::lifecycle::remove_node(
                 &a.inventory,

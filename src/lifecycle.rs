@@ -107,7 +107,6 @@ fn remove_stale_learners(
     connect: &crate::transport::ssh::ConnectOptions,
 ) -> Result<Vec<String>> {
     let script = r#"eps=$1; shift
-e() { ETCDCTL_API=3 /usr/local/bin/etcdctl --endpoints="$eps" --cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt --key=/etc/kubernetes/pki/etcd/healthcheck-client.key --command-timeout=10s "$@"; }
 list=$(e member list) || exit 1
 for peer in "$@"; do
   line=$(echo "$list" | awk -F', ' -v p="$peer" '$4 == p')
@@ -221,7 +220,7 @@ pub fn remove_node(inventory: &Path, options: RemoveOptions) -> Result<i32> {
             .filter(|h| h.name != name)
             .map(|h| crate::model::url(h.internal_ip, 2379))
             .collect();
-        let cmd = Command::shell(REMOVE_MEMBER)
+        let cmd = Command::shell(format!("{}\n{REMOVE_MEMBER}", crate::phase::install::ETCDCTL_FN))
             .arg(crate::model::url(host.internal_ip, 2380))
             .arg(remaining.join(","))
             .arg(if dry { "check" } else { "remove" })
@@ -355,7 +354,6 @@ pub fn remove_node(inventory: &Path, options: RemoveOptions) -> Result<i32> {
 /// `$3` `check` or `remove`. Refuses (exit 3) when the remaining healthy members would not be a majority of
 /// the remaining voting members, naming the unhealthy ones. Prints what it did.
 const REMOVE_MEMBER: &str = r#"peer=$1; eps=$2; mode=$3
-e() { ETCDCTL_API=3 /usr/local/bin/etcdctl --endpoints="$eps" --cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt --key=/etc/kubernetes/pki/etcd/healthcheck-client.key --command-timeout=10s "$@"; }
 list=$(e member list) || { echo "cannot list the etcd members through $eps" >&2; exit 1; }
 line=$(echo "$list" | awk -F', ' -v p="$peer" '$4 == p')
 if [ -z "$line" ]; then echo "was not a member any more"; exit 0; fi

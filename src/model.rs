@@ -70,6 +70,17 @@ pub struct Roles {
     pub worker: bool,
 }
 
+impl Roles {
+    /// The role names as the inventory writes them, in a fixed order.
+    pub fn names(&self) -> Vec<String> {
+        [(self.control_plane, "control-plane"), (self.etcd, "etcd"), (self.worker, "worker")]
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| n.to_owned())
+            .collect()
+    }
+}
+
 /// A service kubeforge installs on a host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]

@@ -192,16 +192,7 @@ impl ClusterState {
     pub fn record_hosts<'a>(&mut self, model: &ClusterModel, hosts: impl IntoIterator<Item = &'a str>) {
         for name in hosts {
             let Some(h) = model.host(name) else { continue };
-            let mut roles = Vec::new();
-            if h.roles.control_plane {
-                roles.push("control-plane".to_owned());
-            }
-            if h.roles.etcd {
-                roles.push("etcd".to_owned());
-            }
-            if h.roles.worker {
-                roles.push("worker".to_owned());
-            }
+            let roles = h.roles.names();
             let v = &model.versions;
             let mut versions = BTreeMap::new();
             for c in &h.components {

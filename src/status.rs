@@ -110,7 +110,6 @@ impl ClusterStatus {
 /// The cluster query on the first control plane: `etcd NAME healthy|unhealthy [leader]` and
 /// `node NAME READY` lines. `$1` the etcd client URLs.
 const CLUSTER_QUERY: &str = r#"eps=$1
-e() { ETCDCTL_API=3 /usr/local/bin/etcdctl --endpoints="$eps" --cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt --key=/etc/kubernetes/pki/etcd/healthcheck-client.key --command-timeout=5s "$@"; }
 if [ -n "$eps" ]; then
   e endpoint status -w simple 2>/dev/null | awk -F', ' '{print "etcdstatus " $1 " " $5}'
   e endpoint health 2>&1 | awk '/is healthy/ {print "etcdhealth " $1 " healthy"} /is unhealthy|failed/ {print "etcdhealth " $1 " unhealthy"}'
@@ -160,7 +159,8 @@ pub async fn gather(
             let out = cluster_out.clone();
             steps.push(Step::custom("read the cluster", move |t: &dyn Transport| {
                 Box::pin(async move {
-                    let r = t.exec(&Command::shell(CLUSTER_QUERY).arg(eps).sudo()).await?;
+                    let script = format!("{}\n{CLUSTER_QUERY}", crate::phase::install::ETCDCTL_FN);
+                    let r = t.exec(&Command::shell(script).arg(eps).sudo()).await?;
                     *out.lock().expect("lock") = r.stdout_str();
                     Ok(false)
                 })
@@ -198,16 +198,7 @@ pub async fn gather(
     }
     let mut hosts = Vec::new();
     for h in &model.hosts {
-        let mut roles = Vec::new();
-        if h.roles.control_plane {
-            roles.push("control-plane".to_owned());
-        }
-        if h.roles.etcd {
-            roles.push("etcd".to_owned());
-        }
-        if h.roles.worker {
-            roles.push("worker".to_owned());
-        }
+        let roles = h.roles.names();
         let (mut units_down, mut drift) = (Vec::new(), Vec::new());
         if let Some(a) = actual.get(&h.name) {
             let d = &desired[&h.name];

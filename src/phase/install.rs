@@ -240,8 +240,9 @@ impl Phase for Etcd {
     }
 }
 
-/// `e ARGS`: etcdctl over TLS with the health-check client certificate against `$eps`.
-const ETCDCTL_FN: &str = r#"e() { ETCDCTL_API=3 /usr/local/bin/etcdctl --endpoints="$eps" --cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt --key=/etc/kubernetes/pki/etcd/healthcheck-client.key --command-timeout=10s "$@"; }"#;
+/// `e ARGS`: etcdctl over TLS with the health-check client certificate against `$eps` (the scripts that
+/// use it set `eps` before calling it).
+pub const ETCDCTL_FN: &str = r#"e() { ETCDCTL_API=3 /usr/local/bin/etcdctl --endpoints="$eps" --cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt --key=/etc/kubernetes/pki/etcd/healthcheck-client.key --command-timeout=10s "$@"; }"#;
 
 /// Adds this host as a learner: `$1` name, `$2` peer URL, `$3` the running members' client URLs. A re-run
 /// finds the member already there. Refuses when any running member is unhealthy, naming it.
