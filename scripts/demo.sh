@@ -5,7 +5,8 @@
 #      Kubernetes server binaries, because official ones cannot be downloaded here);
 #   3. boot a lab of VMs and write its inventory;
 #   4. `kubeforge apply` onto the VMs, then a second apply that must report 0 changes;
-#   5. check the cluster with real kubectl and etcdctl from inside the lab network;
+#   5. check the cluster with real kubectl and etcdctl from inside the lab network, and `kubeforge status`
+#      (one probe per host: units, drift, Node readiness, etcd health; exits non-zero when unhealthy);
 #   6. tear the lab down (KEEP_LAB=1 keeps it).
 # With internet access, set RELEASE_SOURCE=official to install the official release binaries instead of
 # the test bundle (the inventory then uses the default release source).
@@ -46,6 +47,8 @@ stage "apply --dry-run" kf apply -i "$INV" --dry-run --ignore-preflight-errors=c
 stage "apply" kf apply -i "$INV" --ignore-preflight-errors=cpu,memory
 stage "apply again (expect 0 changes)" bash -c \
   "$(declare -f kf); LAB=$LAB INV=$INV; kf apply -i \"\$INV\" --ignore-preflight-errors=cpu,memory | tee /dev/stderr | grep -q 'apply: 0 changes'"
+
+stage "kubeforge status (expect healthy)" kf status -i "$INV"
 
 KUBECONFIG_ADMIN=pki/$LAB/admin.conf
 stage "kubectl get nodes" target/release/kubeforge lab exec --name "$LAB" -- \
