@@ -597,13 +597,17 @@ fn cli_inventory(dir: &Path, s: &Sshd, key: &ClientKey, down_port: u16) -> PathB
     inv
 }
 
-fn kubeforge(args: &[&str]) -> (i32, String, String) {
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_kubeforge")).args(args).output().unwrap();
+/// Exit code, stdout and stderr of a finished process.
+fn outcome(o: std::process::Output) -> (i32, String, String) {
     (
         o.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&o.stdout).into(),
         String::from_utf8_lossy(&o.stderr).into(),
     )
+}
+
+fn kubeforge(args: &[&str]) -> (i32, String, String) {
+    outcome(std::process::Command::new(env!("CARGO_BIN_EXE_kubeforge")).args(args).output().unwrap())
 }
 
 #[test]
@@ -781,12 +785,7 @@ fn kubeforge_in(home: &Path, args: &[&str], stdin: &str) -> (i32, String, String
         .spawn()
         .unwrap();
     child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let o = child.wait_with_output().unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into(),
-        String::from_utf8_lossy(&o.stderr).into(),
-    )
+    outcome(child.wait_with_output().unwrap())
 }
 
 #[test]
