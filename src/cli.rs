@@ -33,6 +33,11 @@ pub enum Command {
     /// write), Node readiness, etcd health and leader; the earliest certificate expiry. Read-only, one round
     /// trip per host; exits 1 when anything is unhealthy.
     Status(StatusArgs),
+    /// Upgrade Kubernetes: `plan` shows the path and the version-skew checks; `apply` takes an etcd snapshot,
+    /// then upgrades control planes one at a time and workers in drained batches, each host health-gated
+    /// and rolled back when it fails; `rollback` returns hosts to their previous version.
+    #[command(subcommand)]
+    Upgrade(crate::upgrade::UpgradeCommand),
     /// Certificates: generate, check expiration, renew.
     #[command(subcommand)]
     Certs(crate::pki::command::CertsCommand),
@@ -310,6 +315,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 },
             )
         }
+        Command::Upgrade(c) => crate::upgrade::run(c),
         Command::Certs(c) => crate::pki::command::run_certs(c),
         Command::Lab(c) => crate::lab::run_command(c),
         Command::Kubeconfig(a) => crate::pki::command::run_kubeconfig(a),

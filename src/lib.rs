@@ -12,6 +12,7 @@ pub mod adhoc;
 pub mod apilb;
 pub mod apply;
 pub mod artifacts;
+pub mod backup;
 pub mod cli;
 pub mod error;
 pub mod exec;
@@ -28,6 +29,7 @@ pub mod sshconfig;
 pub mod state;
 pub mod status;
 pub mod transport;
+pub mod upgrade;
 pub mod workflow;
 
 pub use error::{Error, Result};

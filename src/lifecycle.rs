@@ -170,7 +170,8 @@ pub fn owned(ctx: &Context<'_>, host: &HostModel) -> Result<HostDesired> {
     Ok(d)
 }
 
-fn kubectl(args: &[&str]) -> Command {
+/// kubectl on a control plane with the admin kubeconfig.
+pub(crate) fn kubectl(args: &[&str]) -> Command {
     Command::new("kubectl")
         .args(["--kubeconfig", "/etc/kubernetes/admin.conf"])
         .args(args.iter().copied())

@@ -32,6 +32,9 @@ pub struct HostState {
     pub arch: String,
     /// Installed version per component (`kubelet`: `v1.35.7`), as of the last successful phase.
     pub versions: BTreeMap<String, String>,
+    /// The Kubernetes version the host ran before its last upgrade (what `upgrade rollback` returns to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_kubernetes: Option<String>,
 }
 
 /// The state of one cluster.
@@ -204,6 +207,7 @@ impl ClusterState {
                 };
                 versions.insert(c.unit().to_owned(), version);
             }
+            let previous_kubernetes = self.hosts.get(name).and_then(|s| s.previous_kubernetes.clone());
             self.hosts.insert(
                 name.to_owned(),
                 HostState {
@@ -211,6 +215,7 @@ impl ClusterState {
                     internal_address: h.internal_ip.to_string(),
                     arch: h.arch.clone(),
                     versions,
+                    previous_kubernetes,
                 },
             );
         }

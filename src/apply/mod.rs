@@ -777,6 +777,44 @@ pub fn run(inventory: &Path, options: ApplyOptions) -> Result<i32> {
     run_loaded(&loaded, model, options, "apply")
 }
 
+/// Refuses a run whose inventory asks for another Kubernetes version than the hosts kubeforge installed
+/// run: a version change is an upgrade (drain, one host at a time, gates, rollback), never a side effect of
+/// `apply`, `join` or `remove-node`.
+pub fn check_version_unchanged(
+    model: &ClusterModel,
+    state: &ClusterState,
+    loaded: &crate::inventory::Loaded,
+) -> Result<()> {
+    let want = model.versions.kubernetes.to_string();
+    let mut other: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, h) in &state.hosts {
+        if model.host(name).is_none() {
+            continue;
+        }
+        let running = ["kube-apiserver", "kubelet"].iter().find_map(|c| h.versions.get(*c));
+        if let Some(v) = running.filter(|v| **v != want) {
+            other.entry(v.clone()).or_default().push(name.clone());
+        }
+    }
+    let Some((running, hosts)) = other.into_iter().next() else { return Ok(()) };
+    let line = loaded.positions.find("cluster.kubernetesVersion").map(|p| p.line).unwrap_or(0);
+    let newer = want.parse::<crate::inventory::validate::Version>().ok()
+        > running.parse::<crate::inventory::validate::Version>().ok();
+    Err(Error::msg(
+        format!(
+            "{}:{line}: the inventory asks for Kubernetes {want}, but {} run{} {running}",
+            loaded.path.display(),
+            hosts.join(", "),
+            if hosts.len() == 1 { "s" } else { "" }
+        ),
+        Some(&if newer {
+            format!("upgrading is `kubeforge upgrade apply -i {} --to {want}` (drained, one host at a time, with rollback)", loaded.path.display())
+        } else {
+            format!("set `kubernetesVersion: {running}` (kubeforge does not downgrade; `upgrade rollback` returns single hosts after a failed upgrade)")
+        }),
+    ))
+}
+
 /// Runs the apply workflow over SSH for an already loaded inventory and prints the plan (dry run) or the
 /// summary, as `label: N changes`. `apply`, `join` and `remove-node` end here.
 pub fn run_loaded(
@@ -786,6 +824,8 @@ pub fn run_loaded(
     label: &str,
 ) -> Result<i32> {
     let inventory = loaded.path.clone();
+    let recorded = ClusterState::load(&options.pki_root, &model.name)?;
+    check_version_unchanged(&model, &recorded, loaded)?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
     rt.block_on(async move {
         let scratch = scratch_for(&options, &model.name)?;

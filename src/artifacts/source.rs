@@ -9,7 +9,7 @@ pub use super::download::RetryPolicy;
 use super::extract::{extract, sha256_file};
 use super::layout::{is_sha256_hex, parse_checksum, remote_file, Bases, Kind};
 use super::progress::Progress;
-use super::{ArtifactError, Component, Requirement};
+use super::{normalize_version, ArtifactError, Component, Requirement};
 use crate::inventory::ReleaseSourceSpec;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -277,6 +277,50 @@ impl ArtifactSource {
         Ok(entry)
     }
 
+    /// The newest Kubernetes patch release of `v<major>.<minor>` this source offers, `None` when it offers
+    /// none: a bundle's newest `kube-apiserver` of that minor; the official servers' (or a mirror's)
+    /// `release/stable-<major>.<minor>.txt`. `upgrade plan` proposes from it and multi-minor upgrades pick
+    /// each intermediate hop with it.
+    pub async fn latest_kubernetes(
+        &self,
+        major: u32,
+        minor: u32,
+        progress: &dyn Progress,
+    ) -> Result<Option<String>, ArtifactError> {
+        match &self.kind {
+            SourceKind::Remote { bases, .. } => {
+                let url = format!("{}/release/stable-{major}.{minor}.txt", bases.kubernetes);
+                match self.downloader.fetch_text(&url, progress).await {
+                    Ok(text) => {
+                        let v = text.trim();
+                        normalize_version(v).map(Some)
+                    }
+                    Err(ArtifactError::Http { status: 404, .. }) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+            SourceKind::Bundle { path, opened } => {
+                let bundle = opened
+                    .get_or_try_init(|| async {
+                        let (p, root) = (path.clone(), self.cache.root().to_owned());
+                        blocking(move || Bundle::open(&p, &root)).await.map(Arc::new)
+                    })
+                    .await?
+                    .clone();
+                Ok(newest_patch(
+                    bundle
+                        .manifest
+                        .artifacts
+                        .iter()
+                        .filter(|a| a.component == Component::KubeApiserver.name())
+                        .map(|a| a.version.as_str()),
+                    major,
+                    minor,
+                ))
+            }
+        }
+    }
+
     async fn ensure_bundle(
         &self,
         req: &Requirement,
@@ -394,4 +438,17 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ArtifactError::io("a background task failed", std::io::Error::other(e.to_string())))?
+}
+
+/// The newest `v<major>.<minor>.<patch>` among `versions` (others and pre-releases ignored).
+pub fn newest_patch<'a>(versions: impl Iterator<Item = &'a str>, major: u32, minor: u32) -> Option<String> {
+    versions
+        .filter_map(|v| {
+            let mut it = v.strip_prefix('v')?.split('.');
+            let (a, b, c) = (it.next()?.parse::<u32>().ok()?, it.next()?.parse::<u32>().ok()?, it.next()?);
+            let patch = c.parse::<u32>().ok()?;
+            (a == major && b == minor).then_some((patch, v))
+        })
+        .max_by_key(|(p, _)| *p)
+        .map(|(_, v)| v.to_owned())
 }
