@@ -793,6 +793,17 @@ impl Run<'_> {
             eprintln!("[upgrade] {h}: drained");
         }
         let names: Vec<String> = todo.iter().map(|(h, _)| h.clone()).collect();
+        // What each host returns to by hand (`upgrade rollback`); recorded before the converge so that the
+        // state copy it puts on the control planes already says so.
+        let mut st = ClusterState::load(&self.options.pki_root, &self.model.name)?;
+        for h in &names {
+            if let (Some(hs), Some(f)) = (st.hosts.get_mut(h), from.get(h)) {
+                if *f != to {
+                    hs.previous_kubernetes = Some(f.to_string());
+                }
+            }
+        }
+        st.save(&self.options.pki_root)?;
         let t0 = Instant::now();
         let result = match self.converge(to, &names, false).await {
             Ok(s) => {
@@ -808,13 +819,6 @@ impl Run<'_> {
                     names.join(","),
                     t0.elapsed().as_secs_f64()
                 );
-                let mut st = ClusterState::load(&self.options.pki_root, &self.model.name)?;
-                for h in &names {
-                    if let (Some(hs), Some(f)) = (st.hosts.get_mut(h), from.get(h)) {
-                        hs.previous_kubernetes = Some(f.to_string());
-                    }
-                }
-                st.save(&self.options.pki_root)?;
                 for h in &drained {
                     self.kubectl(&api, "uncordon", &["uncordon", h], Duration::from_secs(30)).await?;
                     eprintln!("[upgrade] {h}: uncordoned");
@@ -1168,9 +1172,9 @@ pub fn apply(inventory: &Path, options: UpgradeOptions) -> Result<i32> {
     };
     let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
     let executor = Executor::new(options.apply.concurrency, crate::report::auto(false));
-    executor.stop_on_ctrl_c();
     let started = Instant::now();
     let result = rt.block_on(async {
+        executor.stop_on_ctrl_c();
         // 1. Preflight.
         let a = assess(&c, target).await?;
         let workers: Vec<String> =

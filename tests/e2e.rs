@@ -8,12 +8,17 @@
 //!    the worker fails preflight with the host and the cause and installs nothing anywhere; then apply,
 //!    0 changes on re-apply; `join` installs node3 while the existing worker only receives its route to
 //!    node3's pods (checked from the per-host traffic), a second join has nothing to do and apply reports
-//!    0 changes; a changed label changes exactly the label in the plan; `remove-node node3` drains it,
+//!    0 changes; a changed label changes exactly the label in the plan; the cluster (installed at v1.34.10)
+//!    is upgraded to v1.35.7 with a Deployment and a PodDisruptionBudget running: plan (path, skew, refused
+//!    downgrade), etcd snapshot, drains seen while they run, node3's host refusing the new kubelet rolled
+//!    back and reported, a re-run finishing node3 only, then 0 changes; `remove-node node3` drains it,
 //!    deletes its Node, leaves nothing kubeforge installed on it, forgets it in the state file, and the rest
 //!    of the cluster is converged without it.
 //! 3. **HA**: one control plane with stacked etcd behind the node-local API balancer, then `join` adds two
 //!    more as etcd learners (promoted one at a time): three voting members, etcd healthy as a cluster, apply
-//!    reports 0 changes; then one control-plane VM is powered off, the API stays reachable through the
+//!    reports 0 changes; an unhealthy etcd member refuses an upgrade, then the three control planes are
+//!    upgraded one at a time while `/readyz` through a node's balancer never fails twice in a row; then
+//!    one control-plane VM is powered off, the API stays reachable through the
 //!    balancer and etcd keeps quorum; `remove-node` removes the dead member (quorum checked), its Node and
 //!    every trace of it on the others, and reports that the host itself could not be cleaned.
 //!
@@ -30,6 +35,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 const KUBE_VERSION: &str = "v1.35.7";
+/// The version scenarios 2 and 3 install first, to upgrade from.
+const OLD_VERSION: &str = "v1.34.10";
 const UNITS_CP: &str = "etcd kube-apiserver kube-controller-manager kube-scheduler";
 const UNITS_NODE: &str = "containerd kubelet kube-proxy";
 
@@ -210,6 +217,11 @@ fn apply_converges(lab: &Lab, inv: &Path) {
 /// Every node registered, Ready, on the expected kubelet version; control planes labelled, tainted unless
 /// they also take workloads.
 fn check_nodes(lab: &Lab, cluster: &str, expect: &[(&str, bool, bool)]) {
+    check_nodes_at(lab, cluster, KUBE_VERSION, expect)
+}
+
+/// [`check_nodes`] with the kubelet version expected.
+fn check_nodes_at(lab: &Lab, cluster: &str, version: &str, expect: &[(&str, bool, bool)]) {
     let ns = eventually(120, "every node Ready", || {
         let ns = nodes(lab, cluster);
         match expect.iter().find(|(n, ..)| !ns.get(*n).is_some_and(ready)) {
@@ -220,7 +232,7 @@ fn check_nodes(lab: &Lab, cluster: &str, expect: &[(&str, bool, bool)]) {
     assert_eq!(ns.len(), expect.len(), "nodes: {:?}", ns.keys().collect::<Vec<_>>());
     for (name, control_plane, tainted) in expect {
         let n = &ns[*name];
-        assert_eq!(n["status"]["nodeInfo"]["kubeletVersion"], KUBE_VERSION, "{name}");
+        assert_eq!(n["status"]["nodeInfo"]["kubeletVersion"], version, "{name}");
         let labels = &n["metadata"]["labels"];
         assert_eq!(
             labels.get("node-role.kubernetes.io/control-plane").is_some(),
@@ -306,7 +318,7 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
     let two: &[(&str, &[&str])] = &[("node1", &["control-plane", "etcd"]), ("node2", &["worker"])];
     let three: &[(&str, &[&str])] =
         &[("node1", &["control-plane", "etcd"]), ("node2", &["worker"]), ("node3", &["worker"])];
-    let inv = lab.inventory(&cluster, two, &[]);
+    let inv = at_version(lab.inventory(&cluster, two, &[]), OLD_VERSION);
 
     // A port only the host can know is taken: preflight names the host and the holder, nothing is installed.
     must(
@@ -329,10 +341,10 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
     must(lab.ssh("node2", "systemctl stop kf-e2e-squatter"), "stop the program on 10250");
 
     apply_converges(lab, &inv);
-    check_nodes(lab, &cluster, &[("node1", true, true), ("node2", false, false)]);
+    check_nodes_at(lab, &cluster, OLD_VERSION, &[("node1", true, true), ("node2", false, false)]);
 
     // join: node3 is new in the inventory. It is installed; node2 only gets its route to node3's pods.
-    let inv3 = lab.inventory(&cluster, three, &[]);
+    let inv3 = at_version(lab.inventory(&cluster, three, &[]), OLD_VERSION);
     let me = env!("CARGO_BIN_EXE_kubeforge");
     let t = Instant::now();
     let joined =
@@ -352,14 +364,20 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
     assert!(must(o, "second join").contains("nothing to join"), "a second join finds nothing to do");
     let again = must(lab.apply(&inv3, &[]), "apply after the join");
     assert!(again.contains("apply: 0 changes"), "the join converged the cluster:\n{again}");
-    check_nodes(lab, &cluster, &[("node1", true, true), ("node2", false, false), ("node3", false, false)]);
+    check_nodes_at(
+        lab,
+        &cluster,
+        OLD_VERSION,
+        &[("node1", true, true), ("node2", false, false), ("node3", false, false)],
+    );
     for w in ["node2", "node3"] {
         must(lab.ssh(w, &format!("systemctl is-active {UNITS_NODE}")), "worker units");
     }
     etcd_health(lab, "node1", 1);
 
     // A changed label changes exactly that: the plan touches only the node metadata and restarts nothing.
-    let inv3 = lab.inventory(&cluster, three, &[("node2", "kubeforge.test/tier", "edge")]);
+    let inv3 =
+        at_version(lab.inventory(&cluster, three, &[("node2", "kubeforge.test/tier", "edge")]), OLD_VERSION);
     let plan = must(lab.apply(&inv3, &["--dry-run"]), "apply --dry-run after a label change");
     // The recorded cluster state (its addons checkpoint) moves with it, on the control plane only.
     let changed: Vec<&str> =
@@ -371,6 +389,9 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
     must(lab.apply(&inv3, &[]), "apply the label");
     let ns = nodes(lab, &cluster);
     assert_eq!(ns["node2"]["metadata"]["labels"]["kubeforge.test/tier"], "edge");
+
+    // Upgrade v1.34.10 -> v1.35.7 with a workload running; node3 refuses the new kubelet.
+    upgrade_with_a_workload_and_a_failing_node(lab, &cluster, &inv3);
 
     // remove-node: drained, Node deleted, the host cleaned, the others converge without it.
     let t = Instant::now();
@@ -402,6 +423,301 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
     lab.product_reset(&cluster, &inv2, &["node1", "node2"]);
 }
 
+/// A Deployment of three replicas and a PodDisruptionBudget that keeps two of them available. The
+/// doubles schedule the pods and report them Ready (no container runs: the image is never pulled).
+const WORKLOAD: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: web:1}]
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web, namespace: default}
+spec:
+  minAvailable: 2
+  selector: {matchLabels: {app: web}}
+";
+
+/// Runs `kubeforge ARGS` inside the lab network in the background, its output going to a file; returns the
+/// child and the output file.
+fn spawn_kf(lab: &Lab, args: &[&str], log: &str) -> (std::process::Child, PathBuf) {
+    let me = env!("CARGO_BIN_EXE_kubeforge");
+    let out = lab.dir.join(log);
+    let f = std::fs::File::create(&out).unwrap();
+    let mut a = vec!["lab", "exec", "--name", &lab.name, "--", me];
+    a.extend_from_slice(args);
+    let child = Command::new(me)
+        .args(&a)
+        .current_dir(&lab.dir)
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .expect("spawn kubeforge");
+    (child, out)
+}
+
+/// The web pods that are Ready, and on which nodes.
+fn web_pods_ready(lab: &Lab, cluster: &str) -> Vec<String> {
+    let out = must(
+        lab.kubectl(
+            cluster,
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=web",
+                "-o",
+                r#"jsonpath={range .items[*]}{.spec.nodeName}{" "}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}"#,
+            ],
+        ),
+        "kubectl get pods",
+    );
+    out.lines().filter(|l| l.ends_with(" True")).map(|l| l.split(' ').next().unwrap().to_owned()).collect()
+}
+
+/// Scenario 2's upgrade: a workload with a PodDisruptionBudget runs; `upgrade plan` shows the path and the
+/// skew checks and refuses a downgrade; `upgrade apply` snapshots etcd, upgrades node1 and node2 (cordoned
+/// and drained through the eviction API, seen while it runs), and node3, whose host refuses to start a
+/// v1.35 kubelet, is rolled back to v1.34.10 and Ready, and the run stops saying so. With the fault gone, a
+/// re-run upgrades only node3; a third run and `apply` report 0 changes; the workload is whole.
+fn upgrade_with_a_workload_and_a_failing_node(lab: &Lab, cluster: &str, inv: &Path) {
+    let me = env!("CARGO_BIN_EXE_kubeforge");
+    let i = inv.to_str().unwrap();
+    let manifest = lab.dir.join("web.yaml");
+    std::fs::write(&manifest, WORKLOAD).unwrap();
+    must(lab.kubectl(cluster, &["apply", "-f", manifest.to_str().unwrap()]), "kubectl apply the workload");
+    must(
+        lab.kubectl(cluster, &["rollout", "status", "deployment/web", "--timeout=180s"]),
+        "the workload is Ready",
+    );
+
+    let plan = must(lab.exec(&[me, "upgrade", "plan", "-i", i, "--to", KUBE_VERSION]), "upgrade plan");
+    eprintln!("[e2e] upgrade plan:\n{plan}");
+    assert!(plan.contains(&format!("path: {OLD_VERSION} → {KUBE_VERSION} (1 hop)")), "{plan}");
+    assert!(plan.contains(&format!("ok   kubelet on node3 {OLD_VERSION}")), "{plan}");
+    assert!(plan.contains("health: every etcd member healthy"), "{plan}");
+    let down = lab.exec(&[me, "upgrade", "plan", "-i", i, "--to", "v1.33.5"]);
+    assert!(!down.status.success() && text(&down).contains("does not downgrade"), "{}", text(&down));
+
+    // node3's host refuses to start a v1.35 kubelet (a systemd drop-in checks the binary's version).
+    must(
+        lab.ssh(
+            "node3",
+            "mkdir -p /etc/systemd/system/kubelet.service.d && printf '[Service]\\nExecStartPre=/bin/sh -c \"! /usr/local/bin/kubelet --version | grep -q v1.35\"\\n' \
+             > /etc/systemd/system/kubelet.service.d/90-e2e-refuse.conf && systemctl daemon-reload",
+        ),
+        "make node3 refuse the new kubelet",
+    );
+    let t = Instant::now();
+    let (mut child, log) = spawn_kf(
+        lab,
+        &[
+            "upgrade",
+            "apply",
+            "-i",
+            i,
+            "--to",
+            KUBE_VERSION,
+            "--yes",
+            "--drain-timeout",
+            "3m",
+            "--ignore-preflight-errors=cpu,memory",
+        ],
+        "upgrade-1.log",
+    );
+    // Watch the nodes while it runs: the drained ones are cordoned.
+    let mut cordoned = std::collections::BTreeSet::new();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        let o = lab.kubectl(
+            cluster,
+            &[
+                "get",
+                "nodes",
+                "-o",
+                "jsonpath={range .items[?(@.spec.unschedulable==true)]}{.metadata.name}{\"\\n\"}{end}",
+            ],
+        );
+        for n in String::from_utf8_lossy(&o.stdout).lines() {
+            cordoned.insert(n.to_owned());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let out = std::fs::read_to_string(&log).unwrap();
+    eprintln!("[e2e] upgrade apply with node3 failing ({:.0}s):\n{out}", t.elapsed().as_secs_f64());
+    assert!(!status.success(), "the upgrade must stop at node3");
+    assert!(out.contains(&format!("node3: failed and rolled back to {OLD_VERSION}")), "{out}");
+    assert!(cordoned.contains("node2"), "node2 was seen cordoned while it was upgraded: {cordoned:?}");
+    let ns = nodes(lab, cluster);
+    for (n, v) in [("node1", KUBE_VERSION), ("node2", KUBE_VERSION), ("node3", OLD_VERSION)] {
+        assert_eq!(ns[n]["status"]["nodeInfo"]["kubeletVersion"], v, "{n}");
+        assert!(ready(&ns[n]), "{n} is Ready");
+        assert!(ns[n]["spec"]["unschedulable"].as_bool() != Some(true), "{n} is uncordoned");
+    }
+    let evicted = must(
+        lab.ssh("node1", "journalctl -u kube-apiserver --no-pager | grep -c 'Evicted pod' || true"),
+        "apiserver log",
+    );
+    assert!(evicted.trim().parse::<u32>().unwrap_or(0) > 0, "the drain went through the eviction API");
+    // The snapshot taken first is on the admin machine and etcd's own tool reads it.
+    let backups: Vec<PathBuf> = std::fs::read_dir(lab.dir.join(format!("pki/{cluster}/backups")))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    let st = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "status", backups[0].to_str().unwrap(), "-w", "json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
+    assert!(v["totalKey"].as_u64().unwrap_or(0) > 0, "etcdctl snapshot status: {}", text(&st));
+
+    // The fault is gone: a re-run continues with node3 only.
+    must(
+        lab.ssh("node3", "rm -rf /etc/systemd/system/kubelet.service.d && systemctl daemon-reload"),
+        "remove the fault",
+    );
+    let t = Instant::now();
+    let o = lab.exec(&[
+        me,
+        "upgrade",
+        "apply",
+        "-i",
+        i,
+        "--to",
+        KUBE_VERSION,
+        "--yes",
+        "--edit-inventory",
+        "--ignore-preflight-errors=cpu,memory",
+    ]);
+    let out = text(&o);
+    eprintln!("[e2e] upgrade apply again ({:.0}s):\n{out}", t.elapsed().as_secs_f64());
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("node1: already on") && out.contains("node2: already on"), "{out}");
+    assert!(out.contains(&format!("node3: on {KUBE_VERSION}, gate passed")), "{out}");
+    let stats = host_stats(&out);
+    assert!(stats["node2"].1 == 0, "node2 receives nothing: {:?}", stats["node2"]);
+    let again = must(lab.exec(&[me, "upgrade", "apply", "-i", i, "--yes"]), "a third upgrade apply");
+    assert!(again.contains("upgrade: 0 changes"), "{again}");
+    let applied = must(lab.apply(inv, &[]), "apply after the upgrade");
+    assert!(applied.contains("apply: 0 changes"), "{applied}");
+    check_nodes(lab, cluster, &[("node1", true, true), ("node2", false, false), ("node3", false, false)]);
+    let ready_pods = eventually(180, "the workload whole again", || {
+        let r = web_pods_ready(lab, cluster);
+        if r.len() == 3 {
+            Ok(r)
+        } else {
+            Err(format!("{r:?}"))
+        }
+    });
+    assert!(
+        !ready_pods.iter().any(|n| n == "node1"),
+        "the tainted control plane runs no web pod: {ready_pods:?}"
+    );
+    for w in ["node1", "node2", "node3"] {
+        let v =
+            must(lab.ssh(w, "for b in kubelet kube-proxy; do /usr/local/bin/$b --version; done"), "versions");
+        assert_eq!(v.matches(&format!("Kubernetes {KUBE_VERSION}")).count(), 2, "{w}: {v}");
+    }
+}
+
+/// Scenario 3's upgrade of three control planes while a loop asks for `/readyz` through node3's API
+/// balancer every second: it never fails twice in a row. An unhealthy etcd member refuses the upgrade first.
+fn upgrade_ha(lab: &Lab, cluster: &str, inv: &Path) {
+    let me = env!("CARGO_BIN_EXE_kubeforge");
+    let i = inv.to_str().unwrap();
+    must(lab.ssh("node3", "systemctl stop etcd"), "stop etcd on node3");
+    let o = lab.exec(&[me, "upgrade", "apply", "-i", i, "--to", KUBE_VERSION, "--yes"]);
+    let out = text(&o);
+    assert!(
+        !o.status.success()
+            && out.contains("not healthy, nothing was changed")
+            && out.contains("node3: etcd member"),
+        "{out}"
+    );
+    must(lab.ssh("node3", "systemctl start etcd"), "start etcd on node3");
+    eventually(120, "node3's etcd member healthy again", || {
+        let o = lab.ssh(
+            "node1",
+            "ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/kubernetes/pki/etcd/ca.crt \
+             --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt --key=/etc/kubernetes/pki/etcd/healthcheck-client.key \
+             endpoint health --cluster",
+        );
+        if text(&o).matches("is healthy").count() == 3 {
+            Ok(())
+        } else {
+            Err(text(&o))
+        }
+    });
+    must(
+        lab.ssh(
+            "node3",
+            "systemd-run --unit kf-e2e-readyz sh -c 'while true; do if curl -sf --max-time 2 --cacert /etc/kubernetes/pki/ca.crt https://127.0.0.1:7443/readyz >/dev/null; then echo ok; else echo FAIL; fi; sleep 1; done > /root/readyz.log'",
+        ),
+        "start the readiness loop",
+    );
+    let t = Instant::now();
+    let o = lab.exec(&[
+        me,
+        "upgrade",
+        "apply",
+        "-i",
+        i,
+        "--to",
+        KUBE_VERSION,
+        "--yes",
+        "--edit-inventory",
+        "--ignore-preflight-errors=cpu,memory",
+    ]);
+    let out = text(&o);
+    eprintln!("[e2e] HA upgrade ({:.0}s):\n{out}", t.elapsed().as_secs_f64());
+    let log = must(
+        lab.ssh("node3", "systemctl stop kf-e2e-readyz; cat /root/readyz.log; rm -f /root/readyz.log"),
+        "the readiness log",
+    );
+    assert!(o.status.success(), "{out}");
+    let probes: Vec<&str> = log.lines().collect();
+    let worst = probes.split(|l| *l == "ok").map(|run| run.len()).max().unwrap_or(0);
+    eprintln!(
+        "[e2e] readiness loop: {} probes, {} failed, longest gap {worst}",
+        probes.len(),
+        probes.iter().filter(|l| **l == "FAIL").count()
+    );
+    assert!(
+        probes.len() > 30 && worst <= 1,
+        "the API through the balancer failed {worst} probes in a row:\n{log}"
+    );
+    for n in ["node1", "node2", "node3"] {
+        assert!(out.contains(&format!("[upgrade] {n}: on {KUBE_VERSION}, gate passed")), "{out}");
+    }
+    // One control plane at a time: each passed its gate before the next one started.
+    let order: Vec<usize> = ["node1", "node2", "node3"]
+        .iter()
+        .map(|n| out.find(&format!("[upgrade] {n}: on {KUBE_VERSION}")).unwrap())
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+    let again = must(lab.apply(inv, &[]), "apply after the HA upgrade");
+    assert!(again.contains("apply: 0 changes"), "{again}");
+    check_nodes(lab, cluster, &[("node1", true, false), ("node2", true, false), ("node3", true, false)]);
+}
+
+/// Sets `cluster.kubernetesVersion` in an inventory the lab wrote.
+fn at_version(inv: PathBuf, version: &str) -> PathBuf {
+    let mut v: Value = serde_yaml::from_slice(&std::fs::read(&inv).unwrap()).unwrap();
+    v["cluster"]["kubernetesVersion"] = Value::from(version);
+    std::fs::write(&inv, serde_yaml::to_string(&v).unwrap()).unwrap();
+    inv
+}
+
 /// Sets `cluster.apiEndpoint.mode` in an inventory the lab wrote.
 fn endpoint_mode(inv: &Path, mode: &str) {
     let mut v: Value = serde_yaml::from_slice(&std::fs::read(inv).unwrap()).unwrap();
@@ -426,10 +742,13 @@ fn high_availability(lab: &Lab) {
     let cluster = format!("{}-ha", lab.name);
     let all: &[&str] = &["control-plane", "etcd", "worker"];
     // One control plane behind the node-local balancer, then two more join as etcd learners.
-    let one = lab.inventory(&cluster, &[("node1", all)], &[]);
+    let one = at_version(lab.inventory(&cluster, &[("node1", all)], &[]), OLD_VERSION);
     endpoint_mode(&one, "local-lb");
     apply_converges(lab, &one);
-    let inv = lab.inventory(&cluster, &[("node1", all), ("node2", all), ("node3", all)], &[]);
+    let inv = at_version(
+        lab.inventory(&cluster, &[("node1", all), ("node2", all), ("node3", all)], &[]),
+        OLD_VERSION,
+    );
     endpoint_mode(&inv, "local-lb");
     let me = env!("CARGO_BIN_EXE_kubeforge");
     let t = Instant::now();
@@ -444,12 +763,18 @@ fn high_availability(lab: &Lab) {
         3,
         "three voting members:\n{members}"
     );
-    check_nodes(lab, &cluster, &[("node1", true, false), ("node2", true, false), ("node3", true, false)]);
+    check_nodes_at(
+        lab,
+        &cluster,
+        OLD_VERSION,
+        &[("node1", true, false), ("node2", true, false), ("node3", true, false)],
+    );
     for n in ["node1", "node2", "node3"] {
         must(lab.ssh(n, &format!("systemctl is-active {UNITS_CP} {UNITS_NODE} kube-api-lb")), "HA units");
     }
     etcd_health(lab, "node1", 3);
     tls_chain(lab, &cluster, "10.77.0.12");
+    upgrade_ha(lab, &cluster, &inv);
 
     // Lose one control plane: the node-local balancer keeps the API reachable, etcd keeps quorum.
     let _ = lab.ssh("node3", "systemctl poweroff");
