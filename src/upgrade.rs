@@ -504,6 +504,15 @@ struct Run<'a> {
     drain_timeout: Duration,
 }
 
+/// A planned step: the material it was planned with and its plan.
+struct Step {
+    model: ClusterModel,
+    material: apply::Material,
+    previous: ClusterState,
+    planned: apply::Planned,
+    _scratch: Option<tempfile::TempDir>,
+}
+
 /// The inventory with its Kubernetes version set to `v`, and its model.
 fn at_version(loaded: &crate::inventory::Loaded, v: Version) -> (crate::inventory::Loaded, ClusterModel) {
     let mut l = loaded.clone();
@@ -540,15 +549,18 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// The apply workflow at version `v` on `hosts` (plus the cluster-wide phases on the first control
-    /// plane): only the plan when `dry`.
-    async fn converge(&self, v: Version, hosts: &[String], dry: bool) -> Result<RunSummary> {
+    /// Pass one of the apply workflow at version `v` on `hosts` (plus the cluster-wide phases on the first
+    /// control plane), without the `verify` phase (the upgrade's gate checks the hosts' services itself and
+    /// the whole cluster after every step). A `dry` plan uses a scratch PKI copy.
+    async fn plan(&self, v: Version, hosts: &[String], dry: bool) -> Result<Step> {
         let (_, mut model) = at_version(self.loaded, v);
         let mut o = self.options.clone();
         o.hosts = Some(hosts.to_vec());
         o.dry_run = dry;
         o.follow_changes = false;
-        o.only = None;
+        o.only = Some(
+            crate::workflow::apply().iter().map(|p| p.id().to_owned()).filter(|p| p != "verify").collect(),
+        );
         let artifacts = self.artifacts.get(&v).cloned().ok_or_else(|| {
             Error::msg(format!("the artifacts of {v} were not prepared"), Some("this is a kubeforge bug"))
         })?;
@@ -556,7 +568,53 @@ impl Run<'_> {
         let (mut material, previous) =
             apply::prepare_with(&mut model, &o, scratch.as_ref().map(|t| t.path()), artifacts)?;
         let phases = crate::workflow::apply();
-        apply::run_workflow(&model, &mut material, &previous, &phases, self.transports, self.executor).await
+        let planned =
+            apply::plan_workflow(&model, &mut material, &previous, &phases, self.transports, self.executor)
+                .await?;
+        Ok(Step { model, material, previous, planned, _scratch: scratch })
+    }
+
+    /// Pass two: carries out a planned step.
+    async fn execute(&self, step: Step) -> Result<RunSummary> {
+        let phases = crate::workflow::apply();
+        apply::execute_workflow(
+            &step.model,
+            &step.material,
+            &step.previous,
+            &phases,
+            self.transports,
+            self.executor,
+            step.planned,
+        )
+        .await
+    }
+
+    /// Plans and carries out the workflow at `v` on `hosts`.
+    async fn converge(&self, v: Version, hosts: &[String]) -> Result<RunSummary> {
+        let step = self.plan(v, hosts, false).await?;
+        self.execute(step).await
+    }
+
+    /// Each host's own services pass their health checks (units active, health endpoints), in parallel.
+    async fn check_services(&self, hosts: &[String]) -> Result<()> {
+        let checks = hosts.iter().map(|h| async move {
+            let host =
+                self.model.host(h).ok_or_else(|| Error::msg(format!("{h} is not in the inventory"), None))?;
+            let t = self.transport(h)?;
+            let out = t
+                .exec(&crate::phase::verify::host_checks(host))
+                .await
+                .map_err(|e| Error::msg(format!("{h}: health checks: {e}"), None))?;
+            if out.success() {
+                Ok(())
+            } else {
+                Err(Error::msg(format!("{h}: health checks failed:\n{}", out.stdout_str()), None))
+            }
+        });
+        for r in futures::future::join_all(checks).await {
+            r?;
+        }
+        Ok(())
     }
 
     async fn kubectl(&self, api: &str, what: &str, args: &[&str], timeout: Duration) -> Result<String> {
@@ -750,11 +808,22 @@ impl Run<'_> {
         to: Version,
     ) -> Result<Vec<(String, Outcome)>> {
         let api = self.api_host(hosts);
-        let planned = self.converge(to, hosts, true).await?;
+        // What each host returns to by hand (`upgrade rollback`); recorded before the plan so that the state
+        // copy the step puts on the control planes already says so.
+        let mut st = ClusterState::load(&self.options.pki_root, &self.model.name)?;
+        for h in hosts {
+            if let (Some(hs), Some(f)) = (st.hosts.get_mut(h), from.get(h)) {
+                if *f != to {
+                    hs.previous_kubernetes = Some(f.to_string());
+                }
+            }
+        }
+        st.save(&self.options.pki_root)?;
+        let planned = self.plan(to, hosts, false).await?;
         let mut todo = Vec::new();
         let mut out = Vec::new();
         for h in hosts {
-            let (n, bytes, node) = host_changes(&planned, h);
+            let (n, bytes, node) = host_changes(&planned.planned.summary, h);
             if n == 0 {
                 eprintln!("[upgrade] {h}: already on {to}");
                 out.push((h.clone(), Outcome::Current));
@@ -793,22 +862,14 @@ impl Run<'_> {
             eprintln!("[upgrade] {h}: drained");
         }
         let names: Vec<String> = todo.iter().map(|(h, _)| h.clone()).collect();
-        // What each host returns to by hand (`upgrade rollback`); recorded before the converge so that the
-        // state copy it puts on the control planes already says so.
-        let mut st = ClusterState::load(&self.options.pki_root, &self.model.name)?;
-        for h in &names {
-            if let (Some(hs), Some(f)) = (st.hosts.get_mut(h), from.get(h)) {
-                if *f != to {
-                    hs.previous_kubernetes = Some(f.to_string());
-                }
-            }
-        }
-        st.save(&self.options.pki_root)?;
         let t0 = Instant::now();
-        let result = match self.converge(to, &names, false).await {
+        let result = match self.execute(planned).await {
             Ok(s) => {
                 eprint!("{}", apply::traffic_table(&s.traffic));
-                self.gate(&api, &names, to).await
+                match self.check_services(&names).await {
+                    Ok(()) => self.gate(&api, &names, to).await,
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => Err(e),
         };
@@ -838,8 +899,11 @@ impl Run<'_> {
                 }
                 for (v, hs) in by_version {
                     eprintln!("[upgrade] rolling {} back to {v}", hs.join(","));
-                    let back = match self.converge(v, &hs, false).await {
-                        Ok(_) => self.gate(&api, &hs, v).await,
+                    let back = match self.converge(v, &hs).await {
+                        Ok(_) => match self.check_services(&hs).await {
+                            Ok(()) => self.gate(&api, &hs, v).await,
+                            Err(e) => Err(e),
+                        },
                         Err(e) => Err(e),
                     };
                     for h in &hs {
@@ -1120,10 +1184,11 @@ pub fn plan(inventory: &Path, to: Option<&str>, options: ApplyOptions) -> Result
                 let mut o = options.clone();
                 o.ignore_preflight = vec!["all".into()];
                 let run = Run { options: &o, ..run };
-                let s = run.converge(hop, &names, true).await?;
+                let step = run.plan(hop, &names, true).await?;
+                let s = &step.planned.summary;
                 println!("hop to {hop} touches:");
                 for h in &names {
-                    let (n, bytes, node) = host_changes(&s, h);
+                    let (n, bytes, node) = host_changes(s, h);
                     println!(
                         "  {h}: {n} change(s), {bytes} bytes{}",
                         if node { ", drains the node" } else { "" }

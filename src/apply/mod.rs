@@ -683,22 +683,35 @@ pub fn prepare_with(
     Ok((material, previous))
 }
 
-/// Runs `phases` as one workflow run: plan, then (unless a dry run) execute, with checkpoints in the state
-/// file. Returns the summary; prints nothing but progress.
-pub async fn run_workflow(
+/// A workflow run's first pass: the plan, and the state the cluster will be in once it is carried out.
+pub struct Planned {
+    /// The plan (and the plan pass's traffic).
+    pub summary: RunSummary,
+    /// The state file after a successful run (every phase's checkpoint).
+    pub final_state: ClusterState,
+}
+
+fn targets_for(model: &ClusterModel, options: &ApplyOptions, previous: &ClusterState) -> Result<Targets> {
+    let mut targets = Targets::new(model, options.hosts.as_deref())?;
+    if options.follow_changes {
+        targets = targets.following_changes(previous);
+    }
+    Ok(targets)
+}
+
+/// Pass one of a workflow run: plans `phases` (plan-time checks, one probe per host, the diff). Writes a
+/// dry run's plan record (`--out`); changes nothing on the hosts.
+pub async fn plan_workflow(
     model: &ClusterModel,
     material: &mut Material,
     previous: &ClusterState,
     phases: &[&dyn Phase],
     transports: &BTreeMap<String, Arc<dyn Transport>>,
     executor: &Executor,
-) -> Result<RunSummary> {
+) -> Result<Planned> {
     let options = material.options.clone();
     let phases = select_phases(phases, options.only.as_deref())?;
-    let mut targets = Targets::new(model, options.hosts.as_deref())?;
-    if options.follow_changes {
-        targets = targets.following_changes(previous);
-    }
+    let targets = targets_for(model, &options, previous)?;
     let mut summary = RunSummary { plan: Plan::default(), phases: Vec::new(), traffic: Vec::new() };
     // The state the control planes receive includes every phase's checkpoint: compute it from a first plan
     // of the other phases' desired states (their markers do not depend on the state file).
@@ -724,8 +737,7 @@ pub async fn run_workflow(
     }
     material.state = final_state.clone();
     let runner = Runner { model, material: &*material, transports, executor, targets };
-    let plan = runner.plan(&phases, &mut summary).await?;
-    summary.plan = plan;
+    summary.plan = runner.plan(&phases, &mut summary).await?;
     if options.dry_run {
         if let Some(out) = &options.plan_out {
             let salt = hex::encode(rand::random::<[u8; 16]>());
@@ -735,11 +747,29 @@ pub async fn run_workflow(
             std::fs::write(out, json)
                 .map_err(|e| Error::io(format!("writing the plan {}", out.display()), e))?;
         }
-        return Ok(summary);
     }
+    Ok(Planned { summary, final_state })
+}
+
+/// Pass two: carries out a plan from [`plan_workflow`] with the same material, with checkpoints in the
+/// state file after every phase. Returns the summary.
+pub async fn execute_workflow(
+    model: &ClusterModel,
+    material: &Material,
+    previous: &ClusterState,
+    phases: &[&dyn Phase],
+    transports: &BTreeMap<String, Arc<dyn Transport>>,
+    executor: &Executor,
+    planned: Planned,
+) -> Result<RunSummary> {
+    let options = material.options.clone();
+    let phases = select_phases(phases, options.only.as_deref())?;
+    let targets = targets_for(model, &options, previous)?;
+    let Planned { mut summary, final_state } = planned;
     if let Some(saved) = &options.plan_in {
         check_saved_plan(saved, &model.name, &summary.plan)?;
     }
+    let runner = Runner { model, material, transports, executor, targets };
     let mut live = previous.clone();
     live.pod_subnets = final_state.pod_subnets.clone();
     let pki_root = options.pki_root.clone();
@@ -759,6 +789,23 @@ pub async fn run_workflow(
         live.save(&options.pki_root)?;
     }
     Ok(summary)
+}
+
+/// Runs `phases` as one workflow run: plan, then (unless a dry run) execute, with checkpoints in the state
+/// file. Returns the summary; prints nothing but progress.
+pub async fn run_workflow(
+    model: &ClusterModel,
+    material: &mut Material,
+    previous: &ClusterState,
+    phases: &[&dyn Phase],
+    transports: &BTreeMap<String, Arc<dyn Transport>>,
+    executor: &Executor,
+) -> Result<RunSummary> {
+    let planned = plan_workflow(model, material, previous, phases, transports, executor).await?;
+    if material.options.dry_run {
+        return Ok(planned.summary);
+    }
+    execute_workflow(model, material, previous, phases, transports, executor, planned).await
 }
 
 /// A scratch copy of the PKI store for a dry run (`None` otherwise): a dry run writes nothing under `pki/`.

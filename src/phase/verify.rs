@@ -84,6 +84,13 @@ fn script(checks: &[(String, String, String)], budget_secs: u64) -> String {
     s
 }
 
+/// The checks of one host's own services (no cluster-wide check), as one command that exits non-zero and
+/// prints `FAIL` lines with output and journal when a check does not pass within the budget. The upgrade
+/// gates each host with it.
+pub fn host_checks(host: &HostModel) -> Command {
+    Command::shell(script(&checks(host, false, &[]), VERIFY_BUDGET_SECS)).sudo()
+}
+
 impl Phase for Verify {
     fn id(&self) -> &'static str {
         "verify"
