@@ -14,6 +14,7 @@ pub mod http;
 pub mod kubeconfig;
 pub mod kubelet;
 pub mod log;
+pub mod objects;
 pub mod pki;
 pub mod version;
 
