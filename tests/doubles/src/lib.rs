@@ -11,6 +11,7 @@ pub mod config;
 pub mod etcd;
 pub mod flags;
 pub mod http;
+pub mod informer;
 pub mod kubeconfig;
 pub mod kubelet;
 pub mod log;
