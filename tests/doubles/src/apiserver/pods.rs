@@ -323,7 +323,13 @@ pub(super) async fn evict(st: &State, req: &Request, ns: &str, name: &str) -> Re
                     log::info(
                         "eviction.go:1",
                         "Eviction refused by PodDisruptionBudget",
-                        &[("pod", format!("{ns}/{name}")), ("podDisruptionBudget", pdb_key.clone())],
+                        &[
+                            ("pod", format!("{ns}/{name}")),
+                            (
+                                "podDisruptionBudget",
+                                pdb_key.trim_start_matches("/registry/poddisruptionbudgets/").to_string(),
+                            ),
+                        ],
                     );
                     return Ok(resp);
                 }
