@@ -1,5 +1,6 @@
 //! kube-controller-manager, kube-scheduler and kube-proxy doubles: check flags/config/certificates,
-//! authenticate to the apiserver with their kubeconfig, and serve their health ports.
+//! authenticate to the apiserver with their kubeconfig, and serve their health ports. The scheduler binds
+//! pods ([`crate::scheduler`]).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -155,6 +156,7 @@ pub async fn scheduler(flags: Flags, version: KubeVersion) -> Result<(), String>
     let client = ApiClient::from_kubeconfig(&kubeconfig).map_err(|e| e.0)?;
     let (chain, key) = tls_pair(&flags, "kube-scheduler")?;
     authenticate(&client, Component::Scheduler).await?;
+    tokio::spawn(crate::scheduler::run(client));
     serve_healthz(addr(&flags, 10259)?, &chain, &key).await
 }
 

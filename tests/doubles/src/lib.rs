@@ -17,6 +17,7 @@ pub mod kubelet;
 pub mod log;
 pub mod objects;
 pub mod pki;
+pub mod scheduler;
 pub mod version;
 
 /// The five personalities.

@@ -76,8 +76,8 @@ pub fn pod_template_hash(template: &Value, collision_count: Option<i64>) -> Stri
     safe_encode(&fnv32a(&data).to_string())
 }
 
-/// `metav1.LabelSelector` (`matchLabels` + `matchExpressions` with In, NotIn, Exists, DoesNotExist) against
-/// a label map. A null selector matches nothing; an empty one matches everything (callers that want the
+/// `metav1.LabelSelector` (`matchLabels` + `matchExpressions` with In, NotIn, Exists, DoesNotExist, and the
+/// node selector's Gt/Lt) against a label map. A null selector matches nothing; an empty one matches everything (callers that want the
 /// eviction API's "empty matches nothing" check [`selector_is_empty`] first).
 pub fn selector_matches(selector: &Value, labels: &Value) -> bool {
     if selector.is_null() {
@@ -98,6 +98,21 @@ pub fn selector_matches(selector: &Value, labels: &Value) -> bool {
                 "NotIn" => label(key).is_none_or(|v| !values.contains(&v)),
                 "Exists" => label(key).is_some(),
                 "DoesNotExist" => label(key).is_none(),
+                // Node selector requirements only.
+                op @ ("Gt" | "Lt") => {
+                    let have = label(key).and_then(|v| v.parse::<i64>().ok());
+                    let bound = values.first().and_then(|v| v.parse::<i64>().ok());
+                    match (have, bound) {
+                        (Some(h), Some(b)) => {
+                            if op == "Gt" {
+                                h > b
+                            } else {
+                                h < b
+                            }
+                        }
+                        _ => false,
+                    }
+                }
                 _ => false,
             }
         })
