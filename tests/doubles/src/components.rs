@@ -1,6 +1,7 @@
 //! kube-controller-manager, kube-scheduler and kube-proxy doubles: check flags/config/certificates,
-//! authenticate to the apiserver with their kubeconfig, and serve their health ports. The scheduler binds
-//! pods ([`crate::scheduler`]).
+//! authenticate to the apiserver with their kubeconfig, and serve their health ports. The
+//! controller-manager runs the workload controllers ([`crate::controllers`]), the scheduler binds pods
+//! ([`crate::scheduler`]).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -140,6 +141,7 @@ pub async fn controller_manager(flags: Flags, _version: KubeVersion) -> Result<(
             ));
         }
     }
+    tokio::spawn(crate::controllers::run(client));
     serve_healthz(addr(&flags, 10257)?, &chain, &key).await
 }
 
