@@ -1201,6 +1201,59 @@ mod tests {
     }
 
     #[test]
+    fn component_writes_are_those_of_the_default_roles() {
+        let t = |g: &str, plural: &str, sub: Option<&str>| Target {
+            res: find(g, "v1", plural).unwrap(),
+            ns: Some("default".into()),
+            name: Some("x".into()),
+            sub: sub.map(String::from),
+        };
+        let sched = Identity { user: "system:kube-scheduler".into(), groups: vec![] };
+        assert_eq!(authorize(&sched, "create", &t("", "pods", Some("binding"))), Ok(Allowed::Yes));
+        assert_eq!(authorize(&sched, "patch", &t("", "pods", Some("status"))), Ok(Allowed::Yes));
+        assert_eq!(authorize(&sched, "delete", &t("", "pods", None)), Ok(Allowed::Yes));
+        assert!(authorize(&sched, "create", &t("", "pods", None)).is_err());
+        assert!(authorize(&sched, "update", &t("apps", "replicasets", None)).is_err());
+        assert!(authorize(&sched, "create", &t("", "pods", Some("eviction"))).is_err());
+        let kcm = Identity { user: "system:kube-controller-manager".into(), groups: vec![] };
+        for (g, plural, sub, verb) in [
+            ("", "pods", None, "create"),
+            ("", "pods", None, "delete"),
+            ("apps", "replicasets", None, "create"),
+            ("apps", "replicasets", None, "update"),
+            ("apps", "replicasets", Some("status"), "update"),
+            ("apps", "deployments", Some("status"), "update"),
+            ("policy", "poddisruptionbudgets", Some("status"), "update"),
+        ] {
+            assert_eq!(
+                authorize(&kcm, verb, &t(g, plural, sub)),
+                Ok(Allowed::Yes),
+                "{verb} {plural} {sub:?}"
+            );
+        }
+        for (g, plural, sub, verb) in [
+            ("", "pods", Some("binding"), "create"),
+            ("apps", "deployments", None, "create"),
+            ("apps", "deployments", None, "delete"),
+            ("apps", "deployments", Some("status"), "patch"),
+            ("policy", "poddisruptionbudgets", None, "update"),
+            ("", "configmaps", None, "create"),
+            ("", "nodes", None, "patch"),
+        ] {
+            let e = authorize(&kcm, verb, &t(g, plural, sub)).unwrap_err();
+            assert!(e.contains("User \"system:kube-controller-manager\" cannot"), "{e}");
+        }
+        let node = Identity { user: "system:node:a".into(), groups: vec!["system:nodes".into()] };
+        assert_eq!(
+            authorize(&node, "patch", &t("", "pods", Some("status"))),
+            Ok(Allowed::IfPodOnNode("a".into()))
+        );
+        assert_eq!(authorize(&node, "delete", &t("", "pods", None)), Ok(Allowed::IfPodOnNode("a".into())));
+        assert!(authorize(&node, "create", &t("", "pods", Some("binding"))).is_err());
+        assert!(authorize(&node, "update", &t("apps", "replicasets", None)).is_err());
+    }
+
+    #[test]
     fn silent_kubelet_turns_unknown() {
         let node = json!({"status":{"conditions":[
             {"type":"MemoryPressure","status":"False","lastHeartbeatTime":"2026-01-01T00:00:00Z"},
