@@ -5,6 +5,7 @@
 //! are in [`pods`], watch streams in [`watch`], server-side printing (`kubectl get` columns) in [`tables`].
 
 mod pods;
+mod scale;
 mod tables;
 mod watch;
 
@@ -688,6 +689,9 @@ async fn non_resource(st: &State, req: &Request) -> Response {
             for r in rs.iter().filter(|r| has_status(r)) {
                 resources.push(json!({"name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get","patch","update"]}));
             }
+            for r in rs.iter().filter(|r| scale::has_scale(r.plural)) {
+                resources.push(json!({"name": format!("{}/scale", r.plural), "singularName": "", "namespaced": r.namespaced, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get","patch","update"]}));
+            }
             if group.is_empty() {
                 resources.push(json!({"name":"pods/binding","singularName":"","namespaced":true,"kind":"Binding","verbs":["create"]}));
                 resources.push(json!({"name":"pods/eviction","singularName":"","namespaced":true,"group":"policy","version":"v1","kind":"Eviction","verbs":["create"]}));
@@ -898,6 +902,9 @@ async fn resource(st: &State, req: &Request, t: &Target, verb: &str) -> Result<R
     }
     match verb {
         "watch" => watch::serve(st, req, t).await,
+        "get" | "update" | "patch" if t.sub.as_deref() == Some("scale") && scale::has_scale(r.plural) => {
+            scale::serve(st, req, t, verb).await
+        }
         "list" => {
             let prefix = list_prefix(r, ns);
             let (kvs, rv) = st.etcd.list(&prefix).await?;
