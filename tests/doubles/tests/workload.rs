@@ -394,32 +394,60 @@ fn deployment_pdb_drain_on_two_nodes() {
     });
     assert!(ok.is_some(), "{:?}\n{}", web_pods(&k), logs());
 
-    // A kubelet that stops leaves its pods as they are; a pod deleted meanwhile stays Terminating (its
-    // replacement runs elsewhere) until the kubelet is back and confirms.
+    // kubectl scale goes through the scale subresource; the budget follows the new scale.
+    let out = k.ok(&["scale", "deployment/web", "-n", "default", "--replicas=4"]);
+    assert!(out.contains("deployment.apps/web scaled"), "{out}");
+    let scale: Value = serde_json::from_str(&k.ok(&[
+        "get",
+        "--raw",
+        "/apis/apps/v1/namespaces/default/deployments/web/scale",
+    ]))
+    .unwrap();
+    assert_eq!(scale["spec"]["replicas"], 4, "{scale}");
+    let (code, out, err) = k.run(&["rollout", "status", "deployment/web", "-n", "default", "--timeout=60s"]);
+    assert_eq!(code, 0, "{out}\n{err}\n{}", logs());
+    let row = k.ok(&["get", "deployment", "web", "-n", "default", "--no-headers"]);
+    assert_eq!(row.split_whitespace().nth(1), Some("4/4"), "{row}");
+    wait_pdb(&k, 4, 4, 0, 4, &logs);
+
+    // A kubelet that stops leaves its pods as they are. A pod deleted meanwhile stays Terminating (its
+    // replacement runs on the other node, node1 being cordoned) until the kubelet is back and confirms.
     let _ = kubelet1.child.kill();
     let _ = kubelet1.child.wait();
     std::thread::sleep(Duration::from_secs(2));
     let on_node1: Vec<Value> = web_pods(&k).into_iter().filter(|p| node_of(p) == "node1").collect();
     assert!(!on_node1.is_empty(), "{:?}", web_pods(&k));
-    assert!(on_node1.iter().all(|p| p["status"]["phase"] == "Running" && is_ready(p)));
+    assert!(on_node1.iter().all(|p| p["status"]["phase"] == "Running"
+        && is_ready(p)
+        && p["metadata"]["deletionTimestamp"].is_null()));
+    k.ok(&["cordon", "node1"]);
     let gone = name(&on_node1[0]);
     k.ok(&["delete", "pod", &gone, "-n", "default", "--wait=false"]);
-    std::thread::sleep(Duration::from_secs(2));
-    let terminating = k.json(&["get", "pod", &gone, "-n", "default"]);
-    assert!(!terminating["metadata"]["deletionTimestamp"].is_null());
-    assert!(k.ok(&["get", "pod", &gone, "-n", "default"]).contains("Terminating"));
     let replaced = wait_for(Duration::from_secs(20), || {
         let pods = web_pods(&k);
-        (pods.iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null() && is_ready(p)).count() == 3)
+        (pods.iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null() && is_ready(p)).count() == 4)
             .then_some(pods)
     });
     assert!(replaced.is_some(), "a replacement should run\n{}", logs());
+    let terminating = k.json(&["get", "pod", &gone, "-n", "default"]);
+    assert!(!terminating["metadata"]["deletionTimestamp"].is_null());
+    assert!(k.ok(&["get", "pod", &gone, "-n", "default"]).contains("Terminating"));
     let _kubelet1 = env.start_kubelet(V35, "node1", "127.0.0.4", &runtime);
     let removed = wait_for(Duration::from_secs(20), || {
         (k.run(&["get", "pod", &gone, "-n", "default"]).0 != 0).then_some(())
     });
     assert!(removed.is_some(), "the kubelet should remove {gone} once back\n{}", logs());
     assert!(log("kubelet-node1.log").contains("SyncLoop REMOVE"));
+    k.ok(&["uncordon", "node1"]);
+
+    // Deleting the Deployment: the garbage collector removes its ReplicaSets, then their pods.
+    k.ok(&["delete", "deployment", "web", "-n", "default"]);
+    let collected = wait_for(Duration::from_secs(30), || {
+        let rs = k.json(&["get", "rs", "-n", "default"])["items"].as_array().map_or(0, Vec::len);
+        (rs == 0 && web_pods(&k).is_empty()).then_some(())
+    });
+    assert!(collected.is_some(), "ReplicaSets and pods should be collected\n{}", logs());
+    assert!(log("controller-manager.log").contains("\"Deleting item\""));
 
     assert!(scheduler.exited().is_none() && api.exited().is_none());
     eprintln!("workload test took {:?}", started.elapsed());
