@@ -278,6 +278,30 @@ fn deployment_pdb_drain_on_two_nodes() {
     }
     assert_eq!(web_pods(&k).len(), 3);
 
+    // `kubectl get -w` prints rows from the watch (one-row Tables), here for a label change.
+    let watcher = std::process::Command::new(cluster::kubectl())
+        .args([&format!("--kubeconfig={}", k.kubeconfig), &format!("--cache-dir={}", k.cache)])
+        .args(["get", "pods", "-n", "default", "-w", "--request-timeout=4s"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let watched = name(&pods[0]);
+    k.ok(&["label", "pod", &watched, "-n", "default", "watched=yes"]);
+    let out = String::from_utf8_lossy(&watcher.wait_with_output().unwrap().stdout).into_owned();
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with(&watched)).collect();
+    assert_eq!(rows.len(), 2, "the list row and the watch row:\n{out}");
+    assert_eq!(
+        rows[1].split_whitespace().take(3).collect::<Vec<_>>(),
+        [watched.as_str(), "1/1", "Running"],
+        "{out}"
+    );
+
+    // kubectl wait watches the pods' conditions.
+    let out =
+        k.ok(&["wait", "--for=condition=Ready", "pod", "-l", "app=web", "-n", "default", "--timeout=30s"]);
+    assert_eq!(out.matches("condition met").count(), 3, "{out}");
+
     // The PDB: 3 healthy, 2 desired, 1 disruption allowed.
     wait_pdb(&k, 3, 2, 1, 3, &logs);
     let pdb_table = k.ok(&["get", "pdb", "web", "-n", "default"]);
@@ -439,6 +463,14 @@ fn deployment_pdb_drain_on_two_nodes() {
     assert!(removed.is_some(), "the kubelet should remove {gone} once back\n{}", logs());
     assert!(log("kubelet-node1.log").contains("SyncLoop REMOVE"));
     k.ok(&["uncordon", "node1"]);
+
+    // `kubectl delete pod` waits (watching) until the kubelet has removed it; the ReplicaSet replaces it.
+    let one = name(&web_pods(&k)[0]);
+    let out = k.ok(&["delete", "pod", &one, "-n", "default", "--timeout=30s"]);
+    assert!(out.contains(&format!("pod \"{one}\" deleted")), "{out}");
+    assert_ne!(k.run(&["get", "pod", &one, "-n", "default"]).0, 0);
+    let (code, out, err) = k.run(&["rollout", "status", "deployment/web", "-n", "default", "--timeout=60s"]);
+    assert_eq!(code, 0, "{out}\n{err}\n{}", logs());
 
     // Deleting the Deployment: the garbage collector removes its ReplicaSets, then their pods.
     k.ok(&["delete", "deployment", "web", "-n", "default"]);
