@@ -69,6 +69,8 @@ impl PodWorker {
         }
         let pods: Vec<Value> = list["items"].as_array().cloned().unwrap_or_default();
         *self.served.lock().expect("not poisoned") = pods.clone();
+        // Pods removed by others (namespace deletion, a forced delete) are forgotten too.
+        self.seen.retain(|uid| pods.iter().any(|p| str_at(p, "metadata.uid") == uid));
         let subnet = self.pod_subnet().await;
         let mut used: HashSet<String> =
             pods.iter().map(|p| str_at(p, "status.podIP").to_string()).filter(|ip| !ip.is_empty()).collect();
