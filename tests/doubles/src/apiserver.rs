@@ -1,6 +1,13 @@
 //! kube-apiserver double: checks its flags, certificates and keys like the real one, stores objects in the
 //! real etcd under `/registry/...`, serves mTLS with client-cert authentication and a small authorizer,
-//! and answers the REST calls real `kubectl` makes for version, discovery, get, cordon, drain and apply.
+//! and answers the REST calls real `kubectl` makes for version, discovery, get, watch, cordon, drain,
+//! rollout status and apply. Pod semantics (graceful deletion, binding, eviction with PodDisruptionBudgets)
+//! are in [`pods`], watch streams in [`watch`], server-side printing (`kubectl get` columns) in [`tables`].
+
+mod pods;
+mod scale;
+mod tables;
+mod watch;
 
 use std::{net::IpAddr, sync::Arc};
 
@@ -103,7 +110,27 @@ fn has_status(r: &Resource) -> bool {
             | "statefulsets"
             | "namespaces"
             | "services"
+            | "poddisruptionbudgets"
     )
+}
+
+/// Resources whose `metadata.generation` the real registry sets to 1 on create and bumps on every `spec`
+/// change (controllers report the generation they acted on as `status.observedGeneration`).
+fn has_generation(r: &Resource) -> bool {
+    matches!(r.plural, "deployments" | "daemonsets" | "replicasets" | "statefulsets" | "poddisruptionbudgets")
+}
+
+/// The status the real registry strategies reset to on create (`PrepareForCreate`): clients cannot create
+/// an object that claims to be already reconciled.
+fn initial_status(r: &Resource) -> Option<Value> {
+    match r.plural {
+        "deployments" | "daemonsets" | "statefulsets" => Some(json!({})),
+        "replicasets" => Some(json!({"replicas": 0})),
+        "poddisruptionbudgets" => Some(
+            json!({"currentHealthy": 0, "desiredHealthy": 0, "disruptionsAllowed": 0, "expectedPods": 0}),
+        ),
+        _ => None,
+    }
 }
 
 /// Checked startup settings.
@@ -435,10 +462,38 @@ const ADMIN_GROUPS: &[&str] = &["system:masters", "kubeadm:cluster-admins"];
 const READ_ONLY_USERS: &[&str] =
     &["system:kube-scheduler", "system:kube-controller-manager", "system:kube-proxy"];
 
+/// The writes the default RBAC policy gives the scheduler (`system:kube-scheduler` ClusterRole): binding
+/// pods, reporting why a pod cannot be scheduled, and deleting pods it preempts.
+const SCHEDULER_WRITES: &[(&str, &[&str])] =
+    &[("pods", &["delete"]), ("pods/binding", &["create"]), ("pods/status", &["patch", "update"])];
+
+/// The writes the default RBAC policy gives the workload controllers of kube-controller-manager
+/// (`system:controller:deployment-controller`, `replicaset-controller`, `disruption-controller`,
+/// `generic-garbage-collector`) on these resources. The real KCM uses them through per-controller service
+/// accounts (`--use-service-account-credentials`); the double has no service-account tokens, so its own
+/// client certificate identity (`system:kube-controller-manager`) is granted exactly their union.
+const CONTROLLER_MANAGER_WRITES: &[(&str, &[&str])] = &[
+    ("pods", &["create", "delete", "patch", "update"]),
+    ("replicasets", &["create", "delete", "patch", "update"]),
+    ("replicasets/status", &["update"]),
+    ("deployments", &["update"]),
+    ("deployments/status", &["update"]),
+    ("poddisruptionbudgets/status", &["update"]),
+];
+
+/// An authorization decision that allows the request.
+#[derive(Debug, PartialEq, Eq)]
+enum Allowed {
+    /// Allowed as is.
+    Yes,
+    /// Allowed only for a pod bound to this node (node authorizer + NodeRestriction for kubelets).
+    IfPodOnNode(String),
+}
+
 /// Authorization decision for a resource request; Err = 403 message.
-fn authorize(id: &Identity, verb: &str, t: &Target) -> Result<(), String> {
+fn authorize(id: &Identity, verb: &str, t: &Target) -> Result<Allowed, String> {
     if id.groups.iter().any(|g| ADMIN_GROUPS.contains(&g.as_str())) {
-        return Ok(());
+        return Ok(Allowed::Yes);
     }
     let read = matches!(verb, "get" | "list" | "watch");
     let scope = match &t.ns {
@@ -462,21 +517,23 @@ fn authorize(id: &Identity, verb: &str, t: &Target) -> Result<(), String> {
         if !id.groups.iter().any(|g| g == "system:nodes") {
             return denied();
         }
-        // Node authorizer + NodeRestriction: reads of what a kubelet needs; writes only to its own Node/Lease.
+        // Node authorizer + NodeRestriction: reads of what a kubelet needs; writes only to its own Node/Lease
+        // and to the pods bound to it (their status, and deleting them once their containers stopped).
         if read
             && matches!(
                 t.res.plural,
                 "nodes" | "pods" | "services" | "endpoints" | "namespaces" | "configmaps" | "leases"
             )
         {
-            return Ok(());
+            return Ok(Allowed::Yes);
         }
         let own = t.name.as_deref() == Some(node);
-        match (t.res.plural, verb) {
-            ("nodes", "create" | "update" | "patch") | ("leases", "create" | "update" | "patch" | "get") => {
+        match (resource.as_str(), verb) {
+            ("nodes" | "nodes/status", "create" | "update" | "patch")
+            | ("leases", "create" | "update" | "patch" | "get") => {
                 let name = t.name.clone().unwrap_or_default();
                 if own || (verb == "create" && t.name.is_none()) {
-                    return Ok(());
+                    return Ok(Allowed::Yes);
                 }
                 return Err(format!(
                     "{} \"{name}\" is forbidden: node \"{node}\" is not allowed to modify {} \"{name}\"",
@@ -484,11 +541,22 @@ fn authorize(id: &Identity, verb: &str, t: &Target) -> Result<(), String> {
                     t.res.kind.to_lowercase()
                 ));
             }
+            ("pods/status", "update" | "patch") | ("pods", "delete") if t.name.is_some() => {
+                return Ok(Allowed::IfPodOnNode(node.to_string()))
+            }
             _ => return denied(),
         }
     }
+    let writes = match id.user.as_str() {
+        "system:kube-scheduler" => SCHEDULER_WRITES,
+        "system:kube-controller-manager" => CONTROLLER_MANAGER_WRITES,
+        _ => &[],
+    };
+    if writes.iter().any(|(res, verbs)| *res == resource && verbs.contains(&verb)) {
+        return Ok(Allowed::Yes);
+    }
     if READ_ONLY_USERS.contains(&id.user.as_str()) && read {
-        return Ok(());
+        return Ok(Allowed::Yes);
     }
     denied()
 }
@@ -522,7 +590,11 @@ async fn handle(st: &State, req: Request) -> Response {
         Some(Ok(t)) => {
             let watch = req.param("watch").is_some_and(|w| w == "true" || w == "1");
             let verb = verb_of(&req.method, &t, watch);
-            if let Err(msg) = authorize(&id, verb, &t) {
+            let decision = match authorize(&id, verb, &t) {
+                Ok(Allowed::IfPodOnNode(node)) => pods::bound_to(st, &t, &node, verb).await,
+                other => other.map(|_| ()),
+            };
+            if let Err(msg) = decision {
                 log::info(
                     "authorization.go:1",
                     "Forbidden",
@@ -609,7 +681,7 @@ async fn non_resource(st: &State, req: &Request) -> Response {
             if rs.is_empty() {
                 return status(404, "NotFound", "the server could not find the requested resource");
             }
-            let verbs = json!(["create", "delete", "get", "list", "patch", "update"]);
+            let verbs = json!(["create", "delete", "get", "list", "patch", "update", "watch"]);
             let mut resources: Vec<Value> = rs
                 .iter()
                 .map(|r| json!({"name": r.plural, "singularName": r.kind.to_lowercase(), "namespaced": r.namespaced, "kind": r.kind, "verbs": verbs, "shortNames": r.short}))
@@ -617,7 +689,11 @@ async fn non_resource(st: &State, req: &Request) -> Response {
             for r in rs.iter().filter(|r| has_status(r)) {
                 resources.push(json!({"name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get","patch","update"]}));
             }
+            for r in rs.iter().filter(|r| scale::has_scale(r.plural)) {
+                resources.push(json!({"name": format!("{}/scale", r.plural), "singularName": "", "namespaced": r.namespaced, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get","patch","update"]}));
+            }
             if group.is_empty() {
+                resources.push(json!({"name":"pods/binding","singularName":"","namespaced":true,"kind":"Binding","verbs":["create"]}));
                 resources.push(json!({"name":"pods/eviction","singularName":"","namespaced":true,"group":"policy","version":"v1","kind":"Eviction","verbs":["create"]}));
             }
             let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
@@ -664,6 +740,30 @@ fn openapi_gv(gv: &str) -> Response {
         200,
         &json!({"openapi":"3.0.0","info":{"title":"Kubernetes","version":"contract double"},"paths": paths,"components":{"schemas":{}}}),
     )
+}
+
+/// The etcd prefix a list or watch of `r` (in `ns`, or across namespaces) reads.
+fn list_prefix(r: &Resource, ns: Option<&str>) -> String {
+    match ns {
+        Some(ns) if r.namespaced => format!("/registry/{}/{ns}/", r.etcd),
+        _ => format!("/registry/{}/", r.etcd),
+    }
+}
+
+/// Whether an etcd key under `prefix` is an object of the list: `/registry/services/specs/` must not pick up
+/// a deeper prefix by accident.
+fn in_scope(r: &Resource, ns: Option<&str>, prefix: &str, key: &str) -> bool {
+    key.strip_prefix(prefix)
+        .is_some_and(|rest| rest.split('/').count() == if r.namespaced && ns.is_none() { 2 } else { 1 })
+}
+
+/// An object as the apiserver serves it (Nodes with the node lifecycle controller's view of liveness).
+fn served(r: &Resource, obj: Value, now: time::OffsetDateTime) -> Value {
+    if r.plural == "nodes" {
+        node_liveness(obj, now)
+    } else {
+        obj
+    }
 }
 
 fn key_of(r: &Resource, ns: Option<&str>, name: &str) -> String {
@@ -794,49 +894,6 @@ fn parse_body(req: &Request) -> Result<Value, Response> {
     })
 }
 
-fn node_table(items: &[Value], rv: i64) -> Value {
-    let rows: Vec<Value> = items
-        .iter()
-        .map(|n| {
-            let ready = n["status"]["conditions"]
-                .as_array()
-                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
-                .map(|c| if c["status"] == "True" { "Ready" } else { "NotReady" })
-                .unwrap_or("Unknown");
-            let status = if n["spec"]["unschedulable"] == json!(true) { format!("{ready},SchedulingDisabled") } else { ready.to_string() };
-            let roles: Vec<String> = n["metadata"]["labels"]
-                .as_object()
-                .map(|l| l.keys().filter_map(|k| k.strip_prefix("node-role.kubernetes.io/").map(String::from)).collect())
-                .unwrap_or_default();
-            let roles = if roles.is_empty() { "<none>".to_string() } else { roles.join(",") };
-            let age = age_of(n["metadata"]["creationTimestamp"].as_str().unwrap_or(""));
-            json!({"cells":[n["metadata"]["name"], status, roles, age, n["status"]["nodeInfo"]["kubeletVersion"]],
-                "object":{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":n["metadata"]}})
-        })
-        .collect();
-    json!({"kind":"Table","apiVersion":"meta.k8s.io/v1","metadata":{"resourceVersion":rv.to_string()},
-        "columnDefinitions":[
-            {"name":"Name","type":"string","format":"name","description":"Name","priority":0},
-            {"name":"Status","type":"string","format":"","description":"Node status","priority":0},
-            {"name":"Roles","type":"string","format":"","description":"Node roles","priority":0},
-            {"name":"Age","type":"string","format":"","description":"Age","priority":0},
-            {"name":"Version","type":"string","format":"","description":"Kubelet version","priority":0}],
-        "rows": rows})
-}
-
-fn age_of(ts: &str) -> String {
-    let Ok(t) = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339) else {
-        return "<unknown>".into();
-    };
-    let secs = (time::OffsetDateTime::now_utc() - t).whole_seconds().max(0);
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86400),
-    }
-}
-
 async fn resource(st: &State, req: &Request, t: &Target, verb: &str) -> Result<Response, String> {
     let r = t.res;
     let ns = t.ns.as_deref();
@@ -844,40 +901,26 @@ async fn resource(st: &State, req: &Request, t: &Target, verb: &str) -> Result<R
         return Ok(status(404, "NotFound", "the server could not find the requested resource"));
     }
     match verb {
-        "watch" => Ok(status(
-            405,
-            "MethodNotAllowed",
-            "watch is not supported by the kube-apiserver contract double",
-        )),
+        "watch" => watch::serve(st, req, t).await,
+        "get" | "update" | "patch" if t.sub.as_deref() == Some("scale") && scale::has_scale(r.plural) => {
+            scale::serve(st, req, t, verb).await
+        }
         "list" => {
-            let prefix = match ns {
-                Some(ns) if r.namespaced => format!("/registry/{}/{ns}/", r.etcd),
-                _ => format!("/registry/{}/", r.etcd),
-            };
+            let prefix = list_prefix(r, ns);
             let (kvs, rv) = st.etcd.list(&prefix).await?;
             let label_sel = req.param("labelSelector").unwrap_or_default();
             let field_sel = req.param("fieldSelector").unwrap_or_default();
-            let items: Vec<Value> =
-                kvs.into_iter()
-                    // `/registry/services/specs/` must not pick up a deeper prefix by accident.
-                    .filter(|kv| {
-                        kv.key[prefix.len()..].split('/').count()
-                            == if r.namespaced && ns.is_none() { 2 } else { 1 }
-                    })
-                    .map(|kv| with_rv(kv.value, kv.mod_revision))
-                    .map(|o| {
-                        if r.plural == "nodes" {
-                            node_liveness(o, time::OffsetDateTime::now_utc())
-                        } else {
-                            o
-                        }
-                    })
-                    .filter(|o| labels_match(o, &label_sel) && fields_match(o, &field_sel))
-                    .collect();
-            if r.plural == "nodes" && req.accept.contains("as=Table") {
-                let mut resp = Response::json(200, &node_table(&items, rv));
-                resp.content_type = "application/json;as=Table;v=v1;g=meta.k8s.io".into();
-                return Ok(resp);
+            let now = time::OffsetDateTime::now_utc();
+            let items: Vec<Value> = kvs
+                .into_iter()
+                .filter(|kv| in_scope(r, ns, &prefix, &kv.key))
+                .map(|kv| served(r, with_rv(kv.value, kv.mod_revision), now))
+                .filter(|o| labels_match(o, &label_sel) && fields_match(o, &field_sel))
+                .collect();
+            if req.accept.contains("as=Table") {
+                if let Some(table) = tables::table(r, &items, &rv.to_string()) {
+                    return Ok(tables::response(&table));
+                }
             }
             Ok(Response::json(
                 200,
@@ -886,32 +929,27 @@ async fn resource(st: &State, req: &Request, t: &Target, verb: &str) -> Result<R
         }
         "get" => {
             let name = t.name.as_deref().unwrap_or_default();
-            match st.etcd.get(&key_of(r, ns, name)).await? {
-                Some(kv) if r.plural == "nodes" && t.sub.is_none() => Ok(Response::json(
-                    200,
-                    &node_liveness(with_rv(kv.value, kv.mod_revision), time::OffsetDateTime::now_utc()),
-                )),
-                Some(kv) => Ok(Response::json(200, &with_rv(kv.value, kv.mod_revision))),
-                None => Ok(not_found(r, name)),
+            let Some(kv) = st.etcd.get(&key_of(r, ns, name)).await? else { return Ok(not_found(r, name)) };
+            let rv = kv.mod_revision.to_string();
+            let obj = served(r, with_rv(kv.value, kv.mod_revision), time::OffsetDateTime::now_utc());
+            if req.accept.contains("as=Table") && t.sub.is_none() {
+                if let Some(table) = tables::table(r, std::slice::from_ref(&obj), &rv) {
+                    return Ok(tables::response(&table));
+                }
             }
+            Ok(Response::json(200, &obj))
         }
         "create" if t.sub.as_deref() == Some("eviction") && r.plural == "pods" => {
-            let name = t.name.as_deref().unwrap_or_default();
-            let key = key_of(r, ns, name);
-            if st.etcd.get(&key).await?.is_none() {
-                return Ok(not_found(r, name));
-            }
-            st.etcd.delete(&key, false).await?;
-            log::info(
-                "eviction.go:1",
-                "Evicted pod",
-                &[("pod", format!("{}/{name}", ns.unwrap_or_default()))],
-            );
-            Ok(Response::json(
-                201,
-                &json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Success","code":201}),
-            ))
+            pods::evict(st, req, ns.unwrap_or_default(), t.name.as_deref().unwrap_or_default()).await
         }
+        "create" if t.sub.as_deref() == Some("binding") && r.plural == "pods" => {
+            pods::bind(st, req, ns.unwrap_or_default(), t.name.as_deref().unwrap_or_default()).await
+        }
+        "create" if t.sub.is_some() => Ok(status(
+            405,
+            "MethodNotAllowed",
+            &format!("create of {}/{} is not supported", r.plural, t.sub.as_deref().unwrap_or_default()),
+        )),
         "create" => {
             let mut obj = match parse_body(req) {
                 Ok(o) => o,
@@ -968,6 +1006,22 @@ async fn resource(st: &State, req: &Request, t: &Target, verb: &str) -> Result<R
                         obj["metadata"][keep] = existing.value["metadata"][keep].clone();
                     }
                 }
+                // Fields only the registry writes: deletion marks and the generation.
+                for system in ["deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+                    match &existing.value["metadata"][system] {
+                        Value::Null => {
+                            if let Some(m) = obj["metadata"].as_object_mut() {
+                                m.remove(system);
+                            }
+                        }
+                        v => obj["metadata"][system] = v.clone(),
+                    }
+                }
+                if has_generation(r) {
+                    let generation = existing.value["metadata"]["generation"].as_i64().unwrap_or(1);
+                    let changed = t.sub.is_none() && existing.value["spec"] != obj["spec"];
+                    obj["metadata"]["generation"] = json!(generation + i64::from(changed));
+                }
                 obj["apiVersion"] = json!(api_version(r));
                 obj["kind"] = json!(r.kind);
                 if let Some(m) = obj["metadata"].as_object_mut() {
@@ -984,6 +1038,10 @@ async fn resource(st: &State, req: &Request, t: &Target, verb: &str) -> Result<R
                 "Conflict",
                 &format!("{} \"{name}\" kept changing while it was being written", r.plural),
             ))
+        }
+        "delete" if r.plural == "pods" => {
+            let name = t.name.clone().unwrap_or_default();
+            pods::delete(st, &key_of(r, ns, &name), &name, &pods::DeleteOptions::of(req)).await
         }
         "delete" => {
             let name = t.name.clone().unwrap_or_default();
@@ -1044,7 +1102,7 @@ async fn create(st: &State, r: &Resource, ns: Option<&str>, obj: &mut Value) -> 
     let mut name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
     if name.is_empty() {
         match obj["metadata"]["generateName"].as_str() {
-            Some(g) => name = format!("{g}{}", &new_uid()[..5]),
+            Some(g) => name = format!("{g}{}", crate::objects::random_suffix(5)),
             None => {
                 return Ok(status(
                     422,
@@ -1098,6 +1156,15 @@ async fn create(st: &State, r: &Resource, ns: Option<&str>, obj: &mut Value) -> 
     if r.plural == "namespaces" {
         obj["status"] = json!({"phase":"Active"});
     }
+    if let Some(s) = initial_status(r) {
+        obj["status"] = s;
+    }
+    if has_generation(r) {
+        obj["metadata"]["generation"] = json!(1);
+    }
+    if r.plural == "pods" {
+        pods::prepare_create(obj);
+    }
     let rev = st.etcd.put(&key, obj).await?;
     Ok(Response::json(201, &with_rv(obj.clone(), rev)))
 }
@@ -1138,6 +1205,59 @@ mod tests {
         assert!(authorize(&admin, "delete", &t("b")).is_ok());
         let nobody = Identity { user: "someone".into(), groups: vec!["system:nodes".into()] };
         assert!(authorize(&nobody, "get", &t("b")).is_err());
+    }
+
+    #[test]
+    fn component_writes_are_those_of_the_default_roles() {
+        let t = |g: &str, plural: &str, sub: Option<&str>| Target {
+            res: find(g, "v1", plural).unwrap(),
+            ns: Some("default".into()),
+            name: Some("x".into()),
+            sub: sub.map(String::from),
+        };
+        let sched = Identity { user: "system:kube-scheduler".into(), groups: vec![] };
+        assert_eq!(authorize(&sched, "create", &t("", "pods", Some("binding"))), Ok(Allowed::Yes));
+        assert_eq!(authorize(&sched, "patch", &t("", "pods", Some("status"))), Ok(Allowed::Yes));
+        assert_eq!(authorize(&sched, "delete", &t("", "pods", None)), Ok(Allowed::Yes));
+        assert!(authorize(&sched, "create", &t("", "pods", None)).is_err());
+        assert!(authorize(&sched, "update", &t("apps", "replicasets", None)).is_err());
+        assert!(authorize(&sched, "create", &t("", "pods", Some("eviction"))).is_err());
+        let kcm = Identity { user: "system:kube-controller-manager".into(), groups: vec![] };
+        for (g, plural, sub, verb) in [
+            ("", "pods", None, "create"),
+            ("", "pods", None, "delete"),
+            ("apps", "replicasets", None, "create"),
+            ("apps", "replicasets", None, "update"),
+            ("apps", "replicasets", Some("status"), "update"),
+            ("apps", "deployments", Some("status"), "update"),
+            ("policy", "poddisruptionbudgets", Some("status"), "update"),
+        ] {
+            assert_eq!(
+                authorize(&kcm, verb, &t(g, plural, sub)),
+                Ok(Allowed::Yes),
+                "{verb} {plural} {sub:?}"
+            );
+        }
+        for (g, plural, sub, verb) in [
+            ("", "pods", Some("binding"), "create"),
+            ("apps", "deployments", None, "create"),
+            ("apps", "deployments", None, "delete"),
+            ("apps", "deployments", Some("status"), "patch"),
+            ("policy", "poddisruptionbudgets", None, "update"),
+            ("", "configmaps", None, "create"),
+            ("", "nodes", None, "patch"),
+        ] {
+            let e = authorize(&kcm, verb, &t(g, plural, sub)).unwrap_err();
+            assert!(e.contains("User \"system:kube-controller-manager\" cannot"), "{e}");
+        }
+        let node = Identity { user: "system:node:a".into(), groups: vec!["system:nodes".into()] };
+        assert_eq!(
+            authorize(&node, "patch", &t("", "pods", Some("status"))),
+            Ok(Allowed::IfPodOnNode("a".into()))
+        );
+        assert_eq!(authorize(&node, "delete", &t("", "pods", None)), Ok(Allowed::IfPodOnNode("a".into())));
+        assert!(authorize(&node, "create", &t("", "pods", Some("binding"))).is_err());
+        assert!(authorize(&node, "update", &t("apps", "replicasets", None)).is_err());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! kube-controller-manager, kube-scheduler and kube-proxy doubles: check flags/config/certificates,
-//! authenticate to the apiserver with their kubeconfig, and serve their health ports.
+//! authenticate to the apiserver with their kubeconfig, and serve their health ports. The
+//! controller-manager runs the workload controllers ([`crate::controllers`]), the scheduler binds pods
+//! ([`crate::scheduler`]).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -139,6 +141,7 @@ pub async fn controller_manager(flags: Flags, _version: KubeVersion) -> Result<(
             ));
         }
     }
+    tokio::spawn(crate::controllers::run(client));
     serve_healthz(addr(&flags, 10257)?, &chain, &key).await
 }
 
@@ -155,6 +158,7 @@ pub async fn scheduler(flags: Flags, version: KubeVersion) -> Result<(), String>
     let client = ApiClient::from_kubeconfig(&kubeconfig).map_err(|e| e.0)?;
     let (chain, key) = tls_pair(&flags, "kube-scheduler")?;
     authenticate(&client, Component::Scheduler).await?;
+    tokio::spawn(crate::scheduler::run(client));
     serve_healthz(addr(&flags, 10259)?, &chain, &key).await
 }
 

@@ -146,6 +146,134 @@ impl Etcd {
     }
 }
 
+/// One change seen by a watch.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The key.
+    pub key: String,
+    /// The new value (`None` for a deletion).
+    pub value: Option<Value>,
+    /// The value before the change, when there was one.
+    pub prev: Option<Value>,
+    /// Revision of the change.
+    pub mod_revision: i64,
+    /// Whether this put created the key.
+    pub created: bool,
+}
+
+/// A watch stream from etcd's gateway (`/v3/watch`, newline-delimited JSON messages).
+pub struct WatchStream {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+/// What a watch stream yields.
+#[derive(Debug)]
+pub enum WatchMessage {
+    /// Changes, in revision order.
+    Events(Vec<Event>),
+    /// The start revision was compacted away; the watch is over.
+    Compacted(i64),
+    /// The stream ended or failed.
+    Closed(String),
+}
+
+impl WatchStream {
+    /// The next batch of changes (or the end of the stream).
+    pub async fn next(&mut self) -> WatchMessage {
+        loop {
+            if let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=nl).collect();
+                let Ok(msg) = serde_json::from_slice::<Value>(&line) else { continue };
+                let result = &msg["result"];
+                if !msg["error"].is_null() {
+                    return WatchMessage::Closed(format!("etcd watch: {}", msg["error"]));
+                }
+                let compact = rev(&result["compact_revision"]);
+                if compact > 0 {
+                    return WatchMessage::Compacted(compact);
+                }
+                if result["canceled"] == true {
+                    return WatchMessage::Closed("etcd watch canceled".into());
+                }
+                let events: Vec<Event> = result["events"]
+                    .as_array()
+                    .map(|evs| evs.iter().filter_map(event).collect())
+                    .unwrap_or_default();
+                if !events.is_empty() {
+                    return WatchMessage::Events(events);
+                }
+                continue;
+            }
+            match self.resp.chunk().await {
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk),
+                Ok(None) => return WatchMessage::Closed("etcd closed the watch".into()),
+                Err(e) => return WatchMessage::Closed(error_chain(&e)),
+            }
+        }
+    }
+}
+
+fn event(e: &Value) -> Option<Event> {
+    let decode = |kv: &Value| -> Option<Value> {
+        let raw = B64.decode(kv["value"].as_str()?).ok()?;
+        serde_json::from_slice(&raw).ok()
+    };
+    let kv = &e["kv"];
+    let key = String::from_utf8(B64.decode(kv["key"].as_str()?).ok()?).ok()?;
+    let deleted = e["type"] == "DELETE";
+    Some(Event {
+        key,
+        value: if deleted { None } else { decode(kv) },
+        prev: decode(&e["prev_kv"]),
+        mod_revision: rev(&kv["mod_revision"]),
+        created: !deleted && rev(&kv["create_revision"]) == rev(&kv["mod_revision"]),
+    })
+}
+
+impl Etcd {
+    /// Deletes a key only if it still has `mod_revision`; `false` when it changed (or is gone) in between.
+    pub async fn delete_if(&self, key: &str, mod_revision: i64) -> Result<bool, String> {
+        let k = B64.encode(key);
+        let r = self
+            .post(
+                "kv/txn",
+                json!({
+                    "compare": [{"key": k, "target": "MOD", "result": "EQUAL", "mod_revision": mod_revision.to_string()}],
+                    "success": [{"request_delete_range": {"key": k}}],
+                }),
+            )
+            .await?;
+        Ok(r["succeeded"].as_bool() == Some(true))
+    }
+
+    /// Watches every key under `prefix` from revision `start` on (with previous values), like the real
+    /// apiserver's watch on etcd. The first server that answers serves the stream.
+    pub async fn watch(&self, prefix: &str, start: i64) -> Result<WatchStream, String> {
+        let body = json!({"create_request": {
+            "key": B64.encode(prefix), "range_end": B64.encode(prefix_end(prefix)),
+            "start_revision": start.to_string(), "prev_kv": true}});
+        let mut last = String::from("no etcd servers");
+        for url in &self.urls {
+            let full = format!("{}/v3/watch", url.trim_end_matches('/'));
+            match self
+                .http
+                .post(&full)
+                .header("content-type", "application/json")
+                .timeout(std::time::Duration::from_secs(24 * 3600))
+                .body(serde_json::to_vec(&body).unwrap_or_default())
+                .send()
+                .await
+            {
+                Ok(resp) if resp.status().is_success() => return Ok(WatchStream { resp, buf: Vec::new() }),
+                Ok(resp) => last = format!("etcd {url}: HTTP {}", resp.status()),
+                Err(e) => last = format!("etcd {url}: {}", error_chain(&e)),
+            }
+        }
+        Err(last)
+    }
+}
+
 fn kvs(r: &Value) -> Vec<Kv> {
     r["kvs"]
         .as_array()

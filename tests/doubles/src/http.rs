@@ -3,7 +3,7 @@
 
 use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc};
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Bytes;
 use tokio::net::TcpListener;
 
@@ -80,6 +80,8 @@ pub struct Response {
     pub content_type: String,
     /// Body.
     pub body: Vec<u8>,
+    /// A body sent in chunks as they arrive (chunked transfer encoding), instead of `body`: watch streams.
+    pub stream: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
 }
 
 impl Response {
@@ -89,11 +91,37 @@ impl Response {
             status,
             content_type: "application/json".into(),
             body: serde_json::to_vec(value).unwrap_or_default(),
+            stream: None,
         }
     }
     /// Plain-text response.
     pub fn text(status: u16, text: &str) -> Self {
-        Self { status, content_type: "text/plain; charset=utf-8".into(), body: text.as_bytes().to_vec() }
+        Self {
+            status,
+            content_type: "text/plain; charset=utf-8".into(),
+            body: text.as_bytes().to_vec(),
+            stream: None,
+        }
+    }
+    /// A streamed response: every message sent into the returned sender goes out as it comes; the stream
+    /// ends when the sender is dropped, and the sender sees the client going away as a closed channel.
+    pub fn streaming(status: u16, content_type: &str) -> (Self, tokio::sync::mpsc::Sender<Vec<u8>>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        (Self { status, content_type: content_type.into(), body: Vec::new(), stream: Some(rx) }, tx)
+    }
+}
+
+/// Response body fed by a channel.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Vec<u8>>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|chunk| chunk.map(|c| Ok(hyper::body::Frame::data(Bytes::from(c)))))
     }
 }
 
@@ -268,10 +296,14 @@ where
                 auth_error,
             };
             let resp = handler(request).await;
+            let body = match resp.stream {
+                Some(rx) => Either::Right(ChannelBody(rx)),
+                None => Either::Left(Full::new(Bytes::from(resp.body))),
+            };
             let out = hyper::Response::builder()
                 .status(resp.status)
                 .header("content-type", resp.content_type)
-                .body(Full::new(Bytes::from(resp.body)))
+                .body(body)
                 .expect("valid response");
             Ok::<_, std::convert::Infallible>(out)
         }

@@ -134,6 +134,19 @@ impl ApiClient {
     }
 }
 
+impl ApiClient {
+    /// Opens a long-running request (a watch) and returns the response to read in chunks; the client's
+    /// 10 s request timeout does not apply.
+    pub async fn stream(&self, path: &str) -> Result<reqwest::Response, String> {
+        self.http
+            .get(format!("{}{}", self.server, path))
+            .timeout(std::time::Duration::from_secs(3600))
+            .send()
+            .await
+            .map_err(|e| crate::etcd::error_chain(&e))
+    }
+}
+
 /// A reqwest client trusting only `ca_pem`, presenting `cert_pem` + `key_pem`.
 pub fn build_client(ca_pem: &[u8], cert_pem: &[u8], key_pem: &[u8]) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()

@@ -1,6 +1,9 @@
 //! kubelet double: reads its KubeletConfiguration and kubeconfig, checks its certificates, registers its
 //! Node with the apiserver and heart-beats it, serves 10250 (TLS) and 10248 (healthz), and reports
-//! NotReady while the container runtime socket (real containerd) does not answer.
+//! NotReady while the container runtime socket (real containerd) does not answer. The pods bound to its
+//! node are reported running without running anything ([`pods`]).
+
+pub mod pods;
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
@@ -149,17 +152,21 @@ pub async fn run(flags: Flags, version: KubeVersion) -> Result<(), String> {
     let hz_bind: IpAddr = healthz_bind.parse().map_err(|e| format!("invalid healthzBindAddress: {e}"))?;
     let hz_listener = http::bind((hz_bind, healthz_port as u16).into()).await?;
     let name_for_api = node_name.clone();
+    let served = Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let served_for_api = served.clone();
     let api: http::Handler = Arc::new(move |req: Request| {
         let node = name_for_api.clone();
+        let pods = served_for_api.lock().expect("not poisoned").clone();
         Box::pin(async move {
             if req.auth_error.is_some() || (req.identity.is_none() && !anonymous) {
                 return Response::text(401, "Unauthorized");
             }
             match req.path.as_str() {
                 "/healthz" | "/healthz/ping" | "/healthz/syncloop" => Response::text(200, "ok"),
-                "/pods" | "/pods/" => {
-                    Response::json(200, &json!({"kind":"PodList","apiVersion":"v1","metadata":{},"items":[]}))
-                }
+                "/pods" | "/pods/" => Response::json(
+                    200,
+                    &json!({"kind":"PodList","apiVersion":"v1","metadata":{},"items":pods}),
+                ),
                 _ => Response::text(404, &format!("404 page not found (node {node})")),
             }
         })
@@ -171,6 +178,17 @@ pub async fn run(flags: Flags, version: KubeVersion) -> Result<(), String> {
         "server.go:1",
         "Started kubelet",
         &[("node", node_name.clone()), ("address", format!("{bind}:{port}"))],
+    );
+    tokio::spawn(
+        pods::PodWorker {
+            client: client.clone(),
+            node: node_name.clone(),
+            node_ip,
+            runtime: runtime.clone(),
+            served,
+            seen: Default::default(),
+        }
+        .run(),
     );
 
     let mut registered = false;

@@ -8,13 +8,17 @@
 pub mod apiserver;
 pub mod components;
 pub mod config;
+pub mod controllers;
 pub mod etcd;
 pub mod flags;
 pub mod http;
+pub mod informer;
 pub mod kubeconfig;
 pub mod kubelet;
 pub mod log;
+pub mod objects;
 pub mod pki;
+pub mod scheduler;
 pub mod version;
 
 /// The five personalities.

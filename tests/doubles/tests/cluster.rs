@@ -6,6 +6,8 @@
 mod bins;
 #[path = "support/cluster.rs"]
 mod cluster;
+#[path = "support/kubectl.rs"]
+mod kubectl;
 #[path = "support/pki.rs"]
 mod pki;
 
@@ -13,42 +15,8 @@ use std::{process::Command, time::Duration};
 
 use bins::{free_port, wait_for, Proc};
 use cluster::{Env, V34, V35};
+use kubectl::Kubectl;
 use serde_json::Value;
-
-struct Kubectl {
-    kubeconfig: String,
-    cache: String,
-}
-
-impl Kubectl {
-    fn run(&self, args: &[&str]) -> (i32, String, String) {
-        self.run_as(&self.kubeconfig, args)
-    }
-    fn run_as(&self, kubeconfig: &str, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(cluster::kubectl())
-            .arg(format!("--kubeconfig={kubeconfig}"))
-            .arg(format!("--cache-dir={}", self.cache))
-            .arg("--request-timeout=20s")
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let (code, out, err) = self.run(args);
-        assert_eq!(code, 0, "kubectl {args:?} failed:\n{out}\n{err}");
-        out
-    }
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        serde_json::from_str(&self.ok(&a)).unwrap()
-    }
-}
 
 fn ready(node: &Value) -> Option<String> {
     node["status"]["conditions"]

@@ -151,6 +151,114 @@ impl Env {
     }
 }
 
+impl Env {
+    /// Starts a kubelet double for `node` with node IP `ip` (serving on `ip`, its own client and serving
+    /// certs, the KubeletConfiguration an installer writes) against the container runtime at `runtime`.
+    pub fn start_kubelet(&self, version: &str, node: &str, ip: &str, runtime: &str) -> Proc {
+        self.pki.kubelet(&self.layout, node, ip);
+        let p = |r: &str| self.pki.p(r);
+        let (port, hport) = (free_port(ip), free_port(ip));
+        let cfg = self.path(&format!("kubelet-{node}.yaml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: {ip}
+port: {port}
+healthzBindAddress: {ip}
+healthzPort: {hport}
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    enabled: true
+  x509:
+    clientCAFile: {ca}
+authorization:
+  mode: Webhook
+tlsCertFile: {crt}
+tlsPrivateKeyFile: {key}
+cgroupDriver: systemd
+clusterDNS: [10.96.0.10]
+clusterDomain: cluster.local
+containerRuntimeEndpoint: {runtime}
+nodeStatusUpdateFrequency: 1s
+rotateCertificates: false
+",
+                ca = p("pki/ca.crt"),
+                crt = p(&format!("kubelet-{node}.crt")),
+                key = p(&format!("kubelet-{node}.key")),
+            ),
+        )
+        .unwrap();
+        let args = vec![
+            format!("--config={}", cfg.display()),
+            format!("--kubeconfig={}", p(&format!("kubelet-{node}.conf"))),
+            format!("--hostname-override={node}"),
+            format!("--node-ip={ip}"),
+        ];
+        Proc::start(&self.bin("kubelet", version), &args, &self.path(&format!("kubelet-{node}.log")))
+    }
+
+    /// Starts the controller-manager double with the flags kubeforge writes; waits for its secure port.
+    pub fn start_controller_manager(&self, version: &str) -> Proc {
+        let p = |r: &str| self.pki.p(r);
+        let port = free_port(&self.ip);
+        let args = vec![
+            format!("--kubeconfig={}", p("controller-manager.conf")),
+            format!("--authentication-kubeconfig={}", p("controller-manager.conf")),
+            format!("--authorization-kubeconfig={}", p("controller-manager.conf")),
+            format!("--bind-address={}", self.ip),
+            format!("--secure-port={port}"),
+            format!("--client-ca-file={}", p("pki/ca.crt")),
+            format!("--requestheader-client-ca-file={}", p("pki/front-proxy-ca.crt")),
+            format!("--root-ca-file={}", p("pki/ca.crt")),
+            format!("--cluster-signing-cert-file={}", p("pki/ca.crt")),
+            format!("--cluster-signing-key-file={}", p("pki/ca.key")),
+            format!("--service-account-private-key-file={}", p("pki/sa.key")),
+            "--service-cluster-ip-range=10.96.0.0/12".into(),
+            "--use-service-account-credentials=true".into(),
+            "--leader-elect=true".into(),
+        ];
+        let mut proc_ = Proc::start(
+            &self.bin("kube-controller-manager", version),
+            &args,
+            &self.path("controller-manager.log"),
+        );
+        let ok = bins::wait_for(Duration::from_secs(20), || {
+            (proc_.exited().is_some() || bins::listening(&self.ip, port)).then_some(())
+        });
+        assert!(ok.is_some() && proc_.exited().is_none(), "controller-manager:\n{}", proc_.log_text());
+        proc_
+    }
+
+    /// Starts the scheduler double with the configuration kubeforge writes; waits for its secure port.
+    pub fn start_scheduler(&self, version: &str) -> Proc {
+        let port = free_port(&self.ip);
+        let cfg = self.path("scheduler-config.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\nclientConnection:\n  kubeconfig: {}\nleaderElection:\n  leaderElect: true\n",
+                self.pki.p("scheduler.conf")
+            ),
+        )
+        .unwrap();
+        let args = vec![
+            format!("--config={}", cfg.display()),
+            format!("--bind-address={}", self.ip),
+            format!("--secure-port={port}"),
+        ];
+        let mut proc_ = Proc::start(&self.bin("kube-scheduler", version), &args, &self.path("scheduler.log"));
+        let ok = bins::wait_for(Duration::from_secs(20), || {
+            (proc_.exited().is_some() || bins::listening(&self.ip, port)).then_some(())
+        });
+        assert!(ok.is_some() && proc_.exited().is_none(), "scheduler:\n{}", proc_.log_text());
+        proc_
+    }
+}
+
 /// `--k=v` arguments from a map.
 pub fn to_args(flags: &BTreeMap<String, String>) -> Vec<String> {
     flags.iter().map(|(k, v)| format!("--{k}={v}")).collect()
