@@ -63,6 +63,13 @@ pub enum Command {
         /// An apiserver address, `IP:PORT`; repeat once per control plane.
         #[arg(long = "backend", required = true)]
         backends: Vec<std::net::SocketAddr>,
+        /// The cluster CA: with it, each backend's `/readyz` is checked and backends that are not ready get
+        /// no new connections while another one is.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// How often each backend's `/readyz` is asked.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        health_interval: std::time::Duration,
     },
     /// Run a command on the selected hosts in parallel; print each host's output and exit status.
     Exec(ExecArgs),
@@ -332,7 +339,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::ApiLb { listen, backends } => crate::apilb::run(listen, backends),
+        Command::ApiLb { listen, backends, ca_file, health_interval } => {
+            crate::apilb::run(listen, backends, ca_file, health_interval)
+        }
         Command::Validate { inventory } => {
             let model = crate::model::ClusterModel::load(&inventory)?;
             println!(

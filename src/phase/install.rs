@@ -45,8 +45,13 @@ fn unit_file(component: Component, exec: &str, args: Vec<String>, docs: &str) ->
 /// A shell loop that retries `check` every 2 s for up to `seconds`, then fails with `what`.
 fn wait(what: &str, check: &str, seconds: u32) -> (String, Command) {
     let tries = seconds / 2;
+    // A unit that systemd keeps restarting (it exits, `Restart=always` starts it again) will not become
+    // ready: fail after its fifth automatic restart, with its journal, instead of waiting out the limit.
+    // `NRestarts` counts from the last explicit start, which the converge just made.
     let script = format!(
-        "i=0; until {check} >/dev/null 2>&1; do i=$((i+1)); if [ $i -ge {tries} ]; then echo \"{what} not ready after {seconds} s\" >&2; exit 1; fi; sleep 2; done"
+        "i=0; until {check} >/dev/null 2>&1; do i=$((i+1)); if [ $i -ge {tries} ]; then echo \"{what} not ready after {seconds} s\" >&2; exit 1; fi; \
+         n=$(systemctl show -p NRestarts --value {what} 2>/dev/null); if [ \"${{n:-0}}\" -ge 5 ] 2>/dev/null; then \
+         echo \"{what} keeps failing ($n automatic restarts)\" >&2; journalctl -u {what} -n 5 --no-pager >&2 2>/dev/null; exit 1; fi; sleep 2; done"
     );
     (format!("wait for {what}"), Command::shell(script).sudo())
 }
