@@ -182,13 +182,7 @@ impl ArtifactSource {
                 select(req, &self.cache.dir(&unit), &entry)?
             }
             SourceKind::Bundle { path, opened } => {
-                let bundle = opened
-                    .get_or_try_init(|| async {
-                        let (p, root) = (path.clone(), self.cache.root().to_owned());
-                        blocking(move || Bundle::open(&p, &root)).await.map(Arc::new)
-                    })
-                    .await?
-                    .clone();
+                let bundle = self.open_bundle(path, opened).await?;
                 self.ensure_bundle(req, &bundle).await?
             }
         };
@@ -277,6 +271,21 @@ impl ArtifactSource {
         Ok(entry)
     }
 
+    /// The bundle, opened (and for an archive extracted) once.
+    async fn open_bundle(
+        &self,
+        path: &Path,
+        opened: &tokio::sync::OnceCell<Arc<Bundle>>,
+    ) -> Result<Arc<Bundle>, ArtifactError> {
+        Ok(opened
+            .get_or_try_init(|| async {
+                let (p, root) = (path.to_owned(), self.cache.root().to_owned());
+                blocking(move || Bundle::open(&p, &root)).await.map(Arc::new)
+            })
+            .await?
+            .clone())
+    }
+
     /// The newest Kubernetes patch release of `v<major>.<minor>` this source offers, `None` when it offers
     /// none: a bundle's newest `kube-apiserver` of that minor; the official servers' (or a mirror's)
     /// `release/stable-<major>.<minor>.txt`. `upgrade plan` proposes from it and multi-minor upgrades pick
@@ -300,13 +309,7 @@ impl ArtifactSource {
                 }
             }
             SourceKind::Bundle { path, opened } => {
-                let bundle = opened
-                    .get_or_try_init(|| async {
-                        let (p, root) = (path.clone(), self.cache.root().to_owned());
-                        blocking(move || Bundle::open(&p, &root)).await.map(Arc::new)
-                    })
-                    .await?
-                    .clone();
+                let bundle = self.open_bundle(path, opened).await?;
                 Ok(newest_patch(
                     bundle
                         .manifest

@@ -30,9 +30,6 @@ fn rev(v: &Value) -> i64 {
     }
 }
 
-/// Round-robin start over the endpoints, shared by every client of the process.
-static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
 /// `range_end` for a prefix scan: the prefix with its last byte incremented.
 fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();
@@ -53,17 +50,11 @@ impl Etcd {
 
     async fn post(&self, path: &str, body: Value) -> Result<Value, String> {
         let mut last = String::from("no etcd servers");
-        // Requests rotate over the endpoints and a slow one is left after a few seconds, as the real
-        // apiserver's etcd client balances over its endpoints: one slow member must not hold every request
-        // (nor every apiserver's readiness) of the cluster.
-        let n = self.urls.len().max(1);
-        let start = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n;
-        for url in self.urls.iter().cycle().skip(start).take(self.urls.len()) {
+        for url in &self.urls {
             let full = format!("{}/v3/{path}", url.trim_end_matches('/'));
             match self
                 .http
                 .post(&full)
-                .timeout(std::time::Duration::from_secs(if self.urls.len() > 1 { 5 } else { 30 }))
                 .header("content-type", "application/json")
                 .body(serde_json::to_vec(&body).unwrap_or_default())
                 .send()
