@@ -1339,8 +1339,8 @@ pub fn apply(inventory: &Path, options: UpgradeOptions) -> Result<i32> {
         }
         Ok((1, facts))
     });
-    let (changed, facts) = result?;
     eprint!("{}", apply::host_stats(&c.transports));
+    let (changed, facts) = result?;
     print!("{}", versions_now(&c.model, &facts));
     if changed == 1 {
         println!("upgrade: {} now runs {target} ({:.0}s)", c.model.name, started.elapsed().as_secs_f64());
