@@ -242,6 +242,15 @@ pub fn parse_facts(out: &str) -> BTreeMap<String, Version> {
         .collect()
 }
 
+/// Reads one host's binaries' versions (one round trip).
+async fn host_facts(t: &dyn Transport) -> HostFacts {
+    match t.exec(&Command::shell(FACTS).sudo()).await {
+        Ok(o) if o.success() => HostFacts { versions: parse_facts(&o.stdout_str()), error: None },
+        Ok(o) => HostFacts { error: Some(o.stderr_str().trim().to_owned()), ..Default::default() },
+        Err(e) => HostFacts { error: Some(e.to_string()), ..Default::default() },
+    }
+}
+
 /// Reads every host's binaries' versions, in parallel, one round trip each.
 pub async fn read_facts(
     model: &ClusterModel,
@@ -254,12 +263,7 @@ pub async fn read_facts(
             let Some(t) = t else {
                 return (name, HostFacts { error: Some("no connection".into()), ..Default::default() });
             };
-            let facts = match t.exec(&Command::shell(FACTS).sudo()).await {
-                Ok(o) if o.success() => HostFacts { versions: parse_facts(&o.stdout_str()), error: None },
-                Ok(o) => HostFacts { error: Some(o.stderr_str().trim().to_owned()), ..Default::default() },
-                Err(e) => HostFacts { error: Some(e.to_string()), ..Default::default() },
-            };
-            (name, facts)
+            (name, host_facts(t.as_ref()).await)
         }
     });
     futures::future::join_all(reads).await.into_iter().collect()
@@ -680,12 +684,7 @@ impl Run<'_> {
             let mut facts = BTreeMap::new();
             for h in hosts {
                 let tr = self.transport(h)?;
-                let f = match tr.exec(&Command::shell(FACTS).sudo()).await {
-                    Ok(o) if o.success() => HostFacts { versions: parse_facts(&o.stdout_str()), error: None },
-                    Ok(o) => HostFacts { error: Some(o.stderr_str()), ..Default::default() },
-                    Err(e) => HostFacts { error: Some(e.to_string()), ..Default::default() },
-                };
-                facts.insert(h.clone(), f);
+                facts.insert(h.clone(), host_facts(tr.as_ref()).await);
             }
             last = gate_problems(&self.model, hosts, v, &health, &facts);
             if last.is_empty() {
