@@ -97,6 +97,18 @@ pub fn join(inventory: &Path, mut options: ApplyOptions) -> Result<i32> {
     result
 }
 
+/// Removes the members among the peer URLs `$2...` that are learners or never started, through `$1`; prints
+/// the peer URLs removed.
+const REMOVE_STALE: &str = r#"eps=$1; shift
+list=$(e member list) || exit 1
+for peer in "$@"; do
+  line=$(echo "$list" | awk -F', ' -v p="$peer" '$4 == p')
+  [ -n "$line" ] || continue
+  case "$line" in
+    *", true"|*", unstarted, "*) e member remove "${line%%,*}" >/dev/null && echo "$peer" ;;
+  esac
+done"#;
+
 /// Removes, through the running member `keeper`, the etcd members among `hosts` that are still learners or
 /// never started. Returns the names removed.
 fn remove_stale_learners(
@@ -106,21 +118,11 @@ fn remove_stale_learners(
     hosts: &[String],
     connect: &crate::transport::ssh::ConnectOptions,
 ) -> Result<Vec<String>> {
-    let script = r#"eps=$1; shift
-list=$(e member list) || exit 1
-for peer in "$@"; do
-  line=$(echo "$list" | awk -F', ' -v p="$peer" '$4 == p')
-  [ -n "$line" ] || continue
-  case "$line" in
-    *", true"|*", unstarted, "*) e member remove "${line%%,*}" >/dev/null && echo "$peer" ;;
-  esac
-done"#;
     let k =
         model.host(keeper).ok_or_else(|| Error::msg(format!("{keeper} is not in the inventory"), None))?;
     let peers: Vec<String> =
         hosts.iter().filter_map(|n| model.host(n)).map(|h| crate::model::url(h.internal_ip, 2380)).collect();
-    let cmd =
-        Command::shell(script).arg(crate::model::url(k.internal_ip, 2379)).args(peers.iter().cloned()).sudo();
+    let cmd = stale_learners_command(&crate::model::url(k.internal_ip, 2379), &peers);
     let transports = apply::transports(loaded, connect)?;
     let t = transports.get(keeper).cloned().expect("transport per host");
     let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
@@ -134,6 +136,14 @@ done"#;
         .map(|h| h.name.clone())
         .collect();
     Ok(removed)
+}
+
+/// The command removing stale learners (`REMOVE_STALE` with etcdctl's function).
+fn stale_learners_command(through: &str, peers: &[String]) -> Command {
+    Command::shell(format!("{}\n{REMOVE_STALE}", crate::phase::install::ETCDCTL_FN))
+        .arg(through)
+        .args(peers.iter().cloned())
+        .sudo()
 }
 
 /// Options of `kubeforge remove-node`.
@@ -554,6 +564,45 @@ mod tests {
         - {name: w1, address: 10.0.0.2, roles: [worker]}\n\
         - {name: w2, address: 10.0.0.3, roles: [worker]}\n\
         - {name: cp2, address: 10.0.0.4, roles: [control-plane, etcd]}\n";
+
+    /// The stale-learner script, run by a real shell against a fake etcdctl: it removes the learner and the
+    /// unstarted member among the joining peers, and leaves voting members and other hosts alone.
+    #[test]
+    fn a_failed_join_removes_its_learners_and_unstarted_members() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("etcdctl");
+        let log = dir.path().join("calls");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\nfor a; do last2=\"$last1\"; last1=\"$a\"; done\necho \"$*\" >> {log}\n\
+                 case \"$*\" in *'member list') cat <<'L'\n\
+                 a1, started, cp1, https://10.0.0.1:2380, https://10.0.0.1:2379, false\n\
+                 b2, started, cp2, https://10.0.0.4:2380, https://10.0.0.4:2379, true\n\
+                 c3, unstarted, , https://10.0.0.5:2380, , true\n\
+                 d4, started, cp4, https://10.0.0.6:2380, https://10.0.0.6:2379, false\n\
+                 L\n;; esac\n",
+                log = log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let peers: Vec<String> = ["10.0.0.4", "10.0.0.5", "10.0.0.6", "10.0.0.9"]
+            .iter()
+            .map(|ip| format!("https://{ip}:2380"))
+            .collect();
+        let argv = stale_learners_command("https://10.0.0.1:2379", &peers).argv();
+        let argv: Vec<String> =
+            argv.iter().map(|a| a.replace("/usr/local/bin/etcdctl", fake.to_str().unwrap())).collect();
+        let out = std::process::Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "https://10.0.0.4:2380\nhttps://10.0.0.5:2380\n");
+        let calls = std::fs::read_to_string(&log).unwrap();
+        assert!(calls.contains("--endpoints=https://10.0.0.1:2379"), "{calls}");
+        let removed: Vec<&str> = calls.lines().filter_map(|l| l.split("member remove ").nth(1)).collect();
+        assert_eq!(removed, ["b2", "c3"], "{calls}");
+    }
 
     #[test]
     fn join_finds_the_hosts_the_state_does_not_know() {

@@ -78,6 +78,29 @@ pub enum LabCommand {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Power one VM off: a clean `poweroff` inside it, or with `--kill` the plug pulled (QEMU killed), as a
+    /// crashed or unplugged machine looks to the cluster.
+    Stop {
+        /// Lab name.
+        #[arg(long, default_value = "lab")]
+        name: String,
+        /// Node name.
+        node: String,
+        /// Kill the VM at once instead of shutting it down.
+        #[arg(long)]
+        kill: bool,
+    },
+    /// Boot a stopped VM again from its disk (what was installed on it is still there) and wait for SSH.
+    Start {
+        /// Lab name.
+        #[arg(long, default_value = "lab")]
+        name: String,
+        /// Node name.
+        node: String,
+        /// Seconds to wait for SSH (the clock restarts whenever the console shows progress).
+        #[arg(long, default_value_t = 300)]
+        ssh_timeout: u64,
+    },
     /// Run a command inside the lab's network (where the node addresses are reachable).
     Exec {
         /// Lab name.
@@ -150,6 +173,20 @@ pub struct LabState {
     pub known_hosts: PathBuf,
     /// VMs.
     pub vms: Vec<Vm>,
+    /// Memory per VM in MiB (to boot a stopped VM again alike).
+    #[serde(default = "default_memory")]
+    pub memory: u32,
+    /// Debian suite of the image.
+    #[serde(default = "default_suite")]
+    pub suite: String,
+}
+
+fn default_memory() -> u32 {
+    1024
+}
+
+fn default_suite() -> String {
+    "trixie".into()
 }
 
 fn lab_dir(name: &str) -> PathBuf {
@@ -527,6 +564,8 @@ fn up(a: UpArgs) -> Result<i32> {
         key: image.dir.join("id_ed25519"),
         known_hosts,
         vms: Vec::new(),
+        memory: a.memory,
+        suite: a.suite.clone(),
     };
     for i in 0..a.nodes {
         let name = format!("node{}", i + 1);
@@ -540,7 +579,7 @@ fn up(a: UpArgs) -> Result<i32> {
     }
     save_state(&st)?;
     // From here on, any failure tears down what was started.
-    let result = boot(&a, &st, &image, &host_key);
+    let result = boot(&a, &st, &image);
     if let Err(e) = result {
         let _ = teardown(&st);
         return Err(e);
@@ -576,7 +615,7 @@ fn up(a: UpArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn boot(a: &UpArgs, st: &LabState, image: &Image, _host_key: &str) -> Result<()> {
+fn boot(a: &UpArgs, st: &LabState, image: &Image) -> Result<()> {
     let ns = &st.netns;
     let ipn = |args: &[&str]| -> Result<String> {
         run(&format!("ip {}", args.join(" ")), Command::new("ip").args(args))
@@ -586,8 +625,6 @@ fn boot(a: &UpArgs, st: &LabState, image: &Image, _host_key: &str) -> Result<()>
     ipn(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
     ipn(&["-n", ns, "addr", "add", &format!("{SUBNET}.1/24"), "dev", "br0"])?;
     ipn(&["-n", ns, "link", "set", "br0", "up"])?;
-    let accel = if kvm_usable() { "kvm" } else { "tcg,thread=multi,tb-size=64" };
-    let cpu = if kvm_usable() { "host" } else { "qemu64" };
     for (i, vm) in st.vms.iter().enumerate() {
         let tap = format!("tap{}", i + 1);
         ipn(&["-n", ns, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
@@ -600,58 +637,68 @@ fn boot(a: &UpArgs, st: &LabState, image: &Image, _host_key: &str) -> Result<()>
                 .arg(&vm.overlay)
                 .arg("8G"),
         )?;
-        let machine_id = &sha256_hex(&[&st.name, &vm.name])[..32];
-        let append = format!(
-            "root=/dev/vda rw console=ttyS0 net.ifnames=0 systemd.firstboot=off ip={ip}::{SUBNET}.1:255.255.255.0:{n}:eth0:none systemd.hostname={n} systemd.machine_id={machine_id}",
-            ip = vm.ip,
-            n = vm.name
-        );
-        run(
-            &format!("starting {}", vm.name),
-            Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    ns,
-                    "qemu-system-x86_64",
-                    "-name",
-                    &vm.name,
-                    "-machine",
-                    "q35",
-                    "-accel",
-                    accel,
-                    "-cpu",
-                    cpu,
-                    "-smp",
-                    "1",
-                ])
-                .args(["-m", &a.memory.to_string(), "-kernel"])
-                .arg(image.dir.join("vmlinuz"))
-                .arg("-initrd")
-                .arg(image.dir.join("initrd.img"))
-                .args(["-append", &append, "-drive"])
-                .arg(format!(
-                    "file={},format=qcow2,if=virtio,cache=unsafe,discard=unmap",
-                    vm.overlay.display()
-                ))
-                .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no"), "-device"])
-                .arg(format!("virtio-net-pci,netdev=n0,mac=52:54:00:77:00:{:02x}", 11 + i))
-                .args(["-device", "virtio-rng-pci", "-device", "virtio-balloon-pci,free-page-reporting=on"])
-                .args(["-display", "none", "-vga", "none", "-monitor", "none", "-serial"])
-                .arg(format!("file:{}", vm.serial.display()))
-                .arg("-pidfile")
-                .arg(&vm.pidfile)
-                .arg("-daemonize"),
-        )?;
+        start_vm(st, image, i)?;
     }
-    // Wait for SSH on every VM. The clock restarts whenever a console log grows: a slow but booting VM is
-    // waited for; a stuck one is not.
-    let limit = Duration::from_secs(a.ssh_timeout);
-    let mut pending: Vec<&Vm> = st.vms.iter().collect();
+    wait_ssh(st, st.vms.iter().collect(), Duration::from_secs(a.ssh_timeout))
+}
+
+/// Starts QEMU for the `i`-th VM on its tap and overlay (both exist already).
+fn start_vm(st: &LabState, image: &Image, i: usize) -> Result<()> {
+    let vm = &st.vms[i];
+    let accel = if kvm_usable() { "kvm" } else { "tcg,thread=multi,tb-size=64" };
+    let cpu = if kvm_usable() { "host" } else { "qemu64" };
+    let tap = format!("tap{}", i + 1);
+    let machine_id = &sha256_hex(&[&st.name, &vm.name])[..32];
+    let append = format!(
+        "root=/dev/vda rw console=ttyS0 net.ifnames=0 systemd.firstboot=off ip={ip}::{SUBNET}.1:255.255.255.0:{n}:eth0:none systemd.hostname={n} systemd.machine_id={machine_id}",
+        ip = vm.ip,
+        n = vm.name
+    );
+    let _ = std::fs::remove_file(&vm.pidfile);
+    run(
+        &format!("starting {}", vm.name),
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &st.netns,
+                "qemu-system-x86_64",
+                "-name",
+                &vm.name,
+                "-machine",
+                "q35",
+                "-accel",
+                accel,
+                "-cpu",
+                cpu,
+                "-smp",
+                "1",
+            ])
+            .args(["-m", &st.memory.to_string(), "-kernel"])
+            .arg(image.dir.join("vmlinuz"))
+            .arg("-initrd")
+            .arg(image.dir.join("initrd.img"))
+            .args(["-append", &append, "-drive"])
+            .arg(format!("file={},format=qcow2,if=virtio,cache=unsafe,discard=unmap", vm.overlay.display()))
+            .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no"), "-device"])
+            .arg(format!("virtio-net-pci,netdev=n0,mac=52:54:00:77:00:{:02x}", 11 + i))
+            .args(["-device", "virtio-rng-pci", "-device", "virtio-balloon-pci,free-page-reporting=on"])
+            .args(["-display", "none", "-vga", "none", "-monitor", "none", "-serial"])
+            .arg(format!("file:{}", vm.serial.display()))
+            .arg("-pidfile")
+            .arg(&vm.pidfile)
+            .arg("-daemonize"),
+    )?;
+    Ok(())
+}
+
+/// Waits for SSH on `vms`. The clock restarts whenever a console log grows: a slow but booting VM is waited
+/// for; a stuck one is not.
+fn wait_ssh(st: &LabState, mut pending: Vec<&Vm>, limit: Duration) -> Result<()> {
     let mut last_progress = Instant::now();
-    let mut sizes: Vec<u64> = vec![0; st.vms.len()];
+    let mut sizes: Vec<u64> = vec![0; pending.len()];
     while !pending.is_empty() {
-        for (i, vm) in st.vms.iter().enumerate() {
+        for (i, vm) in pending.iter().enumerate() {
             let s = std::fs::metadata(&vm.serial).map(|m| m.len()).unwrap_or(0);
             if s != sizes[i] {
                 sizes[i] = s;
@@ -659,7 +706,8 @@ fn boot(a: &UpArgs, st: &LabState, image: &Image, _host_key: &str) -> Result<()>
             }
         }
         let mut still = Vec::new();
-        for vm in pending {
+        let mut still_sizes = Vec::new();
+        for (vm, size) in pending.into_iter().zip(sizes) {
             if read_pid(&vm.pidfile).is_some_and(|p| !alive(p)) {
                 return Err(Error::msg(
                     format!("{} exited while booting; console:\n{}", vm.name, tail(&vm.serial, 20)),
@@ -675,9 +723,10 @@ fn boot(a: &UpArgs, st: &LabState, image: &Image, _host_key: &str) -> Result<()>
                 .is_ok_and(|s| s.success());
             if !ok {
                 still.push(vm);
+                still_sizes.push(size);
             }
         }
-        pending = still;
+        (pending, sizes) = (still, still_sizes);
         if !pending.is_empty() {
             if last_progress.elapsed() > limit {
                 let vm = pending[0];
@@ -694,6 +743,40 @@ fn boot(a: &UpArgs, st: &LabState, image: &Image, _host_key: &str) -> Result<()>
             std::thread::sleep(Duration::from_secs(3));
         }
     }
+    Ok(())
+}
+
+/// `lab stop`: a clean poweroff from inside (killed when it has not finished after 120 s), or with `kill`
+/// the QEMU process killed at once.
+fn stop_vm(st: &LabState, vm: &Vm, kill: bool) -> Result<()> {
+    let Some(pid) = read_pid(&vm.pidfile).filter(|p| alive(*p)) else {
+        println!("{} is not running", vm.name);
+        return Ok(());
+    };
+    let t = Instant::now();
+    let signal = |s| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), s);
+    if kill {
+        let _ = signal(nix::sys::signal::Signal::SIGKILL);
+    } else {
+        let _ = ssh_cmd(st, &vm.ip, "root")
+            .arg("systemctl poweroff")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    while alive(pid) {
+        if t.elapsed() > Duration::from_secs(120) {
+            let _ = signal(nix::sys::signal::Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "{} is {} ({:.1}s)",
+        vm.name,
+        if kill { "killed" } else { "powered off" },
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -720,6 +803,15 @@ pub fn teardown(st: &LabState) -> Result<()> {
     let _ = Command::new("ip").args(["netns", "del", &st.netns]).stderr(Stdio::null()).status();
     let dir = lab_dir(&st.name);
     std::fs::remove_dir_all(&dir).map_err(|e| Error::io(format!("removing {}", dir.display()), e))
+}
+
+fn find_vm<'a>(st: &'a LabState, node: &str) -> Result<&'a Vm> {
+    st.vms.iter().find(|v| v.name == node).ok_or_else(|| {
+        Error::msg(
+            format!("no node `{node}` in lab `{}`", st.name),
+            Some("`kubeforge lab status --name NAME` lists its nodes"),
+        )
+    })
 }
 
 /// Runs `kubeforge lab ...`.
@@ -757,16 +849,32 @@ pub fn run_command(cmd: LabCommand) -> Result<i32> {
         }
         LabCommand::Ssh { name, node, command } => {
             let st = load_state(&name)?;
-            let vm = st
-                .vms
-                .iter()
-                .find(|v| v.name == node)
-                .ok_or_else(|| Error::msg(format!("no node `{node}` in lab `{name}`"), None))?;
+            let vm = find_vm(&st, &node)?;
             let status = ssh_cmd(&st, &vm.ip, "root")
                 .args(&command)
                 .status()
                 .map_err(|e| Error::io("running ssh", e))?;
             Ok(status.code().unwrap_or(1))
+        }
+        LabCommand::Stop { name, node, kill } => {
+            let st = load_state(&name)?;
+            stop_vm(&st, find_vm(&st, &node)?, kill)?;
+            Ok(0)
+        }
+        LabCommand::Start { name, node, ssh_timeout } => {
+            let st = load_state(&name)?;
+            let vm = find_vm(&st, &node)?;
+            if read_pid(&vm.pidfile).is_some_and(alive) {
+                println!("{node} is running already");
+                return Ok(0);
+            }
+            let t = Instant::now();
+            let image = ensure_image(&st.suite)?;
+            let i = st.vms.iter().position(|v| v.name == node).expect("found");
+            start_vm(&st, &image, i)?;
+            wait_ssh(&st, vec![vm], Duration::from_secs(ssh_timeout))?;
+            println!("{node} is up ({:.1}s)", t.elapsed().as_secs_f64());
+            Ok(0)
         }
         LabCommand::Exec { name, command } => {
             let st = load_state(&name)?;
@@ -813,6 +921,8 @@ mod tests {
                     overlay: PathBuf::new(),
                 })
                 .collect(),
+            memory: 1024,
+            suite: "trixie".into(),
         };
         for topology in ["default", "ha"] {
             let a = UpArgs {
