@@ -100,7 +100,8 @@ pub fn join(inventory: &Path, mut options: ApplyOptions) -> Result<i32> {
 /// Removes the members among the peer URLs `$2...` that are learners or never started, through `$1`; prints
 /// the peer URLs removed.
 const REMOVE_STALE: &str = r#"eps=$1; shift
-list=$(e member list) || exit 1
+# A cluster that just lost a member may be electing a leader: three tries.
+list=$(e member list) || { sleep 5; list=$(e member list); } || { sleep 10; list=$(e member list); } || exit 1
 for peer in "$@"; do
   line=$(echo "$list" | awk -F', ' -v p="$peer" '$4 == p')
   [ -n "$line" ] || continue

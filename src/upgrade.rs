@@ -275,16 +275,24 @@ pub async fn read_facts(
 /// `$1` the etcd client URLs, then every control plane's address. Prints `etcd URL healthy|unhealthy`,
 /// `api IP READY VERSION` and `node NAME|VERSION|UNSCHEDULABLE|READY` lines.
 const HEALTH: &str = r#"eps=$1; shift
+# The three reads run side by side (each mostly waits on the network or on its own start-up).
+d=$(mktemp -d); trap 'rm -rf "$d"' EXIT
 if [ -n "$eps" ]; then
-  e endpoint health 2>&1 | awk '/is healthy/ {sub(":$","",$1); print "etcd " $1 " healthy"} /is unhealthy|failed to commit/ {sub(":$","",$1); print "etcd " $1 " unhealthy"}'
+  ( e endpoint health 2>&1 | awk '/is healthy/ {sub(":$","",$1); print "etcd " $1 " healthy"} /is unhealthy|failed to commit/ {sub(":$","",$1); print "etcd " $1 " unhealthy"}' > "$d/etcd" ) &
 fi
+n=0
 for ip in "$@"; do
+  n=$((n+1))
   case $ip in *:*) host="[$ip]" ;; *) host=$ip ;; esac
-  r=$(curl -s --max-time 5 --cacert /etc/kubernetes/pki/ca.crt "https://$host:6443/readyz" 2>/dev/null)
-  v=$(curl -s --max-time 5 --cacert /etc/kubernetes/pki/ca.crt "https://$host:6443/version" 2>/dev/null | tr -d '\n ' | sed -n 's/.*"gitVersion":"\([^"]*\)".*/\1/p')
-  echo "api $ip ${r:-down} ${v:-unknown}"
+  (
+    r=$(curl -s --max-time 5 --cacert /etc/kubernetes/pki/ca.crt "https://$host:6443/readyz" 2>/dev/null)
+    v=$(curl -s --max-time 5 --cacert /etc/kubernetes/pki/ca.crt "https://$host:6443/version" 2>/dev/null | tr -d '\n ' | sed -n 's/.*"gitVersion":"\([^"]*\)".*/\1/p')
+    echo "api $ip ${r:-down} ${v:-unknown}" > "$d/api$n"
+  ) &
 done
-kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes --request-timeout=10s -o jsonpath='{range .items[*]}{"node "}{.metadata.name}{"|"}{.status.nodeInfo.kubeletVersion}{"|"}{.spec.unschedulable}{"|"}{range .status.conditions[?(@.type=="Ready")]}{.status}{end}{"\n"}{end}' 2>/dev/null
+kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes --request-timeout=10s -o jsonpath='{range .items[*]}{"node "}{.metadata.name}{"|"}{.status.nodeInfo.kubeletVersion}{"|"}{.spec.unschedulable}{"|"}{range .status.conditions[?(@.type=="Ready")]}{.status}{end}{"\n"}{end}' > "$d/nodes" 2>/dev/null &
+wait
+cat "$d"/* 2>/dev/null
 true"#;
 
 /// One Node as the API reports it.
@@ -680,12 +688,15 @@ impl Run<'_> {
         let t = self.transport(api)?;
         let mut last = Vec::new();
         while start.elapsed() < GATE_TIMEOUT {
-            let health = read_health(&self.model, t.as_ref()).await.unwrap_or_default();
-            let mut facts = BTreeMap::new();
+            let mut reads = Vec::new();
             for h in hosts {
                 let tr = self.transport(h)?;
-                facts.insert(h.clone(), host_facts(tr.as_ref()).await);
+                reads.push(async move { (h.clone(), host_facts(tr.as_ref()).await) });
             }
+            let (health, facts) =
+                futures::join!(read_health(&self.model, t.as_ref()), futures::future::join_all(reads));
+            let health = health.unwrap_or_default();
+            let facts: BTreeMap<String, HostFacts> = facts.into_iter().collect();
             last = gate_problems(&self.model, hosts, v, &health, &facts);
             if last.is_empty() {
                 return Ok(());
@@ -841,6 +852,7 @@ impl Run<'_> {
         let before = if drained.is_empty() { BTreeMap::new() } else { self.ready_by_owner(&api).await? };
         let drain_secs = format!("--timeout={}s", self.drain_timeout.as_secs().max(1));
         for h in &drained {
+            let clock = Instant::now();
             self.kubectl(&api, "cordon", &["cordon", h], Duration::from_secs(30)).await?;
             eprintln!("[upgrade] {h}: cordoned; draining (eviction API)");
             if let Err(e) = self
@@ -858,7 +870,7 @@ impl Run<'_> {
                     Some("check the PodDisruptionBudgets that block it, or raise --drain-timeout; then re-run"),
                 ));
             }
-            eprintln!("[upgrade] {h}: drained");
+            eprintln!("[upgrade] {h}: drained ({:.1}s)", clock.elapsed().as_secs_f64());
         }
         let names: Vec<String> = todo.iter().map(|(h, _)| h.clone()).collect();
         let t0 = Instant::now();
@@ -884,8 +896,13 @@ impl Run<'_> {
                     eprintln!("[upgrade] {h}: uncordoned");
                 }
                 if !drained.is_empty() {
+                    let clock = Instant::now();
                     self.workload_gate(&api, &before).await?;
-                    eprintln!("[upgrade] workloads back to Ready ({} controller(s))", before.len());
+                    eprintln!(
+                        "[upgrade] workloads back to Ready ({} controller(s), {:.1}s)",
+                        before.len(),
+                        clock.elapsed().as_secs_f64()
+                    );
                 }
                 out.extend(names.into_iter().map(|h| (h, Outcome::Upgraded)));
             }
@@ -1008,7 +1025,15 @@ struct Assessment {
 }
 
 async fn assess(c: &Context, target: Version) -> Result<Assessment> {
-    let facts = read_facts(&c.model, &c.transports).await;
+    let first = c
+        .model
+        .control_planes()
+        .next()
+        .ok_or_else(|| Error::msg("the inventory has no control plane", None))?;
+    let t = c.transports.get(&first.name).cloned().expect("transport per host");
+    // The hosts' binaries and the cluster's health are read at the same time.
+    let (facts, health) =
+        futures::join!(read_facts(&c.model, &c.transports), read_health(&c.model, t.as_ref()));
     let current = current_version(&c.model, &facts).ok_or_else(|| {
         Error::msg(
             "no host reports a Kubernetes version",
@@ -1036,13 +1061,7 @@ async fn assess(c: &Context, target: Version) -> Result<Assessment> {
         path(current, target, |m| latest.get(&m).copied().flatten()).map_err(|e| Error::msg(e, None))?;
     // Hosts left behind by an interrupted hop (kubelets still on the current minor's predecessor) are
     // covered: every hop converges every host.
-    let first = c
-        .model
-        .control_planes()
-        .next()
-        .ok_or_else(|| Error::msg("the inventory has no control plane", None))?;
-    let t = c.transports.get(&first.name).cloned().expect("transport per host");
-    let health = read_health(&c.model, t.as_ref()).await?;
+    let health = health?;
     let kubectl = c.model.versions.kubectl;
     let mut checks = Vec::new();
     let mut f = facts.clone();
@@ -1240,7 +1259,9 @@ pub fn apply(inventory: &Path, options: UpgradeOptions) -> Result<i32> {
     let result = rt.block_on(async {
         executor.stop_on_ctrl_c();
         // 1. Preflight.
+        let t = Instant::now();
         let a = assess(&c, target).await?;
+        eprintln!("[upgrade] versions, health and plan read ({:.1}s)", t.elapsed().as_secs_f64());
         let workers: Vec<String> =
             c.model.hosts.iter().filter(|h| !h.roles.control_plane && !h.roles.etcd).map(|h| h.name.clone()).collect();
         let batch = options.batch.size(workers.len());
@@ -1277,23 +1298,26 @@ pub fn apply(inventory: &Path, options: UpgradeOptions) -> Result<i32> {
         let mut needed: BTreeSet<Version> = a.hops.iter().copied().collect();
         needed.insert(target);
         needed.extend(host_versions(&a.facts).values().copied());
+        let t = Instant::now();
         for v in &needed {
             run.prepare_artifacts(*v).await?;
         }
+        eprintln!("[upgrade] artifacts of {} version(s) ready ({:.1}s)", needed.len(), t.elapsed().as_secs_f64());
         if !options.yes && !confirm(&format!("Upgrade cluster `{}` to {target}?", c.model.name))? {
             return Err(Error::msg("upgrade cancelled, nothing was changed", None));
         }
         // 2. The etcd snapshot.
         let member = c.model.etcd_members().next().map(|h| h.name.clone()).ok_or_else(|| Error::msg("no etcd member", None))?;
-        let t = run.transport(&member)?;
+        let (t, clock) = (run.transport(&member)?, Instant::now());
         let snap = crate::backup::snapshot(&c.model, &member, t.as_ref(), &options.apply.pki_root, "pre-upgrade").await?;
         eprintln!(
-            "[upgrade] etcd snapshot from {member}: {} ({} bytes, revision {}, {} keys, sha256 {})",
+            "[upgrade] etcd snapshot from {member}: {} ({} bytes, revision {}, {} keys, sha256 {}; {:.1}s)",
             snap.path.display(),
             snap.bytes,
             snap.revision,
             snap.total_keys,
-            &snap.sha256[..16]
+            &snap.sha256[..16],
+            clock.elapsed().as_secs_f64()
         );
         // 3. Hops, each host gated.
         let hops: Vec<Version> = if a.hops.is_empty() { vec![target] } else { a.hops.clone() };

@@ -453,12 +453,26 @@ fn write_inventory(a: &UpArgs, st: &LabState, host_key: &str) -> Result<PathBuf>
         Some(b) => bundle_components(b, &a.kubernetes_version)?,
         None => Default::default(),
     };
+    let mut extra_args = std::collections::BTreeMap::new();
+    if !kvm_usable() {
+        // Emulated VMs are starved of CPU for seconds at a time: etcd's raft timing is relaxed beyond
+        // kubeforge's default (250 ms / 2.5 s) so that a busy member does not trigger elections that stall
+        // the API (etcd's tuning guide: an election timeout of about ten heartbeats).
+        extra_args.insert(
+            "etcd".to_owned(),
+            [("heartbeat-interval", "500"), ("election-timeout", "5000")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        );
+    }
     let inv = Inventory {
         cluster: ClusterSpec {
             name: a.name.clone(),
             kubernetes_version: a.kubernetes_version.clone(),
             release_source: bundle,
             components,
+            extra_args,
             ..Default::default()
         },
         ssh: SshSpec {

@@ -154,18 +154,20 @@ impl Phase for Addons {
         files.push(meta);
         let mut after = vec![(
             "apply addon manifests".to_string(),
-            Command::new("kubectl")
-                .args(["--kubeconfig", "/etc/kubernetes/admin.conf", "apply", "-f", DIR])
-                .sudo(),
+            retrying(&["kubectl", "--kubeconfig", "/etc/kubernetes/admin.conf", "apply", "-f", DIR]),
         )];
         if let Cni::Manifest { source } = &model.cni {
             if source.starts_with("http://") || source.starts_with("https://") {
                 after.push((
                     "apply CNI manifest".into(),
-                    Command::new("kubectl")
-                        .args(["--kubeconfig", "/etc/kubernetes/admin.conf", "apply", "-f"])
-                        .arg(source.clone())
-                        .sudo(),
+                    retrying(&[
+                        "kubectl",
+                        "--kubeconfig",
+                        "/etc/kubernetes/admin.conf",
+                        "apply",
+                        "-f",
+                        source,
+                    ]),
                 ));
             }
         }
@@ -174,8 +176,49 @@ impl Phase for Addons {
     }
 }
 
+/// Runs `argv` again when it failed the way an API server fails for a moment (an etcd leader election, a
+/// restarting apiserver behind the endpoint, a timeout): up to six attempts over about 75 s. Any other
+/// failure (a rejected manifest, say) fails at once. `kubectl apply` is idempotent, so a retry is safe.
+const RETRY_TRANSIENT: &str = concat!(
+    r#"i=0; until out=$("$@" 2>&1); do i=$((i+1)); case "$out" in "#,
+    r#"*InternalError*|*"timed out"*|*[Tt]imeout*|*"connection refused"*|*"connection reset"*|*ServiceUnavailable*|*etcdserver*|*"unable to handle the request"*|*TooManyRequests*|*EOF*) ;; "#,
+    r#"*) printf '%s\n' "$out" >&2; exit 1 ;; esac; "#,
+    r#"if [ $i -ge 6 ]; then printf '%s\n' "$out" >&2; exit 1; fi; "#,
+    r#"echo "transient API error, retrying in $((i * 5)) s: $(printf '%s' "$out" | tail -n 1)" >&2; sleep $((i * 5)); "#,
+    r#"done; printf '%s\n' "$out""#
+);
+
+/// `argv` under `RETRY_TRANSIENT`, as root.
+pub fn retrying(argv: &[&str]) -> Command {
+    Command::shell(RETRY_TRANSIENT).args(argv.iter().map(|a| a.to_string())).sudo()
+}
+
 #[cfg(test)]
 mod tests {
+    /// The retry wrapper, run by a real shell: a transient API error is retried until the command succeeds;
+    /// a rejected manifest fails at once with its message.
+    #[test]
+    fn kubectl_is_retried_only_on_transient_api_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let count = dir.path().join("n");
+        let run = |fake: &str| {
+            let argv = retrying(&["sh", "-c", fake, "fake", count.to_str().unwrap()]).argv();
+            let argv: Vec<String> = argv.iter().map(|a| a.replace("sleep $((i * 5))", "sleep 0")).collect();
+            let _ = std::fs::remove_file(&count);
+            std::process::Command::new(&argv[0]).args(&argv[1..]).output().unwrap()
+        };
+        let flaky = r#"echo x >> "$1"; [ $(wc -l < "$1") -ge 3 ] && { echo applied; exit 0; }; echo 'Error from server (InternalError): etcd: operation timed out' >&2; exit 1"#;
+        let o = run(flaky);
+        assert!(o.status.success(), "{o:?}");
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "applied\n");
+        assert_eq!(std::fs::read_to_string(&count).unwrap().lines().count(), 3);
+        let invalid = r#"echo x >> "$1"; echo 'error: error validating "x.yaml": unknown field' >&2; exit 1"#;
+        let o = run(invalid);
+        assert!(!o.status.success());
+        assert!(String::from_utf8_lossy(&o.stderr).contains("unknown field"), "{o:?}");
+        assert_eq!(std::fs::read_to_string(&count).unwrap().lines().count(), 1, "not retried");
+    }
+
     use super::*;
     use serde::Deserialize;
 

@@ -28,8 +28,10 @@ pub async fn run(client: ApiClient) {
     let wake = Wakeup::new(&client, &["/api/v1/pods".to_string(), "/api/v1/nodes".to_string()]);
     // Last unschedulable message per pod UID: logged and written once, not on every pass.
     let mut unschedulable: HashMap<String, String> = HashMap::new();
+    // Watches on pods and nodes wake the loop; the periodic pass is a safety net, kept long (see the
+    // controllers' loop).
     loop {
-        wake.wait(Duration::from_secs(5)).await;
+        wake.wait(Duration::from_secs(30)).await;
         if let Err(e) = pass(&client, &mut unschedulable).await {
             log::error("schedule_one.go:1", "Error scheduling pods", &[("err", e)]);
         }
