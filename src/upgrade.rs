@@ -275,24 +275,16 @@ pub async fn read_facts(
 /// `$1` the etcd client URLs, then every control plane's address. Prints `etcd URL healthy|unhealthy`,
 /// `api IP READY VERSION` and `node NAME|VERSION|UNSCHEDULABLE|READY` lines.
 const HEALTH: &str = r#"eps=$1; shift
-# The three reads run side by side (each mostly waits on the network or on its own start-up).
-d=$(mktemp -d); trap 'rm -rf "$d"' EXIT
 if [ -n "$eps" ]; then
-  ( e endpoint health 2>&1 | awk '/is healthy/ {sub(":$","",$1); print "etcd " $1 " healthy"} /is unhealthy|failed to commit/ {sub(":$","",$1); print "etcd " $1 " unhealthy"}' > "$d/etcd" ) &
+  e endpoint health 2>&1 | awk '/is healthy/ {sub(":$","",$1); print "etcd " $1 " healthy"} /is unhealthy|failed to commit/ {sub(":$","",$1); print "etcd " $1 " unhealthy"}'
 fi
-n=0
 for ip in "$@"; do
-  n=$((n+1))
   case $ip in *:*) host="[$ip]" ;; *) host=$ip ;; esac
-  (
-    r=$(curl -s --max-time 5 --cacert /etc/kubernetes/pki/ca.crt "https://$host:6443/readyz" 2>/dev/null)
-    v=$(curl -s --max-time 5 --cacert /etc/kubernetes/pki/ca.crt "https://$host:6443/version" 2>/dev/null | tr -d '\n ' | sed -n 's/.*"gitVersion":"\([^"]*\)".*/\1/p')
-    echo "api $ip ${r:-down} ${v:-unknown}" > "$d/api$n"
-  ) &
+  r=$(curl -s --max-time 10 --cacert /etc/kubernetes/pki/ca.crt "https://$host:6443/readyz" 2>/dev/null)
+  v=$(curl -s --max-time 10 --cacert /etc/kubernetes/pki/ca.crt "https://$host:6443/version" 2>/dev/null | tr -d '\n ' | sed -n 's/.*"gitVersion":"\([^"]*\)".*/\1/p')
+  echo "api $ip ${r:-down} ${v:-unknown}"
 done
-kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes --request-timeout=10s -o jsonpath='{range .items[*]}{"node "}{.metadata.name}{"|"}{.status.nodeInfo.kubeletVersion}{"|"}{.spec.unschedulable}{"|"}{range .status.conditions[?(@.type=="Ready")]}{.status}{end}{"\n"}{end}' > "$d/nodes" 2>/dev/null &
-wait
-cat "$d"/* 2>/dev/null
+kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes --request-timeout=10s -o jsonpath='{range .items[*]}{"node "}{.metadata.name}{"|"}{.status.nodeInfo.kubeletVersion}{"|"}{.spec.unschedulable}{"|"}{range .status.conditions[?(@.type=="Ready")]}{.status}{end}{"\n"}{end}' 2>/dev/null
 true"#;
 
 /// One Node as the API reports it.
@@ -688,15 +680,16 @@ impl Run<'_> {
         let t = self.transport(api)?;
         let mut last = Vec::new();
         while start.elapsed() < GATE_TIMEOUT {
+            // Health first, then the hosts' versions (every host at once): the two on one control plane at
+            // the same time would compete for its CPU and slow the probes past their timeouts.
+            let health = read_health(&self.model, t.as_ref()).await.unwrap_or_default();
             let mut reads = Vec::new();
             for h in hosts {
                 let tr = self.transport(h)?;
                 reads.push(async move { (h.clone(), host_facts(tr.as_ref()).await) });
             }
-            let (health, facts) =
-                futures::join!(read_health(&self.model, t.as_ref()), futures::future::join_all(reads));
-            let health = health.unwrap_or_default();
-            let facts: BTreeMap<String, HostFacts> = facts.into_iter().collect();
+            let facts: BTreeMap<String, HostFacts> =
+                futures::future::join_all(reads).await.into_iter().collect();
             last = gate_problems(&self.model, hosts, v, &health, &facts);
             if last.is_empty() {
                 return Ok(());
@@ -1031,9 +1024,17 @@ async fn assess(c: &Context, target: Version) -> Result<Assessment> {
         .next()
         .ok_or_else(|| Error::msg("the inventory has no control plane", None))?;
     let t = c.transports.get(&first.name).cloned().expect("transport per host");
-    // The hosts' binaries and the cluster's health are read at the same time.
-    let (facts, health) =
-        futures::join!(read_facts(&c.model, &c.transports), read_health(&c.model, t.as_ref()));
+    // One after the other: on a small control plane, the version reads and the health probes compete for
+    // the same CPU, and a probe that times out would report a healthy apiserver as not ready.
+    let mut facts = read_facts(&c.model, &c.transports).await;
+    let mut health = read_health(&c.model, t.as_ref()).await?;
+    // One reading can catch a moment's blip (an apiserver busy past the probe's timeout): what is unhealthy
+    // must still be so in a second reading, 5 s later, before the upgrade is refused for it.
+    if !problems(&c.model, &health, &facts).is_empty() {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        facts = read_facts(&c.model, &c.transports).await;
+        health = read_health(&c.model, t.as_ref()).await?;
+    }
     let current = current_version(&c.model, &facts).ok_or_else(|| {
         Error::msg(
             "no host reports a Kubernetes version",
@@ -1061,7 +1062,6 @@ async fn assess(c: &Context, target: Version) -> Result<Assessment> {
         path(current, target, |m| latest.get(&m).copied().flatten()).map_err(|e| Error::msg(e, None))?;
     // Hosts left behind by an interrupted hop (kubelets still on the current minor's predecessor) are
     // covered: every hop converges every host.
-    let health = health?;
     let kubectl = c.model.versions.kubectl;
     let mut checks = Vec::new();
     let mut f = facts.clone();
@@ -1261,7 +1261,7 @@ pub fn apply(inventory: &Path, options: UpgradeOptions) -> Result<i32> {
         // 1. Preflight.
         let t = Instant::now();
         let a = assess(&c, target).await?;
-        eprintln!("[upgrade] versions, health and plan read ({:.1}s)", t.elapsed().as_secs_f64());
+        eprintln!("[upgrade] versions and health read ({:.1}s)", t.elapsed().as_secs_f64());
         let workers: Vec<String> =
             c.model.hosts.iter().filter(|h| !h.roles.control_plane && !h.roles.etcd).map(|h| h.name.clone()).collect();
         let batch = options.batch.size(workers.len());
