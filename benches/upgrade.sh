@@ -15,20 +15,9 @@ cd "$(dirname "$0")/.."
 LAB=${LAB:-bup$$}
 FROM=${FROM:-v1.34.10}
 TO=${TO:-v1.35.7}
-BUNDLE_DIR=${BUNDLE_DIR:-$HOME/.cache/kubeforge/test-bundle}
 OUT=$(mktemp -d -t kf-upgrade-bench.XXXXXX)
 
-bash tests/lab/install-host-deps.sh >/dev/null
-# KF=path uses that kubeforge binary instead of a fresh release build (round trips and bytes do not depend on
-# how kubeforge was built, except where the node-local API balancer, which is kubeforge itself, is installed).
-if [ -z "${KF:-}" ]; then
-  cargo build --release -p kubeforge -q
-  KF=$PWD/target/release/kubeforge
-fi
-[ -f "$BUNDLE_DIR/manifest.json" ] || bash tests/bundle/build.sh "$BUNDLE_DIR" >/dev/null
-
-cleanup() { [ "${KEEP_LAB:-0}" = 1 ] || "$KF" lab down --name "$LAB" >/dev/null 2>&1 || true; }
-trap cleanup EXIT
+. benches/lab-bench.sh
 
 "$KF" lab up --name "$LAB" --nodes 3 --bundle "$BUNDLE_DIR" --kubernetes-version "$FROM" >"$OUT/lab-up.txt" 2>&1 \
   || { cat "$OUT/lab-up.txt"; exit 1; }
