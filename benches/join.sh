@@ -4,7 +4,8 @@
 # Prints per host the SSH round trips and bytes sent of each join, its wall time, and whether the targets
 # hold:
 #   - flat: the joining worker and the control plane cost the same whatever the cluster's size (round trips
-#     equal, bytes within 5%);
+#     equal; bytes within 5% for the joining node, and for the control plane only the node list's entry for
+#     one more node, under 1 KiB);
 #   - the hosts not joining get nothing but what the new node changes for them: with the built-in bridge
 #     CNI, each existing node's route to the new node's pod subnet (a few round trips, under 4 KiB); with
 #     CNI=none, no session at all (0 round trips).
@@ -67,8 +68,11 @@ for what, (hosts, wall) in runs.items():
         print(f"{what:<28} {h:<7} {role:<14} {hosts[h][0]:>11} {hosts[h][1]:>12}")
     print(f"{what:<28} wall {wall} s")
 (a, _), (b, _) = runs.values()
+# The control plane's bytes hold the cluster's node list (the node metadata file and the label command name
+# every node): they may grow by that list's entry for one more node (under 1 KiB), nothing more.
+cp_growth = b["node1"][1] - a["node1"][1]
 flat = a["node3"][0] == b["node4"][0] and abs(a["node3"][1] - b["node4"][1]) <= 0.05 * max(a["node3"][1], 1) \
-    and a["node1"][0] == b["node1"][0] and abs(a["node1"][1] - b["node1"][1]) <= 0.05 * max(a["node1"][1], 1)
+    and a["node1"][0] == b["node1"][0] and cp_growth < 1024
 others = [a["node2"], b["node2"], b["node3"]]
 if cni == "none":
     quiet = all(rt == 0 for rt, _ in others)
@@ -76,7 +80,8 @@ if cni == "none":
 else:
     quiet = all(rt <= 8 and sent < 4096 for rt, sent in others)
     rule = "only the route to the new node (<= 8 round trips, < 4 KiB)"
-print(f"target: flat (joining node and control plane: same round trips, bytes within 5%): {'met' if flat else 'MISSED'}")
+print(f"target: flat (joining node: same round trips, bytes within 5%; control plane: same round trips, "
+      f"bytes + {cp_growth} with one more node, < 1 KiB): {'met' if flat else 'MISSED'}")
 print(f"target: hosts not joining get {rule}: {'met' if quiet else 'MISSED'}")
 EOF
 echo "(raw outputs: $OUT)"

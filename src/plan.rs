@@ -289,23 +289,56 @@ impl HostDesired {
     }
 }
 
-/// The one command that reads a host's actual state for `desired`: file digests, then unit states.
+/// Where the probe keeps the digests it computed, keyed by each file's device, inode, size, modification
+/// and change times (`DIGEST_CACHE` + the file's path). Any write to a file changes its change time, which
+/// no unprivileged tool can set back, so a matching key means unchanged content and the probe skips
+/// hashing the file again: a converged host's binaries (hundreds of MB) are not read on every run.
+#[cfg(not(test))]
+pub const DIGEST_CACHE: &str = "/var/lib/kubeforge/digests";
+/// Unit tests that probe through a local shell keep their cache out of the machine's `/var/lib`.
+#[cfg(test)]
+pub const DIGEST_CACHE: &str = "/tmp/kubeforge-unit-test-digests";
+
+/// The one command that reads a host's actual state for `desired`: file digests (through the digest cache),
+/// then unit states (all units in one `systemctl show`, per-unit calls if that fails).
 pub fn probe_command(desired: &HostDesired) -> Command {
+    probe_command_with_cache(desired, DIGEST_CACHE)
+}
+
+/// [`probe_command`] with the digest cache in `cache`.
+fn probe_command_with_cache(desired: &HostDesired, cache: &str) -> Command {
     // Arguments: required programs..., `--`, files..., `--`, units.... Values arrive as "$@", never pasted
     // into the script.
-    let script = r#"missing=""
+    let script = format!(
+        r#"missing=""
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do command -v "$1" >/dev/null 2>&1 || missing="$missing $1"; shift; done
 shift
 if [ -n "$missing" ]; then echo "missing:$missing" >&2; exit 3; fi
+c={}
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do
-  if [ -f "$1" ]; then d=$(sha256sum < "$1") && echo "${d%% *}" || echo "?"; else echo "-"; fi
+  if [ -f "$1" ]; then
+    k=$(stat -c '%d:%i %s %y %z' -- "$1" 2>/dev/null) || k=""; h=""
+    if [ -n "$k" ] && [ -f "$c$1" ]; then {{ read -r ck; read -r ch; }} < "$c$1" && [ "$ck" = "$k" ] && h=$ch; fi
+    if [ -z "$h" ] && h=$(sha256sum < "$1"); then
+      h=${{h%% *}}
+      if [ -n "$k" ]; then [ -d "$c${{1%/*}}" ] || mkdir -p -m 0700 "$c${{1%/*}}"; printf '%s\n%s\n' "$k" "$h" > "$c$1"; fi
+    fi
+    echo "${{h:-?}}"
+  else echo "-"; fi
   shift
 done
 shift
+[ $# -gt 0 ] || exit 0
+if st=$(systemctl show -p UnitFileState -p ActiveState -- "$@" 2>/dev/null | awk -v n=$# 'BEGIN {{ RS = ""; FS = "\n" }}
+  {{ e = ""; a = ""; for (i = 1; i <= NF; i++) {{ if ($i ~ /^UnitFileState=/) e = substr($i, 15); if ($i ~ /^ActiveState=/) a = substr($i, 13) }}
+    o = (e == "" ? "missing" : e) " " (a == "" ? "inactive" : a); print o; c++ }}
+  END {{ if (c != n) exit 1 }}'); then printf '%s\n' "$st"; exit 0; fi
 for u in "$@"; do
   e=$(systemctl is-enabled "$u" 2>/dev/null); a=$(systemctl is-active "$u" 2>/dev/null)
-  echo "${e:-missing} ${a:-inactive}"
-done"#;
+  echo "${{e:-missing}} ${{a:-inactive}}"
+done"#,
+        crate::transport::shell_escape(cache)
+    );
     Command::shell(script)
         .args(desired.require.iter().map(|(p, _)| p.clone()))
         .arg("--")
@@ -938,5 +971,66 @@ mod tests {
         assert!(converge(&t, "p", desired(), false).await.is_err());
         assert!(t.file("/etc/a.conf").is_some(), "files were written");
         assert!(t.file(&format!("{MARKER_DIR}/p")).is_none(), "but the phase is not marked converged");
+    }
+
+    /// The probe script in a real shell: digests and unit states in argument order; a second probe answers
+    /// from the digest cache; a file rewritten with its size and modification time preserved is hashed
+    /// again (its change time moved); `systemctl show`'s blocks become `enabled active` lines, a unit file
+    /// that does not exist `missing inactive`.
+    #[test]
+    fn the_probe_script_caches_digests_by_file_identity_and_reads_units_in_one_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (a, b) = (d.join("etc/a.conf"), d.join("etc/b.conf"));
+        std::fs::create_dir_all(d.join("etc")).unwrap();
+        std::fs::write(&a, "a=1\n").unwrap();
+        std::fs::write(
+            d.join("systemctl"),
+            "#!/bin/sh\necho \"$*\" >> \"$D/calls\"\n[ \"$1\" = show ] || exit 1\n\
+            printf 'ActiveState=active\\nUnitFileState=enabled\\n\\nActiveState=inactive\\n'\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(d.join("systemctl"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let desired = HostDesired {
+            files: vec![
+                DesiredFile::bytes(a.to_str().unwrap(), 0o644, "x", "a"),
+                DesiredFile::bytes(b.to_str().unwrap(), 0o644, "x", "b"),
+            ],
+            units: vec!["svc-a".into(), "svc-b".into()],
+            ..Default::default()
+        };
+        let cache = d.join("cache");
+        let argv = probe_command_with_cache(&desired, cache.to_str().unwrap()).argv();
+        let path = format!("{}:{}", d.display(), std::env::var("PATH").unwrap());
+        let run = || {
+            let o = std::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .env("PATH", &path)
+                .env("D", d)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{o:?}");
+            parse_probe(&desired, &String::from_utf8_lossy(&o.stdout)).unwrap()
+        };
+        let first = run();
+        assert_eq!(first.digests[a.to_str().unwrap()], Some(sha("a=1\n")));
+        assert_eq!(first.digests[b.to_str().unwrap()], None);
+        assert_eq!(first.units["svc-a"], UnitState { enabled: "enabled".into(), active: "active".into() });
+        assert_eq!(first.units["svc-b"], UnitState { enabled: "missing".into(), active: "inactive".into() });
+        let calls = std::fs::read_to_string(d.join("calls")).unwrap();
+        assert_eq!(calls, "show -p UnitFileState -p ActiveState -- svc-a svc-b\n", "one systemctl call");
+        let cached = cache.join(a.strip_prefix("/").unwrap());
+        assert!(std::fs::read_to_string(&cached).unwrap().ends_with(&format!("{}\n", sha("a=1\n"))));
+        // A cache entry for these very file identities is believed...
+        let key = std::fs::read_to_string(&cached).unwrap().lines().next().unwrap().to_string();
+        std::fs::write(&cached, format!("{key}\n{}\n", "f".repeat(64))).unwrap();
+        assert_eq!(run().digests[a.to_str().unwrap()], Some("f".repeat(64)));
+        // ...but a rewrite that keeps size and modification time moves the change time: hashed again.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mtime = std::fs::metadata(&a).unwrap().modified().unwrap();
+        std::fs::write(&a, "a=2\n").unwrap();
+        std::fs::File::options().write(true).open(&a).unwrap().set_modified(mtime).unwrap();
+        assert_eq!(run().digests[a.to_str().unwrap()], Some(sha("a=2\n")));
     }
 }

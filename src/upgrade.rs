@@ -206,6 +206,18 @@ pub struct UpgradeOptions {
     pub apply: ApplyOptions,
 }
 
+/// Run on an etcd member (after `ETCDCTL_FN`): when the local member is the leader, hands leadership to
+/// the first other started voting member and prints `moved NAME`; prints nothing otherwise.
+pub const MOVE_LEADER: &str = r#"eps=https://127.0.0.1:2379
+st=$(e endpoint status) || exit 1
+me=$(printf '%s\n' "$st" | awk -F', ' '{print $2; exit}')
+leader=$(printf '%s\n' "$st" | awk -F', ' '{print $5; exit}')
+[ "$leader" = true ] || exit 0
+to=$(e member list | awk -F', ' -v me="$me" '$1 != me && $2 == "started" && $6 == "false" {print $1 " " $3; exit}')
+[ -n "$to" ] || exit 0
+e move-leader "${to%% *}" >/dev/null || exit 1
+echo "moved ${to#* }""#;
+
 // ---------------------------------------------------------------------------------------------------------
 // Live facts
 
@@ -804,6 +816,40 @@ enum Outcome {
 
 impl Run<'_> {
     /// One step: `hosts` (one control plane, or a batch of workers) from `from` to `to`.
+    /// Before a host's step: when its etcd member leads a cluster of several members, leadership moves to
+    /// another started voting member (`etcdctl move-leader`), so that the busy host (new binaries written,
+    /// services restarting) does not hold every write and every linearizable read of the cluster up, and a
+    /// member that restarts costs no election. A failure only warns: the step does not need it.
+    async fn hand_over_etcd_leadership(&self, hosts: &[String]) {
+        if self.model.etcd_members().count() < 2 {
+            return;
+        }
+        for h in hosts {
+            if !self.model.host(h).is_some_and(|m| m.roles.etcd) {
+                continue;
+            }
+            let Ok(t) = self.transport(h) else { continue };
+            let clock = Instant::now();
+            let cmd = Command::shell(format!("{}\n{MOVE_LEADER}", crate::phase::install::ETCDCTL_FN)).sudo();
+            match t.exec(&cmd).await {
+                Ok(o) if o.success() => {
+                    if let Some(to) = o.stdout_str().lines().find_map(|l| l.strip_prefix("moved ")) {
+                        eprintln!(
+                            "[upgrade] {h}: etcd leadership handed to {} ({:.1}s)",
+                            to.trim(),
+                            clock.elapsed().as_secs_f64()
+                        );
+                    }
+                }
+                Ok(o) => eprintln!(
+                    "[upgrade] {h}: warning: etcd leadership not handed over: {}",
+                    o.stderr_str().trim()
+                ),
+                Err(e) => eprintln!("[upgrade] {h}: warning: etcd leadership not handed over: {e}"),
+            }
+        }
+    }
+
     async fn step(
         &self,
         hosts: &[String],
@@ -867,6 +913,7 @@ impl Run<'_> {
         }
         let names: Vec<String> = todo.iter().map(|(h, _)| h.clone()).collect();
         let t0 = Instant::now();
+        self.hand_over_etcd_leadership(&names).await;
         let result = match self.execute(planned).await {
             Ok(s) => {
                 eprint!("{}", apply::traffic_table(&s.traffic));
@@ -1671,5 +1718,47 @@ mod tests {
         let loaded = crate::inventory::load(&p).unwrap();
         edit_inventory_version(&loaded, v("v1.35.7")).unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), text.replace("v1.34.10", "v1.35.7"));
+    }
+
+    /// The leadership hand-over in a real shell against a fake etcdctl: the leader hands over to the first
+    /// other started voting member (not a learner, not an unstarted member); a follower does nothing.
+    #[test]
+    fn a_leading_member_hands_leadership_to_a_started_voter() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("etcdctl");
+        let log = dir.path().join("calls");
+        let run = |leader: &str| {
+            std::fs::write(
+                &fake,
+                format!(
+                    "#!/bin/sh\nfor a; do last=\"$a\"; done\necho \"$*\" >> {log}\n\
+                     case \"$*\" in\n\
+                     *'endpoint status') echo 'https://127.0.0.1:2379, a1, 3.5.1, 20 kB, {leader}, false, 2, 8, 8, ' ;;\n\
+                     *'member list') printf '%s\\n' 'a1, started, cp1, https://10.0.0.1:2380, https://10.0.0.1:2379, false' \
+                       'c3, unstarted, , https://10.0.0.5:2380, , false' 'b2, started, cp2, https://10.0.0.2:2380, https://10.0.0.2:2379, true' \
+                       'd4, started, cp4, https://10.0.0.4:2380, https://10.0.0.4:2379, false' ;;\n\
+                     *'move-leader d4') echo 'Leadership transferred' ;;\n\
+                     *) exit 1 ;;\n\
+                     esac\n",
+                    log = log.display()
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let _ = std::fs::remove_file(&log);
+            let script = format!("{}\n{MOVE_LEADER}", crate::phase::install::ETCDCTL_FN)
+                .replace("/usr/local/bin/etcdctl", fake.to_str().unwrap());
+            let o = std::process::Command::new("sh").args(["-c", &script]).output().unwrap();
+            assert!(o.status.success(), "{o:?}");
+            (String::from_utf8_lossy(&o.stdout).into_owned(), std::fs::read_to_string(&log).unwrap())
+        };
+        let (out, calls) = run("true");
+        assert_eq!(out, "moved cp4\n");
+        assert!(calls.contains("--endpoints=https://127.0.0.1:2379"), "{calls}");
+        assert!(calls.lines().last().unwrap().ends_with("move-leader d4"), "{calls}");
+        let (out, calls) = run("false");
+        assert_eq!(out, "");
+        assert_eq!(calls.lines().count(), 1, "a follower only reads its status: {calls}");
     }
 }

@@ -465,6 +465,12 @@ fn write_inventory(a: &UpArgs, st: &LabState, host_key: &str) -> Result<PathBuf>
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
         );
+        // For the same reason a quorum read takes seconds there, not milliseconds: the apiserver's
+        // readiness check waits 10 s for etcd instead of 2 s before it reports the apiserver not ready.
+        extra_args.insert(
+            "kube-apiserver".to_owned(),
+            [("etcd-readycheck-timeout".to_owned(), "10s".to_owned())].into_iter().collect(),
+        );
     }
     let inv = Inventory {
         cluster: ClusterSpec {

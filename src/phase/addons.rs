@@ -79,43 +79,83 @@ pub fn node_metadata(model: &ClusterModel) -> String {
     serde_json::to_string_pretty(&nodes).expect("json") + "\n"
 }
 
-/// Commands that make every node carry its labels and taints (idempotent, `--overwrite`). Each waits for
-/// its Node to be registered first (polling: it needs no watch support).
-pub fn node_metadata_commands(model: &ClusterModel) -> Vec<(String, Command)> {
-    let kc = "/etc/kubernetes/admin.conf";
-    let mut v = Vec::new();
+/// Makes every node carry its labels and taints, reading the live Nodes first: one `kubectl get nodes`, then
+/// `kubectl label` / `kubectl taint --overwrite` only for the nodes that miss one (a join labels the new
+/// node alone). A node that has not registered yet is waited for (polling, up to 180 s). Arguments: per
+/// node `N name`, then `L key=value` and `T key[=value]:Effect` items (label and taint syntax is checked by
+/// the inventory's validation, so they hold no spaces).
+const SYNC_NODE_METADATA: &str = r#"kc=$1; shift
+k() { kubectl --kubeconfig "$kc" "$@"; }
+tpl='{{range .items}}N {{.metadata.name}}{{"\n"}}{{range $k, $v := .metadata.labels}}L {{$k}}={{$v}}{{"\n"}}{{end}}{{range .spec.taints}}T {{.key}}{{with .value}}={{.}}{{end}}:{{.effect}}{{"\n"}}{{end}}{{end}}'
+cur=$(k get nodes -o go-template="$tpl") || exit 1
+sync() {
+  [ -n "$node" ] || return 0
+  if ! printf '%s\n' "$cur" | grep -qxF "N $node"; then
+    i=0; until k get node "$node" >/dev/null 2>&1; do i=$((i+1)); [ $i -ge 90 ] && { echo "node $node did not register within 180 s" >&2; exit 1; }; sleep 2; done
+    cur=$(k get nodes -o go-template="$tpl") || exit 1
+  fi
+  b=$(printf '%s\n' "$cur" | awk -v n="N $node" '$0 == n {f=1; next} /^N / {f=0} f')
+  ml=""; for l in $labels; do printf '%s\n' "$b" | grep -qxF "L $l" || ml="$ml $l"; done
+  if [ -n "$ml" ]; then k label node --overwrite "$node" $ml >/dev/null || exit 1; echo "labelled $node:$ml"; fi
+  for t in $taints; do
+    printf '%s\n' "$b" | grep -qxF "T $t" && continue
+    k taint node --overwrite "$node" "$t" >/dev/null || exit 1; echo "tainted $node: $t"
+  done
+}
+node=""; labels=""; taints=""
+for a in "$@"; do
+  case "$a" in
+    "N "*) sync; node=${a#N }; labels=""; taints="" ;;
+    "L "*) labels="$labels ${a#L }" ;;
+    "T "*) taints="$taints ${a#T }" ;;
+  esac
+done
+sync"#;
+
+/// The command that makes every node carry its labels and taints (idempotent; it changes only what is
+/// missing on the live Nodes), retried on transient API errors.
+pub fn node_metadata_command(model: &ClusterModel) -> Command {
+    let mut argv: Vec<String> = vec![
+        "sh".into(),
+        "-c".into(),
+        SYNC_NODE_METADATA.into(),
+        "sh".into(),
+        "/etc/kubernetes/admin.conf".into(),
+    ];
     for h in model.nodes() {
-        let wait = Command::shell(
-            r#"i=0; until kubectl --kubeconfig "$1" get node "$2" >/dev/null 2>&1; do i=$((i+1)); [ $i -ge 90 ] && { echo "node $2 did not register within 180 s" >&2; exit 1; }; sleep 2; done"#,
-        )
-        .arg(kc)
-        .arg(h.name.clone())
-        .sudo();
-        v.push((format!("wait for node {}", h.name), wait));
-        if !h.labels.is_empty() {
-            let mut c = Command::new("kubectl")
-                .args(["--kubeconfig", kc, "label", "node", "--overwrite"])
-                .arg(h.name.clone());
-            for (k, val) in &h.labels {
-                c = c.arg(format!("{k}={val}"));
-            }
-            v.push((format!("label node {}", h.name), c.sudo()));
+        argv.push(format!("N {}", h.name));
+        for (k, v) in &h.labels {
+            argv.push(format!("L {k}={v}"));
         }
         for t in &h.taints {
-            let spec = if t.value.is_empty() {
-                format!("{}:{}", t.key, t.effect)
+            argv.push(if t.value.is_empty() {
+                format!("T {}:{}", t.key, t.effect)
             } else {
-                format!("{}={}:{}", t.key, t.value, t.effect)
-            };
-            let c = Command::new("kubectl")
-                .args(["--kubeconfig", kc, "taint", "node", "--overwrite"])
-                .arg(h.name.clone())
-                .arg(spec);
-            v.push((format!("taint node {}", h.name), c.sudo()));
+                format!("T {}={}:{}", t.key, t.value, t.effect)
+            });
         }
     }
-    v
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    retrying(&argv)
 }
+
+/// `kubectl apply -f DIR` (retried on transient API errors), skipped when the manifests are byte for byte
+/// those of the last successful apply (their digest is kept in `APPLIED`): a join or a label change rewrites
+/// the node metadata file, not the manifests, and must not re-apply every addon.
+fn apply_manifests(dir: &str, applied: &str) -> Command {
+    let script = format!(
+        "now=$(cat {dir}/*.yaml | sha256sum | cut -d' ' -f1)\n\
+         if [ \"$(cat {applied} 2>/dev/null)\" = \"$now\" ]; then echo 'addon manifests unchanged since their last apply'; exit 0; fi\n\
+         {RETRY_TRANSIENT}\n\
+         mkdir -p \"$(dirname {applied})\" && printf '%s\\n' \"$now\" > {applied}"
+    );
+    Command::shell(script)
+        .args(["kubectl", "--kubeconfig", "/etc/kubernetes/admin.conf", "apply", "-f", dir])
+        .sudo()
+}
+
+/// The digest of the addon manifests last applied with success.
+pub const APPLIED: &str = "/etc/kubernetes/kubeforge/addons.applied";
 
 impl Phase for Addons {
     fn id(&self) -> &'static str {
@@ -152,10 +192,7 @@ impl Phase for Addons {
             "node labels and taints",
         );
         files.push(meta);
-        let mut after = vec![(
-            "apply addon manifests".to_string(),
-            retrying(&["kubectl", "--kubeconfig", "/etc/kubernetes/admin.conf", "apply", "-f", DIR]),
-        )];
+        let mut after = vec![("apply addon manifests".to_string(), apply_manifests(DIR, APPLIED))];
         if let Cni::Manifest { source } = &model.cni {
             if source.starts_with("http://") || source.starts_with("https://") {
                 after.push((
@@ -171,7 +208,7 @@ impl Phase for Addons {
                 ));
             }
         }
-        after.extend(node_metadata_commands(model));
+        after.push(("node labels and taints".into(), node_metadata_command(model)));
         Ok(Some(HostWork::Converge(HostDesired { files, after_change: after, ..Default::default() })))
     }
 }
@@ -242,19 +279,98 @@ mod tests {
         assert!(cm["data"]["Corefile"].as_str().unwrap().contains("kubernetes cluster.local in-addr.arpa"));
     }
 
+    /// The manifests are applied once per content: a second run with the same files does not call kubectl,
+    /// a changed file is applied again, and a failed apply leaves no record (the next run applies).
     #[test]
-    fn labels_and_taints_become_idempotent_kubectl_commands() {
-        let cmds: Vec<String> = node_metadata_commands(&model()).iter().map(|(_, c)| c.to_string()).collect();
-        assert!(
-            cmds.iter()
-                .any(|c| c.contains("label node --overwrite cp1 node-role.kubernetes.io/control-plane=")),
-            "{cmds:?}"
+    fn addon_manifests_are_applied_once_per_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let addons = d.join("addons");
+        std::fs::create_dir(&addons).unwrap();
+        std::fs::write(addons.join("10-rbac.yaml"), "a: 1\n").unwrap();
+        let applied = d.join("state/applied");
+        std::fs::write(d.join("kubectl"), "#!/bin/sh\necho \"$*\" >> \"$D/log\"; [ ! -e \"$D/fail\" ]\n")
+            .unwrap();
+        std::fs::set_permissions(d.join("kubectl"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let argv = apply_manifests(addons.to_str().unwrap(), applied.to_str().unwrap()).argv();
+        let path = format!("{}:{}", d.display(), std::env::var("PATH").unwrap());
+        let run = || {
+            let o = std::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .env("PATH", &path)
+                .env("D", d)
+                .output()
+                .unwrap();
+            let calls = std::fs::read_to_string(d.join("log")).unwrap_or_default().lines().count();
+            (o.status.success(), calls)
+        };
+        assert_eq!(run(), (true, 1));
+        assert_eq!(run(), (true, 1), "unchanged manifests are not applied again");
+        std::fs::write(addons.join("20-coredns.yaml"), "b: 2\n").unwrap();
+        std::fs::write(d.join("fail"), "").unwrap();
+        assert_eq!(run(), (false, 2));
+        std::fs::remove_file(d.join("fail")).unwrap();
+        assert_eq!(run(), (true, 3), "a failed apply is retried by the next run");
+        assert_eq!(run(), (true, 3));
+    }
+
+    /// The node metadata script, run by a real shell against a fake kubectl that serves the Nodes as the
+    /// script's go-template renders them: only what a node misses is labelled or tainted, an existing
+    /// label with another value is overwritten, and an unregistered node is waited for.
+    #[test]
+    fn node_metadata_changes_only_what_the_live_nodes_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(
+            d.join("nodes"),
+            "N cp1\nL kubernetes.io/hostname=cp1\nL node-role.kubernetes.io/control-plane=\n\
+             T node-role.kubernetes.io/control-plane:NoSchedule\nN w1\nL pool=cpu\n",
+        )
+        .unwrap();
+        // `get nodes` prints the state; `get node X` succeeds once X is registered (w2 registers on the
+        // second look); label/taint are logged.
+        let fake = r#"#!/bin/sh
+shift 2
+case "$1 $2" in
+  "get nodes") cat "$D/nodes" ;;
+  "get node") n=$(cat "$D/looks" 2>/dev/null || echo 0); echo $((n+1)) > "$D/looks"
+    if [ "$3" = w2 ] && [ "$n" -ge 1 ]; then printf 'N w2\n' >> "$D/nodes"; fi
+    grep -qx "N $3" "$D/nodes" ;;
+  label*|taint*) echo "$*" >> "$D/log" ;;
+  *) exit 2 ;;
+esac
+"#;
+        std::fs::write(d.join("kubectl"), fake).unwrap();
+        std::fs::set_permissions(d.join("kubectl"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let text = "cluster: {name: c, kubernetesVersion: v1.35.7}\nhosts:\n\
+            - {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd]}\n\
+            - {name: w1, address: 10.0.0.2, roles: [worker], labels: {pool: gpu}, taints: [\"gpu=yes:NoSchedule\"]}\n\
+            - {name: w2, address: 10.0.0.3, roles: [worker], labels: {pool: cpu}}\n";
+        let m = ClusterModel::derive(&crate::inventory::parse(std::path::Path::new("t.yaml"), text).unwrap());
+        let argv: Vec<String> =
+            node_metadata_command(&m).argv().iter().map(|a| a.replace("sleep 2", "sleep 0")).collect();
+        let path = format!("{}:{}", d.display(), std::env::var("PATH").unwrap());
+        let o = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .env("PATH", &path)
+            .env("D", d)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        let log = std::fs::read_to_string(d.join("log")).unwrap();
+        assert_eq!(
+            log,
+            "label node --overwrite w1 pool=gpu\ntaint node --overwrite w1 gpu=yes:NoSchedule\n\
+             label node --overwrite w2 pool=cpu\n",
+            "cp1 already carries its role label and taint"
         );
-        assert!(cmds.iter().any(
-            |c| c.contains("taint node --overwrite cp1 node-role.kubernetes.io/control-plane:NoSchedule")
-        ));
-        assert!(cmds.iter().any(|c| c.contains("label node --overwrite w1 pool=gpu")));
-        assert!(cmds.iter().any(|c| c.contains("taint node --overwrite w1 gpu=yes:NoSchedule")));
-        assert!(node_metadata(&model()).contains("\"pool\": \"gpu\""));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.contains("labelled w1: pool=gpu") && out.contains("tainted w1: gpu=yes:NoSchedule"),
+            "{out}"
+        );
+        assert!(node_metadata(&m).contains("\"pool\": \"gpu\""));
     }
 }

@@ -41,9 +41,11 @@ for m in overlay br_netfilter; do
 done
 for b in iptables conntrack mount; do command -v "$b" >/dev/null 2>&1 && echo "bin_$b=yes" || echo "bin_$b=no"; done
 command -v systemctl >/dev/null 2>&1 && echo "systemctl=yes" || echo "systemctl=no"
+listening=$(ss -Hltnp 2>/dev/null)
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do
-  owner=$(ss -Hltnp "sport = :$1" 2>/dev/null | sed -n 's/.*users:(("\([^"]*\)".*/\1/p' | head -n1)
-  if [ -n "$owner" ]; then echo "port_$1=$owner"; elif ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; then echo "port_$1=?"; else echo "port_$1="; fi
+  l=$(printf '%s\n' "$listening" | awk -v p=":$1" 'substr($4, length($4) - length(p) + 1) == p { print; exit }')
+  owner=$(printf '%s\n' "$l" | sed -n 's/.*users:(("\([^"]*\)".*/\1/p')
+  if [ -n "$owner" ]; then echo "port_$1=$owner"; elif [ -n "$l" ]; then echo "port_$1=?"; else echo "port_$1="; fi
   shift
 done
 shift
@@ -303,11 +305,24 @@ mod tests {
             - {name: w1, address: 127.0.0.2, roles: [worker]}\n";
         let m = ClusterModel::derive(&crate::inventory::parse(std::path::Path::new("t.yaml"), text).unwrap());
         let t = crate::transport::local::LocalTransport::new("local");
+        // A port held by this test process is reported with its owner; 10256 (kube-proxy's) is free.
+        let held = std::net::TcpListener::bind("127.0.0.1:10250").ok();
         let out = t.exec(&facts_command(&m, m.host("w1").unwrap())).await.unwrap();
         assert!(out.success(), "{}", out.stderr_str());
         let facts = parse_facts(&out.stdout_str());
         for key in ["arch", "cpus", "mem_mb", "epoch", "module_overlay", "port_10250", "peer_127.0.0.1"] {
             assert!(facts.contains_key(key), "missing {key}: {facts:?}");
         }
+        if held.is_some() && which("ss") {
+            assert!(!facts["port_10250"].is_empty(), "{facts:?}");
+            assert_eq!(facts.get("port_10256").map(String::as_str), Some(""), "{facts:?}");
+        }
+    }
+
+    fn which(program: &str) -> bool {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {program}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
     }
 }

@@ -22,7 +22,13 @@ fn checks(host: &HostModel, first_cp: bool, node_names: &[String]) -> Vec<(Strin
     let mut v = Vec::new();
     for c in &host.components {
         let unit = c.unit().to_string();
-        v.push((format!("{unit} active"), unit.clone(), format!("systemctl is-active --quiet {unit}")));
+        // Answered from the one `systemctl is-active` call the script starts with (`$active`) when the
+        // unit was active then; asked again (and retried) only when it was not.
+        v.push((
+            format!("{unit} active"),
+            unit.clone(),
+            format!("case \"$active\" in *\" {unit}=active \"*) true ;; *) systemctl is-active --quiet {unit} ;; esac"),
+        ));
         let probe = match c {
             Component::Etcd => Some(
                 "ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/kubernetes/pki/etcd/ca.crt \
@@ -56,10 +62,11 @@ fn checks(host: &HostModel, first_cp: bool, node_names: &[String]) -> Vec<(Strin
         v.push((
             "all nodes Ready".into(),
             "kubelet".into(),
+            // One `kubectl get nodes` per attempt, whatever the number of nodes.
             format!(
-                "for n in {names}; do kubectl --kubeconfig /etc/kubernetes/admin.conf get node \"$n\" \
-                 -o jsonpath='{{range .status.conditions[?(@.type==\"Ready\")]}}{{.status}}{{end}}' | grep -qx True \
-                 || {{ echo \"node $n is not Ready\"; exit 1; }}; done"
+                "st=$(kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes --request-timeout=10s \
+                 -o jsonpath='{{range .items[*]}}{{.metadata.name}}{{\" \"}}{{range .status.conditions[?(@.type==\"Ready\")]}}{{.status}}{{end}}{{\"\\n\"}}{{end}}') \
+                 && for n in {names}; do printf '%s\\n' \"$st\" | grep -qx \"$n True\" || {{ echo \"node $n is not Ready\"; false; }} || exit 1; done"
             ),
         ));
     }
@@ -72,11 +79,20 @@ fn checks(host: &HostModel, first_cp: bool, node_names: &[String]) -> Vec<(Strin
 /// failure within the budget instead of waiting the budget once per check.
 fn script(checks: &[(String, String, String)], budget_secs: u64) -> String {
     let mut s = format!("fail=0; deadline=$(( $(date +%s) + {budget_secs} ))\n");
+    // Every unit's state in one call: `$active` holds ` unit=state ` words.
+    let units: Vec<&str> = checks.iter().filter(|c| c.0.ends_with(" active")).map(|c| c.1.as_str()).collect();
+    if !units.is_empty() {
+        s.push_str(&format!(
+            "active=\" \"; set -- {u}; for st in $(systemctl is-active \"$@\" 2>/dev/null); do active=\"$active$1=$st \"; shift; done\n",
+            u = units.join(" ")
+        ));
+    }
     for (name, unit, cmd) in checks {
         s.push_str(&format!(
-            "ok=0; while :; do if out=$({cmd} 2>&1); then ok=1; break; fi; \
-             [ \"$(date +%s)\" -ge \"$deadline\" ] && break; sleep 2; done\n\
-             if [ $ok = 1 ]; then echo 'ok {name}'; else echo 'FAIL {name}'; echo \"$out\" | tail -n 5 | sed 's/^/    /'; \
+            "ok=0; t0=$(date +%s); while :; do if out=$({cmd} 2>&1); then ok=1; break; fi; \
+             [ \"$(date +%s)\" -ge \"$deadline\" ] && break; sleep 2; done; w=$(( $(date +%s) - t0 ))\n\
+             if [ $ok = 1 ]; then if [ $w -ge 5 ]; then echo \"ok {name} (after ${{w}}s)\"; else echo 'ok {name}'; fi; \
+             else echo 'FAIL {name} (after '$w's)'; echo \"$out\" | tail -n 5 | sed 's/^/    /'; \
              journalctl -u {unit} -n 8 --no-pager 2>/dev/null | sed 's/^/    journal: /'; fail=1; fi\n"
         ));
     }
@@ -166,5 +182,60 @@ mod tests {
             text.contains("ok passes") && text.contains("FAIL fails") && text.contains("    boom"),
             "{text}"
         );
+    }
+
+    /// Unit states come from one `systemctl is-active` for all units (a unit not active then is asked
+    /// again and fails with its name); the Ready check reads every node in one `kubectl get nodes`.
+    #[test]
+    fn units_and_nodes_are_read_in_one_call_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let fake = |name: &str, body: &str| {
+            std::fs::write(
+                d.join(name),
+                format!("#!/bin/sh\nprintf '%s\\n' \"{name} $*\" >> \"$D/calls\"\n{body}"),
+            )
+            .unwrap();
+            std::fs::set_permissions(d.join(name), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        };
+        fake("systemctl", "[ \"$1\" = is-active ] && [ \"$2\" != --quiet ] && { echo active; echo failed; exit 3; }\nexit 3\n");
+        fake("kubectl", "printf 'cp1 True\\nw1 False\\n'\n");
+        let checks = vec![
+            ("svc-a active".to_string(), "svc-a".to_string(), "case \"$active\" in *\" svc-a=active \"*) true ;; *) systemctl is-active --quiet svc-a ;; esac".to_string()),
+            ("svc-b active".to_string(), "svc-b".to_string(), "case \"$active\" in *\" svc-b=active \"*) true ;; *) systemctl is-active --quiet svc-b ;; esac".to_string()),
+        ];
+        let text = "cluster: {name: c, kubernetesVersion: v1.35.7}\nhosts:\n\
+            - {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd]}\n\
+            - {name: w1, address: 10.0.0.2, roles: [worker]}\n";
+        let m = crate::model::ClusterModel::derive(
+            &crate::inventory::parse(std::path::Path::new("t.yaml"), text).unwrap(),
+        );
+        let ready = checks_for_test(&m);
+        let mut all = checks.clone();
+        all.push(ready);
+        let path = format!("{}:{}", d.display(), std::env::var("PATH").unwrap());
+        let o = std::process::Command::new("sh")
+            .args(["-c", &script(&all, 0)])
+            .env("PATH", &path)
+            .env("D", d)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(1), "{out}");
+        assert!(out.contains("ok svc-a active") && out.contains("FAIL svc-b active"), "{out}");
+        assert!(out.contains("FAIL all nodes Ready") && out.contains("node w1 is not Ready"), "{out}");
+        let calls = std::fs::read_to_string(d.join("calls")).unwrap();
+        assert_eq!(
+            calls.lines().collect::<Vec<_>>(),
+            ["systemctl is-active svc-a svc-b", "systemctl is-active --quiet svc-b", "kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes --request-timeout=10s -o jsonpath={range .items[*]}{.metadata.name}{\" \"}{range .status.conditions[?(@.type==\"Ready\")]}{.status}{end}{\"\\n\"}{end}"],
+            "one call for all units, one again for the unit that was not active, one for all nodes"
+        );
+    }
+
+    /// The first control plane's "all nodes Ready" check of `m`.
+    fn checks_for_test(m: &crate::model::ClusterModel) -> (String, String, String) {
+        let nodes: Vec<String> = m.nodes().map(|h| h.name.clone()).collect();
+        checks(m.host("cp1").unwrap(), true, &nodes).into_iter().find(|c| c.0 == "all nodes Ready").unwrap()
     }
 }

@@ -153,6 +153,10 @@ pub fn unit(component: Component, exec: &str, args: Vec<String>, docs: &str) -> 
     c.insert("wants", &wants);
     c.insert("notify", &notify);
     c.insert("oom_score_adjust", &oom);
+    // etcd's heartbeats, fsyncs and the quorum reads behind every apiserver's readiness must not wait behind
+    // a node's other work (a kubelet pulling images, binaries being replaced during an upgrade): its CPU and
+    // disk priority are raised, as etcd's tuning guide advises for disk (`ionice -c2 -n0`).
+    c.insert("priority", &matches!(component, Component::Etcd));
     c.insert("exec", exec);
     c.insert("args", &args);
     render("unit", &c)
@@ -217,7 +221,18 @@ pub fn apiserver_flags(m: &ClusterModel, h: &HostModel) -> Flags {
             ("etcd-cafile", format!("{PKI}/etcd/ca.crt")),
             ("etcd-certfile", format!("{PKI}/apiserver-etcd-client.crt")),
             ("etcd-keyfile", format!("{PKI}/apiserver-etcd-client.key")),
-            ("etcd-servers", m.etcd_client_urls()),
+            // A control plane that is an etcd member talks to its own member only, as kubeadm's stacked
+            // topology does: its readiness reflects its own member (the balancers route around a host whose
+            // member is sick, and a busy host does not slow the others' apiservers), and a member joining or
+            // leaving restarts no apiserver. A control plane without a member gets every member.
+            (
+                "etcd-servers",
+                if h.roles.etcd {
+                    crate::model::url(std::net::Ipv4Addr::LOCALHOST.into(), 2379)
+                } else {
+                    m.etcd_client_urls()
+                },
+            ),
             ("kubelet-client-certificate", format!("{PKI}/apiserver-kubelet-client.crt")),
             ("kubelet-client-key", format!("{PKI}/apiserver-kubelet-client.key")),
             ("kubelet-preferred-address-types", "InternalIP,Hostname".into()),
@@ -627,7 +642,22 @@ mod tests {
         let cp = m.host("cp2").unwrap();
         let a = apiserver_flags(&m, cp);
         assert_eq!(a["advertise-address"], "10.0.0.2");
-        assert_eq!(a["etcd-servers"], "https://10.0.0.1:2379,https://10.0.0.2:2379,https://10.0.0.3:2379");
+        assert_eq!(
+            a["etcd-servers"], "https://127.0.0.1:2379",
+            "a stacked control plane uses its own member"
+        );
+        // A control plane without a member of its own uses every member.
+        let text = "cluster: {name: c, kubernetesVersion: v1.35.7}\nhosts:\n\
+             - {name: e1, address: 10.0.0.1, roles: [etcd]}\n\
+             - {name: e2, address: 10.0.0.2, roles: [etcd]}\n\
+             - {name: e3, address: 10.0.0.3, roles: [etcd]}\n\
+             - {name: cp1, address: 10.0.0.4, roles: [control-plane]}\n";
+        let ext =
+            ClusterModel::derive(&crate::inventory::parse(std::path::Path::new("t.yaml"), text).unwrap());
+        assert_eq!(
+            apiserver_flags(&ext, ext.host("cp1").unwrap())["etcd-servers"],
+            "https://10.0.0.1:2379,https://10.0.0.2:2379,https://10.0.0.3:2379"
+        );
         assert_eq!(a["service-cluster-ip-range"], "10.96.0.0/12");
         let e = etcd_flags(&m, cp, "new");
         assert_eq!(
@@ -674,6 +704,9 @@ mod tests {
             "https://kubernetes.io/docs/",
         );
         assert!(u.contains("ExecStart=/usr/local/bin/kube-apiserver \\\n  --x=100%"), "{u}");
+        assert!(!u.contains("Nice="), "only etcd runs at a raised priority: {u}");
+        let e = unit(Component::Etcd, "/usr/local/bin/etcd", vec![], "https://etcd.io/docs/");
+        assert!(e.contains("\nNice=-10\nIOSchedulingClass=best-effort\nIOSchedulingPriority=0\n"), "{e}");
         let _ = to_args(&f);
         assert_eq!(to_args(&[("a".to_string(), "5%".to_string())].into_iter().collect()), ["--a=5%%"]);
     }

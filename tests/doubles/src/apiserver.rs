@@ -141,6 +141,8 @@ struct Settings {
     anonymous: bool,
     service_ip: IpAddr,
     sa_public: Vec<Vec<u8>>,
+    /// `--etcd-readycheck-timeout`.
+    ready_timeout: std::time::Duration,
 }
 
 struct State {
@@ -290,10 +292,12 @@ pub async fn run(flags: Flags, version: KubeVersion) -> Result<(), String> {
 
     // etcd: every URL must answer with our client cert.
     let urls = flags.list("etcd-servers");
+    // How long /readyz waits for etcd (the real flag and default); a request to etcd waits at least as long.
+    let ready_timeout = flags.duration_or("etcd-readycheck-timeout", std::time::Duration::from_secs(2))?;
     let mut http = reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
-        .timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(5).max(ready_timeout + std::time::Duration::from_secs(1)))
         .connect_timeout(std::time::Duration::from_secs(2));
     if urls.iter().any(|u| u.starts_with("https://")) {
         required(&flags, &["etcd-cafile", "etcd-certfile", "etcd-keyfile"])?;
@@ -344,8 +348,10 @@ pub async fn run(flags: Flags, version: KubeVersion) -> Result<(), String> {
         .map_err(|e| format!("invalid --secure-port: {e}"))?;
     let anonymous = flags.bool_or("anonymous-auth", true);
     let tls = http::server_tls(&chain, &key, Some(&client_ca))?;
-    let state =
-        Arc::new(State { s: Settings { version, bind, port, anonymous, service_ip, sa_public }, etcd });
+    let state = Arc::new(State {
+        s: Settings { version, bind, port, anonymous, service_ip, sa_public, ready_timeout },
+        etcd,
+    });
     bootstrap(&state).await?;
     let listener = http::bind(std::net::SocketAddr::new(state.s.bind, state.s.port)).await?;
     log::info(
@@ -621,17 +627,13 @@ async fn non_resource(st: &State, req: &Request) -> Response {
     let v = st.s.version;
     match req.path.as_str() {
         "/healthz" | "/livez" => Response::text(200, "ok"),
-        "/readyz" => {
-            match tokio::time::timeout(std::time::Duration::from_secs(3), st.etcd.list("/registry/health"))
-                .await
-            {
-                Ok(Ok(_)) => Response::text(200, "ok"),
-                _ => Response::text(
-                    500,
-                    "[+]ping ok\n[+]log ok\n[-]etcd failed: reason withheld\nreadyz check failed\n",
-                ),
-            }
-        }
+        "/readyz" => match tokio::time::timeout(st.s.ready_timeout, st.etcd.list("/registry/health")).await {
+            Ok(Ok(_)) => Response::text(200, "ok"),
+            _ => Response::text(
+                500,
+                "[+]ping ok\n[+]log ok\n[-]etcd failed: reason withheld\nreadyz check failed\n",
+            ),
+        },
         "/version" | "/version/" => Response::json(
             200,
             &json!({"major": v.major.to_string(), "minor": v.minor.to_string(), "emulationMajor": v.major.to_string(), "emulationMinor": v.minor.to_string(),

@@ -75,6 +75,18 @@ impl Flags {
     pub fn bool_or(&self, name: &str, default: bool) -> bool {
         self.get(name).map(|v| v == "true").unwrap_or(default)
     }
+    /// A `duration` flag (Go syntax: `2s`, `500ms`, `1m30s`), or `default`; a malformed value is an error
+    /// naming the flag, as the real binaries' flag parsing fails.
+    pub fn duration_or(
+        &self,
+        name: &str,
+        default: std::time::Duration,
+    ) -> Result<std::time::Duration, String> {
+        let Some(v) = self.get(name) else { return Ok(default) };
+        parse_go_duration(v).ok_or_else(|| {
+            format!("invalid argument {v:?} for \"--{name}\" flag: time: invalid duration {v:?}")
+        })
+    }
     /// A list flag (`strings`): all occurrences, comma-split.
     pub fn list(&self, name: &str) -> Vec<String> {
         self.values
@@ -264,5 +276,52 @@ mod tests {
             table(Component::Proxy, 35).unwrap().contains_key("log-dir")
                 || table(Component::Proxy, 35).unwrap().contains_key("add-dir-header")
         );
+    }
+}
+
+/// Go's `time.ParseDuration` for the units flags use (`h`, `m`, `s`, `ms`, `us`, `ns`), e.g. `1m30s`.
+pub fn parse_go_duration(v: &str) -> Option<std::time::Duration> {
+    if v == "0" {
+        return Some(std::time::Duration::ZERO);
+    }
+    if v.is_empty() {
+        return None;
+    }
+    let mut rest = v;
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let n = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).filter(|&n| n > 0)?;
+        let num: f64 = rest[..n].parse().ok()?;
+        rest = &rest[n..];
+        let u = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit = match &rest[..u] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += num * unit;
+        rest = &rest[u..];
+    }
+    Some(std::time::Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::parse_go_duration as d;
+    use std::time::Duration;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(d("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(d("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(d("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(d("0"), Some(Duration::ZERO));
+        assert_eq!(d("10"), None, "a unit is required");
+        assert_eq!(d("5x"), None);
+        assert_eq!(d(""), None);
     }
 }
