@@ -189,6 +189,15 @@ pub(crate) fn kubectl(args: &[&str]) -> Command {
         .sudo()
 }
 
+/// [`kubectl`], run again when it fails the way an API server fails for a moment (a slow quorum read, a
+/// restarting apiserver behind the endpoint): for idempotent requests (cordon, uncordon, get, delete
+/// `--ignore-not-found`), never for a drain, whose own timeout must stand.
+pub(crate) fn kubectl_retrying(args: &[&str]) -> Command {
+    let mut argv = vec!["kubectl", "--kubeconfig", "/etc/kubernetes/admin.conf"];
+    argv.extend_from_slice(args);
+    crate::phase::addons::retrying(&argv)
+}
+
 /// `kubeforge remove-node`.
 pub fn remove_node(inventory: &Path, options: RemoveOptions) -> Result<i32> {
     let loaded = crate::inventory::load(inventory)?;
@@ -257,9 +266,9 @@ pub fn remove_node(inventory: &Path, options: RemoveOptions) -> Result<i32> {
     let drain_secs = options.drain_timeout.as_secs().max(1).to_string();
     let timeout = format!("--timeout={drain_secs}s");
     let mut api_steps = vec![
-        ("cordon", kubectl(&["cordon", &name])),
+        ("cordon", kubectl_retrying(&["cordon", &name])),
         ("drain", kubectl(&["drain", &name, "--ignore-daemonsets", "--delete-emptydir-data", &timeout])),
-        ("delete the Node", kubectl(&["delete", "node", &name, "--ignore-not-found"])),
+        ("delete the Node", kubectl_retrying(&["delete", "node", &name, "--ignore-not-found"])),
     ];
     if dry {
         println!("[remove-node] {first_cp}: would run:");

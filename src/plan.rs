@@ -289,8 +289,9 @@ impl HostDesired {
     }
 }
 
-/// Where the probe keeps the digests it computed, keyed by each file's device, inode, size, modification
-/// and change times (`DIGEST_CACHE` + the file's path). Any write to a file changes its change time, which
+/// Where the probe keeps the digests it computed (root only, mode 0700: digests of secret files are never
+/// shown), keyed by each file's device, inode, size, modification and change times (`DIGEST_CACHE` + the
+/// file's path). Any write to a file changes its change time, which
 /// no unprivileged tool can set back, so a matching key means unchanged content and the probe skips
 /// hashing the file again: a converged host's binaries (hundreds of MB) are not read on every run.
 #[cfg(not(test))]
@@ -315,13 +316,15 @@ while [ $# -gt 0 ] && [ "$1" != "--" ]; do command -v "$1" >/dev/null 2>&1 || mi
 shift
 if [ -n "$missing" ]; then echo "missing:$missing" >&2; exit 3; fi
 c={}
+umask 077
+[ -d "$c" ] || {{ mkdir -p "$c" && chmod 0700 "$c"; }}
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do
   if [ -f "$1" ]; then
     k=$(stat -c '%d:%i %s %y %z' -- "$1" 2>/dev/null) || k=""; h=""
     if [ -n "$k" ] && [ -f "$c$1" ]; then {{ read -r ck; read -r ch; }} < "$c$1" && [ "$ck" = "$k" ] && h=$ch; fi
     if [ -z "$h" ] && h=$(sha256sum < "$1"); then
       h=${{h%% *}}
-      if [ -n "$k" ]; then [ -d "$c${{1%/*}}" ] || mkdir -p -m 0700 "$c${{1%/*}}"; printf '%s\n%s\n' "$k" "$h" > "$c$1"; fi
+      if [ -n "$k" ]; then [ -d "$c${{1%/*}}" ] || mkdir -p "$c${{1%/*}}"; printf '%s\n%s\n' "$k" "$h" > "$c$1"; fi
     fi
     echo "${{h:-?}}"
   else echo "-"; fi
@@ -1020,6 +1023,12 @@ mod tests {
         assert_eq!(first.units["svc-b"], UnitState { enabled: "missing".into(), active: "inactive".into() });
         let calls = std::fs::read_to_string(d.join("calls")).unwrap();
         assert_eq!(calls, "show -p UnitFileState -p ActiveState -- svc-a svc-b\n", "one systemctl call");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777,
+            0o700,
+            "the cache is root's"
+        );
         let cached = cache.join(a.strip_prefix("/").unwrap());
         assert!(std::fs::read_to_string(&cached).unwrap().ends_with(&format!("{}\n", sha("a=1\n"))));
         // A cache entry for these very file identities is believed...

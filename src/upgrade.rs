@@ -635,7 +635,13 @@ impl Run<'_> {
 
     async fn kubectl(&self, api: &str, what: &str, args: &[&str], timeout: Duration) -> Result<String> {
         let t = self.transport(api)?;
-        let cmd = crate::lifecycle::kubectl(args).timeout(timeout + Duration::from_secs(30));
+        // Transient API errors are retried, except for a drain, whose own timeout must stand.
+        let cmd = if what == "drain" {
+            crate::lifecycle::kubectl(args)
+        } else {
+            crate::lifecycle::kubectl_retrying(args)
+        };
+        let cmd = cmd.timeout(timeout + Duration::from_secs(if what == "drain" { 30 } else { 120 }));
         let out = crate::plan::run_checked(t.as_ref(), what, &cmd)
             .await
             .map_err(|e| Error::msg(format!("{what} (through {api}): {e}"), None))?;

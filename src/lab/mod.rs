@@ -607,6 +607,14 @@ fn up(a: UpArgs) -> Result<i32> {
     let t_ready = t0.elapsed();
     let inv = write_inventory(&a, &st, &host_key)?;
     println!("lab `{}` is up: {} VM(s) in network namespace {}", a.name, st.vms.len(), netns);
+    println!(
+        "accelerator: {}",
+        if kvm_usable() {
+            "kvm"
+        } else {
+            "software emulation (TCG, no usable KVM): slow; the inventory relaxes etcd's and the apiserver's timing"
+        }
+    );
     for vm in &st.vms {
         println!("  {:<8} {}", vm.name, vm.ip);
     }
