@@ -33,3 +33,18 @@ pub mod upgrade;
 pub mod workflow;
 
 pub use error::{Error, Result};
+
+/// Helpers shared by unit tests that run real shell scripts against fake programs.
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// Runs `argv` with `dir` first on `PATH` (where the test's fake programs are) and `$D` set to `dir`.
+    pub fn run_with_fakes(argv: &[String], dir: &std::path::Path) -> std::process::Output {
+        let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap());
+        std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .env("PATH", &path)
+            .env("D", dir)
+            .output()
+            .unwrap()
+    }
+}

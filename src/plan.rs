@@ -1005,14 +1005,8 @@ mod tests {
         };
         let cache = d.join("cache");
         let argv = probe_command_with_cache(&desired, cache.to_str().unwrap()).argv();
-        let path = format!("{}:{}", d.display(), std::env::var("PATH").unwrap());
         let run = || {
-            let o = std::process::Command::new(&argv[0])
-                .args(&argv[1..])
-                .env("PATH", &path)
-                .env("D", d)
-                .output()
-                .unwrap();
+            let o = crate::test_support::run_with_fakes(&argv, d);
             assert!(o.status.success(), "{o:?}");
             parse_probe(&desired, &String::from_utf8_lossy(&o.stdout)).unwrap()
         };

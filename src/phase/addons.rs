@@ -294,14 +294,8 @@ mod tests {
         std::fs::set_permissions(d.join("kubectl"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let argv = apply_manifests(addons.to_str().unwrap(), applied.to_str().unwrap()).argv();
-        let path = format!("{}:{}", d.display(), std::env::var("PATH").unwrap());
         let run = || {
-            let o = std::process::Command::new(&argv[0])
-                .args(&argv[1..])
-                .env("PATH", &path)
-                .env("D", d)
-                .output()
-                .unwrap();
+            let o = crate::test_support::run_with_fakes(&argv, d);
             let calls = std::fs::read_to_string(d.join("log")).unwrap_or_default().lines().count();
             (o.status.success(), calls)
         };
@@ -351,13 +345,7 @@ esac
         let m = ClusterModel::derive(&crate::inventory::parse(std::path::Path::new("t.yaml"), text).unwrap());
         let argv: Vec<String> =
             node_metadata_command(&m).argv().iter().map(|a| a.replace("sleep 2", "sleep 0")).collect();
-        let path = format!("{}:{}", d.display(), std::env::var("PATH").unwrap());
-        let o = std::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .env("PATH", &path)
-            .env("D", d)
-            .output()
-            .unwrap();
+        let o = crate::test_support::run_with_fakes(&argv, d);
         assert!(o.status.success(), "{o:?}");
         let log = std::fs::read_to_string(d.join("log")).unwrap();
         assert_eq!(
