@@ -33,6 +33,18 @@ pub enum Command {
     /// write), Node readiness, etcd health and leader; the earliest certificate expiry. Read-only, one round
     /// trip per host; exits 1 when anything is unhealthy.
     Status(StatusArgs),
+    /// Back up the cluster into one archive: an etcd snapshot (taken over TLS, checked), the whole PKI (CAs,
+    /// service-account keys, encryption-at-rest key), the inventory, the cluster state and the versions
+    /// installed, with a manifest of sha256 digests; 0600, optionally encrypted (age, passphrase).
+    Backup(BackupArgs),
+    /// Restore a backup onto the inventory's hosts (the same ones, or new ones with other addresses):
+    /// install them, replace every etcd member's data with the snapshot, start and check. Without `--yes`
+    /// it checks the archive and shows what it would do.
+    Restore(RestoreArgs),
+    /// The cluster state file: `pull` fetches the copy kept on the control planes (another admin machine
+    /// with the PKI takes over).
+    #[command(subcommand)]
+    State(StateCommand),
     /// Upgrade Kubernetes: `plan` shows the path and the version-skew checks; `apply` takes an etcd snapshot,
     /// then upgrades control planes one at a time and workers in drained batches, each host health-gated
     /// and rolled back when it fails; `rollback` returns hosts to their previous version.
@@ -201,6 +213,65 @@ pub struct StatusArgs {
     pub common: ClusterArgs,
 }
 
+/// Arguments of `kubeforge backup`.
+#[derive(Debug, clap::Args)]
+pub struct BackupArgs {
+    /// The inventory file.
+    #[arg(short, long)]
+    pub inventory: PathBuf,
+    /// The archive to write (default `pki/<cluster>/backups/<cluster>-<UTC time>.backup.tar.gz`, `.age` when
+    /// encrypted).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Encrypt the archive (age, scrypt) with the passphrase in this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub passphrase_env: Option<String>,
+    /// Connection, PKI and cache settings.
+    #[command(flatten)]
+    pub common: ClusterArgs,
+}
+
+/// Arguments of `kubeforge restore`.
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// The inventory file: the hosts to restore onto.
+    #[arg(short, long)]
+    pub inventory: PathBuf,
+    /// The backup archive.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The environment variable holding the archive's passphrase (when it is encrypted).
+    #[arg(long, value_name = "VAR")]
+    pub passphrase_env: Option<String>,
+    /// Really restore (without it, the archive is checked and the steps shown; nothing changes).
+    #[arg(long)]
+    pub yes: bool,
+    /// When `pki/<cluster>/` holds other CAs than the backup: move it aside and use the backup's.
+    #[arg(long)]
+    pub replace_pki: bool,
+    /// Preflight checks to report as warnings instead of errors (`cpu,memory`, or `all`).
+    #[arg(long, value_delimiter = ',')]
+    pub ignore_preflight_errors: Vec<String>,
+    /// Connection, PKI and cache settings.
+    #[command(flatten)]
+    pub common: ClusterArgs,
+}
+
+/// `kubeforge state ...`.
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Fetch the cluster state from the control planes into `pki/<cluster>/state.json` (the newest copy
+    /// that parses; a local file that differs is kept as `state.json.before-pull`).
+    Pull {
+        /// The inventory file.
+        #[arg(short, long)]
+        inventory: PathBuf,
+        /// Connection, PKI and cache settings.
+        #[command(flatten)]
+        common: ClusterArgs,
+    },
+}
+
 /// Arguments of `kubeforge reset`.
 #[derive(Debug, clap::Args)]
 pub struct ResetArgs {
@@ -293,8 +364,31 @@ fn apply_options(a: ApplyArgs) -> crate::apply::ApplyOptions {
     }
 }
 
+/// The inventory and PKI directory of a command that works on a cluster (for the expiry warning every such
+/// command prints first).
+fn cluster_of(c: &Command) -> Option<(&std::path::Path, &std::path::Path)> {
+    use crate::upgrade::UpgradeCommand as U;
+    Some(match c {
+        Command::Apply(a) | Command::Join(a) => (&a.inventory, &a.pki_dir),
+        Command::RemoveNode(a) => (&a.inventory, &a.common.pki_dir),
+        Command::Reset(a) => (&a.inventory, &a.common.pki_dir),
+        Command::Status(a) => (&a.inventory, &a.common.pki_dir),
+        Command::Backup(a) => (&a.inventory, &a.common.pki_dir),
+        Command::Restore(a) => (&a.inventory, &a.common.pki_dir),
+        Command::State(StateCommand::Pull { inventory, common }) => (inventory, &common.pki_dir),
+        Command::Upgrade(U::Plan(a)) => (&a.inventory, &a.common.pki_dir),
+        Command::Upgrade(U::Apply(a)) => (&a.inventory, &a.common.pki_dir),
+        Command::Upgrade(U::Rollback(a)) => (&a.inventory, &a.common.pki_dir),
+        Command::Kubeconfig(a) | Command::Bundle(a) => (&a.target.inventory, &a.target.pki_dir),
+        _ => return None,
+    })
+}
+
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
+    if let Some((inventory, pki_dir)) = cluster_of(&cli.command) {
+        crate::pki::command::warn_expiring(inventory, pki_dir);
+    }
     match cli.command {
         Command::Apply(a) => crate::apply::run(&a.inventory.clone(), apply_options(a)),
         Command::Join(a) => crate::lifecycle::join(&a.inventory.clone(), apply_options(a)),
@@ -321,6 +415,31 @@ pub fn run(cli: Cli) -> Result<i32> {
                     apply,
                 },
             )
+        }
+        Command::Backup(a) => crate::restore::run_backup(
+            &a.inventory,
+            crate::restore::BackupOptions {
+                output: a.output,
+                passphrase_env: a.passphrase_env,
+                apply: a.common.options(),
+            },
+        ),
+        Command::Restore(a) => {
+            let mut apply = a.common.options();
+            apply.ignore_preflight = a.ignore_preflight_errors;
+            crate::restore::run_restore(
+                &a.inventory,
+                crate::restore::RestoreOptions {
+                    from: a.from,
+                    passphrase_env: a.passphrase_env,
+                    yes: a.yes,
+                    replace_pki: a.replace_pki,
+                    apply,
+                },
+            )
+        }
+        Command::State(StateCommand::Pull { inventory, common }) => {
+            crate::state::pull(&inventory, &common.options())
         }
         Command::Upgrade(c) => crate::upgrade::run(c),
         Command::Certs(c) => crate::pki::command::run_certs(c),

@@ -25,6 +25,7 @@ pub mod pki;
 pub mod plan;
 pub mod render;
 pub mod report;
+pub mod restore;
 pub mod sshconfig;
 pub mod state;
 pub mod status;

@@ -154,6 +154,15 @@ fn apply_manifests(dir: &str, applied: &str) -> Command {
         .sudo()
 }
 
+/// The commands that apply the addon manifests already on the first control plane, then the node labels and
+/// taints (`restore` runs them after the etcd data changed under the cluster).
+pub fn reapply_commands(model: &ClusterModel) -> Vec<(String, Command)> {
+    vec![
+        ("apply addon manifests".into(), apply_manifests(DIR, APPLIED)),
+        ("node labels and taints".into(), node_metadata_command(model)),
+    ]
+}
+
 /// The digest of the addon manifests last applied with success.
 pub const APPLIED: &str = "/etc/kubernetes/kubeforge/addons.applied";
 

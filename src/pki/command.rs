@@ -33,7 +33,9 @@ pub enum CertsCommand {
         #[arg(long)]
         warn_within: Option<String>,
     },
-    /// Re-issue certificates now (keeping their keys) and rewrite the kubeconfigs that embed them.
+    /// Re-issue certificates now (keeping their keys) and rewrite the kubeconfigs that embed them; with
+    /// `--apply`, push them: each service that reads a renewed file restarts, control planes one at a time,
+    /// each gated on its health checks.
     Renew {
         /// Certificate names (as `check-expiration` lists them), or `all`.
         #[arg(required = true)]
@@ -41,6 +43,12 @@ pub enum CertsCommand {
         /// Where.
         #[command(flatten)]
         target: PkiTarget,
+        /// Then run `apply`: push the renewed files and restart exactly the services that read them.
+        #[arg(long)]
+        apply: bool,
+        /// With --apply: preflight checks to report as warnings instead of errors (`cpu,memory`, or `all`).
+        #[arg(long, value_delimiter = ',', requires = "apply")]
+        ignore_preflight_errors: Vec<String>,
     },
 }
 
@@ -82,6 +90,44 @@ fn human(secs: i64) -> String {
     } else {
         format!("{}h", secs / 3600)
     }
+}
+
+/// How close an expiry must be for every command to warn about it.
+pub const WARN_WITHIN_DAYS: i64 = 30;
+
+/// The certificates of `store` that expire within [`WARN_WITHIN_DAYS`] of `now` (unix seconds), as
+/// `name (residual)`, soonest first.
+pub fn expiring(store: &Store, now: i64) -> Vec<String> {
+    let Ok(certs) = store.certificates() else { return Vec::new() };
+    let mut soon: Vec<(i64, String)> = certs
+        .into_iter()
+        .filter(|(_, f)| f.not_after - now < WARN_WITHIN_DAYS * 86_400)
+        .map(|(n, f)| (f.not_after, format!("{n} ({})", human(f.not_after - now))))
+        .collect();
+    soon.sort();
+    soon.into_iter().map(|(_, s)| s).collect()
+}
+
+/// Prints a warning to stderr when a certificate of the inventory's cluster in `pki_dir` expires within
+/// [`WARN_WITHIN_DAYS`] (every command that works on a cluster calls it first). Quiet when the inventory
+/// does not load (the command itself reports that) or the store is empty.
+pub fn warn_expiring(inventory: &std::path::Path, pki_dir: &std::path::Path) {
+    let Ok(loaded) = crate::inventory::load_quietly(inventory).0 else { return };
+    let name = loaded.inventory.cluster.name.clone();
+    let store = Store::new(pki_dir, &name);
+    let soon = expiring(&store, time::OffsetDateTime::now_utc().unix_timestamp());
+    if soon.is_empty() {
+        return;
+    }
+    let shown: Vec<&str> = soon.iter().take(8).map(String::as_str).collect();
+    eprintln!(
+        "warning: {} certificate(s) in {} expire within {WARN_WITHIN_DAYS} days: {}{}; renew them with `kubeforge certs renew all -i {} --apply`",
+        soon.len(),
+        store.root().display(),
+        shown.join(", "),
+        if soon.len() > shown.len() { ", ..." } else { "" },
+        inventory.display()
+    );
 }
 
 /// Runs `certs ...`.
@@ -146,13 +192,21 @@ pub fn run_certs(cmd: CertsCommand) -> Result<i32> {
             }
             Ok(0)
         }
-        CertsCommand::Renew { names, target } => {
+        CertsCommand::Renew { names, target, apply, ignore_preflight_errors } => {
             let (_, store, inputs) = open(&target)?;
             for n in store.renew(&inputs, &names)? {
                 println!("renewed   {n}");
             }
-            println!("push the renewed certificates to the hosts with `kubeforge apply`");
-            Ok(0)
+            if !apply {
+                println!("push the renewed certificates to the hosts with `kubeforge apply` (or renew with --apply)");
+                return Ok(0);
+            }
+            let mut o = crate::apply::ApplyOptions::new(
+                target.pki_dir.clone(),
+                crate::artifacts::default_cache_dir(),
+            );
+            o.ignore_preflight = ignore_preflight_errors;
+            crate::apply::run(&target.inventory, o)
         }
     }
 }
@@ -207,4 +261,27 @@ pub fn run_bundle(a: UserArgs) -> Result<i32> {
     users::write_bundle(&out, &cred, &model.name)?;
     println!("{}", out.display());
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificates_near_expiry_are_listed_soonest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = "cluster: {name: c1, kubernetesVersion: v1.35.7}\nhosts:\n- {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd, worker]}\n";
+        let model =
+            ClusterModel::derive(&crate::inventory::parse(std::path::Path::new("i.yaml"), inv).unwrap());
+        let store = Store::new(dir.path(), "c1");
+        store.ensure(&model.pki_inputs()).unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        assert!(expiring(&store, now).is_empty(), "a fresh PKI: nothing near expiry");
+        // A year from now, every one-year leaf is within the window; the ten-year CAs are not.
+        let later = expiring(&store, now + 360 * 86_400);
+        assert!(!later.is_empty());
+        assert!(later.iter().any(|c| c.starts_with("apiserver (")), "{later:?}");
+        assert!(!later.iter().any(|c| c.starts_with("ca (")), "{later:?}");
+        assert!(expiring(&Store::new(dir.path(), "none"), now).is_empty(), "no store: quiet");
+    }
 }

@@ -1,0 +1,661 @@
+//! `kubeforge backup` and `kubeforge restore`: a whole cluster in one archive, and back.
+//!
+//! A backup is one gzip'd tar (age-encrypted with a passphrase when asked): a manifest with the sha256 of
+//! every member, an etcd snapshot taken over TLS on a member (checked with `etcdutl snapshot status`), the
+//! whole PKI store (CAs, service-account keys, the encryption-at-rest key, the cluster state) and the
+//! inventory. See [`crate::backup`] for the snapshot and the archive.
+//!
+//! A restore works onto the same hosts or onto new hosts with other addresses (the inventory given):
+//! 1. the archive is checked member by member against its manifest, and its cluster name against the
+//!    inventory's;
+//! 2. the PKI: a store already in `pki/<cluster>/` with the same CAs, service-account key and encryption key
+//!    is kept (its certificates are the newer ones); a store with other CAs is refused unless
+//!    `--replace-pki` (it is then moved aside); without a store, the archive's is unpacked. Hosts the cluster
+//!    state knows and the inventory does not are dropped from the state;
+//! 3. `apply` installs or converges every host (certificates whose SANs changed are re-issued, new hosts are
+//!    installed from nothing);
+//! 4. the control plane stops; every etcd member's data is restored from the snapshot with
+//!    `etcdutl snapshot restore` (`etcdctl` for etcd 3.4) and a fresh `--initial-cluster` of the inventory's
+//!    members and a new cluster token, the previous data kept aside; the members start together;
+//! 5. the control plane starts, the addons and node labels are applied again, and a second `apply` checks
+//!    everything (health gates, Nodes Ready). Nodes in the backup that the inventory does not have are
+//!    listed.
+
+use crate::apply::{self, ApplyOptions};
+use crate::backup::{self, Manifest};
+use crate::model::ClusterModel;
+use crate::state::ClusterState;
+use crate::transport::{Command, Transport, Upload};
+use crate::{Error, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Reads the passphrase from the environment variable `name` (`--passphrase-env`).
+pub fn passphrase(name: Option<&str>) -> Result<Option<String>> {
+    let Some(name) = name else { return Ok(None) };
+    match std::env::var(name) {
+        Ok(p) if !p.is_empty() => Ok(Some(p)),
+        _ => Err(Error::msg(
+            format!("the environment variable {name} (named by --passphrase-env) is not set or empty"),
+            Some(&format!("export {name}=... with the archive's passphrase, or leave out --passphrase-env")),
+        )),
+    }
+}
+
+fn stamp() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!("[year][month][day]T[hour][minute][second]Z"))
+        .expect("static format")
+}
+
+/// Options of `kubeforge backup`.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// Where to write the archive (default `pki/<cluster>/backups/<cluster>-<time>.backup.tar.gz[.age]`).
+    pub output: Option<PathBuf>,
+    /// The environment variable holding the passphrase to encrypt with.
+    pub passphrase_env: Option<String>,
+    /// PKI root, cache and SSH settings.
+    pub apply: ApplyOptions,
+}
+
+/// `kubeforge backup`.
+pub fn run_backup(inventory: &Path, o: BackupOptions) -> Result<i32> {
+    let loaded = crate::inventory::load(inventory)?;
+    let model = ClusterModel::derive(&loaded);
+    let state = ClusterState::load(&o.apply.pki_root, &model.name)?;
+    if state.hosts.is_empty() {
+        return Err(Error::msg(
+            format!("kubeforge has no record of cluster `{}` in {}", model.name, o.apply.pki_root.display()),
+            Some("back up a cluster kubeforge installed (`kubeforge apply`), from its admin machine"),
+        ));
+    }
+    let passphrase = passphrase(o.passphrase_env.as_deref())?;
+    let inventory_bytes =
+        std::fs::read(inventory).map_err(|e| Error::io(format!("reading {}", inventory.display()), e))?;
+    let store = o.apply.pki_root.join(&model.name);
+    let transports = apply::transports(&loaded, &o.apply.connect)?;
+    let mut members: Vec<String> = model
+        .etcd_members()
+        .filter(|h| state.etcd_members.is_empty() || state.etcd_members.contains(&h.name))
+        .map(|h| h.name.clone())
+        .collect();
+    if members.is_empty() {
+        members = model.etcd_members().map(|h| h.name.clone()).collect();
+    }
+    let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
+    let t0 = Instant::now();
+    let snapshot = rt.block_on(async {
+        let mut last = None;
+        for m in &members {
+            let t = transports.get(m).expect("transport per host");
+            match backup::snapshot(&model, m, t.as_ref(), &o.apply.pki_root, "backup").await {
+                Ok(s) => return Ok(s),
+                Err(e) => {
+                    eprintln!("[backup] {m}: {e}; trying the next member");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::msg("the inventory has no etcd member", None)))
+    })?;
+    eprintln!(
+        "[backup] etcd snapshot from {}: revision {}, {} keys, {} bytes ({:.1}s)",
+        snapshot.member,
+        snapshot.revision,
+        snapshot.total_keys,
+        snapshot.bytes,
+        t0.elapsed().as_secs_f64()
+    );
+    let out = match &o.output {
+        Some(p) => p.clone(),
+        None => backup::local_dir(&o.apply.pki_root, &model.name).join(format!(
+            "{}-{}.backup.tar.gz{}",
+            model.name,
+            stamp(),
+            if passphrase.is_some() { ".age" } else { "" }
+        )),
+    };
+    let versions: BTreeMap<String, BTreeMap<String, String>> =
+        state.hosts.iter().map(|(n, h)| (n.clone(), h.versions.clone())).collect();
+    let written = backup::write_archive(
+        &out,
+        &model.name,
+        &model.versions.kubernetes.to_string(),
+        versions,
+        &snapshot,
+        &store,
+        &inventory_bytes,
+        passphrase.as_deref(),
+    );
+    // The archive holds the snapshot: the loose copy is not kept.
+    let _ = std::fs::remove_file(&snapshot.path);
+    let manifest = written?;
+    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "backup: {} ({size} bytes, mode 0600): etcd revision {} ({} keys) from {}, {} PKI file(s), the inventory and the cluster state; {}",
+        out.display(),
+        manifest.etcd.revision,
+        manifest.etcd.total_keys,
+        manifest.etcd.member,
+        manifest.files.iter().filter(|f| f.path.starts_with("pki/")).count(),
+        match &o.passphrase_env {
+            Some(v) => format!("encrypted with age (passphrase from ${v})"),
+            None => "NOT encrypted: it holds the CA keys, keep it as safe as pki/ (or use --passphrase-env)".into(),
+        }
+    );
+    Ok(0)
+}
+
+/// Options of `kubeforge restore`.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// The archive.
+    pub from: PathBuf,
+    /// The environment variable holding its passphrase.
+    pub passphrase_env: Option<String>,
+    /// Really restore (without it: check the archive and show what would be done).
+    pub yes: bool,
+    /// Move a `pki/<cluster>/` with other CAs aside instead of refusing.
+    pub replace_pki: bool,
+    /// PKI root, cache and SSH settings.
+    pub apply: ApplyOptions,
+}
+
+/// The files that make a PKI store the same cluster's: a store that differs in any of them belongs to
+/// another cluster (or another life of it).
+const IDENTITY: &[&str] = &[
+    "ca.crt",
+    "ca.key",
+    "etcd/ca.crt",
+    "etcd/ca.key",
+    "front-proxy-ca.crt",
+    "front-proxy-ca.key",
+    "sa.key",
+    "secrets/encryption-key",
+];
+
+/// The identity files in which the local store differs from the archive's (a missing file differs).
+fn identity_differences(local: &Path, archived: &Path) -> Vec<String> {
+    IDENTITY
+        .iter()
+        .filter(|f| {
+            let a = std::fs::read(local.join(f)).ok();
+            let b = std::fs::read(archived.join(f)).ok();
+            b.is_some() && a != b
+        })
+        .map(|f| f.to_string())
+        .collect()
+}
+
+/// Puts the archive's PKI store where `apply` reads it, or keeps the local one when it is the same
+/// cluster's. Returns what was done, for the report.
+fn place_pki(
+    pki_root: &Path,
+    cluster: &str,
+    opened: &backup::Opened,
+    replace: bool,
+    dry: bool,
+) -> Result<String> {
+    let local = pki_root.join(cluster);
+    let archived = opened.path(Manifest::PKI);
+    if local.join("ca.crt").exists() {
+        let diff = identity_differences(&local, &archived);
+        if diff.is_empty() {
+            return Ok(format!(
+                "{} has the backup's CAs and keys: kept (its certificates are newer)",
+                local.display()
+            ));
+        }
+        if !replace {
+            return Err(Error::msg(
+                format!(
+                    "{} belongs to another cluster than the backup: {} differ",
+                    local.display(),
+                    diff.join(", ")
+                ),
+                Some("restore from a backup of this cluster, or give --replace-pki to move the store aside and use the backup's"),
+            ));
+        }
+        let aside = pki_root.join(format!("{cluster}.before-restore-{}", stamp()));
+        if dry {
+            return Ok(format!(
+                "{} would be moved to {} and replaced by the backup's",
+                local.display(),
+                aside.display()
+            ));
+        }
+        std::fs::rename(&local, &aside)
+            .map_err(|e| Error::io(format!("moving {} aside", local.display()), e))?;
+        eprintln!("[restore] {} moved to {}", local.display(), aside.display());
+    } else if dry {
+        return Ok(format!("{} would be created from the backup", local.display()));
+    }
+    std::fs::create_dir_all(pki_root)
+        .map_err(|e| Error::io(format!("creating {}", pki_root.display()), e))?;
+    let staging = pki_root.join(format!(".{cluster}.restore-{}", stamp()));
+    apply::copy_dir(&archived, &staging).map_err(|e| Error::io("unpacking the PKI store", e))?;
+    for f in opened.manifest.files.iter().filter(|f| f.path.starts_with("pki/")) {
+        use std::os::unix::fs::PermissionsExt;
+        let p = staging.join(&f.path["pki/".len()..]);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(f.mode & 0o777))
+            .map_err(|e| Error::io(format!("setting the mode of {}", p.display()), e))?;
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io("setting the mode of the PKI store", e))?;
+    }
+    if local.exists() {
+        // A store without a CA (an interrupted run): nothing in it is worth keeping over the backup.
+        std::fs::remove_dir_all(&local).map_err(|e| Error::io(format!("removing {}", local.display()), e))?;
+    }
+    std::fs::rename(&staging, &local).map_err(|e| Error::io(format!("writing {}", local.display()), e))?;
+    Ok(format!("{} created from the backup", local.display()))
+}
+
+/// Stops the control plane's services: `$@` the units.
+const STOP: &str = "for u in \"$@\"; do systemctl stop \"$u\" 2>/dev/null || true; done";
+
+/// Restores one member's data: `$1` snapshot, `$2` name, `$3` initial cluster, `$4` token, `$5` peer URL,
+/// `$6` where the previous data goes. Prints `aside DIR` when there was previous data.
+const RESTORE_MEMBER: &str = r#"set -eu
+snap=$1; name=$2; ic=$3; token=$4; peer=$5; aside=$6
+data=/var/lib/etcd
+systemctl stop etcd 2>/dev/null || true
+rm -rf "$data.restore"
+if [ -x /usr/local/bin/etcdutl ]; then
+  set -- /usr/local/bin/etcdutl snapshot restore "$snap"
+else
+  set -- env ETCDCTL_API=3 /usr/local/bin/etcdctl snapshot restore "$snap"
+fi
+out=$("$@" --name "$name" --initial-cluster "$ic" --initial-cluster-token "$token" \
+  --initial-advertise-peer-urls "$peer" --data-dir "$data.restore" 2>&1) || { echo "$out" >&2; rm -rf "$data.restore"; exit 1; }
+chmod 700 "$data.restore"
+if [ -e "$data" ]; then mv "$data" "$aside"; echo "aside $aside"; fi
+mv "$data.restore" "$data"
+rm -f "$snap""#;
+
+/// Starts etcd without waiting (the members need each other for quorum), then waits for this member to
+/// be healthy.
+const START_ETCD: &str = r#"systemctl start --no-block etcd
+eps=https://127.0.0.1:2379
+i=0
+until e endpoint health >/dev/null 2>&1; do
+  i=$((i+1)); [ $i -lt 150 ] || { e endpoint health >&2; exit 1; }
+  sleep 2
+done"#;
+
+/// `kubeforge restore`.
+pub fn run_restore(inventory: &Path, o: RestoreOptions) -> Result<i32> {
+    let loaded = crate::inventory::load(inventory)?;
+    let model = ClusterModel::derive(&loaded);
+    let passphrase = passphrase(o.passphrase_env.as_deref())?;
+    let opened = backup::open_archive(&o.from, passphrase.as_deref())?;
+    let m = &opened.manifest;
+    if m.cluster != model.name {
+        return Err(Error::msg(
+            format!(
+                "{} is a backup of cluster `{}`, the inventory describes `{}`",
+                o.from.display(),
+                m.cluster,
+                model.name
+            ),
+            Some(&format!("restore it with an inventory whose cluster.name is `{}`", m.cluster)),
+        ));
+    }
+    eprintln!(
+        "[restore] {}: cluster `{}`, taken {} by kubeforge {}, etcd revision {} ({} keys) from {}; {} member(s) checked{}",
+        o.from.display(),
+        m.cluster,
+        m.created,
+        m.kubeforge,
+        m.etcd.revision,
+        m.etcd.total_keys,
+        m.etcd.member,
+        m.files.len(),
+        if opened.encrypted { ", decrypted" } else { "" }
+    );
+    let members: Vec<String> = model.etcd_members().map(|h| h.name.clone()).collect();
+    let pki_note = place_pki(&o.apply.pki_root, &model.name, &opened, o.replace_pki, !o.yes)?;
+    if !o.yes {
+        println!("restore would:");
+        println!("  - PKI: {pki_note}");
+        println!("  - install or converge every host of {} (apply)", inventory.display());
+        println!("  - stop the control plane, replace the etcd data of {} with the snapshot (the previous data is kept aside), start them together", members.join(", "));
+        println!("  - start the control plane, apply the addons again, check the cluster (apply)");
+        println!("restore: nothing was changed; run again with --yes to restore");
+        return Ok(0);
+    }
+    eprintln!("[restore] PKI: {pki_note}");
+    // The state: hosts the inventory does not have are not part of the restored cluster.
+    let mut state = ClusterState::load(&o.apply.pki_root, &model.name)?;
+    let gone: Vec<String> = state.hosts.keys().filter(|h| model.host(h).is_none()).cloned().collect();
+    for h in &gone {
+        state.forget_host(h);
+    }
+    if !gone.is_empty() {
+        eprintln!("[restore] not in the inventory, dropped from the cluster state: {}", gone.join(", "));
+        state.save(&o.apply.pki_root)?;
+    }
+    let t0 = Instant::now();
+    apply::run_loaded(&loaded, model.clone(), o.apply.clone(), "[restore] install")?;
+    eprintln!("[restore] hosts installed and converged ({:.0}s)", t0.elapsed().as_secs_f64());
+
+    let transports = apply::transports(&loaded, &o.apply.connect)?;
+    let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
+    let snap = opened.path(Manifest::SNAPSHOT);
+    let when = stamp();
+    let token = format!("kubeforge-{}-restore-{when}", model.name);
+    let initial = model.etcd_initial_cluster();
+    let t1 = Instant::now();
+    rt.block_on(async {
+        // 1. The control plane stops everywhere before any member is touched: no apiserver may write to a
+        //    member between its restore and the others'.
+        let stop = Command::shell(STOP)
+            .args(["kube-apiserver", "kube-controller-manager", "kube-scheduler"])
+            .sudo();
+        on_hosts(&transports, model.control_planes().map(|h| h.name.clone()), |name, t| {
+            let stop = stop.clone();
+            async move {
+                crate::plan::run_checked(t.as_ref(), "stop the control plane", &stop)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| Error::msg(format!("{name}: {e}"), None))
+            }
+        })
+        .await?;
+        // 2. Every member's data is replaced from the snapshot.
+        let up = Upload::file(&snap, format!("{}/restore-{when}.db", backup::REMOTE_DIR), 0o600)
+            .map_err(|e| Error::io("reading the snapshot", e))?;
+        let asides: Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        on_hosts(&transports, members.iter().cloned(), |name, t| {
+            let h = model.host(&name).expect("member").clone();
+            let (up, initial, token, asides) = (up.clone(), initial.clone(), token.clone(), asides.clone());
+            let aside = format!("/var/lib/etcd.before-restore-{when}");
+            async move {
+                t.exec(&Command::shell(format!("mkdir -p {0} && chmod 700 {0}", backup::REMOTE_DIR)).sudo())
+                    .await
+                    .map_err(|e| Error::msg(format!("{name}: {e}"), None))?;
+                t.upload(&up).await.map_err(|e| Error::msg(format!("{name}: sending the snapshot: {e}"), None))?;
+                let cmd = Command::shell(RESTORE_MEMBER)
+                    .arg(up.dest.clone())
+                    .arg(name.clone())
+                    .arg(initial)
+                    .arg(token)
+                    .arg(crate::model::url(h.internal_ip, 2380))
+                    .arg(aside)
+                    .sudo();
+                let out = crate::plan::run_checked(t.as_ref(), "restore the etcd data", &cmd)
+                    .await
+                    .map_err(|e| Error::msg(format!("{name}: {e}"), None))?;
+                if let Some(a) = out.stdout_str().lines().find_map(|l| l.strip_prefix("aside ")) {
+                    asides.lock().expect("lock").push(format!("{name}:{a}"));
+                }
+                Ok(())
+            }
+        })
+        .await?;
+        eprintln!("[restore] etcd data restored on {} ({:.0}s)", members.join(", "), t1.elapsed().as_secs_f64());
+        let kept = asides.lock().expect("lock").clone();
+        if !kept.is_empty() {
+            eprintln!("[restore] the previous etcd data is kept in {} (remove it once the cluster is as it should be)", kept.join(", "));
+        }
+        // 3. The members start together and each waits for its health (quorum).
+        let start = Command::shell(format!("{}\n{START_ETCD}", crate::phase::install::ETCDCTL_FN)).sudo();
+        on_hosts(&transports, members.iter().cloned(), |name, t| {
+            let start = start.clone();
+            async move {
+                crate::plan::run_checked(t.as_ref(), "start etcd", &start)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| Error::msg(format!("{name}: {e}"), None))
+            }
+        })
+        .await?;
+        eprintln!("[restore] etcd members healthy ({:.0}s)", t1.elapsed().as_secs_f64());
+        // 4. The control plane starts; the addons and node labels are applied again (the restored objects
+        //    are those of the backup).
+        let start_cp = Command::new("systemctl")
+            .args(["start", "kube-apiserver", "kube-controller-manager", "kube-scheduler"])
+            .sudo();
+        on_hosts(&transports, model.control_planes().map(|h| h.name.clone()), |name, t| {
+            let c = start_cp.clone();
+            async move {
+                crate::plan::run_checked(t.as_ref(), "start the control plane", &c)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| Error::msg(format!("{name}: {e}"), None))
+            }
+        })
+        .await?;
+        Ok::<(), Error>(())
+    })?;
+    // 5. The addons and node labels are applied again (the restored objects are those of the backup), then a
+    //    converge run starts whatever is still stopped and checks everything.
+    let first = model.control_planes().next().expect("a control plane").name.clone();
+    rt.block_on(async {
+        let t = transports.get(&first).expect("transport");
+        t.exec(&Command::new("rm").args(["-f", crate::phase::addons::APPLIED]).sudo()).await?;
+        for (what, cmd) in crate::phase::addons::reapply_commands(&model) {
+            crate::plan::run_checked(t.as_ref(), &what, &cmd)
+                .await
+                .map_err(|e| Error::msg(e.to_string(), None))?;
+        }
+        Ok::<(), Error>(())
+    })
+    .map_err(|e| Error::msg(format!("{first}: {e}"), None))?;
+    eprintln!("[restore] addons and node labels applied again on {first}");
+    apply::run_loaded(&loaded, model.clone(), o.apply.clone(), "[restore] check")?;
+    // Nodes in the backup that the inventory does not have.
+    let nodes = rt
+        .block_on(async {
+            let t = transports.get(&first).expect("transport");
+            crate::plan::run_checked(
+                t.as_ref(),
+                "list the Nodes",
+                &crate::lifecycle::kubectl_retrying(&[
+                    "get",
+                    "nodes",
+                    "-o",
+                    "jsonpath={.items[*].metadata.name}",
+                ]),
+            )
+            .await
+        })
+        .map_err(|e| Error::msg(format!("{first}: {e}"), None))?;
+    let stale: Vec<String> = nodes
+        .stdout_str()
+        .split_whitespace()
+        .filter(|n| model.host(n).is_none())
+        .map(str::to_owned)
+        .collect();
+    if !stale.is_empty() {
+        eprintln!(
+            "[restore] Nodes from the backup that the inventory does not have: {} (they stay NotReady; `kubectl delete node NAME` once they are gone for good)",
+            stale.join(", ")
+        );
+    }
+    println!(
+        "restore: cluster `{}` is back at etcd revision {} of {} on {} ({:.0}s)",
+        model.name,
+        m.etcd.revision,
+        m.created,
+        model.hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", "),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(0)
+}
+
+/// Runs `f` on each of `hosts` at once; every failure is reported after all have finished.
+async fn on_hosts<F, Fut>(
+    transports: &BTreeMap<String, Arc<dyn Transport>>,
+    hosts: impl Iterator<Item = String>,
+    f: F,
+) -> Result<()>
+where
+    F: Fn(String, Arc<dyn Transport>) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let futs: Vec<_> = hosts
+        .map(|h| {
+            let t = transports.get(&h).cloned().expect("transport per host");
+            f(h, t)
+        })
+        .collect();
+    let problems: Vec<String> = futures::future::join_all(futs)
+        .await
+        .into_iter()
+        .filter_map(|r| r.err())
+        .map(|e| e.to_string())
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::msg(format!("restore failed:\n  {}", problems.join("\n  ")), None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The member restore script in a real shell, against a fake etcdutl and systemctl, in a temporary root.
+    #[test]
+    fn a_member_restore_keeps_the_previous_data_aside_and_never_half_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let data = d.join("etcd");
+        std::fs::create_dir_all(data.join("member")).unwrap();
+        std::fs::write(data.join("member/old"), b"old data").unwrap();
+        std::fs::write(d.join("snap.db"), b"snapshot").unwrap();
+        let fake = |name: &str, body: &str| {
+            let p = d.join(name);
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        fake("systemctl", "echo \"systemctl $*\" >> $D/calls");
+        // The fake etcdutl writes its arguments into the data directory it is given (or fails when told).
+        fake(
+            "etcdutl",
+            "echo \"etcdutl $*\" >> $D/calls; [ -e $D/fail ] && { echo 'snapshot file has wrong hash' >&2; exit 1; }\n\
+             while [ $# -gt 0 ]; do [ \"$1\" = --data-dir ] && dd=$2; shift; done\n\
+             mkdir -p \"$dd/member\" && echo restored > \"$dd/member/new\"",
+        );
+        let run = || {
+            let argv = Command::shell(RESTORE_MEMBER)
+                .arg(d.join("snap.db").to_str().unwrap())
+                .args(["cp2", "cp1=https://10.0.0.1:2380,cp2=https://10.0.0.2:2380", "tok-1"])
+                .arg("https://10.0.0.2:2380")
+                .arg(d.join("etcd.before-restore").to_str().unwrap())
+                .argv();
+            let argv: Vec<String> = argv
+                .iter()
+                .map(|a| {
+                    a.replace("/var/lib/etcd", data.to_str().unwrap())
+                        .replace("/usr/local/bin/etcdutl", d.join("etcdutl").to_str().unwrap())
+                })
+                .collect();
+            crate::test_support::run_with_fakes(&argv, d)
+        };
+        // A failing restore leaves the data as it was and no partial directory.
+        std::fs::write(d.join("fail"), b"").unwrap();
+        let out = run();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("wrong hash"));
+        assert_eq!(std::fs::read(data.join("member/old")).unwrap(), b"old data");
+        assert!(!d.join("etcd.restore").exists() && !d.join("etcd.before-restore").exists());
+        // A good one moves the old data aside and puts the restored data in place, private.
+        std::fs::remove_file(d.join("fail")).unwrap();
+        let out = run();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let aside = d.join("etcd.before-restore");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("aside {}", aside.display()));
+        assert_eq!(std::fs::read(aside.join("member/old")).unwrap(), b"old data");
+        assert_eq!(std::fs::read(data.join("member/new")).unwrap(), b"restored\n");
+        assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+        assert!(!d.join("snap.db").exists(), "the uploaded snapshot is removed");
+        let calls = std::fs::read_to_string(d.join("calls")).unwrap();
+        assert!(calls.contains("systemctl stop etcd"), "{calls}");
+        assert!(
+            calls.contains("--name cp2 --initial-cluster cp1=https://10.0.0.1:2380,cp2=https://10.0.0.2:2380 --initial-cluster-token tok-1 --initial-advertise-peer-urls https://10.0.0.2:2380"),
+            "{calls}"
+        );
+    }
+
+    fn store(root: &Path, ca: &str) {
+        let s = root.join("c1");
+        std::fs::create_dir_all(s.join("etcd")).unwrap();
+        for f in ["ca.crt", "ca.key", "etcd/ca.crt", "sa.key"] {
+            std::fs::write(s.join(f), format!("{ca} {f}")).unwrap();
+        }
+    }
+
+    fn opened_with(ca: &str) -> (tempfile::TempDir, backup::Opened) {
+        let dir = tempfile::tempdir().unwrap();
+        store(&dir.path().join("src"), ca);
+        let snap = dir.path().join("snap.db");
+        std::fs::write(&snap, b"s").unwrap();
+        let s = backup::Snapshot {
+            path: snap,
+            member: "cp1".into(),
+            sha256: String::new(),
+            bytes: 1,
+            revision: 1,
+            total_keys: 1,
+        };
+        let out = dir.path().join("b.tar.gz");
+        backup::write_archive(
+            &out,
+            "c1",
+            "v1.35.7",
+            Default::default(),
+            &s,
+            &dir.path().join("src/c1"),
+            b"i",
+            None,
+        )
+        .unwrap();
+        let o = backup::open_archive(&out, None).unwrap();
+        (dir, o)
+    }
+
+    #[test]
+    fn the_pki_is_kept_when_it_is_the_same_clusters_and_otherwise_refused_or_replaced() {
+        let (_k, opened) = opened_with("A");
+        // No store: the backup's is unpacked, private.
+        let root = tempfile::tempdir().unwrap();
+        let note = place_pki(root.path(), "c1", &opened, false, true).unwrap();
+        assert!(note.contains("would be created"), "{note}");
+        assert!(!root.path().join("c1").exists(), "a dry run writes nothing");
+        let note = place_pki(root.path(), "c1", &opened, false, false).unwrap();
+        assert!(note.contains("created from the backup"), "{note}");
+        assert_eq!(std::fs::read(root.path().join("c1/etcd/ca.crt")).unwrap(), b"A etcd/ca.crt");
+        assert_eq!(std::fs::metadata(root.path().join("c1")).unwrap().permissions().mode() & 0o777, 0o700);
+        // The same CAs: kept.
+        std::fs::write(root.path().join("c1/apiserver.crt"), b"newer").unwrap();
+        let note = place_pki(root.path(), "c1", &opened, false, false).unwrap();
+        assert!(note.contains("kept"), "{note}");
+        assert_eq!(std::fs::read(root.path().join("c1/apiserver.crt")).unwrap(), b"newer");
+        // Other CAs: refused, naming them; with --replace-pki moved aside.
+        let root = tempfile::tempdir().unwrap();
+        store(root.path(), "B");
+        let e = place_pki(root.path(), "c1", &opened, false, false).unwrap_err().to_string();
+        assert!(
+            e.contains("belongs to another cluster") && e.contains("ca.crt, ca.key, etcd/ca.crt, sa.key"),
+            "{e}"
+        );
+        place_pki(root.path(), "c1", &opened, true, false).unwrap();
+        assert_eq!(std::fs::read(root.path().join("c1/ca.key")).unwrap(), b"A ca.key");
+        let aside: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("c1.before-restore-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert_eq!(std::fs::read(root.path().join(&aside[0]).join("ca.key")).unwrap(), b"B ca.key");
+    }
+}
