@@ -60,6 +60,17 @@ impl Lab {
             .output()
             .expect("run kubeforge")
     }
+    /// Runs `argv` inside the lab's network namespace with `env` set.
+    fn exec_env(&self, argv: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut a = vec!["lab", "exec", "--name", &self.name, "--"];
+        a.extend_from_slice(argv);
+        Command::new(env!("CARGO_BIN_EXE_kubeforge"))
+            .args(&a)
+            .envs(env.iter().copied())
+            .current_dir(&self.dir)
+            .output()
+            .expect("run kubeforge")
+    }
     /// Runs `argv` inside the lab's network namespace.
     fn exec(&self, argv: &[&str]) -> Output {
         let mut a = vec!["lab", "exec", "--name", &self.name, "--"];
@@ -362,6 +373,7 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
         must(lab.ssh(w, &format!("systemctl is-active {UNITS_NODE}")), "worker units");
     }
     etcd_health(lab, "node1", 1);
+    status_sees_drift_and_apply_repairs_it(lab, &inv3);
 
     // A changed label changes exactly that: the plan touches only the node metadata and restarts nothing.
     let inv3 =
@@ -380,6 +392,21 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
     upgrade_with_a_workload_and_a_failing_node(lab, &cluster, &inv3);
     let ns = nodes(lab, &cluster);
     assert_eq!(ns["node2"]["metadata"]["labels"]["kubeforge.test/tier"], "edge");
+
+    // A backup of the upgraded cluster, restored at the end onto another host with another address.
+    must(
+        lab.kubectl(&cluster, &["create", "configmap", "kf-before", "--from-literal=when=before"]),
+        "configmap",
+    );
+    let archive = lab.dir.join(format!("{cluster}.backup.tar.gz"));
+    let t = Instant::now();
+    let o = lab.exec(&[me, "backup", "-i", inv3.to_str().unwrap(), "-o", archive.to_str().unwrap()]);
+    eprintln!("[e2e] backup ({:.0}s):\n{}", t.elapsed().as_secs_f64(), text(&o));
+    assert!(must(o, "backup").contains("NOT encrypted"));
+    must(
+        lab.kubectl(&cluster, &["create", "configmap", "kf-after", "--from-literal=when=after"]),
+        "configmap",
+    );
 
     // remove-node: drained, Node deleted, the host cleaned, the others converge without it.
     let t = Instant::now();
@@ -409,6 +436,79 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
     let after = must(lab.apply(&inv2, &[]), "apply without node3");
     assert!(after.contains("apply: 0 changes"), "remove-node converged the rest:\n{after}");
     lab.product_reset(&cluster, &inv2, &["node1", "node2"]);
+
+    // The backup restored onto node3 alone (another address): installed from nothing, its etcd member
+    // restored, certificates re-issued for the new address; the objects are those of the backup.
+    let on3 = lab.inventory(&cluster, &[("node3", &["control-plane", "etcd", "worker"])], &[]);
+    let t = Instant::now();
+    let o = lab.exec(&[
+        me,
+        "restore",
+        "-i",
+        on3.to_str().unwrap(),
+        "--from",
+        archive.to_str().unwrap(),
+        "--yes",
+        "--ignore-preflight-errors=cpu,memory",
+    ]);
+    eprintln!("[e2e] restore onto node3 ({:.0}s):\n{}", t.elapsed().as_secs_f64(), text(&o));
+    let out = must(o, "restore onto node3");
+    assert!(out.contains("has the backup's CAs and keys: kept"), "{out}");
+    assert!(out.contains("Nodes from the backup that the inventory does not have: node1, node2"), "{out}");
+    let got = must(
+        lab.kubectl(&cluster, &["get", "configmap", "kf-before", "-o", "jsonpath={.data.when}"]),
+        "before",
+    );
+    assert_eq!(got.trim(), "before");
+    let gone = lab.kubectl(&cluster, &["get", "configmap", "kf-after"]);
+    assert!(!gone.status.success() && text(&gone).contains("NotFound"), "{}", text(&gone));
+    let ns = nodes(lab, &cluster);
+    assert!(ready(&ns["node3"]), "node3 is Ready: {}", ns["node3"]);
+    tls_chain(lab, &cluster, "10.77.0.13");
+    etcd_health(lab, "node3", 1);
+    lab.product_reset(&cluster, &on3, &["node3"]);
+}
+
+/// `status` of a healthy cluster exits 0 with one round trip per host; a stopped kubelet and a tampered
+/// kubelet config are reported (exit 1); `apply` repairs exactly that host; `status` is clean again.
+fn status_sees_drift_and_apply_repairs_it(lab: &Lab, inv: &Path) {
+    let me = env!("CARGO_BIN_EXE_kubeforge");
+    let i = inv.to_str().unwrap();
+    let status = |what: &str| {
+        let t = Instant::now();
+        let o = lab.exec(&[me, "status", "-i", i, "--output", "json"]);
+        eprintln!("[e2e] status {what} ({:.0}s):\n{}", t.elapsed().as_secs_f64(), text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status --output json");
+        (o.status.code(), v, host_stats(&String::from_utf8_lossy(&o.stderr)))
+    };
+    let (code, v, stats) = status("of a healthy cluster");
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["hosts"].as_array().unwrap().len(), 3, "{v}");
+    for (h, (rt, _)) in &stats {
+        // One probe per host; the first control plane answers one more command for the cluster.
+        assert!(*rt <= if h == "node1" { 2 } else { 1 }, "{h}: {rt} round trips");
+    }
+    must(
+        lab.ssh("node2", "systemctl stop kubelet && echo '# tampered' >> /var/lib/kubelet/config.yaml"),
+        "stop the kubelet and tamper with its config",
+    );
+    let (code, v, _) = status("after a stopped kubelet and a tampered config");
+    assert_eq!(code, Some(1), "{v}");
+    let n2 = v["hosts"].as_array().unwrap().iter().find(|h| h["name"] == "node2").unwrap().clone();
+    assert!(n2["units_down"].to_string().contains("kubelet"), "{n2}");
+    assert!(n2["drift"].to_string().contains("/var/lib/kubelet/config.yaml"), "{n2}");
+    let fixed = must(lab.apply(inv, &[]), "apply repairs the drift");
+    let changed: Vec<&str> = fixed
+        .lines()
+        .filter(|l| l.contains(": done") && !l.contains(", 0 changed"))
+        .filter(|l| !l.starts_with("[state]") && !l.starts_with("[verify]") && !l.starts_with("[preflight]"))
+        .collect();
+    assert!(
+        changed.iter().all(|l| l.contains("node2")) && !changed.is_empty(),
+        "only node2 changes:\n{fixed}"
+    );
+    let (code, v, _) = status("after the repair");
+    assert_eq!(code, Some(0), "{v}");
 }
 
 /// A Deployment of three replicas and a PodDisruptionBudget that keeps two of them available. The
@@ -643,14 +743,16 @@ fn etcdctl(lab: &Lab, node: &str, endpoints: &str, args: &str) -> String {
     })
 }
 
-/// The HA scenario's upgrade of the control planes `cps`, one at a time, while a loop runs `kubectl get --raw
-/// /readyz` through an API balancer every second: it never fails twice in a row.
-fn upgrade_ha(lab: &Lab, cluster: &str, inv: &Path, cps: &[&str]) {
+/// Runs `f` while a loop runs `kubectl get --raw /readyz` every second through an API balancer over the
+/// control planes `cps`, and checks the endpoint: an apiserver always accepted connections, and (with KVM)
+/// never two failed probes in a row. Returns `f`'s output.
+fn under_readiness_loop(lab: &Lab, cluster: &str, cps: &[&str], f: impl FnOnce() -> Output) -> Output {
     let me = env!("CARGO_BIN_EXE_kubeforge");
     // The API endpoint: kubeforge's balancer (the one every node runs, with its /readyz checks) over the
     // control planes, in the lab network on the test host, where the probe's own timing does not depend on
-    // a VM busy being upgraded. Real kubectl asks through it every second with the admin identity.
+    // a VM busy being changed. Real kubectl asks through it every second with the admin identity.
     let dir = lab.dir.display().to_string();
+    let _ = std::fs::remove_file(lab.dir.join("readyz.stop"));
     let ca = format!("{dir}/pki/{cluster}/ca.crt");
     let admin = format!("{dir}/pki/{cluster}/admin.conf");
     let kubectl = lab.kubectl.display().to_string();
@@ -671,14 +773,13 @@ fn upgrade_ha(lab: &Lab, cluster: &str, inv: &Path, cps: &[&str]) {
         .spawn()
         .expect("start the readiness loop");
     std::thread::sleep(Duration::from_secs(3));
-    let o = lab.upgrade(inv, &format!("of {} control planes", cps.len()));
-    let out = text(&o);
+    let o = f();
     std::fs::write(lab.dir.join("readyz.stop"), "").unwrap();
     looping.wait().unwrap();
     let log = std::fs::read_to_string(lab.dir.join("readyz.log")).unwrap_or_default();
     let lb_log = std::fs::read_to_string(lab.dir.join("api-lb.log")).unwrap_or_default();
     eprintln!("[e2e] the test's balancer:\n{lb_log}");
-    assert!(o.status.success(), "{out}");
+    assert!(o.status.success(), "{}", text(&o));
     let probes: Vec<bool> =
         log.lines().filter(|l| !l.starts_with("balancer status")).map(|l| l.ends_with(" ok")).collect();
     let worst = probes.split(|ok| *ok).map(|run| run.len()).max().unwrap_or(0);
@@ -703,6 +804,15 @@ fn upgrade_ha(lab: &Lab, cluster: &str, inv: &Path, cps: &[&str]) {
     } else {
         assert!(worst <= 1, "the API endpoint failed {worst} probes in a row:\n{log}");
     }
+    o
+}
+
+/// The HA scenario's upgrade of the control planes `cps`, one at a time, under the readiness loop.
+fn upgrade_ha(lab: &Lab, cluster: &str, inv: &Path, cps: &[&str]) {
+    let o = under_readiness_loop(lab, cluster, cps, || {
+        lab.upgrade(inv, &format!("of {} control planes", cps.len()))
+    });
+    let out = text(&o);
     for n in cps {
         assert!(out.contains(&format!("[upgrade] {n}: on {KUBE_VERSION}, gate passed")), "{out}");
     }
@@ -710,6 +820,65 @@ fn upgrade_ha(lab: &Lab, cluster: &str, inv: &Path, cps: &[&str]) {
     let order: Vec<usize> =
         cps.iter().map(|n| out.find(&format!("[upgrade] {n}: on {KUBE_VERSION}")).unwrap()).collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+}
+
+/// The serial and expiry of the certificate presented on `ip:port`, as openssl prints them.
+fn presented(lab: &Lab, ip: &str, port: u16) -> String {
+    let o = lab.exec(&[
+        "sh",
+        "-c",
+        &format!("openssl s_client -connect {ip}:{port} </dev/null 2>/dev/null | openssl x509 -noout -serial -enddate"),
+    ]);
+    let s = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    assert!(s.starts_with("serial="), "no certificate on {ip}:{port}: {}", text(&o));
+    s
+}
+
+/// `certs renew all --apply` on the control planes `cps` under the readiness loop: the apiserver (6443),
+/// every kubelet (10250) and every etcd member (2379) present new certificates, kubectl works, and no etcd
+/// member restarted (etcd reads renewed key pairs on new connections).
+fn renew_ha(lab: &Lab, cluster: &str, inv: &Path, cps: &[&str]) {
+    let me = env!("CARGO_BIN_EXE_kubeforge");
+    let ip = |n: &str| format!("10.77.0.1{}", n.trim_start_matches("node"));
+    let ports = [6443u16, 10250, 2379];
+    let before: Vec<String> = cps
+        .iter()
+        .flat_map(|n| ports.iter().map(move |p| (ip(n), *p)))
+        .map(|(i, p)| presented(lab, &i, p))
+        .collect();
+    let pid =
+        |n: &str| must(lab.ssh(n, "systemctl show -p MainPID --value etcd"), "etcd pid").trim().to_owned();
+    let pids: Vec<String> = cps.iter().map(|n| pid(n)).collect();
+    let t = Instant::now();
+    let o = under_readiness_loop(lab, cluster, cps, || {
+        lab.exec(&[
+            me,
+            "certs",
+            "renew",
+            "all",
+            "-i",
+            inv.to_str().unwrap(),
+            "--apply",
+            "--ignore-preflight-errors=cpu,memory",
+        ])
+    });
+    let out = text(&o);
+    eprintln!("[e2e] certs renew all --apply ({:.0}s):\n{out}", t.elapsed().as_secs_f64());
+    assert!(out.contains("renewed   apiserver") && out.contains("apply: "), "{out}");
+    let after: Vec<String> = cps
+        .iter()
+        .flat_map(|n| ports.iter().map(move |p| (ip(n), *p)))
+        .map(|(i, p)| presented(lab, &i, p))
+        .collect();
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        let (n, p) = (cps[i / ports.len()], ports[i % ports.len()]);
+        let serial = |s: &str| s.lines().next().unwrap_or_default().to_owned();
+        assert_ne!(serial(b), serial(a), "{n}:{p} presents a new certificate: before {b}, after {a}");
+        eprintln!("[e2e] {n}:{p}: {} -> {}", b.replace('\n', " "), a.replace('\n', " "));
+    }
+    let now: Vec<String> = cps.iter().map(|n| pid(n)).collect();
+    assert_eq!(pids, now, "no etcd member restarted");
+    check_nodes(lab, cluster, &cps.iter().map(|n| (*n, true, false)).collect::<Vec<_>>());
 }
 
 /// etcdctl from the test host, inside the lab network, with the health-check client certificate kubeforge
@@ -898,6 +1067,78 @@ fn high_availability(lab: &Lab) {
     // The two control planes are upgraded one at a time while the API answers through a balancer.
     upgrade_ha(lab, &cluster, &two, &["node1", "node2"]);
     check_nodes_at(lab, &cluster, KUBE_VERSION, &[("node1", true, false), ("node2", true, false)]);
+
+    // Every certificate renewed and pushed while the API answers: new certificates on the wire.
+    renew_ha(lab, &cluster, &two, &["node1", "node2"]);
+
+    // backup (encrypted) -> an object written after it -> restore onto the same two control planes: the
+    // object from before is back, the later one is gone, both members vote and are healthy.
+    backup_then_restore_in_place(lab, &cluster, &two);
+}
+
+/// Takes an encrypted backup of `inv`'s cluster, writes an object after it, restores the backup onto the
+/// same hosts, and checks the objects and etcd.
+fn backup_then_restore_in_place(lab: &Lab, cluster: &str, inv: &Path) {
+    let me = env!("CARGO_BIN_EXE_kubeforge");
+    let i = inv.to_str().unwrap();
+    let pass = [("KF_E2E_BACKUP_PASSPHRASE", "correct horse battery staple")];
+    must(
+        lab.kubectl(cluster, &["create", "configmap", "kf-before", "--from-literal=when=before"]),
+        "configmap before",
+    );
+    let archive = lab.dir.join(format!("{cluster}.backup.tar.gz.age"));
+    let a = archive.to_str().unwrap();
+    let t = Instant::now();
+    let o = lab
+        .exec_env(&[me, "backup", "-i", i, "-o", a, "--passphrase-env", "KF_E2E_BACKUP_PASSPHRASE"], &pass);
+    eprintln!("[e2e] backup ({:.0}s):\n{}", t.elapsed().as_secs_f64(), text(&o));
+    let out = must(o, "backup");
+    assert!(out.contains("encrypted with age"), "{out}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&archive).unwrap().permissions().mode() & 0o777, 0o600);
+    must(
+        lab.kubectl(cluster, &["create", "configmap", "kf-after", "--from-literal=when=after"]),
+        "configmap after",
+    );
+    // Without --yes: the archive is checked and the steps shown; nothing changes.
+    let shown = must(
+        lab.exec_env(
+            &[me, "restore", "-i", i, "--from", a, "--passphrase-env", "KF_E2E_BACKUP_PASSPHRASE"],
+            &pass,
+        ),
+        "restore without --yes",
+    );
+    assert!(shown.contains("restore would:") && shown.contains("nothing was changed"), "{shown}");
+    let t = Instant::now();
+    let o = lab.exec_env(
+        &[
+            me,
+            "restore",
+            "-i",
+            i,
+            "--from",
+            a,
+            "--passphrase-env",
+            "KF_E2E_BACKUP_PASSPHRASE",
+            "--yes",
+            "--ignore-preflight-errors=cpu,memory",
+        ],
+        &pass,
+    );
+    eprintln!("[e2e] restore in place ({:.0}s):\n{}", t.elapsed().as_secs_f64(), text(&o));
+    let out = must(o, "restore");
+    assert!(out.contains("restore: cluster") && out.contains("is back at etcd revision"), "{out}");
+    assert!(out.contains("the previous etcd data is kept in"), "{out}");
+    let got = must(
+        lab.kubectl(cluster, &["get", "configmap", "kf-before", "-o", "jsonpath={.data.when}"]),
+        "before",
+    );
+    assert_eq!(got.trim(), "before");
+    let gone = lab.kubectl(cluster, &["get", "configmap", "kf-after"]);
+    assert!(!gone.status.success() && text(&gone).contains("NotFound"), "{}", text(&gone));
+    let members = etcdctl(lab, "node1", "https://127.0.0.1:2379", "member list");
+    assert_eq!(members.lines().filter(|l| l.ends_with(", false")).count(), 2, "{members}");
+    etcd_health(lab, "node1", 2);
 }
 
 #[test]

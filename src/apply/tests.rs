@@ -332,6 +332,43 @@ fn running_control_planes_restart_one_at_a_time_while_a_fresh_install_goes_at_on
 }
 
 #[test]
+fn renewed_certificates_restart_the_services_that_read_them_one_control_plane_at_a_time_but_never_etcd() {
+    let model = ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), HA).unwrap());
+    let h = Harness::new(&model);
+    h.run(HA, h.options()).0.unwrap();
+    let store = crate::pki::store::Store::new(&h.options().pki_root, &model.name);
+    let renewed = store.renew(&model.pki_inputs(), &["all".to_string()]).unwrap();
+    assert!(renewed.iter().any(|n| n.contains("etcd") && n.contains("server")), "{renewed:?}");
+    let (run, events) = h.run(HA, h.options());
+    let run = run.unwrap();
+    // etcd reads its key pairs on every new connection: the renewed server and peer certificates are
+    // written, and no member restarts (two members of three would otherwise drop out in turn).
+    let etcd = run.plan.phase("etcd").unwrap();
+    assert!(etcd.hosts.iter().all(|(_, c)| c.restart.is_empty() && !c.files.is_empty()), "{etcd:?}");
+    assert_eq!(batches(&events, "etcd"), vec![3], "nothing restarts: the members are written at once");
+    // The control plane restarts on every host, one at a time.
+    let cp = run.plan.phase("control-plane").unwrap();
+    for (host, c) in &cp.hosts {
+        for u in ["kube-apiserver", "kube-controller-manager", "kube-scheduler"] {
+            assert!(c.restart.iter().any(|r| r == u), "{host}: {u} restarts: {c}");
+        }
+    }
+    assert_eq!(batches(&events, "control-plane"), vec![1, 1, 1]);
+    // A new key for an etcd member restarts that member.
+    std::fs::remove_file(store.root().join("etcd/cp2/server.key")).unwrap();
+    std::fs::remove_file(store.root().join("etcd/cp2/server.crt")).unwrap();
+    let (run, _) = h.run(HA, h.options());
+    let etcd = run.unwrap().plan.phase("etcd").unwrap().clone();
+    let restarted: Vec<&str> = etcd
+        .hosts
+        .iter()
+        .filter(|(_, c)| c.restart.iter().any(|u| u == "etcd"))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(restarted, ["cp2"], "{etcd:?}");
+}
+
+#[test]
 fn hosts_targeting_touches_only_those_hosts_and_the_first_control_plane() {
     let model = ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), HA).unwrap());
     let h = Harness::new(&model);

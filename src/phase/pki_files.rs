@@ -52,18 +52,23 @@ fn pair(
 }
 
 /// etcd members: the etcd CA certificate, the member's server and peer pairs, the health-check client.
+///
+/// etcd reads its serving and peer key pairs again on every new TLS connection, so a renewed certificate
+/// (same key) needs no restart: the member keeps its leadership and quorum while certificates are renewed,
+/// which matters most where two members make the quorum. A new key restarts it (the certificate and key
+/// must change together), and so does the CA, which etcd reads only at start.
 pub fn etcd(ctx: &Context<'_>, host: &HostModel) -> Result<Vec<DesiredFile>> {
     let r = &["etcd"];
     let mut v =
         vec![file(ctx, "etcd/ca.crt", &format!("{PKI}/etcd/ca.crt"), false, r, "etcd CA certificate")?];
-    v.extend(pair(
-        ctx,
-        &format!("etcd/{}/server", host.name),
-        &format!("{PKI}/etcd/server"),
-        r,
-        "etcd server",
-    )?);
-    v.extend(pair(ctx, &format!("etcd/{}/peer", host.name), &format!("{PKI}/etcd/peer"), r, "etcd peer")?);
+    for (local, remote, label) in [
+        (format!("etcd/{}/server", host.name), format!("{PKI}/etcd/server"), "etcd server"),
+        (format!("etcd/{}/peer", host.name), format!("{PKI}/etcd/peer"), "etcd peer"),
+    ] {
+        let mut p = pair(ctx, &local, &remote, r, label)?;
+        p[0].restarts.clear();
+        v.extend(p);
+    }
     v.extend(pair(
         ctx,
         "etcd/healthcheck-client",
