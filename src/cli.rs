@@ -343,7 +343,7 @@ pub struct CheckArgs {
     pub show_ssh: bool,
 }
 
-fn connect_options(accept_new_host_keys: bool) -> crate::transport::ssh::ConnectOptions {
+pub(crate) fn connect_options(accept_new_host_keys: bool) -> crate::transport::ssh::ConnectOptions {
     crate::transport::ssh::ConnectOptions { accept_new_host_keys, ..Default::default() }
 }
 

@@ -560,6 +560,7 @@ pub fn merge_ssh(defaults: &SshSpec, host: Option<&SshSpec>) -> SshSpec {
         known_hosts: h.known_hosts.clone().or_else(|| defaults.known_hosts.clone()),
         host_key: h.host_key.clone(),
         config_file: h.config_file.clone().or_else(|| defaults.config_file.clone()),
+        connect_timeout: h.connect_timeout.clone().or_else(|| defaults.connect_timeout.clone()),
     }
 }
 

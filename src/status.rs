@@ -249,6 +249,90 @@ pub async fn gather(
     Ok(ClusterStatus { cluster: model.name.clone(), hosts, earliest_certificate: earliest })
 }
 
+/// Whether a path kubeforge places holds a certificate or embeds one (keys, certificates, kubeconfigs).
+pub fn is_credential(path: &str) -> bool {
+    path.ends_with(".crt") || path.ends_with(".key") || path.ends_with(".conf") || path.ends_with(".pem")
+}
+
+/// A deployed certificate that differs from the store: the host, the path, and the deployed certificate's
+/// notAfter (unix seconds) when it could be read, or why not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeployedDifference {
+    /// Host.
+    pub host: String,
+    /// Path on the host.
+    pub path: String,
+    /// The deployed certificate's notAfter, or why it is unknown (`missing`, a key, unreadable).
+    pub not_after: std::result::Result<i64, String>,
+}
+
+/// For `certs check-expiration --on-hosts`: the credential files on every host that differ from what
+/// `pki/<cluster>/` would give them (one probe per host, as `status`), with the deployed certificates'
+/// expiry (one read per host that differs). Unreachable hosts are returned as errors by name.
+pub fn deployed_differences(
+    inventory: &Path,
+    options: ApplyOptions,
+) -> Result<(Vec<DeployedDifference>, BTreeMap<String, String>)> {
+    let loaded = crate::inventory::load(inventory)?;
+    let mut model = ClusterModel::derive(&loaded);
+    let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
+    let mut o = options;
+    o.dry_run = true;
+    let scratch = apply::scratch_for(&o, &model.name)?;
+    rt.block_on(async {
+        let (material, state) =
+            apply::prepare(&loaded, &mut model, &o, scratch.as_ref().map(|t| t.path())).await?;
+        let transports = apply::transports(&loaded, &o.connect)?;
+        let executor = Executor::new(o.concurrency, Arc::new(crate::report::Silent));
+        let s = gather(&model, &material, &state, &transports, &executor).await?;
+        let mut out = Vec::new();
+        let mut unreachable = BTreeMap::new();
+        for h in &s.hosts {
+            if !h.reachable {
+                unreachable.insert(h.name.clone(), h.error.clone().unwrap_or_default());
+                continue;
+            }
+            let t = transports.get(&h.name).expect("transport per host");
+            for d in h.drift.iter().filter(|d| is_credential(d.trim_end_matches(" (missing)"))) {
+                let (path, missing) = match d.strip_suffix(" (missing)") {
+                    Some(p) => (p.to_owned(), true),
+                    None => (d.clone(), false),
+                };
+                let not_after = if missing {
+                    Err("missing".to_owned())
+                } else if path.ends_with(".key") {
+                    Err("a key".to_owned())
+                } else {
+                    match t.read_file(&path, true, 1 << 20).await {
+                        Ok(bytes) => {
+                            deployed_not_after(&bytes).ok_or_else(|| "no certificate in it".to_owned())
+                        }
+                        Err(e) => Err(format!("unreadable: {e}")),
+                    }
+                };
+                out.push(DeployedDifference { host: h.name.clone(), path, not_after });
+            }
+        }
+        Ok((out, unreachable))
+    })
+}
+
+/// The notAfter of the first certificate in a PEM file, or embedded (base64) in a kubeconfig.
+fn deployed_not_after(bytes: &[u8]) -> Option<i64> {
+    use base64::Engine;
+    let text = String::from_utf8_lossy(bytes);
+    let pem = if text.contains("-----BEGIN CERTIFICATE-----") {
+        bytes.to_vec()
+    } else {
+        let b64 =
+            text.lines().find_map(|l| l.trim().strip_prefix("client-certificate-data:"))?.trim().to_owned();
+        base64::engine::general_purpose::STANDARD.decode(b64).ok()?
+    };
+    let (_, p) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+    let cert = p.parse_x509().ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 /// `kubeforge status`.
 pub fn run(inventory: &Path, options: ApplyOptions, json: bool) -> Result<i32> {
     let loaded = crate::inventory::load(inventory)?;

@@ -387,6 +387,24 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
         "only the addons phase changes, nothing restarts:\n{plan}"
     );
 
+    // A certificate renewed in the store and not pushed yet: `check-expiration --on-hosts` finds the host
+    // whose deployed copy differs (the upgrade below pushes it with everything else).
+    must(
+        lab.exec(&[me, "certs", "renew", "apiserver", "-i", inv3.to_str().unwrap()]),
+        "renew the apiserver cert",
+    );
+    let o = lab.exec(&[me, "certs", "check-expiration", "-i", inv3.to_str().unwrap(), "--on-hosts"]);
+    let out = text(&o);
+    eprintln!("[e2e] certs check-expiration --on-hosts:\n{out}");
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("node1")
+            && l.contains("DIFFERS /etc/kubernetes/pki/apiserver.crt")
+            && l.contains("deployed certificate expires in")),
+        "{out}"
+    );
+    assert!(!out.lines().any(|l| l.starts_with("node2") || l.starts_with("node3")), "{out}");
+
     // Upgrade v1.34.10 -> v1.35.7 with a workload running; node3 refuses the new kubelet. The upgrade
     // converges each host to the whole inventory at the new version: the label arrives with node1's step.
     upgrade_with_a_workload_and_a_failing_node(lab, &cluster, &inv3);

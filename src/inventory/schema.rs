@@ -190,6 +190,9 @@ pub struct SshSpec {
     /// A pinned host key (`ssh-ed25519 AAAA...`), checked instead of known_hosts. Per host only.
     #[serde(default)]
     pub host_key: Option<String>,
+    /// How long connecting (TCP, SSH handshake, authentication) may take, e.g. `60s`. Default 15s, or the
+    /// ssh config's `ConnectTimeout`. Slow or emulated machines need more.
+    pub connect_timeout: Option<String>,
     /// An OpenSSH client config whose settings fill what the inventory leaves unset (relative to the
     /// inventory file or with `~/`). Default `~/.ssh/config` when it exists; `none` reads no file.
     #[serde(default)]

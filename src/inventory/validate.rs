@@ -389,6 +389,16 @@ fn check_ssh(c: &mut Collector, path: &str, ssh: &SshSpec, dir: &Path, per_host:
             c.add(format!("{path}.user"), format!("`{}` is not a valid login name", shown(user)), None);
         }
     }
+    if let Some(t) = &ssh.connect_timeout {
+        match parse_duration(t) {
+            Ok(d) if d.as_secs() >= 1 && d.as_secs() <= 3600 => {}
+            _ => c.add(
+                format!("{path}.connectTimeout"),
+                format!("`{}` is not a connect timeout between 1s and 1h", shown(t)),
+                Some("give a duration such as `60s`; the default is 15s".into()),
+            ),
+        }
+    }
     if let Some(var) = &ssh.sudo_password_env {
         if var.is_empty()
             || !var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')

@@ -488,6 +488,9 @@ fn write_inventory(a: &UpArgs, st: &LabState, host_key: &str) -> Result<PathBuf>
             // The lab's VMs live in its private network: an admin's own ~/.ssh/config (a catch-all
             // ProxyJump, say) must not apply to them.
             config_file: Some("none".into()),
+            // An emulated guest does the SSH handshake's crypto about twenty times slower, and a busy host
+            // can hold it off for seconds more: 15 s was seen to run out.
+            connect_timeout: (!kvm_usable()).then(|| "60s".to_owned()),
             ..Default::default()
         },
         hosts,

@@ -32,6 +32,11 @@ pub enum CertsCommand {
         /// Exit 1 when a certificate expires within this duration (for cron and monitoring), e.g. `30d`.
         #[arg(long)]
         warn_within: Option<String>,
+        /// Also read what is deployed on every host (one probe per host, as `status`): list the
+        /// certificates, keys and kubeconfigs that differ from `pki/<cluster>/`, with the deployed
+        /// certificate's expiry; exit 1 when any differs.
+        #[arg(long)]
+        on_hosts: bool,
     },
     /// Re-issue certificates now (keeping their keys) and rewrite the kubeconfigs that embed them; with
     /// `--apply`, push them: each service that reads a renewed file restarts, control planes one at a time,
@@ -151,7 +156,7 @@ pub fn run_certs(cmd: CertsCommand) -> Result<i32> {
             );
             Ok(0)
         }
-        CertsCommand::CheckExpiration { target, warn_within } => {
+        CertsCommand::CheckExpiration { target, warn_within, on_hosts } => {
             let (_, store, _) = open(&target)?;
             let certs = store.certificates()?;
             if certs.is_empty() {
@@ -186,11 +191,45 @@ pub fn run_certs(cmd: CertsCommand) -> Result<i32> {
                     soon += 1;
                 }
             }
+            let mut code = 0;
             if soon > 0 {
                 eprintln!("{soon} certificate(s) expire within the warning window; renew with `kubeforge certs renew`");
-                return Ok(1);
+                code = 1;
             }
-            Ok(0)
+            if on_hosts {
+                let mut o = crate::apply::ApplyOptions::new(
+                    target.pki_dir.clone(),
+                    crate::artifacts::default_cache_dir(),
+                );
+                o.connect = crate::cli::connect_options(false);
+                let (diffs, unreachable) = crate::status::deployed_differences(&target.inventory, o)?;
+                println!();
+                println!("ON THE HOSTS (what is deployed, compared with {})", store.root().display());
+                let mut hosts: Vec<&str> = diffs.iter().map(|d| d.host.as_str()).collect();
+                hosts.dedup();
+                for d in &diffs {
+                    let what = match &d.not_after {
+                        Ok(t) => format!("deployed certificate expires in {}", human(t - now)),
+                        Err(why) => why.clone(),
+                    };
+                    println!("{:<14} DIFFERS {} ({what})", d.host, d.path);
+                }
+                for (h, e) in &unreachable {
+                    println!("{h:<14} UNREACHABLE {e}");
+                }
+                if diffs.is_empty() && unreachable.is_empty() {
+                    println!("every host's certificates, keys and kubeconfigs match the store");
+                } else {
+                    eprintln!(
+                        "{} file(s) on {} host(s) differ from the store, {} host(s) unreachable; `kubeforge apply` pushes the store's",
+                        diffs.len(),
+                        hosts.len(),
+                        unreachable.len()
+                    );
+                    code = 1;
+                }
+            }
+            Ok(code)
         }
         CertsCommand::Renew { names, target, apply, ignore_preflight_errors } => {
             let (_, store, inputs) = open(&target)?;

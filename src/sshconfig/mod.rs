@@ -109,6 +109,8 @@ pub struct HostConfig {
     pub strict_host_key_checking: Option<At<StrictHostKeyChecking>>,
     /// `IdentitiesOnly`.
     pub identities_only: Option<At<bool>>,
+    /// `ConnectTimeout`, in seconds.
+    pub connect_timeout: Option<At<u64>>,
     /// `Tag` (for `Match tagged`).
     pub tag: Option<At<String>>,
     /// Things the caller should tell the user (criteria that were not evaluated).
@@ -538,7 +540,8 @@ impl Walk<'_> {
     }
 
     fn option(&mut self, key: &str, args: &[String], at: &Origin) -> Result<(), ConfigError> {
-        const USED: [&str; 10] = [
+        const USED: [&str; 11] = [
+            "connecttimeout",
             "hostname",
             "user",
             "port",
@@ -606,6 +609,12 @@ impl Walk<'_> {
                     }
                 };
                 set_once(&mut o.strict_host_key_checking, v, at);
+            }
+            "connecttimeout" => {
+                let v = first.parse::<u64>().ok().filter(|s| *s > 0).ok_or_else(|| {
+                    ConfigError::new(Some(at), format!("`ConnectTimeout {first}`: give a number of seconds"))
+                })?;
+                set_once(&mut o.connect_timeout, v, at);
             }
             "identitiesonly" => {
                 let v = yes_no(first).ok_or_else(|| {

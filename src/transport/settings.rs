@@ -324,6 +324,24 @@ pub fn resolve(
         }
     };
 
+    let connect_timeout = match (pick!(connect_timeout, "connectTimeout"), &hc.connect_timeout) {
+        (Some((v, src)), _) => {
+            let d = crate::inventory::validate::parse_duration(&v).ok().filter(|d| !d.is_zero()).ok_or_else(
+                || TransportError::Config {
+                    host: host.name.clone(),
+                    message: format!("ssh.connectTimeout `{v}` is not a duration such as 60s"),
+                },
+            )?;
+            cx.push("", "connect timeout", format!("{}s", d.as_secs()), src);
+            d
+        }
+        (None, Some(t)) => {
+            cx.push("", "connect timeout", format!("{}s", t.value), format!("{} (ConnectTimeout)", t.at));
+            std::time::Duration::from_secs(t.value)
+        }
+        (None, None) => opts.connect_timeout,
+    };
+
     let sudo = sudo_mode(
         &cx,
         &user,
@@ -380,7 +398,7 @@ pub fn resolve(
         host_key,
         sudo,
         bastion,
-        connect_timeout: opts.connect_timeout,
+        connect_timeout,
         keepalive: opts.keepalive,
     };
     Ok(Resolved { target, settings: cx.settings, notes: cx.notes })
@@ -601,6 +619,24 @@ mod tests {
              hosts:\n- {{name: n1, address: node1, roles: [control-plane, etcd, worker]}}\n"
         ));
         (dir, i)
+    }
+
+    #[test]
+    fn the_connect_timeout_comes_from_the_inventory_then_the_config_then_the_default() {
+        let cfg = "Host node1\n  HostName 127.0.0.5\n  ConnectTimeout 45\n";
+        let (dir, i) = setup(cfg, "");
+        let r = resolve0(&i, dir.path()).unwrap();
+        assert_eq!(r.target.connect_timeout, std::time::Duration::from_secs(45));
+        assert!(source(&r, "", "connect timeout").ends_with(":3 (ConnectTimeout)"), "{:?}", r.settings);
+        let (dir, i) = setup(cfg, ", connectTimeout: 2m");
+        let r = resolve0(&i, dir.path()).unwrap();
+        assert_eq!(r.target.connect_timeout, std::time::Duration::from_secs(120), "the inventory wins");
+        assert_eq!(source(&r, "", "connect timeout"), "inventory (ssh.connectTimeout)");
+        let (dir, i) = setup("Host node1\n  HostName 127.0.0.5\n", "");
+        let r = resolve0(&i, dir.path()).unwrap();
+        assert_eq!(r.target.connect_timeout, ConnectOptions::default().connect_timeout);
+        let (dir, i) = setup("Host node1\n  ConnectTimeout soon\n", "");
+        assert!(resolve0(&i, dir.path()).unwrap_err().to_string().contains("ConnectTimeout soon"));
     }
 
     #[test]
