@@ -266,6 +266,32 @@ pub struct DeployedDifference {
     pub not_after: std::result::Result<i64, String>,
 }
 
+/// The transports of an inventory's hosts.
+type Transports = BTreeMap<String, Arc<dyn Transport>>;
+
+/// Reads the cluster as `status` does (a dry-run preparation, one probe per host); returns the report, the
+/// open connections and the runtime they live on, for callers that ask the hosts more.
+fn read(
+    inventory: &Path,
+    options: ApplyOptions,
+) -> Result<(ClusterStatus, Transports, tokio::runtime::Runtime)> {
+    let loaded = crate::inventory::load(inventory)?;
+    let mut model = ClusterModel::derive(&loaded);
+    let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
+    let mut o = options;
+    o.dry_run = true;
+    let scratch = apply::scratch_for(&o, &model.name)?;
+    let (status, transports) = rt.block_on(async {
+        let (material, state) =
+            apply::prepare(&loaded, &mut model, &o, scratch.as_ref().map(|t| t.path())).await?;
+        let transports = apply::transports(&loaded, &o.connect)?;
+        let executor = Executor::new(o.concurrency, Arc::new(crate::report::Silent));
+        let s = gather(&model, &material, &state, &transports, &executor).await?;
+        Ok::<_, Error>((s, transports))
+    })?;
+    Ok((status, transports, rt))
+}
+
 /// For `certs check-expiration --on-hosts`: the credential files on every host that differ from what
 /// `pki/<cluster>/` would give them (one probe per host, as `status`), with the deployed certificates'
 /// expiry (one read per host that differs). Unreachable hosts are returned as errors by name.
@@ -273,18 +299,8 @@ pub fn deployed_differences(
     inventory: &Path,
     options: ApplyOptions,
 ) -> Result<(Vec<DeployedDifference>, BTreeMap<String, String>)> {
-    let loaded = crate::inventory::load(inventory)?;
-    let mut model = ClusterModel::derive(&loaded);
-    let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
-    let mut o = options;
-    o.dry_run = true;
-    let scratch = apply::scratch_for(&o, &model.name)?;
+    let (s, transports, rt) = read(inventory, options)?;
     rt.block_on(async {
-        let (material, state) =
-            apply::prepare(&loaded, &mut model, &o, scratch.as_ref().map(|t| t.path())).await?;
-        let transports = apply::transports(&loaded, &o.connect)?;
-        let executor = Executor::new(o.concurrency, Arc::new(crate::report::Silent));
-        let s = gather(&model, &material, &state, &transports, &executor).await?;
         let mut out = Vec::new();
         let mut unreachable = BTreeMap::new();
         for h in &s.hosts {
@@ -335,21 +351,8 @@ fn deployed_not_after(bytes: &[u8]) -> Option<i64> {
 
 /// `kubeforge status`.
 pub fn run(inventory: &Path, options: ApplyOptions, json: bool) -> Result<i32> {
-    let loaded = crate::inventory::load(inventory)?;
-    let mut model = ClusterModel::derive(&loaded);
-    let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
-    let mut o = options;
-    o.dry_run = true;
-    let scratch = apply::scratch_for(&o, &model.name)?;
-    let status = rt.block_on(async {
-        let (material, state) =
-            apply::prepare(&loaded, &mut model, &o, scratch.as_ref().map(|t| t.path())).await?;
-        let transports = apply::transports(&loaded, &o.connect)?;
-        let executor = Executor::new(o.concurrency, Arc::new(crate::report::Silent));
-        let s = gather(&model, &material, &state, &transports, &executor).await?;
-        eprint!("{}", apply::host_stats(&transports));
-        Ok::<_, Error>(s)
-    })?;
+    let (status, transports, _) = read(inventory, options)?;
+    eprint!("{}", apply::host_stats(&transports));
     if json {
         println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
     } else {
