@@ -357,16 +357,7 @@ pub fn run_restore(inventory: &Path, o: RestoreOptions) -> Result<i32> {
         let stop = Command::shell(STOP)
             .args(["kube-apiserver", "kube-controller-manager", "kube-scheduler"])
             .sudo();
-        on_hosts(&transports, model.control_planes().map(|h| h.name.clone()), |name, t| {
-            let stop = stop.clone();
-            async move {
-                crate::plan::run_checked(t.as_ref(), "stop the control plane", &stop)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| Error::msg(format!("{name}: {e}"), None))
-            }
-        })
-        .await?;
+        run_on(&transports, model.control_planes().map(|h| h.name.clone()), "stop the control plane", &stop).await?;
         // 2. Every member's data is replaced from the snapshot.
         let up = Upload::file(&snap, format!("{}/restore-{when}.db", backup::REMOTE_DIR), 0o600)
             .map_err(|e| Error::io("reading the snapshot", e))?;
@@ -405,32 +396,14 @@ pub fn run_restore(inventory: &Path, o: RestoreOptions) -> Result<i32> {
         }
         // 3. The members start together and each waits for its health (quorum).
         let start = Command::shell(format!("{}\n{START_ETCD}", crate::phase::install::ETCDCTL_FN)).sudo();
-        on_hosts(&transports, members.iter().cloned(), |name, t| {
-            let start = start.clone();
-            async move {
-                crate::plan::run_checked(t.as_ref(), "start etcd", &start)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| Error::msg(format!("{name}: {e}"), None))
-            }
-        })
-        .await?;
+        run_on(&transports, members.iter().cloned(), "start etcd", &start).await?;
         eprintln!("[restore] etcd members healthy ({:.0}s)", t1.elapsed().as_secs_f64());
         // 4. The control plane starts; the addons and node labels are applied again (the restored objects
         //    are those of the backup).
         let start_cp = Command::new("systemctl")
             .args(["start", "kube-apiserver", "kube-controller-manager", "kube-scheduler"])
             .sudo();
-        on_hosts(&transports, model.control_planes().map(|h| h.name.clone()), |name, t| {
-            let c = start_cp.clone();
-            async move {
-                crate::plan::run_checked(t.as_ref(), "start the control plane", &c)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| Error::msg(format!("{name}: {e}"), None))
-            }
-        })
-        .await?;
+        run_on(&transports, model.control_planes().map(|h| h.name.clone()), "start the control plane", &start_cp).await?;
         Ok::<(), Error>(())
     })?;
     // 5. The addons and node labels are applied again (the restored objects are those of the backup), then a
@@ -487,6 +460,22 @@ pub fn run_restore(inventory: &Path, o: RestoreOptions) -> Result<i32> {
         t0.elapsed().as_secs_f64()
     );
     Ok(0)
+}
+
+/// Runs `cmd` (`what`, for messages) on each of `hosts` at once; failures name the host.
+async fn run_on(
+    transports: &BTreeMap<String, Arc<dyn Transport>>,
+    hosts: impl Iterator<Item = String>,
+    what: &str,
+    cmd: &Command,
+) -> Result<()> {
+    on_hosts(transports, hosts, |name, t| async move {
+        crate::plan::run_checked(t.as_ref(), what, cmd)
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::msg(format!("{name}: {e}"), None))
+    })
+    .await
 }
 
 /// Runs `f` on each of `hosts` at once; every failure is reported after all have finished.
