@@ -4,7 +4,8 @@
 //!
 //! Uploads are implemented once here on top of [`Transport::exec_io`] so every transport gets the same
 //! guarantees: skip when the remote sha256 matches, stream with constant memory to a temporary file,
-//! refuse to rename a short file into place, then set mode/owner and rename atomically.
+//! refuse to rename a short file into place, then set mode/owner and rename atomically. A batch
+//! ([`Transport::upload_batch`], [`upload_all`]) gives many small files the same guarantees in one round trip.
 
 pub mod fake;
 pub mod known_hosts;
