@@ -475,6 +475,12 @@ pub fn diff(desired: &HostDesired, actual: &ActualState) -> HostChanges {
 /// their digests, so each is sent without a second check), reloads systemd, enables and (re)starts units,
 /// runs the follow-up commands, and writes the phase's completion marker last. Returns whether anything
 /// changed.
+///
+/// Round trips: binaries (over [`crate::transport::BATCH_MAX_FILE`]) one transfer each; every other file
+/// in **one** batch, which also reloads, enables and restarts the units once every file is in place (unless
+/// commands must run in between: then the start is its own round trip after them); one per follow-up
+/// command; one for the marker. The order (files, commands before the start, start, health waits, marker)
+/// is the same as one command per step.
 pub async fn apply_changes(t: &dyn Transport, changes: &HostChanges) -> Result<bool, StepError> {
     if !changes.remove_units.is_empty() || !changes.remove_files.is_empty() {
         // Arguments: units, `--`, files. Units stop before the files they use go.
@@ -486,31 +492,51 @@ pub async fn apply_changes(t: &dyn Transport, changes: &HostChanges) -> Result<b
             .sudo();
         run_checked(t, "remove", &cmd).await?;
     }
-    for c in changes.files.iter().filter(|c| !is_marker(&c.file)) {
-        let mut up = c.file.upload.clone();
-        up.precheck = false;
-        t.upload(&up).await?;
-    }
-    for (name, cmd) in &changes.before_start {
-        run_checked(t, name, cmd).await?;
-    }
-    if changes.daemon_reload || !changes.enable.is_empty() || !changes.restart.is_empty() {
-        // Arguments: units to enable, `--`, units to restart (in start order).
-        let mut script = String::from("set -e\n");
-        if changes.daemon_reload {
-            script.push_str("systemctl daemon-reload\n");
+    // The probe has just read every digest: no second check before sending (the host scripts still skip
+    // a file that already matches).
+    let files: Vec<crate::transport::Upload> = changes
+        .files
+        .iter()
+        .filter(|c| !is_marker(&c.file))
+        .map(|c| crate::transport::Upload { precheck: false, ..c.file.upload.clone() })
+        .collect();
+    let start =
+        (changes.daemon_reload || !changes.enable.is_empty() || !changes.restart.is_empty()).then(|| {
+            // Arguments: units to enable, `--`, units to restart (in start order).
+            let mut script = String::from("set -e\n");
+            if changes.daemon_reload {
+                script.push_str("systemctl daemon-reload\n");
+            }
+            script.push_str(
+                "while [ \"$1\" != \"--\" ]; do systemctl enable --quiet \"$1\"; shift; done\nshift\n",
+            );
+            // --no-block: a notify-type etcd member only reports ready once a quorum runs, so a blocking restart
+            // could wait on hosts not yet started; every phase proves readiness with its own health waits.
+            script.push_str("for u in \"$@\"; do systemctl restart --no-block \"$u\"; done\n");
+            Command::shell(script)
+                .args(changes.enable.iter().cloned())
+                .arg("--")
+                .args(changes.restart.iter().cloned())
+                .sudo()
+        });
+    if changes.before_start.is_empty() {
+        // Small files in one round trip, and the units start in that same round trip once every file is
+        // in place (binaries, over the batch size, are streamed first, one transfer each).
+        let done = crate::transport::upload_all(t, &files, start.as_ref()).await?;
+        if let (Some(out), Some(cmd)) = (done.then, &start) {
+            if !out.success() {
+                let command = format!("start services: {cmd}");
+                return Err(StepError::Command { command, status: out.status, output: out });
+            }
         }
-        script
-            .push_str("while [ \"$1\" != \"--\" ]; do systemctl enable --quiet \"$1\"; shift; done\nshift\n");
-        // --no-block: a notify-type etcd member only reports ready once a quorum runs, so a blocking restart
-        // could wait on hosts not yet started; every phase proves readiness with its own health waits.
-        script.push_str("for u in \"$@\"; do systemctl restart --no-block \"$u\"; done\n");
-        let cmd = Command::shell(script)
-            .args(changes.enable.iter().cloned())
-            .arg("--")
-            .args(changes.restart.iter().cloned())
-            .sudo();
-        run_checked(t, "start services", &cmd).await?;
+    } else {
+        crate::transport::upload_all(t, &files, None).await?;
+        for (name, cmd) in &changes.before_start {
+            run_checked(t, name, cmd).await?;
+        }
+        if let Some(cmd) = &start {
+            run_checked(t, "start services", cmd).await?;
+        }
     }
     for (name, cmd) in &changes.after_change {
         run_checked(t, name, cmd).await?;
@@ -974,6 +1000,58 @@ mod tests {
         assert!(converge(&t, "p", desired(), false).await.is_err());
         assert!(t.file("/etc/a.conf").is_some(), "files were written");
         assert!(t.file(&format!("{MARKER_DIR}/p")).is_none(), "but the phase is not marked converged");
+    }
+
+    #[tokio::test]
+    async fn files_and_the_start_share_one_round_trip_and_a_failed_start_still_fails_the_step() {
+        let t = FakeTransport::new("h1");
+        t.on("sha256sum", Reply::ok("-\n-\n-\n-\nmissing inactive\nmissing inactive\n"));
+        t.on("daemon-reload", Reply::ok(""));
+        t.on("true", Reply::ok(""));
+        converge(&t, "p", desired(), false).await.unwrap();
+        // probe, three files and the start together, the follow-up, the marker.
+        assert_eq!(t.stats().round_trips, 4, "{:?}", t.calls());
+
+        let t = FakeTransport::new("h2");
+        t.on("sha256sum", Reply::ok("-\n-\n-\n-\nmissing inactive\nmissing inactive\n"));
+        t.on(
+            "daemon-reload",
+            Reply::fail(1, "Failed to enable unit: Unit file svc-b.service does not exist"),
+        );
+        let err = converge(&t, "p", desired(), false).await.unwrap_err();
+        let StepError::Command { command, output, .. } = &err else { panic!("{err}") };
+        assert!(command.starts_with("start services: "), "{command}");
+        assert!(output.stderr_str().contains("svc-b.service does not exist"));
+        assert!(t.file("/etc/a.conf").is_some(), "the files were placed before the start");
+        assert!(t.file(&format!("{MARKER_DIR}/p")).is_none(), "no marker after a failed start");
+        assert!(!t.commands().iter().any(|c| c.contains("true")), "no follow-up after a failed start");
+    }
+
+    /// A command that must run between the files and the start (an etcd learner is added before its
+    /// member starts) keeps its place: files, the command, then the start.
+    #[tokio::test]
+    async fn commands_before_the_start_keep_it_out_of_the_batch() {
+        let t = FakeTransport::new("h1");
+        t.on("sha256sum", Reply::ok("-\n-\n-\n-\nmissing inactive\nmissing inactive\n"));
+        t.permissive();
+        let mut d = desired();
+        d.before_start.push(("add member".into(), Command::new("member-add")));
+        converge(&t, "p", d, false).await.unwrap();
+        let calls = t.calls();
+        let pos = |needle: &str| {
+            calls
+                .iter()
+                .position(|c| match c {
+                    crate::transport::fake::Call::Exec(s) => s.contains(needle),
+                    crate::transport::fake::Call::Upload { dest, .. } => dest == needle,
+                })
+                .unwrap_or_else(|| panic!("{needle} not in {calls:?}"))
+        };
+        assert!(
+            pos("/etc/k.key") < pos("member-add") && pos("member-add") < pos("daemon-reload"),
+            "{calls:?}"
+        );
+        assert_eq!(t.stats().round_trips, 6, "probe, files, member add, start, follow-up, marker");
     }
 
     /// The probe script in a real shell: digests and unit states in argument order; a second probe answers

@@ -1,6 +1,8 @@
 //! The SSH engine against real OpenSSH: private `sshd` instances on 127.0.0.x (see `support/sshd.rs`),
 //! the real russh transport, the real executor, and the real `kubeforge exec` / `kubeforge check`
 //! binaries. Covers identity-file login, exit codes and output, sudo without and with a password,
+//! a batch of small files with a follow-up command in one round trip through sudo's password prompt
+//! (owners, modes, previous version kept, a checksum mismatch named with nothing replaced),
 //! unknown / accepted / changed host keys (checked with OpenSSH's own `ssh` and `ssh-keygen`), a jump
 //! host, command timeouts, a 200 MiB upload (sha256, mode, bounded memory, skip on re-run), sshd dying
 //! mid-upload, and 50 hosts at once.
@@ -217,6 +219,43 @@ async fn a_non_root_user_gets_root_through_sudo_n_or_a_sudo_password() {
     assert_eq!(sha256_file(&dest), up.sha256);
     assert_eq!(std::fs::metadata(&dest).unwrap().uid(), 0);
     assert_eq!(t.upload(&up).await.unwrap(), UploadOutcome::Unchanged);
+    // A batch through the same sudo: every small file and a follow-up command in one round trip, owners
+    // and modes as asked, the replaced file kept; a second identical batch changes nothing; a checksum
+    // mismatch names its file and replaces nothing.
+    let d = root_only.join("batch");
+    let batch = vec![
+        Upload::bytes(b"a=1\n".to_vec(), d.join("etc/a.conf").to_str().unwrap(), 0o644),
+        Upload::bytes(b"key".to_vec(), d.join("pki/k.key").to_str().unwrap(), 0o600)
+            .owner("root:root")
+            .secret(),
+        Upload::bytes(b"new\n".to_vec(), dest.to_str().unwrap(), 0o640),
+    ];
+    let then = Command::new("id").arg("-u").sudo();
+    let before = t.stats();
+    let o = t.upload_batch(&batch, Some(&then)).await.unwrap();
+    assert_eq!(o.files, vec![UploadOutcome::Written; 3]);
+    assert_eq!(o.then.unwrap().stdout_str(), "0\n", "the follow-up ran as root, after the files");
+    let after = t.stats();
+    assert_eq!(after.round_trips - before.round_trips, 1, "one round trip for three files and a command");
+    assert_eq!(after.bytes_sent - before.bytes_sent, 4 + 3 + 4, "the content, as for single uploads");
+    let m = std::fs::metadata(d.join("pki/k.key")).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o600));
+    assert_eq!(std::fs::read(&dest).unwrap(), b"new\n");
+    assert_eq!(
+        sha256_file(&root_only.join("payload.bin.kubeforge-prev")),
+        up.sha256,
+        "previous version kept"
+    );
+    let again = t.upload_batch(&batch, None).await.unwrap();
+    assert_eq!(again.files, vec![UploadOutcome::Unchanged; 3]);
+    let mut bad = batch.clone();
+    bad[1] = Upload::bytes(b"other".to_vec(), d.join("etc/b.conf").to_str().unwrap(), 0o644);
+    bad[1].sha256 = up.sha256.clone();
+    bad[0] = Upload::bytes(b"a=2\n".to_vec(), d.join("etc/a.conf").to_str().unwrap(), 0o644);
+    let e = t.upload_batch(&bad, None).await.unwrap_err().to_string();
+    assert!(e.contains(&format!("{}: checksum mismatch", d.join("etc/b.conf").display())), "{e}");
+    assert_eq!(std::fs::read(d.join("etc/a.conf")).unwrap(), b"a=1\n", "nothing of the batch replaced");
+    assert!(upload_temps(&d.join("etc")).is_empty() && !d.join("etc/b.conf").exists());
     // A wrong password is a sudo error, and the password is not in it.
     pw_target.sudo = SudoMode::Password(Secret::new("wrong-password"));
     let t = SshTransport::connect(pw_target).await.unwrap();

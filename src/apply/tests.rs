@@ -65,6 +65,16 @@ fn simulated(name: &str) -> Arc<FakeTransport> {
 
 /// Artifacts as small local files, one per executable, for every component and arch the model needs.
 fn fake_artifacts(model: &ClusterModel, dir: &Path) -> BTreeMap<(Art, String), LocalArtifact> {
+    fake_artifacts_padded(model, dir, 0)
+}
+
+/// [`fake_artifacts`] with every executable padded by `pad` bytes (real binaries are megabytes: a test about
+/// transfers wants them large).
+fn fake_artifacts_padded(
+    model: &ClusterModel,
+    dir: &Path,
+    pad: usize,
+) -> BTreeMap<(Art, String), LocalArtifact> {
     let mut out = BTreeMap::new();
     let arches: BTreeSet<String> = model.hosts.iter().map(|h| h.arch.clone()).collect();
     for arch in arches {
@@ -87,13 +97,14 @@ fn fake_artifacts(model: &ClusterModel, dir: &Path) -> BTreeMap<(Art, String), L
                 .iter()
                 .map(|n| {
                     let path = dir.join(format!("{n}-{version}-{arch}"));
-                    let content = format!("{n} {version} {arch}\n");
+                    let mut content = format!("{n} {version} {arch}\n").into_bytes();
+                    content.resize(content.len() + pad, 0);
                     std::fs::write(&path, &content).unwrap();
                     use sha2::Digest;
                     crate::artifacts::Executable {
                         name: n.to_string(),
                         path,
-                        sha256: hex::encode(sha2::Sha256::digest(content.as_bytes())),
+                        sha256: hex::encode(sha2::Sha256::digest(&content)),
                     }
                 })
                 .collect();
@@ -117,6 +128,8 @@ fn fake_artifacts(model: &ClusterModel, dir: &Path) -> BTreeMap<(Art, String), L
 struct Harness {
     dir: tempfile::TempDir,
     hosts: BTreeMap<String, Arc<FakeTransport>>,
+    /// Bytes added to every fake executable (0: tiny binaries).
+    binary_pad: usize,
 }
 
 impl Harness {
@@ -124,7 +137,7 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("artifacts")).unwrap();
         let hosts = model.hosts.iter().map(|h| (h.name.clone(), simulated(&h.name))).collect();
-        Harness { dir, hosts }
+        Harness { dir, hosts, binary_pad: 0 }
     }
 
     fn options(&self) -> ApplyOptions {
@@ -141,7 +154,8 @@ impl Harness {
         let rec = Arc::new(Recorder::default());
         let result = rt.block_on(async {
             let scratch = scratch_for(&options, &model.name)?;
-            let artifacts = fake_artifacts(&model, &self.dir.path().join("artifacts"));
+            let artifacts =
+                fake_artifacts_padded(&model, &self.dir.path().join("artifacts"), self.binary_pad);
             let (mut material, previous) =
                 prepare_with(&mut model, &options, scratch.as_ref().map(|t| t.path()), artifacts)?;
             let transports: BTreeMap<String, Arc<dyn Transport>> =
@@ -704,4 +718,58 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, (u64, std::time::SystemTime)> {
         }
     }
     out
+}
+
+const ONE_CP_TWO_WORKERS: &str = "cluster: {name: rt, kubernetesVersion: v1.35.7}\nhosts:\n\
+    - {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd]}\n\
+    - {name: w1, address: 10.0.0.2, roles: [worker]}\n\
+    - {name: w2, address: 10.0.0.3, roles: [worker]}\n";
+
+/// Round trips of a cold apply of one control plane and two workers, per phase and host, with binaries of
+/// realistic size (over the batch threshold): printed as a table (`--nocapture`), and bounded.
+#[test]
+fn a_cold_apply_needs_few_round_trips_per_host_and_phase() {
+    let model =
+        ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), ONE_CP_TWO_WORKERS).unwrap());
+    let mut h = Harness::new(&model);
+    h.binary_pad = 1 << 20;
+    let (summary, _) = h.run(ONE_CP_TWO_WORKERS, h.options());
+    let summary = summary.unwrap_or_else(|e| panic!("{}", e.report()));
+    let mut table = String::new();
+    let mut per: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for p in &summary.traffic {
+        for (host, rt, _) in &p.hosts {
+            *per.entry((p.phase.clone(), host.clone())).or_default() += rt;
+        }
+    }
+    for ((phase, host), rt) in &per {
+        table.push_str(&format!("{phase:<14} {host:<4} {rt:>3}\n"));
+    }
+    let totals: BTreeMap<&str, u64> =
+        h.hosts.iter().map(|(n, t)| (n.as_str(), t.stats().round_trips)).collect();
+    println!("{table}totals: {totals:?}");
+    // What a converge costs besides its commands: the files and the start of the units. Binaries travel
+    // one transfer each; the rest is one batch (with the start folded in), the start when commands must
+    // run before it, and the completion marker.
+    for pp in &summary.plan.phases {
+        for (host, ch) in pp.hosts.iter().filter(|(_, c)| !c.is_empty()) {
+            let binaries =
+                ch.files.iter().filter(|f| !crate::transport::batchable(&f.file.upload)).count() as u64;
+            let commands = (ch.before_start.len() + ch.after_change.len()) as u64
+                + u64::from(!ch.remove_units.is_empty() || !ch.remove_files.is_empty());
+            let files_part = per[&(pp.phase.clone(), host.clone())] - binaries - commands;
+            println!(
+                "{:<14} {host:<4} binaries {binaries:>2}, commands {commands}, files and start {files_part}",
+                pp.phase
+            );
+            assert!(
+                files_part <= 3,
+                "[{}] {host}: {files_part} round trips for files and starts (binaries: {binaries}, commands: \
+                 {commands})\n{table}",
+                pp.phase
+            );
+        }
+    }
+    // Measured before batching: cp1 89, w1 38, w2 38 (one round trip per file).
+    assert_eq!(totals, BTreeMap::from([("cp1", 41), ("w1", 23), ("w2", 23)]), "{table}");
 }

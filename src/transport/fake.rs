@@ -3,10 +3,12 @@
 //! command text, so a test can assert on exactly what would run without any machine.
 
 use super::{
-    Command, ExecOutput, OutputSink, StatsSnapshot, Transport, TransportError, Upload, UploadOutcome,
+    BatchOutcome, Command, ExecOutput, OutputSink, StatsSnapshot, Transport, TransportError, Upload,
+    UploadOutcome,
 };
 use futures::future::BoxFuture;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -70,6 +72,9 @@ pub struct FakeTransport {
     handlers: Mutex<Vec<(String, Handler)>>,
     calls: Mutex<Vec<Call>>,
     files: Mutex<BTreeMap<String, Vec<u8>>>,
+    /// Round trips: each command, single upload, file read, and batch (its files and follow-up command
+    /// together) counts one, as on a real host.
+    round_trips: AtomicU64,
 }
 
 impl FakeTransport {
@@ -81,6 +86,7 @@ impl FakeTransport {
             handlers: Mutex::new(Vec::new()),
             calls: Mutex::new(Vec::new()),
             files: Mutex::new(BTreeMap::new()),
+            round_trips: AtomicU64::new(0),
         }
     }
 
@@ -155,6 +161,67 @@ impl Transport for FakeTransport {
         stdin: Option<Box<dyn AsyncRead + Send + Unpin + 'a>>,
         sink: Option<&'a OutputSink>,
     ) -> BoxFuture<'a, Result<ExecOutput, TransportError>> {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.answer(cmd, stdin, sink)
+    }
+
+    fn stats(&self) -> StatsSnapshot {
+        StatsSnapshot { round_trips: self.round_trips.load(Ordering::Relaxed), ..Default::default() }
+    }
+
+    fn upload<'a>(&'a self, up: &'a Upload) -> BoxFuture<'a, Result<UploadOutcome, TransportError>> {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        Box::pin(self.place(up))
+    }
+
+    /// One round trip: every file is recorded and kept as by [`Transport::upload`], then the follow-up
+    /// command is answered by the rules like any command.
+    fn upload_batch<'a>(
+        &'a self,
+        files: &'a [Upload],
+        then: Option<&'a Command>,
+    ) -> BoxFuture<'a, Result<BatchOutcome, TransportError>> {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async move {
+            let mut outcomes = Vec::with_capacity(files.len());
+            for f in files {
+                outcomes.push(self.place(f).await?);
+            }
+            let then = match then {
+                Some(c) => Some(self.answer(c, None, None).await?),
+                None => None,
+            };
+            Ok(BatchOutcome { files: outcomes, then })
+        })
+    }
+
+    fn read_file<'a>(
+        &'a self,
+        path: &'a str,
+        _sudo: bool,
+        _max: usize,
+    ) -> BoxFuture<'a, Result<Vec<u8>, TransportError>> {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async move {
+            self.calls.lock().unwrap().push(Call::Exec(format!("cat -- {path}")));
+            self.file(path).ok_or_else(|| TransportError::Remote {
+                host: self.name.clone(),
+                what: format!("reading {path}"),
+                status: Some(1),
+                stderr: format!("cat: {path}: No such file or directory"),
+            })
+        })
+    }
+}
+
+impl FakeTransport {
+    /// Records `cmd` and answers it from the rules (no round trip counted: callers count).
+    fn answer<'a>(
+        &'a self,
+        cmd: &'a Command,
+        stdin: Option<Box<dyn AsyncRead + Send + Unpin + 'a>>,
+        sink: Option<&'a OutputSink>,
+    ) -> BoxFuture<'a, Result<ExecOutput, TransportError>> {
         Box::pin(async move {
             let shown = cmd.to_string();
             self.calls.lock().unwrap().push(Call::Exec(shown.clone()));
@@ -211,12 +278,9 @@ impl Transport for FakeTransport {
         })
     }
 
-    fn stats(&self) -> StatsSnapshot {
-        StatsSnapshot { round_trips: self.calls.lock().unwrap().len() as u64, ..Default::default() }
-    }
-
-    fn upload<'a>(&'a self, up: &'a Upload) -> BoxFuture<'a, Result<UploadOutcome, TransportError>> {
-        Box::pin(async move {
+    /// Records an upload and keeps its content (no round trip counted: callers count).
+    async fn place(&self, up: &Upload) -> Result<UploadOutcome, TransportError> {
+        {
             let data = match &up.source {
                 super::UploadSource::Bytes(b) => b.as_ref().clone(),
                 super::UploadSource::File(p) => std::fs::read(p).map_err(|e| TransportError::Io {
@@ -234,23 +298,6 @@ impl Transport for FakeTransport {
             });
             self.files.lock().unwrap().insert(up.dest.clone(), data);
             Ok(if unchanged { UploadOutcome::Unchanged } else { UploadOutcome::Written })
-        })
-    }
-
-    fn read_file<'a>(
-        &'a self,
-        path: &'a str,
-        _sudo: bool,
-        _max: usize,
-    ) -> BoxFuture<'a, Result<Vec<u8>, TransportError>> {
-        Box::pin(async move {
-            self.calls.lock().unwrap().push(Call::Exec(format!("cat -- {path}")));
-            self.file(path).ok_or_else(|| TransportError::Remote {
-                host: self.name.clone(),
-                what: format!("reading {path}"),
-                status: Some(1),
-                stderr: format!("cat: {path}: No such file or directory"),
-            })
-        })
+        }
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! Uploads are implemented once here on top of [`Transport::exec_io`] so every transport gets the same
 //! guarantees: skip when the remote sha256 matches, stream with constant memory to a temporary file,
-//! refuse to rename a short file into place, then set mode/owner and rename atomically.
+//! refuse to rename a short file into place, then set mode/owner and rename atomically. A batch
+//! ([`Transport::upload_batch`], [`upload_all`]) gives many small files the same guarantees in one round trip.
 
 pub mod fake;
 pub mod known_hosts;
@@ -14,6 +15,7 @@ pub mod ssh;
 
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -644,6 +646,18 @@ pub trait Transport: Send + Sync {
         Box::pin(upload_via_exec(self, up))
     }
 
+    /// Places several small files in **one** round trip (see [`upload_batch_via_exec`]): each is staged
+    /// beside its destination and checked (size, sha256) before any is renamed into place; `then`, when
+    /// given, runs in the same round trip once every file is in place. Callers keep each file under
+    /// [`BATCH_MAX_FILE`] and a batch under [`BATCH_MAX_FILES`] / [`BATCH_MAX_BYTES`] ([`upload_all`] does).
+    fn upload_batch<'a>(
+        &'a self,
+        files: &'a [Upload],
+        then: Option<&'a Command>,
+    ) -> BoxFuture<'a, Result<BatchOutcome, TransportError>> {
+        Box::pin(upload_batch_via_exec(self, files, then))
+    }
+
     /// Reads a whole remote file (at most `max` bytes).
     fn read_file<'a>(
         &'a self,
@@ -769,6 +783,274 @@ async fn upload_via_exec<T: Transport + ?Sized>(t: &T, up: &Upload) -> Result<Up
     }
 }
 
+/// Files up to this size travel in a batch ([`Transport::upload_batch`]); larger ones (binaries) are
+/// streamed one transfer each, with constant memory.
+pub const BATCH_MAX_FILE: u64 = 1 << 20;
+/// At most this many bytes of content per batch (a batch is assembled in memory).
+pub const BATCH_MAX_BYTES: u64 = 8 << 20;
+/// At most this many files per batch: their metadata travels as arguments, which must stay far below the
+/// host's argument limit (five short arguments per file).
+pub const BATCH_MAX_FILES: usize = 256;
+
+/// What a batch did: per file (in order) whether it was written, and the output of the command that
+/// followed the files in the same round trip, when there was one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// One outcome per file, in the order given.
+    pub files: Vec<UploadOutcome>,
+    /// The follow-up command's output (its exit status is data: the caller judges it).
+    pub then: Option<ExecOutput>,
+}
+
+/// The remote side of a batch. Arguments: the file count `n`; then per file `dest size mode owner sha256`
+/// (owner may be empty); then the follow-up command's argv (may be empty). Stdin carries the files'
+/// bytes back to back, in that order: `head -c` takes exactly each file's length (GNU head reads no
+/// further on a pipe; a `head` that did would shift the next file's bytes, which its sha256 check catches).
+///
+/// Two passes, so a batch never leaves some files replaced and others not because of bad data: **stage**
+/// writes each file to a temporary file beside its destination and checks its size and sha256 (a file
+/// that already has that digest is read past and left alone), then checks that the stream ended exactly
+/// after the last file; **commit** then keeps each replaced file as `<dest>.kubeforge-prev` (a hard link, as
+/// the single upload does) and renames the staged file into place (same filesystem: atomic). A failure
+/// in the first pass names the file and removes every staged file (EXIT trap; the signal traps matter for
+/// a dropped connection, as in [`UPLOAD_SCRIPT`]). Each file's outcome is printed as `kubeforge-batch I
+/// written|unchanged`, then `kubeforge-batch-done`, and only then the follow-up command replaces the shell.
+/// Temporary names are kept in variables `t_1`..`t_n` (`eval` only ever sees those names, never a value).
+pub(crate) const BATCH_SCRIPT: &str = r#"set -e
+n=$1; shift
+cleanup() { j=1; while [ "$j" -le "$n" ]; do eval "f=\${t_$j-}"; [ -z "$f" ] || rm -f -- "$f"; j=$((j+1)); done; }
+trap cleanup EXIT
+trap 'exit 1' HUP INT TERM PIPE
+stage() {
+  i=1
+  while [ "$i" -le "$n" ]; do
+    d=$1
+    if [ -n "$5" ] && [ -f "$d" ] && [ "$(sha256sum < "$d" | cut -d' ' -f1)" = "$5" ]; then
+      got=$(head -c "$2" | wc -c)
+      if [ "$got" != "$2" ]; then echo "$d: short upload: got $got of $2 bytes" >&2; exit 4; fi
+    else
+      dir=$(dirname -- "$d")
+      mkdir -p -- "$dir"
+      t=$(mktemp "$dir/.kubeforge-upload.XXXXXX")
+      eval "t_$i=\$t"
+      head -c "$2" > "$t"
+      got=$(stat -c %s -- "$t")
+      if [ "$got" != "$2" ]; then echo "$d: short upload: got $got of $2 bytes" >&2; exit 4; fi
+      sum=$(sha256sum < "$t" | cut -d' ' -f1)
+      if [ "$sum" != "$5" ]; then echo "$d: checksum mismatch: got sha256 $sum, expected $5" >&2; exit 5; fi
+      chmod "$3" -- "$t"
+      if [ -n "$4" ]; then chown -- "$4" "$t"; fi
+    fi
+    i=$((i+1)); shift 5
+  done
+}
+commit() {
+  i=1
+  while [ "$i" -le "$n" ]; do
+    d=$1
+    eval "t=\${t_$i-}"
+    if [ -z "$t" ]; then echo "kubeforge-batch $i unchanged"; else
+      if [ -f "$d" ]; then ln -f -- "$d" "$d.kubeforge-prev" 2>/dev/null || cp -p -- "$d" "$d.kubeforge-prev"; fi
+      mv -f -- "$t" "$d"
+      eval "t_$i="
+      echo "kubeforge-batch $i written"
+    fi
+    i=$((i+1)); shift 5
+  done
+}
+stage "$@"
+extra=$(head -c 1 | wc -c)
+if [ "$extra" != 0 ]; then echo "batch upload: more bytes than the $n files announced" >&2; exit 6; fi
+commit "$@"
+trap - EXIT
+shift $((n * 5))
+echo kubeforge-batch-done
+[ $# -eq 0 ] || exec "$@"
+"#;
+
+/// Whether `up` may travel in a batch: small, and a destination the batch script takes as is (absolute,
+/// one line). Anything else goes as a single upload.
+pub fn batchable(up: &Upload) -> bool {
+    up.size <= BATCH_MAX_FILE && up.dest.starts_with('/') && !up.dest.contains('\n')
+}
+
+/// Whether `then` can run inside a batch's round trip: the batch runs it with the batch's privileges,
+/// no environment of its own and no timeout.
+fn foldable(then: &Command, sudo: bool) -> bool {
+    then.env.is_empty() && then.needs_sudo() == sudo && then.get_timeout().is_none()
+}
+
+/// [`Transport::upload_batch`] on top of [`Transport::exec_io`]: one command whose stdin carries every
+/// file (so the transport counts one round trip and the content bytes, as for single uploads). A batch
+/// that mixes privileges, or a follow-up command that cannot be folded in, is split so each part runs
+/// as asked: correctness first, one round trip where possible.
+pub async fn upload_batch_via_exec<T: Transport + ?Sized>(
+    t: &T,
+    files: &[Upload],
+    then: Option<&Command>,
+) -> Result<BatchOutcome, TransportError> {
+    let host = || t.host().to_owned();
+    if files.is_empty() {
+        let then = match then {
+            Some(c) => Some(t.exec(c).await?),
+            None => None,
+        };
+        return Ok(BatchOutcome { files: Vec::new(), then });
+    }
+    let sudo = files[0].sudo;
+    if files.iter().any(|f| f.sudo != sudo) {
+        let (root, user): (Vec<Upload>, Vec<Upload>) = files.iter().cloned().partition(|f| f.sudo);
+        let mut by_dest: BTreeMap<String, UploadOutcome> = BTreeMap::new();
+        for part in [&user, &root] {
+            let o = Box::pin(upload_batch_via_exec(t, part, None)).await?;
+            by_dest.extend(part.iter().map(|f| f.dest.clone()).zip(o.files));
+        }
+        let then = match then {
+            Some(c) => Some(t.exec(c).await?),
+            None => None,
+        };
+        return Ok(BatchOutcome { files: files.iter().map(|f| by_dest[&f.dest]).collect(), then });
+    }
+    let fold = then.filter(|c| foldable(c, sudo));
+    let mut data = Vec::with_capacity(files.iter().map(|f| f.size as usize).sum());
+    let mut cmd = Command::shell(BATCH_SCRIPT).arg(files.len().to_string()).with_sudo(sudo);
+    for f in files {
+        let before = data.len();
+        let mut r = f.open().await.map_err(|e| TransportError::Io {
+            host: host(),
+            context: format!("opening upload source for {}", f.dest),
+            source: e,
+        })?;
+        r.read_to_end(&mut data).await.map_err(|e| TransportError::Io {
+            host: host(),
+            context: format!("reading upload source for {}", f.dest),
+            source: e,
+        })?;
+        if (data.len() - before) as u64 != f.size {
+            return Err(TransportError::Io {
+                host: host(),
+                context: format!("upload source for {}", f.dest),
+                source: std::io::Error::other(format!(
+                    "{} bytes where {} were announced",
+                    data.len() - before,
+                    f.size
+                )),
+            });
+        }
+        cmd = cmd
+            .arg(&f.dest)
+            .arg(f.size.to_string())
+            .arg(format!("{:o}", f.mode))
+            .arg(f.owner.clone().unwrap_or_default())
+            .arg(&f.sha256);
+    }
+    if let Some(c) = fold {
+        cmd.args.extend(c.args.iter().cloned());
+    }
+    let shown = batch_label(files, fold);
+    let reader: Box<dyn AsyncRead + Send + Unpin> = Box::new(std::io::Cursor::new(data));
+    let out = t.exec_io(&cmd, Some(reader), None).await.map_err(|e| match e {
+        TransportError::Disconnected { host, message, .. } => {
+            TransportError::Disconnected { host, command: shown.clone(), message }
+        }
+        TransportError::Timeout { host, timeout, .. } => {
+            TransportError::Timeout { host, command: shown.clone(), timeout }
+        }
+        e => e,
+    })?;
+    let stdout = out.stdout_str();
+    let Some(done) = stdout.find("kubeforge-batch-done\n") else {
+        return Err(remote_err(t.host(), shown, &out));
+    };
+    let mut outcomes = vec![None; files.len()];
+    for l in stdout[..done].lines() {
+        let mut w = l.split_whitespace();
+        if let (Some("kubeforge-batch"), Some(i), Some(what)) = (w.next(), w.next(), w.next()) {
+            if let Some(slot) = i.parse::<usize>().ok().and_then(|i| outcomes.get_mut(i.wrapping_sub(1))) {
+                *slot =
+                    Some(if what == "written" { UploadOutcome::Written } else { UploadOutcome::Unchanged });
+            }
+        }
+    }
+    let Some(outcomes) = outcomes.into_iter().collect::<Option<Vec<_>>>() else {
+        return Err(TransportError::Remote {
+            host: host(),
+            what: shown,
+            status: out.status,
+            stderr: "the host did not report every file of the batch".into(),
+        });
+    };
+    // Every file is in place. Without a folded command the script ended right after: exit 0.
+    let then_out = match (then, fold) {
+        (Some(_), Some(_)) => {
+            // What precedes the marker is the script's ASCII: the same offset in the raw bytes.
+            let rest = out.stdout[done + "kubeforge-batch-done\n".len()..].to_vec();
+            Some(ExecOutput { stdout_len: rest.len() as u64, stdout: rest, ..out })
+        }
+        (Some(c), None) => Some(t.exec(c).await?),
+        (None, _) if !out.success() => return Err(remote_err(t.host(), shown, &out)),
+        (None, _) => None,
+    };
+    Ok(BatchOutcome { files: outcomes, then: then_out })
+}
+
+/// How a batch shows in errors: its files (no content, so no secret), and the folded command.
+fn batch_label(files: &[Upload], then: Option<&Command>) -> String {
+    let mut s = format!("upload of {} file(s): ", files.len());
+    s.push_str(&files.iter().map(|f| f.dest.as_str()).collect::<Vec<_>>().join(", "));
+    if let Some(c) = then {
+        s.push_str(&format!("; then {c}"));
+    }
+    s
+}
+
+/// Places `files`: the small ones ([`batchable`]) in batches of one round trip each, the others one
+/// transfer each, streamed, first. Returns one outcome per file, in order. `then`, when given, runs after
+/// every file is in place, in the last batch's round trip when it can.
+pub async fn upload_all(
+    t: &dyn Transport,
+    files: &[Upload],
+    then: Option<&Command>,
+) -> Result<BatchOutcome, TransportError> {
+    let mut outcomes: Vec<Option<UploadOutcome>> = vec![None; files.len()];
+    let (small, large): (Vec<usize>, Vec<usize>) = (0..files.len()).partition(|&i| batchable(&files[i]));
+    for &i in &large {
+        outcomes[i] = Some(t.upload(&files[i]).await?);
+    }
+    let mut chunks: Vec<Vec<usize>> = Vec::new();
+    let mut bytes = 0u64;
+    for &i in &small {
+        let size = files[i].size;
+        match chunks.last_mut() {
+            Some(c) if c.len() < BATCH_MAX_FILES && bytes + size <= BATCH_MAX_BYTES => c.push(i),
+            _ => {
+                chunks.push(vec![i]);
+                bytes = 0;
+            }
+        }
+        bytes += size;
+    }
+    let mut then_out = None;
+    let last = chunks.len().saturating_sub(1);
+    for (k, chunk) in chunks.iter().enumerate() {
+        let part: Vec<Upload> = chunk.iter().map(|&i| files[i].clone()).collect();
+        let o = t.upload_batch(&part, if k == last { then } else { None }).await?;
+        for (&i, r) in chunk.iter().zip(o.files) {
+            outcomes[i] = Some(r);
+        }
+        then_out = o.then;
+    }
+    if chunks.is_empty() {
+        if let Some(c) = then {
+            then_out = Some(t.exec(c).await?);
+        }
+    }
+    Ok(BatchOutcome {
+        files: outcomes.into_iter().map(|o| o.expect("every file placed")).collect(),
+        then: then_out,
+    })
+}
+
 /// Reads `r` to the end in chunks and hands each chunk to `f`; used by transports to stream stdin.
 pub(crate) async fn pump<R, F, Fut>(mut r: R, mut f: F) -> std::io::Result<u64>
 where
@@ -847,6 +1129,121 @@ mod tests {
             .filter(|n| n.starts_with(".kubeforge-upload"))
             .collect();
         assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    }
+
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().map(|e| e.unwrap()) {
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    out.push(e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn local_up(data: &[u8], dest: &Path, mode: u32) -> Upload {
+        Upload::bytes(data.to_vec(), dest.to_str().unwrap(), mode).with_sudo(false)
+    }
+
+    /// The batch script in a real `sh`: one round trip for every file and the follow-up command; contents,
+    /// modes and owner as asked; a replaced file kept as `.kubeforge-prev`; a file that already matches
+    /// left alone; odd file names taken literally.
+    #[tokio::test]
+    async fn a_batch_places_every_file_in_one_round_trip_and_keeps_previous_versions() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("etc")).unwrap();
+        std::fs::write(d.join("etc/old.conf"), "old\n").unwrap();
+        std::fs::write(d.join("etc/same.conf"), "same\n").unwrap();
+        let uid = std::fs::metadata(d).unwrap().uid();
+        let files = vec![
+            local_up(b"new\n", &d.join("etc/old.conf"), 0o640),
+            local_up(b"same\n", &d.join("etc/same.conf"), 0o644),
+            local_up(b"key", &d.join("pki/deep/k.key"), 0o600).owner(uid.to_string()).secret(),
+            local_up(b"", &d.join("etc/odd name; $(id) 'q'"), 0o644),
+        ];
+        let then = Command::shell("echo started \"$1\"; echo done > \"$1.ran\"")
+            .arg(d.join("svc").to_str().unwrap());
+        let t = local::LocalTransport::new("local");
+        let o = t.upload_batch(&files, Some(&then)).await.unwrap();
+        use UploadOutcome::*;
+        assert_eq!(o.files, vec![Written, Unchanged, Written, Written]);
+        let then_out = o.then.unwrap();
+        assert!(then_out.success(), "{then_out:?}");
+        assert_eq!(then_out.stdout_str(), format!("started {}\n", d.join("svc").display()));
+        assert_eq!(t.stats().round_trips, 1, "files and follow-up in one round trip");
+        assert_eq!(t.stats().bytes_sent, 4 + 5 + 3, "the content, nothing else on stdin");
+        assert_eq!(std::fs::read(d.join("etc/old.conf")).unwrap(), b"new\n");
+        assert_eq!(std::fs::read(d.join("etc/old.conf.kubeforge-prev")).unwrap(), b"old\n");
+        assert_eq!(std::fs::read(d.join("pki/deep/k.key")).unwrap(), b"key");
+        let mode = |p: &str| std::fs::metadata(d.join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            (mode("etc/old.conf"), mode("etc/same.conf"), mode("pki/deep/k.key")),
+            (0o640, 0o644, 0o600)
+        );
+        assert_eq!(std::fs::metadata(d.join("pki/deep/k.key")).unwrap().uid(), uid);
+        assert_eq!(
+            listing(d),
+            [
+                "etc/odd name; $(id) 'q'",
+                "etc/old.conf",
+                "etc/old.conf.kubeforge-prev",
+                "etc/same.conf",
+                "pki/deep/k.key",
+                "svc.ran"
+            ],
+            "no temporary file left, nothing else written"
+        );
+    }
+
+    /// Bad data anywhere in a batch replaces nothing: a checksum mismatch is named with its file, the
+    /// files staged before it are removed, the follow-up command does not run.
+    #[tokio::test]
+    async fn a_checksum_mismatch_fails_the_batch_names_the_file_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("etc")).unwrap();
+        std::fs::write(d.join("etc/a.conf"), "a0\n").unwrap();
+        let mut bad = local_up(b"b1\n", &d.join("etc/b.conf"), 0o644);
+        bad.sha256 = hex::encode(Sha256::digest(b"something else"));
+        let files = vec![
+            local_up(b"a1\n", &d.join("etc/a.conf"), 0o644),
+            bad,
+            local_up(b"c1\n", &d.join("new/c.conf"), 0o644),
+        ];
+        let then = Command::shell("touch \"$1\"").arg(d.join("ran").to_str().unwrap());
+        let t = local::LocalTransport::new("local");
+        let err = t.upload_batch(&files, Some(&then)).await.unwrap_err().to_string();
+        assert!(err.contains(&format!("{}: checksum mismatch", d.join("etc/b.conf").display())), "{err}");
+        assert_eq!(std::fs::read(d.join("etc/a.conf")).unwrap(), b"a0\n", "the first file was not replaced");
+        assert_eq!(listing(d), ["etc/a.conf"], "no staged file, no prev copy, no follow-up");
+    }
+
+    /// The host side refuses a stream that is shorter or longer than the files it announces (a framing
+    /// error must never shift bytes from one file into another), and leaves nothing behind.
+    #[tokio::test]
+    async fn the_batch_script_refuses_a_short_or_long_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let dest = d.join("x.conf");
+        let sha = hex::encode(Sha256::digest(b"xyz"));
+        let t = local::LocalTransport::new("local");
+        for (stdin, expect) in
+            [(&b"xy"[..], "short upload: got 2 of 3 bytes"), (&b"xyzw"[..], "more bytes than")]
+        {
+            let cmd = Command::shell(BATCH_SCRIPT).args(["1", dest.to_str().unwrap(), "3", "644", "", &sha]);
+            let out =
+                t.exec_io(&cmd, Some(Box::new(std::io::Cursor::new(stdin.to_vec()))), None).await.unwrap();
+            assert!(!out.success() && out.stderr_str().contains(expect), "{out:?}");
+            assert!(listing(d).is_empty(), "{:?}", listing(d));
+        }
     }
 
     #[test]
