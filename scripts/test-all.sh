@@ -27,7 +27,7 @@ KUBEFORGE_TEST_KUBECTL=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[
 # The VM tiers run last, in their own stage, so the fast tiers' timings and failures show first.
 vm_tests=(--test e2e)
 [ -f tests/lab.rs ] && vm_tests+=(--test lab)
-run "tests: product crate (unit, golden, PKI, sshd, artifacts)" cargo test -p kubeforge -- --test-threads=2
+run "tests: product crates (unit, golden, PKI, sshd, artifacts, balancer)" cargo test -p kubeforge -p kubeforge-apilb -- --test-threads=2
 run "tests: contract doubles (real etcd, containerd, kubectl)" cargo test -p kubeforge-doubles -- --test-threads=1
 run "tests: VM end to end (lab, apply)" cargo test -p kubeforge "${vm_tests[@]}" -- --ignored --test-threads=1 --nocapture
 

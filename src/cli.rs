@@ -348,19 +348,18 @@ pub(crate) fn connect_options(accept_new_host_keys: bool) -> crate::transport::s
 }
 
 fn apply_options(a: ApplyArgs) -> crate::apply::ApplyOptions {
+    let cache_dir = a.cache_dir.unwrap_or_else(crate::artifacts::default_cache_dir);
     crate::apply::ApplyOptions {
         dry_run: a.dry_run,
         concurrency: a.concurrency.max(1),
         connect: connect_options(a.accept_new_host_keys),
-        pki_root: a.pki_dir,
-        cache_dir: a.cache_dir.unwrap_or_else(crate::artifacts::default_cache_dir),
         only: a.phases,
         ignore_preflight: a.ignore_preflight_errors,
         hosts: a.hosts,
         batch: a.batch.max(1),
         plan_out: a.out,
         plan_in: a.plan,
-        follow_changes: false,
+        ..crate::apply::ApplyOptions::new(a.pki_dir, cache_dir)
     }
 }
 
@@ -459,7 +458,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::ApiLb { listen, backends, ca_file, health_interval } => {
-            crate::apilb::run(listen, backends, ca_file, health_interval)
+            crate::apilb::run(listen, backends, ca_file.as_deref(), health_interval)
+                .map(|()| 0)
+                .map_err(|e| crate::Error::msg(e, None))
         }
         Command::Validate { inventory } => {
             let model = crate::model::ClusterModel::load(&inventory)?;

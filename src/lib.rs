@@ -9,7 +9,8 @@
 //! ad-hoc commands and facts on selected hosts).
 
 pub mod adhoc;
-pub mod apilb;
+/// The node-local API load balancer (the `kubeforge-apilb` crate; `kubeforge api-lb` runs it too).
+pub use kubeforge_apilb as apilb;
 pub mod apply;
 pub mod artifacts;
 pub mod backup;

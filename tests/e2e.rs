@@ -182,7 +182,7 @@ impl Lab {
             for u in $units; do systemctl disable --now $u >/dev/null 2>&1 || true; rm -f /etc/systemd/system/$u.service; done; \
             systemctl stop containerd >/dev/null 2>&1 || true; \
             rm -rf /etc/kubernetes /var/lib/etcd /var/lib/kubelet /var/lib/kube-proxy /var/lib/kubeforge /etc/cni/net.d/10-kubeforge.conflist \
-              /usr/local/bin/etcd /usr/local/bin/etcdctl /usr/local/bin/kube-* /usr/local/bin/kubelet /usr/local/bin/kubectl /usr/local/bin/kubeforge; \
+              /usr/local/bin/etcd /usr/local/bin/etcdctl /usr/local/bin/kube-* /usr/local/bin/kubelet /usr/local/bin/kubectl /usr/local/bin/kubeforge /usr/local/bin/kubeforge-apilb; \
             systemctl daemon-reload; echo reset";
         let o = self.ssh(node, script);
         if !o.status.success() {
@@ -1040,6 +1040,23 @@ fn high_availability(lab: &Lab) {
     for n in ["node1", "node2", "node3"] {
         must(lab.ssh(n, &format!("systemctl is-active {UNITS_CP} {UNITS_NODE} kube-api-lb")), "HA units");
     }
+    // The balancer every node runs is its own small binary; its size and memory, for the record.
+    let lb = must(
+        lab.ssh(
+            "node2",
+            "stat -c %s /usr/local/bin/kubeforge-apilb; \
+             ps -o rss=,nlwp= -p $(systemctl show -p MainPID --value kube-api-lb); \
+             ls /usr/local/bin/kubeforge 2>/dev/null || true",
+        ),
+        "balancer figures",
+    );
+    eprintln!("[e2e] kubeforge-apilb on node2: bytes, then RSS KiB and threads:\n{lb}");
+    let lb_bytes: u64 = lb.lines().next().and_then(|l| l.trim().parse().ok()).unwrap_or(u64::MAX);
+    assert!(lb_bytes < 8_000_000, "the balancer binary is small: {lb}");
+    assert!(
+        !lb.contains("/usr/local/bin/kubeforge\n"),
+        "the whole kubeforge binary is not on the node: {lb}"
+    );
     etcd_health(lab, "node1", 3);
     tls_chain(lab, &cluster, "10.77.0.12");
 

