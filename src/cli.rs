@@ -438,7 +438,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             )
         }
         Command::State(StateCommand::Pull { inventory, common }) => {
-            crate::state::pull(&inventory, &common.options())
+            crate::lifecycle::state_pull(&inventory, &common.options())
         }
         Command::Upgrade(c) => crate::upgrade::run(c),
         Command::Certs(c) => crate::pki::command::run_certs(c),

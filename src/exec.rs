@@ -439,6 +439,32 @@ impl Executor {
     }
 }
 
+/// The timing summary: one row per phase (wall time, hosts, failed, slowest host).
+pub fn summary(phases: &[PhaseReport]) -> String {
+    use crate::report::fmt_dur;
+    let mut s = format!("{:<20} {:>9} {:>6} {:>7}  {}\n", "PHASE", "TIME", "HOSTS", "FAILED", "SLOWEST HOST");
+    let mut total = Duration::ZERO;
+    for p in phases {
+        total += p.elapsed;
+        let slowest = p
+            .hosts
+            .iter()
+            .max_by_key(|h| h.elapsed)
+            .map(|h| format!("{} ({})", h.host, fmt_dur(h.elapsed)))
+            .unwrap_or_default();
+        s.push_str(&format!(
+            "{:<20} {:>9} {:>6} {:>7}  {}\n",
+            p.phase,
+            fmt_dur(p.elapsed),
+            p.hosts.len() + p.failures.len(),
+            p.failures.len(),
+            slowest
+        ));
+    }
+    s.push_str(&format!("{:<20} {:>9}\n", "total", fmt_dur(total)));
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,7 @@ pub mod exec;
 pub mod inventory;
 pub mod lab;
 pub mod lifecycle;
+pub mod material;
 pub mod model;
 pub mod phase;
 pub mod pki;

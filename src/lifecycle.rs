@@ -561,6 +561,78 @@ pub fn reset(inventory: &Path, options: ResetOptions) -> Result<i32> {
     Ok(if unclean > 0 { 1 } else { 0 })
 }
 
+/// `kubeforge state pull`: fetches the state copy from every control plane of the inventory, takes the
+/// one most hold, and writes it to `pki/<cluster>/state.json` (a different local file is kept as
+/// `state.json.before-pull`).
+pub fn state_pull(inventory: &Path, options: &crate::apply::ApplyOptions) -> crate::Result<i32> {
+    use crate::state::{consensus, FILE, REMOTE_PATH};
+    let loaded = crate::inventory::load(inventory)?;
+    let model = ClusterModel::derive(&loaded);
+    let transports = crate::apply::transports(&loaded, &options.connect)?;
+    let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
+    let cps: Vec<String> = model.control_planes().map(|h| h.name.clone()).collect();
+    let results = rt.block_on(futures::future::join_all(cps.iter().map(|h| {
+        let t = transports.get(h).cloned().expect("transport per host");
+        async move { t.read_file(REMOTE_PATH, true, 16 << 20).await }
+    })));
+    let mut copies = Vec::new();
+    for (h, r) in cps.iter().zip(results) {
+        match r.map_err(|e| e.to_string()).and_then(|b| {
+            ClusterState::parse(Path::new(REMOTE_PATH), &b).map(|st| (st, b)).map_err(|e| e.to_string())
+        }) {
+            Ok((st, b)) if st.cluster == model.name => copies.push((h.clone(), b)),
+            Ok((st, _)) => eprintln!(
+                "[state] {h}: its copy is of cluster `{}`, not `{}`: ignored",
+                st.cluster, model.name
+            ),
+            Err(e) => eprintln!("[state] {h}: no usable copy: {e}"),
+        }
+    }
+    let Some((best, others)) = consensus(&copies) else {
+        return Err(Error::msg(
+            format!("no control plane of {} has a usable copy of the cluster state", inventory.display()),
+            Some(
+                "check the control planes are reachable (`kubeforge check`) and were installed by kubeforge",
+            ),
+        ));
+    };
+    let state = ClusterState::parse(Path::new(REMOTE_PATH), &best)?;
+    let holders: Vec<&str> = copies.iter().filter(|(_, c)| *c == best).map(|(h, _)| h.as_str()).collect();
+    if !others.is_empty() {
+        eprintln!(
+            "[state] {} hold(s) another copy (a run that could not reach them); the copy of {} is used",
+            others.join(", "),
+            holders.join(", ")
+        );
+    }
+    let path = ClusterState::path(&options.pki_root, &model.name);
+    let local = std::fs::read(&path).ok();
+    if local.as_deref() == Some(&state.to_json()[..]) {
+        println!("state: {} already matches the control planes ({})", path.display(), holders.join(", "));
+        return Ok(0);
+    }
+    if local.is_some() {
+        let kept = path.with_file_name(format!("{FILE}.before-pull"));
+        std::fs::rename(&path, &kept).map_err(|e| Error::io(format!("keeping {}", kept.display()), e))?;
+        eprintln!("[state] the previous local state is kept as {}", kept.display());
+    }
+    state.save(&options.pki_root)?;
+    if !options.pki_root.join(&model.name).join("ca.key").exists() {
+        eprintln!(
+            "[state] note: {} has no CA key: copy the PKI store from the other admin machine before changing the cluster",
+            options.pki_root.join(&model.name).display()
+        );
+    }
+    println!(
+        "state: {} written from {} ({} host(s), {} etcd member(s))",
+        path.display(),
+        holders.join(", "),
+        state.hosts.len(),
+        state.etcd_members.len()
+    );
+    Ok(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,6 @@
 //! Progress and result reporting: the executor emits [`Event`]s; a [`Reporter`] shows them as indicatif
 //! bars per host on a TTY ([`BarReporter`]), plain `[phase] host: message` lines otherwise
-//! ([`PlainReporter`], for CI and pipes), or records them for tests ([`Recorder`]). [`summary`] renders
+//! ([`PlainReporter`], for CI and pipes), or records them for tests ([`Recorder`]). The executor renders
 //! the per-phase timing table printed at the end of a run.
 
 use std::collections::HashMap;
@@ -263,29 +263,4 @@ pub fn fmt_dur(d: Duration) -> String {
     } else {
         format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
     }
-}
-
-/// The timing summary: one row per phase (wall time, hosts, failed, slowest host).
-pub fn summary(phases: &[crate::exec::PhaseReport]) -> String {
-    let mut s = format!("{:<20} {:>9} {:>6} {:>7}  {}\n", "PHASE", "TIME", "HOSTS", "FAILED", "SLOWEST HOST");
-    let mut total = Duration::ZERO;
-    for p in phases {
-        total += p.elapsed;
-        let slowest = p
-            .hosts
-            .iter()
-            .max_by_key(|h| h.elapsed)
-            .map(|h| format!("{} ({})", h.host, fmt_dur(h.elapsed)))
-            .unwrap_or_default();
-        s.push_str(&format!(
-            "{:<20} {:>9} {:>6} {:>7}  {}\n",
-            p.phase,
-            fmt_dur(p.elapsed),
-            p.hosts.len() + p.failures.len(),
-            p.failures.len(),
-            slowest
-        ));
-    }
-    s.push_str(&format!("{:<20} {:>9}\n", "total", fmt_dur(total)));
-    s
 }

@@ -711,7 +711,7 @@ fn status_reads_one_probe_per_host_and_reports_drift_stopped_units_and_unreachab
 }
 
 /// Every file under `dir` with its size and modification time.
-fn tree(dir: &Path) -> BTreeMap<PathBuf, (u64, std::time::SystemTime)> {
+fn tree(dir: &Path) -> BTreeMap<std::path::PathBuf, (u64, std::time::SystemTime)> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

@@ -21,7 +21,7 @@ pub struct Context<'a> {
     /// The cluster model.
     pub model: &'a ClusterModel,
     /// Prepared local material (PKI, artifacts, secrets), filled by the workflow before phases run.
-    pub material: &'a crate::apply::Material,
+    pub material: &'a crate::material::Material,
 }
 
 /// How a phase rolls its changes out across hosts.
