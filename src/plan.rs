@@ -182,7 +182,16 @@ impl fmt::Display for HostChanges {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for c in &self.files {
             let u = &c.file.upload;
+            let mode_only =
+                c.old.as_deref().and_then(|o| o.split_once(" (mode ")).filter(|(h, _)| *h == u.sha256);
             let what = match (&c.old, u.secret) {
+                (Some(_), _) if mode_only.is_some() => {
+                    format!(
+                        "mode {} -> {:04o}",
+                        mode_only.map(|(_, m)| m.split(',').next().unwrap_or(m)).unwrap_or(""),
+                        u.mode
+                    )
+                }
                 (None, true) => format!("new, secret, mode {:04o}", u.mode),
                 (Some(_), true) => "changed, secret".to_string(),
                 (None, false) => {
@@ -320,13 +329,13 @@ umask 077
 [ -d "$c" ] || {{ mkdir -p "$c" && chmod 0700 "$c"; }}
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do
   if [ -f "$1" ]; then
-    k=$(stat -c '%d:%i %s %y %z' -- "$1" 2>/dev/null) || k=""; h=""
+    k=$(stat -c '%a %d:%i %s %y %z' -- "$1" 2>/dev/null) || k=""; h=""
     if [ -n "$k" ] && [ -f "$c$1" ]; then {{ read -r ck; read -r ch; }} < "$c$1" && [ "$ck" = "$k" ] && h=$ch; fi
     if [ -z "$h" ] && h=$(sha256sum < "$1"); then
       h=${{h%% *}}
       if [ -n "$k" ]; then [ -d "$c${{1%/*}}" ] || mkdir -p "$c${{1%/*}}"; printf '%s\n%s\n' "$k" "$h" > "$c$1"; fi
     fi
-    echo "${{h:-?}}"
+    echo "${{h:-?}} ${{k%% *}}"
   else echo "-"; fi
   shift
 done
@@ -361,12 +370,23 @@ pub fn parse_probe(desired: &HostDesired, stdout: &str) -> Result<ActualState, S
         return Err(format!("state probe printed {} lines, expected {}", lines.len(), nf + nu));
     }
     let mut st = ActualState::default();
+    let modes: BTreeMap<&str, u32> =
+        desired.files.iter().map(|f| (f.upload.dest.as_str(), f.upload.mode)).collect();
     for (path, l) in paths.iter().zip(&lines[..nf]) {
-        let d = match l.trim() {
+        let mut words = l.split_whitespace();
+        let d = match words.next().unwrap_or("-") {
             "-" => None,
             // An unreadable file counts as different: it will be rewritten.
             "?" => Some(String::new()),
-            h => Some(h.to_owned()),
+            h => {
+                // A file with the right content but other permissions (a key made world-readable) differs
+                // too: the upload only sets its mode again.
+                let mode = words.next().and_then(|m| u32::from_str_radix(m, 8).ok());
+                match (mode, modes.get(path)) {
+                    (Some(m), Some(want)) if m != *want => Some(format!("{h} (mode {m:o}, not {want:o})")),
+                    _ => Some(h.to_owned()),
+                }
+            }
         };
         st.digests.insert((*path).to_owned(), d);
     }
@@ -1113,5 +1133,17 @@ mod tests {
         std::fs::write(&a, "a=2\n").unwrap();
         std::fs::File::options().write(true).open(&a).unwrap().set_modified(mtime).unwrap();
         assert_eq!(run().digests[a.to_str().unwrap()], Some(sha("a=2\n")));
+        // The right content with other permissions differs too: the upload sets the mode again.
+        std::fs::write(&a, "x").unwrap();
+        std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(run().digests[a.to_str().unwrap()], Some(sha("x")), "same content and mode: the same");
+        std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let got = run().digests[a.to_str().unwrap()].clone().unwrap();
+        assert_eq!(got, format!("{} (mode 666, not 644)", sha("x")));
+        let change = HostChanges {
+            files: vec![FileChange { file: desired.files[0].clone(), old: Some(got) }],
+            ..Default::default()
+        };
+        assert!(change.to_string().contains("(a; mode 666 -> 0644)"), "{change}");
     }
 }

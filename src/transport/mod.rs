@@ -723,7 +723,7 @@ pub(crate) fn remote_err(host: &str, what: String, out: &ExecOutput) -> Transpor
 const UPLOAD_SCRIPT: &str = r#"set -e
 d=$1
 if [ -n "$5" ] && [ -f "$d" ] && [ "$(sha256sum < "$d" | cut -d' ' -f1)" = "$5" ]; then
-  cat > /dev/null; echo kubeforge-unchanged; exit 0
+  cat > /dev/null; chmod "$3" -- "$d"; if [ -n "$4" ]; then chown -- "$4" "$d"; fi; echo kubeforge-unchanged; exit 0
 fi
 dir=$(dirname -- "$d")
 mkdir -p -- "$dir"
@@ -849,7 +849,10 @@ commit() {
   while [ "$i" -le "$n" ]; do
     d=$1
     eval "t=\${t_$i-}"
-    if [ -z "$t" ]; then echo "kubeforge-batch $i unchanged"; else
+    if [ -z "$t" ]; then
+      chmod "$3" -- "$d"; if [ -n "$4" ]; then chown -- "$4" "$d"; fi
+      echo "kubeforge-batch $i unchanged"
+    else
       if [ -f "$d" ]; then ln -f -- "$d" "$d.kubeforge-prev" 2>/dev/null || cp -p -- "$d" "$d.kubeforge-prev"; fi
       mv -f -- "$t" "$d"
       eval "t_$i="
@@ -1113,8 +1116,12 @@ mod tests {
         assert_eq!(std::fs::read(&dest).unwrap(), b"v2\n");
         let prev = dir.path().join("etc/app.conf.kubeforge-prev");
         assert_eq!(std::fs::read(&prev).unwrap(), b"v1\n", "the replaced version is kept for rollback");
-        // Without the pre-check the script itself still skips a file that already matches.
+        // Without the pre-check the script itself still skips a file that already matches, and gives it
+        // its mode again (a file whose permissions drifted).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o666)).unwrap();
         assert_eq!(t.upload(&v2).await.unwrap(), UploadOutcome::Unchanged);
+        assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o640);
 
         // Bytes that do not match the announced digest never replace the file.
         let mut bad = Upload::bytes(b"v3\n".to_vec(), &dest_s, 0o640);
@@ -1162,6 +1169,8 @@ mod tests {
         std::fs::create_dir_all(d.join("etc")).unwrap();
         std::fs::write(d.join("etc/old.conf"), "old\n").unwrap();
         std::fs::write(d.join("etc/same.conf"), "same\n").unwrap();
+        // Same content, other permissions: left alone but given its mode.
+        std::fs::set_permissions(d.join("etc/same.conf"), std::fs::Permissions::from_mode(0o666)).unwrap();
         let uid = std::fs::metadata(d).unwrap().uid();
         let files = vec![
             local_up(b"new\n", &d.join("etc/old.conf"), 0o640),
