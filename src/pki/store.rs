@@ -430,3 +430,45 @@ impl Store {
         self.load_key(name).ok().flatten().and_then(|k| k.algorithm())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kubelet's certificates (and every other leaf) are renewed by the next `apply` once less than a
+    /// third of their validity is left: what stands in for the kubelet's own rotation.
+    #[test]
+    fn certificates_near_expiry_are_reissued_by_the_next_ensure_and_nothing_else_is() {
+        let text = "cluster: {name: c, kubernetesVersion: v1.35.7}\nhosts:\n  - {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd, worker]}\n";
+        let loaded = crate::inventory::parse(Path::new("i.yaml"), text).unwrap();
+        let mut inputs = crate::model::ClusterModel::derive(&loaded).pki_inputs();
+        // Six seconds: renewed when less than two are left.
+        inputs.validity = Duration::from_secs(6);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path(), "c");
+        let first = store.ensure(&inputs).unwrap();
+        assert!(first.issued.iter().any(|(n, _)| n == "nodes/cp1/kubelet-client"), "{:?}", first.issued);
+        assert!(store.ensure(&inputs).unwrap().issued.is_empty(), "fresh certificates are kept");
+        let serial = |name: &str| {
+            let pem = std::fs::read(dir.path().join(format!("c/{name}.crt"))).unwrap();
+            let (_, p) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+            p.parse_x509().unwrap().raw_serial().to_vec()
+        };
+        let before = serial("nodes/cp1/kubelet-serving");
+        std::thread::sleep(Duration::from_millis(5100));
+        let late = store.ensure(&inputs).unwrap();
+        assert!(late.cas_created.is_empty(), "CAs are not touched");
+        let names: BTreeSet<&str> = late.issued.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(
+            names.contains("nodes/cp1/kubelet-client") && names.contains("nodes/cp1/kubelet-serving"),
+            "{:?}",
+            late.issued
+        );
+        assert!(
+            late.issued.iter().all(|(_, why)| why == "expires soon" || why == "expired"),
+            "{:?}",
+            late.issued
+        );
+        assert_ne!(serial("nodes/cp1/kubelet-serving"), before, "a new certificate");
+    }
+}
