@@ -33,6 +33,12 @@ pub enum Command {
     /// write), Node readiness, etcd health and leader; the earliest certificate expiry. Read-only, one round
     /// trip per host; exits 1 when anything is unhealthy.
     Status(StatusArgs),
+    /// Audit the running cluster against the CIS Kubernetes Benchmark's checks (as kube-bench runs them),
+    /// mapped to kubeforge's layout: file permissions and owners, the flags of the running processes, the
+    /// kubelet's and scheduler's configuration. PASS, FAIL, WARN (a manual check) or DEVIATION (deliberately
+    /// different, with the reason) per check and host. Read-only, one round trip per host; exits 1 when a
+    /// scored check fails.
+    Audit(StatusArgs),
     /// Back up the cluster into one archive: an etcd snapshot (taken over TLS, checked), the whole PKI (CAs,
     /// service-account keys, encryption-at-rest key), the inventory, the cluster state and the versions
     /// installed, with a manifest of sha256 digests; 0600, optionally encrypted (age, passphrase).
@@ -371,7 +377,7 @@ fn cluster_of(c: &Command) -> Option<(&std::path::Path, &std::path::Path)> {
         Command::Apply(a) | Command::Join(a) => (&a.inventory, &a.pki_dir),
         Command::RemoveNode(a) => (&a.inventory, &a.common.pki_dir),
         Command::Reset(a) => (&a.inventory, &a.common.pki_dir),
-        Command::Status(a) => (&a.inventory, &a.common.pki_dir),
+        Command::Status(a) | Command::Audit(a) => (&a.inventory, &a.common.pki_dir),
         Command::Backup(a) => (&a.inventory, &a.common.pki_dir),
         Command::Restore(a) => (&a.inventory, &a.common.pki_dir),
         Command::State(StateCommand::Pull { inventory, common }) => (inventory, &common.pki_dir),
@@ -394,6 +400,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Status(a) => crate::status::run(
             &a.inventory,
             a.common.options(),
+            matches!(a.output, crate::adhoc::check::OutputFormat::Json),
+        ),
+        Command::Audit(a) => crate::audit::run(
+            &a.inventory,
+            &connect_options(a.common.accept_new_host_keys),
             matches!(a.output, crate::adhoc::check::OutputFormat::Json),
         ),
         Command::Reset(a) => {

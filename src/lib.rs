@@ -13,6 +13,7 @@ pub mod adhoc;
 pub use kubeforge_apilb as apilb;
 pub mod apply;
 pub mod artifacts;
+pub mod audit;
 pub mod backup;
 pub mod cli;
 pub mod error;

@@ -33,9 +33,11 @@ fn binary(ctx: &Context<'_>, h: &HostModel, c: Art, name: &str) -> Result<Desire
 
 fn unit_file(component: Component, exec: &str, args: Vec<String>, docs: &str) -> DesiredFile {
     let name = component.unit();
+    // 0600: the benchmark's permissions for the static-pod manifests these units stand for (CIS 1.1.1-1.1.8,
+    // 4.1.1); systemd reads them as root.
     DesiredFile::bytes(
         &format!("{UNITS}/{name}.service"),
-        0o644,
+        0o600,
         render::unit(component, exec, args, docs),
         format!("{name} unit"),
     )
@@ -164,7 +166,7 @@ impl Phase for Runtime {
         if let Some(conf) = render::cni_conflist(m, h).filter(|_| m.cni == crate::model::Cni::Bridge) {
             d.files.push(DesiredFile::bytes(
                 "/etc/cni/net.d/10-kubeforge.conflist",
-                0o644,
+                0o600,
                 conf,
                 "bridge CNI config",
             ));
@@ -425,7 +427,7 @@ impl Phase for Nodes {
         d.files.push(
             DesiredFile::bytes(
                 "/var/lib/kubelet/config.yaml",
-                0o644,
+                0o600,
                 render::kubelet_config(m),
                 "kubelet config",
             )

@@ -202,6 +202,17 @@ pub fn etcd_flags(m: &ClusterModel, h: &HostModel, initial_state: &str) -> Flags
     )
 }
 
+/// The TLS 1.2 cipher suites the apiserver and the kubelet offer: ECDHE key exchange with AEAD ciphers only,
+/// the strong set of the CIS benchmark (TLS 1.3 suites are not configurable and all strong).
+pub const TLS12_CIPHER_SUITES: &[&str] = &[
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
+];
+
 /// kube-apiserver flags.
 pub fn apiserver_flags(m: &ClusterModel, h: &HostModel) -> Flags {
     flags(
@@ -233,9 +244,12 @@ pub fn apiserver_flags(m: &ClusterModel, h: &HostModel) -> Flags {
                     m.etcd_client_urls()
                 },
             ),
+            // The kubelets' serving certificates are signed by the cluster CA: verify them (CIS 1.2.5).
+            ("kubelet-certificate-authority", format!("{PKI}/ca.crt")),
             ("kubelet-client-certificate", format!("{PKI}/apiserver-kubelet-client.crt")),
             ("kubelet-client-key", format!("{PKI}/apiserver-kubelet-client.key")),
             ("kubelet-preferred-address-types", "InternalIP,Hostname".into()),
+            ("profiling", "false".into()),
             ("proxy-client-cert-file", format!("{PKI}/front-proxy-client.crt")),
             ("proxy-client-key-file", format!("{PKI}/front-proxy-client.key")),
             ("requestheader-allowed-names", "front-proxy-client".into()),
@@ -244,11 +258,15 @@ pub fn apiserver_flags(m: &ClusterModel, h: &HostModel) -> Flags {
             ("requestheader-group-headers", "X-Remote-Group".into()),
             ("requestheader-username-headers", "X-Remote-User".into()),
             ("secure-port", "6443".into()),
+            // Projected tokens expire when they say (no year-long extension for old clients; CIS 1.2.30).
+            ("service-account-extend-token-expiration", "false".into()),
             ("service-account-issuer", m.service_account_issuer()),
             ("service-account-key-file", format!("{PKI}/sa.pub")),
             ("service-account-signing-key-file", format!("{PKI}/sa.key")),
             ("service-cluster-ip-range", m.service_cidr.to_string()),
             ("tls-cert-file", format!("{PKI}/apiserver.crt")),
+            ("tls-cipher-suites", TLS12_CIPHER_SUITES.join(",")),
+            ("tls-min-version", "VersionTLS12".into()),
             ("tls-private-key-file", format!("{PKI}/apiserver.key")),
         ],
         m.extra_args.get("kube-apiserver"),
@@ -270,10 +288,13 @@ pub fn controller_manager_flags(m: &ClusterModel) -> Flags {
             ("cluster-signing-key-file", format!("{PKI}/ca.key")),
             ("kubeconfig", kc),
             ("leader-elect", "true".into()),
+            ("profiling", "false".into()),
             ("requestheader-client-ca-file", format!("{PKI}/front-proxy-ca.crt")),
             ("root-ca-file", format!("{PKI}/ca.crt")),
             ("service-account-private-key-file", format!("{PKI}/sa.key")),
             ("service-cluster-ip-range", m.service_cidr.to_string()),
+            // The default, written out: the benchmark asks for a deliberate value (CIS 1.3.1).
+            ("terminated-pod-gc-threshold", "12500".into()),
             ("use-service-account-credentials", "true".into()),
         ],
         m.extra_args.get("kube-controller-manager"),
@@ -301,6 +322,8 @@ pub fn scheduler_config() -> String {
         "apiVersion": "kubescheduler.config.k8s.io/v1",
         "kind": "KubeSchedulerConfiguration",
         "clientConnection": {"kubeconfig": format!("{KUBE}/scheduler.conf")},
+        // The `--profiling` flag is deprecated for the scheduler; this field replaces it (CIS 1.4.1).
+        "enableProfiling": false,
         "leaderElection": {"leaderElect": true},
     });
     serde_yaml::to_string(&v).expect("yaml")
@@ -344,12 +367,22 @@ fn kubelet_config_value(m: &ClusterModel) -> serde_json::Value {
         "clusterDNS": [m.dns_service_ip.to_string()],
         "clusterDomain": m.cluster_domain,
         "containerRuntimeEndpoint": CONTAINERD_SOCK,
+        // The default, written out: the benchmark asks for a deliberate value (CIS 4.2.8).
+        "eventRecordQPS": 50,
         "failSwapOn": true,
         "healthzBindAddress": "127.0.0.1",
         "healthzPort": 10248,
+        "makeIPTablesUtilChains": true,
+        // The kubelet refuses to start when the kernel settings it relies on differ (os-prep sets them).
+        "protectKernelDefaults": true,
+        "readOnlyPort": 0,
+        // kubeforge renews the kubelet's certificates itself (`apply`, a third of their validity before
+        // they expire, and `certs renew`): the store stays the one source of truth (see the README).
         "rotateCertificates": false,
         "serverTLSBootstrap": false,
         "tlsCertFile": "/var/lib/kubelet/pki/kubelet.crt",
+        "tlsCipherSuites": TLS12_CIPHER_SUITES,
+        "tlsMinVersion": "VersionTLS12",
         "tlsPrivateKeyFile": "/var/lib/kubelet/pki/kubelet.key",
     })
 }
@@ -573,6 +606,9 @@ fn config_flag_names(config: &serde_json::Value) -> Vec<String> {
         match k.as_str() {
             "apiVersion" | "kind" => {}
             "serverTLSBootstrap" => out.push("rotate-server-certificates".into()),
+            // Fields whose flags are not their kebab-case.
+            "eventRecordQPS" => out.push("event-qps".into()),
+            "makeIPTablesUtilChains" => out.push("make-iptables-util-chains".into()),
             _ if v.is_object() => {
                 for (top, field, flag) in nested {
                     if k == top && v.get(field).is_some() {
