@@ -19,7 +19,7 @@ BUNDLE_DIR=${BUNDLE_DIR:-$HOME/.cache/kubeforge/test-bundle}
 OUT=$(mktemp -d -t kf-apply-bench.XXXXXX)
 
 bash tests/lab/install-host-deps.sh >/dev/null
-cargo build --release -p kubeforge -q
+cargo build --release -p kubeforge -p kubeforge-apilb -q
 [ -f "$BUNDLE_DIR/manifest.json" ] || bash tests/bundle/build.sh "$BUNDLE_DIR" >/dev/null
 KF=$PWD/target/release/kubeforge
 

@@ -3,9 +3,9 @@
 BUNDLE_DIR=${BUNDLE_DIR:-$HOME/.cache/kubeforge/test-bundle}
 bash tests/lab/install-host-deps.sh >/dev/null
 # KF=path uses that kubeforge binary instead of a fresh release build (round trips and bytes do not depend on
-# how kubeforge was built, except where the node-local API balancer, which is kubeforge itself, is installed).
+# how kubeforge was built; an HA cluster's nodes get the kubeforge-apilb found beside it).
 if [ -z "${KF:-}" ]; then
-  cargo build --release -p kubeforge -q
+  cargo build --release -p kubeforge -p kubeforge-apilb -q
   KF=$PWD/target/release/kubeforge
 fi
 [ -f "$BUNDLE_DIR/manifest.json" ] || bash tests/bundle/build.sh "$BUNDLE_DIR" >/dev/null

@@ -31,8 +31,10 @@ cleanup() {
 trap cleanup EXIT
 
 stage "install host tools" bash tests/lab/install-host-deps.sh
-stage "build kubeforge (release)" cargo build --release -p kubeforge
-stage "build test bundle" bash tests/bundle/build.sh "$BUNDLE_DIR"
+# kubeforge, kubeforge-apilb (the node-local API balancer of HA clusters, installed from beside kubeforge) and
+# the contract doubles, in one release build of the workspace.
+stage "build kubeforge (release)" cargo build --release --workspace --bins
+stage "build test bundle" env BUNDLE_PROFILE=release bash tests/bundle/build.sh "$BUNDLE_DIR"
 
 bundle_args=(--bundle "$BUNDLE_DIR")
 [ "${RELEASE_SOURCE:-bundle}" = official ] && bundle_args=()

@@ -9,7 +9,8 @@
 # Usage: tests/bundle/build.sh OUT_DIR
 # The bundle is rebuilt only when its inputs (double sources, Cargo.lock, this script, the real
 # binaries) change; the input hash is kept in OUT_DIR/.inputs-sha256.
-# Env: CARGO_TARGET_DIR (respected), KUBEFORGE_BUNDLE_CACHE (download cache, default ~/.cache/kubeforge-bundle).
+# Env: CARGO_TARGET_DIR (respected), KUBEFORGE_BUNDLE_CACHE (download cache, default ~/.cache/kubeforge-bundle),
+# BUNDLE_PROFILE (dev, the default, or release: which build of the workspace the doubles come from).
 set -euo pipefail
 
 OUT=${1:?usage: tests/bundle/build.sh OUT_DIR}
@@ -90,13 +91,18 @@ if [ -f "$OUT/.inputs-sha256" ] && [ -f "$OUT/manifest.json" ] && [ "$(cat "$OUT
   exit 0
 fi
 
-# 4. The doubles: the workspace's own dev build (the test command has just built it; that profile optimises
-# and strips the doubles crate), so no second build of every dependency in release mode.
+# 4. The doubles, from the same build command as the caller's, so nothing is built twice: the test command's
+# dev build of the whole workspace (that profile optimises and strips the doubles crate), or with
+# BUNDLE_PROFILE=release (the main job, scripts/demo.sh) the release build of the workspace's binaries.
+# Building one package alone would resolve other dependency features and build them a second time.
 echo "building the contract doubles" >&2
-# The same command as the test command's build: a no-op after it (building one package alone would resolve
-# other dependency features and build them a second time).
-CARGO_TARGET_DIR="$TARGET" cargo build --quiet --manifest-path "$REPO/Cargo.toml" --workspace --all-targets
-DOUBLES="$TARGET/debug/kubeforge-doubles"
+if [ "${BUNDLE_PROFILE:-dev}" = release ]; then
+  CARGO_TARGET_DIR="$TARGET" cargo build --release --quiet --manifest-path "$REPO/Cargo.toml" --workspace --bins
+  DOUBLES="$TARGET/release/kubeforge-doubles"
+else
+  CARGO_TARGET_DIR="$TARGET" cargo build --quiet --manifest-path "$REPO/Cargo.toml" --workspace --all-targets
+  DOUBLES="$TARGET/debug/kubeforge-doubles"
+fi
 
 # 5. Assemble into a temp dir, then swap in.
 STAGE="$OUT.tmp.$$"
