@@ -96,7 +96,9 @@ pub const APISERVER_CIPHERS: &[&str] = &[
     "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
 ];
 
-/// The kubelet's TLS cipher suites the benchmark accepts (CIS 4.2.12, as kube-bench tests it).
+/// The kubelet's TLS cipher suites the benchmark accepts (CIS 4.2.12, as kube-bench tests it). It holds the
+/// same six names kubeforge sets (`render::TLS12_CIPHER_SUITES`) but is kept apart on purpose: the audit
+/// checks against the benchmark's list, not against kubeforge's own choice.
 pub const KUBELET_CIPHERS: &[&str] = &[
     "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
     "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",

@@ -471,13 +471,28 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
     // The backup restored onto node3 alone (another address): installed from nothing, its etcd member
     // restored, certificates re-issued for the new address; the objects are those of the backup.
     let on3 = lab.inventory(&cluster, &[("node3", &["control-plane", "etcd", "worker"])], &[]);
+    let out = restore(lab, &on3, &archive, "restore onto node3");
+    assert!(out.contains("has the backup's CAs and keys: kept"), "{out}");
+    assert!(out.contains("Nodes from the backup that the inventory does not have: node1, node2"), "{out}");
+    objects_are_those_of_the_backup(lab, &cluster, "kf-before", "kf-after");
+    let ns = nodes(lab, &cluster);
+    assert!(ready(&ns["node3"]), "node3 is Ready: {}", ns["node3"]);
+    tls_chain(lab, &cluster, "10.77.0.13");
+    etcd_health(lab, "node3", 1);
+    lab.product_reset(&cluster, &on3, &["node3"]);
+}
+
+/// `restore --yes` of the encrypted `archive` onto `inv`'s hosts; its output (stdout and progress), timed as
+/// `what`. Fails the test when the restore fails.
+fn restore(lab: &Lab, inv: &Path, archive: &Path, what: &str) -> String {
+    let me = env!("CARGO_BIN_EXE_kubeforge");
     let t = Instant::now();
     let o = lab.exec_env(
         &[
             me,
             "restore",
             "-i",
-            on3.to_str().unwrap(),
+            inv.to_str().unwrap(),
             "--from",
             archive.to_str().unwrap(),
             "--passphrase-env",
@@ -488,22 +503,18 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
         PASS,
     );
     let out = text(&o);
-    eprintln!("[e2e] restore onto node3 ({:.0}s):\n{out}", t.elapsed().as_secs_f64());
-    must(o, "restore onto node3");
-    assert!(out.contains("has the backup's CAs and keys: kept"), "{out}");
-    assert!(out.contains("Nodes from the backup that the inventory does not have: node1, node2"), "{out}");
-    let got = must(
-        lab.kubectl(&cluster, &["get", "configmap", "kf-before", "-o", "jsonpath={.data.when}"]),
-        "before",
-    );
+    eprintln!("[e2e] {what} ({:.0}s):\n{out}", t.elapsed().as_secs_f64());
+    must(o, what);
+    out
+}
+
+/// After a restore: the ConfigMap written before the backup is back, the one written after it is gone.
+fn objects_are_those_of_the_backup(lab: &Lab, cluster: &str, before: &str, after: &str) {
+    let got =
+        must(lab.kubectl(cluster, &["get", "configmap", before, "-o", "jsonpath={.data.when}"]), "before");
     assert_eq!(got.trim(), "before");
-    let gone = lab.kubectl(&cluster, &["get", "configmap", "kf-after"]);
+    let gone = lab.kubectl(cluster, &["get", "configmap", after]);
     assert!(!gone.status.success() && text(&gone).contains("NotFound"), "{}", text(&gone));
-    let ns = nodes(lab, &cluster);
-    assert!(ready(&ns["node3"]), "node3 is Ready: {}", ns["node3"]);
-    tls_chain(lab, &cluster, "10.77.0.13");
-    etcd_health(lab, "node3", 1);
-    lab.product_reset(&cluster, &on3, &["node3"]);
 }
 
 /// A ConfigMap `name` with `when: VALUE`, written with `kubectl apply -f` (as the workload is).
@@ -1180,34 +1191,10 @@ fn backup_then_restore_in_place(lab: &Lab, cluster: &str, inv: &Path) {
         "restore without --yes",
     );
     assert!(shown.contains("restore would:") && shown.contains("nothing was changed"), "{shown}");
-    let t = Instant::now();
-    let o = lab.exec_env(
-        &[
-            me,
-            "restore",
-            "-i",
-            i,
-            "--from",
-            a,
-            "--passphrase-env",
-            "KF_E2E_PASS",
-            "--yes",
-            "--ignore-preflight-errors=cpu,memory",
-        ],
-        PASS,
-    );
-    let out = text(&o);
-    eprintln!("[e2e] restore in place, 2 members ({:.0}s):\n{out}", t.elapsed().as_secs_f64());
-    must(o, "restore in place");
+    let out = restore(lab, inv, &archive, "restore in place, 2 members");
     assert!(out.contains("is back at etcd revision"), "{out}");
     assert!(out.contains("the previous etcd data is kept in"), "{out}");
-    let got = must(
-        lab.kubectl(cluster, &["get", "configmap", "kf-ha-before", "-o", "jsonpath={.data.when}"]),
-        "before",
-    );
-    assert_eq!(got.trim(), "before");
-    let gone = lab.kubectl(cluster, &["get", "configmap", "kf-ha-after"]);
-    assert!(!gone.status.success() && text(&gone).contains("NotFound"), "{}", text(&gone));
+    objects_are_those_of_the_backup(lab, cluster, "kf-ha-before", "kf-ha-after");
     let members = etcdctl(lab, "node1", "https://127.0.0.1:2379", "member list");
     assert_eq!(
         members.lines().filter(|l| l.ends_with(", false")).count(),
