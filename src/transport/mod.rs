@@ -745,6 +745,20 @@ trap - EXIT
 echo kubeforge-written
 "#;
 
+/// A dropped connection or a timeout during an upload names the upload (`shown`), not the script that carried
+/// it.
+fn shown_as(e: TransportError, shown: String) -> TransportError {
+    match e {
+        TransportError::Disconnected { host, message, .. } => {
+            TransportError::Disconnected { host, command: shown, message }
+        }
+        TransportError::Timeout { host, timeout, .. } => {
+            TransportError::Timeout { host, command: shown, timeout }
+        }
+        e => e,
+    }
+}
+
 async fn upload_via_exec<T: Transport + ?Sized>(t: &T, up: &Upload) -> Result<UploadOutcome, TransportError> {
     // Check first (one round trip) so an unchanged file costs no bandwidth, unless the caller has just read
     // the remote digest itself (a plan's probe). The script checks again, which keeps it correct if the file
@@ -764,15 +778,7 @@ async fn upload_via_exec<T: Transport + ?Sized>(t: &T, up: &Upload) -> Result<Up
         context: format!("opening upload source for {}", up.dest),
         source: e,
     })?;
-    let out = t.exec_io(&cmd, Some(reader), None).await.map_err(|e| match e {
-        TransportError::Disconnected { host, message, .. } => {
-            TransportError::Disconnected { host, command: up.to_string(), message }
-        }
-        TransportError::Timeout { host, timeout, .. } => {
-            TransportError::Timeout { host, command: up.to_string(), timeout }
-        }
-        e => e,
-    })?;
+    let out = t.exec_io(&cmd, Some(reader), None).await.map_err(|e| shown_as(e, up.to_string()))?;
     if !out.success() {
         return Err(remote_err(t.host(), up.to_string(), &out));
     }
@@ -952,15 +958,7 @@ pub async fn upload_batch_via_exec<T: Transport + ?Sized>(
     }
     let shown = batch_label(files, fold);
     let reader: Box<dyn AsyncRead + Send + Unpin> = Box::new(std::io::Cursor::new(data));
-    let out = t.exec_io(&cmd, Some(reader), None).await.map_err(|e| match e {
-        TransportError::Disconnected { host, message, .. } => {
-            TransportError::Disconnected { host, command: shown.clone(), message }
-        }
-        TransportError::Timeout { host, timeout, .. } => {
-            TransportError::Timeout { host, command: shown.clone(), timeout }
-        }
-        e => e,
-    })?;
+    let out = t.exec_io(&cmd, Some(reader), None).await.map_err(|e| shown_as(e, shown.clone()))?;
     let stdout = out.stdout_str();
     let Some(done) = stdout.find("kubeforge-batch-done\n") else {
         return Err(remote_err(t.host(), shown, &out));
