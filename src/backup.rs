@@ -5,8 +5,9 @@
 //! `etcdutl snapshot status` (or `etcdctl snapshot status` where etcdutl is absent, etcd 3.4), copied to
 //! the admin machine, checked again there by sha256, and removed from the host.
 
+use crate::artifacts::Progress;
 use crate::model::ClusterModel;
-use crate::transport::{Command, Transport};
+use crate::transport::{ByteProgress, Command, Transport};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -33,6 +34,16 @@ pub struct Snapshot {
     pub total_keys: u64,
 }
 
+/// What [`SAVE`] reports of the snapshot on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Saved {
+    revision: u64,
+    total_keys: u64,
+    /// `totalSize` of the status: the file's size, for the copy's progress bar.
+    size: Option<u64>,
+    sha256: String,
+}
+
 /// `$1` the file name. Prints the status JSON line, then `sha256 <hex>`.
 const SAVE: &str = r#"set -eu
 dir=/var/lib/kubeforge/backups
@@ -49,8 +60,8 @@ fi
 echo "sha256 $(sha256sum "$f" | cut -d' ' -f1)"
 "#;
 
-/// Parses the output of [`SAVE`]: (revision, total keys, sha256).
-fn parse_save(out: &str) -> Option<(u64, u64, String)> {
+/// Parses the output of [`SAVE`].
+fn parse_save(out: &str) -> Option<Saved> {
     let mut status = None;
     let mut sha = None;
     for line in out.lines() {
@@ -58,11 +69,11 @@ fn parse_save(out: &str) -> Option<(u64, u64, String)> {
             sha = Some(h.trim().to_owned());
         } else if line.trim_start().starts_with('{') {
             let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
-            status = Some((v["revision"].as_u64()?, v["totalKey"].as_u64()?));
+            status = Some((v["revision"].as_u64()?, v["totalKey"].as_u64()?, v["totalSize"].as_u64()));
         }
     }
-    let (revision, keys) = status?;
-    Some((revision, keys, sha?))
+    let (revision, total_keys, size) = status?;
+    Some(Saved { revision, total_keys, size, sha256: sha? })
 }
 
 /// The directory snapshots of `cluster` go to.
@@ -71,13 +82,15 @@ pub fn local_dir(pki_root: &Path, cluster: &str) -> PathBuf {
 }
 
 /// Takes a snapshot on `member` (an etcd member of `model`) and copies it to
-/// `pki/<cluster>/backups/etcd-<cluster>-<UTC time>-<reason>.db` (0600, directory 0700).
+/// `pki/<cluster>/backups/etcd-<cluster>-<UTC time>-<reason>.db` (0600, directory 0700). The copy is shown
+/// on `progress` (a bar of the bytes received on a terminal, a line otherwise).
 pub async fn snapshot(
     model: &ClusterModel,
     member: &str,
     t: &dyn Transport,
     pki_root: &Path,
     reason: &str,
+    progress: &dyn Progress,
 ) -> Result<Snapshot> {
     let now = time::OffsetDateTime::now_utc();
     let stamp = now
@@ -89,17 +102,30 @@ pub async fn snapshot(
     let out = crate::plan::run_checked(t, "etcd snapshot", &cmd)
         .await
         .map_err(|e| Error::msg(format!("{member}: the etcd snapshot failed: {e}"), None))?;
-    let (revision, total_keys, sha) = parse_save(&out.stdout_str()).ok_or_else(|| {
+    let saved = parse_save(&out.stdout_str()).ok_or_else(|| {
         Error::msg(
             format!("{member}: the etcd snapshot could not be checked: {}", out.stdout_str().trim()),
             Some("`etcdutl snapshot status` (or `etcdctl snapshot status`) must read the file"),
         )
     })?;
+    let sha = saved.sha256.clone();
     let remote = format!("{REMOTE_DIR}/{name}");
-    let bytes = t
-        .read_file(&remote, true, MAX_SNAPSHOT)
-        .await
-        .map_err(|e| Error::msg(format!("{member}: copying the etcd snapshot: {e}"), None))?;
+    let bar = std::sync::Arc::new(std::sync::Mutex::new((
+        progress.begin(&format!("{member}:{remote}"), saved.size, 0),
+        0u64,
+    )));
+    let hook: ByteProgress = {
+        let bar = bar.clone();
+        std::sync::Arc::new(move |total: u64| {
+            let mut b = bar.lock().unwrap_or_else(|e| e.into_inner());
+            let step = total.saturating_sub(b.1);
+            b.1 = total;
+            b.0.advance(step);
+        })
+    };
+    let read = t.read_file_progress(&remote, true, MAX_SNAPSHOT, Some(hook)).await;
+    bar.lock().unwrap_or_else(|e| e.into_inner()).0.finish();
+    let bytes = read.map_err(|e| Error::msg(format!("{member}: copying the etcd snapshot: {e}"), None))?;
     let got = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
     if got != sha {
         return Err(Error::msg(
@@ -120,8 +146,8 @@ pub async fn snapshot(
         member: member.to_owned(),
         sha256: sha,
         bytes: bytes.len() as u64,
-        revision,
-        total_keys,
+        revision: saved.revision,
+        total_keys: saved.total_keys,
     })
 }
 
@@ -559,25 +585,60 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::fake::{FakeTransport, Reply};
+    use crate::artifacts::Silent;
+    use crate::transport::fake::{FakeTransport, Reply, FAKE_CHUNK};
 
     #[test]
     fn save_output_is_parsed_for_revision_keys_and_digest() {
         let out =
             "{\"hash\":3835145434,\"revision\":1042,\"totalKey\":311,\"totalSize\":2101248}\nsha256 ab12\n";
-        assert_eq!(parse_save(out), Some((1042, 311, "ab12".into())));
+        let want = Saved { revision: 1042, total_keys: 311, size: Some(2101248), sha256: "ab12".into() };
+        assert_eq!(parse_save(out), Some(want));
         assert_eq!(parse_save("sha256 ab12\n"), None, "no status line: not checked");
         assert_eq!(parse_save("{\"revision\":1,\"totalKey\":1}\n"), None, "no digest");
+        // etcd 3.4's `etcdctl snapshot status` has the size too; without it the bar has no total.
+        let s = parse_save("{\"revision\":1,\"totalKey\":1}\nsha256 ab\n");
+        assert_eq!(s, Some(Saved { revision: 1, total_keys: 1, size: None, sha256: "ab".into() }));
+    }
+
+    /// Records every transfer's begin, advances and finish.
+    #[derive(Default)]
+    struct Recorded(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+    struct RecordedBar(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+    impl crate::artifacts::progress::Bar for RecordedBar {
+        fn advance(&mut self, n: u64) {
+            self.0.lock().unwrap().push(format!("+{n}"));
+        }
+        fn finish(&mut self) {
+            self.0.lock().unwrap().push("finish".into());
+        }
+    }
+    impl Progress for Recorded {
+        fn begin(
+            &self,
+            url: &str,
+            total: Option<u64>,
+            done: u64,
+        ) -> Box<dyn crate::artifacts::progress::Bar> {
+            self.0.lock().unwrap().push(format!("begin {url} {total:?} {done}"));
+            Box::new(RecordedBar(self.0.clone()))
+        }
+        fn message(&self, line: &str) {
+            self.0.lock().unwrap().push(line.into());
+        }
     }
 
     #[tokio::test]
     async fn a_snapshot_is_copied_checked_and_private() {
         let inv = "cluster: {name: c1, kubernetesVersion: v1.35.7}\nhosts:\n- {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd]}\n";
         let model = ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), inv).unwrap());
-        let data = b"etcd-snapshot-bytes".to_vec();
+        // Two and a half chunks of the fake transport: the bar hears three advances.
+        let data: Vec<u8> = (0..FAKE_CHUNK * 5 / 2).map(|i| (i % 251) as u8).collect();
+        let n = data.len();
         let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
         let t = FakeTransport::new("cp1");
-        let status = format!("{{\"hash\":1,\"revision\":7,\"totalKey\":3,\"totalSize\":19}}\nsha256 {sha}\n");
+        let status =
+            format!("{{\"hash\":1,\"revision\":7,\"totalKey\":3,\"totalSize\":{n}}}\nsha256 {sha}\n");
         let (d, st) = (data.clone(), status.clone());
         t.handle("snapshot save", move |argv, fake| {
             fake.put_file(format!("{REMOTE_DIR}/{}", argv.last().unwrap()), d.clone());
@@ -585,8 +646,22 @@ mod tests {
         });
         t.on("rm -f -- /var/lib/kubeforge/backups/", Reply::ok(""));
         let dir = tempfile::tempdir().unwrap();
-        let s = snapshot(&model, "cp1", &t, dir.path(), "upgrade").await.unwrap();
-        assert_eq!((s.revision, s.total_keys, s.bytes), (7, 3, 19));
+        let seen = Recorded::default();
+        let s = snapshot(&model, "cp1", &t, dir.path(), "upgrade", &seen).await.unwrap();
+        assert_eq!((s.revision, s.total_keys, s.bytes), (7, 3, n as u64));
+        let name = s.path.file_name().unwrap().to_string_lossy().into_owned();
+        let half = (FAKE_CHUNK / 2).to_string();
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            [
+                format!("begin cp1:{REMOTE_DIR}/{name} Some({n}) 0"),
+                format!("+{FAKE_CHUNK}"),
+                format!("+{FAKE_CHUNK}"),
+                format!("+{half}"),
+                "finish".into()
+            ],
+            "one bar from 0 to the size etcd reported, closed at the end"
+        );
         assert_eq!(std::fs::read(&s.path).unwrap(), data);
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&s.path).unwrap().permissions().mode() & 0o777, 0o600);
@@ -600,7 +675,7 @@ mod tests {
             Reply::ok(status.clone())
         });
         let dir = tempfile::tempdir().unwrap();
-        let e = snapshot(&model, "cp1", &t, dir.path(), "upgrade").await.unwrap_err().to_string();
+        let e = snapshot(&model, "cp1", &t, dir.path(), "upgrade", &Silent).await.unwrap_err().to_string();
         assert!(e.contains("changed in transit"), "{e}");
         let kept: Vec<_> =
             std::fs::read_dir(local_dir(dir.path(), "c1")).map(|d| d.collect()).unwrap_or_default();

@@ -87,11 +87,12 @@ pub fn run_backup(inventory: &Path, o: BackupOptions) -> Result<i32> {
     }
     let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
     let t0 = Instant::now();
+    let progress = crate::artifacts::TerminalProgress::default();
     let snapshot = rt.block_on(async {
         let mut last = None;
         for m in &members {
             let t = transports.get(m).expect("transport per host");
-            match backup::snapshot(&model, m, t.as_ref(), &o.apply.pki_root, "backup").await {
+            match backup::snapshot(&model, m, t.as_ref(), &o.apply.pki_root, "backup", &progress).await {
                 Ok(s) => return Ok(s),
                 Err(e) => {
                     eprintln!("[backup] {m}: {e}; trying the next member");

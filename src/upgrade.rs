@@ -1362,7 +1362,9 @@ pub fn apply(inventory: &Path, options: UpgradeOptions) -> Result<i32> {
         // 2. The etcd snapshot.
         let member = c.model.etcd_members().next().map(|h| h.name.clone()).ok_or_else(|| Error::msg("no etcd member", None))?;
         let (t, clock) = (run.transport(&member)?, Instant::now());
-        let snap = crate::backup::snapshot(&c.model, &member, t.as_ref(), &options.apply.pki_root, "pre-upgrade").await?;
+        let progress = crate::artifacts::TerminalProgress::default();
+        let snap = crate::backup::snapshot(&c.model, &member, t.as_ref(), &options.apply.pki_root, "pre-upgrade", &progress)
+            .await?;
         eprintln!(
             "[upgrade] etcd snapshot from {member}: {} ({} bytes, revision {}, {} keys, sha256 {}; {:.1}s)",
             snap.path.display(),

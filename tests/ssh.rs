@@ -481,6 +481,38 @@ async fn a_200_mib_upload_lands_with_its_sha256_and_mode_in_bounded_memory_and_i
     assert_eq!(t.stats().connects, 1);
 }
 
+/// What `backup` and `upgrade` do with an etcd snapshot: a file read back over real sshd reports its bytes as
+/// they arrive (the progress bar), arrives whole, and one larger than the limit is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_read_back_reports_its_progress_as_the_bytes_arrive() {
+    if !enabled() {
+        return;
+    }
+    let key = ClientKey::new();
+    let s = Sshd::start(&key, &["127.0.0.1"], "");
+    let tmp = tempfile::tempdir().unwrap();
+    let kh = trusting(tmp.path(), &s);
+    let src = tmp.path().join("snapshot.db");
+    random_file(&src, 24);
+    let size = std::fs::metadata(&src).unwrap().len();
+    let t = SshTransport::new(target("cp1", "127.0.0.1", s.port, "root", &key, &kh, false));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hook: kubeforge::transport::ByteProgress = {
+        let seen = seen.clone();
+        Arc::new(move |n| seen.lock().unwrap().push(n))
+    };
+    let path = src.to_str().unwrap();
+    let got = t.read_file_progress(path, true, 64 << 20, Some(hook)).await.unwrap();
+    assert_eq!(hex::encode(Sha256::digest(&got)), sha256_file(&src));
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() > 10, "24 MiB arrive in many channel messages, each reported: {}", seen.len());
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "the running total only grows");
+    assert_eq!(seen.last(), Some(&size), "the last report is the whole file");
+
+    let e = t.read_file_progress(path, true, 1 << 20, None).await.unwrap_err().to_string();
+    assert!(e.contains("larger than 1048576 bytes"), "{e}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sshd_dying_mid_upload_is_a_clear_error_leaves_nothing_and_a_rerun_succeeds() {
     if !enabled() {

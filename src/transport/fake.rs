@@ -3,14 +3,17 @@
 //! command text, so a test can assert on exactly what would run without any machine.
 
 use super::{
-    BatchOutcome, Command, ExecOutput, OutputSink, StatsSnapshot, Transport, TransportError, Upload,
-    UploadOutcome,
+    BatchOutcome, ByteProgress, Command, ExecOutput, OutputSink, StatsSnapshot, Transport, TransportError,
+    Upload, UploadOutcome,
 };
 use futures::future::BoxFuture;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// The chunk size in which [`FakeTransport`] reports a file read's progress.
+pub const FAKE_CHUNK: usize = 64 * 1024;
 
 /// One recorded call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,21 +198,32 @@ impl Transport for FakeTransport {
         })
     }
 
-    fn read_file<'a>(
+    /// Answers from the fake's files; `progress` hears the running total in chunks of [`FAKE_CHUNK`] bytes,
+    /// as a real transport's would in the channel's data messages.
+    fn read_file_progress<'a>(
         &'a self,
         path: &'a str,
         _sudo: bool,
         _max: usize,
+        progress: Option<ByteProgress>,
     ) -> BoxFuture<'a, Result<Vec<u8>, TransportError>> {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         Box::pin(async move {
             self.calls.lock().unwrap().push(Call::Exec(format!("cat -- {path}")));
-            self.file(path).ok_or_else(|| TransportError::Remote {
+            let data = self.file(path).ok_or_else(|| TransportError::Remote {
                 host: self.name.clone(),
                 what: format!("reading {path}"),
                 status: Some(1),
                 stderr: format!("cat: {path}: No such file or directory"),
-            })
+            })?;
+            if let Some(p) = progress {
+                let mut done = 0;
+                for chunk in data.chunks(FAKE_CHUNK) {
+                    done += chunk.len() as u64;
+                    p(done);
+                }
+            }
+            Ok(data)
         })
     }
 }

@@ -2,7 +2,8 @@
 //! (exit status is data, output capped, stdin streamed). Used for `lab` and tests of the upload logic.
 
 use super::{
-    Command, ExecOutput, OutputCollector, OutputSink, Stats, StatsSnapshot, Stream, Transport, TransportError,
+    ByteProgress, Command, ExecOutput, OutputCollector, OutputSink, Stats, StatsSnapshot, Stream, Transport,
+    TransportError,
 };
 use futures::future::BoxFuture;
 use std::process::Stdio;
@@ -60,8 +61,8 @@ impl LocalTransport {
         let all = async {
             let (_, o, e) = tokio::join!(
                 feed,
-                collect(&mut so, Stream::Stdout, cap, sink),
-                collect(&mut se, Stream::Stderr, cap, sink)
+                collect(&mut so, Stream::Stdout, cap, sink, cmd.stdout_progress()),
+                collect(&mut se, Stream::Stderr, cap, sink, None)
             );
             let status = child.wait().await;
             (o, e, status)
@@ -113,8 +114,9 @@ async fn collect<R: AsyncRead + Unpin>(
     stream: Stream,
     cap: usize,
     sink: Option<&OutputSink>,
+    progress: Option<ByteProgress>,
 ) -> OutputCollector {
-    let mut col = OutputCollector::new(stream, cap);
+    let mut col = OutputCollector::new(stream, cap).with_progress(progress);
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         match r.read(&mut buf).await {

@@ -43,7 +43,23 @@ pub struct Command {
     sudo: bool,
     timeout: Option<Duration>,
     output_cap: usize,
+    stdout_progress: Option<ProgressHook>,
 }
+
+/// Told the number of stdout bytes received so far, as they arrive (for a transfer's progress bar).
+pub type ByteProgress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// A [`ByteProgress`] carried by a [`Command`]: it observes the command, it is not part of what runs, so
+/// two commands that differ only in it are equal.
+#[derive(Clone)]
+struct ProgressHook(ByteProgress);
+
+impl PartialEq for ProgressHook {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for ProgressHook {}
 
 impl Command {
     /// A command running `program` (not through a shell).
@@ -54,6 +70,7 @@ impl Command {
             sudo: false,
             timeout: None,
             output_cap: DEFAULT_OUTPUT_CAP,
+            stdout_progress: None,
         }
     }
 
@@ -122,6 +139,17 @@ impl Command {
     pub fn output_cap(mut self, bytes: usize) -> Self {
         self.output_cap = bytes.max(1);
         self
+    }
+
+    /// Calls `progress` with the number of stdout bytes received so far, each time more arrive.
+    pub fn on_stdout_bytes(mut self, progress: ByteProgress) -> Self {
+        self.stdout_progress = Some(ProgressHook(progress));
+        self
+    }
+
+    /// The stdout progress hook, if any (transports feed it).
+    pub fn stdout_progress(&self) -> Option<ByteProgress> {
+        self.stdout_progress.as_ref().map(|h| h.0.clone())
     }
 
     /// Whether the command asks for root privileges.
@@ -264,15 +292,25 @@ pub(crate) struct OutputCollector {
     total: u64,
     line: Vec<u8>,
     stream: Stream,
+    progress: Option<ByteProgress>,
 }
 
 impl OutputCollector {
     pub(crate) fn new(stream: Stream, cap: usize) -> Self {
-        OutputCollector { buf: Vec::new(), cap, total: 0, line: Vec::new(), stream }
+        OutputCollector { buf: Vec::new(), cap, total: 0, line: Vec::new(), stream, progress: None }
+    }
+
+    /// Reports the running byte count to `progress` on every push.
+    pub(crate) fn with_progress(mut self, progress: Option<ByteProgress>) -> Self {
+        self.progress = progress;
+        self
     }
 
     pub(crate) fn push(&mut self, data: &[u8], sink: Option<&OutputSink>) {
         self.total += data.len() as u64;
+        if let Some(p) = &self.progress {
+            p(self.total);
+        }
         self.buf.extend_from_slice(data);
         // Drain in big steps so memory stays under 2x the cap without quadratic copying.
         if self.buf.len() > 2 * self.cap {
@@ -665,8 +703,22 @@ pub trait Transport: Send + Sync {
         sudo: bool,
         max: usize,
     ) -> BoxFuture<'a, Result<Vec<u8>, TransportError>> {
+        self.read_file_progress(path, sudo, max, None)
+    }
+
+    /// [`Transport::read_file`], telling `progress` the bytes received so far as they arrive.
+    fn read_file_progress<'a>(
+        &'a self,
+        path: &'a str,
+        sudo: bool,
+        max: usize,
+        progress: Option<ByteProgress>,
+    ) -> BoxFuture<'a, Result<Vec<u8>, TransportError>> {
         Box::pin(async move {
-            let cmd = Command::new("cat").arg("--").arg(path).with_sudo(sudo).output_cap(max + 1);
+            let mut cmd = Command::new("cat").arg("--").arg(path).with_sudo(sudo).output_cap(max + 1);
+            if let Some(p) = progress {
+                cmd = cmd.on_stdout_bytes(p);
+            }
             let out = self.exec(&cmd).await?;
             if !out.success() {
                 return Err(remote_err(self.host(), format!("reading {path}"), &out));

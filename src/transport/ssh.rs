@@ -343,7 +343,8 @@ impl SshTransport {
         };
 
         let collect = async {
-            let mut out = OutputCollector::new(Stream::Stdout, cmd.get_output_cap());
+            let mut out = OutputCollector::new(Stream::Stdout, cmd.get_output_cap())
+                .with_progress(cmd.stdout_progress());
             let mut err = OutputCollector::new(Stream::Stderr, cmd.get_output_cap());
             let mut status = None;
             let mut signal = None;
