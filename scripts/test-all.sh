@@ -25,11 +25,10 @@ run "build test artifact bundle" bash tests/bundle/build.sh "$KUBEFORGE_TEST_BUN
 KUBEFORGE_TEST_KUBECTL=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); e=[a for a in m["artifacts"] if a["component"]=="kubectl"][0]; print(sys.argv[2]+"/"+e["file"])' \
   "$KUBEFORGE_TEST_BUNDLE/manifest.json" "$KUBEFORGE_TEST_BUNDLE" 2>/dev/null) && export KUBEFORGE_TEST_KUBECTL
 # The VM tiers run last, in their own stage, so the fast tiers' timings and failures show first.
-vm_tests=(--test e2e)
-[ -f tests/lab.rs ] && vm_tests+=(--test lab)
 run "tests: product crates (unit, golden, PKI, sshd, artifacts, balancer)" cargo test -p kubeforge -p kubeforge-apilb -- --test-threads=2
 run "tests: contract doubles (real etcd, containerd, kubectl)" cargo test -p kubeforge-doubles -- --test-threads=1
-run "tests: VM end to end (lab, apply)" cargo test -p kubeforge "${vm_tests[@]}" -- --ignored --test-threads=1 --nocapture
+# One lab serves every VM check: the lab itself (usable nodes, nothing left after down), then the scenarios.
+run "tests: VM end to end (lab, apply)" cargo test -p kubeforge --test e2e -- --ignored --test-threads=1 --nocapture
 
 stage_summary
 if [ $fail -ne 0 ]; then

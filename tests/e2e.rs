@@ -1,6 +1,9 @@
-//! End to end on real VMs (the lab) with the test artifact bundle. One lab of three VMs serves two scenarios
-//! in turn; the first ends with `kubeforge reset` and a check that nothing is left (emulated VMs are slow to
-//! boot; the state kubeforge writes is not). A single node with every role is the HA scenario's first step.
+//! End to end on real VMs (the lab) with the test artifact bundle. One lab of three VMs serves every VM
+//! check: first the lab itself (`support/lab_checks.rs`: SSH as root and as a sudo user, systemd, kernel
+//! modules, node-to-node traffic, `lab status`), then two scenarios in turn, the first ending with
+//! `kubeforge reset` and a check that nothing is left (emulated VMs are slow to boot; the state kubeforge
+//! writes is not), and last `lab down`, after which no process, namespace, tap or overlay of the lab may
+//! remain. A single node with every role is the HA scenario's first step.
 //!
 //! 1. **one control plane + one worker, then join, upgrade and remove a worker**: a port held by another
 //!    program on the worker fails preflight with the host and the cause and installs nothing anywhere; then
@@ -33,6 +36,9 @@
 //! and then a missing prerequisite fails it. Needs root, the lab host tools
 //! (`tests/lab/install-host-deps.sh`) and `KUBEFORGE_TEST_BUNDLE` (built by `tests/bundle/build.sh`).
 
+#[path = "support/lab_checks.rs"]
+mod lab_checks;
+
 use serde_yaml::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -52,6 +58,8 @@ struct Lab {
     kubectl: PathBuf,
     /// The VMs run under software emulation (no usable KVM), as `lab up` says.
     emulated: bool,
+    /// `lab down` succeeded (the test's own, checked one): the guard has nothing to do.
+    down: bool,
 }
 
 impl Lab {
@@ -193,6 +201,9 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if self.down {
+            return;
+        }
         let out = self.kf(&["lab", "down", "--name", &self.name]);
         eprintln!("[e2e] lab down: {}", text(&out));
     }
@@ -432,6 +443,8 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
         PASS,
     );
     eprintln!("[e2e] backup ({:.0}s):\n{}", t.elapsed().as_secs_f64(), text(&o));
+    // Not a terminal: the snapshot copy's progress is one line naming what is copied from where.
+    assert!(text(&o).contains("download: node1:/var/lib/kubeforge/backups/etcd-"), "{}", text(&o));
     assert!(must(o, "backup").contains("encrypted with age (passphrase from $KF_E2E_PASS)"));
     {
         use std::os::unix::fs::PermissionsExt;
@@ -1227,7 +1240,9 @@ fn apply_on_lab_vms_workers_join_upgrade_remove_then_ha() {
     let work = tempfile::tempdir().unwrap();
     let name = format!("e2e{}", std::process::id() % 10000);
     let t = Instant::now();
-    let mut lab = Lab { dir: work.path().to_path_buf(), name: name.clone(), kubectl, emulated: true };
+    lab_checks::host_tools_present();
+    let mut lab =
+        Lab { dir: work.path().to_path_buf(), name: name.clone(), kubectl, emulated: true, down: false };
     let up = lab.kf(&[
         "lab",
         "up",
@@ -1243,9 +1258,14 @@ fn apply_on_lab_vms_workers_join_upgrade_remove_then_ha() {
         "--ssh-timeout",
         "900",
     ]);
-    eprintln!("[e2e] lab up ({:.0}s):\n{}", t.elapsed().as_secs_f64(), text(&up));
+    let up_wall = t.elapsed();
+    eprintln!("[e2e] lab up ({:.0}s):\n{}", up_wall.as_secs_f64(), text(&up));
     assert!(up.status.success(), "lab up failed");
     lab.emulated = !text(&up).contains("accelerator: kvm");
+    // The lab itself first: usable machines (its own test once booted a lab of its own for this).
+    let numbers = lab_checks::up_numbers(&text(&up), 3, up_wall);
+    let kf = |a: &[&str]| lab.kf(a);
+    let footprint = lab_checks::nodes_are_usable(&kf, &lab.dir, &name, 3, numbers);
 
     type Scenario = fn(&Lab);
     let scenarios: [(&str, Scenario, &[&str]); 2] = [
@@ -1280,6 +1300,12 @@ fn apply_on_lab_vms_workers_join_upgrade_remove_then_ha() {
             }
         }
     }
+    // Down, then nothing of the lab is left (after a failed scenario too: the harness reset the VMs).
+    let down = lab.kf(&["lab", "down", "--name", &name]);
+    lab.down = down.status.success();
+    let down_out = must(down, "lab down");
+    eprintln!("[e2e] {down_out}");
+    lab_checks::nothing_left_behind(&footprint, &down_out);
     eprintln!("[e2e] total {:.0}s", t.elapsed().as_secs_f64());
     assert!(failed.is_empty(), "scenarios failed: {failed:?}");
 }

@@ -1,89 +1,39 @@
-//! The lab itself, on real VMs: `kubeforge lab up --nodes 2` gives machines the installer can use (SSH as root
-//! and as the sudo user `lab` with the key and host key the inventory names, systemd running, the kernel
-//! modules Kubernetes needs, node-to-node traffic on the lab network, `lab status`), and `lab down` leaves
-//! nothing behind (no qemu process, no network namespace, no tap device, no overlay). The lab is torn down
-//! also when an assertion fails. The numbers `--timings` prints (image built/cached, time to ready, qemu RSS
-//! per VM) and the duration of `lab down` are checked and echoed.
-//!
-//! Marked `#[ignore]`: the test command runs it with `--ignored` (then a missing prerequisite fails it).
-//! Needs root and the lab host tools (`tests/lab/install-host-deps.sh`); the first run builds the
-//! image with mmdebstrap from the machine's Debian mirror (minutes).
+//! The lab itself, checked on the VMs the end-to-end test boots (one lab serves every VM test: emulated
+//! VMs are slow to boot). `kubeforge lab up` must give machines the installer can use (SSH as root and as
+//! the sudo user `lab` with the key and host key the inventory names, systemd running, the kernel modules
+//! Kubernetes needs, node-to-node traffic on the lab network, `lab status`), and `lab down` must leave
+//! nothing behind (no qemu process, no network namespace, no tap device, no overlay). The numbers
+//! `--timings` prints (image built/cached, time to ready, qemu RSS per VM) and the duration of `lab down`
+//! are checked and echoed.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-const NODES: usize = 2;
+/// Runs `kubeforge ARGS` in the lab's working directory.
+pub type Kf<'a> = &'a dyn Fn(&[&str]) -> Output;
 
-/// A lab; `Drop` takes it down unless the test already did.
-struct Lab {
-    dir: PathBuf,
+/// What `lab up --timings` printed.
+pub struct UpNumbers {
+    image_state: &'static str,
+    image_s: f64,
+    ready_s: f64,
+    rss: Vec<f64>,
+    wall_s: f64,
+}
+
+/// What the lab holds on this machine while it is up, to check that `lab down` removed it.
+pub struct Footprint {
     name: String,
-    down: bool,
+    netns: String,
+    lab_dir: PathBuf,
+    pids: Vec<i64>,
+    overlays: Vec<PathBuf>,
+    taps: Vec<(String, String)>,
+    up: UpNumbers,
 }
 
-impl Lab {
-    fn kf(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_kubeforge"))
-            .args(args)
-            .current_dir(&self.dir)
-            .output()
-            .expect("run kubeforge")
-    }
-    fn lab_dir(&self) -> PathBuf {
-        self.dir.join("lab").join(&self.name)
-    }
-    /// `ssh` from inside the lab network with explicit credentials, retried on ssh's own failures (exit 255:
-    /// under TCG and host load a banner exchange can time out).
-    fn ssh_as(&self, user: &str, ip: &str, key: &str, known_hosts: &Path, cmd: &str) -> Output {
-        let kh = format!("UserKnownHostsFile={}", known_hosts.display());
-        let target = format!("{user}@{ip}");
-        let mut last = None;
-        for attempt in 1..=3 {
-            let o = self.kf(&[
-                "lab",
-                "exec",
-                "--name",
-                &self.name,
-                "--",
-                "ssh",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=yes",
-                "-o",
-                &kh,
-                "-o",
-                "ConnectTimeout=60",
-                "-o",
-                "LogLevel=ERROR",
-                "-i",
-                key,
-                &target,
-                cmd,
-            ]);
-            if o.status.code() != Some(255) {
-                return o;
-            }
-            eprintln!("[lab] ssh {target} attempt {attempt} failed: {}", text(&o));
-            last = Some(o);
-            std::thread::sleep(Duration::from_secs(5));
-        }
-        last.unwrap()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if self.down {
-            return;
-        }
-        let out = self.kf(&["lab", "down", "--name", &self.name]);
-        eprintln!("[lab] lab down (guard): {}", text(&out));
-    }
-}
-
-fn text(o: &Output) -> String {
+pub fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
@@ -130,40 +80,8 @@ fn taps(netns: Option<&str>) -> Vec<(String, String)> {
         .collect()
 }
 
-#[test]
-#[ignore = "boots lab VMs: run with --ignored (root, lab host tools: tests/lab/install-host-deps.sh)"]
-fn lab_up_gives_usable_nodes_and_lab_down_leaves_nothing_behind() {
-    // Prerequisites: fail, never skip, once the test was asked for.
-    assert!(nix::unistd::Uid::effective().is_root(), "the lab test needs root (network namespaces, taps)");
-    for tool in ["qemu-system-x86_64", "qemu-img", "mmdebstrap", "mke2fs", "ip", "ssh", "ssh-keygen", "pgrep"]
-    {
-        let found =
-            std::env::var("PATH").unwrap_or_default().split(':').any(|d| Path::new(d).join(tool).is_file());
-        assert!(found, "missing host tool {tool}: run tests/lab/install-host-deps.sh as root");
-    }
-
-    let work = tempfile::tempdir().unwrap();
-    let name = format!("labtest{}", std::process::id() % 100000);
-    let netns = format!("kf-{name}");
-    let mut lab = Lab { dir: work.path().to_path_buf(), name: name.clone(), down: false };
-
-    // Up, with timings.
-    let t = Instant::now();
-    let up = lab.kf(&[
-        "lab",
-        "up",
-        "--name",
-        &name,
-        "--nodes",
-        &NODES.to_string(),
-        "--timings",
-        "--ssh-timeout",
-        "600",
-    ]);
-    let up_wall = t.elapsed();
-    let up_out = text(&up);
-    eprintln!("[lab] lab up ({:.0}s):\n{up_out}", up_wall.as_secs_f64());
-    assert!(up.status.success(), "lab up failed");
+/// Checks `lab up`'s output for `nodes` VMs (prerequisites first: fail, never skip).
+pub fn up_numbers(up_out: &str, nodes: usize, wall: Duration) -> UpNumbers {
     let timings =
         up_out.lines().find(|l| l.starts_with("timings: image ")).expect("--timings prints a timings line");
     let image_state = if timings.contains("image built ") { "built" } else { "cached" };
@@ -172,7 +90,7 @@ fn lab_up_gives_usable_nodes_and_lab_down_leaves_nothing_behind() {
     let ready_s = number_after(timings, "VMs ready (SSH) ").expect("time to ready");
     assert!(ready_s >= image_s, "{timings}");
     let mut rss = Vec::new();
-    for i in 1..=NODES {
+    for i in 1..=nodes {
         let line = up_out
             .lines()
             .find(|l| l.trim_start().starts_with(&format!("node{i} qemu RSS ")))
@@ -181,21 +99,78 @@ fn lab_up_gives_usable_nodes_and_lab_down_leaves_nothing_behind() {
         assert!(mib > 0.0, "node{i}'s qemu RSS must be read from its PID: {line}");
         rss.push(mib);
     }
+    UpNumbers { image_state, image_s, ready_s, rss, wall_s: wall.as_secs_f64() }
+}
 
+/// The host tools the lab needs, on PATH.
+pub fn host_tools_present() {
+    assert!(nix::unistd::Uid::effective().is_root(), "the lab needs root (network namespaces, taps)");
+    for tool in ["qemu-system-x86_64", "qemu-img", "mmdebstrap", "mke2fs", "ip", "ssh", "ssh-keygen", "pgrep"]
+    {
+        let found =
+            std::env::var("PATH").unwrap_or_default().split(':').any(|d| Path::new(d).join(tool).is_file());
+        assert!(found, "missing host tool {tool}: run tests/lab/install-host-deps.sh as root");
+    }
+}
+
+/// `ssh` from inside the lab network with explicit credentials, retried on ssh's own failures (exit 255:
+/// under TCG and host load a banner exchange can time out).
+fn ssh_as(kf: Kf, name: &str, user: &str, ip: &str, key: &str, known_hosts: &Path, cmd: &str) -> Output {
+    let kh = format!("UserKnownHostsFile={}", known_hosts.display());
+    let target = format!("{user}@{ip}");
+    let mut last = None;
+    for attempt in 1..=3 {
+        let o = kf(&[
+            "lab",
+            "exec",
+            "--name",
+            name,
+            "--",
+            "ssh",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            &kh,
+            "-o",
+            "ConnectTimeout=60",
+            "-o",
+            "LogLevel=ERROR",
+            "-i",
+            key,
+            &target,
+            cmd,
+        ]);
+        if o.status.code() != Some(255) {
+            return o;
+        }
+        eprintln!("[lab] ssh {target} attempt {attempt} failed: {}", text(&o));
+        last = Some(o);
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    last.unwrap()
+}
+
+/// Checks the freshly booted lab `name` (working directory `dir`, `nodes` VMs): what `lab up` recorded,
+/// every node as root and as `lab`, node1 reaching node2, `lab status`. Returns what to check after down.
+pub fn nodes_are_usable(kf: Kf, dir: &Path, name: &str, count: usize, up: UpNumbers) -> Footprint {
+    let netns = format!("kf-{name}");
+    let lab_dir = dir.join("lab").join(name);
     // What up recorded: the inventory (what `kubeforge apply` uses) and the lab state.
-    let inv_path = lab.lab_dir().join("inventory.yaml");
+    let inv_path = lab_dir.join("inventory.yaml");
     let inv: serde_yaml::Value = serde_yaml::from_slice(&std::fs::read(&inv_path).unwrap()).unwrap();
     let key = inv["ssh"]["identityFile"].as_str().expect("inventory ssh.identityFile").to_owned();
     assert!(Path::new(&key).is_file(), "the inventory's key {key} exists");
     assert_eq!(inv["ssh"]["user"].as_str(), Some("root"));
     let hosts = inv["hosts"].as_sequence().expect("inventory hosts");
-    assert_eq!(hosts.len(), NODES);
+    assert_eq!(hosts.len(), count);
     let nodes: Vec<(String, String)> = hosts
         .iter()
         .map(|h| (h["name"].as_str().unwrap().to_owned(), h["address"].as_str().unwrap().to_owned()))
         .collect();
     // known_hosts from the inventory's pinned host keys: a wrong key fails StrictHostKeyChecking.
-    let known_hosts = work.path().join("known_hosts");
+    let known_hosts = dir.join("known_hosts");
     let kh: String = hosts
         .iter()
         .map(|h| {
@@ -204,7 +179,7 @@ fn lab_up_gives_usable_nodes_and_lab_down_leaves_nothing_behind() {
         .collect();
     std::fs::write(&known_hosts, kh).unwrap();
     let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(lab.lab_dir().join("lab.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(lab_dir.join("lab.json")).unwrap()).unwrap();
     assert_eq!(state["netns"], netns.as_str());
     let pids: Vec<i64> = state["vms"]
         .as_array()
@@ -228,7 +203,9 @@ fn lab_up_gives_usable_nodes_and_lab_down_leaves_nothing_behind() {
     let t_checks = Instant::now();
     for (node, ip) in &nodes {
         let root = must(
-            lab.ssh_as(
+            ssh_as(
+                kf,
+                name,
                 "root",
                 ip,
                 &key,
@@ -258,7 +235,9 @@ fn lab_up_gives_usable_nodes_and_lab_down_leaves_nothing_behind() {
         assert!(root.contains("br_netfilter overlay"), "{node}: both modules loaded:\n{root}");
 
         let user = must(
-            lab.ssh_as(
+            ssh_as(
+                kf,
+                name,
                 "lab",
                 ip,
                 &key,
@@ -278,11 +257,11 @@ fn lab_up_gives_usable_nodes_and_lab_down_leaves_nothing_behind() {
     // node1 reaches node2 over the lab network (through `lab ssh`, the subcommand, as root).
     let (n1, _) = &nodes[0];
     let (_, ip2) = &nodes[1];
-    let reach = lab.kf(&[
+    let reach = kf(&[
         "lab",
         "ssh",
         "--name",
-        &name,
+        name,
         n1,
         "--",
         &format!("ping -c 2 -W 5 {ip2} >/dev/null && echo ping-ok; timeout 20 bash -c '</dev/tcp/{ip2}/22' && echo tcp22-ok"),
@@ -293,7 +272,7 @@ fn lab_up_gives_usable_nodes_and_lab_down_leaves_nothing_behind() {
     eprintln!("[lab] node checks took {:.0}s", t_checks.elapsed().as_secs_f64());
 
     // Status: both VMs running, with their addresses.
-    let status = must(lab.kf(&["lab", "status", "--name", &name]), "lab status");
+    let status = must(kf(&["lab", "status", "--name", name]), "lab status");
     eprintln!("[lab] lab status:\n{status}");
     assert!(status.contains(&netns), "{status}");
     for ((node, ip), pid) in nodes.iter().zip(&pids) {
@@ -305,30 +284,28 @@ fn lab_up_gives_usable_nodes_and_lab_down_leaves_nothing_behind() {
         assert!(line.contains(&format!("running (pid {pid}")), "{line}");
     }
 
-    // Down, then nothing of the lab is left.
-    let lab_taps = taps(Some(&netns));
-    assert_eq!(lab_taps.len(), NODES, "one tap per VM in {netns}: {lab_taps:?}");
-    let down = lab.kf(&["lab", "down", "--name", &name]);
-    // Disarm the guard only once down succeeded; otherwise it tries again.
-    lab.down = down.status.success();
-    let down_out = must(down, "lab down");
-    eprintln!("[lab] {down_out}");
-    let down_s = number_after(&down_out, "is down (").expect("lab down prints its duration");
+    let taps_before = taps(Some(&netns));
+    assert_eq!(taps_before.len(), count, "one tap per VM in {netns}: {taps_before:?}");
+    Footprint { name: name.to_owned(), netns, lab_dir, pids, overlays, taps: taps_before, up }
+}
 
+/// After a successful `lab down` (its output `down_out`): nothing of the lab is left. Prints the numbers.
+pub fn nothing_left_behind(f: &Footprint, down_out: &str) {
+    let (name, netns, pids, overlays, lab_dir) = (&f.name, &f.netns, &f.pids, &f.overlays, &f.lab_dir);
+    let down_s = number_after(down_out, "is down (").expect("lab down prints its duration");
     let deadline = Instant::now() + Duration::from_secs(15);
     while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
     let left: Vec<&i64> = pids.iter().filter(|p| alive(**p)).collect();
     assert!(left.is_empty(), "qemu PIDs still alive after lab down: {left:?}");
-    let lab_dir = lab.lab_dir();
     let pg = host(&["pgrep", "-a", "-f", &format!("{}/", lab_dir.display())]);
     assert!(pg.stdout.is_empty(), "processes of the lab remain:\n{}", text(&pg));
     let pg = host(&["pgrep", "-a", "-f", &format!("qemu-system.*{name}")]);
     assert!(pg.stdout.is_empty(), "qemu processes naming the lab remain:\n{}", text(&pg));
     let ns = String::from_utf8_lossy(&host(&["ip", "netns", "list"]).stdout).into_owned();
     assert!(!ns.split_whitespace().any(|w| w == netns), "network namespace {netns} remains:\n{ns}");
-    let macs: Vec<&String> = lab_taps.iter().map(|(_, m)| m).collect();
+    let macs: Vec<&String> = f.taps.iter().map(|(_, m)| m).collect();
     let mut everywhere = taps(None);
     for other in ns.lines().filter_map(|l| l.split_whitespace().next()) {
         everywhere.extend(taps(Some(other)));
@@ -338,11 +315,16 @@ fn lab_up_gives_usable_nodes_and_lab_down_leaves_nothing_behind() {
     assert!(overlays.iter().all(|o| !o.exists()), "overlays remain: {overlays:?}");
     assert!(!lab_dir.exists(), "{} remains", lab_dir.display());
 
+    let u = &f.up;
     eprintln!(
-        "[lab] numbers: image {image_state} {image_s:.1}s; {NODES} VMs ready (SSH) {ready_s:.1}s after start \
-         ({:.1}s boot after the image); qemu RSS {} MiB; lab down {down_s:.1}s; lab up wall {:.0}s",
-        ready_s - image_s,
-        rss.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(" / "),
-        up_wall.as_secs_f64()
+        "[lab] numbers: image {} {:.1}s; {} VMs ready (SSH) {:.1}s after start ({:.1}s boot after the image); \
+         qemu RSS {} MiB; lab down {down_s:.1}s; lab up wall {:.0}s",
+        u.image_state,
+        u.image_s,
+        u.rss.len(),
+        u.ready_s,
+        u.ready_s - u.image_s,
+        u.rss.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(" / "),
+        u.wall_s
     );
 }
