@@ -496,10 +496,10 @@ pub fn diff(desired: &HostDesired, actual: &ActualState) -> HostChanges {
 /// runs the follow-up commands, and writes the phase's completion marker last. Returns whether anything
 /// changed.
 ///
-/// Round trips: binaries (over [`crate::transport::BATCH_MAX_FILE`]) one transfer each; every other file
-/// in **one** batch, which also reloads, enables and restarts the units once every file is in place (unless
-/// commands must run in between: then the start is its own round trip after them); one per follow-up
-/// command; one for the marker. The order (files, commands before the start, start, health waits, marker)
+/// Round trips: every file, binaries included, in **one** batch (streamed: see
+/// [`crate::transport::upload_all`]), which also reloads, enables and restarts the units once every file
+/// is in place (unless commands must run in between: then the start is its own round trip after them);
+/// one per follow-up command; one for the marker. The order (files, commands before the start, start, health waits, marker)
 /// is the same as one command per step.
 pub async fn apply_changes(t: &dyn Transport, changes: &HostChanges) -> Result<bool, StepError> {
     if !changes.remove_units.is_empty() || !changes.remove_files.is_empty() {
@@ -540,8 +540,8 @@ pub async fn apply_changes(t: &dyn Transport, changes: &HostChanges) -> Result<b
                 .sudo()
         });
     if changes.before_start.is_empty() {
-        // Small files in one round trip, and the units start in that same round trip once every file is
-        // in place (binaries, over the batch size, are streamed first, one transfer each).
+        // Every file in one round trip, and the units start in that same round trip once every file is
+        // in place.
         let done = crate::transport::upload_all(t, &files, start.as_ref()).await?;
         if let (Some(out), Some(cmd)) = (done.then, &start) {
             if !out.success() {

@@ -481,6 +481,72 @@ async fn a_200_mib_upload_lands_with_its_sha256_and_mode_in_bounded_memory_and_i
     assert_eq!(t.stats().connects, 1);
 }
 
+/// What a plan does with a phase's files: binaries the probe found different travel with the small files
+/// and the start command in **one** round trip, streamed (the process never holds them), each checked on
+/// the host. A local file that changed size since its digest was taken is refused before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binaries_and_small_files_travel_in_one_streamed_round_trip_with_the_start() {
+    if !enabled() {
+        return;
+    }
+    let key = ClientKey::new();
+    let s = Sshd::start(&key, &["127.0.0.1"], "");
+    let tmp = tempfile::tempdir().unwrap();
+    let kh = trusting(tmp.path(), &s);
+    let dir = tmp.path().join("opt/kubeforge/bin");
+    let mut files = Vec::new();
+    for (name, mib) in [("kube-apiserver", 64), ("kube-scheduler", 48)] {
+        let src = tmp.path().join(name);
+        random_file(&src, mib);
+        let up = Upload::file(&src, dir.join(name).to_str().unwrap(), 0o755).unwrap();
+        files.push(Upload { precheck: false, ..up });
+    }
+    files.push(Upload::bytes(
+        b"[Unit]\n".to_vec(),
+        tmp.path().join("etc/a.service").to_str().unwrap(),
+        0o600,
+    ));
+    files
+        .push(Upload::bytes(b"key".to_vec(), tmp.path().join("pki/a.key").to_str().unwrap(), 0o600).secret());
+    let then = Command::new("sh").arg("-c").arg("ls -- \"$0\"").arg(dir.to_str().unwrap()).sudo();
+    let t = SshTransport::new(target("cp1", "127.0.0.1", s.port, "root", &key, &kh, false));
+    t.exec(&Command::new("true")).await.unwrap();
+
+    let rss_before = proc_status_kib("VmRSS");
+    let before = t.stats();
+    let done = kubeforge::transport::upload_all(&t, &files, Some(&then)).await.unwrap();
+    let after = t.stats();
+    let grown_mib = (proc_status_kib("VmHWM").saturating_sub(rss_before)) / 1024;
+    assert_eq!(done.files, vec![UploadOutcome::Written; 4]);
+    assert_eq!(
+        after.round_trips - before.round_trips,
+        1,
+        "two binaries, two files and the start: one round trip"
+    );
+    assert_eq!(after.bytes_sent - before.bytes_sent, (112 << 20) + 7 + 3);
+    assert!(grown_mib < 50, "sending 112 MiB grew the peak RSS by {grown_mib} MiB: not streamed");
+    assert_eq!(
+        done.then.unwrap().stdout_str(),
+        "kube-apiserver\nkube-scheduler\n",
+        "the start ran after the files"
+    );
+    for f in &files {
+        assert_eq!(sha256_file(Path::new(&f.dest)), f.sha256, "{}", f.dest);
+    }
+    assert_eq!(std::fs::metadata(dir.join("kube-apiserver")).unwrap().permissions().mode() & 0o7777, 0o755);
+    assert!(upload_temps(&dir).is_empty());
+
+    // The apiserver binary changes locally after its digest was taken: refused, nothing sent.
+    random_file(&tmp.path().join("kube-apiserver"), 1);
+    let mut again = files.clone();
+    again[2] = Upload::bytes(b"[Unit]\nX=1\n".to_vec(), files[2].dest.clone(), 0o600);
+    let e = kubeforge::transport::upload_all(&t, &again, None).await.unwrap_err();
+    let e = format!("{e}: {}", std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default());
+    assert!(e.contains("kube-apiserver: 1048576 bytes where 67108864 were announced"), "{e}");
+    assert_eq!(t.stats().bytes_sent, after.bytes_sent, "nothing sent");
+    assert_eq!(std::fs::read(&files[2].dest).unwrap(), b"[Unit]\n", "nothing replaced");
+}
+
 /// What `backup` and `upgrade` do with an etcd snapshot: a file read back over real sshd reports its bytes as
 /// they arrive (the progress bar), arrives whole, and one larger than the limit is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

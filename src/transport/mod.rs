@@ -684,10 +684,12 @@ pub trait Transport: Send + Sync {
         Box::pin(upload_via_exec(self, up))
     }
 
-    /// Places several small files in **one** round trip (see [`upload_batch_via_exec`]): each is staged
-    /// beside its destination and checked (size, sha256) before any is renamed into place; `then`, when
-    /// given, runs in the same round trip once every file is in place. Callers keep each file under
-    /// [`BATCH_MAX_FILE`] and a batch under [`BATCH_MAX_FILES`] / [`BATCH_MAX_BYTES`] ([`upload_all`] does).
+    /// Places several files in **one** round trip (see [`upload_batch_via_exec`]): each is staged beside
+    /// its destination and checked (size, sha256) before any is renamed into place; `then`, when given,
+    /// runs in the same round trip once every file is in place. The content is streamed, one file after
+    /// the other (constant memory). Callers keep a batch under [`BATCH_MAX_FILES`] and send in a batch
+    /// only files that must be written ([`batchable`]; [`upload_all`] does both): a file already in
+    /// place is still read past on the host, so a large one is worth its own digest check first.
     fn upload_batch<'a>(
         &'a self,
         files: &'a [Upload],
@@ -841,11 +843,11 @@ async fn upload_via_exec<T: Transport + ?Sized>(t: &T, up: &Upload) -> Result<Up
     }
 }
 
-/// Files up to this size travel in a batch ([`Transport::upload_batch`]); larger ones (binaries) are
-/// streamed one transfer each, with constant memory.
+/// Files up to this size travel in a batch ([`Transport::upload_batch`]) even when they may already be in
+/// place; a larger one (a binary) joins a batch only when the caller knows it differs
+/// ([`Upload::precheck`] off: a plan's probe has read its digest), otherwise it goes alone, after one
+/// digest check that saves sending it when it matches.
 pub const BATCH_MAX_FILE: u64 = 1 << 20;
-/// At most this many bytes of content per batch (a batch is assembled in memory).
-pub const BATCH_MAX_BYTES: u64 = 8 << 20;
 /// At most this many files per batch: their metadata travels as arguments, which must stay far below the
 /// host's argument limit (five short arguments per file).
 pub const BATCH_MAX_FILES: usize = 256;
@@ -929,10 +931,10 @@ echo kubeforge-batch-done
 [ $# -eq 0 ] || exec "$@"
 "#;
 
-/// Whether `up` may travel in a batch: small, and a destination the batch script takes as is (absolute,
-/// one line). Anything else goes as a single upload.
+/// Whether `up` may travel in a batch: small or known to differ ([`BATCH_MAX_FILE`]), and a destination
+/// the batch script takes as is (absolute, one line). Anything else goes as a single upload.
 pub fn batchable(up: &Upload) -> bool {
-    up.size <= BATCH_MAX_FILE && up.dest.starts_with('/') && !up.dest.contains('\n')
+    (up.size <= BATCH_MAX_FILE || !up.precheck) && up.dest.starts_with('/') && !up.dest.contains('\n')
 }
 
 /// Whether `then` can run inside a batch's round trip: the batch runs it with the batch's privileges,
@@ -973,31 +975,14 @@ pub async fn upload_batch_via_exec<T: Transport + ?Sized>(
         return Ok(BatchOutcome { files: files.iter().map(|f| by_dest[&f.dest]).collect(), then });
     }
     let fold = then.filter(|c| foldable(c, sudo));
-    let mut data = Vec::with_capacity(files.iter().map(|f| f.size as usize).sum());
+    let mut sources = Vec::with_capacity(files.len());
     let mut cmd = Command::shell(BATCH_SCRIPT).arg(files.len().to_string()).with_sudo(sudo);
     for f in files {
-        let before = data.len();
-        let mut r = f.open().await.map_err(|e| TransportError::Io {
+        sources.push(open_exact(f).await.map_err(|e| TransportError::Io {
             host: host(),
-            context: format!("opening upload source for {}", f.dest),
+            context: format!("upload source for {}", f.dest),
             source: e,
-        })?;
-        r.read_to_end(&mut data).await.map_err(|e| TransportError::Io {
-            host: host(),
-            context: format!("reading upload source for {}", f.dest),
-            source: e,
-        })?;
-        if (data.len() - before) as u64 != f.size {
-            return Err(TransportError::Io {
-                host: host(),
-                context: format!("upload source for {}", f.dest),
-                source: std::io::Error::other(format!(
-                    "{} bytes where {} were announced",
-                    data.len() - before,
-                    f.size
-                )),
-            });
-        }
+        })?);
         cmd = cmd
             .arg(&f.dest)
             .arg(f.size.to_string())
@@ -1009,7 +994,7 @@ pub async fn upload_batch_via_exec<T: Transport + ?Sized>(
         cmd.args.extend(c.args.iter().cloned());
     }
     let shown = batch_label(files, fold);
-    let reader: Box<dyn AsyncRead + Send + Unpin> = Box::new(std::io::Cursor::new(data));
+    let reader: Box<dyn AsyncRead + Send + Unpin> = Box::new(Concat { parts: sources.into() });
     let out = t.exec_io(&cmd, Some(reader), None).await.map_err(|e| shown_as(e, shown.clone()))?;
     let stdout = out.stdout_str();
     let Some(done) = stdout.find("kubeforge-batch-done\n") else {
@@ -1047,6 +1032,43 @@ pub async fn upload_batch_via_exec<T: Transport + ?Sized>(
     Ok(BatchOutcome { files: outcomes, then: then_out })
 }
 
+/// Opens `up`'s content for a batch, checked to hold the announced number of bytes (a local file that
+/// changed since its digest was taken is refused here, before anything is sent) and cut at that length.
+async fn open_exact(up: &Upload) -> std::io::Result<tokio::io::Take<Box<dyn AsyncRead + Send + Unpin>>> {
+    let len = match &up.source {
+        UploadSource::File(p) => tokio::fs::metadata(p).await?.len(),
+        UploadSource::Bytes(b) => b.len() as u64,
+    };
+    if len != up.size {
+        return Err(std::io::Error::other(format!("{len} bytes where {} were announced", up.size)));
+    }
+    Ok(up.open().await?.take(up.size))
+}
+
+/// The batch's stdin: each file's content in turn. A source that ends early just ends its part; the host
+/// then finds the file short (or its digest wrong) and names it, and nothing is renamed into place.
+struct Concat {
+    parts: std::collections::VecDeque<tokio::io::Take<Box<dyn AsyncRead + Send + Unpin>>>,
+}
+
+impl AsyncRead for Concat {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        while let Some(part) = self.parts.front_mut() {
+            let before = buf.filled().len();
+            std::task::ready!(std::pin::Pin::new(part).poll_read(cx, buf))?;
+            if buf.filled().len() > before || buf.remaining() == 0 {
+                return std::task::Poll::Ready(Ok(()));
+            }
+            self.parts.pop_front();
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 /// How a batch shows in errors: its files (no content, so no secret), and the folded command.
 fn batch_label(files: &[Upload], then: Option<&Command>) -> String {
     let mut s = format!("upload of {} file(s): ", files.len());
@@ -1057,32 +1079,21 @@ fn batch_label(files: &[Upload], then: Option<&Command>) -> String {
     s
 }
 
-/// Places `files`: the small ones ([`batchable`]) in batches of one round trip each, the others one
-/// transfer each, streamed, first. Returns one outcome per file, in order. `then`, when given, runs after
-/// every file is in place, in the last batch's round trip when it can.
+/// Places `files`: those that may travel together ([`batchable`]) in batches of one round trip each (one
+/// in all up to [`BATCH_MAX_FILES`] files), the others one transfer each, first. Returns one outcome per
+/// file, in order. `then`, when given, runs after every file is in place, in the last batch's round trip
+/// when it can.
 pub async fn upload_all(
     t: &dyn Transport,
     files: &[Upload],
     then: Option<&Command>,
 ) -> Result<BatchOutcome, TransportError> {
     let mut outcomes: Vec<Option<UploadOutcome>> = vec![None; files.len()];
-    let (small, large): (Vec<usize>, Vec<usize>) = (0..files.len()).partition(|&i| batchable(&files[i]));
-    for &i in &large {
+    let (together, alone): (Vec<usize>, Vec<usize>) = (0..files.len()).partition(|&i| batchable(&files[i]));
+    for &i in &alone {
         outcomes[i] = Some(t.upload(&files[i]).await?);
     }
-    let mut chunks: Vec<Vec<usize>> = Vec::new();
-    let mut bytes = 0u64;
-    for &i in &small {
-        let size = files[i].size;
-        match chunks.last_mut() {
-            Some(c) if c.len() < BATCH_MAX_FILES && bytes + size <= BATCH_MAX_BYTES => c.push(i),
-            _ => {
-                chunks.push(vec![i]);
-                bytes = 0;
-            }
-        }
-        bytes += size;
-    }
+    let chunks: Vec<&[usize]> = together.chunks(BATCH_MAX_FILES).collect();
     let mut then_out = None;
     let last = chunks.len().saturating_sub(1);
     for (k, chunk) in chunks.iter().enumerate() {
