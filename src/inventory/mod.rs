@@ -318,6 +318,17 @@ fn limit_problem(limit: &position::LimitExceeded) -> Problem {
                     .to_string(),
             ),
         ),
+        LimitExceeded::Bytes { max, at } => Problem::at(
+            Some(*at),
+            format!(
+                "the document expands to more than {} MiB of text through aliases (`*name`)",
+                max / (1024 * 1024)
+            ),
+            Some(
+                "every alias repeats the whole value its anchor (`&name`) marks; write the values out instead of repeating a long one"
+                    .to_string(),
+            ),
+        ),
         LimitExceeded::Nodes { max, through_aliases: false, at } => Problem::at(
             Some(*at),
             format!("the document has more than {max} values"),
@@ -368,19 +379,372 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, InventoryError> {
         }),
         Err(e) => {
             let mut problems = duplicates;
-            let (message, hint) = explain_serde_error(&e);
-            // serde's own "duplicate field" names neither the key's position nor the first one.
-            if problems.is_empty() || !message.contains("duplicate field") {
-                problems.push(Problem {
-                    line: e.location().map(|l| l.line()),
-                    column: e.location().map(|l| l.column()),
-                    message,
-                    hint,
-                });
+            if scan.syntax_error {
+                problems.push(syntax_problem(text, &e));
+            } else if let Some(&second) = scan.documents.get(1) {
+                problems.push(Problem::at(
+                    Some(second),
+                    "a second YAML document starts here: an inventory is one document",
+                    Some(
+                        "remove this `---` and what follows it, or move it to a file of its own".to_string(),
+                    ),
+                ));
+            } else {
+                // serde's own "duplicate field" names neither the key's position nor the first one; the
+                // scan has reported it.
+                let skip_duplicate = !problems.is_empty();
+                problems.extend(schema_problems(text, &e, &scan.positions, skip_duplicate));
             }
             problems.sort_by_key(|p| (p.line, p.column));
             Err(InventoryError::Invalid { path: path.to_owned(), problems })
         }
+    }
+}
+
+/// A YAML document as a tree where a key given twice keeps its last value (the scan reports the duplicate),
+/// so that schema problems can be looked for past the first one.
+struct Lenient(serde_yaml::Value);
+
+impl<'de> serde::Deserialize<'de> for Lenient {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde_yaml::Value;
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Lenient;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a YAML value")
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<Lenient, E> {
+                Ok(Lenient(Value::Bool(b)))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Lenient, E> {
+                Ok(Lenient(Value::Number(n.into())))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Lenient, E> {
+                Ok(Lenient(Value::Number(n.into())))
+            }
+            fn visit_f64<E>(self, n: f64) -> Result<Lenient, E> {
+                Ok(Lenient(Value::Number(n.into())))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Lenient, E> {
+                Ok(Lenient(Value::String(s.to_owned())))
+            }
+            fn visit_unit<E>(self) -> Result<Lenient, E> {
+                Ok(Lenient(Value::Null))
+            }
+            fn visit_none<E>(self) -> Result<Lenient, E> {
+                Ok(Lenient(Value::Null))
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Lenient, D::Error> {
+                serde::Deserialize::deserialize(d)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<Lenient, A::Error> {
+                let mut v = Vec::new();
+                while let Some(Lenient(x)) = s.next_element()? {
+                    v.push(x);
+                }
+                Ok(Lenient(Value::Sequence(v)))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Lenient, A::Error> {
+                let mut map = serde_yaml::Mapping::new();
+                while let Some((Lenient(k), Lenient(v))) = m.next_entry()? {
+                    map.insert(k, v);
+                }
+                Ok(Lenient(Value::Mapping(map)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One step from a node to a child.
+#[derive(Clone)]
+enum Step {
+    Key(serde_yaml::Value),
+    Index(usize),
+}
+
+fn key_text(k: &serde_yaml::Value) -> Option<String> {
+    match k {
+        serde_yaml::Value::String(s) => Some(s.clone()),
+        serde_yaml::Value::Number(n) => Some(n.to_string()),
+        serde_yaml::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The steps to the node at a serde_yaml path (`hosts[0].labels.example.com/zone`). Keys may contain `.`,
+/// so at each mapping the longest key that fits is taken.
+fn locate(root: &serde_yaml::Value, path: &str) -> Option<Vec<Step>> {
+    let mut steps = Vec::new();
+    let mut node = root;
+    let mut rest = if path == "." { "" } else { path };
+    while !rest.is_empty() {
+        match node {
+            serde_yaml::Value::Sequence(items) => {
+                let inner = rest.strip_prefix('[')?;
+                let close = inner.find(']')?;
+                let i: usize = inner[..close].parse().ok()?;
+                node = items.get(i)?;
+                steps.push(Step::Index(i));
+                rest = &inner[close + 1..];
+            }
+            serde_yaml::Value::Mapping(map) => {
+                let (k, v, text) = map
+                    .iter()
+                    .filter_map(|(k, v)| key_text(k).map(|t| (k, v, t)))
+                    .filter(|(_, _, t)| {
+                        rest.strip_prefix(t.as_str())
+                            .is_some_and(|r| r.is_empty() || r.starts_with(['.', '[']))
+                    })
+                    .max_by_key(|(_, _, t)| t.len())?;
+                steps.push(Step::Key(k.clone()));
+                node = v;
+                rest = &rest[text.len()..];
+            }
+            _ => return None,
+        }
+        rest = rest.strip_prefix('.').unwrap_or(rest);
+    }
+    Some(steps)
+}
+
+fn walk<'a>(mut node: &'a mut serde_yaml::Value, steps: &[Step]) -> Option<&'a mut serde_yaml::Value> {
+    for s in steps {
+        node = match (s, node) {
+            (Step::Index(i), serde_yaml::Value::Sequence(items)) => items.get_mut(*i)?,
+            (Step::Key(k), serde_yaml::Value::Mapping(map)) => map.get_mut(k)?,
+            _ => return None,
+        };
+    }
+    Some(node)
+}
+
+/// What a schema error asks to change so that the search can go on past it.
+enum Repair {
+    /// Remove the key from the mapping at the path (an unknown field).
+    Remove { map: String, key: String },
+    /// Put a stand-in at the path: remove it, then try an empty string, sequence, mapping (a value of the
+    /// wrong type, or a missing field).
+    StandIn { map: String, key: Option<String> },
+}
+
+/// The path a serde_yaml message names and what to change there; `None` for messages it cannot act on.
+fn repair_for(message: &str) -> Option<(String, Repair)> {
+    let markers = [
+        "unknown field `",
+        "missing field `",
+        "invalid type: ",
+        "invalid value: ",
+        "unknown variant `",
+        "invalid length ",
+    ];
+    let (i, marker) =
+        markers.iter().filter_map(|m| message.find(m).map(|i| (i, *m))).min_by_key(|(i, _)| *i)?;
+    let path = message[..i].strip_suffix(": ").unwrap_or("").trim_end_matches('.').to_owned();
+    let join = |k: &str| if path.is_empty() { k.to_owned() } else { format!("{path}.{k}") };
+    let named = || message[i + marker.len()..].split('`').next().map(str::to_owned);
+    match marker {
+        "unknown field `" => {
+            let key = named()?;
+            Some((join(&key), Repair::Remove { map: path, key }))
+        }
+        "missing field `" => {
+            let key = named()?;
+            Some((join(&key), Repair::StandIn { map: path, key: Some(key) }))
+        }
+        _ if path.is_empty() => None,
+        _ => Some((path.clone(), Repair::StandIn { map: path, key: None })),
+    }
+}
+
+/// Applies `repair` for the `attempt`-th time; false when there is nothing left to try.
+fn apply_repair(doc: &mut serde_yaml::Value, repair: &Repair, attempt: usize) -> bool {
+    use serde_yaml::Value;
+    let (steps, key) = match repair {
+        Repair::Remove { map, key } | Repair::StandIn { map, key: Some(key) } => {
+            (locate(doc, map), Some(Value::String(key.clone())))
+        }
+        Repair::StandIn { map, key: None } => match locate(doc, map) {
+            Some(mut s) => match s.pop() {
+                Some(Step::Key(k)) => (Some(s), Some(k)),
+                Some(Step::Index(i)) => {
+                    let stand_in = [
+                        Value::String(String::new()),
+                        Value::Sequence(Vec::new()),
+                        Value::Mapping(Default::default()),
+                    ];
+                    let Some(v) = stand_in.get(attempt).cloned() else { return false };
+                    return match walk(doc, &s) {
+                        Some(Value::Sequence(items)) if i < items.len() => {
+                            items[i] = v;
+                            true
+                        }
+                        _ => false,
+                    };
+                }
+                None => return false,
+            },
+            None => (None, None),
+        },
+    };
+    let (Some(steps), Some(key)) = (steps, key) else { return false };
+    let Some(Value::Mapping(map)) = walk(doc, &steps) else { return false };
+    if matches!(repair, Repair::Remove { .. }) {
+        return attempt == 0 && map.shift_remove(&key).is_some();
+    }
+    // A key that is there is first removed (its field may be optional), then replaced by stand-ins.
+    let present = map.contains_key(&key);
+    let rung = if present { attempt } else { attempt + 1 };
+    match rung {
+        0 => map.shift_remove(&key).is_some(),
+        1..=3 => {
+            let stand_in = match rung {
+                1 => Value::String(String::new()),
+                2 => Value::Sequence(Vec::new()),
+                _ => Value::Mapping(Default::default()),
+            };
+            map.insert(key, stand_in);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Every schema problem (unknown fields, wrong types, missing fields), not only the first that serde meets:
+/// after each one the offending node is removed or stood in for and the document is read again. The
+/// problems after the first are placed by their paths. The search is bounded in rounds and in text read.
+fn schema_problems(
+    text: &str,
+    first: &serde_yaml::Error,
+    positions: &position::Positions,
+    skip_duplicate: bool,
+) -> Vec<Problem> {
+    let (message, hint) = explain_serde_error(first);
+    let mut problems = Vec::new();
+    let duplicate = message.contains("duplicate field");
+    if !(duplicate && skip_duplicate) {
+        problems.push(Problem {
+            line: first.location().map(|l| l.line()),
+            column: first.location().map(|l| l.column()),
+            message,
+            hint,
+        });
+    }
+    let Ok(Lenient(mut doc)) = serde_yaml::from_str::<Lenient>(text) else { return problems };
+    let mut attempts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut pending = if duplicate { None } else { repair_for(&first.to_string()) };
+    if pending.is_none() && !duplicate {
+        return problems;
+    }
+    let mut budget = 2 * MAX_BYTES;
+    // Paths where a stand-in was put.
+    let mut stood_in: Vec<String> = Vec::new();
+    // Unknown fields removed so far: (mapping path, key).
+    let mut removed: Vec<(String, String)> = match &pending {
+        Some((_, Repair::Remove { map, key })) => vec![(map.clone(), key.clone())],
+        _ => Vec::new(),
+    };
+    for _ in 0..4 * MAX_SHOWN {
+        if let Some((mut target, mut repair)) = pending.take() {
+            loop {
+                let n = attempts.entry(target.clone()).or_insert(0);
+                if apply_repair(&mut doc, &repair, *n) {
+                    *n += 1;
+                    if matches!(repair, Repair::StandIn { .. }) {
+                        stood_in.push(target);
+                    }
+                    break;
+                }
+                // Nothing left to try here: stand in for the node that holds it (a section is optional,
+                // a list item can be an empty mapping).
+                let Some(cut) = target.rfind(['.', '[']) else { return problems };
+                target.truncate(cut);
+                repair = Repair::StandIn { map: target.clone(), key: None };
+            }
+        }
+        let Ok(again) = serde_yaml::to_string(&doc) else { break };
+        budget = budget.saturating_sub(again.len() as u64);
+        if budget == 0 {
+            break;
+        }
+        let e = match serde_yaml::from_str::<Inventory>(&again) {
+            Ok(_) => break,
+            Err(e) => e,
+        };
+        let raw = e.to_string();
+        let Some((target, repair)) = repair_for(&raw) else { break };
+        // A field missing where a misspelling of it was removed is that misspelling's "did you mean".
+        let misspelt = match &repair {
+            Repair::StandIn { map, key: Some(key) } => removed
+                .iter()
+                .any(|(m, k)| m == map && strsim::jaro_winkler(&k.to_lowercase(), &key.to_lowercase()) > 0.8),
+            _ => false,
+        };
+        if let Repair::Remove { map, key } = &repair {
+            removed.push((map.clone(), key.clone()));
+        }
+        // What a stand-in lacks (the fields of an empty mapping put in for a string) is no new problem.
+        let inside_stand_in = stood_in.iter().any(|p| {
+            target.strip_prefix(p.as_str()).is_some_and(|r| r.is_empty() || r.starts_with(['.', '[']))
+        });
+        if !attempts.contains_key(&target) && !misspelt && !inside_stand_in {
+            // A new problem (not the consequence of a stand-in): placed by its path in the original text.
+            let pos = match &repair {
+                Repair::Remove { .. } => positions.find_key(&target),
+                Repair::StandIn { map, key: Some(_) } => positions.find(map),
+                Repair::StandIn { key: None, .. } => positions.find(&target),
+            };
+            let (message, hint) = explain_serde_error(&e);
+            problems.push(Problem::at(pos, message, hint));
+        }
+        pending = Some((target, repair));
+    }
+    problems
+}
+
+/// A YAML syntax error. libyaml notices an unclosed quote or bracket only at the end of the file; the
+/// problem is then placed where the construct it was reading starts, which is what has to be fixed.
+fn syntax_problem(text: &str, e: &serde_yaml::Error) -> Problem {
+    let raw = e.to_string();
+    let (problem, rest) = raw.split_once(" at line ").unwrap_or((raw.as_str(), ""));
+    let problem = clip_quoted(problem);
+    // ", while parsing a flow sequence at line 7 column 12"
+    let context = rest.split_once(", ").and_then(|(_, ctx)| {
+        let (what, at) = ctx.split_once(" at line ")?;
+        let (l, c) = at.split_once(" column ")?;
+        Some((
+            what.to_owned(),
+            position::Pos { line: l.trim().parse().ok()?, column: c.trim().parse().ok()? },
+        ))
+    });
+    let loc = e.location();
+    let at_end = loc.as_ref().is_some_and(|l| l.index() >= text.trim_end().len());
+    let tab = loc.as_ref().is_some_and(|l| text[l.index().min(text.len())..].starts_with('\t'));
+    match context {
+        Some((what, start)) if at_end => {
+            let what = what
+                .trim_start_matches("while ")
+                .trim_start_matches("scanning ")
+                .trim_start_matches("parsing ");
+            let what = what.strip_prefix("a ").or_else(|| what.strip_prefix("an ")).unwrap_or(what);
+            Problem::at(
+                Some(start),
+                format!("the {what} that starts here is not closed before the end of the file ({problem})"),
+                Some("close it (a quote, `]` or `}`) where it should end; the lines after it were read as part of it".to_string()),
+            )
+        }
+        ctx => Problem {
+            line: loc.as_ref().map(|l| l.line()),
+            column: loc.as_ref().map(|l| l.column()),
+            message: match ctx {
+                Some((what, start)) => {
+                    format!("{problem} ({what} at line {}, column {})", start.line, start.column)
+                }
+                None => problem,
+            },
+            hint: tab.then(|| "indent with spaces: YAML does not allow tabs in indentation".to_string()),
+        },
     }
 }
 

@@ -55,11 +55,14 @@ pub struct Limits {
     pub max_depth: usize,
     /// Most nodes, counting every node an alias repeats.
     pub max_nodes: u64,
+    /// Most bytes of scalar text, counting what aliases repeat: one long value repeated through many
+    /// aliases is a handful of nodes but as many copies in memory.
+    pub max_bytes: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_depth: 64, max_nodes: 1_000_000 }
+        Limits { max_depth: 64, max_nodes: 1_000_000, max_bytes: 16 * 1024 * 1024 }
     }
 }
 
@@ -79,6 +82,14 @@ pub enum LimitExceeded {
         max: u64,
         /// Whether aliases contributed (an alias bomb rather than a large file).
         through_aliases: bool,
+        /// The node (often an alias) that went past it.
+        at: Pos,
+    },
+    /// More scalar text than [`Limits::max_bytes`], which only aliases can produce from a file within
+    /// [`crate::inventory::MAX_BYTES`].
+    Bytes {
+        /// The limit.
+        max: u64,
         /// The node (often an alias) that went past it.
         at: Pos,
     },
@@ -108,6 +119,8 @@ pub struct Scan {
     pub limit: Option<LimitExceeded>,
     /// Whether the event parser reported a syntax error (serde then reports it in its own words).
     pub syntax_error: bool,
+    /// Where each YAML document of the stream starts (an inventory is one).
+    pub documents: Vec<Pos>,
 }
 
 /// Scans a YAML text once, event by event, stopping at the first exceeded limit. Time is linear in the
@@ -133,11 +146,18 @@ pub fn scan(text: &str, limits: &Limits) -> Scan {
                     duplicates: rec.duplicates,
                     limit: None,
                     syntax_error: true,
+                    documents: rec.documents,
                 }
             }
         }
     }
-    Scan { positions: rec.positions, duplicates: rec.duplicates, limit: rec.limit, syntax_error: false }
+    Scan {
+        positions: rec.positions,
+        duplicates: rec.duplicates,
+        limit: rec.limit,
+        syntax_error: false,
+        documents: rec.documents,
+    }
 }
 
 /// Where flow brackets (`[`, `{`) first nest deeper than `max`, by a lexical pass over the text.
@@ -225,6 +245,7 @@ enum Frame {
 /// An open collection's node count (with what its aliases repeat) and anchor, for alias expansion.
 struct Size {
     nodes: u64,
+    bytes: u64,
     anchor: usize,
 }
 
@@ -236,10 +257,14 @@ struct Recorder {
     duplicates: Vec<DuplicateKey>,
     limits: Limits,
     limit: Option<LimitExceeded>,
-    /// Expanded size of each anchored node, by anchor id.
-    anchors: HashMap<usize, u64>,
+    /// Expanded size of each anchored node (nodes, scalar bytes), by anchor id.
+    anchors: HashMap<usize, (u64, u64)>,
     /// Nodes so far, counting what aliases repeat.
     nodes: u64,
+    /// Scalar bytes so far, counting what aliases repeat.
+    bytes: u64,
+    /// Where each document starts.
+    documents: Vec<Pos>,
     aliased: bool,
 }
 
@@ -293,32 +318,40 @@ impl Recorder {
         }
     }
 
-    /// Counts a finished node of `nodes` nodes (more than one for an alias or a collection).
-    fn count(&mut self, nodes: u64, anchor: usize, leaf: bool, mark: Marker) {
+    /// Counts a finished node of `nodes` nodes and `bytes` bytes of scalar text (more than one node for an
+    /// alias or a collection).
+    fn count(&mut self, nodes: u64, bytes: u64, anchor: usize, leaf: bool, mark: Marker) {
         if anchor != 0 {
-            self.anchors.insert(anchor, nodes);
+            self.anchors.insert(anchor, (nodes, bytes));
         }
         if let Some(parent) = self.sizes.last_mut() {
             parent.nodes = parent.nodes.saturating_add(nodes);
+            parent.bytes = parent.bytes.saturating_add(bytes);
         }
         // A collection's nodes were counted as they came; only leaves (and aliases) add to the total.
         if leaf {
             self.nodes = self.nodes.saturating_add(nodes);
+            self.bytes = self.bytes.saturating_add(bytes);
         } else {
             self.nodes = self.nodes.saturating_add(1);
         }
-        if self.nodes > self.limits.max_nodes && self.limit.is_none() {
-            self.limit = Some(LimitExceeded::Nodes {
-                max: self.limits.max_nodes,
-                through_aliases: self.aliased,
-                at: Pos { line: mark.line(), column: mark.col() + 1 },
-            });
+        let at = Pos { line: mark.line(), column: mark.col() + 1 };
+        if self.limit.is_none() {
+            if self.nodes > self.limits.max_nodes {
+                self.limit = Some(LimitExceeded::Nodes {
+                    max: self.limits.max_nodes,
+                    through_aliases: self.aliased,
+                    at,
+                });
+            } else if self.bytes > self.limits.max_bytes {
+                self.limit = Some(LimitExceeded::Bytes { max: self.limits.max_bytes, at });
+            }
         }
     }
 
     fn open(&mut self, frame: Frame, anchor: usize, mark: Marker) {
         self.stack.push(frame);
-        self.sizes.push(Size { nodes: 0, anchor });
+        self.sizes.push(Size { nodes: 0, bytes: 0, anchor });
         if self.stack.len() > self.limits.max_depth && self.limit.is_none() {
             self.limit = Some(LimitExceeded::Depth {
                 max: self.limits.max_depth,
@@ -330,7 +363,7 @@ impl Recorder {
     fn close(&mut self, mark: Marker) {
         self.stack.pop();
         if let Some(s) = self.sizes.pop() {
-            self.count(s.nodes.saturating_add(1), s.anchor, false, mark);
+            self.count(s.nodes.saturating_add(1), s.bytes, s.anchor, false, mark);
         }
     }
 
@@ -338,13 +371,13 @@ impl Recorder {
         match ev {
             Event::Scalar(value, _, anchor, _) => {
                 self.begin_node(mark, Some(&value));
-                self.count(1, anchor, true, mark);
+                self.count(1, value.len() as u64, anchor, true, mark);
             }
             Event::Alias(id) => {
                 self.begin_node(mark, None);
                 self.aliased = true;
-                let n = self.anchors.get(&id).copied().unwrap_or(1);
-                self.count(n, 0, true, mark);
+                let (n, bytes) = self.anchors.get(&id).copied().unwrap_or((1, 0));
+                self.count(n, bytes, 0, true, mark);
             }
             Event::MappingStart(anchor, _) => {
                 let path = self.begin_node(mark, None).unwrap_or_default();
@@ -355,6 +388,7 @@ impl Recorder {
                 self.open(Frame::Seq { path, next: 0 }, anchor, mark);
             }
             Event::MappingEnd | Event::SequenceEnd => self.close(mark),
+            Event::DocumentStart => self.documents.push(Pos { line: mark.line(), column: mark.col() + 1 }),
             _ => {}
         }
     }
@@ -394,7 +428,7 @@ mod tests {
 
     #[test]
     fn limits_count_nesting_and_what_aliases_repeat() {
-        let small = Limits { max_depth: 3, max_nodes: 30 };
+        let small = Limits { max_depth: 3, max_nodes: 30, max_bytes: 1000 };
         assert!(scan("a: [[[x]]]\n", &small).limit.is_some());
         assert!(scan("a: [[x]]\n", &small).limit.is_none());
         // Brackets inside quotes, comments and plain scalars are not nesting.
@@ -403,5 +437,9 @@ mod tests {
         let text = "a: &a [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\nb: [*a, *a, *a]\n";
         assert!(matches!(scan(text, &small).limit, Some(LimitExceeded::Nodes { through_aliases: true, .. })));
         assert!(scan(text, &Limits::default()).limit.is_none());
+        // One long value repeated through aliases: few nodes, many bytes.
+        let long = format!("a: &a {}\nb: [*a, *a, *a]\n", "x".repeat(300));
+        assert!(matches!(scan(&long, &small).limit, Some(LimitExceeded::Bytes { max: 1000, .. })));
+        assert!(scan(&format!("a: {}\n", "x".repeat(900)), &small).limit.is_none());
     }
 }

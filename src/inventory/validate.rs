@@ -256,30 +256,66 @@ fn check_version(c: &mut Collector, path: &str, v: &str) -> Option<Version> {
 /// An identity file must exist and be a private key: the `.pub` beside it is what people paste by mistake.
 fn check_identity_file(c: &mut Collector, path: &str, id: &str, dir: &Path) {
     let full = expand_path(dir, id);
+    let shown_full = shown(&full.display().to_string());
     if !full.is_file() {
+        let what = match std::fs::metadata(&full) {
+            Err(_) => "does not exist",
+            Ok(m) if m.is_dir() => "is a directory",
+            Ok(_) => "is not a regular file",
+        };
         c.add(
             path,
-            format!("identity file `{}` does not exist (looked at {})", shown(id), shown(&full.display().to_string())),
+            format!("identity file `{}` {what} (looked at {shown_full})", shown(id)),
             Some("give the path of an existing private key, relative to the inventory file or starting with ~/".into()),
         );
         return;
     }
-    let mut head = [0u8; 16];
-    let n = std::fs::File::open(&full).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).unwrap_or(0);
-    let head = &head[..n];
-    let public = id.ends_with(".pub")
-        || [&b"ssh-"[..], b"ecdsa-sha2-", b"sk-ssh-", b"sk-ecdsa-"].iter().any(|p| head.starts_with(p));
-    if public {
-        let private = id.strip_suffix(".pub").unwrap_or(id);
+    let mut head = Vec::new();
+    let read = std::fs::File::open(&full)
+        .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, 4096), &mut head));
+    if read.is_ok() && head.iter().all(u8::is_ascii_whitespace) {
+        c.add(
+            path,
+            format!("identity file `{}` is empty (looked at {shown_full})", shown(id)),
+            Some("give the path of the private key, e.g. `~/.ssh/id_ed25519`".into()),
+        );
+        return;
+    }
+    if id.ends_with(".pub") || looks_public(&String::from_utf8_lossy(&head)) {
         c.add(
             path,
             format!("identity file `{}` is a public key", shown(id)),
-            Some(format!(
-                "give the private key instead, usually the same path without `.pub` (`{}`)",
-                shown(private)
-            )),
+            Some(match id.strip_suffix(".pub") {
+                Some(private) => {
+                    format!("give the private key instead, usually the same path without `.pub` (`{}`)", shown(private))
+                }
+                None => "give the private key instead: its file starts with a `-----BEGIN ... PRIVATE KEY-----` line".to_string(),
+            }),
         );
     }
+}
+
+/// Whether a key file's first line is a public key: OpenSSH (`ssh-ed25519 AAAA...`, possibly with
+/// authorized_keys options before it), PEM (`-----BEGIN PUBLIC KEY-----`), RFC 4716 (`---- BEGIN SSH2
+/// PUBLIC KEY ----`), or an X.509 certificate.
+fn looks_public(head: &str) -> bool {
+    let Some(line) = head.lines().map(str::trim).find(|l| !l.is_empty()) else { return false };
+    let pem = [
+        "-----BEGIN PUBLIC KEY",
+        "-----BEGIN RSA PUBLIC KEY",
+        "---- BEGIN SSH2 PUBLIC KEY",
+        "-----BEGIN CERTIFICATE",
+    ];
+    if pem.iter().any(|p| line.starts_with(p)) {
+        return true;
+    }
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words.windows(2).any(|w| {
+        ["ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-"].iter().any(|p| w[0].starts_with(p))
+            && w[1].starts_with("AAAA")
+    }) || words
+        .first()
+        .is_some_and(|w| ["ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-"].iter().any(|p| w.starts_with(p)))
 }
 
 /// Why an address (SSH target or bastion) written as `a` cannot be used, with a fix; `None` when it is an
@@ -332,6 +368,30 @@ fn address_slip(a: &str, port_field: &str) -> Option<(String, String)> {
             ));
         }
     }
+    if let Some((ip, len)) = a.split_once('/') {
+        if ip.parse::<IpAddr>().is_ok() {
+            return Some((
+                format!("address `{q}` has a prefix length (`/{}`)", shown(len)),
+                format!("write the address alone: `{ip}`"),
+            ));
+        }
+    }
+    if a.contains('.') && a.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        // Not an IP address, and not a host name either (no top-level domain is numeric).
+        let parts: Vec<&str> = a.split('.').collect();
+        let octets: Vec<Option<u8>> = parts.iter().map(|p| p.parse::<u8>().ok()).collect();
+        if parts.len() == 4 && octets.iter().all(Option::is_some) {
+            let plain = octets.iter().map(|o| o.unwrap_or(0).to_string()).collect::<Vec<_>>().join(".");
+            return Some((
+                format!("address `{q}` has a leading zero, which some tools read as octal"),
+                format!("write it in plain decimal: `{plain}`"),
+            ));
+        }
+        return Some((
+            format!("address `{q}` is not an IPv4 address"),
+            "write four numbers from 0 to 255, e.g. `10.0.0.5`".into(),
+        ));
+    }
     if let Some((host, port)) = a.rsplit_once(':') {
         if !host.contains(':') && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
             return Some((
@@ -355,10 +415,23 @@ fn check_address(c: &mut Collector, path: &str, a: &str, port_field: &str) {
     }
 }
 
+/// Whether an address reaches only its own network segment (169.254.0.0/16, fe80::/10).
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
 /// Why an address cannot be a node's cluster address: loopback, unspecified, multicast or broadcast.
 fn not_a_node_address(ip: IpAddr) -> Option<&'static str> {
+    // `::ffff:127.0.0.1` is 127.0.0.1.
+    let ip = ip.to_canonical();
     let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
-    if ip.is_loopback() {
+    let this_network = matches!(ip, IpAddr::V4(v4) if v4.octets()[0] == 0 && !v4.is_unspecified());
+    if this_network {
+        Some("in 0.0.0.0/8 (\"this network\"), which no host can have")
+    } else if ip.is_loopback() {
         Some("a loopback address")
     } else if ip.is_unspecified() {
         Some("the unspecified address")
@@ -408,6 +481,12 @@ fn check_ssh(c: &mut Collector, path: &str, ssh: &SshSpec, dir: &Path, per_host:
                 format!("{path}.sudoPasswordEnv"),
                 format!("`{}` is not an environment variable name", shown(var)),
                 Some("name the variable, e.g. `KUBEFORGE_SUDO_PASSWORD`, not its value".into()),
+            );
+        } else if std::env::var_os(var).is_some_and(|v| v.is_empty()) {
+            c.warn(
+                format!("{path}.sudoPasswordEnv"),
+                format!("environment variable `{var}` (the sudo password) is set but empty"),
+                Some(format!("export the password in `{var}` before commands that connect, or remove `sudoPasswordEnv` if sudo needs none")),
             );
         } else if std::env::var_os(var).is_none() {
             // It may well be set in the shell that runs `apply`: a warning, not an error.
@@ -859,10 +938,17 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
     for (comp, flags) in &cl.extra_args {
         let known = EXTRA_ARGS_COMPONENTS.contains(&comp.as_str());
         if !known {
+            let guess = EXTRA_ARGS_COMPONENTS
+                .iter()
+                .map(|k| (strsim::jaro_winkler(k, &comp.to_lowercase().replace('_', "-")), k))
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .filter(|(score, _)| *score > 0.9)
+                .map(|(_, k)| format!("did you mean `{k}`? Use one of "))
+                .unwrap_or_else(|| "use one of ".to_string());
             c.add_key(
                 format!("cluster.extraArgs.{comp}"),
                 format!("unknown component `{}`", shown(comp)),
-                Some(format!("use one of {}", one_of(&EXTRA_ARGS_COMPONENTS))),
+                Some(format!("{guess}{}", one_of(&EXTRA_ARGS_COMPONENTS))),
             );
         }
         check_extra_args(&mut c, comp, flags, known, k8s, etcd_minor);
@@ -952,6 +1038,13 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
                     } else {
                         "the cluster advertises this address to every other node; add `internalAddress:` with the host's address on the network the nodes share".into()
                     }),
+                );
+            }
+            if is_link_local(ip) {
+                c.warn(
+                    format!("{hp}.{internal_field}"),
+                    format!("host address `{ip}` is link-local"),
+                    Some("link-local addresses reach only one network segment and are often reassigned; give the host's routable address as `internalAddress`".into()),
                 );
             }
             internal_ips.push((i, internal_field, ip));
@@ -1146,6 +1239,25 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
                     Some("every node and every client reaches the API there; use an address on the nodes' network".into()),
                 );
             }
+            // Single stack: the endpoint is of the nodes' family (the service network's, which the
+            // apiserver's own service address and certificate SANs come from).
+            if let Some((i, field, node)) = internal_ips
+                .iter()
+                .find(|(_, _, a)| a.to_canonical().is_ipv4() != ip.to_canonical().is_ipv4())
+            {
+                c.add(
+                    at,
+                    format!(
+                        "the {what} `{ip}` is {}, but hosts[{i}].{field} `{node}` is {}",
+                        family(&ip),
+                        family(node)
+                    ),
+                    Some(format!(
+                        "kubeforge builds single-stack clusters: use an {} address on the nodes' network",
+                        family(node)
+                    )),
+                );
+            }
             for (path, n) in [("cluster.podCIDR", pod), ("cluster.serviceCIDR", svc)] {
                 if let Some(n) = n.filter(|n| n.contains(&ip)) {
                     c.add(
@@ -1277,11 +1389,15 @@ fn check_extra_args(
             || flag.is_empty()
             || !flag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
-            c.add_key(
-                &path,
-                format!("`{}` is not a flag name", shown(flag)),
-                Some("write the flag without leading dashes, e.g. `audit-log-maxage: \"30\"`".into()),
-            );
+            let hint = match flag.trim_start_matches('-').split_once('=') {
+                Some((name, value)) => format!(
+                    "write the flag's name as the key and its value as the value: `{}: \"{}\"`",
+                    shown(name),
+                    shown(value)
+                ),
+                None => "write the flag without leading dashes, e.g. `audit-log-maxage: \"30\"`".into(),
+            };
+            c.add_key(&path, format!("`{}` is not a flag name", shown(flag)), Some(hint));
             continue;
         }
         if value.chars().any(char::is_control) {
