@@ -53,6 +53,15 @@ pub struct InitArgs {
     /// Connect once to every host and pin its host key (`ssh.hostKey`) in the inventory.
     #[arg(long)]
     pub accept_new_host_keys: bool,
+    /// Install from this release bundle (a directory or `.tar.gz` with a `manifest.json`, as for an
+    /// air-gapped site) and pin the etcd and kubectl versions it holds.
+    #[arg(long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
+    /// The hosts are VMs under software emulation (QEMU without KVM, e.g. Vagrant's libvirt `qemu` driver):
+    /// allow 60 s to connect and relax etcd's raft timing and the apiserver's etcd readiness timeout, as
+    /// `kubeforge lab up` does for its own emulated VMs.
+    #[arg(long)]
+    pub emulated: bool,
 }
 
 /// Runs `kubeforge inventory ...`; returns the exit code.
@@ -306,9 +315,16 @@ fn build(a: &InitArgs, found: &[Found], roles: &BTreeMap<usize, Vec<String>>) ->
         cluster: ClusterSpec {
             name: a.cluster_name.clone(),
             kubernetes_version: a.kubernetes_version.clone(),
+            extra_args: if a.emulated { crate::lab::emulation_extra_args() } else { BTreeMap::new() },
             ..Default::default()
         },
-        ssh: SshSpec { user, identity_file: identity, known_hosts: known, ..Default::default() },
+        ssh: SshSpec {
+            user,
+            identity_file: identity,
+            known_hosts: known,
+            connect_timeout: a.emulated.then(|| crate::lab::EMULATED_CONNECT_TIMEOUT.to_owned()),
+            ..Default::default()
+        },
         hosts,
     }
 }
@@ -381,6 +397,36 @@ fn render(
     let _ = writeln!(out, "cluster:");
     let _ = writeln!(out, "  name: {}", scalar(&inv.cluster.name));
     let _ = writeln!(out, "  kubernetesVersion: {}", scalar(&inv.cluster.kubernetes_version));
+    if let Some(super::schema::ReleaseSourceSpec::Bundle { path }) = &inv.cluster.release_source {
+        let _ = writeln!(
+            out,
+            "  # --bundle: binaries from this release bundle, and the versions it holds pinned"
+        );
+        let _ = writeln!(out, "  releaseSource:\n    type: bundle\n    path: {}", scalar(path));
+        let c = &inv.cluster.components;
+        if c.etcd.is_some() || c.kubectl.is_some() {
+            let _ = writeln!(out, "  components:");
+            for (k, v) in [("etcd", &c.etcd), ("kubectl", &c.kubectl)] {
+                if let Some(v) = v {
+                    let _ = writeln!(out, "    {k}: {}", scalar(v));
+                }
+            }
+        }
+    }
+    if !inv.cluster.extra_args.is_empty() {
+        let _ = writeln!(
+            out,
+            "  # --emulated: software-emulated VMs are starved of CPU for seconds at a time; etcd's raft timing\n\
+             \x20 # and the apiserver's wait for etcd are relaxed so that a busy member stalls nothing"
+        );
+        let _ = writeln!(out, "  extraArgs:");
+        for (component, flags) in &inv.cluster.extra_args {
+            let _ = writeln!(out, "    {component}:");
+            for (k, v) in flags {
+                let _ = writeln!(out, "      {k}: {}", scalar(v));
+            }
+        }
+    }
     let _ = writeln!(out, "ssh:");
     let _ = writeln!(
         out,
@@ -406,6 +452,10 @@ fn render(
         );
     }
     ssh_lines(&mut out, &inv.ssh, "  ");
+    if let Some(t) = &inv.ssh.connect_timeout {
+        let _ =
+            writeln!(out, "  connectTimeout: {}  # --emulated: the SSH handshake is slow there", scalar(t));
+    }
     let _ = writeln!(out, "hosts:");
     for (h, f) in inv.hosts.iter().zip(found) {
         let _ = writeln!(out, "  - name: {}", scalar(&h.name));
@@ -566,6 +616,12 @@ fn init(a: &InitArgs) -> std::result::Result<i32, Invalid> {
     }
     let roles = parse_roles(&a.roles, &found)?;
     let mut inv = build(a, &found, &roles);
+    if let Some(b) = &a.bundle {
+        let path = b.canonicalize().map_err(|e| Error::io(format!("bundle {}", b.display()), e))?;
+        inv.cluster.components = crate::lab::bundle_components(&path, &a.kubernetes_version)?;
+        inv.cluster.release_source =
+            Some(super::schema::ReleaseSourceSpec::Bundle { path: path.display().to_string() });
+    }
 
     let out_dir = match &a.output {
         Some(o) => o
@@ -621,7 +677,11 @@ fn init(a: &InitArgs) -> std::result::Result<i32, Invalid> {
     let name = a.output.clone().unwrap_or_else(|| PathBuf::from("inventory.yaml"));
     let loaded = super::parse(&name, &text).map_err(|e| Invalid(e.into()))?;
     debug_assert_eq!(loaded.inventory, inv);
-    let problems = super::validate::validate(&loaded.inventory, &out_dir);
+    let (warnings, problems): (Vec<_>, Vec<_>) =
+        super::validate::validate(&loaded.inventory, &out_dir).into_iter().partition(|p| p.warning);
+    for w in &warnings {
+        eprintln!("warning: {}: {}", w.path, w.message);
+    }
     if !problems.is_empty() {
         let list = problems.iter().map(|p| format!("\n  {}: {}", p.path, p.message)).collect::<String>();
         return Err(invalid(
@@ -663,6 +723,8 @@ mod tests {
             kubernetes_version: "v1.35.7".into(),
             output: None,
             accept_new_host_keys: false,
+            bundle: None,
+            emulated: false,
         }
     }
 
@@ -692,6 +754,36 @@ mod tests {
         assert!(text.contains("kubeforge always checks host keys"), "{text}");
         let back = crate::inventory::parse(Path::new("x.yaml"), &text).unwrap();
         assert_eq!(back.inventory, inv, "{text}");
+    }
+
+    /// `--emulated` and `--bundle`: the settings `kubeforge lab up` writes for its own emulated VMs, and the
+    /// release bundle with its pinned versions, written with comments that say why, and read back alike.
+    #[test]
+    fn emulated_machines_and_a_bundle_are_written_and_read_back() {
+        let f = found(VAGRANT);
+        let mut a = args(&[]);
+        a.emulated = true;
+        let mut inv = build(&a, &f, &BTreeMap::new());
+        inv.cluster.release_source =
+            Some(crate::inventory::schema::ReleaseSourceSpec::Bundle { path: "/srv/bundle".into() });
+        inv.cluster.components.etcd = Some("v3.6.6".into());
+        inv.cluster.components.kubectl = Some("v1.35.7".into());
+        assert_eq!(inv.ssh.connect_timeout.as_deref(), Some("60s"));
+        assert_eq!(inv.cluster.extra_args, crate::lab::emulation_extra_args());
+        assert_eq!(inv.cluster.extra_args["etcd"]["election-timeout"], "5000");
+        let text = render(&a, "-", &inv, &f, &[], &BTreeMap::new());
+        assert!(text.contains("# --emulated: software-emulated VMs"), "{text}");
+        assert!(text.contains("  releaseSource:\n    type: bundle\n    path: /srv/bundle\n"), "{text}");
+        let back = crate::inventory::parse(Path::new("x.yaml"), &text).unwrap();
+        assert_eq!(back.inventory, inv, "{text}");
+        // Without the flags none of it is written.
+        let plain =
+            render(&args(&[]), "-", &build(&args(&[]), &f, &BTreeMap::new()), &f, &[], &BTreeMap::new());
+        assert!(
+            !plain.contains("extraArgs")
+                && !plain.contains("connectTimeout")
+                && !plain.contains("releaseSource")
+        );
     }
 
     #[test]

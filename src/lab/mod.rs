@@ -9,6 +9,8 @@
 //! reach them by running inside it (`kubeforge lab exec -- ...`). KVM is used where real KVM exists; elsewhere
 //! QEMU's software emulation, with timeouts that follow progress rather than a short fixed clock.
 
+pub mod vagrant_box;
+
 use crate::inventory::{ClusterSpec, HostSpec, Inventory, ReleaseSourceSpec, SshSpec};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -100,6 +102,17 @@ pub enum LabCommand {
         /// Seconds to wait for SSH (the clock restarts whenever the console shows progress).
         #[arg(long, default_value_t = 300)]
         ssh_timeout: u64,
+    },
+    /// Write the lab image as a Vagrant box for the libvirt provider (vagrant-libvirt) and print its path:
+    /// `vagrant box add --name kubeforge/debian PATH`, then `vagrant/Vagrantfile` boots it. Builds the image
+    /// first when it is not cached; the box is kept beside the cached image and reused.
+    Box {
+        /// Debian suite of the image (`trixie` or `bookworm`).
+        #[arg(long, default_value = "trixie")]
+        suite: String,
+        /// Write the box here instead (always written anew).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
     },
     /// Run a command inside the lab's network (where the node addresses are reachable).
     Exec {
@@ -453,25 +466,7 @@ fn write_inventory(a: &UpArgs, st: &LabState, host_key: &str) -> Result<PathBuf>
         Some(b) => bundle_components(b, &a.kubernetes_version)?,
         None => Default::default(),
     };
-    let mut extra_args = std::collections::BTreeMap::new();
-    if !kvm_usable() {
-        // Emulated VMs are starved of CPU for seconds at a time: etcd's raft timing is relaxed beyond
-        // kubeforge's default (250 ms / 2.5 s) so that a busy member does not trigger elections that stall
-        // the API (etcd's tuning guide: an election timeout of about ten heartbeats).
-        extra_args.insert(
-            "etcd".to_owned(),
-            [("heartbeat-interval", "500"), ("election-timeout", "5000")]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
-        );
-        // For the same reason a quorum read takes seconds there, not milliseconds: the apiserver's
-        // readiness check waits 10 s for etcd instead of 2 s before it reports the apiserver not ready.
-        extra_args.insert(
-            "kube-apiserver".to_owned(),
-            [("etcd-readycheck-timeout".to_owned(), "10s".to_owned())].into_iter().collect(),
-        );
-    }
+    let extra_args = if kvm_usable() { Default::default() } else { emulation_extra_args() };
     let inv = Inventory {
         cluster: ClusterSpec {
             name: a.name.clone(),
@@ -490,7 +485,7 @@ fn write_inventory(a: &UpArgs, st: &LabState, host_key: &str) -> Result<PathBuf>
             config_file: Some("none".into()),
             // An emulated guest does the SSH handshake's crypto about twenty times slower, and a busy host
             // can hold it off for seconds more: 15 s was seen to run out.
-            connect_timeout: (!kvm_usable()).then(|| "60s".to_owned()),
+            connect_timeout: (!kvm_usable()).then(|| EMULATED_CONNECT_TIMEOUT.to_owned()),
             ..Default::default()
         },
         hosts,
@@ -509,9 +504,29 @@ fn write_inventory(a: &UpArgs, st: &LabState, host_key: &str) -> Result<PathBuf>
     Ok(p)
 }
 
+/// What an SSH connection to a software-emulated VM may take: the guest does the handshake's crypto about
+/// twenty times slower, and a busy host can hold it off for seconds more (15 s was seen to run out).
+pub const EMULATED_CONNECT_TIMEOUT: &str = "60s";
+
+/// `extraArgs` for a cluster of software-emulated VMs (QEMU without KVM), which are starved of CPU for
+/// seconds at a time: etcd's raft timing is relaxed beyond kubeforge's default (250 ms / 2.5 s) so that a
+/// busy member does not trigger elections that stall the API (etcd's tuning guide: an election timeout of
+/// about ten heartbeats), and the apiserver's readiness check waits 10 s for etcd instead of 2 s, since a
+/// quorum read takes seconds there, not milliseconds.
+pub fn emulation_extra_args() -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>
+{
+    let args = |kv: &[(&str, &str)]| kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    [
+        ("etcd".to_owned(), args(&[("heartbeat-interval", "500"), ("election-timeout", "5000")])),
+        ("kube-apiserver".to_owned(), args(&[("etcd-readycheck-timeout", "10s")])),
+    ]
+    .into_iter()
+    .collect()
+}
+
 /// The component versions to pin so the inventory installs exactly what `bundle` holds: its newest etcd and
 /// its kubectl. Fails early when the bundle lacks the Kubernetes version asked for.
-fn bundle_components(bundle: &Path, kubernetes: &str) -> Result<crate::inventory::ComponentVersions> {
+pub fn bundle_components(bundle: &Path, kubernetes: &str) -> Result<crate::inventory::ComponentVersions> {
     let m = crate::artifacts::bundle::Bundle::open(bundle, &crate::artifacts::default_cache_dir())?;
     let versions = |c: &str| -> Vec<String> {
         let mut v: Vec<String> =
@@ -905,6 +920,26 @@ pub fn run_command(cmd: LabCommand) -> Result<i32> {
             start_vm(&st, &image, i)?;
             wait_ssh(&st, vec![vm], Duration::from_secs(ssh_timeout))?;
             println!("{node} is up ({:.1}s)", t.elapsed().as_secs_f64());
+            Ok(0)
+        }
+        LabCommand::Box { suite, output } => {
+            check_host()?;
+            let image = ensure_image(&suite)?;
+            let cached = image.dir.join("kubeforge-debian.box");
+            let out = output.unwrap_or(cached.clone());
+            if out == cached && out.exists() {
+                eprintln!("lab box: reusing {}", out.display());
+            } else {
+                let t = Instant::now();
+                let size = vagrant_box::write_box(&image, &suite, &out)?;
+                eprintln!(
+                    "lab box: wrote {} ({} MB) in {:.1}s",
+                    out.display(),
+                    size / 1_000_000,
+                    t.elapsed().as_secs_f64()
+                );
+            }
+            println!("{}", out.display());
             Ok(0)
         }
         LabCommand::Exec { name, command } => {
