@@ -2,7 +2,7 @@
 # The whole test suite, on a fresh Debian machine, as root: installs what the tests need, then runs every
 # tier in order, printing the wall time of each stage:
 #   static checks -> unit + golden -> real openssl/kubectl/bash/fish (PKI) -> real sshd (engine)
-#   -> real etcd + kubectl against the contract doubles -> VM end to end (lab).
+#   -> real etcd + kubectl against the contract doubles -> VM end to end (lab) -> Vagrant machines.
 # This is the README's test command; .ci/run calls it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,7 @@ run() { stage "$@" || fail=1; }
 
 run "install test packages" bash scripts/install-test-deps.sh
 run "install lab host tools" bash tests/lab/install-host-deps.sh
+run "install vagrant + libvirt" bash tests/vagrant/install-host-deps.sh
 run "cargo fmt --check" cargo fmt --all -- --check
 run "cargo build (debug, all targets)" cargo build --workspace --all-targets
 run "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
@@ -29,6 +30,9 @@ run "tests: product crates (unit, golden, PKI, sshd, artifacts, balancer)" cargo
 run "tests: contract doubles (real etcd, containerd, kubectl)" cargo test -p kubeforge-doubles -- --test-threads=1
 # One lab serves every VM check: the lab itself (usable nodes, nothing left after down), then the scenarios.
 run "tests: VM end to end (lab, apply)" cargo test -p kubeforge --test e2e -- --ignored --test-threads=1 --nocapture
+# Vagrant machines of their own (vagrant-libvirt, libvirtd in a private network namespace): up, inventory
+# from `vagrant ssh-config`, apply, Nodes Ready, destroy leaves nothing.
+run "tests: Vagrant (vagrant-libvirt)" bash tests/vagrant/run.sh
 
 stage_summary
 if [ $fail -ne 0 ]; then
