@@ -56,6 +56,22 @@ fn trusting(dir: &Path, s: &Sshd) -> PathBuf {
     kh
 }
 
+/// A throwaway sshd on 127.0.0.1 for this test's key, and a scratch directory whose `known_hosts` trusts it.
+fn loopback_sshd() -> (ClientKey, Sshd, tempfile::TempDir, PathBuf) {
+    let key = ClientKey::new();
+    let s = Sshd::start(&key, &["127.0.0.1"], "");
+    let tmp = tempfile::tempdir().unwrap();
+    let kh = trusting(tmp.path(), &s);
+    (key, s, tmp, kh)
+}
+
+/// How far this process's peak RSS (VmHWM) rose above `before_kib`, in MiB: a streamed transfer keeps it
+/// small; the other tests of this binary are small, so a growth of a quarter of the data or more means
+/// buffering.
+fn peak_rss_growth_mib(before_kib: u64) -> u64 {
+    proc_status_kib("VmHWM").saturating_sub(before_kib) / 1024
+}
+
 async fn stdout(t: &SshTransport, c: Command) -> String {
     let out = t.exec(&c).await.unwrap();
     assert!(out.success(), "{c}: {}", out.stderr_str());
@@ -123,10 +139,7 @@ async fn exec_with_an_identity_file_keeps_status_output_stdin_and_literal_argume
     if !enabled() {
         return;
     }
-    let key = ClientKey::new();
-    let s = Sshd::start(&key, &["127.0.0.1"], "");
-    let tmp = tempfile::tempdir().unwrap();
-    let kh = trusting(tmp.path(), &s);
+    let (key, s, _tmp, kh) = loopback_sshd();
     let t =
         SshTransport::connect(target("node-1", "127.0.0.1", s.port, "root", &key, &kh, false)).await.unwrap();
 
@@ -411,10 +424,7 @@ async fn a_command_past_its_timeout_is_stopped_and_the_connection_stays_usable()
     if !enabled() {
         return;
     }
-    let key = ClientKey::new();
-    let s = Sshd::start(&key, &["127.0.0.1"], "");
-    let tmp = tempfile::tempdir().unwrap();
-    let kh = trusting(tmp.path(), &s);
+    let (key, s, _tmp, kh) = loopback_sshd();
     let t =
         SshTransport::connect(target("cp1", "127.0.0.1", s.port, "root", &key, &kh, false)).await.unwrap();
     let cmd = Command::shell("echo started; sleep 4711").timeout(Duration::from_secs(1));
@@ -447,10 +457,7 @@ async fn a_200_mib_upload_lands_with_its_sha256_and_mode_in_bounded_memory_and_i
     if !enabled() {
         return;
     }
-    let key = ClientKey::new();
-    let s = Sshd::start(&key, &["127.0.0.1"], "");
-    let tmp = tempfile::tempdir().unwrap();
-    let kh = trusting(tmp.path(), &s);
+    let (key, s, tmp, kh) = loopback_sshd();
     let src = tmp.path().join("big.bin");
     random_file(&src, 200);
     let dest_dir = tmp.path().join("opt/kubeforge/bin");
@@ -463,9 +470,8 @@ async fn a_200_mib_upload_lands_with_its_sha256_and_mode_in_bounded_memory_and_i
     let rss_before = proc_status_kib("VmRSS");
     let t0 = Instant::now();
     let r = ex.run("upload", vec![plan()]).await.into_result().unwrap();
-    // Streaming: the process never holds the file. VmHWM is this process's peak RSS so far; the other
-    // tests of this binary are small, so a growth of a quarter of the file or more means buffering.
-    let grown_mib = (proc_status_kib("VmHWM").saturating_sub(rss_before)) / 1024;
+    // Streaming: the process never holds the file.
+    let grown_mib = peak_rss_growth_mib(rss_before);
     eprintln!("200 MiB upload over real sshd: {:?}, peak RSS growth {grown_mib} MiB", t0.elapsed());
     assert!(grown_mib < 50, "uploading 200 MiB grew the peak RSS by {grown_mib} MiB: not streamed");
     assert_eq!(r.hosts[0].changes(), 1);
@@ -489,10 +495,7 @@ async fn binaries_and_small_files_travel_in_one_streamed_round_trip_with_the_sta
     if !enabled() {
         return;
     }
-    let key = ClientKey::new();
-    let s = Sshd::start(&key, &["127.0.0.1"], "");
-    let tmp = tempfile::tempdir().unwrap();
-    let kh = trusting(tmp.path(), &s);
+    let (key, s, tmp, kh) = loopback_sshd();
     let dir = tmp.path().join("opt/kubeforge/bin");
     let mut files = Vec::new();
     for (name, mib) in [("kube-apiserver", 64), ("kube-scheduler", 48)] {
@@ -516,7 +519,7 @@ async fn binaries_and_small_files_travel_in_one_streamed_round_trip_with_the_sta
     let before = t.stats();
     let done = kubeforge::transport::upload_all(&t, &files, Some(&then)).await.unwrap();
     let after = t.stats();
-    let grown_mib = (proc_status_kib("VmHWM").saturating_sub(rss_before)) / 1024;
+    let grown_mib = peak_rss_growth_mib(rss_before);
     assert_eq!(done.files, vec![UploadOutcome::Written; 4]);
     assert_eq!(
         after.round_trips - before.round_trips,
@@ -554,10 +557,7 @@ async fn a_file_read_back_reports_its_progress_as_the_bytes_arrive() {
     if !enabled() {
         return;
     }
-    let key = ClientKey::new();
-    let s = Sshd::start(&key, &["127.0.0.1"], "");
-    let tmp = tempfile::tempdir().unwrap();
-    let kh = trusting(tmp.path(), &s);
+    let (key, s, tmp, kh) = loopback_sshd();
     let src = tmp.path().join("snapshot.db");
     random_file(&src, 24);
     let size = std::fs::metadata(&src).unwrap().len();
