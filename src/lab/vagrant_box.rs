@@ -60,12 +60,7 @@ pub fn write_box(image: &Image, suite: &str, out: &Path) -> Result<u64> {
         let f = std::fs::File::create(&tmp_out).map_err(|e| Error::io("creating the box", e))?;
         let mut tar = tar::Builder::new(std::io::BufWriter::new(f));
         let mut add_bytes = |name: &str, data: &[u8], mode: u32| -> std::io::Result<()> {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(data.len() as u64);
-            h.set_mode(mode);
-            h.set_mtime(0);
-            h.set_cksum();
-            tar.append_data(&mut h, name, data)
+            tar.append_data(&mut header(data.len() as u64, mode), name, data)
         };
         add_bytes("metadata.json", metadata.as_bytes(), 0o644)
             .and_then(|_| {
@@ -82,12 +77,8 @@ pub fn write_box(image: &Image, suite: &str, out: &Path) -> Result<u64> {
             let mut f = std::fs::File::open(&path)
                 .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
             let len = f.metadata().map_err(|e| Error::io(format!("reading {}", path.display()), e))?.len();
-            let mut h = tar::Header::new_gnu();
-            h.set_size(len);
-            h.set_mode(mode);
-            h.set_mtime(0);
-            h.set_cksum();
-            tar.append_data(&mut h, name, &mut f).map_err(|e| Error::io("writing the box", e))?;
+            tar.append_data(&mut header(len, mode), name, &mut f)
+                .map_err(|e| Error::io("writing the box", e))?;
         }
         tar.into_inner()
             .and_then(|mut w| std::io::Write::flush(&mut w).map(|_| w))
@@ -96,6 +87,16 @@ pub fn write_box(image: &Image, suite: &str, out: &Path) -> Result<u64> {
     let size = std::fs::metadata(&tmp_out).map_err(|e| Error::io("reading the box", e))?.len();
     std::fs::rename(&tmp_out, out).map_err(|e| Error::io(format!("writing {}", out.display()), e))?;
     Ok(size)
+}
+
+/// A tar header for a regular file of `len` bytes (no timestamp: the same image gives the same box).
+fn header(len: u64, mode: u32) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(len);
+    h.set_mode(mode);
+    h.set_mtime(0);
+    h.set_cksum();
+    h
 }
 
 #[cfg(test)]
