@@ -25,8 +25,8 @@ if [ -e /dev/kvm ] && { [ -e /sys/module/kvm_intel ] || [ -e /sys/module/kvm_amd
   exit 1
 fi
 OUT=$(mktemp -d -t kf-lab-tcg.XXXXXX)
-LAB=""
-cleanup() { [ -n "$LAB" ] && (cd "$OUT" && "$KF" lab down --name "$LAB" >/dev/null 2>&1) || true; }
+LAB=""; W=$OUT
+cleanup() { [ -n "$LAB" ] && (cd "$W" && "$KF" lab down --name "$LAB" >/dev/null 2>&1) || true; }
 trap cleanup EXIT
 
 secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f", b-a}'; }
