@@ -717,7 +717,7 @@ const HOST_RESERVE_MIB: u64 = 2048;
 /// emulation, given the host's available memory. The cache holds the host code translated from the guest's;
 /// when it fills, QEMU throws every translation away and translates again. A node running etcd, the
 /// control plane and Go clients such as kubectl keeps more code hot than 64 MiB holds: on the lab, QEMU's
-/// default of 1 GiB made a cold apply 1.7x faster and guest commands 5x faster than 64 MiB
+/// default of 1 GiB made a cold apply 1.2-1.7x, a no-op apply 2x and guest commands 5x faster than 64 MiB
 /// (`benches/lab-tcg.sh`). That default is used where the memory is there (a touched cache stays
 /// resident), else an equal share of what is left after the guests, never under 64 MiB.
 fn tcg_tb_size_mib(vms: usize, guest_mib: u64, available_mib: Option<u64>) -> u64 {
