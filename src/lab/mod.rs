@@ -201,6 +201,15 @@ pub struct LabState {
     pub translation_cache: Option<u64>,
 }
 
+impl LabState {
+    /// The translation cache (MiB) each VM starts with: the one chosen at `lab up`; for a lab from before
+    /// that was recorded, sized now for the `starting` VMs.
+    fn translation_cache_mib(&self, starting: usize) -> u64 {
+        self.translation_cache
+            .unwrap_or_else(|| tcg_tb_size_mib(starting, self.memory.into(), host_available_mib()))
+    }
+}
+
 fn default_memory() -> u32 {
     1024
 }
@@ -611,7 +620,10 @@ fn up(a: UpArgs) -> Result<i32> {
         vms: Vec::new(),
         memory: a.memory,
         suite: a.suite.clone(),
-        translation_cache: a.translation_cache,
+        translation_cache: Some(
+            a.translation_cache
+                .unwrap_or_else(|| tcg_tb_size_mib(a.nodes, a.memory.into(), host_available_mib())),
+        ),
     };
     for i in 0..a.nodes {
         let name = format!("node{}", i + 1);
@@ -625,13 +637,10 @@ fn up(a: UpArgs) -> Result<i32> {
     }
     save_state(&st)?;
     // From here on, any failure tears down what was started.
-    let tb = match boot(&a, &st, &image) {
-        Ok(tb) => tb,
-        Err(e) => {
-            let _ = teardown(&st);
-            return Err(e);
-        }
-    };
+    if let Err(e) = boot(&a, &st, &image) {
+        let _ = teardown(&st);
+        return Err(e);
+    }
     let t_ready = t0.elapsed();
     let inv = write_inventory(&a, &st, &host_key)?;
     println!("lab `{}` is up: {} VM(s) in network namespace {}", a.name, st.vms.len(), netns);
@@ -641,7 +650,8 @@ fn up(a: UpArgs) -> Result<i32> {
             "kvm".to_string()
         } else {
             format!(
-                "software emulation (TCG, no usable KVM, {tb} MiB translation cache per VM): slow; the inventory relaxes etcd's and the apiserver's timing"
+                "software emulation (TCG, no usable KVM, {} MiB translation cache per VM): slow; the inventory relaxes etcd's and the apiserver's timing",
+                st.translation_cache_mib(st.vms.len())
             )
         }
     );
@@ -673,9 +683,7 @@ fn up(a: UpArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// Creates the network and the disks, starts every VM and waits for SSH; returns the translation cache
-/// each VM got (MiB).
-fn boot(a: &UpArgs, st: &LabState, image: &Image) -> Result<u64> {
+fn boot(a: &UpArgs, st: &LabState, image: &Image) -> Result<()> {
     let ns = &st.netns;
     let ipn = |args: &[&str]| -> Result<String> {
         run(&format!("ip {}", args.join(" ")), Command::new("ip").args(args))
@@ -685,9 +693,7 @@ fn boot(a: &UpArgs, st: &LabState, image: &Image) -> Result<u64> {
     ipn(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
     ipn(&["-n", ns, "addr", "add", &format!("{SUBNET}.1/24"), "dev", "br0"])?;
     ipn(&["-n", ns, "link", "set", "br0", "up"])?;
-    let tb = a
-        .translation_cache
-        .unwrap_or_else(|| tcg_tb_size_mib(st.vms.len(), st.memory.into(), host_available_mib()));
+    let tb = st.translation_cache_mib(st.vms.len());
     for (i, vm) in st.vms.iter().enumerate() {
         let tap = format!("tap{}", i + 1);
         ipn(&["-n", ns, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
@@ -702,8 +708,7 @@ fn boot(a: &UpArgs, st: &LabState, image: &Image) -> Result<u64> {
         )?;
         start_vm(st, image, i, tb)?;
     }
-    wait_ssh(st, st.vms.iter().collect(), Duration::from_secs(a.ssh_timeout))?;
-    Ok(tb)
+    wait_ssh(st, st.vms.iter().collect(), Duration::from_secs(a.ssh_timeout))
 }
 
 /// QEMU's own default translation cache under software emulation, per VM.
@@ -972,10 +977,7 @@ pub fn run_command(cmd: LabCommand) -> Result<i32> {
             let t = Instant::now();
             let image = ensure_image(&st.suite)?;
             let i = st.vms.iter().position(|v| v.name == node).expect("found");
-            let tb = st
-                .translation_cache
-                .unwrap_or_else(|| tcg_tb_size_mib(1, st.memory.into(), host_available_mib()));
-            start_vm(&st, &image, i, tb)?;
+            start_vm(&st, &image, i, st.translation_cache_mib(1))?;
             wait_ssh(&st, vec![vm], Duration::from_secs(ssh_timeout))?;
             println!("{node} is up ({:.1}s)", t.elapsed().as_secs_f64());
             Ok(0)
@@ -1014,9 +1016,11 @@ pub fn run_command(cmd: LabCommand) -> Result<i32> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn translation_cache_is_qemus_default_where_memory_allows_and_shares_what_is_left_otherwise() {
-        use super::tcg_tb_size_mib as tb;
+        let tb = tcg_tb_size_mib;
         // 24 GiB free, 3 VMs of 1 GiB: QEMU's default.
         assert_eq!(tb(3, 1024, Some(24 * 1024)), 1024);
         // 8 GiB free: (8192 - 2048 - 3072) / 3.
@@ -1028,8 +1032,6 @@ mod tests {
         // Unknown memory: QEMU's default.
         assert_eq!(tb(50, 1024, None), 1024);
     }
-
-    use super::*;
 
     #[test]
     fn topologies_give_valid_role_sets() {
