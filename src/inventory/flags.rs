@@ -24,6 +24,16 @@ const LISTS: &[(&str, u32, &str)] = &[
     ("kube-scheduler", 35, include_str!("flags/v1.35/kube-scheduler.txt")),
     ("kubelet", 35, include_str!("flags/v1.35/kubelet.txt")),
     ("kube-proxy", 35, include_str!("flags/v1.35/kube-proxy.txt")),
+    ("kube-apiserver", 36, include_str!("flags/v1.36/kube-apiserver.txt")),
+    ("kube-controller-manager", 36, include_str!("flags/v1.36/kube-controller-manager.txt")),
+    ("kube-scheduler", 36, include_str!("flags/v1.36/kube-scheduler.txt")),
+    ("kubelet", 36, include_str!("flags/v1.36/kubelet.txt")),
+    ("kube-proxy", 36, include_str!("flags/v1.36/kube-proxy.txt")),
+    ("kube-apiserver", 37, include_str!("flags/v1.37/kube-apiserver.txt")),
+    ("kube-controller-manager", 37, include_str!("flags/v1.37/kube-controller-manager.txt")),
+    ("kube-scheduler", 37, include_str!("flags/v1.37/kube-scheduler.txt")),
+    ("kubelet", 37, include_str!("flags/v1.37/kubelet.txt")),
+    ("kube-proxy", 37, include_str!("flags/v1.37/kube-proxy.txt")),
     ("etcd", 5, include_str!("flags/etcd-3.5.txt")),
     ("etcd", 6, include_str!("flags/etcd-3.6.txt")),
 ];
@@ -97,6 +107,15 @@ mod tests {
         assert!(!accepted("kube-apiserver", 34, 6).unwrap().0.contains("min-compatibility-version"));
         assert!(accepted("kubelet", 34, 6).unwrap().0.contains("pod-infra-container-image"));
         assert!(!accepted("kubelet", 35, 6).unwrap().0.contains("pod-infra-container-image"));
+        // v1.36/v1.37 lists exist even before validation accepts those minors.
+        for minor in [36, 37] {
+            for c in crate::inventory::validate::EXTRA_ARGS_COMPONENTS {
+                assert!(accepted(c, minor, 6).is_some_and(|(n, _)| n.len() > 40), "{c} v1.{minor}");
+            }
+        }
+        assert!(accepted("kube-apiserver", 36, 6).unwrap().0.contains("tls-curve-preferences"));
+        assert!(accepted("kube-controller-manager", 36, 6).unwrap().0.contains("concurrent-service-syncs"));
+        assert!(!accepted("kube-controller-manager", 37, 6).unwrap().0.contains("concurrent-service-syncs"));
         // kube-proxy lists klog's underscore flags; they compare in their dashed form.
         assert!(accepted("kube-proxy", 35, 6).unwrap().0.contains("log-dir"));
     }
