@@ -51,6 +51,10 @@ pub fn default_versions(major: u32, minor: u32) -> Option<VersionOverrides> {
         (1, 34) => ("v3.6.5", "v2.1.4", "v1.3.0", "v1.7.1", "v1.34.0"),
         (1, 35) => ("v3.6.6", "v2.1.5", "v1.3.3", "v1.8.0", "v1.35.0"),
         (1, 36) => ("v3.6.9", "v2.2.1", "v1.3.4", "v1.8.0", "v1.36.0"),
+        // etcd: kubeadm's newest 3.6 for control planes v1.34-v1.36 (PR 138746; 1.37 moves to 3.7, only a
+        // pre-release was seen); crictl: the newest cri-tools the 1.37 notes name (PR 138613). See
+        // docs/reference/k8s-1.36-1.37.md.
+        (1, 37) => ("v3.6.11", "v2.2.1", "v1.3.4", "v1.8.0", "v1.36.0"),
         _ => return None,
     };
     Some(VersionOverrides {
