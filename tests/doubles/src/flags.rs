@@ -31,11 +31,21 @@ fn table_text(component: Component, minor: u32) -> Option<&'static str> {
         (35, Scheduler) => include_str!("../reference/flags/v1.35/kube-scheduler.txt"),
         (35, Kubelet) => include_str!("../reference/flags/v1.35/kubelet.txt"),
         (35, Proxy) => include_str!("../reference/flags/v1.35/kube-proxy.txt"),
+        (36, ApiServer) => include_str!("../reference/flags/v1.36/kube-apiserver.txt"),
+        (36, ControllerManager) => include_str!("../reference/flags/v1.36/kube-controller-manager.txt"),
+        (36, Scheduler) => include_str!("../reference/flags/v1.36/kube-scheduler.txt"),
+        (36, Kubelet) => include_str!("../reference/flags/v1.36/kubelet.txt"),
+        (36, Proxy) => include_str!("../reference/flags/v1.36/kube-proxy.txt"),
+        (37, ApiServer) => include_str!("../reference/flags/v1.37/kube-apiserver.txt"),
+        (37, ControllerManager) => include_str!("../reference/flags/v1.37/kube-controller-manager.txt"),
+        (37, Scheduler) => include_str!("../reference/flags/v1.37/kube-scheduler.txt"),
+        (37, Kubelet) => include_str!("../reference/flags/v1.37/kubelet.txt"),
+        (37, Proxy) => include_str!("../reference/flags/v1.37/kube-proxy.txt"),
         _ => return None,
     })
 }
 
-/// The flag table of `component` at Kubernetes minor `minor` (34 or 35).
+/// The flag table of `component` at Kubernetes minor `minor` (34 to 37).
 pub fn table(component: Component, minor: u32) -> Option<BTreeMap<String, FlagSpec>> {
     let text = table_text(component, minor)?;
     let mut map = BTreeMap::new();
@@ -231,6 +241,28 @@ mod tests {
     }
 
     #[test]
+    fn each_supported_minor_has_its_own_tables() {
+        use Component::*;
+        for minor in 34..=37 {
+            for c in [ApiServer, ControllerManager, Scheduler, Kubelet, Proxy] {
+                assert!(table(c, minor).is_some_and(|t| t.len() > 40), "{c:?} v1.{minor}");
+            }
+        }
+        assert!(table(Scheduler, 38).is_none());
+        assert!(!table(ApiServer, 35).unwrap().contains_key("tls-curve-preferences"));
+        assert!(table(ApiServer, 36).unwrap().contains_key("tls-curve-preferences"));
+        assert!(table(ControllerManager, 36).unwrap().contains_key("concurrent-service-syncs"));
+        assert!(!table(ControllerManager, 37).unwrap().contains_key("concurrent-service-syncs"));
+        let t = table(ControllerManager, 37).unwrap();
+        let ParseOutcome::Error(e) = parse(&args(&["--concurrent-service-syncs=2"]), &t) else {
+            panic!("a flag removed in 1.37 must be refused")
+        };
+        assert!(e.contains("unknown flag: --concurrent-service-syncs"), "{e}");
+        let t = table(Scheduler, 36).unwrap();
+        assert!(matches!(parse(&args(&["--tls-curve-preferences=23,29"]), &t), ParseOutcome::Run(_)));
+    }
+
+    #[test]
     fn pflag_rules() {
         let t = table(Component::ApiServer, 35).unwrap();
         let ParseOutcome::Run(f) = parse(
@@ -270,7 +302,7 @@ mod tests {
         let k35 = table(Component::Kubelet, 35).unwrap();
         assert!(k34.contains_key("pod-infra-container-image"));
         assert!(!k35.contains_key("pod-infra-container-image"));
-        assert!(table(Component::Kubelet, 36).is_none());
+        assert!(table(Component::Kubelet, 38).is_none());
         // kube-proxy's klog flags are registered with `_` and still match `-`.
         assert!(
             table(Component::Proxy, 35).unwrap().contains_key("log-dir")

@@ -67,14 +67,14 @@ impl Component {
 pub fn run(component: Component, args: &[String]) -> i32 {
     let stamped = version::stamped();
     let Some(version) =
-        version::KubeVersion::parse(&stamped).filter(|v| v.major == 1 && matches!(v.minor, 34 | 35))
+        version::KubeVersion::parse(&stamped).filter(|v| v.major == 1 && (34..=37).contains(&v.minor))
     else {
         eprintln!(
-            "Error: this contract double is stamped with version {stamped:?}; stamp it with `kubeforge-doubles stamp` (supported: v1.34.x, v1.35.x)"
+            "Error: this contract double is stamped with version {stamped:?}; stamp it with `kubeforge-doubles stamp` (supported: v1.34.x to v1.37.x)"
         );
         return 1;
     };
-    let table = flags::table(component, version.minor).expect("tables exist for 1.34 and 1.35");
+    let table = flags::table(component, version.minor).expect("tables exist for 1.34 to 1.37");
     let parsed = match flags::parse(args, &table) {
         flags::ParseOutcome::Run(f) => f,
         flags::ParseOutcome::Help => {
