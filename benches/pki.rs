@@ -40,7 +40,7 @@ fn kubeforge(alg: KeyAlgorithm, workers: usize) -> (Duration, usize) {
     let dir = tempfile::tempdir().unwrap();
     let i = inputs(alg, workers);
     let t = Instant::now();
-    let r = Store::new(dir.path(), "bench").ensure(&i).unwrap();
+    let r = Store::new(dir.path(), "bench").ensure(&i, kubeforge::pki::store::NewKeys::Allowed).unwrap();
     (t.elapsed(), r.issued.len() + r.cas_created.len())
 }
 

@@ -290,6 +290,10 @@ pub struct ResetArgs {
     /// Really remove (without it, the command shows what it would remove and changes nothing).
     #[arg(long)]
     pub yes: bool,
+    /// Also reset hosts that carry no marker of this cluster (or another cluster's), and etcd members whose
+    /// cluster stays (their data goes without `member remove`).
+    #[arg(long)]
+    pub force: bool,
     /// Connection, PKI and cache settings.
     #[command(flatten)]
     pub common: ClusterArgs,
@@ -410,7 +414,10 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Reset(a) => {
             let mut apply = a.common.options();
             apply.hosts = a.hosts;
-            crate::lifecycle::reset(&a.inventory, crate::lifecycle::ResetOptions { yes: a.yes, apply })
+            crate::lifecycle::reset(
+                &a.inventory,
+                crate::lifecycle::ResetOptions { yes: a.yes, force: a.force, apply },
+            )
         }
         Command::RemoveNode(a) => {
             let mut apply = a.common.options();

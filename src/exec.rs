@@ -296,7 +296,16 @@ impl Executor {
                 );
                 stop.store(true, Ordering::SeqCst);
                 if tokio::signal::ctrl_c().await.is_ok() {
-                    std::process::exit(130);
+                    crate::cleanup::exit(130);
+                }
+            }
+        });
+        // SIGTERM (a service manager, `kill`): no step can be finished; scratch key material goes.
+        tokio::spawn(async move {
+            if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                if term.recv().await.is_some() {
+                    eprintln!("terminated: stopping now");
+                    crate::cleanup::exit(143);
                 }
             }
         });

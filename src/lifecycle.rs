@@ -232,6 +232,20 @@ pub fn remove_node(inventory: &Path, options: RemoveOptions) -> Result<i32> {
     let transports = apply::transports(&loaded, &options.apply.connect)?;
     let executor = Executor::new(options.apply.concurrency, crate::report::auto(false));
     let dry = options.apply.dry_run;
+    // The node itself may be dead: the control planes that stay say which cluster this is.
+    let keepers: Vec<String> =
+        full.control_planes().filter(|h| h.name != name).map(|h| h.name.clone()).collect();
+    let verified = rt.block_on(apply::guard(&full, &options.apply, &keepers, &transports, &executor))?;
+    if verified.fresh {
+        return Err(Error::msg(
+            format!(
+                "cluster `{}` is not installed: no host carries it and {} records no host",
+                full.name,
+                ClusterState::path(&options.apply.pki_root, &full.name).display()
+            ),
+            Some("point --pki-dir at the cluster's store (the default is `pki/` beside the inventory)"),
+        ));
+    }
 
     // 0. An etcd member leaves first, through a member that stays, when the others keep a quorum.
     if host.roles.etcd {
@@ -327,18 +341,33 @@ pub fn remove_node(inventory: &Path, options: RemoveOptions) -> Result<i32> {
         &mut material_model,
         &options.apply,
         scratch.as_ref().map(|t| t.path()),
+        &verified,
     ))?;
     let ctx = Context { model: &material_model, material: &material };
     let owned = owned(&ctx, &host)?;
     let t: Arc<dyn Transport> = transports.get(&name).cloned().expect("transport per host");
     let cleaned = rt.block_on(async {
+        // What the host had before kubeforge (a distribution's containerd, its config) is put back, not
+        // removed.
+        let record = Command::shell(READ_PREEXISTING).arg(crate::phase::identity::PREEXISTING).sudo();
+        let before = crate::phase::identity::Preexisting::parse(
+            &crate::plan::run_checked(t.as_ref(), "read what the host had before", &record)
+                .await?
+                .stdout_str(),
+        );
+        let owned = without_preexisting(owned, &before);
         let actual = crate::plan::probe(t.as_ref(), &owned).await?;
         let changes = crate::plan::diff(&owned, &actual);
         if dry {
             print!("[remove-node] {name}: {} change(s)\n{changes}", changes.count());
+            for (u, _, _) in &before.units {
+                println!("  = {u}: was there before kubeforge; put back as it was");
+            }
             return Ok::<_, crate::exec::StepError>(changes.count());
         }
         crate::plan::apply_changes(t.as_ref(), &changes).await?;
+        let restore = Command::shell(RESTORE_PREEXISTING).arg(crate::phase::identity::PREEXISTING).sudo();
+        crate::plan::run_checked(t.as_ref(), "put back what the host had before", &restore).await?;
         Ok(changes.count())
     });
     let host_report = match cleaned {
@@ -445,11 +474,92 @@ ip route show root "$cidr" 2>/dev/null | awk '{print "left: route " $1}'
 command -v iptables-save >/dev/null 2>&1 && iptables-save 2>/dev/null | grep -q '^:KUBE-' && echo "left: iptables KUBE-* chains"
 true"#;
 
+/// Reads the record of what a host had before kubeforge (empty when there is none).
+const READ_PREEXISTING: &str = r#"[ -f "$1" ] && cat -- "$1"; true"#;
+
+/// Puts back what a host had before kubeforge first touched it (`$1`: the record): replaced files from
+/// their `.kubeforge-orig` copies, then each unit that existed as it was enabled and running.
+const RESTORE_PREEXISTING: &str = r#"p=$1
+[ -f "$p" ] || exit 0
+while read -r kind a b c; do
+  [ "$kind" = file ] && [ -f "$a.kubeforge-orig" ] && mv -f -- "$a.kubeforge-orig" "$a"
+done < "$p"
+systemctl daemon-reload
+while read -r kind a b c; do
+  [ "$kind" = unit ] || continue
+  case "$b" in enabled) systemctl enable -- "$a" >/dev/null 2>&1 ;; disabled) systemctl disable -- "$a" >/dev/null 2>&1 ;; esac
+  case "$c" in active) systemctl restart -- "$a" ;; *) systemctl stop -- "$a" 2>/dev/null ;; esac
+done < "$p"
+rm -f -- "$p"
+true"#;
+
+/// The owned state less what the host had before kubeforge: those units are not disabled (they are put
+/// back as they were), those files not deleted (their originals return).
+pub fn without_preexisting(
+    mut owned: HostDesired,
+    before: &crate::phase::identity::Preexisting,
+) -> HostDesired {
+    owned.absent_units.retain(|u| !before.has_unit(u));
+    owned.absent_files.retain(|f| !before.files.contains(f));
+    owned
+}
+
+/// Why hosts must not be reset: a host that carries another cluster (or another CA), or nothing of this
+/// cluster, and an etcd member whose cluster stays (it must leave through `remove-node`).
+pub fn reset_refusals(
+    model: &ClusterModel,
+    local: &crate::identity::Local,
+    found: &[(String, crate::identity::Remote)],
+    targets: &[String],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (host, r) in found {
+        match (&r.marker, &r.ca) {
+            (Some(Ok(m)), _) if m.cluster != model.name => {
+                out.push(format!("`{host}` belongs to cluster `{}`, not `{}`", m.cluster, model.name))
+            }
+            (Some(Ok(m)), _) if local.ca.as_ref().is_some_and(|ca| *ca != m.ca_sha256) => out.push(format!(
+                "`{host}` runs a cluster whose CA is {}, not this store's {}",
+                m.ca_sha256,
+                local.ca.as_ref().expect("checked")
+            )),
+            (Some(Ok(_)), _) => {}
+            (Some(Err(why)), _) => out.push(format!(
+                "`{host}`: {} is not a kubeforge marker ({why})",
+                crate::identity::MARKER_PATH
+            )),
+            (None, Some(ca)) if local.ca.as_ref() == Some(ca) => {}
+            (None, Some(ca)) => out.push(format!(
+                "`{host}` runs a cluster kubeforge did not mark (CA {ca} at {}): another tool's cluster",
+                crate::identity::HOST_CA_PATH
+            )),
+            (None, None) => out.push(format!(
+                "`{host}` carries nothing of cluster `{}` (no {}): kubeforge installed nothing there",
+                model.name,
+                crate::identity::MARKER_PATH
+            )),
+        }
+    }
+    let members: Vec<&str> = model.etcd_members().map(|h| h.name.as_str()).collect();
+    let staying: Vec<&str> = members.iter().copied().filter(|m| !targets.iter().any(|t| t == m)).collect();
+    if !staying.is_empty() {
+        for t in targets.iter().filter(|t| members.contains(&t.as_str())) {
+            out.push(format!(
+                "`{t}` is a member of the etcd cluster that stays ({}): its data would go without `member remove`; use `kubeforge remove-node {t}`",
+                staying.join(", ")
+            ));
+        }
+    }
+    out
+}
+
 /// Options of `kubeforge reset`.
 #[derive(Debug, Clone)]
 pub struct ResetOptions {
     /// Really remove; without it, print what would be removed.
     pub yes: bool,
+    /// Reset hosts that do not carry this cluster's marker, and etcd members whose cluster stays.
+    pub force: bool,
     /// Everything else (hosts, PKI root, cache, SSH options).
     pub apply: ApplyOptions,
 }
@@ -466,18 +576,33 @@ pub fn reset(inventory: &Path, options: ResetOptions) -> Result<i32> {
         None => model.hosts.iter().map(|h| h.name.clone()).collect(),
     };
     let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
-    // The owned list needs the material the phases read; it is made in a scratch store, so a reset never
-    // creates a CA for a cluster that has none.
-    let scratch = tempfile::tempdir().map_err(|e| Error::io("creating a scratch directory", e))?;
-    let pki_copy = scratch.path().join("pki");
-    let src = options.apply.pki_root.join(&model.name);
-    if src.is_dir() {
-        apply::copy_dir(&src, &pki_copy.join(&model.name))
-            .map_err(|e| Error::io("copying the PKI store", e))?;
-    }
-    let (material, _) = rt.block_on(apply::prepare(&loaded, &mut model, &options.apply, Some(&pki_copy)))?;
-    let ctx = Context { model: &model, material: &material };
     let transports = apply::transports(&loaded, &options.apply.connect)?;
+    let executor = Executor::new(options.apply.concurrency, crate::report::auto(false));
+    executor.stop_on_ctrl_c();
+    // Which cluster each host carries, before anything is decided: a reset touches only this cluster's.
+    let local = crate::identity::Local::read(&options.apply.pki_root, &model.name)?;
+    let found = rt.block_on(crate::identity::read_hosts(&targets, &transports, &executor))?;
+    let refused = reset_refusals(&model, &local, &found, &targets);
+    if !refused.is_empty() && !options.force {
+        return Err(Error::msg(
+            format!("refusing to reset:\n  {}", refused.join("\n  ")),
+            Some("check the inventory's addresses; `--force` resets these hosts anyway (it removes what kubeforge would install there)"),
+        ));
+    }
+    for r in &refused {
+        eprintln!("[reset] warning (--force): {r}");
+    }
+    let verified = crate::identity::Verified {
+        uid: local.uid.clone().unwrap_or_else(|| "unrecorded".into()),
+        fresh: true,
+        adopted: Vec::new(),
+    };
+    // The owned list needs the material the phases read; it is made in a scratch copy of the store (new
+    // keys there are thrown away), so a reset never creates a CA for a cluster that has none.
+    let scratch = apply::Scratch::new(&options.apply.pki_root, &model.name)?;
+    let (material, _) =
+        rt.block_on(apply::prepare(&loaded, &mut model, &options.apply, Some(scratch.path()), &verified))?;
+    let ctx = Context { model: &model, material: &material };
     let pod_cidr = model.pod_cidr.to_string();
     let mut plans = Vec::new();
     let reports: Arc<std::sync::Mutex<Vec<(String, String)>>> = Default::default();
@@ -488,6 +613,13 @@ pub fn reset(inventory: &Path, options: ResetOptions) -> Result<i32> {
         let hostname = name.clone();
         let step = Step::custom("reset", move |t: &dyn Transport| {
             Box::pin(async move {
+                let record = Command::shell(READ_PREEXISTING).arg(crate::phase::identity::PREEXISTING).sudo();
+                let before = crate::phase::identity::Preexisting::parse(
+                    &crate::plan::run_checked(t, "read what the host had before", &record)
+                        .await?
+                        .stdout_str(),
+                );
+                let owned = without_preexisting(owned, &before);
                 let actual = crate::plan::probe(t, &owned).await?;
                 let changes = crate::plan::diff(&owned, &actual);
                 let dirs: Vec<String> = RUNTIME_DIRS.iter().map(|d| d.to_string()).collect();
@@ -496,12 +628,23 @@ pub fn reset(inventory: &Path, options: ResetOptions) -> Result<i32> {
                     for d in &dirs {
                         text.push_str(&format!("  - {d}/ (data)\n"));
                     }
-                    text.push_str("  - pods in containerd, the kf0 bridge, routes to pod subnets, KUBE-* iptables chains\n");
+                    text.push_str("  - the kubelet's pods in containerd, the kf0 bridge, routes to pod subnets, KUBE-* iptables chains\n");
+                    for (u, e, a) in &before.units {
+                        text.push_str(&format!(
+                            "  = {u}: was there before kubeforge; kept, left {e} and {a}\n"
+                        ));
+                    }
+                    for f in &before.files {
+                        text.push_str(&format!("  = {f}: put back as it was before kubeforge\n"));
+                    }
                     out.lock().expect("lock").push((hostname, text));
                     return Ok(false);
                 }
                 crate::plan::run_checked(t, "remove pods", &Command::shell(RESET_PRE).sudo()).await?;
                 crate::plan::apply_changes(t, &changes).await?;
+                let restore =
+                    Command::shell(RESTORE_PREEXISTING).arg(crate::phase::identity::PREEXISTING).sudo();
+                crate::plan::run_checked(t, "put back what the host had before", &restore).await?;
                 let post = Command::shell(RESET_POST).arg(cidr.clone()).args(dirs.iter().cloned()).sudo();
                 crate::plan::run_checked(t, "remove runtime data", &post).await?;
                 let check = Command::shell(RESET_CHECK)
@@ -521,8 +664,8 @@ pub fn reset(inventory: &Path, options: ResetOptions) -> Result<i32> {
             steps: vec![step],
         });
     }
-    let executor = Executor::new(options.apply.concurrency, crate::report::auto(false));
     let report = rt.block_on(executor.run("reset", plans));
+    drop(scratch);
     let mut reports = reports.lock().expect("lock").clone();
     reports.sort();
     let mut unclean = 0;

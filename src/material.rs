@@ -83,6 +83,8 @@ pub struct Material {
     /// The cluster state as it will be once this run succeeds (the `state` phase places it on the control
     /// planes).
     pub state: ClusterState,
+    /// The cluster marker every host carries (the `identity` phase places it).
+    pub marker: crate::identity::Marker,
 }
 
 /// An executable of this machine's to place on hosts.

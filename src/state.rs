@@ -45,6 +45,10 @@ pub struct ClusterState {
     pub format: u32,
     /// Cluster name.
     pub cluster: String,
+    /// The cluster UID, made once when the cluster is first installed; every host's marker carries it
+    /// (see [`crate::identity`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
     /// Hosts kubeforge installed, by name.
     pub hosts: BTreeMap<String, HostState>,
     /// etcd members (host names), as kubeforge last configured them.

@@ -280,10 +280,22 @@ fn read(
     let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
     let mut o = options;
     o.dry_run = true;
+    // A read: the local store alone says what the hosts should hold; a cluster it knows nothing of is not
+    // reported as one with fresh certificates.
+    let local = crate::identity::Local::read(&o.pki_root, &model.name)?;
+    let Some(verified) = crate::identity::local_only(&local) else {
+        return Err(Error::msg(
+            format!(
+                "cluster `{}` is not installed: {} holds no CA and no record of it",
+                model.name, local.store
+            ),
+            Some("install it with `kubeforge apply`, or point --pki-dir at the cluster's store"),
+        ));
+    };
     let scratch = apply::scratch_for(&o, &model.name)?;
     let (status, transports) = rt.block_on(async {
         let (material, state) =
-            apply::prepare(&loaded, &mut model, &o, scratch.as_ref().map(|t| t.path())).await?;
+            apply::prepare(&loaded, &mut model, &o, scratch.as_ref().map(|t| t.path()), &verified).await?;
         let transports = apply::transports(&loaded, &o.connect)?;
         let executor = Executor::new(o.concurrency, Arc::new(crate::report::Silent));
         let s = gather(&model, &material, &state, &transports, &executor).await?;

@@ -518,6 +518,8 @@ struct Run<'a> {
     /// The cluster model at the inventory's version (hosts, roles, addresses).
     model: ClusterModel,
     drain_timeout: Duration,
+    /// The identity check's outcome (made before anything is written).
+    verified: crate::identity::Verified,
 }
 
 /// A planned step: the material it was planned with and its plan.
@@ -526,7 +528,7 @@ struct Step {
     material: apply::Material,
     previous: ClusterState,
     planned: apply::Planned,
-    _scratch: Option<tempfile::TempDir>,
+    _scratch: Option<apply::Scratch>,
 }
 
 /// The inventory with its Kubernetes version set to `v`, and its model.
@@ -581,8 +583,13 @@ impl Run<'_> {
             Error::msg(format!("the artifacts of {v} were not prepared"), Some("this is a kubeforge bug"))
         })?;
         let scratch = apply::scratch_for(&o, &model.name)?;
-        let (mut material, previous) =
-            apply::prepare_with(&mut model, &o, scratch.as_ref().map(|t| t.path()), artifacts)?;
+        let (mut material, previous) = apply::prepare_with(
+            &mut model,
+            &o,
+            scratch.as_ref().map(|t| t.path()),
+            artifacts,
+            &self.verified,
+        )?;
         let phases = crate::workflow::apply();
         let planned =
             apply::plan_workflow(&model, &mut material, &previous, &phases, self.transports, self.executor)
@@ -1241,14 +1248,18 @@ pub fn plan(inventory: &Path, to: Option<&str>, options: ApplyOptions) -> Result
             print_assessment(&c, &a, target, 1);
             // What the first hop touches, per host: a dry run of the apply workflow at its version.
             if let Some(hop) = a.hops.first().copied() {
+                let executor = Executor::new(options.concurrency, Arc::new(crate::report::Silent));
+                let all = apply::guarded_hosts(&c.model, None);
+                let verified = apply::guard(&c.model, &options, &all, &c.transports, &executor).await?;
                 let mut run = Run {
                     loaded: &c.loaded,
                     options: &options,
                     transports: &c.transports,
-                    executor: &Executor::new(options.concurrency, Arc::new(crate::report::Silent)),
+                    executor: &executor,
                     artifacts: BTreeMap::new(),
                     model: c.model.clone(),
                     drain_timeout: Duration::from_secs(300),
+                    verified,
                 };
                 run.prepare_artifacts(hop).await?;
                 let names: Vec<String> = c.model.hosts.iter().map(|h| h.name.clone()).collect();
@@ -1338,6 +1349,8 @@ pub fn apply(inventory: &Path, options: UpgradeOptions) -> Result<i32> {
             println!("upgrade: 0 changes (every host runs {target})");
             return Ok((0, a.facts));
         }
+        let all = apply::guarded_hosts(&c.model, None);
+        let verified = apply::guard(&c.model, &options.apply, &all, &c.transports, &executor).await?;
         let mut run = Run {
             loaded: &c.loaded,
             options: &options.apply,
@@ -1346,6 +1359,7 @@ pub fn apply(inventory: &Path, options: UpgradeOptions) -> Result<i32> {
             artifacts: BTreeMap::new(),
             model: c.model.clone(),
             drain_timeout: options.drain_timeout,
+            verified,
         };
         // Every hop's artifacts (and those of the versions hosts run now, for a rollback) before any host.
         let mut needed: BTreeSet<Version> = a.hops.iter().copied().collect();
@@ -1512,6 +1526,9 @@ pub fn rollback(
     let executor = Executor::new(options.concurrency, crate::report::auto(false));
     rt.block_on(async {
         let facts = read_facts(&c.model, &c.transports).await;
+        let hosts: Vec<String> = back.keys().cloned().collect();
+        let guarded = apply::guarded_hosts(&c.model, Some(&hosts));
+        let verified = apply::guard(&c.model, &options, &guarded, &c.transports, &executor).await?;
         let mut run = Run {
             loaded: &c.loaded,
             options: &options,
@@ -1520,6 +1537,7 @@ pub fn rollback(
             artifacts: BTreeMap::new(),
             model: c.model.clone(),
             drain_timeout,
+            verified,
         };
         for v in back.values() {
             run.prepare_artifacts(*v).await?;

@@ -1,6 +1,7 @@
 //! The ordered phase lists of every workflow: the one place where order is written.
 
 use crate::phase::addons::Addons;
+use crate::phase::identity::Identity;
 use crate::phase::install::{ApiEndpoint, ControlPlane, Etcd, Nodes, OsPrep, Runtime};
 use crate::phase::{preflight::Preflight, state::RecordState, verify::Verify, Phase};
 
@@ -8,6 +9,7 @@ use crate::phase::{preflight::Preflight, state::RecordState, verify::Verify, Pha
 pub fn apply() -> Vec<&'static dyn Phase> {
     vec![
         &Preflight,
+        &Identity,
         &OsPrep,
         &Runtime,
         &Etcd,

@@ -14,9 +14,11 @@
 
 use crate::artifacts::{self, ArtifactSource, Component as Art, LocalArtifact, Requirement};
 use crate::exec::{Executor, HostPlan, Step};
+use crate::identity::Verified;
 pub use crate::material::{api_lb_candidates, local_arch, ApplyOptions, LocalBinary, Material};
 use crate::model::ClusterModel;
 use crate::phase::{Context, HostWork, Phase, Rollout};
+use crate::pki::store::NewKeys;
 use crate::plan::{ActualState, HostChanges, HostDesired, PhasePlan, Plan};
 use crate::state::ClusterState;
 use crate::transport::ssh::{ConnectOptions, SshTarget, SshTransport};
@@ -26,17 +28,41 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-/// The cluster's encryption-at-rest key: read from the store, or created once (0600).
-pub fn encryption_key(store: &crate::pki::store::Store) -> Result<String> {
+/// The cluster's encryption-at-rest key: read from the store, or, for a new cluster only, created once
+/// (0600, forced to disk). A key that cannot be read, or is not 32 bytes of base64, stops the run: every
+/// Secret of a live cluster is encrypted with it, so it is never replaced by a new one.
+pub fn encryption_key(store: &crate::pki::store::Store, new_keys: NewKeys) -> Result<String> {
     use base64::Engine;
     const NAME: &str = "secrets/encryption-key";
-    if let Ok(k) = store.read(NAME) {
-        return Ok(String::from_utf8_lossy(&k).trim().to_owned());
+    let path = store.root().join(NAME);
+    let damaged = |why: String| {
+        Error::msg(
+            format!("{}: {why}", path.display()),
+            Some("bring the key back from a backup (`kubeforge restore --from ARCHIVE`); a new key would leave every Secret unreadable"),
+        )
+    };
+    match std::fs::read(&path) {
+        Ok(k) => {
+            let text = String::from_utf8_lossy(&k).trim().to_owned();
+            match base64::engine::general_purpose::STANDARD.decode(&text) {
+                Ok(b) if b.len() == 32 => Ok(text),
+                Ok(b) => Err(damaged(format!("the key is {} bytes, not 32", b.len()))),
+                Err(e) => Err(damaged(format!("not base64 ({e})"))),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if new_keys == NewKeys::Refused {
+                return Err(damaged(
+                    "missing, and the cluster is not new: refusing to create a new encryption key".into(),
+                ));
+            }
+            let key: [u8; 32] = rand::random();
+            let text = base64::engine::general_purpose::STANDARD.encode(key);
+            store.write_durable(NAME, text.as_bytes(), 0o600)?;
+            Ok(text)
+        }
+        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
     }
-    let key: [u8; 32] = rand::random();
-    let text = base64::engine::general_purpose::STANDARD.encode(key);
-    store.write(NAME, text.as_bytes(), 0o600)?;
-    Ok(text)
 }
 
 /// The balancer binary of every node architecture the cluster needs one for (none without a node-local
@@ -507,19 +533,80 @@ pub fn record_checkpoint(state: &mut ClusterState, pp: &PhasePlan, previous: &Cl
     }
 }
 
-/// Copies the PKI store of `cluster` into a temporary directory, so a dry run can generate what is
-/// missing (to compute digests) without writing under `pki/`.
-fn scratch_pki(pki_root: &Path, cluster: &str) -> Result<tempfile::TempDir> {
-    let tmp = tempfile::Builder::new()
-        .prefix("kubeforge-dry-run-")
-        .tempdir()
-        .map_err(|e| Error::io("creating a temporary directory for the dry run", e))?;
-    let from = pki_root.join(cluster);
-    if from.is_dir() {
-        copy_dir(&from, &tmp.path().join(cluster))
-            .map_err(|e| Error::io(format!("copying {} for the dry run", from.display()), e))?;
+/// A scratch copy of a cluster's PKI store, for runs that must not write under `pki/<cluster>/` (a dry run,
+/// `status`, `reset`) but need every file the phases read. It lives **inside** the PKI directory
+/// (`pki/.scratch-XXXX/`, 0700), never in a shared temporary directory, holds only what the phases read
+/// (not `backups/`), and is removed when dropped and, through [`crate::cleanup`], when the process is
+/// interrupted or terminated.
+pub struct Scratch {
+    dir: Option<tempfile::TempDir>,
+    created_root: Option<std::path::PathBuf>,
+}
+
+impl Scratch {
+    /// Copies `<pki_root>/<cluster>/` (without `backups/`) into a new scratch directory under `pki_root`.
+    pub fn new(pki_root: &Path, cluster: &str) -> Result<Scratch> {
+        use std::os::unix::fs::DirBuilderExt;
+        let created_root = if pki_root.exists() {
+            None
+        } else {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(pki_root)
+                .map_err(|e| Error::io(format!("creating {}", pki_root.display()), e))?;
+            Some(pki_root.to_path_buf())
+        };
+        let dir = tempfile::Builder::new()
+            .prefix(".scratch-")
+            .tempdir_in(pki_root)
+            .map_err(|e| Error::io(format!("creating a scratch directory in {}", pki_root.display()), e))?;
+        crate::cleanup::register(dir.path());
+        let scratch = Scratch { dir: Some(dir), created_root };
+        let from = pki_root.join(cluster);
+        if from.is_dir() {
+            copy_dir_except(&from, &scratch.path().join(cluster), &["backups"])
+                .map_err(|e| Error::io(format!("copying {} into a scratch directory", from.display()), e))?;
+        }
+        Ok(scratch)
     }
-    Ok(tmp)
+
+    /// Where the copy is (a PKI root: the store is `<path>/<cluster>/`).
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().expect("present until dropped").path()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(d) = self.dir.take() {
+            crate::cleanup::unregister(d.path());
+            let _ = d.close();
+        }
+        if let Some(root) = &self.created_root {
+            let _ = std::fs::remove_dir(root);
+        }
+    }
+}
+
+/// [`copy_dir`], leaving out the top-level entries named in `except`.
+fn copy_dir_except(from: &Path, to: &Path, except: &[&str]) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(to)?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700))?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        if except.iter().any(|x| e.file_name() == *x) {
+            continue;
+        }
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if e.file_type()?.is_dir() {
+            copy_dir(&src, &dst)?;
+        } else if e.file_type()?.is_file() {
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
 }
 
 /// Copies a directory tree (files and directories; directories 0700).
@@ -577,27 +664,32 @@ pub async fn prepare(
     model: &mut ClusterModel,
     options: &ApplyOptions,
     scratch: Option<&Path>,
+    verified: &Verified,
 ) -> Result<(Material, ClusterState)> {
     let artifacts = prepare_artifacts(model, &loaded.inventory, &options.cache_dir).await?;
-    prepare_with(model, options, scratch, artifacts)
+    prepare_with(model, options, scratch, artifacts, verified)
 }
 
-/// [`prepare`] with the artifacts already resolved.
+/// [`prepare`] with the artifacts already resolved. `verified` is the identity check's outcome: keys are
+/// created only for a fresh cluster, and the markers carry its UID.
 pub fn prepare_with(
     model: &mut ClusterModel,
     options: &ApplyOptions,
     scratch: Option<&Path>,
     artifacts: BTreeMap<(Art, String), LocalArtifact>,
+    verified: &Verified,
 ) -> Result<(Material, ClusterState)> {
     let previous = ClusterState::load(&options.pki_root, &model.name)?;
     let mut state = previous.clone();
+    state.uid = Some(verified.uid.clone());
+    let new_keys = if verified.fresh { NewKeys::Allowed } else { NewKeys::Refused };
     let subnets = state.allocate_pod_subnets(model)?;
     model.set_pod_subnets(&subnets);
     state.etcd_bootstrap = model.set_etcd_bootstrap(&previous.etcd_bootstrap, &previous.etcd_members);
     let pki_root = scratch.unwrap_or(&options.pki_root);
     let pki = crate::pki::store::Store::new(pki_root, &model.name);
     let pki_inputs = model.pki_inputs();
-    let report = pki.ensure(&pki_inputs)?;
+    let report = pki.ensure(&pki_inputs, new_keys)?;
     if !report.issued.is_empty() || !report.cas_created.is_empty() {
         eprintln!(
             "[pki] {}: {} {}, {} reused, {} CA/key pair(s) {}",
@@ -610,7 +702,15 @@ pub fn prepare_with(
             if scratch.is_some() { "would be created" } else { "created" },
         );
     }
-    let encryption_key = encryption_key(&pki)?;
+    let encryption_key = encryption_key(&pki, new_keys)?;
+    let ca = pki.read("ca.crt")?;
+    let marker = crate::identity::Marker {
+        cluster: model.name.clone(),
+        uid: verified.uid.clone(),
+        ca_sha256: crate::identity::Fingerprint::of_pem(&ca).ok_or_else(|| {
+            Error::msg(format!("{}/ca.crt is not a certificate", pki.root().display()), None)
+        })?,
+    };
     let api_lb = api_lb_binaries(model, options.api_lb_dir.as_deref())?;
     let targets = Targets::new(model, options.hosts.as_deref())?;
     let hosts: Vec<&str> = model
@@ -628,6 +728,7 @@ pub fn prepare_with(
         encryption_key,
         api_lb,
         state: state.clone(),
+        marker,
     };
     Ok((material, previous))
 }
@@ -757,10 +858,34 @@ pub async fn run_workflow(
     execute_workflow(model, material, previous, phases, transports, executor, planned).await
 }
 
+/// The hosts whose markers a run that works on `hosts` (all when `None`) reads before it writes anything:
+/// those hosts and every control plane (they carry the cluster).
+pub fn guarded_hosts(model: &ClusterModel, hosts: Option<&[String]>) -> Vec<String> {
+    model
+        .hosts
+        .iter()
+        .filter(|h| h.roles.control_plane || hosts.is_none_or(|t| t.contains(&h.name)))
+        .map(|h| h.name.clone())
+        .collect()
+}
+
+/// The identity check every command that writes runs first (see [`crate::identity`]): reads the markers
+/// of `hosts` and compares them with the local store. Nothing has been written when it refuses.
+pub async fn guard(
+    model: &ClusterModel,
+    options: &ApplyOptions,
+    hosts: &[String],
+    transports: &BTreeMap<String, Arc<dyn Transport>>,
+    executor: &Executor,
+) -> Result<Verified> {
+    let local = crate::identity::Local::read(&options.pki_root, &model.name)?;
+    Ok(crate::identity::check(&local, hosts, transports, executor).await?.0)
+}
+
 /// A scratch copy of the PKI store for a dry run (`None` otherwise): a dry run writes nothing under `pki/`.
-pub fn scratch_for(options: &ApplyOptions, cluster: &str) -> Result<Option<tempfile::TempDir>> {
+pub fn scratch_for(options: &ApplyOptions, cluster: &str) -> Result<Option<Scratch>> {
     if options.dry_run {
-        scratch_pki(&options.pki_root, cluster).map(Some)
+        Scratch::new(&options.pki_root, cluster).map(Some)
     } else {
         Ok(None)
     }
@@ -820,16 +945,24 @@ pub fn run_loaded(
     label: &str,
 ) -> Result<i32> {
     let inventory = loaded.path.clone();
+    if let Some(saved) = &options.plan_in {
+        // A typo in the plan's path is found before anything is prepared or read.
+        std::fs::metadata(saved)
+            .map_err(|e| Error::io(format!("reading the plan {}", saved.display()), e))?;
+    }
     let recorded = ClusterState::load(&options.pki_root, &model.name)?;
     check_version_unchanged(&model, &recorded, loaded)?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
     rt.block_on(async move {
-        let scratch = scratch_for(&options, &model.name)?;
-        let (mut material, previous) =
-            prepare(loaded, &mut model, &options, scratch.as_ref().map(|t| t.path())).await?;
         let transports = transports(loaded, &options.connect)?;
         let executor = Executor::new(options.concurrency, crate::report::auto(false));
         executor.stop_on_ctrl_c();
+        let verified =
+            guard(&model, &options, &guarded_hosts(&model, options.hosts.as_deref()), &transports, &executor)
+                .await?;
+        let scratch = scratch_for(&options, &model.name)?;
+        let (mut material, previous) =
+            prepare(loaded, &mut model, &options, scratch.as_ref().map(|t| t.path()), &verified).await?;
         let phases = crate::workflow::apply();
         let result = run_workflow(&model, &mut material, &previous, &phases, &transports, &executor).await;
         eprint!("{}", host_stats(&transports));

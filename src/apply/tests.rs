@@ -38,6 +38,16 @@ fn simulated(name: &str) -> Arc<FakeTransport> {
         }
         Reply::ok(out)
     });
+    // The identity probe: the marker and the CA, as the host holds them.
+    t.handle("--- marker", |_, fake| {
+        let show =
+            |p: &str| fake.file(p).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        Reply::ok(format!(
+            "--- marker\n{}\n--- ca\n{}\n--- end\n",
+            show(crate::identity::MARKER_PATH),
+            show(crate::identity::HOST_CA_PATH)
+        ))
+    });
     let u = units.clone();
     t.handle("systemctl restart --no-block", move |argv, _| {
         let args = &argv[4..];
@@ -161,14 +171,17 @@ impl Harness {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let rec = Arc::new(Recorder::default());
         let result = rt.block_on(async {
+            let transports: BTreeMap<String, Arc<dyn Transport>> =
+                self.hosts.iter().map(|(n, t)| (n.clone(), t.clone() as Arc<dyn Transport>)).collect();
+            let executor = Executor::new(options.concurrency, rec.clone());
+            // As `run_loaded`: the identity check before anything is written, locally or on a host.
+            let guarded = guarded_hosts(&model, options.hosts.as_deref());
+            let verified = guard(&model, &options, &guarded, &transports, &executor).await?;
             let scratch = scratch_for(&options, &model.name)?;
             let artifacts =
                 fake_artifacts_padded(&model, &self.dir.path().join("artifacts"), self.binary_pad);
             let (mut material, previous) =
-                prepare_with(&mut model, &options, scratch.as_ref().map(|t| t.path()), artifacts)?;
-            let transports: BTreeMap<String, Arc<dyn Transport>> =
-                self.hosts.iter().map(|(n, t)| (n.clone(), t.clone() as Arc<dyn Transport>)).collect();
-            let executor = Executor::new(options.concurrency, rec.clone());
+                prepare_with(&mut model, &options, scratch.as_ref().map(|t| t.path()), artifacts, &verified)?;
             let phases = crate::workflow::apply();
             run_workflow(&model, &mut material, &previous, &phases, &transports, &executor).await
         });
@@ -176,11 +189,22 @@ impl Harness {
     }
 }
 
+/// What the identity check says of the harness's hosts for `m`.
+fn verified_of(h: &Harness, m: &ClusterModel) -> crate::identity::Verified {
+    let transports: BTreeMap<String, Arc<dyn Transport>> =
+        h.hosts.iter().map(|(n, t)| (n.clone(), t.clone() as Arc<dyn Transport>)).collect();
+    let ex = Executor::new(4, Arc::new(crate::report::Silent));
+    let names: Vec<String> = m.hosts.iter().map(|x| x.name.clone()).collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(guard(m, &h.options(), &names, &transports, &ex)).unwrap()
+}
+
 /// The dry-run text with what differs between runs (fresh keys, this test binary) masked.
 fn masked(text: &str) -> String {
     text.lines()
         .map(|l| {
-            let volatile = [".crt ", "sa.pub", "/converged/"].iter().any(|v| l.contains(v));
+            let volatile =
+                [".crt ", "sa.pub", "/converged/", "(cluster marker;"].iter().any(|v| l.contains(v));
             if volatile {
                 match l.find(" (") {
                     Some(i) => format!("{} (<varies per run>)", &l[..i]),
@@ -265,8 +289,9 @@ fn apply_then_a_second_run_has_nothing_to_do_and_the_state_file_records_the_clus
     let second = second.unwrap();
     assert_eq!(second.total_changes(), 0, "{}", second.plan.text());
     let new_calls = &n1.calls()[calls_before..];
-    // preflight facts + one state probe for every phase + verify: nothing else.
-    assert_eq!(new_calls.len(), 3, "{new_calls:?}");
+    // the identity check + preflight facts + one state probe for every phase + verify: nothing else.
+    assert_eq!(new_calls.len(), 4, "{new_calls:?}");
+    assert!(matches!(&new_calls[0], crate::transport::fake::Call::Exec(c) if c.contains("--- marker")));
 }
 
 #[test]
@@ -434,7 +459,7 @@ fn a_misspelled_phase_is_refused_with_the_valid_ones() {
     let phases = crate::workflow::apply();
     let err = select_phases(&phases, Some(&["etdc".to_string()])).err().unwrap();
     assert_eq!(err.to_string(), "unknown phase `etdc`");
-    assert!(err.hint().unwrap().contains("preflight, os-prep, runtime, etcd"), "{:?}", err.hint());
+    assert!(err.hint().unwrap().contains("preflight, identity, os-prep, runtime, etcd"), "{:?}", err.hint());
     let ok = select_phases(&phases, Some(&["etcd".to_string(), "verify".to_string()])).unwrap();
     assert_eq!(ok.iter().map(|p| p.id()).collect::<Vec<_>>(), ["etcd", "verify"]);
 }
@@ -566,7 +591,8 @@ fn removing_what_kubeforge_owns_leaves_no_file_of_it_on_the_host() {
     let loaded = crate::inventory::parse(Path::new("i.yaml"), SINGLE).unwrap();
     let mut m = ClusterModel::derive(&loaded);
     let artifacts = fake_artifacts(&m, &h.dir.path().join("artifacts"));
-    let (material, _) = prepare_with(&mut m, &h.options(), None, artifacts).unwrap();
+    let verified = verified_of(&h, &m);
+    let (material, _) = prepare_with(&mut m, &h.options(), None, artifacts, &verified).unwrap();
     let ctx = Context { model: &m, material: &material };
     let owned = crate::lifecycle::owned(&ctx, m.host("n1").unwrap()).unwrap();
     assert!(
@@ -664,8 +690,10 @@ fn status_reads_one_probe_per_host_and_reports_drift_stopped_units_and_unreachab
         let mut o = h.options();
         o.dry_run = true;
         let scratch = scratch_for(&o, &m.name).unwrap();
+        let local = crate::identity::Local::read(&o.pki_root, &m.name).unwrap();
+        let verified = crate::identity::local_only(&local).expect("the cluster is installed");
         let (material, state) =
-            prepare_with(&mut m, &o, scratch.as_ref().map(|t| t.path()), artifacts).unwrap();
+            prepare_with(&mut m, &o, scratch.as_ref().map(|t| t.path()), artifacts, &verified).unwrap();
         let transports: BTreeMap<String, Arc<dyn Transport>> =
             h.hosts.iter().map(|(n, t)| (n.clone(), t.clone() as Arc<dyn Transport>)).collect();
         let ex = Executor::new(4, Arc::new(crate::report::Silent));
@@ -777,8 +805,9 @@ fn a_cold_apply_needs_few_round_trips_per_host_and_phase() {
         }
     }
     // Measured before batching: cp1 89, w1 38, w2 38 (one round trip per file); with binaries one transfer
-    // each: cp1 41, w1 23, w2 23.
-    assert_eq!(totals, BTreeMap::from([("cp1", 24), ("w1", 12), ("w2", 12)]), "{table}");
+    // each: cp1 41, w1 23, w2 23; then cp1 24, w1 12, w2 12 before the identity check (one probe per host)
+    // and the `identity` phase (marker batch, the record of what the host had, completion marker).
+    assert_eq!(totals, BTreeMap::from([("cp1", 28), ("w1", 16), ("w2", 16)]), "{table}");
 }
 
 #[test]
@@ -797,6 +826,161 @@ fn a_node_whose_architecture_has_no_balancer_binary_is_refused_before_any_host_i
     assert!(err.contains("`worker-2`") && err.contains("linux/arm64"), "{err}");
     assert!(err.contains(&format!("{}/kubeforge-apilb-linux-arm64", dir.display())), "{err}");
     for t in h.hosts.values() {
-        assert!(t.calls().is_empty(), "nothing ran on a host: {:?}", t.calls());
+        // Only the identity check read the host; nothing was written.
+        let calls = t.calls();
+        assert!(
+            calls.len() == 1
+                && matches!(&calls[0], crate::transport::fake::Call::Exec(c) if c.contains("--- marker")),
+            "nothing but the identity check ran on a host: {calls:?}"
+        );
     }
+}
+
+/// Every call a host has received so far.
+fn call_counts(h: &Harness) -> BTreeMap<String, usize> {
+    h.hosts.iter().map(|(n, t)| (n.clone(), t.calls().len())).collect()
+}
+
+/// Whether any call after `before` wrote to the host (an upload, or a command other than the identity check).
+fn wrote_since(h: &Harness, before: &BTreeMap<String, usize>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (n, t) in &h.hosts {
+        for c in &t.calls()[before[n]..] {
+            match c {
+                crate::transport::fake::Call::Exec(cmd) if cmd.contains("--- marker") => {}
+                other => out.push(format!("{n}: {other:?}")),
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn apply_with_an_empty_store_in_front_of_a_live_cluster_is_refused_and_nothing_is_written() {
+    let model = ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), SINGLE).unwrap());
+    let h = Harness::new(&model);
+    h.run(SINGLE, h.options()).0.unwrap();
+    let ca = h.hosts["n1"].file(crate::identity::HOST_CA_PATH).unwrap();
+    // `cd /elsewhere && kubeforge apply -i /path/inv.yaml`: another PKI directory, with nothing in it.
+    let mut elsewhere = h.options();
+    elsewhere.pki_root = h.dir.path().join("elsewhere/pki");
+    for dry_run in [true, false] {
+        let before = call_counts(&h);
+        let mut o = elsewhere.clone();
+        o.dry_run = dry_run;
+        let err = h.run(SINGLE, o).0.err().expect("refused").report();
+        assert!(err.contains("has no CA") && err.contains("`n1`"), "{err}");
+        let fp = crate::identity::Fingerprint::of_pem(&ca).unwrap();
+        assert!(err.contains(&fp.0), "names the cluster's CA: {err}");
+        assert!(wrote_since(&h, &before).is_empty(), "{:?}", wrote_since(&h, &before));
+        assert!(!elsewhere.pki_root.join("sim/ca.key").exists(), "no CA was made");
+        assert!(
+            !elsewhere.pki_root.join("sim/secrets/encryption-key").exists(),
+            "no encryption key was made"
+        );
+    }
+    assert_eq!(h.hosts["n1"].file(crate::identity::HOST_CA_PATH).unwrap(), ca, "the host keeps its CA");
+}
+
+#[test]
+fn a_store_of_another_cluster_with_the_same_name_is_refused_naming_both_cas() {
+    let model = ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), SINGLE).unwrap());
+    let h = Harness::new(&model);
+    h.run(SINGLE, h.options()).0.unwrap();
+    // Another installation's store: its own CA (made with `certs generate` elsewhere).
+    let mut other = h.options();
+    other.pki_root = h.dir.path().join("other/pki");
+    let store = crate::pki::store::Store::new(&other.pki_root, "sim");
+    store.ensure(&model.pki_inputs(), crate::pki::store::NewKeys::Allowed).unwrap();
+    let before = call_counts(&h);
+    let err = h.run(SINGLE, other).0.err().expect("refused").report();
+    let ours = crate::identity::Fingerprint::of_pem(&store.read("ca.crt").unwrap()).unwrap();
+    let theirs =
+        crate::identity::Fingerprint::of_pem(&h.hosts["n1"].file(crate::identity::HOST_CA_PATH).unwrap())
+            .unwrap();
+    assert!(err.contains(&ours.0) && err.contains(&theirs.0), "{err}");
+    assert!(wrote_since(&h, &before).is_empty());
+}
+
+#[test]
+fn a_lost_encryption_key_or_service_account_key_is_never_made_anew_for_a_live_cluster() {
+    let model = ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), SINGLE).unwrap());
+    let h = Harness::new(&model);
+    h.run(SINGLE, h.options()).0.unwrap();
+    let store = h.options().pki_root.join("sim");
+    for (file, says) in [("secrets/encryption-key", "encryption key"), ("sa.key", "sa.key")] {
+        let kept = std::fs::read(store.join(file)).unwrap();
+        std::fs::remove_file(store.join(file)).unwrap();
+        let before = call_counts(&h);
+        let err = h.run(SINGLE, h.options()).0.err().expect("refused").report();
+        assert!(err.contains(says) && err.contains("not new"), "{err}");
+        assert!(!store.join(file).exists(), "nothing made in its place");
+        assert!(wrote_since(&h, &before).is_empty());
+        std::fs::write(store.join(file), kept).unwrap();
+    }
+    // A truncated key stops the run too.
+    std::fs::write(store.join("secrets/encryption-key"), "c2hvcnQ=\n").unwrap();
+    let err = h.run(SINGLE, h.options()).0.err().expect("refused").report();
+    assert!(err.contains("5 bytes, not 32"), "{err}");
+}
+
+#[test]
+fn an_unmarked_host_with_the_stores_ca_is_adopted_and_marked() {
+    let model = ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), SINGLE).unwrap());
+    let h = Harness::new(&model);
+    h.run(SINGLE, h.options()).0.unwrap();
+    let marker = h.hosts["n1"].file(crate::identity::MARKER_PATH).unwrap();
+    // A cluster installed before markers: the marker is not there, the CA is.
+    h.hosts["n1"].remove_file(crate::identity::MARKER_PATH);
+    let (s, _) = h.run(SINGLE, h.options());
+    let s = s.unwrap();
+    assert!(s.plan.text().contains("/var/lib/kubeforge/cluster.json"), "{}", s.plan.text());
+    assert_eq!(h.hosts["n1"].file(crate::identity::MARKER_PATH).unwrap(), marker, "same UID, same CA");
+}
+
+#[test]
+fn reset_refuses_hosts_of_no_or_another_cluster_and_etcd_members_that_would_leave_a_quorum() {
+    use crate::identity::{Fingerprint, Local, Marker, Remote};
+    let text = "cluster: {name: c1, kubernetesVersion: v1.35.7}\nhosts:\n- {name: a, address: 10.0.0.1, roles: [control-plane, etcd]}\n- {name: b, address: 10.0.0.2, roles: [control-plane, etcd]}\n- {name: w, address: 10.0.0.3, roles: [worker]}\n";
+    let model = ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), text).unwrap());
+    let fp = Fingerprint(format!("sha256:{}", "a".repeat(64)));
+    let local = Local { cluster: "c1".into(), ca: Some(fp.clone()), ..Default::default() };
+    let ours = Remote {
+        marker: Some(Ok(Marker { cluster: "c1".into(), uid: "u".into(), ca_sha256: fp.clone() })),
+        ca: Some(fp.clone()),
+    };
+    let found =
+        |w: Remote| vec![("a".to_string(), ours.clone()), ("b".into(), ours.clone()), ("w".into(), w)];
+    let all: Vec<String> = ["a", "b", "w"].map(String::from).to_vec();
+    assert!(crate::lifecycle::reset_refusals(&model, &local, &found(ours.clone()), &all).is_empty());
+    let r = crate::lifecycle::reset_refusals(&model, &local, &found(Remote::default()), &all);
+    assert!(r.len() == 1 && r[0].contains("`w` carries nothing of cluster `c1`"), "{r:?}");
+    let kubeadm = Remote { marker: None, ca: Some(Fingerprint(format!("sha256:{}", "b".repeat(64)))) };
+    let r = crate::lifecycle::reset_refusals(&model, &local, &found(kubeadm), &all);
+    assert!(r[0].contains("kubeforge did not mark"), "{r:?}");
+    // One etcd member of two, its peer staying: refused (remove-node takes it out of the member list).
+    let r = crate::lifecycle::reset_refusals(&model, &local, &found(ours.clone())[..1], &["a".to_string()]);
+    assert!(r.len() == 1 && r[0].contains("remove-node a"), "{r:?}");
+}
+
+#[test]
+fn what_a_host_had_before_kubeforge_is_not_removed() {
+    let before = crate::phase::identity::Preexisting::parse(
+        "unit containerd enabled active\nfile /etc/containerd/config.toml\n",
+    );
+    let owned = HostDesired {
+        absent_units: vec!["containerd".into(), "kubelet".into()],
+        absent_files: vec![
+            "/etc/containerd/config.toml".into(),
+            "/etc/containerd/config.toml.kubeforge-prev".into(),
+            "/usr/local/bin/kubelet".into(),
+        ],
+        ..Default::default()
+    };
+    let left = crate::lifecycle::without_preexisting(owned, &before);
+    assert_eq!(left.absent_units, vec!["kubelet".to_string()]);
+    assert_eq!(
+        left.absent_files,
+        vec!["/etc/containerd/config.toml.kubeforge-prev".to_string(), "/usr/local/bin/kubelet".into()]
+    );
 }

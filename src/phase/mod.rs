@@ -61,6 +61,7 @@ pub trait Phase: Send + Sync {
 }
 
 pub mod addons;
+pub mod identity;
 pub mod install;
 pub mod pki_files;
 pub mod preflight;

@@ -53,6 +53,12 @@ pub enum PkiError {
         /// The CA certificate.
         path: PathBuf,
     },
+    /// A CA or the service-account key is missing from the store of a cluster that is (or may be) live.
+    #[error("{path} is missing, and the cluster is not new: refusing to create a new key in its place")]
+    KeyOfLiveCluster {
+        /// The missing file.
+        path: PathBuf,
+    },
     /// A name that is not in the certificate table.
     #[error("no certificate named `{0}`")]
     UnknownCert(String),
@@ -64,6 +70,9 @@ impl PkiError {
         match self {
             PkiError::CaKeyMissing { .. } => Some(
                 "kubeforge signs node and component certificates itself and needs the CA key; restore it from a backup".into(),
+            ),
+            PkiError::KeyOfLiveCluster { .. } => Some(
+                "a new CA or service-account key would lock every host, component and user out; bring the store back from a backup (`kubeforge restore --from ARCHIVE`) or point --pki-dir at the cluster's store".into(),
             ),
             PkiError::UnknownCert(_) => Some("`kubeforge certs check-expiration` lists every name".into()),
             PkiError::Invalid { .. } => Some("move the file away and run `kubeforge certs generate` to issue it again".into()),

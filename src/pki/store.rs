@@ -17,6 +17,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use x509_parser::prelude::*;
 
+/// Whether [`Store::ensure`] may create CAs and the service-account key pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewKeys {
+    /// A new cluster: create what is missing.
+    Allowed,
+    /// A live cluster (or one that may be): a missing CA or service-account key is an error.
+    Refused,
+}
+
 /// A cluster's PKI directory.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -183,10 +192,21 @@ impl Store {
         // Only what cannot be re-created is forced to disk before the rename: a lost CA or service-account
         // key would orphan the cluster, while any leaf or kubeconfig is simply re-issued by the next run.
         // (An fsync per file made a 226-certificate store 40x slower.)
-        if rel.ends_with("ca.key") || rel == "sa.key" || rel == "ledger.json" {
+        if rel.ends_with("ca.key") || rel == "sa.key" || rel == "ledger.json" || rel.starts_with("secrets/") {
             f.sync_all().map_err(|e| PkiError::io(ctx("write"), e))?;
         }
         std::fs::rename(&tmp, &path).map_err(|e| PkiError::io(ctx("rename into"), e))
+    }
+
+    /// [`Store::write`] forced to disk (file and directory) before it returns: for what cannot be made
+    /// again.
+    pub fn write_durable(&self, rel: &str, data: &[u8], mode: u32) -> Result<(), PkiError> {
+        self.write(rel, data, mode)?;
+        let path = self.root.join(rel);
+        let dir = path.parent().expect("inside the store");
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| PkiError::io(format!("cannot sync {}", dir.display()), e))
     }
 
     fn exists(&self, rel: &str) -> bool {
@@ -202,12 +222,16 @@ impl Store {
         Key::from_pem(&pem, &self.root.join(&rel)).map(Some)
     }
 
-    /// Creates the CA if missing; returns whether it was created. Never modifies an existing CA.
-    fn ensure_ca(&self, ca: CaId, i: &PkiInputs) -> Result<bool, PkiError> {
+    /// Creates the CA if missing and `new_keys` allows it; returns whether it was created. Never modifies
+    /// an existing CA.
+    fn ensure_ca(&self, ca: CaId, i: &PkiInputs, new_keys: NewKeys) -> Result<bool, PkiError> {
         let (crt, key) = (format!("{}.crt", ca.name()), format!("{}.key", ca.name()));
         match (self.exists(&crt), self.exists(&key)) {
             (true, true) => Ok(false),
             (true, false) => Err(PkiError::CaKeyMissing { path: self.root.join(crt) }),
+            (false, _) if new_keys == NewKeys::Refused => {
+                Err(PkiError::KeyOfLiveCluster { path: self.root.join(crt) })
+            }
             (false, _) => {
                 let k = Key::generate(i.key_algorithm)?;
                 let pem = issue::ca_certificate(ca, &k, i.ca_validity)?;
@@ -233,9 +257,19 @@ impl Store {
         if !self.exists(&crt) {
             return Ok(Some("new".into()));
         }
-        let Some(key) = self.load_key(&spec.name)? else { return Ok(Some("key missing".into())) };
+        // A leaf or its key cut short by a crash (empty, or not PEM) is simply issued again.
+        let key = match self.load_key(&spec.name) {
+            Ok(Some(k)) => k,
+            Ok(None) => return Ok(Some("key missing".into())),
+            Err(PkiError::Invalid { .. }) => return Ok(Some("key unreadable".into())),
+            Err(e) => return Err(e),
+        };
         let pem = self.read(&crt)?;
-        let f = parse_cert(&pem, &self.root.join(&crt))?;
+        let f = match parse_cert(&pem, &self.root.join(&crt)) {
+            Ok(f) => f,
+            Err(PkiError::Invalid { .. }) => return Ok(Some("certificate unreadable".into())),
+            Err(e) => return Err(e),
+        };
         if f.spki != rcgen::PublicKeyData::subject_public_key_info(&key.0) {
             return Ok(Some("key does not match certificate".into()));
         }
@@ -289,7 +323,7 @@ impl Store {
         signer: &Signer,
         validity: Duration,
     ) -> Result<(), PkiError> {
-        let key = match self.load_key(&spec.name)? {
+        let key = match self.load_key(&spec.name).unwrap_or(None) {
             Some(k) if k.algorithm() == Some(i.key_algorithm) => k,
             _ => {
                 let k = Key::generate(i.key_algorithm)?;
@@ -303,19 +337,35 @@ impl Store {
 
     /// Makes the store complete and current for `i`: CAs, service-account keys, every leaf, every
     /// kubeconfig. Idempotent.
-    pub fn ensure(&self, i: &PkiInputs) -> Result<EnsureReport, PkiError> {
+    ///
+    /// CAs and the service-account key pair are created only when `new_keys` allows it (a new cluster);
+    /// otherwise a missing one is an error: a live cluster's trust roots are never replaced by new ones.
+    pub fn ensure(&self, i: &PkiInputs, new_keys: NewKeys) -> Result<EnsureReport, PkiError> {
         self.mkdirs(&self.root)?;
         let mut report = EnsureReport::default();
         for ca in CaId::ALL {
-            if self.ensure_ca(ca, i)? {
+            if self.ensure_ca(ca, i, new_keys)? {
                 report.cas_created.push(ca.name().to_owned());
             }
         }
-        if !self.exists("sa.key") {
-            let k = Key::generate(i.key_algorithm)?;
-            self.write("sa.key", k.pem().as_bytes(), 0o600)?;
-            self.write("sa.pub", k.public_pem().as_bytes(), 0o644)?;
-            report.cas_created.push("sa".into());
+        match (self.exists("sa.key"), self.exists("sa.pub")) {
+            (true, true) => {}
+            (true, false) => {
+                // The pair is written key first: a crash between the two leaves the key, whose public half
+                // is derived again.
+                let pem = String::from_utf8_lossy(&self.read("sa.key")?).into_owned();
+                let k = Key::from_pem(&pem, &self.root.join("sa.key"))?;
+                self.write("sa.pub", k.public_pem().as_bytes(), 0o644)?;
+            }
+            (false, _) if new_keys == NewKeys::Refused => {
+                return Err(PkiError::KeyOfLiveCluster { path: self.root.join("sa.key") });
+            }
+            (false, _) => {
+                let k = Key::generate(i.key_algorithm)?;
+                self.write("sa.key", k.pem().as_bytes(), 0o600)?;
+                self.write("sa.pub", k.public_pem().as_bytes(), 0o644)?;
+                report.cas_created.push("sa".into());
+            }
         }
         let mut signers: BTreeMap<CaId, Signer> = BTreeMap::new();
         for spec in spec::leaf_specs(i) {
@@ -446,9 +496,12 @@ mod tests {
         inputs.validity = Duration::from_secs(6);
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path(), "c");
-        let first = store.ensure(&inputs).unwrap();
+        let first = store.ensure(&inputs, NewKeys::Allowed).unwrap();
         assert!(first.issued.iter().any(|(n, _)| n == "nodes/cp1/kubelet-client"), "{:?}", first.issued);
-        assert!(store.ensure(&inputs).unwrap().issued.is_empty(), "fresh certificates are kept");
+        assert!(
+            store.ensure(&inputs, NewKeys::Allowed).unwrap().issued.is_empty(),
+            "fresh certificates are kept"
+        );
         let serial = |name: &str| {
             let pem = std::fs::read(dir.path().join(format!("c/{name}.crt"))).unwrap();
             let (_, p) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
@@ -456,7 +509,7 @@ mod tests {
         };
         let before = serial("nodes/cp1/kubelet-serving");
         std::thread::sleep(Duration::from_millis(5100));
-        let late = store.ensure(&inputs).unwrap();
+        let late = store.ensure(&inputs, NewKeys::Allowed).unwrap();
         assert!(late.cas_created.is_empty(), "CAs are not touched");
         let names: BTreeSet<&str> = late.issued.iter().map(|(n, _)| n.as_str()).collect();
         assert!(
