@@ -232,7 +232,14 @@ fn place_pki(
             .map_err(|e| Error::io(format!("moving {} aside", local.display()), e))?;
         eprintln!("[restore] {} moved to {}", local.display(), aside.display());
     } else if dry {
-        return Ok(format!("{} would be created from the backup", local.display()));
+        return Ok(if local.exists() {
+            format!(
+                "{} would be created from the backup (what it holds now is moved aside; its backups/ stay)",
+                local.display()
+            )
+        } else {
+            format!("{} would be created from the backup", local.display())
+        });
     }
     std::fs::create_dir_all(pki_root)
         .map_err(|e| Error::io(format!("creating {}", pki_root.display()), e))?;
@@ -249,12 +256,28 @@ fn place_pki(
         std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| Error::io("setting the mode of the PKI store", e))?;
     }
+    // A store without a CA (the PKI was lost and archives were copied back, or an interrupted run): nothing is
+    // deleted. What it holds is moved aside, and its backups/ (the archive being restored may be one of
+    // them) move into the restored store.
+    let mut note = String::new();
     if local.exists() {
-        // A store without a CA (an interrupted run): nothing in it is worth keeping over the backup.
-        std::fs::remove_dir_all(&local).map_err(|e| Error::io(format!("removing {}", local.display()), e))?;
+        let aside = pki_root.join(format!("{cluster}.before-restore-{}", stamp()));
+        std::fs::rename(&local, &aside)
+            .map_err(|e| Error::io(format!("moving {} aside", local.display()), e))?;
+        std::fs::rename(&staging, &local).map_err(|e| Error::io(format!("writing {}", local.display()), e))?;
+        let backups = aside.join("backups");
+        if backups.is_dir() {
+            std::fs::rename(&backups, local.join("backups"))
+                .map_err(|e| Error::io(format!("moving {} back", backups.display()), e))?;
+            note.push_str("; its backups/ kept");
+        }
+        if std::fs::remove_dir(&aside).is_err() {
+            note.push_str(&format!("; what it held before is in {}", aside.display()));
+        }
+    } else {
+        std::fs::rename(&staging, &local).map_err(|e| Error::io(format!("writing {}", local.display()), e))?;
     }
-    std::fs::rename(&staging, &local).map_err(|e| Error::io(format!("writing {}", local.display()), e))?;
-    Ok(format!("{} created from the backup", local.display()))
+    Ok(format!("{} created from the backup{note}", local.display()))
 }
 
 /// Stops the control plane's services: `$@` the units.
@@ -611,6 +634,33 @@ mod tests {
         .unwrap();
         let o = backup::open_archive(&out, None).unwrap();
         (dir, o)
+    }
+
+    /// The disaster layout: the PKI lost, archives copied back into `pki/<cluster>/backups/`: the restore
+    /// keeps every archive (the one it restores from included) and deletes nothing.
+    #[test]
+    fn a_store_without_a_ca_keeps_its_backups_and_nothing_is_deleted() {
+        let (_k, opened) = opened_with("A");
+        let root = tempfile::tempdir().unwrap();
+        let backups = root.path().join("c1/backups");
+        std::fs::create_dir_all(&backups).unwrap();
+        std::fs::write(backups.join("c1-1.backup.tar.gz"), b"the one restored").unwrap();
+        std::fs::write(backups.join("c1-0.backup.tar.gz"), b"an older one").unwrap();
+        std::fs::write(root.path().join("c1/notes.txt"), b"the admin's").unwrap();
+        let note = place_pki(root.path(), "c1", &opened, false, true).unwrap();
+        assert!(note.contains("backups/ stay"), "{note}");
+        let note = place_pki(root.path(), "c1", &opened, false, false).unwrap();
+        assert!(note.contains("backups/ kept"), "{note}");
+        assert_eq!(std::fs::read(backups.join("c1-1.backup.tar.gz")).unwrap(), b"the one restored");
+        assert_eq!(std::fs::read(backups.join("c1-0.backup.tar.gz")).unwrap(), b"an older one");
+        assert_eq!(std::fs::read(root.path().join("c1/etcd/ca.crt")).unwrap(), b"A etcd/ca.crt");
+        let aside: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("c1.before-restore-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "the rest moved aside");
+        assert_eq!(std::fs::read(aside[0].path().join("notes.txt")).unwrap(), b"the admin's");
     }
 
     #[test]
