@@ -52,7 +52,7 @@ stage "apply again (expect 0 changes)" bash -c \
 
 stage "kubeforge status (expect healthy)" kf status -i "$INV"
 
-KUBECONFIG_ADMIN=pki/$LAB/admin.conf
+KUBECONFIG_ADMIN=lab/$LAB/pki/$LAB/admin.conf
 stage "kubectl get nodes" target/release/kubeforge lab exec --name "$LAB" -- \
   kubectl --kubeconfig "$KUBECONFIG_ADMIN" get nodes -o wide
 echo

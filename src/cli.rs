@@ -145,9 +145,9 @@ pub struct ApplyArgs {
     /// Carry out a plan saved with `--dry-run --out`; refused when a host or the inventory changed since.
     #[arg(long, conflicts_with = "dry_run")]
     pub plan: Option<PathBuf>,
-    /// Directory holding `<cluster>/` PKI directories.
-    #[arg(long, default_value = "pki")]
-    pub pki_dir: PathBuf,
+    /// Directory holding `<cluster>/` PKI directories (default: `pki/` beside the inventory file).
+    #[arg(long)]
+    pub pki_dir: Option<PathBuf>,
     /// Artifact cache directory (default: the user cache dir, or $KUBEFORGE_CACHE_DIR).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -184,24 +184,24 @@ pub struct ClusterArgs {
     /// Record host keys that are not yet in known_hosts (changed keys are always refused).
     #[arg(long)]
     pub accept_new_host_keys: bool,
-    /// Directory holding `<cluster>/` PKI directories.
-    #[arg(long, default_value = "pki")]
-    pub pki_dir: PathBuf,
+    /// Directory holding `<cluster>/` PKI directories (default: `pki/` beside the inventory file).
+    #[arg(long)]
+    pub pki_dir: Option<PathBuf>,
     /// Artifact cache directory (default: the user cache dir, or $KUBEFORGE_CACHE_DIR).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
 }
 
 impl ClusterArgs {
-    /// The run options these settings give (everything else at its default).
-    pub fn options(self) -> crate::apply::ApplyOptions {
+    /// The run options these settings give for `inventory` (everything else at its default).
+    pub fn options(self, inventory: &std::path::Path) -> Result<crate::apply::ApplyOptions> {
         let mut o = crate::apply::ApplyOptions::new(
-            self.pki_dir,
+            crate::pki::resolve_root(inventory, self.pki_dir.as_deref())?,
             self.cache_dir.unwrap_or_else(crate::artifacts::default_cache_dir),
         );
         o.concurrency = self.concurrency.max(1);
         o.connect = connect_options(self.accept_new_host_keys);
-        o
+        Ok(o)
     }
 }
 
@@ -357,9 +357,10 @@ pub(crate) fn connect_options(accept_new_host_keys: bool) -> crate::transport::s
     crate::transport::ssh::ConnectOptions { accept_new_host_keys, ..Default::default() }
 }
 
-fn apply_options(a: ApplyArgs) -> crate::apply::ApplyOptions {
+fn apply_options(a: ApplyArgs) -> Result<crate::apply::ApplyOptions> {
     let cache_dir = a.cache_dir.unwrap_or_else(crate::artifacts::default_cache_dir);
-    crate::apply::ApplyOptions {
+    let pki_root = crate::pki::resolve_root(&a.inventory, a.pki_dir.as_deref())?;
+    Ok(crate::apply::ApplyOptions {
         dry_run: a.dry_run,
         concurrency: a.concurrency.max(1),
         connect: connect_options(a.accept_new_host_keys),
@@ -369,26 +370,26 @@ fn apply_options(a: ApplyArgs) -> crate::apply::ApplyOptions {
         batch: a.batch.max(1),
         plan_out: a.out,
         plan_in: a.plan,
-        ..crate::apply::ApplyOptions::new(a.pki_dir, cache_dir)
-    }
+        ..crate::apply::ApplyOptions::new(pki_root, cache_dir)
+    })
 }
 
 /// The inventory and PKI directory of a command that works on a cluster (for the expiry warning every such
 /// command prints first).
-fn cluster_of(c: &Command) -> Option<(&std::path::Path, &std::path::Path)> {
+fn cluster_of(c: &Command) -> Option<(&std::path::Path, Option<&std::path::Path>)> {
     use crate::upgrade::UpgradeCommand as U;
     Some(match c {
-        Command::Apply(a) | Command::Join(a) => (&a.inventory, &a.pki_dir),
-        Command::RemoveNode(a) => (&a.inventory, &a.common.pki_dir),
-        Command::Reset(a) => (&a.inventory, &a.common.pki_dir),
-        Command::Status(a) | Command::Audit(a) => (&a.inventory, &a.common.pki_dir),
-        Command::Backup(a) => (&a.inventory, &a.common.pki_dir),
-        Command::Restore(a) => (&a.inventory, &a.common.pki_dir),
-        Command::State(StateCommand::Pull { inventory, common }) => (inventory, &common.pki_dir),
-        Command::Upgrade(U::Plan(a)) => (&a.inventory, &a.common.pki_dir),
-        Command::Upgrade(U::Apply(a)) => (&a.inventory, &a.common.pki_dir),
-        Command::Upgrade(U::Rollback(a)) => (&a.inventory, &a.common.pki_dir),
-        Command::Kubeconfig(a) | Command::Bundle(a) => (&a.target.inventory, &a.target.pki_dir),
+        Command::Apply(a) | Command::Join(a) => (&a.inventory, a.pki_dir.as_deref()),
+        Command::RemoveNode(a) => (&a.inventory, a.common.pki_dir.as_deref()),
+        Command::Reset(a) => (&a.inventory, a.common.pki_dir.as_deref()),
+        Command::Status(a) | Command::Audit(a) => (&a.inventory, a.common.pki_dir.as_deref()),
+        Command::Backup(a) => (&a.inventory, a.common.pki_dir.as_deref()),
+        Command::Restore(a) => (&a.inventory, a.common.pki_dir.as_deref()),
+        Command::State(StateCommand::Pull { inventory, common }) => (inventory, common.pki_dir.as_deref()),
+        Command::Upgrade(U::Plan(a)) => (&a.inventory, a.common.pki_dir.as_deref()),
+        Command::Upgrade(U::Apply(a)) => (&a.inventory, a.common.pki_dir.as_deref()),
+        Command::Upgrade(U::Rollback(a)) => (&a.inventory, a.common.pki_dir.as_deref()),
+        Command::Kubeconfig(a) | Command::Bundle(a) => (&a.target.inventory, a.target.pki_dir.as_deref()),
         _ => return None,
     })
 }
@@ -396,14 +397,16 @@ fn cluster_of(c: &Command) -> Option<(&std::path::Path, &std::path::Path)> {
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     if let Some((inventory, pki_dir)) = cluster_of(&cli.command) {
-        crate::pki::command::warn_expiring(inventory, pki_dir);
+        if let Ok(root) = crate::pki::resolve_root(inventory, pki_dir) {
+            crate::pki::command::warn_expiring(inventory, &root);
+        }
     }
     match cli.command {
-        Command::Apply(a) => crate::apply::run(&a.inventory.clone(), apply_options(a)),
-        Command::Join(a) => crate::lifecycle::join(&a.inventory.clone(), apply_options(a)),
+        Command::Apply(a) => crate::apply::run(&a.inventory.clone(), apply_options(a)?),
+        Command::Join(a) => crate::lifecycle::join(&a.inventory.clone(), apply_options(a)?),
         Command::Status(a) => crate::status::run(
             &a.inventory,
-            a.common.options(),
+            a.common.options(&a.inventory)?,
             matches!(a.output, crate::adhoc::check::OutputFormat::Json),
         ),
         Command::Audit(a) => crate::audit::run(
@@ -412,7 +415,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             matches!(a.output, crate::adhoc::check::OutputFormat::Json),
         ),
         Command::Reset(a) => {
-            let mut apply = a.common.options();
+            let mut apply = a.common.options(&a.inventory)?;
             apply.hosts = a.hosts;
             crate::lifecycle::reset(
                 &a.inventory,
@@ -420,7 +423,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             )
         }
         Command::RemoveNode(a) => {
-            let mut apply = a.common.options();
+            let mut apply = a.common.options(&a.inventory)?;
             apply.dry_run = a.dry_run;
             apply.ignore_preflight = vec!["all".into()];
             crate::lifecycle::remove_node(
@@ -438,11 +441,11 @@ pub fn run(cli: Cli) -> Result<i32> {
             crate::restore::BackupOptions {
                 output: a.output,
                 passphrase_env: a.passphrase_env,
-                apply: a.common.options(),
+                apply: a.common.options(&a.inventory)?,
             },
         ),
         Command::Restore(a) => {
-            let mut apply = a.common.options();
+            let mut apply = a.common.options(&a.inventory)?;
             apply.ignore_preflight = a.ignore_preflight_errors;
             crate::restore::run_restore(
                 &a.inventory,
@@ -456,7 +459,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             )
         }
         Command::State(StateCommand::Pull { inventory, common }) => {
-            crate::lifecycle::state_pull(&inventory, &common.options())
+            crate::lifecycle::state_pull(&inventory, &common.options(&inventory)?)
         }
         Command::Upgrade(c) => crate::upgrade::run(c),
         Command::Certs(c) => crate::pki::command::run_certs(c),

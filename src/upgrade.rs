@@ -165,9 +165,12 @@ impl Batch {
 /// Runs a parsed `upgrade` command.
 pub fn run(cmd: UpgradeCommand) -> Result<i32> {
     match cmd {
-        UpgradeCommand::Plan(a) => plan(&a.inventory, a.to.as_deref(), a.common.options()),
+        UpgradeCommand::Plan(a) => {
+            let o = a.common.options(&a.inventory)?;
+            plan(&a.inventory, a.to.as_deref(), o)
+        }
         UpgradeCommand::Apply(a) => {
-            let mut o = a.common.options();
+            let mut o = a.common.options(&a.inventory)?;
             o.ignore_preflight = a.ignore_preflight_errors;
             apply(
                 &a.inventory,
@@ -182,7 +185,7 @@ pub fn run(cmd: UpgradeCommand) -> Result<i32> {
             )
         }
         UpgradeCommand::Rollback(a) => {
-            let mut o = a.common.options();
+            let mut o = a.common.options(&a.inventory)?;
             o.ignore_preflight = vec!["all".into()];
             rollback(&a.inventory, &a.hosts, a.to.as_deref(), a.drain_timeout, o)
         }

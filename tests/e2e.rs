@@ -122,9 +122,13 @@ impl Lab {
         eprintln!("[e2e] upgrade apply {what} ({:.0}s):\n{}", t.elapsed().as_secs_f64(), text(&o));
         o
     }
+    /// The PKI store of `cluster`: `pki/` beside the inventories the test writes (kubeforge's default).
+    fn pki(&self, cluster: &str) -> PathBuf {
+        self.dir.join(format!("lab/{}/pki/{cluster}", self.name))
+    }
     /// Real kubectl from the lab network with the admin kubeconfig kubeforge issued for `cluster`.
     fn kubectl(&self, cluster: &str, args: &[&str]) -> Output {
-        let admin = self.dir.join(format!("pki/{cluster}/admin.conf"));
+        let admin = self.pki(cluster).join("admin.conf");
         let mut a = vec![self.kubectl.to_str().unwrap(), "--kubeconfig", admin.to_str().unwrap()];
         a.extend_from_slice(args);
         self.exec(&a)
@@ -179,7 +183,7 @@ impl Lab {
             );
             assert!(left.trim().is_empty(), "{h} has leftovers after reset:\n{left}");
         }
-        let state = self.dir.join(format!("pki/{cluster}/state.json"));
+        let state = self.pki(cluster).join("state.json");
         assert!(!state.exists(), "every host was reset: {} is gone", state.display());
     }
 
@@ -294,7 +298,7 @@ fn etcd_health(lab: &Lab, node: &str, members: usize) {
 
 /// The API on `ip:6443` presents a certificate that chains to the cluster CA.
 fn tls_chain(lab: &Lab, cluster: &str, ip: &str) {
-    let ca = lab.dir.join(format!("pki/{cluster}/ca.crt"));
+    let ca = lab.pki(&cluster).join("ca.crt");
     let s = must(
         lab.exec(&[
             "sh",
@@ -473,7 +477,7 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
         "node3 is clean: {left}"
     );
     let st: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(lab.dir.join(format!("pki/{cluster}/state.json"))).unwrap())
+        serde_json::from_slice(&std::fs::read(lab.pki(&cluster).join("state.json")).unwrap())
             .unwrap();
     assert!(st["hosts"].get("node3").is_none() && st["podSubnets"].get("node3").is_none(), "{st}");
     let inv2 = lab.inventory(&cluster, two, &[("node2", "kubeforge.test/tier", "edge")]);
@@ -733,7 +737,7 @@ fn upgrade_with_a_workload_and_a_failing_node(lab: &Lab, cluster: &str, inv: &Pa
     );
     assert!(evicted.trim().parse::<u32>().unwrap_or(0) > 0, "the drain went through the eviction API");
     // The snapshot taken first is on the admin machine and etcd's own tool reads it.
-    let backups: Vec<PathBuf> = std::fs::read_dir(lab.dir.join(format!("pki/{cluster}/backups")))
+    let backups: Vec<PathBuf> = std::fs::read_dir(lab.pki(&cluster).join("backups"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
@@ -827,8 +831,8 @@ fn under_readiness_loop(lab: &Lab, cluster: &str, cps: &[&str], f: impl FnOnce()
     // a VM busy being changed. Real kubectl asks through it every second with the admin identity.
     let dir = lab.dir.display().to_string();
     let _ = std::fs::remove_file(lab.dir.join("readyz.stop"));
-    let ca = format!("{dir}/pki/{cluster}/ca.crt");
-    let admin = format!("{dir}/pki/{cluster}/admin.conf");
+    let ca = lab.pki(cluster).join("ca.crt").display().to_string();
+    let admin = lab.pki(cluster).join("admin.conf").display().to_string();
     let kubectl = lab.kubectl.display().to_string();
     let backends: String =
         cps.iter().map(|n| format!("--backend 10.77.0.1{}:6443 ", n.trim_start_matches("node"))).collect();
@@ -961,7 +965,7 @@ fn renew_ha(lab: &Lab, cluster: &str, inv: &Path, cps: &[&str]) {
 /// etcdctl from the test host, inside the lab network, with the health-check client certificate kubeforge
 /// issued for `cluster` (one attempt, five seconds; empty output when it fails).
 fn host_etcdctl(lab: &Lab, cluster: &str, endpoints: &str, args: &[&str]) -> String {
-    let p = lab.dir.join(format!("pki/{cluster}/etcd"));
+    let p = lab.pki(&cluster).join("etcd");
     let (ca, cert, key) =
         (p.join("ca.crt"), p.join("healthcheck-client.crt"), p.join("healthcheck-client.key"));
     let mut a = vec![

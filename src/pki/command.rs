@@ -13,9 +13,16 @@ pub struct PkiTarget {
     /// The inventory file.
     #[arg(short, long)]
     pub inventory: PathBuf,
-    /// Directory holding `<cluster>/` PKI directories.
-    #[arg(long, default_value = "pki")]
-    pub pki_dir: PathBuf,
+    /// Directory holding `<cluster>/` PKI directories (default: `pki/` beside the inventory file).
+    #[arg(long)]
+    pub pki_dir: Option<PathBuf>,
+}
+
+impl PkiTarget {
+    /// The PKI directory (see [`super::resolve_root`]).
+    pub fn root(&self) -> Result<PathBuf> {
+        super::resolve_root(&self.inventory, self.pki_dir.as_deref())
+    }
 }
 
 /// `kubeforge certs ...`.
@@ -80,7 +87,7 @@ pub struct UserArgs {
 fn open(t: &PkiTarget) -> Result<(ClusterModel, Store, super::PkiInputs)> {
     let model = ClusterModel::load(&t.inventory)?;
     let inputs = model.pki_inputs();
-    Ok((model.clone(), Store::new(&t.pki_dir, &model.name), inputs))
+    Ok((model.clone(), Store::new(&t.root()?, &model.name), inputs))
 }
 
 fn human(secs: i64) -> String {
@@ -199,10 +206,8 @@ pub fn run_certs(cmd: CertsCommand) -> Result<i32> {
                 code = 1;
             }
             if on_hosts {
-                let mut o = crate::apply::ApplyOptions::new(
-                    target.pki_dir.clone(),
-                    crate::artifacts::default_cache_dir(),
-                );
+                let mut o =
+                    crate::apply::ApplyOptions::new(target.root()?, crate::artifacts::default_cache_dir());
                 o.connect = crate::cli::connect_options(false);
                 let (diffs, unreachable) = crate::status::deployed_differences(&target.inventory, o)?;
                 println!();
@@ -242,10 +247,7 @@ pub fn run_certs(cmd: CertsCommand) -> Result<i32> {
                 println!("push the renewed certificates to the hosts with `kubeforge apply` (or renew with --apply)");
                 return Ok(0);
             }
-            let mut o = crate::apply::ApplyOptions::new(
-                target.pki_dir.clone(),
-                crate::artifacts::default_cache_dir(),
-            );
+            let mut o = crate::apply::ApplyOptions::new(target.root()?, crate::artifacts::default_cache_dir());
             o.ignore_preflight = ignore_preflight_errors;
             crate::apply::run(&target.inventory, o)
         }

@@ -205,3 +205,38 @@ impl crate::model::ClusterModel {
         }
     }
 }
+
+/// The PKI directory of a command: `--pki-dir` when given, else `pki/` beside the inventory file, so the
+/// store is found from whatever directory kubeforge runs in. When that directory does not exist but the
+/// current directory holds a `pki/` with a store in it (where kubeforge before 0.2 kept it by default), the
+/// command stops and says so: it never starts a second store beside the first.
+pub fn resolve_root(
+    inventory: &std::path::Path,
+    given: Option<&std::path::Path>,
+) -> crate::Result<std::path::PathBuf> {
+    if let Some(g) = given {
+        return Ok(g.to_path_buf());
+    }
+    let dir = inventory.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let root = dir.join("pki");
+    let old = std::path::Path::new("pki");
+    let same = |a: &std::path::Path, b: &std::path::Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    };
+    let holds_store = |d: &std::path::Path| {
+        std::fs::read_dir(d).map(|es| es.flatten().any(|e| e.path().join("ca.crt").is_file())).unwrap_or(false)
+    };
+    if !root.exists() && old.is_dir() && !same(old, dir) && holds_store(old) {
+        return Err(crate::Error::msg(
+            format!(
+                "the PKI store is kept beside the inventory by default ({}), which does not exist, but this \
+                 directory has a store in ./pki (the default of earlier kubeforge versions)",
+                root.display()
+            ),
+            Some(&format!("move it there (`mv pki {}`), or name it with `--pki-dir pki`", root.display())),
+        ));
+    }
+    Ok(root)
+}
+
