@@ -41,6 +41,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A command-line value that cannot be used (exit 2: nothing was touched).
+    #[error("{message}")]
+    Usage {
+        /// What is wrong with which flag.
+        message: String,
+        /// How to fix it.
+        hint: Option<String>,
+    },
     /// Anything else, with a message and an optional hint.
     #[error("{message}")]
     Other {
@@ -57,6 +65,11 @@ impl Error {
         Error::Other { message: message.into(), hint: hint.map(str::to_owned) }
     }
 
+    /// A command-line value that cannot be used: exits 2, like every usage error.
+    pub fn usage(message: impl Into<String>, hint: Option<&str>) -> Self {
+        Error::Usage { message: message.into(), hint: hint.map(str::to_owned) }
+    }
+
     /// Wraps an I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io { context: context.into(), source }
@@ -65,7 +78,7 @@ impl Error {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Inventory(_) => EXIT_INVALID_INPUT,
+            Error::Inventory(_) | Error::Usage { .. } => EXIT_INVALID_INPUT,
             _ => EXIT_FAILURE,
         }
     }
@@ -78,7 +91,7 @@ impl Error {
             Error::Transport(e) => e.hint(),
             Error::Exec(e) => e.hint(),
             Error::Artifacts(e) => e.hint(),
-            Error::Other { hint, .. } => hint.clone(),
+            Error::Other { hint, .. } | Error::Usage { hint, .. } => hint.clone(),
             Error::Io { .. } | Error::State(_) => None,
         }
     }

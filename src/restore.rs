@@ -264,7 +264,8 @@ fn place_pki(
         let aside = pki_root.join(format!("{cluster}.before-restore-{}", stamp()));
         std::fs::rename(&local, &aside)
             .map_err(|e| Error::io(format!("moving {} aside", local.display()), e))?;
-        std::fs::rename(&staging, &local).map_err(|e| Error::io(format!("writing {}", local.display()), e))?;
+        std::fs::rename(&staging, &local)
+            .map_err(|e| Error::io(format!("writing {}", local.display()), e))?;
         let backups = aside.join("backups");
         if backups.is_dir() {
             std::fs::rename(&backups, local.join("backups"))
@@ -275,7 +276,8 @@ fn place_pki(
             note.push_str(&format!("; what it held before is in {}", aside.display()));
         }
     } else {
-        std::fs::rename(&staging, &local).map_err(|e| Error::io(format!("writing {}", local.display()), e))?;
+        std::fs::rename(&staging, &local)
+            .map_err(|e| Error::io(format!("writing {}", local.display()), e))?;
     }
     Ok(format!("{} created from the backup{note}", local.display()))
 }

@@ -298,7 +298,7 @@ fn etcd_health(lab: &Lab, node: &str, members: usize) {
 
 /// The API on `ip:6443` presents a certificate that chains to the cluster CA.
 fn tls_chain(lab: &Lab, cluster: &str, ip: &str) {
-    let ca = lab.pki(&cluster).join("ca.crt");
+    let ca = lab.pki(cluster).join("ca.crt");
     let s = must(
         lab.exec(&[
             "sh",
@@ -477,8 +477,7 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
         "node3 is clean: {left}"
     );
     let st: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(lab.pki(&cluster).join("state.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(lab.pki(&cluster).join("state.json")).unwrap()).unwrap();
     assert!(st["hosts"].get("node3").is_none() && st["podSubnets"].get("node3").is_none(), "{st}");
     let inv2 = lab.inventory(&cluster, two, &[("node2", "kubeforge.test/tier", "edge")]);
     let after = must(lab.apply(&inv2, &[]), "apply without node3");
@@ -737,10 +736,8 @@ fn upgrade_with_a_workload_and_a_failing_node(lab: &Lab, cluster: &str, inv: &Pa
     );
     assert!(evicted.trim().parse::<u32>().unwrap_or(0) > 0, "the drain went through the eviction API");
     // The snapshot taken first is on the admin machine and etcd's own tool reads it.
-    let backups: Vec<PathBuf> = std::fs::read_dir(lab.pki(&cluster).join("backups"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let backups: Vec<PathBuf> =
+        std::fs::read_dir(lab.pki(cluster).join("backups")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(backups.len(), 1, "{backups:?}");
     let st = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
@@ -965,7 +962,7 @@ fn renew_ha(lab: &Lab, cluster: &str, inv: &Path, cps: &[&str]) {
 /// etcdctl from the test host, inside the lab network, with the health-check client certificate kubeforge
 /// issued for `cluster` (one attempt, five seconds; empty output when it fails).
 fn host_etcdctl(lab: &Lab, cluster: &str, endpoints: &str, args: &[&str]) -> String {
-    let p = lab.pki(&cluster).join("etcd");
+    let p = lab.pki(cluster).join("etcd");
     let (ca, cert, key) =
         (p.join("ca.crt"), p.join("healthcheck-client.crt"), p.join("healthcheck-client.key"));
     let mut a = vec![

@@ -45,6 +45,8 @@ pub enum CertsCommand {
         #[arg(long)]
         on_hosts: bool,
     },
+    /// Remove expired people's certificates from `users/` and the ledger (they can no longer authenticate).
+    PruneUsers(PkiTarget),
     /// Re-issue certificates now (keeping their keys) and rewrite the kubeconfigs that embed them; with
     /// `--apply`, push them: each service that reads a renewed file restarts, control planes one at a time,
     /// each gated on its health checks.
@@ -76,9 +78,14 @@ pub struct UserArgs {
     /// A group (certificate O); repeat for several.
     #[arg(long = "group")]
     pub groups: Vec<String>,
-    /// Validity of the certificate.
+    /// Validity of the certificate: at most the cluster's leaf validity (`certificates.validity`, one year
+    /// by default), never past the cluster CA's end.
     #[arg(long, default_value = "24h")]
     pub ttl: String,
+    /// Allow `--group system:masters`: a super-user that RBAC cannot restrict and, like every client
+    /// certificate, that cannot be revoked before it expires.
+    #[arg(long)]
+    pub allow_system_masters: bool,
     /// Output file (kubeconfig: default stdout; bundle: default `<cluster>-<user>.tar.gz`).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
@@ -166,6 +173,12 @@ pub fn run_certs(cmd: CertsCommand) -> Result<i32> {
             Ok(0)
         }
         CertsCommand::CheckExpiration { target, warn_within, on_hosts } => {
+            let limit = match warn_within {
+                Some(w) => Some(crate::inventory::validate::parse_duration(&w).map_err(|e| {
+                    crate::Error::usage(format!("--warn-within: {e}"), Some("e.g. `30d`, `720h`"))
+                })?),
+                None => None,
+            };
             let (_, store, _) = open(&target)?;
             let certs = store.certificates()?;
             if certs.is_empty() {
@@ -174,12 +187,6 @@ pub fn run_certs(cmd: CertsCommand) -> Result<i32> {
                     Some("run `kubeforge certs generate -i INVENTORY` first"),
                 ));
             }
-            let limit = match warn_within {
-                Some(w) => Some(
-                    crate::inventory::validate::parse_duration(&w).map_err(|e| crate::Error::msg(e, None))?,
-                ),
-                None => None,
-            };
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             println!("{:<34} {:<22} {:>10}  {:<16} KEY", "CERTIFICATE", "EXPIRES", "RESIDUAL", "SIGNED BY");
             let mut soon = 0;
@@ -198,6 +205,25 @@ pub fn run_certs(cmd: CertsCommand) -> Result<i32> {
                 println!("{name:<34} {exp:<22} {:>10}  {by:<16} {alg}", human(f.not_after - now));
                 if limit.is_some_and(|l| f.not_after - now < l.as_secs() as i64) {
                     soon += 1;
+                }
+            }
+            // People's certificates: listed apart, never part of the cluster's health or the exit code.
+            let users = store.user_certificates()?;
+            if !users.is_empty() {
+                println!();
+                println!("USERS (kubeconfigs issued to people; short-lived by design, not renewed, not counted above)");
+                for (name, f) in &users {
+                    let shown = name
+                        .rsplit_once('/')
+                        .map(|(u, serial)| format!("{u} ({serial})"))
+                        .unwrap_or(name.clone());
+                    println!("{shown:<60} {:>10}", human(f.not_after - now));
+                }
+                let expired = users.iter().filter(|(_, f)| f.not_after <= now).count();
+                if expired > 0 {
+                    eprintln!(
+                        "{expired} user certificate(s) expired; `kubeforge certs prune-users` removes them"
+                    );
                 }
             }
             let mut code = 0;
@@ -238,6 +264,16 @@ pub fn run_certs(cmd: CertsCommand) -> Result<i32> {
             }
             Ok(code)
         }
+        CertsCommand::PruneUsers(t) => {
+            let (_, store, _) = open(&t)?;
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let pruned = users::prune_expired(&store, now)?;
+            for e in &pruned {
+                println!("pruned    {} (serial {}, expired {})", e.user, e.serial, e.expires);
+            }
+            println!("{}: {} expired user certificate(s) pruned", store.root().display(), pruned.len());
+            Ok(0)
+        }
         CertsCommand::Renew { names, target, apply, ignore_preflight_errors } => {
             let (_, store, inputs) = open(&target)?;
             for n in store.renew(&inputs, &names)? {
@@ -247,22 +283,76 @@ pub fn run_certs(cmd: CertsCommand) -> Result<i32> {
                 println!("push the renewed certificates to the hosts with `kubeforge apply` (or renew with --apply)");
                 return Ok(0);
             }
-            let mut o = crate::apply::ApplyOptions::new(target.root()?, crate::artifacts::default_cache_dir());
+            let mut o =
+                crate::apply::ApplyOptions::new(target.root()?, crate::artifacts::default_cache_dir());
             o.ignore_preflight = ignore_preflight_errors;
             crate::apply::run(&target.inventory, o)
         }
     }
 }
 
+/// Checks `--user` and `--group` before anything is read or written.
+fn check_user_flags(a: &UserArgs) -> Result<()> {
+    let u = a.user.as_str();
+    let bad = u.trim().is_empty()
+        || u.trim() != u
+        || u.chars().any(|c| c.is_control() || matches!(c, '/' | '\'' | '"' | '\\'))
+        || u.starts_with("system:");
+    if bad {
+        return Err(crate::Error::usage(
+            format!("--user `{u}` is not a user name kubeforge issues certificates for"),
+            Some("a person's name or e-mail: not empty, no `/`, quotes, backslashes or control characters, not a `system:` identity (those belong to the cluster's components)"),
+        ));
+    }
+    for g in &a.groups {
+        if g.trim().is_empty() || g.chars().any(char::is_control) {
+            return Err(crate::Error::usage(format!("--group `{g}` is not a group name"), None));
+        }
+        if g == "system:masters" && !a.allow_system_masters {
+            return Err(crate::Error::usage(
+                "--group system:masters makes a super-user that RBAC cannot restrict and no one can revoke before the certificate expires",
+                Some("bind the user to `cluster-admin` with RBAC instead (revocable), or add --allow-system-masters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The certificate validity `--ttl` asks for, checked: not zero, not longer than the cluster's leaf
+/// validity, not past the CA's end (`ca_not_after`, unix seconds).
+fn user_ttl(ttl: &str, max: std::time::Duration, ca_not_after: i64, now: i64) -> Result<std::time::Duration> {
+    let d = crate::inventory::validate::parse_duration(ttl)
+        .map_err(|e| crate::Error::usage(format!("--ttl: {e}"), Some("e.g. `8h`, `24h`, `30d`")))?;
+    if d.is_zero() {
+        return Err(crate::Error::usage("--ttl 0 would issue a certificate that is already expired", None));
+    }
+    if d > max {
+        return Err(crate::Error::usage(
+            format!("--ttl {ttl} is longer than the cluster's certificate validity ({})", human(max.as_secs() as i64)),
+            Some("a person's certificate cannot be revoked: keep it short (and raise `certificates.validity` in the inventory if you must)"),
+        ));
+    }
+    if now + d.as_secs() as i64 > ca_not_after {
+        return Err(crate::Error::usage(
+            format!("--ttl {ttl} ends after the cluster CA does (in {})", human(ca_not_after - now)),
+            Some("a certificate never outlives the CA that signed it; choose a shorter --ttl"),
+        ));
+    }
+    Ok(d)
+}
+
 fn issue(a: &UserArgs) -> Result<(ClusterModel, users::UserCredential)> {
+    check_user_flags(a)?;
     let (model, store, inputs) = open(&a.target)?;
-    let ttl = crate::inventory::validate::parse_duration(&a.ttl).map_err(|e| crate::Error::msg(e, None))?;
-    if !store.root().join("ca.crt").exists() {
+    let Ok(ca) = store.read("ca.crt") else {
         return Err(crate::Error::msg(
             format!("{} has no cluster CA", store.root().display()),
             Some("run `kubeforge certs generate -i INVENTORY` first"),
         ));
-    }
+    };
+    let ca = super::store::parse_cert(&ca, &store.root().join("ca.crt"))?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let ttl = user_ttl(&a.ttl, inputs.validity, ca.not_after, now)?;
     let cred = users::issue_user(&store, &inputs, &a.user, &a.groups, ttl)?;
     eprintln!(
         "issued a certificate for `{}` (groups: {}), serial {}, expires {}; recorded in {}",
@@ -326,5 +416,72 @@ mod tests {
         assert!(later.iter().any(|c| c.starts_with("apiserver (")), "{later:?}");
         assert!(!later.iter().any(|c| c.starts_with("ca (")), "{later:?}");
         assert!(expiring(&Store::new(dir.path(), "none"), now).is_empty(), "no store: quiet");
+    }
+
+    fn user_args(user: &str, groups: &[&str], allow: bool) -> UserArgs {
+        UserArgs {
+            target: PkiTarget { inventory: "i.yaml".into(), pki_dir: None },
+            user: user.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            ttl: "24h".into(),
+            allow_system_masters: allow,
+            output: None,
+        }
+    }
+
+    #[test]
+    fn user_flags_are_checked_as_flags_and_system_masters_needs_its_own() {
+        for bad in ["", "''", "alice/x", "system:admin", " bob", "a\u{7}"] {
+            let e = check_user_flags(&user_args(bad, &[], false)).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+            assert!(e.to_string().starts_with("--user"), "{e}");
+            assert!(!e.to_string().contains("ledger"), "the ledger is not to blame: {e}");
+        }
+        assert!(check_user_flags(&user_args("alice@example.com", &["dev"], false)).is_ok());
+        let e = check_user_flags(&user_args("alice", &["system:masters"], false)).unwrap_err();
+        assert!(
+            e.to_string().contains("system:masters") && e.hint().unwrap().contains("--allow-system-masters")
+        );
+        assert!(check_user_flags(&user_args("alice", &["system:masters"], true)).is_ok());
+    }
+
+    #[test]
+    fn a_user_ttl_is_never_zero_longer_than_the_clusters_validity_or_past_the_ca() {
+        let year = std::time::Duration::from_secs(365 * 86_400);
+        let now = 1_000_000;
+        let ca_end = now + 10 * 365 * 86_400;
+        assert_eq!(user_ttl("24h", year, ca_end, now).unwrap(), std::time::Duration::from_secs(86_400));
+        for (ttl, says) in [("0s", "already expired"), ("100y", "longer than"), ("nonsense", "--ttl")] {
+            let e = user_ttl(ttl, year, ca_end, now).unwrap_err();
+            assert!(e.to_string().contains(says) && e.exit_code() == 2, "{ttl}: {e}");
+        }
+        let e = user_ttl("300d", year, now + 86_400 * 30, now).unwrap_err();
+        assert!(e.to_string().contains("after the cluster CA"), "{e}");
+    }
+
+    #[test]
+    fn peoples_certificates_are_not_the_clusters_health_and_expired_ones_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = "cluster: {name: c1, kubernetesVersion: v1.35.7}\nhosts:\n- {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd, worker]}\n";
+        let model =
+            ClusterModel::derive(&crate::inventory::parse(std::path::Path::new("i.yaml"), inv).unwrap());
+        let store = Store::new(dir.path(), "c1");
+        let inputs = model.pki_inputs();
+        store.ensure(&inputs, crate::pki::store::NewKeys::Allowed).unwrap();
+        let day = std::time::Duration::from_secs(86_400);
+        users::issue_user(&store, &inputs, "alice", &["dev".into()], day).unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        assert!(
+            expiring(&store, now).is_empty(),
+            "a 24 h kubeconfig is no cluster alarm: {:?}",
+            expiring(&store, now)
+        );
+        assert!(!store.certificates().unwrap().iter().any(|(n, _)| n.starts_with("users/")));
+        assert_eq!(store.user_certificates().unwrap().len(), 1);
+        assert!(users::prune_expired(&store, now).unwrap().is_empty(), "not expired yet");
+        let pruned = users::prune_expired(&store, now + 2 * 86_400).unwrap();
+        assert_eq!(pruned.len(), 1);
+        assert!(store.user_certificates().unwrap().is_empty());
+        assert!(users::read_ledger(&store).unwrap().is_empty());
     }
 }

@@ -225,7 +225,9 @@ pub fn resolve_root(
         _ => false,
     };
     let holds_store = |d: &std::path::Path| {
-        std::fs::read_dir(d).map(|es| es.flatten().any(|e| e.path().join("ca.crt").is_file())).unwrap_or(false)
+        std::fs::read_dir(d)
+            .map(|es| es.flatten().any(|e| e.path().join("ca.crt").is_file()))
+            .unwrap_or(false)
     };
     if !root.exists() && old.is_dir() && !same(old, dir) && holds_store(old) {
         return Err(crate::Error::msg(
@@ -239,4 +241,3 @@ pub fn resolve_root(
     }
     Ok(root)
 }
-

@@ -450,9 +450,26 @@ impl Store {
     }
 
     /// Every certificate in the store (CAs first), for `check-expiration`.
+    /// People's certificates (`users/`, issued by `kubeforge kubeconfig`) are not the cluster's: see
+    /// [`Store::user_certificates`].
     pub fn certificates(&self) -> Result<Vec<(String, CertFacts)>, PkiError> {
+        self.certificates_under(&self.root, &[self.root.join("users")])
+    }
+
+    /// The copies of people's certificates (`users/<user>/<serial>`), soonest expiry first.
+    pub fn user_certificates(&self) -> Result<Vec<(String, CertFacts)>, PkiError> {
+        let users = self.root.join("users");
+        if !users.is_dir() {
+            return Ok(Vec::new());
+        }
+        let mut out = self.certificates_under(&users, &[])?;
+        out.sort_by_key(|(_, f)| f.not_after);
+        Ok(out)
+    }
+
+    fn certificates_under(&self, top: &Path, skip: &[PathBuf]) -> Result<Vec<(String, CertFacts)>, PkiError> {
         let mut out = Vec::new();
-        let mut stack = vec![self.root.clone()];
+        let mut stack = vec![top.to_path_buf()];
         while let Some(d) = stack.pop() {
             let rd = match std::fs::read_dir(&d) {
                 Ok(rd) => rd,
@@ -462,7 +479,10 @@ impl Store {
             for e in rd.flatten() {
                 let p = e.path();
                 if p.is_dir() {
-                    stack.push(p);
+                    // Not the people's certificates, not scratch or staging directories.
+                    if !skip.contains(&p) && !e.file_name().to_string_lossy().starts_with('.') {
+                        stack.push(p);
+                    }
                 } else if p.extension().is_some_and(|x| x == "crt") {
                     let rel = p.strip_prefix(&self.root).expect("inside").with_extension("");
                     let pem = std::fs::read(&p)

@@ -119,6 +119,31 @@ pub fn issue_user(
     Ok(UserCredential { entry, kubeconfig, ca_pem, cert_pem, key_pem: key.pem() })
 }
 
+/// Removes the expired entries (`now`, unix seconds) from the ledger and their certificate copies from
+/// `users/`; returns them. Entries whose expiry cannot be read are kept.
+pub fn prune_expired(store: &Store, now: i64) -> Result<Vec<LedgerEntry>, PkiError> {
+    let ledger = read_ledger(store)?;
+    let expired = |e: &LedgerEntry| {
+        time::OffsetDateTime::parse(&e.expires, &time::format_description::well_known::Rfc3339)
+            .is_ok_and(|t| t.unix_timestamp() <= now)
+    };
+    let (gone, kept): (Vec<LedgerEntry>, Vec<LedgerEntry>) = ledger.into_iter().partition(expired);
+    if gone.is_empty() {
+        return Ok(gone);
+    }
+    store.write("ledger.json", serde_json::to_string_pretty(&kept).expect("json").as_bytes(), 0o600)?;
+    for e in &gone {
+        let p = store.root().join(format!("users/{}/{}.crt", e.user, e.serial));
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(PkiError::io(format!("cannot remove {}", p.display()), err)),
+        }
+        let _ = std::fs::remove_dir(store.root().join(format!("users/{}", e.user)));
+    }
+    Ok(gone)
+}
+
 /// `env.sh`: bash and zsh (`source env.sh`).
 pub const ENV_SH: &str = r#"# Point kubectl at this bundle: source env.sh (bash or zsh)
 if [ -n "${BASH_SOURCE:-}" ]; then _kf_src="${BASH_SOURCE[0]}"; elif [ -n "${ZSH_VERSION:-}" ]; then _kf_src="${(%):-%x}"; else _kf_src="$0"; fi
