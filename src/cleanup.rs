@@ -1,11 +1,80 @@
-//! Paths to remove when the process is interrupted or terminated: scratch copies of the PKI store hold
-//! CA and service-account keys, and must not outlive the run that made them, whatever ends it.
+//! The process's one interrupt policy, and the paths to remove whatever ends the process.
 //!
-//! [`register`]ed paths are removed by [`exit`], which the signal handling calls instead of
-//! `std::process::exit` (destructors do not run on `exit`), and by their owners when they are dropped.
+//! [`install`] (called first in `main`) takes SIGINT and SIGTERM away from every thread and handles them in
+//! one thread of its own:
+//! - SIGINT while the command only reads (a dry run, `status`, `check`, a plan, a prompt): stop at once,
+//!   exit 130;
+//! - SIGINT once a command writes ([`writing`]): the [`stopped`] flag is raised, every executor stops each
+//!   host before its next step, and cleanup (rollback, uncordon, putting data back) runs on a
+//!   [`crate::exec::Executor::for_cleanup`] executor that the flag does not stop; a second SIGINT exits 130;
+//! - SIGTERM: exit 143 at once.
+//!
+//! Every exit through the policy first removes the [`register`]ed paths: scratch copies of the PKI store
+//! hold CA and service-account keys and must not outlive the run that made them (`std::process::exit` runs
+//! no destructor). Child processes start with the default signal mask (the standard library resets it).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
+
+static WRITING: AtomicBool = AtomicBool::new(false);
+static STOPPED: AtomicBool = AtomicBool::new(false);
+static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
+
+/// From now on the command changes things: a first Ctrl-C lets the steps in progress finish.
+pub fn writing() {
+    WRITING.store(true, Ordering::SeqCst);
+}
+
+/// Whether an interrupt asked the command to stop (checked by every executor between steps).
+pub fn stopped() -> bool {
+    STOPPED.load(Ordering::SeqCst)
+}
+
+/// What a signal does, by the policy above: `None` to go on, `Some(code)` to exit with it.
+pub fn on_signal(sigterm: bool) -> Option<i32> {
+    if sigterm {
+        return Some(143);
+    }
+    let n = INTERRUPTS.fetch_add(1, Ordering::SeqCst) + 1;
+    if !WRITING.load(Ordering::SeqCst) || n > 1 {
+        return Some(130);
+    }
+    STOPPED.store(true, Ordering::SeqCst);
+    None
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (and so in every thread started after it) and handles them in a
+/// thread of its own. Call it first in `main`, before any other thread exists.
+pub fn install() {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    if set.thread_block().is_err() {
+        return;
+    }
+    std::thread::spawn(move || loop {
+        let Ok(sig) = set.wait() else { continue };
+        match on_signal(sig == Signal::SIGTERM) {
+            Some(code) => {
+                eprintln!(
+                    "{}: stopping now{}",
+                    if code == 143 { "terminated" } else { "interrupted" },
+                    if WRITING.load(Ordering::SeqCst) {
+                        "; a re-run continues from where each host stands"
+                    } else {
+                        ""
+                    }
+                );
+                exit(code)
+            }
+            None => eprintln!(
+                "interrupt: finishing the steps in progress and their cleanup, then stopping (Ctrl-C again to abort)"
+            ),
+        }
+    });
+}
 
 static PATHS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 

@@ -2,7 +2,8 @@
 //! concurrency (one task per host, at most `concurrency` hosts at once, and a smaller limit for large
 //! uploads), stops a host at its first failure while the others carry on, and collects every host's
 //! failure (step, redacted command, exit status, last stderr lines) into one [`PhaseReport`].
-//! A stop flag (Ctrl-C) is checked between steps, so a host is never left in the middle of one.
+//! A stop flag (its own, or the process's interrupt: see [`crate::cleanup`]) is checked between steps, so a
+//! host is never left in the middle of one; a cleanup executor ([`Executor::for_cleanup`]) ignores the interrupt.
 
 use crate::report::{Event, Reporter};
 use crate::transport::{
@@ -258,6 +259,8 @@ pub struct Executor {
     reporter: Arc<dyn Reporter>,
     stop: Arc<AtomicBool>,
     upload_slots: Arc<Semaphore>,
+    /// A cleanup executor: the process's interrupt does not stop it.
+    cleanup: bool,
 }
 
 impl Executor {
@@ -271,6 +274,7 @@ impl Executor {
             reporter,
             stop: Arc::new(AtomicBool::new(false)),
             upload_slots: Arc::new(Semaphore::new(large)),
+            cleanup: false,
         }
     }
 
@@ -286,29 +290,22 @@ impl Executor {
         self.stop.clone()
     }
 
-    /// Sets the stop flag on Ctrl-C (a second Ctrl-C kills the process the usual way).
-    pub fn stop_on_ctrl_c(&self) {
-        let stop = self.stop.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!(
-                    "interrupt: finishing the steps in progress, then stopping (Ctrl-C again to abort)"
-                );
-                stop.store(true, Ordering::SeqCst);
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    crate::cleanup::exit(130);
-                }
-            }
-        });
-        // SIGTERM (a service manager, `kill`): no step can be finished; scratch key material goes.
-        tokio::spawn(async move {
-            if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                if term.recv().await.is_some() {
-                    eprintln!("terminated: stopping now");
-                    crate::cleanup::exit(143);
-                }
-            }
-        });
+    /// An executor for cleanup (rollback, uncordon, putting data back) with the same concurrency and
+    /// reporter and a stop flag of its own: an interrupt never cancels cleanup (see [`crate::cleanup`]).
+    pub fn for_cleanup(&self) -> Executor {
+        Executor {
+            concurrency: self.concurrency,
+            large_upload_concurrency: self.large_upload_concurrency,
+            large_upload_bytes: self.large_upload_bytes,
+            reporter: self.reporter.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+            upload_slots: self.upload_slots.clone(),
+            cleanup: true,
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst) || (!self.cleanup && crate::cleanup::stopped())
     }
 
     /// Runs `plans` (one per host) as phase `phase`.
@@ -330,13 +327,7 @@ impl Executor {
         failures.sort_by(|a, b| a.host.cmp(&b.host));
         let elapsed = started.elapsed();
         self.reporter.event(&Event::PhaseFinished { phase: phase.into(), elapsed, failed: failures.len() });
-        PhaseReport {
-            phase: phase.into(),
-            hosts,
-            failures,
-            elapsed,
-            interrupted: self.stop.load(Ordering::SeqCst),
-        }
+        PhaseReport { phase: phase.into(), hosts, failures, elapsed, interrupted: self.stopping() }
     }
 
     async fn run_host(
@@ -386,7 +377,7 @@ impl Executor {
                     completed,
                 }
             };
-            if self.stop.load(Ordering::SeqCst) {
+            if self.stopping() {
                 let e = StepError::Other("interrupted before this step".into());
                 return Err(fail(&step.name, step.action.to_string(), e, results));
             }
@@ -543,6 +534,20 @@ mod tests {
         assert!(r.interrupted);
         assert_eq!(r.failures[0].step, "never");
         assert!(a.commands().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_cleanup_executor_runs_its_steps_after_the_run_was_stopped() {
+        let a = Arc::new(FakeTransport::new("a"));
+        a.on("systemctl start etcd", Reply::ok(""));
+        let ex = Executor::new(1, Arc::new(crate::report::Silent));
+        ex.stop_flag().store(true, Ordering::SeqCst);
+        let step = || Step::exec("put back", Command::new("systemctl").args(["start", "etcd"]));
+        let r = ex.run("x", vec![HostPlan { transport: a.clone(), steps: vec![step()] }]).await;
+        assert!(r.interrupted && a.commands().is_empty(), "the stopped run stops");
+        let r = ex.for_cleanup().run("x", vec![HostPlan { transport: a.clone(), steps: vec![step()] }]).await;
+        assert!(!r.interrupted && r.failures.is_empty());
+        assert_eq!(a.commands(), vec!["systemctl start etcd".to_string()]);
     }
 
     #[tokio::test]

@@ -232,6 +232,9 @@ pub fn remove_node(inventory: &Path, options: RemoveOptions) -> Result<i32> {
     let transports = apply::transports(&loaded, &options.apply.connect)?;
     let executor = Executor::new(options.apply.concurrency, crate::report::auto(false));
     let dry = options.apply.dry_run;
+    if !dry {
+        crate::cleanup::writing();
+    }
     // The node itself may be dead: the control planes that stay say which cluster this is.
     let keepers: Vec<String> =
         full.control_planes().filter(|h| h.name != name).map(|h| h.name.clone()).collect();
@@ -578,7 +581,6 @@ pub fn reset(inventory: &Path, options: ResetOptions) -> Result<i32> {
     let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
     let transports = apply::transports(&loaded, &options.apply.connect)?;
     let executor = Executor::new(options.apply.concurrency, crate::report::auto(false));
-    executor.stop_on_ctrl_c();
     // Which cluster each host carries, before anything is decided: a reset touches only this cluster's.
     let local = crate::identity::Local::read(&options.apply.pki_root, &model.name)?;
     let found = rt.block_on(crate::identity::read_hosts(&targets, &transports, &executor))?;
@@ -663,6 +665,9 @@ pub fn reset(inventory: &Path, options: ResetOptions) -> Result<i32> {
             transport: transports.get(name).cloned().expect("transport per host"),
             steps: vec![step],
         });
+    }
+    if options.yes {
+        crate::cleanup::writing();
     }
     let report = rt.block_on(executor.run("reset", plans));
     drop(scratch);

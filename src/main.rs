@@ -4,6 +4,7 @@ use clap::Parser;
 
 fn main() {
     restore_sigpipe();
+    kubeforge::cleanup::install();
     let cli = kubeforge::cli::Cli::parse();
     match kubeforge::cli::run(cli) {
         Ok(code) => std::process::exit(code),

@@ -511,6 +511,7 @@ pub fn skew_checks(
 // Steps
 
 /// The run's fixed parts.
+#[derive(Clone)]
 struct Run<'a> {
     loaded: &'a crate::inventory::Loaded,
     options: &'a ApplyOptions,
@@ -969,11 +970,14 @@ impl Run<'_> {
                 for h in &names {
                     by_version.entry(from.get(h).copied().unwrap_or(to)).or_default().push(h.clone());
                 }
+                // The rollback is cleanup: an interrupt (the likely cause of the failure) does not stop it.
+                let ex = self.executor.for_cleanup();
+                let undo = Run { executor: &ex, ..self.clone() };
                 for (v, hs) in by_version {
                     eprintln!("[upgrade] rolling {} back to {v}", hs.join(","));
-                    let back = match self.converge(v, &hs).await {
-                        Ok(_) => match self.check_services(&hs).await {
-                            Ok(()) => self.gate(&api, &hs, v).await,
+                    let back = match undo.converge(v, &hs).await {
+                        Ok(_) => match undo.check_services(&hs).await {
+                            Ok(()) => undo.gate(&api, &hs, v).await,
                             Err(e) => Err(e),
                         },
                         Err(e) => Err(e),
@@ -1324,7 +1328,6 @@ pub fn apply(inventory: &Path, options: UpgradeOptions) -> Result<i32> {
     let executor = Executor::new(options.apply.concurrency, crate::report::auto(false));
     let started = Instant::now();
     let result = rt.block_on(async {
-        executor.stop_on_ctrl_c();
         // 1. Preflight.
         let t = Instant::now();
         let a = assess(&c, target).await?;
@@ -1376,6 +1379,8 @@ pub fn apply(inventory: &Path, options: UpgradeOptions) -> Result<i32> {
         if !options.yes && !confirm(&format!("Upgrade cluster `{}` to {target}?", c.model.name))? {
             return Err(Error::msg("upgrade cancelled, nothing was changed", None));
         }
+        // From here on a first Ctrl-C lets the host in progress finish (or roll back) and be uncordoned.
+        crate::cleanup::writing();
         // 2. The etcd snapshot.
         let member = c.model.etcd_members().next().map(|h| h.name.clone()).ok_or_else(|| Error::msg("no etcd member", None))?;
         let (t, clock) = (run.transport(&member)?, Instant::now());

@@ -427,7 +427,6 @@ pub fn run(o: CheckOptions) -> Result<i32> {
     let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
     let mut rows = rt.block_on(async {
         let executor = Executor::new(o.concurrency.max(1), super::progress());
-        executor.stop_on_ctrl_c();
         let rows = gather(&executor, &targets, &model, o.timeout).await;
         super::close(&targets).await;
         rows

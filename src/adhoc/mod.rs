@@ -423,7 +423,6 @@ pub fn run_exec(o: ExecOptions) -> Result<i32> {
     let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
     let results = rt.block_on(async {
         let executor = Executor::new(o.concurrency.max(1), progress());
-        executor.stop_on_ctrl_c();
         let results = exec(&executor, &targets, &cmd).await;
         close(&targets).await;
         results

@@ -855,6 +855,7 @@ pub async fn run_workflow(
     if material.options.dry_run {
         return Ok(planned.summary);
     }
+    crate::cleanup::writing();
     execute_workflow(model, material, previous, phases, transports, executor, planned).await
 }
 
@@ -956,7 +957,6 @@ pub fn run_loaded(
     rt.block_on(async move {
         let transports = transports(loaded, &options.connect)?;
         let executor = Executor::new(options.concurrency, crate::report::auto(false));
-        executor.stop_on_ctrl_c();
         let verified =
             guard(&model, &options, &guarded_hosts(&model, options.hosts.as_deref()), &transports, &executor)
                 .await?;
