@@ -354,10 +354,29 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
     );
     must(lab.ssh("node2", "systemctl stop kf-e2e-squatter"), "stop the program on 10250");
 
+    // What each VM's distribution containerd is before kubeforge touches it: reset puts it back.
+    let runtime_before: std::collections::BTreeMap<&str, String> =
+        ["node1", "node2", "node3"].into_iter().map(|n| (n, containerd_as_found(lab, n))).collect();
+
     // (That a converged cluster re-applies with 0 changes is checked after the join.)
     let first = must(lab.apply(&inv, &[]), "apply");
     assert!(first.contains("apply: ") && !first.contains("apply: 0 changes"), "{first}");
     check_nodes_at(lab, &cluster, OLD_VERSION, &[("node1", true, true), ("node2", false, false)]);
+
+    // `cd /elsewhere && kubeforge apply`: an empty PKI store in front of the live cluster is refused
+    // before anything is written, naming the host and the cluster's CA; the hosts keep their CA.
+    let elsewhere = lab.dir.join("elsewhere-pki");
+    let o = lab.apply(&inv, &["--pki-dir", elsewhere.to_str().unwrap()]);
+    let out = text(&o);
+    eprintln!("[e2e] apply with an empty store in front of the cluster:\n{out}");
+    assert!(!o.status.success() && out.contains("has no CA") && out.contains("`node1`"), "{out}");
+    assert!(!elsewhere.join(format!("{cluster}/ca.key")).exists(), "no CA was made: {out}");
+    let local_ca =
+        must(lab.exec(&["sha256sum", lab.pki(&cluster).join("ca.crt").to_str().unwrap()]), "the store's CA");
+    for n in ["node1", "node2"] {
+        let on_host = must(lab.ssh(n, "sha256sum /etc/kubernetes/pki/ca.crt"), "the host's CA");
+        assert_eq!(on_host.split_whitespace().next(), local_ca.split_whitespace().next(), "{n} keeps its CA");
+    }
 
     // join: node3 is new in the inventory. It is installed; node2 only gets its route to node3's pods.
     let inv3 = at_version(lab.inventory(&cluster, three, &[]), OLD_VERSION);
@@ -483,6 +502,13 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
     let after = must(lab.apply(&inv2, &[]), "apply without node3");
     assert!(after.contains("apply: 0 changes"), "remove-node converged the rest:\n{after}");
     lab.product_reset(&cluster, &inv2, &["node1", "node2"]);
+    for n in ["node1", "node2"] {
+        assert_eq!(
+            containerd_as_found(lab, n),
+            runtime_before[n],
+            "{n}: reset put containerd back as it was"
+        );
+    }
 
     // The backup restored onto node3 alone (another address): installed from nothing, its etcd member
     // restored, certificates re-issued for the new address; the objects are those of the backup.
@@ -496,6 +522,20 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
     tls_chain(lab, &cluster, "10.77.0.13");
     etcd_health(lab, "node3", 1);
     lab.product_reset(&cluster, &on3, &["node3"]);
+    assert_eq!(containerd_as_found(lab, "node3"), runtime_before["node3"], "node3: containerd as it was");
+}
+
+/// The distribution's containerd on `node` as kubeforge must leave it: enabled or not, running or not, and
+/// its configuration file.
+fn containerd_as_found(lab: &Lab, node: &str) -> String {
+    must(
+        lab.ssh(
+            node,
+            "systemctl is-enabled containerd 2>&1; systemctl is-active containerd 2>&1; \
+             sha256sum /etc/containerd/config.toml 2>/dev/null || echo no-config; true",
+        ),
+        "containerd's state",
+    )
 }
 
 /// `restore --yes` of the encrypted `archive` onto `inv`'s hosts; its output (stdout and progress), timed as

@@ -822,6 +822,7 @@ pub async fn execute_workflow(
     let runner = Runner { model, material, transports, executor, targets };
     let mut live = previous.clone();
     live.pod_subnets = final_state.pod_subnets.clone();
+    live.uid = final_state.uid.clone();
     let pki_root = options.pki_root.clone();
     let plan = summary.plan.clone();
     let mut done = |pp: &PhasePlan| -> Result<()> {
