@@ -35,6 +35,7 @@ echo "mem_mb=$(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo)"
 echo "swap_kb=$(awk 'NR>1 {s+=$3} END {print s+0}' /proc/swaps)"
 echo "epoch=$(date +%s)"
 echo "hostname=$(hostname)"
+{ [ -f /var/lib/kubeforge/cluster.json ] || [ -f /etc/kubernetes/pki/ca.crt ]; } && echo "marked=yes" || echo "marked=no"
 getent hosts "$(hostname)" >/dev/null 2>&1 && echo "hostname_resolves=yes" || echo "hostname_resolves=no"
 for m in overlay br_netfilter; do
   if [ -d "/sys/module/$m" ] || modprobe -n "$m" >/dev/null 2>&1; then echo "module_$m=yes"; else echo "module_$m=no"; fi
@@ -155,6 +156,18 @@ pub fn judge(
                 true,
                 format!("port {port} (for {}) is already in use by `{held}`", component.unit()),
             );
+        } else if !held.is_empty() && get("marked") == "no" {
+            // The right program, but not one kubeforge installed: the host carries no cluster marker (the
+            // identity check passed it as a new host), so this is another installation's.
+            add(
+                "ports",
+                true,
+                format!(
+                    "port {port} (for {}) is held by `{held}`, which kubeforge did not install (the host carries no {}): another installation's",
+                    component.unit(),
+                    crate::identity::MARKER_PATH
+                ),
+            );
         }
     }
     for peer in model.hosts.iter().filter(|p| p.name != host.name) {
@@ -256,6 +269,18 @@ mod tests {
         let m = model();
         let f = judge(&m, m.host("cp1").unwrap(), &parse_facts(GOOD), 1010);
         assert!(f.is_empty(), "{f:?}");
+    }
+
+    #[test]
+    fn our_program_on_its_port_on_a_host_kubeforge_never_marked_is_another_installations() {
+        let m = model();
+        let f = judge(&m, m.host("cp1").unwrap(), &parse_facts(&format!("{GOOD}marked=no\n")), 1010);
+        assert!(
+            f.iter().any(|p| p.check == "ports" && p.message.contains("kubeforge did not install")),
+            "{f:?}"
+        );
+        let f = judge(&m, m.host("cp1").unwrap(), &parse_facts(&format!("{GOOD}marked=yes\n")), 1010);
+        assert!(!f.iter().any(|p| p.check == "ports"), "{f:?}");
     }
 
     #[test]
