@@ -258,8 +258,13 @@ set -u
 if e member list | awk -F', ' -v p="$peer" '$4 == p {f=1} END {exit !f}'; then exit 0; fi
 bad=$(e endpoint health 2>&1 | grep -v 'is healthy' || true)
 if [ -n "$bad" ]; then echo "etcd is not healthy, refusing to add $name: $bad" >&2; exit 1; fi
-# Data of an earlier attempt belongs to a member ID the cluster no longer knows.
-rm -rf /var/lib/etcd/member
+# Data of an earlier attempt belongs to a member ID the cluster no longer knows: it is moved aside, never
+# deleted (the host passed the identity check and preflight, so it is this cluster's).
+if [ -d /var/lib/etcd/member ]; then
+  systemctl stop etcd 2>/dev/null || true
+  aside=/var/lib/etcd.member.before-join-$(date +%s)
+  mv /var/lib/etcd/member "$aside" && echo "the data of an earlier attempt is kept in $aside" >&2
+fi
 e member add "$name" --peer-urls="$peer" --learner >/dev/null"#;
 
 /// Promotes this host's learner once it caught up: `$1` peer URL, `$2` the other members' client URLs.
