@@ -99,17 +99,23 @@ pub async fn snapshot(
     let name = format!("etcd-{}-{stamp}-{reason}.db", model.name);
     let cmd =
         Command::shell(format!("{}\n{SAVE}", crate::phase::install::ETCDCTL_FN)).arg(name.clone()).sudo();
-    let out = crate::plan::run_checked(t, "etcd snapshot", &cmd)
-        .await
-        .map_err(|e| Error::msg(format!("{member}: the etcd snapshot failed: {e}"), None))?;
-    let saved = parse_save(&out.stdout_str()).ok_or_else(|| {
-        Error::msg(
+    let remote = format!("{REMOTE_DIR}/{name}");
+    let out = match crate::plan::run_checked(t, "etcd snapshot", &cmd).await {
+        Ok(out) => out,
+        Err(e) => {
+            // A snapshot cut short still holds Secrets: it does not stay on the host.
+            let _ = t.exec(&Command::new("rm").args(["-f", "--", &remote]).sudo()).await;
+            return Err(Error::msg(format!("{member}: the etcd snapshot failed: {e}"), None));
+        }
+    };
+    let Some(saved) = parse_save(&out.stdout_str()) else {
+        let _ = t.exec(&Command::new("rm").args(["-f", "--", &remote]).sudo()).await;
+        return Err(Error::msg(
             format!("{member}: the etcd snapshot could not be checked: {}", out.stdout_str().trim()),
             Some("`etcdutl snapshot status` (or `etcdctl snapshot status`) must read the file"),
-        )
-    })?;
+        ));
+    };
     let sha = saved.sha256.clone();
-    let remote = format!("{REMOTE_DIR}/{name}");
     let bar = std::sync::Arc::new(std::sync::Mutex::new((
         progress.begin(&format!("{member}:{remote}"), saved.size, 0),
         0u64,
@@ -123,29 +129,38 @@ pub async fn snapshot(
             b.0.advance(step);
         })
     };
-    let read = t.read_file_progress(&remote, true, MAX_SNAPSHOT, Some(hook)).await;
-    bar.lock().unwrap_or_else(|e| e.into_inner()).0.finish();
-    let bytes = read.map_err(|e| Error::msg(format!("{member}: copying the etcd snapshot: {e}"), None))?;
-    let got = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
-    if got != sha {
-        return Err(Error::msg(
-            format!("{member}: the etcd snapshot changed in transit (sha256 {got}, the host computed {sha})"),
-            Some("run the command again"),
-        ));
-    }
     let dir = local_dir(pki_root, &model.name);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     set_mode(&dir, 0o700)?;
     let path = dir.join(&name);
     let part = dir.join(format!("{name}.part"));
-    write_private(&part, &bytes)?;
-    std::fs::rename(&part, &path).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    // Streamed to disk as it arrives (memory stays flat whatever the snapshot's size), checked, renamed.
+    let copied = t.download(&remote, true, &part, Some(hook)).await;
+    bar.lock().unwrap_or_else(|e| e.into_inner()).0.finish();
+    // The snapshot on the host holds every Secret: it goes on every path, a failed copy included.
     let _ = t.exec(&Command::new("rm").args(["-f", "--", &remote]).sudo()).await;
+    let (bytes, got) =
+        copied.map_err(|e| Error::msg(format!("{member}: copying the etcd snapshot: {e}"), None))?;
+    if got != sha {
+        let _ = std::fs::remove_file(&part);
+        return Err(Error::msg(
+            format!("{member}: the etcd snapshot changed in transit (sha256 {got}, the host computed {sha})"),
+            Some("run the command again"),
+        ));
+    }
+    if bytes > MAX_SNAPSHOT as u64 {
+        let _ = std::fs::remove_file(&part);
+        return Err(Error::msg(
+            format!("{member}: the etcd snapshot is larger than etcd's 8 GiB limit"),
+            None,
+        ));
+    }
+    std::fs::rename(&part, &path).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     Ok(Snapshot {
         path,
         member: member.to_owned(),
         sha256: sha,
-        bytes: bytes.len() as u64,
+        bytes,
         revision: saved.revision,
         total_keys: saved.total_keys,
     })
@@ -567,21 +582,6 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
         .map_err(|e| Error::io(format!("setting the mode of {}", path.display()), e))
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -674,12 +674,31 @@ mod tests {
             fake.put_file(format!("{REMOTE_DIR}/{}", argv.last().unwrap()), b"corrupted".to_vec());
             Reply::ok(status.clone())
         });
+        t.on("rm -f -- /var/lib/kubeforge/backups/", Reply::ok(""));
         let dir = tempfile::tempdir().unwrap();
         let e = snapshot(&model, "cp1", &t, dir.path(), "upgrade", &Silent).await.unwrap_err().to_string();
         assert!(e.contains("changed in transit"), "{e}");
         let kept: Vec<_> =
             std::fs::read_dir(local_dir(dir.path(), "c1")).map(|d| d.collect()).unwrap_or_default();
         assert!(kept.is_empty(), "{kept:?}");
+        let removed = |t: &FakeTransport| {
+            t.commands().iter().any(|c| c.contains("rm -f -- /var/lib/kubeforge/backups/etcd-c1-"))
+        };
+        assert!(removed(&t), "the snapshot left the host: {:?}", t.commands());
+
+        // A copy that fails (the file vanished) and a save that fails: the host keeps no snapshot either.
+        let t = FakeTransport::new("cp1");
+        let st = format!("{{\"hash\":1,\"revision\":7,\"totalKey\":3,\"totalSize\":{n}}}\nsha256 {sha}\n");
+        t.on("snapshot save", Reply::ok(st));
+        t.on("rm -f -- /var/lib/kubeforge/backups/", Reply::ok(""));
+        let e = snapshot(&model, "cp1", &t, dir.path(), "upgrade", &Silent).await.unwrap_err().to_string();
+        assert!(e.contains("copying the etcd snapshot"), "{e}");
+        assert!(removed(&t), "{:?}", t.commands());
+        let t = FakeTransport::new("cp1");
+        t.on("snapshot save", Reply::fail(1, "etcdserver: request timed out"));
+        t.on("rm -f -- /var/lib/kubeforge/backups/", Reply::ok(""));
+        assert!(snapshot(&model, "cp1", &t, dir.path(), "upgrade", &Silent).await.is_err());
+        assert!(removed(&t), "{:?}", t.commands());
     }
 
     /// A PKI store, a snapshot file and an inventory in a temporary directory.

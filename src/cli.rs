@@ -229,9 +229,14 @@ pub struct BackupArgs {
     /// encrypted).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
-    /// Encrypt the archive (age, scrypt) with the passphrase in this environment variable.
+    /// Encrypt the archive (age, scrypt) with the passphrase in this environment variable (required unless
+    /// --unencrypted: the archive holds every CA key).
     #[arg(long, value_name = "VAR")]
     pub passphrase_env: Option<String>,
+    /// Write the archive in the clear (it holds the CA, service-account and encryption keys, and nothing
+    /// authenticates its manifest).
+    #[arg(long, conflicts_with = "passphrase_env")]
+    pub unencrypted: bool,
     /// Connection, PKI and cache settings.
     #[command(flatten)]
     pub common: ClusterArgs,
@@ -441,6 +446,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             crate::restore::BackupOptions {
                 output: a.output,
                 passphrase_env: a.passphrase_env,
+                unencrypted: a.unencrypted,
                 apply: a.common.options(&a.inventory)?,
             },
         ),

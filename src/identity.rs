@@ -257,23 +257,30 @@ impl Refusal {
                 ),
                 fix_store,
             ),
-            Refusal::EmptyStoreLiveCluster { hosts } => (
-                format!(
-                    "the store {store} has no CA, but {} already run{} cluster `{}`: refusing to create new \
-                     CAs, service-account and encryption keys in front of a live cluster",
-                    hosts
-                        .iter()
-                        .map(|(h, ca)| match ca {
-                            Some(ca) => format!("`{h}` (CA {ca})"),
-                            None => format!("`{h}`"),
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    if hosts.len() == 1 { "s" } else { "" },
-                    local.cluster
-                ),
-                fix_store,
-            ),
+            Refusal::EmptyStoreLiveCluster { hosts } => {
+                // Hosts grouped by the CA they carry: `a`, `b` (CA sha256:...).
+                let mut by_ca: BTreeMap<Option<&Fingerprint>, Vec<String>> = BTreeMap::new();
+                for (h, ca) in hosts {
+                    by_ca.entry(ca.as_ref()).or_default().push(format!("`{h}`"));
+                }
+                let named = by_ca
+                    .iter()
+                    .map(|(ca, hs)| match ca {
+                        Some(ca) => format!("{} (CA {ca})", hs.join(", ")),
+                        None => hs.join(", "),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                (
+                    format!(
+                        "the store {store} has no CA, but {named} already run{} cluster `{}`: refusing to create \
+                         new CAs, service-account and encryption keys in front of a live cluster",
+                        if hosts.len() == 1 { "s" } else { "" },
+                        local.cluster
+                    ),
+                    fix_store,
+                )
+            }
             Refusal::StoreLost { installed } => (
                 format!(
                     "the state in {store} records installed hosts ({}), but the store has no CA: the \

@@ -57,12 +57,20 @@ pub struct BackupOptions {
     pub output: Option<PathBuf>,
     /// The environment variable holding the passphrase to encrypt with.
     pub passphrase_env: Option<String>,
+    /// Write the archive in the clear (an explicit choice: without it, a passphrase is required).
+    pub unencrypted: bool,
     /// PKI root, cache and SSH settings.
     pub apply: ApplyOptions,
 }
 
 /// `kubeforge backup`.
 pub fn run_backup(inventory: &Path, o: BackupOptions) -> Result<i32> {
+    if o.passphrase_env.is_none() && !o.unencrypted {
+        return Err(Error::usage(
+            "a backup holds every CA key, the service-account key and the encryption-at-rest key: it is encrypted unless you choose otherwise",
+            Some("--passphrase-env VAR encrypts it (age, scrypt; the encryption also authenticates the archive's manifest), --unencrypted writes it in the clear"),
+        ));
+    }
     let loaded = crate::inventory::load(inventory)?;
     let model = ClusterModel::derive(&loaded);
     let state = ClusterState::load(&o.apply.pki_root, &model.name)?;
@@ -144,7 +152,7 @@ pub fn run_backup(inventory: &Path, o: BackupOptions) -> Result<i32> {
         manifest.files.iter().filter(|f| f.path.starts_with("pki/")).count(),
         match &o.passphrase_env {
             Some(v) => format!("encrypted with age (passphrase from ${v})"),
-            None => "NOT encrypted: it holds the CA keys, keep it as safe as pki/ (or use --passphrase-env)".into(),
+            None => "NOT encrypted (--unencrypted): it holds the CA keys and nothing authenticates it; keep it as safe as pki/".into(),
         }
     );
     Ok(0)

@@ -200,6 +200,34 @@ impl Transport for FakeTransport {
 
     /// Answers from the fake's files; `progress` hears the running total in chunks of [`FAKE_CHUNK`] bytes,
     /// as a real transport's would in the channel's data messages.
+    fn download<'a>(
+        &'a self,
+        path: &'a str,
+        sudo: bool,
+        dest: &'a std::path::Path,
+        progress: Option<ByteProgress>,
+    ) -> BoxFuture<'a, Result<(u64, String), TransportError>> {
+        Box::pin(async move {
+            use sha2::Digest;
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let data = self.read_file_progress(path, sudo, usize::MAX, progress).await?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(dest)
+                .and_then(|mut f| f.write_all(&data))
+                .map_err(|e| TransportError::Remote {
+                    host: self.name.clone(),
+                    what: format!("writing {}", dest.display()),
+                    status: None,
+                    stderr: e.to_string(),
+                })?;
+            Ok((data.len() as u64, hex::encode(sha2::Sha256::digest(&data))))
+        })
+    }
+
     fn read_file_progress<'a>(
         &'a self,
         path: &'a str,

@@ -61,8 +61,8 @@ impl LocalTransport {
         let all = async {
             let (_, o, e) = tokio::join!(
                 feed,
-                collect(&mut so, Stream::Stdout, cap, sink, cmd.stdout_progress()),
-                collect(&mut se, Stream::Stderr, cap, sink, None)
+                collect(&mut so, Stream::Stdout, cap, sink, cmd.stdout_progress(), cmd.stdout_chunks()),
+                collect(&mut se, Stream::Stderr, cap, sink, None, None)
             );
             let status = child.wait().await;
             (o, e, status)
@@ -115,8 +115,9 @@ async fn collect<R: AsyncRead + Unpin>(
     cap: usize,
     sink: Option<&OutputSink>,
     progress: Option<ByteProgress>,
+    chunks: Option<super::StdoutChunks>,
 ) -> OutputCollector {
-    let mut col = OutputCollector::new(stream, cap).with_progress(progress);
+    let mut col = OutputCollector::new(stream, cap).with_progress(progress).with_chunks(chunks);
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         match r.read(&mut buf).await {

@@ -44,7 +44,22 @@ pub struct Command {
     timeout: Option<Duration>,
     output_cap: usize,
     stdout_progress: Option<ProgressHook>,
+    stdout_chunks: Option<ChunkHook>,
 }
+
+/// Given each piece of stdout as it arrives, instead of the output being kept (a download to a file).
+pub type StdoutChunks = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
+/// A [`StdoutChunks`] carried by a [`Command`]; like [`ProgressHook`] it is not part of what runs.
+#[derive(Clone)]
+struct ChunkHook(StdoutChunks);
+
+impl PartialEq for ChunkHook {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for ChunkHook {}
 
 /// Told the number of stdout bytes received so far, as they arrive (for a transfer's progress bar).
 pub type ByteProgress = Arc<dyn Fn(u64) + Send + Sync>;
@@ -71,6 +86,7 @@ impl Command {
             timeout: None,
             output_cap: DEFAULT_OUTPUT_CAP,
             stdout_progress: None,
+            stdout_chunks: None,
         }
     }
 
@@ -145,6 +161,18 @@ impl Command {
     pub fn on_stdout_bytes(mut self, progress: ByteProgress) -> Self {
         self.stdout_progress = Some(ProgressHook(progress));
         self
+    }
+
+    /// Hands every piece of stdout to `chunks` as it arrives and keeps none of it (the output's `stdout` is
+    /// empty; `stdout_len` counts it): memory stays flat whatever the size.
+    pub fn stdout_to(mut self, chunks: StdoutChunks) -> Self {
+        self.stdout_chunks = Some(ChunkHook(chunks));
+        self
+    }
+
+    /// The stdout chunk hook, if any (transports feed it).
+    pub fn stdout_chunks(&self) -> Option<StdoutChunks> {
+        self.stdout_chunks.as_ref().map(|h| h.0.clone())
     }
 
     /// The stdout progress hook, if any (transports feed it).
@@ -293,11 +321,26 @@ pub(crate) struct OutputCollector {
     line: Vec<u8>,
     stream: Stream,
     progress: Option<ByteProgress>,
+    chunks: Option<StdoutChunks>,
 }
 
 impl OutputCollector {
     pub(crate) fn new(stream: Stream, cap: usize) -> Self {
-        OutputCollector { buf: Vec::new(), cap, total: 0, line: Vec::new(), stream, progress: None }
+        OutputCollector {
+            buf: Vec::new(),
+            cap,
+            total: 0,
+            line: Vec::new(),
+            stream,
+            progress: None,
+            chunks: None,
+        }
+    }
+
+    /// Hands the data to `chunks` instead of keeping it.
+    pub(crate) fn with_chunks(mut self, chunks: Option<StdoutChunks>) -> Self {
+        self.chunks = chunks;
+        self
     }
 
     /// Reports the running byte count to `progress` on every push.
@@ -310,6 +353,10 @@ impl OutputCollector {
         self.total += data.len() as u64;
         if let Some(p) = &self.progress {
             p(self.total);
+        }
+        if let Some(c) = &self.chunks {
+            c(data);
+            return;
         }
         self.buf.extend_from_slice(data);
         // Drain in big steps so memory stays under 2x the cap without quadratic copying.
@@ -338,7 +385,7 @@ impl OutputCollector {
             let cut = self.buf.len() - self.cap;
             self.buf.drain(..cut);
         }
-        let truncated = truncated || self.total > self.buf.len() as u64;
+        let truncated = self.chunks.is_none() && (truncated || self.total > self.buf.len() as u64);
         (self.buf, truncated, self.total)
     }
 }
@@ -737,6 +784,18 @@ pub trait Transport: Send + Sync {
         })
     }
 
+    /// Copies the remote file `path` into the new local file `dest` (0600) as it arrives: memory stays flat
+    /// whatever the size. Returns its size and sha256 (hex). `dest` is removed when the copy fails.
+    fn download<'a>(
+        &'a self,
+        path: &'a str,
+        sudo: bool,
+        dest: &'a Path,
+        progress: Option<ByteProgress>,
+    ) -> BoxFuture<'a, Result<(u64, String), TransportError>> {
+        Box::pin(download_via_exec(self, path, sudo, dest, progress))
+    }
+
     /// The hex sha256 of a remote file, `None` when it does not exist.
     fn sha256<'a>(
         &'a self,
@@ -753,6 +812,73 @@ pub trait Transport: Send + Sync {
             }
         })
     }
+}
+
+/// [`Transport::download`] through `cat`, its stdout written to `dest` piece by piece.
+async fn download_via_exec<T: Transport + ?Sized>(
+    t: &T,
+    path: &str,
+    sudo: bool,
+    dest: &Path,
+    progress: Option<ByteProgress>,
+) -> Result<(u64, String), TransportError> {
+    use sha2::Digest;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let local = |what: &str, e: std::io::Error| TransportError::Remote {
+        host: t.host().into(),
+        what: format!("{what} {}", dest.display()),
+        status: None,
+        stderr: e.to_string(),
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dest)
+        .map_err(|e| local("creating", e))?;
+    type Sink = (std::io::BufWriter<std::fs::File>, sha2::Sha256, Option<std::io::Error>);
+    let state: Arc<std::sync::Mutex<Sink>> = Arc::new(std::sync::Mutex::new((
+        std::io::BufWriter::with_capacity(1 << 20, file),
+        sha2::Sha256::new(),
+        None,
+    )));
+    let chunks: StdoutChunks = {
+        let state = state.clone();
+        Arc::new(move |data: &[u8]| {
+            let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+            if s.2.is_none() {
+                s.1.update(data);
+                if let Err(e) = s.0.write_all(data) {
+                    s.2 = Some(e);
+                }
+            }
+        })
+    };
+    let mut cmd =
+        Command::new("cat").arg("--").arg(path).with_sudo(sudo).output_cap(64 * 1024).stdout_to(chunks);
+    if let Some(p) = progress {
+        cmd = cmd.on_stdout_bytes(p);
+    }
+    let result = async {
+        let out = t.exec(&cmd).await?;
+        if !out.success() {
+            return Err(remote_err(t.host(), format!("reading {path}"), &out));
+        }
+        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = s.2.take() {
+            return Err(local("writing", e));
+        }
+        s.0.flush().map_err(|e| local("writing", e))?;
+        s.0.get_ref().sync_all().map_err(|e| local("writing", e))?;
+        let digest = hex::encode(std::mem::take(&mut s.1).finalize());
+        Ok((out.stdout_len, digest))
+    }
+    .await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(dest);
+    }
+    result
 }
 
 pub(crate) fn remote_err(host: &str, what: String, out: &ExecOutput) -> TransportError {

@@ -344,7 +344,8 @@ impl SshTransport {
 
         let collect = async {
             let mut out = OutputCollector::new(Stream::Stdout, cmd.get_output_cap())
-                .with_progress(cmd.stdout_progress());
+                .with_progress(cmd.stdout_progress())
+                .with_chunks(cmd.stdout_chunks());
             let mut err = OutputCollector::new(Stream::Stderr, cmd.get_output_cap());
             let mut status = None;
             let mut signal = None;
