@@ -451,11 +451,19 @@ for d in "$@"; do
 done
 ip link show kf0 >/dev/null 2>&1 && ip link delete kf0 2>/dev/null
 for r in $(ip route show root "$cidr" 2>/dev/null | awk '{print $1}'); do ip route del "$r" 2>/dev/null || true; done
+# kube-proxy's chains go, and the jumps into them from other chains; nothing else of a table is rewritten
+# (one delta per table, applied atomically with --noflush: rules others add meanwhile stay).
 if command -v iptables-save >/dev/null 2>&1; then
   for t in filter nat mangle; do
-    if iptables-save -t "$t" 2>/dev/null | grep -q 'KUBE-'; then
-      iptables-save -t "$t" | grep -v -e '^:KUBE-' -e '-j KUBE-' -e '^-A KUBE-' | iptables-restore -T "$t" 2>/dev/null || true
-    fi
+    rules=$(iptables-save -t "$t" 2>/dev/null) || continue
+    printf '%s\n' "$rules" | grep -q '^:KUBE-' || continue
+    {
+      echo "*$t"
+      printf '%s\n' "$rules" | grep '^-A ' | grep -v '^-A KUBE-' | grep -e ' -j KUBE-' -e ' -g KUBE-' | sed 's/^-A /-D /'
+      printf '%s\n' "$rules" | awk '/^:KUBE-/ {print "-F " substr($1, 2)}'
+      printf '%s\n' "$rules" | awk '/^:KUBE-/ {print "-X " substr($1, 2)}'
+      echo COMMIT
+    } | iptables-restore --noflush 2>/dev/null || true
   done
 fi
 [ -d /opt/cni/bin ] && find /opt/cni/bin -maxdepth 1 -type l -lname '/usr/lib/cni/*' -delete 2>/dev/null

@@ -501,7 +501,19 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
     let inv2 = lab.inventory(&cluster, two, &[("node2", "kubeforge.test/tier", "edge")]);
     let after = must(lab.apply(&inv2, &[]), "apply without node3");
     assert!(after.contains("apply: 0 changes"), "remove-node converged the rest:\n{after}");
+    // Rules of someone else's beside kube-proxy's: reset removes the KUBE-* chains and the jumps into them,
+    // and leaves the rest of the table as it was.
+    must(
+        lab.ssh(
+            "node2",
+            "iptables -N KUBE-KF-E2E && iptables -A FORWARD -j KUBE-KF-E2E && \
+             iptables -A INPUT -p tcp --dport 2222 -m comment --comment 'kf-e2e foreign' -j ACCEPT",
+        ),
+        "rules beside kube-proxy's",
+    );
     lab.product_reset(&cluster, &inv2, &["node1", "node2"]);
+    let rules = must(lab.ssh("node2", "iptables-save -t filter"), "iptables after reset");
+    assert!(rules.contains("kf-e2e foreign") && !rules.contains("KUBE-"), "{rules}");
     for n in ["node1", "node2"] {
         assert_eq!(
             containerd_as_found(lab, n),
