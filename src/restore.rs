@@ -290,6 +290,32 @@ fn place_pki(
     Ok(format!("{} created from the backup{note}", local.display()))
 }
 
+/// The hosts that carry a cluster other than the backup's: another name, or another CA than `archived_ca`.
+pub fn foreign_hosts(
+    cluster: &str,
+    archived_ca: &crate::identity::Fingerprint,
+    found: &[(String, crate::identity::Remote)],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (host, r) in found {
+        match (&r.marker, &r.ca) {
+            (Some(Ok(m)), _) if m.cluster != cluster => {
+                out.push(format!("`{host}` belongs to cluster `{}`", m.cluster))
+            }
+            (Some(Ok(m)), _) if m.ca_sha256 != *archived_ca => out.push(format!(
+                "`{host}` runs cluster `{cluster}` with CA {}, the backup's CA is {archived_ca}: another installation",
+                m.ca_sha256
+            )),
+            (Some(Err(why)), _) => out.push(format!("`{host}`: its marker is not kubeforge's ({why})")),
+            (None, Some(ca)) if ca != archived_ca => {
+                out.push(format!("`{host}` runs a cluster whose CA is {ca}, the backup's is {archived_ca}"))
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Stops the control plane's services: `$@` the units.
 const STOP: &str = "for u in \"$@\"; do systemctl stop \"$u\" 2>/dev/null || true; done";
 
@@ -353,6 +379,26 @@ pub fn run_restore(inventory: &Path, o: RestoreOptions) -> Result<i32> {
         if opened.encrypted { ", decrypted" } else { "" }
     );
     let members: Vec<String> = model.etcd_members().map(|h| h.name.clone()).collect();
+    // The hosts must be empty or this backup's cluster: a restore never overwrites another cluster's hosts
+    // (one of the same name included), and nothing is placed or touched before that is known.
+    let archived_ca = std::fs::read(opened.path(Manifest::PKI).join("ca.crt"))
+        .ok()
+        .and_then(|pem| crate::identity::Fingerprint::of_pem(&pem))
+        .ok_or_else(|| Error::msg(format!("{} holds no cluster CA", o.from.display()), None))?;
+    {
+        let transports = apply::transports(&loaded, &o.apply.connect)?;
+        let executor = crate::exec::Executor::new(o.apply.concurrency, crate::report::auto(false));
+        let hosts: Vec<String> = model.hosts.iter().map(|h| h.name.clone()).collect();
+        let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
+        let found = rt.block_on(crate::identity::read_hosts(&hosts, &transports, &executor))?;
+        let foreign = foreign_hosts(&model.name, &archived_ca, &found);
+        if !foreign.is_empty() {
+            return Err(Error::msg(
+                format!("refusing to restore onto another cluster's hosts:\n  {}", foreign.join("\n  ")),
+                Some("restore onto hosts of this backup's cluster or empty ones; a host you mean to reuse is emptied first with `kubeforge reset -i INV --hosts NAME --yes --force`"),
+            ));
+        }
+    }
     let pki_note = place_pki(&o.apply.pki_root, &model.name, &opened, o.replace_pki, !o.yes)?;
     if !o.yes {
         println!("restore would:");
@@ -644,6 +690,26 @@ mod tests {
         .unwrap();
         let o = backup::open_archive(&out, None).unwrap();
         (dir, o)
+    }
+
+    #[test]
+    fn a_restore_refuses_hosts_of_another_cluster_or_ca_and_takes_empty_or_own_ones() {
+        use crate::identity::{Fingerprint, Marker, Remote};
+        let fp = |c: char| Fingerprint(format!("sha256:{}", c.to_string().repeat(64)));
+        let marked = |cluster: &str, ca: char| Remote {
+            marker: Some(Ok(Marker { cluster: cluster.into(), uid: "u".into(), ca_sha256: fp(ca) })),
+            ca: Some(fp(ca)),
+        };
+        let found = vec![
+            ("a".to_string(), marked("c1", 'a')),
+            ("b".to_string(), Remote::default()),
+            ("c".to_string(), marked("c1", 'b')),
+            ("d".to_string(), marked("other", 'a')),
+            ("e".to_string(), Remote { marker: None, ca: Some(fp('c')) }),
+        ];
+        let f = foreign_hosts("c1", &fp('a'), &found);
+        assert_eq!(f.len(), 3, "{f:?}");
+        assert!(f[0].starts_with("`c`") && f[1].starts_with("`d`") && f[2].starts_with("`e`"), "{f:?}");
     }
 
     /// The disaster layout: the PKI lost, archives copied back into `pki/<cluster>/backups/`: the restore
