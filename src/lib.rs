@@ -1,12 +1,16 @@
 //! kubeforge: turns an inventory file into a running, secured, self-hosted Kubernetes cluster over SSH,
 //! and keeps it alive (join, upgrade, certificate renewal, backup, reset).
 //!
-//! The crate is a library with a thin binary on top (`src/main.rs`). Module map (see DESIGN.md):
-//! `cli` (clap definitions), `error` (top-level error, exit codes, hints), `inventory` (YAML model and
-//! validation with file:line:col errors), `model` (the derived cluster model every phase reads),
-//! `pki` (certificates, keys, kubeconfigs, client bundle), `transport` (SSH/local/fake machines),
-//! `sshconfig` (OpenSSH client config), `exec` (parallel runner over hosts), `report` (progress and summaries), `adhoc` (`exec` and `check`:
-//! ad-hoc commands and facts on selected hosts).
+//! The crate is a library with a thin binary on top (`src/main.rs`); README.md describes every command and
+//! the safety rules. Module map: `cli` (clap definitions), `error` (top-level error, exit codes, hints),
+//! `inventory` (YAML model and validation with file:line:col errors), `model` (the derived cluster model
+//! every phase reads), `pki` (certificates, keys, kubeconfigs, client bundle), `identity` (the cluster
+//! marker on every host and the check every writing command makes first), `cleanup` (the interrupt policy
+//! and what goes whatever ends the process), `transport` (SSH/local/fake machines), `sshconfig` (OpenSSH
+//! client config), `plan` (desired/actual state, diff, the plan value), `exec` (the parallel executor, the
+//! only writer), `phase` + `workflow` (what each phase wants, in one ordered list), `report` (progress and
+//! summaries), `adhoc` (`exec` and `check`: ad-hoc commands and facts on selected hosts), and the lifecycle
+//! commands (`apply`, `lifecycle`, `upgrade`, `backup`/`restore`, `status`, `audit`, `lab`).
 
 pub mod adhoc;
 /// The node-local API load balancer (the `kubeforge-apilb` crate; `kubeforge api-lb` runs it too).
