@@ -958,9 +958,10 @@ pub fn run_loaded(
     rt.block_on(async move {
         let transports = transports(loaded, &options.connect)?;
         let executor = Executor::new(options.concurrency, crate::report::auto(false));
+        // `join` may reach hosts outside its targets (a route to the new node): then every host is read.
+        let targets = if options.follow_changes { None } else { options.hosts.as_deref() };
         let verified =
-            guard(&model, &options, &guarded_hosts(&model, options.hosts.as_deref()), &transports, &executor)
-                .await?;
+            guard(&model, &options, &guarded_hosts(&model, targets), &transports, &executor).await?;
         let scratch = scratch_for(&options, &model.name)?;
         let (mut material, previous) =
             prepare(loaded, &mut model, &options, scratch.as_ref().map(|t| t.path()), &verified).await?;
