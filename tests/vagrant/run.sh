@@ -189,7 +189,7 @@ nodes_ready() {
   return 1
 }
 step "kubectl: $NODES Nodes Ready" nodes_ready
-# kubeforge keeps the PKI under pki/ of the directory it runs in: the state directory, as provision.sh does.
+# kubeforge keeps the PKI in pki/ beside the inventory: the state directory, where provision.sh writes it.
 status_healthy() { (cd "$WORK/state" && in_ns "$KF" status -i inventory.yaml); }
 step "kubeforge status: healthy" status_healthy
 
