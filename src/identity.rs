@@ -463,7 +463,7 @@ pub async fn read_hosts(
         plans.push(HostPlan { transport: t, steps: vec![step] });
     }
     if !plans.is_empty() {
-        let report = executor.run("identity", plans).await;
+        let report = executor.run("cluster-check", plans).await;
         if !report.failures.is_empty() || report.interrupted {
             return Err(report.into_result().expect_err("hosts failed").into());
         }
