@@ -897,9 +897,10 @@ fn etcdctl(lab: &Lab, node: &str, endpoints: &str, args: &str) -> String {
 /// never two failed probes in a row. Returns `f`'s output.
 fn under_readiness_loop(lab: &Lab, cluster: &str, cps: &[&str], f: impl FnOnce() -> Output) -> Output {
     let me = env!("CARGO_BIN_EXE_kubeforge");
-    // The API endpoint: kubeforge's balancer (the one every node runs, with its /readyz checks) over the
-    // control planes, in the lab network on the test host, where the probe's own timing does not depend on
-    // a VM busy being changed. Real kubectl asks through it every second with the admin identity.
+    // The API endpoint: kubeforge's balancer with the flags every node's kube-api-lb runs with (its /readyz
+    // checks against the cluster CA every 2 s; the HA scenario checks the deployed units carry them) over
+    // the control planes, in the lab network on the test host, where the probe's own timing does not depend
+    // on a VM busy being changed. Real kubectl asks through it every second with the admin identity.
     let dir = lab.dir.display().to_string();
     let _ = std::fs::remove_file(lab.dir.join("readyz.stop"));
     let ca = lab.pki(cluster).join("ca.crt").display().to_string();
@@ -909,7 +910,7 @@ fn under_readiness_loop(lab: &Lab, cluster: &str, cps: &[&str], f: impl FnOnce()
         cps.iter().map(|n| format!("--backend 10.77.0.1{}:6443 ", n.trim_start_matches("node"))).collect();
     let probe = format!(
         "{me} api-lb --listen 127.0.0.1:17443 {backends}\
-         --ca-file {ca} --health-interval 1s 2> {dir}/api-lb.log & lb=$!; \
+         --ca-file {ca} --health-interval 2s 2> {dir}/api-lb.log & lb=$!; \
          while [ ! -e {dir}/readyz.stop ]; do \
            kill -0 $lb 2>/dev/null || {{ echo \"$(date +%s) balancer-exited\"; break; }}; \
            if {kubectl} --kubeconfig {admin} --server https://127.0.0.1:17443 --request-timeout=15s \
@@ -1141,6 +1142,16 @@ fn high_availability(lab: &Lab) {
     check_nodes_at(lab, &cluster, OLD_VERSION, &all3);
     for n in ["node1", "node2", "node3"] {
         must(lab.ssh(n, &format!("systemctl is-active {UNITS_CP} {UNITS_NODE} kube-api-lb")), "HA units");
+        // Every node's balancer asks each apiserver's /readyz, verified against the cluster CA.
+        let lb = must(
+            lab.ssh(n, "systemctl show -p ExecStart --value kube-api-lb; journalctl -u kube-api-lb --no-pager | grep -m1 \"checking each backend\"; true"),
+            "the balancer's flags and log",
+        );
+        assert!(
+            lb.contains("--ca-file=/etc/kubernetes/kube-api-lb/ca.crt")
+                && lb.contains("checking each backend's /readyz"),
+            "{n}: {lb}"
+        );
     }
     // The balancer every node runs is its own small binary; its size and memory, for the record.
     let lb = must(

@@ -856,6 +856,23 @@ pub async fn run_workflow(
     if material.options.dry_run {
         return Ok(planned.summary);
     }
+    // A run that follows changes (`join`) may reach hosts outside its targets (a route to a new node):
+    // those are read too before anything is written (hosts with nothing to change get no session).
+    let guarded = guarded_hosts(model, material.options.hosts.as_deref());
+    let mut reached: Vec<String> = planned
+        .summary
+        .plan
+        .phases
+        .iter()
+        .flat_map(|p| {
+            p.hosts.iter().filter(|(h, c)| !c.is_empty() && !guarded.contains(h)).map(|(h, _)| h.clone())
+        })
+        .collect();
+    reached.sort();
+    reached.dedup();
+    if !reached.is_empty() {
+        guard(model, &material.options, &reached, transports, executor).await?;
+    }
     crate::cleanup::writing();
     execute_workflow(model, material, previous, phases, transports, executor, planned).await
 }

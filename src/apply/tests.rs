@@ -175,8 +175,7 @@ impl Harness {
                 self.hosts.iter().map(|(n, t)| (n.clone(), t.clone() as Arc<dyn Transport>)).collect();
             let executor = Executor::new(options.concurrency, rec.clone());
             // As `run_loaded`: the identity check before anything is written, locally or on a host.
-            let targets = if options.follow_changes { None } else { options.hosts.as_deref() };
-            let guarded = guarded_hosts(&model, targets);
+            let guarded = guarded_hosts(&model, options.hosts.as_deref());
             let verified = guard(&model, &options, &guarded, &transports, &executor).await?;
             let scratch = scratch_for(&options, &model.name)?;
             let artifacts =

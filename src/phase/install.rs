@@ -400,6 +400,17 @@ impl Phase for ApiEndpoint {
             )
             .restarts(&["kube-api-lb"]),
         );
+        // The cluster CA the balancer's `/readyz` checks verify every backend with (its own copy: this phase
+        // runs before the node's certificates are placed).
+        d.files.push(
+            DesiredFile::bytes(
+                render::API_LB_CA,
+                0o644,
+                ctx.material.pki.read("ca.crt")?,
+                "cluster CA for the balancer's checks",
+            )
+            .restarts(&["kube-api-lb"]),
+        );
         d.files.push(unit_file(
             Component::ApiLoadBalancer,
             &format!("{BIN}/kubeforge-apilb"),

@@ -505,9 +505,18 @@ pub fn crictl_config() -> String {
     .expect("yaml")
 }
 
-/// The node-local balancer's flags: every control plane's apiserver.
+/// Where the node-local balancer reads the cluster CA that its `/readyz` checks verify backends with.
+pub const API_LB_CA: &str = "/etc/kubernetes/kube-api-lb/ca.crt";
+
+/// The node-local balancer's flags: every control plane's apiserver, each asked for `/readyz` (verified
+/// against the cluster CA) every 2 s, so a backend that is starting, stopping or cut off from etcd leaves
+/// the rotation.
 pub fn api_lb_args(m: &ClusterModel) -> Vec<String> {
-    let mut v = vec![format!("--listen=127.0.0.1:{LOCAL_LB_PORT}")];
+    let mut v = vec![
+        format!("--listen=127.0.0.1:{LOCAL_LB_PORT}"),
+        format!("--ca-file={API_LB_CA}"),
+        "--health-interval=2s".to_string(),
+    ];
     v.extend(m.control_planes().map(|h| match h.internal_ip {
         std::net::IpAddr::V6(ip) => format!("--backend=[{ip}]:6443"),
         ip => format!("--backend={ip}:6443"),
@@ -704,6 +713,8 @@ mod tests {
             api_lb_args(&m),
             [
                 "--listen=127.0.0.1:7443",
+                "--ca-file=/etc/kubernetes/kube-api-lb/ca.crt",
+                "--health-interval=2s",
                 "--backend=10.0.0.1:6443",
                 "--backend=10.0.0.2:6443",
                 "--backend=10.0.0.3:6443"
