@@ -611,19 +611,7 @@ fn copy_dir_except(from: &Path, to: &Path, except: &[&str]) -> std::io::Result<(
 
 /// Copies a directory tree (files and directories; directories 0700).
 pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(to)?;
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700))?;
-    for e in std::fs::read_dir(from)? {
-        let e = e?;
-        let (src, dst) = (e.path(), to.join(e.file_name()));
-        if e.file_type()?.is_dir() {
-            copy_dir(&src, &dst)?;
-        } else if e.file_type()?.is_file() {
-            std::fs::copy(&src, &dst)?;
-        }
-    }
-    Ok(())
+    copy_dir_except(from, to, &[])
 }
 
 /// The `--plan FILE` check: the saved plan must equal the plan made now.

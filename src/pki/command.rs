@@ -400,14 +400,20 @@ pub fn run_bundle(a: UserArgs) -> Result<i32> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn certificates_near_expiry_are_listed_soonest_first() {
+    /// A store made for a one-node cluster `c1` in a temporary directory.
+    fn one_node_store() -> (tempfile::TempDir, ClusterModel, Store) {
         let dir = tempfile::tempdir().unwrap();
         let inv = "cluster: {name: c1, kubernetesVersion: v1.35.7}\nhosts:\n- {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd, worker]}\n";
         let model =
             ClusterModel::derive(&crate::inventory::parse(std::path::Path::new("i.yaml"), inv).unwrap());
         let store = Store::new(dir.path(), "c1");
         store.ensure(&model.pki_inputs(), crate::pki::store::NewKeys::Allowed).unwrap();
+        (dir, model, store)
+    }
+
+    #[test]
+    fn certificates_near_expiry_are_listed_soonest_first() {
+        let (dir, model, store) = one_node_store();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         assert!(expiring(&store, now).is_empty(), "a fresh PKI: nothing near expiry");
         // A year from now, every one-year leaf is within the window; the ten-year CAs are not.
@@ -461,13 +467,8 @@ mod tests {
 
     #[test]
     fn peoples_certificates_are_not_the_clusters_health_and_expired_ones_are_pruned() {
-        let dir = tempfile::tempdir().unwrap();
-        let inv = "cluster: {name: c1, kubernetesVersion: v1.35.7}\nhosts:\n- {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd, worker]}\n";
-        let model =
-            ClusterModel::derive(&crate::inventory::parse(std::path::Path::new("i.yaml"), inv).unwrap());
-        let store = Store::new(dir.path(), "c1");
+        let (_dir, model, store) = one_node_store();
         let inputs = model.pki_inputs();
-        store.ensure(&inputs, crate::pki::store::NewKeys::Allowed).unwrap();
         let day = std::time::Duration::from_secs(86_400);
         users::issue_user(&store, &inputs, "alice", &["dev".into()], day).unwrap();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
