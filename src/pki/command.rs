@@ -413,7 +413,7 @@ mod tests {
 
     #[test]
     fn certificates_near_expiry_are_listed_soonest_first() {
-        let (dir, model, store) = one_node_store();
+        let (dir, _model, store) = one_node_store();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         assert!(expiring(&store, now).is_empty(), "a fresh PKI: nothing near expiry");
         // A year from now, every one-year leaf is within the window; the ten-year CAs are not.
