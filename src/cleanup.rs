@@ -18,6 +18,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 static WRITING: AtomicBool = AtomicBool::new(false);
+static FORWARD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// From now on SIGINT and SIGTERM go to the process `pid` (a command this one only wraps, such as
+/// `lab exec`'s), which decides what to do; this process ends when it ends.
+pub fn forward_to(pid: u32) {
+    FORWARD.store(pid as i32, Ordering::SeqCst);
+}
 static STOPPED: AtomicBool = AtomicBool::new(false);
 static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
 
@@ -56,6 +63,11 @@ pub fn install() {
     }
     std::thread::spawn(move || loop {
         let Ok(sig) = set.wait() else { continue };
+        let child = FORWARD.load(Ordering::SeqCst);
+        if child > 0 {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), sig);
+            continue;
+        }
         match on_signal(sig == Signal::SIGTERM) {
             Some(code) => {
                 eprintln!(

@@ -747,6 +747,59 @@ fn upgrade_with_a_workload_and_a_failing_node(lab: &Lab, cluster: &str, inv: &Pa
     let skip = lab.exec(&[me, "upgrade", "plan", "-i", i, "--to", "v1.37.1"]);
     assert!(!skip.status.success() && text(&skip).contains("skips v1.36"), "{}", text(&skip));
 
+    // Ctrl-C while the first host is being drained: the step in progress finishes, the host is put back at
+    // the version it ran (its rollback is cleanup, which the interrupt does not stop) and uncordoned.
+    let t = Instant::now();
+    let (mut child, log) = spawn_kf(
+        lab,
+        &["upgrade", "apply", "-i", i, "--to", KUBE_VERSION, "--yes", "--ignore-preflight-errors=cpu,memory"],
+        "upgrade-interrupted.log",
+    );
+    loop {
+        let so_far = std::fs::read_to_string(&log).unwrap_or_default();
+        if so_far.contains("cordoned; draining") {
+            break;
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("the upgrade ended ({st}) before a host was drained:\n{so_far}");
+        }
+        assert!(t.elapsed() < Duration::from_secs(900), "no host was drained:\n{so_far}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // To `kubeforge lab exec`, which hands the signal to the upgrade it runs.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT)
+        .unwrap();
+    let status = child.wait().unwrap();
+    let out = std::fs::read_to_string(&log).unwrap();
+    eprintln!("[e2e] upgrade apply interrupted while draining ({:.0}s):\n{out}", t.elapsed().as_secs_f64());
+    assert!(!status.success(), "an interrupted upgrade does not report success");
+    assert!(out.contains("interrupt: finishing the steps in progress"), "{out}");
+    assert!(out.contains(&format!("failed and rolled back to {OLD_VERSION}")), "{out}");
+    let unschedulable = lab.kubectl(
+        cluster,
+        &[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={range .items[?(@.spec.unschedulable==true)]}{.metadata.name}{\"\\n\"}{end}",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&unschedulable.stdout).trim().is_empty(),
+        "no node left cordoned: {}",
+        text(&unschedulable)
+    );
+    check_nodes_at(
+        lab,
+        cluster,
+        OLD_VERSION,
+        &[("node1", true, true), ("node2", false, false), ("node3", false, false)],
+    );
+    // The interrupted run's etcd snapshot: the checks below count the next run's.
+    for b in std::fs::read_dir(lab.pki(cluster).join("backups")).unwrap() {
+        std::fs::remove_file(b.unwrap().path()).unwrap();
+    }
+
     // node3's host refuses to start a v1.35 kubelet (a systemd drop-in checks the binary's version).
     must(
         lab.ssh(

@@ -1004,12 +1004,16 @@ pub fn run_command(cmd: LabCommand) -> Result<i32> {
         }
         LabCommand::Exec { name, command } => {
             let st = load_state(&name)?;
-            let status = Command::new("ip")
+            let mut child = Command::new("ip")
                 .args(["netns", "exec", &st.netns])
                 .args(&command)
-                .status()
+                .spawn()
                 .map_err(|e| Error::io("running the command", e))?;
-            Ok(status.code().unwrap_or(1))
+            // Ctrl-C and SIGTERM are the command's to handle (a command that writes finishes its step).
+            crate::cleanup::forward_to(child.id());
+            let status = child.wait().map_err(|e| Error::io("running the command", e))?;
+            use std::os::unix::process::ExitStatusExt;
+            Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(1)))
         }
     }
 }
