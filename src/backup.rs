@@ -415,7 +415,8 @@ fn file_digest(path: &Path) -> Result<(String, u64)> {
     Ok((hex::encode(sha2::Digest::finalize(h)), n))
 }
 
-/// A backup archive unpacked into a private temporary directory and checked against its manifest.
+/// A backup archive unpacked into a private directory (inside the PKI directory: it holds every key) and
+/// checked against its manifest. The directory goes when this is dropped, and however the process ends.
 pub struct Opened {
     /// The manifest.
     pub manifest: Manifest,
@@ -423,6 +424,12 @@ pub struct Opened {
     pub dir: tempfile::TempDir,
     /// Whether the archive was encrypted.
     pub encrypted: bool,
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        crate::cleanup::unregister(self.dir.path());
+    }
 }
 
 impl Opened {
@@ -436,7 +443,7 @@ impl Opened {
 /// every member into a private temporary directory and refuses the archive when a member is missing,
 /// differs from its sha256 in the manifest, is not in the manifest, or is not a plain relative file,
 /// naming the member.
-pub fn open_archive(path: &Path, passphrase: Option<&str>) -> Result<Opened> {
+pub fn open_archive(path: &Path, passphrase: Option<&str>, within: &Path) -> Result<Opened> {
     let io = |e: std::io::Error| Error::io(format!("reading {}", path.display()), e);
     let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
     let head = std::io::BufRead::fill_buf(&mut file).map_err(io)?.to_vec();
@@ -461,11 +468,15 @@ pub fn open_archive(path: &Path, passphrase: Option<&str>) -> Result<Opened> {
     } else {
         Box::new(file)
     };
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(within)
+        .map_err(|e| Error::io(format!("creating {}", within.display()), e))?;
     let dir = tempfile::Builder::new()
-        .prefix("kubeforge-restore-")
+        .prefix(".restore-")
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .tempdir()
-        .map_err(|e| Error::io("creating a temporary directory", e))?;
+        .tempdir_in(within)
+        .map_err(|e| Error::io(format!("creating a private directory in {}", within.display()), e))?;
+    crate::cleanup::register(dir.path());
     let mut seen: std::collections::BTreeMap<String, (String, u64)> = Default::default();
     let bad = |what: String| {
         Error::msg(
@@ -743,7 +754,7 @@ mod tests {
         let out = write(dir.path(), &s, &store, None);
         assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
         assert!(!out.with_file_name("c1.backup.tar.gz.part").exists());
-        let o = open_archive(&out, None).unwrap();
+        let o = open_archive(&out, None, &std::env::temp_dir()).unwrap();
         assert!(!o.encrypted);
         let m = &o.manifest;
         assert_eq!(
@@ -826,19 +837,19 @@ mod tests {
         ];
         for (what, edit, want) in cases {
             tamper(&out, &bad, edit);
-            let e = open_archive(&bad, None).err().unwrap().to_string();
+            let e = open_archive(&bad, None, &std::env::temp_dir()).err().unwrap().to_string();
             assert!(e.contains(want), "{what}: {e}");
         }
         // A member that would land outside the directory is refused before anything is written.
         tamper(&out, &bad, |n, d| {
             Some((if n == "inventory.yaml" { "../../escape".into() } else { n.into() }, d))
         });
-        let e = open_archive(&bad, None).err().unwrap().to_string();
+        let e = open_archive(&bad, None, &std::env::temp_dir()).err().unwrap().to_string();
         assert!(e.contains("not a plain relative file") || e.contains("unreadable"), "{e}");
         assert!(!dir.path().join("escape").exists());
         // Not an archive at all.
         std::fs::write(&bad, b"hello").unwrap();
-        let e = open_archive(&bad, None).err().unwrap().to_string();
+        let e = open_archive(&bad, None, &std::env::temp_dir()).err().unwrap().to_string();
         assert!(e.contains("unreadable archive") || e.contains("not a kubeforge backup"), "{e}");
     }
 
@@ -849,11 +860,11 @@ mod tests {
         let head = std::fs::read(&out).unwrap();
         assert!(head.starts_with(b"age-encryption.org/v1"), "an age file");
         assert!(!head.windows(b"content of ca.key".len()).any(|w| w == b"content of ca.key"));
-        let e = open_archive(&out, None).err().unwrap().to_string();
+        let e = open_archive(&out, None, &std::env::temp_dir()).err().unwrap().to_string();
         assert!(e.contains("is encrypted"), "{e}");
-        let e = open_archive(&out, Some("wrong")).err().unwrap().to_string();
+        let e = open_archive(&out, Some("wrong"), &std::env::temp_dir()).err().unwrap().to_string();
         assert!(e.contains("cannot decrypt"), "{e}");
-        let o = open_archive(&out, Some("correct horse")).unwrap();
+        let o = open_archive(&out, Some("correct horse"), &std::env::temp_dir()).unwrap();
         assert!(o.encrypted);
         assert_eq!(std::fs::read(o.path("pki/ca.key")).unwrap(), b"content of ca.key");
     }

@@ -353,7 +353,7 @@ pub fn run_restore(inventory: &Path, o: RestoreOptions) -> Result<i32> {
     let loaded = crate::inventory::load(inventory)?;
     let model = ClusterModel::derive(&loaded);
     let passphrase = passphrase(o.passphrase_env.as_deref())?;
-    let opened = backup::open_archive(&o.from, passphrase.as_deref())?;
+    let opened = backup::open_archive(&o.from, passphrase.as_deref(), &o.apply.pki_root)?;
     let m = &opened.manifest;
     if m.cluster != model.name {
         return Err(Error::msg(
@@ -688,7 +688,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let o = backup::open_archive(&out, None).unwrap();
+        let o = backup::open_archive(&out, None, dir.path()).unwrap();
         (dir, o)
     }
 
