@@ -1,7 +1,6 @@
 //! The process's one interrupt policy, and the paths to remove whatever ends the process.
 //!
-//! [`install`] (called first in `main`) takes SIGINT and SIGTERM away from every thread and handles them in
-//! one thread of its own:
+//! [`install`] (called first in `main`) handles SIGINT and SIGTERM in one thread of its own:
 //! - SIGINT while the command only reads (a dry run, `status`, `check`, a plan, a prompt): stop at once,
 //!   exit 130;
 //! - SIGINT once a command writes ([`writing`]): the [`stopped`] flag is raised, every executor stops each
@@ -11,7 +10,8 @@
 //!
 //! Every exit through the policy first removes the [`register`]ed paths: scratch copies of the PKI store
 //! hold CA and service-account keys and must not outlive the run that made them (`std::process::exit` runs
-//! no destructor). Child processes start with the default signal mask (the standard library resets it).
+//! no destructor). The programs kubeforge starts keep the default signal handling (a handler is not
+//! inherited across exec; a blocked mask would be, and left QEMU deaf to SIGTERM).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -51,39 +51,70 @@ pub fn on_signal(sigterm: bool) -> Option<i32> {
     None
 }
 
-/// Blocks SIGINT and SIGTERM in this thread (and so in every thread started after it) and handles them in a
-/// thread of its own. Call it first in `main`, before any other thread exists.
-pub fn install() {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGTERM);
-    if set.thread_block().is_err() {
-        return;
-    }
-    std::thread::spawn(move || loop {
-        let Ok(sig) = set.wait() else { continue };
-        let child = FORWARD.load(Ordering::SeqCst);
-        if child > 0 {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), sig);
-            continue;
+/// The write end of the pipe the signal handler writes each signal's number to (-1: not installed).
+static PIPE_W: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+#[allow(unsafe_code)]
+extern "C" fn on_signal_handler(sig: nix::libc::c_int) {
+    let fd = PIPE_W.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let b = sig as u8;
+        // SAFETY: write(2) is async-signal-safe; the pipe stays open for the life of the process.
+        unsafe {
+            nix::libc::write(fd, (&b as *const u8).cast(), 1);
         }
-        match on_signal(sig == Signal::SIGTERM) {
-            Some(code) => {
-                eprintln!(
-                    "{}: stopping now{}",
-                    if code == 143 { "terminated" } else { "interrupted" },
-                    if WRITING.load(Ordering::SeqCst) {
-                        "; a re-run continues from where each host stands"
-                    } else {
-                        ""
-                    }
-                );
-                exit(code)
+    }
+}
+
+/// Handles SIGINT and SIGTERM in a thread of its own: a handler writes each signal to a pipe (the only thing
+/// it does), the thread applies the policy. Handlers, unlike a signal mask, are not inherited by the
+/// programs kubeforge starts (QEMU, ssh, ip): they keep the default signal handling. Call it first in
+/// `main`.
+#[allow(unsafe_code)]
+pub fn install() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    use std::io::Read;
+    use std::os::fd::IntoRawFd;
+    let Ok((r, w)) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) else { return };
+    PIPE_W.store(w.into_raw_fd(), Ordering::SeqCst);
+    let action = SigAction::new(SigHandler::Handler(on_signal_handler), SaFlags::SA_RESTART, SigSet::empty());
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only calls write(2), which is async-signal-safe.
+        let _ = unsafe { sigaction(sig, &action) };
+    }
+    std::thread::spawn(move || {
+        let mut pipe = std::fs::File::from(r);
+        let mut b = [0u8; 1];
+        loop {
+            match pipe.read(&mut b) {
+                Ok(1) => {}
+                Ok(_) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
             }
-            None => eprintln!(
-                "interrupt: finishing the steps in progress and their cleanup, then stopping (Ctrl-C again to abort)"
-            ),
+            let sig = if i32::from(b[0]) == Signal::SIGTERM as i32 { Signal::SIGTERM } else { Signal::SIGINT };
+            let child = FORWARD.load(Ordering::SeqCst);
+            if child > 0 {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), sig);
+                continue;
+            }
+            match on_signal(sig == Signal::SIGTERM) {
+                Some(code) => {
+                    eprintln!(
+                        "{}: stopping now{}",
+                        if code == 143 { "terminated" } else { "interrupted" },
+                        if WRITING.load(Ordering::SeqCst) {
+                            "; a re-run continues from where each host stands"
+                        } else {
+                            ""
+                        }
+                    );
+                    exit(code)
+                }
+                None => eprintln!(
+                    "interrupt: finishing the steps in progress and their cleanup, then stopping (Ctrl-C again to abort)"
+                ),
+            }
         }
     });
 }
