@@ -92,7 +92,8 @@ pub fn install() {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => return,
             }
-            let sig = if i32::from(b[0]) == Signal::SIGTERM as i32 { Signal::SIGTERM } else { Signal::SIGINT };
+            let sig =
+                if i32::from(b[0]) == Signal::SIGTERM as i32 { Signal::SIGTERM } else { Signal::SIGINT };
             let child = FORWARD.load(Ordering::SeqCst);
             if child > 0 {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), sig);

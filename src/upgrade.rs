@@ -1431,7 +1431,11 @@ pub fn apply(inventory: &Path, options: UpgradeOptions) -> Result<i32> {
                     let now = read_facts(&c.model, &c.transports).await;
                     return Err(Error::msg(
                         format!("the upgrade stopped: {}\n{}", failures.join("\n"), versions_now(&c.model, &now)),
-                        Some("fix the cause on that host, then run `kubeforge upgrade apply` again: the hosts already upgraded are skipped"),
+                        Some(if crate::cleanup::stopped() {
+                            "the run was interrupted: the host in progress was put back; run `kubeforge upgrade apply` again to go on (the hosts already upgraded are skipped)"
+                        } else {
+                            "fix the cause on that host, then run `kubeforge upgrade apply` again: the hosts already upgraded are skipped"
+                        }),
                     ));
                 }
             }
