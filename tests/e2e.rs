@@ -511,29 +511,7 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
         ),
         "rules beside kube-proxy's",
     );
-    // A container of someone else's on the distribution's containerd (its own namespace, a rootfs of its
-    // own: no image needed): the reset leaves it running.
-    must(
-        lab.ssh(
-            "node2",
-            "r=/var/tmp/kf-foreign-rootfs; mkdir -p $r/bin && cp /bin/sleep $r/bin/ && \
-             for l in $(ldd /bin/sleep | grep -o '/[^ ]*'); do mkdir -p $r$(dirname $l) && cp $l $r$l; done && \
-             ctr -n kf-foreign run -d --rootfs $r kf-foreign /bin/sleep 100000 >/dev/null && \
-             ctr -n kf-foreign task ls",
-        ),
-        "a foreign container",
-    );
     lab.product_reset(&cluster, &inv2, &["node1", "node2"]);
-    let foreign = must(lab.ssh("node2", "ctr -n kf-foreign task ls"), "the foreign container after reset");
-    assert!(foreign.lines().any(|l| l.starts_with("kf-foreign") && l.contains("RUNNING")), "{foreign}");
-    must(
-        lab.ssh(
-            "node2",
-            "ctr -n kf-foreign task kill -s KILL kf-foreign; sleep 1; ctr -n kf-foreign task rm kf-foreign; \
-             ctr -n kf-foreign container rm kf-foreign; rm -rf /var/tmp/kf-foreign-rootfs; true",
-        ),
-        "remove the foreign container",
-    );
     let rules = must(lab.ssh("node2", "iptables-save -t filter"), "iptables after reset");
     assert!(rules.contains("kf-e2e foreign") && !rules.contains("KUBE-"), "{rules}");
     for n in ["node1", "node2"] {
