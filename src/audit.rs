@@ -404,7 +404,11 @@ fn facts_command(checks: &[&Check]) -> (Command, Vec<&'static str>) {
 }
 
 /// `kubeforge audit`.
-pub fn run(inventory: &Path, connect: &crate::transport::ssh::ConnectOptions, json: bool) -> Result<i32> {
+pub fn run(
+    inventory: &Path,
+    connect: &crate::transport::ssh::ConnectOptions,
+    format: crate::output::Format,
+) -> Result<i32> {
     let loaded = crate::inventory::load(inventory)?;
     let model = ClusterModel::derive(&loaded);
     let transports = crate::apply::transports(&loaded, connect)?;
@@ -413,9 +417,15 @@ pub fn run(inventory: &Path, connect: &crate::transport::ssh::ConnectOptions, js
     eprint!("{}", crate::apply::host_stats(&transports));
     let count = |r: &str| all.iter().filter(|f| f.result == r).count();
     let (fail, dev, warn, pass) = (count("FAIL"), count("DEVIATION"), count("WARN"), count("PASS"));
-    if json {
-        let v = serde_json::json!({"findings": all, "unreachable": unreachable});
-        println!("{}", serde_json::to_string_pretty(&v).expect("findings serialize"));
+    if format.is_document() {
+        let v = serde_json::json!({
+            "cluster": model.name,
+            "passed": fail == 0 && unreachable.is_empty(),
+            "counts": {"pass": pass, "fail": fail, "warn": warn, "deviation": dev},
+            "findings": all,
+            "unreachable": unreachable,
+        });
+        crate::output::print(format, "Audit", &v)?;
     } else {
         print!("{}", table(&all));
         for (h, e) in &unreachable {

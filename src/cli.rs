@@ -1,6 +1,7 @@
 //! Command-line definitions (clap) and dispatch. Only argument shapes live here; each command's work is in
 //! its own module.
 
+use crate::prompt::Consent;
 use crate::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -66,6 +67,24 @@ pub enum Command {
     /// Local VMs to try kubeforge and to test it end to end.
     #[command(subcommand)]
     Lab(crate::lab::LabCommand),
+    /// Print kubeforge's version, the commit it was built from and the Kubernetes versions it installs.
+    Version {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: crate::output::Format,
+    },
+    /// Print a shell completion script (`kubeforge completion bash > /etc/bash_completion.d/kubeforge`).
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for kubeforge and every command into a directory (`man -l DIR/kubeforge.1`).
+    Man {
+        /// The directory to write `kubeforge.1`, `kubeforge-apply.1`, ... into (made when missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// List the phases of a workflow, in order.
     Phases {
         /// The workflow (`apply`).
@@ -98,6 +117,9 @@ pub enum Command {
         /// The inventory file.
         #[arg(short, long)]
         inventory: PathBuf,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: crate::output::Format,
     },
     /// Inventories: write one from an OpenSSH client config (`inventory init --from-ssh-config`).
     #[command(subcommand)]
@@ -120,24 +142,25 @@ pub struct ApplyArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Hosts worked on at once.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
     pub concurrency: usize,
     /// Record host keys that are not yet in known_hosts (changed keys are always refused).
     #[arg(long)]
     pub accept_new_host_keys: bool,
     /// Preflight checks to report as warnings instead of errors (`cpu,memory`, or `all`).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = preflight_check)]
     pub ignore_preflight_errors: Vec<String>,
     /// Run only these phases (see `kubeforge phases apply`).
     #[arg(long, value_delimiter = ',')]
     pub phases: Option<Vec<String>>,
-    /// Work on these hosts only (comma-separated names); cluster-wide phases (addons, the all-nodes check,
-    /// the state copy) still run on the first control plane.
+    /// Work on these hosts only: host names, roles (`@worker` or `role=worker`) or `all`, comma-separated;
+    /// cluster-wide phases (addons, the all-nodes check, the state copy) still run on the first control
+    /// plane.
     #[arg(long, value_delimiter = ',')]
     pub hosts: Option<Vec<String>>,
     /// Running etcd members and control planes whose services restart go this many at a time, each batch
     /// gated on its health checks.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub batch: usize,
     /// With --dry-run: save the plan to this file, to apply it later exactly as reviewed (`--plan`).
     #[arg(long, requires = "dry_run")]
@@ -170,6 +193,9 @@ pub struct RemoveNodeArgs {
     /// Print what would be done; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Do not ask (without it, the steps are shown and a terminal is asked; without a terminal it refuses).
+    #[arg(short, long)]
+    pub yes: bool,
     /// Connection, PKI and cache settings.
     #[command(flatten)]
     pub common: ClusterArgs,
@@ -179,7 +205,7 @@ pub struct RemoveNodeArgs {
 #[derive(Debug, clap::Args)]
 pub struct ClusterArgs {
     /// Hosts worked on at once.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
     pub concurrency: usize,
     /// Record host keys that are not yet in known_hosts (changed keys are always refused).
     #[arg(long)]
@@ -199,7 +225,7 @@ impl ClusterArgs {
             crate::pki::resolve_root(inventory, self.pki_dir.as_deref())?,
             self.cache_dir.unwrap_or_else(crate::artifacts::default_cache_dir),
         );
-        o.concurrency = self.concurrency.max(1);
+        o.concurrency = self.concurrency;
         o.connect = connect_options(self.accept_new_host_keys);
         Ok(o)
     }
@@ -212,8 +238,8 @@ pub struct StatusArgs {
     #[arg(short, long)]
     pub inventory: PathBuf,
     /// Output format.
-    #[arg(long, value_enum, default_value = "table")]
-    pub output: crate::adhoc::check::OutputFormat,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    pub output: crate::output::Format,
     /// Connection, PKI and cache settings.
     #[command(flatten)]
     pub common: ClusterArgs,
@@ -227,8 +253,8 @@ pub struct BackupArgs {
     pub inventory: PathBuf,
     /// The archive to write (default `pki/<cluster>/backups/<cluster>-<UTC time>.backup.tar.gz`, `.age` when
     /// encrypted).
-    #[arg(short, long)]
-    pub output: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
     /// Encrypt the archive (age, scrypt) with the passphrase in this environment variable (required unless
     /// --unencrypted: the archive holds every CA key).
     #[arg(long, value_name = "VAR")]
@@ -254,14 +280,17 @@ pub struct RestoreArgs {
     /// The environment variable holding the archive's passphrase (when it is encrypted).
     #[arg(long, value_name = "VAR")]
     pub passphrase_env: Option<String>,
-    /// Really restore (without it, the archive is checked and the steps shown; nothing changes).
+    /// Check the archive and show the steps; change nothing.
     #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask (without it, the steps are shown and a terminal is asked; without a terminal it refuses).
+    #[arg(short, long)]
     pub yes: bool,
     /// When `pki/<cluster>/` holds other CAs than the backup: move it aside and use the backup's.
     #[arg(long)]
     pub replace_pki: bool,
     /// Preflight checks to report as warnings instead of errors (`cpu,memory`, or `all`).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = preflight_check)]
     pub ignore_preflight_errors: Vec<String>,
     /// Connection, PKI and cache settings.
     #[command(flatten)]
@@ -289,11 +318,15 @@ pub struct ResetArgs {
     /// The inventory file.
     #[arg(short, long)]
     pub inventory: PathBuf,
-    /// Only these hosts (comma-separated names).
+    /// Only these hosts: host names, roles (`@worker` or `role=worker`) or `all`, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub hosts: Option<Vec<String>>,
-    /// Really remove (without it, the command shows what it would remove and changes nothing).
+    /// Show what would be removed, per host; change nothing.
     #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask (without it, what would go is shown and a terminal is asked; without a terminal it
+    /// refuses).
+    #[arg(short, long)]
     pub yes: bool,
     /// Also reset hosts that carry no marker of this cluster (or another cluster's), and etcd members whose
     /// cluster stays (their data goes without `member remove`).
@@ -314,7 +347,7 @@ pub struct ExecArgs {
     #[arg(long, default_value = "all")]
     pub hosts: String,
     /// Hosts worked on at once.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
     pub concurrency: usize,
     /// Record host keys that are not yet in known_hosts (changed keys are always refused).
     #[arg(long)]
@@ -341,10 +374,10 @@ pub struct CheckArgs {
     #[arg(long, default_value = "all")]
     pub hosts: String,
     /// Output format.
-    #[arg(long, value_enum, default_value = "table")]
-    pub output: crate::adhoc::check::OutputFormat,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    pub output: crate::output::Format,
     /// Hosts worked on at once.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
     pub concurrency: usize,
     /// Record host keys that are not yet in known_hosts (changed keys are always refused).
     #[arg(long)]
@@ -358,6 +391,34 @@ pub struct CheckArgs {
     pub show_ssh: bool,
 }
 
+/// `--concurrency`, `--batch`: a count of at least 1 (0 would do nothing, forever).
+pub fn at_least_one(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a count")),
+    }
+}
+
+/// `--ignore-preflight-errors`: the name of a preflight check, or `all`.
+pub fn preflight_check(s: &str) -> std::result::Result<String, String> {
+    let known = crate::phase::preflight::CHECKS;
+    if s == "all" || known.contains(&s) {
+        return Ok(s.to_string());
+    }
+    let near = known
+        .iter()
+        .copied()
+        .max_by(|a, b| strsim::jaro_winkler(a, s).total_cmp(&strsim::jaro_winkler(b, s)));
+    Err(format!(
+        "no preflight check is named `{s}`{}; the checks are {}, or `all`",
+        near.filter(|n| strsim::jaro_winkler(n, s) > 0.8)
+            .map(|n| format!(" (did you mean `{n}`?)"))
+            .unwrap_or_default(),
+        known.join(", ")
+    ))
+}
+
 pub(crate) fn connect_options(accept_new_host_keys: bool) -> crate::transport::ssh::ConnectOptions {
     crate::transport::ssh::ConnectOptions { accept_new_host_keys, ..Default::default() }
 }
@@ -367,12 +428,12 @@ fn apply_options(a: ApplyArgs) -> Result<crate::apply::ApplyOptions> {
     let pki_root = crate::pki::resolve_root(&a.inventory, a.pki_dir.as_deref())?;
     Ok(crate::apply::ApplyOptions {
         dry_run: a.dry_run,
-        concurrency: a.concurrency.max(1),
+        concurrency: a.concurrency,
         connect: connect_options(a.accept_new_host_keys),
         only: a.phases,
         ignore_preflight: a.ignore_preflight_errors,
         hosts: a.hosts,
-        batch: a.batch.max(1),
+        batch: a.batch,
         plan_out: a.out,
         plan_in: a.plan,
         ..crate::apply::ApplyOptions::new(pki_root, cache_dir)
@@ -409,60 +470,78 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Apply(a) => crate::apply::run(&a.inventory.clone(), apply_options(a)?),
         Command::Join(a) => crate::lifecycle::join(&a.inventory.clone(), apply_options(a)?),
-        Command::Status(a) => crate::status::run(
-            &a.inventory,
-            a.common.options(&a.inventory)?,
-            matches!(a.output, crate::adhoc::check::OutputFormat::Json),
-        ),
-        Command::Audit(a) => crate::audit::run(
-            &a.inventory,
-            &connect_options(a.common.accept_new_host_keys),
-            matches!(a.output, crate::adhoc::check::OutputFormat::Json),
-        ),
+        Command::Status(a) => crate::status::run(&a.inventory, a.common.options(&a.inventory)?, a.output),
+        Command::Audit(a) => {
+            crate::audit::run(&a.inventory, &connect_options(a.common.accept_new_host_keys), a.output)
+        }
         Command::Reset(a) => {
+            let consent = Consent::from_flags("reset", a.dry_run, a.yes)?;
             let mut apply = a.common.options(&a.inventory)?;
             apply.hosts = a.hosts;
             crate::lifecycle::reset(
                 &a.inventory,
-                crate::lifecycle::ResetOptions { yes: a.yes, force: a.force, apply },
+                crate::lifecycle::ResetOptions { consent, force: a.force, apply },
             )
         }
         Command::RemoveNode(a) => {
+            let consent = Consent::from_flags("remove-node", a.dry_run, a.yes)?;
             let mut apply = a.common.options(&a.inventory)?;
-            apply.dry_run = a.dry_run;
             apply.ignore_preflight = vec!["all".into()];
-            crate::lifecycle::remove_node(
-                &a.inventory,
-                crate::lifecycle::RemoveOptions {
-                    node: a.node,
-                    force: a.force,
-                    drain_timeout: a.drain_timeout,
-                    apply,
-                },
-            )
+            let mut options = crate::lifecycle::RemoveOptions {
+                node: a.node,
+                force: a.force,
+                drain_timeout: a.drain_timeout,
+                apply,
+            };
+            options.apply.dry_run = consent != Consent::Given;
+            let shown = crate::lifecycle::remove_node(&a.inventory, options.clone())?;
+            match consent {
+                Consent::Preview => Ok(shown),
+                Consent::Ask
+                    if !crate::prompt::ask(&format!("Remove {} from the cluster?", options.node))? =>
+                {
+                    println!("remove-node: nothing was changed");
+                    Ok(0)
+                }
+                Consent::Ask => {
+                    options.apply.dry_run = false;
+                    crate::lifecycle::remove_node(&a.inventory, options)
+                }
+                Consent::Given => Ok(shown),
+            }
         }
         Command::Backup(a) => crate::restore::run_backup(
             &a.inventory,
             crate::restore::BackupOptions {
-                output: a.output,
+                output: a.out,
                 passphrase_env: a.passphrase_env,
                 unencrypted: a.unencrypted,
                 apply: a.common.options(&a.inventory)?,
             },
         ),
         Command::Restore(a) => {
+            let consent = Consent::from_flags("restore", a.dry_run, a.yes)?;
             let mut apply = a.common.options(&a.inventory)?;
             apply.ignore_preflight = a.ignore_preflight_errors;
-            crate::restore::run_restore(
-                &a.inventory,
-                crate::restore::RestoreOptions {
-                    from: a.from,
-                    passphrase_env: a.passphrase_env,
-                    yes: a.yes,
-                    replace_pki: a.replace_pki,
-                    apply,
-                },
-            )
+            let mut options = crate::restore::RestoreOptions {
+                from: a.from,
+                passphrase_env: a.passphrase_env,
+                yes: consent == Consent::Given,
+                replace_pki: a.replace_pki,
+                apply,
+            };
+            let shown = crate::restore::run_restore(&a.inventory, options.clone())?;
+            match consent {
+                Consent::Ask if crate::prompt::ask("Restore the cluster from this backup?")? => {
+                    options.yes = true;
+                    crate::restore::run_restore(&a.inventory, options)
+                }
+                Consent::Ask => {
+                    println!("restore: nothing was changed");
+                    Ok(0)
+                }
+                Consent::Preview | Consent::Given => Ok(shown),
+            }
         }
         Command::State(StateCommand::Pull { inventory, common }) => {
             crate::lifecycle::state_pull(&inventory, &common.options(&inventory)?)
@@ -489,10 +568,21 @@ pub fn run(cli: Cli) -> Result<i32> {
                 .map(|()| 0)
                 .map_err(|e| crate::Error::msg(e, None))
         }
-        Command::Validate { inventory } => {
+        Command::Version { output } => print_version(output),
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "kubeforge", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man { out } => write_man_pages(&out),
+        Command::Validate { inventory, output } => {
             let model = crate::model::ClusterModel::load(&inventory)?;
+            if output.is_document() {
+                crate::output::print(output, "Validation", &ValidationDocument::of(&inventory, &model))?;
+                return Ok(0);
+            }
             println!(
-                "{}: valid — cluster `{}`, Kubernetes {}, {} control plane(s), {} etcd member(s), {} node(s), endpoint {} ({:?})",
+                "{}: valid — cluster `{}`, Kubernetes {}, {} control plane(s), {} etcd member(s), {} node(s), endpoint {} ({})",
                 inventory.display(),
                 model.name,
                 model.versions.kubernetes,
@@ -525,4 +615,89 @@ pub fn run(cli: Cli) -> Result<i32> {
             show_ssh: a.show_ssh,
         }),
     }
+}
+
+/// The `Validation` document of `validate -o json|yaml` (errors go to standard error and exit 2, as in
+/// the table form).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ValidationDocument {
+    inventory: String,
+    valid: bool,
+    cluster: String,
+    kubernetes_version: String,
+    control_planes: Vec<String>,
+    etcd_members: Vec<String>,
+    nodes: Vec<String>,
+    endpoint: String,
+    endpoint_mode: String,
+}
+
+impl ValidationDocument {
+    fn of(inventory: &std::path::Path, m: &crate::model::ClusterModel) -> Self {
+        let names =
+            |it: &mut dyn Iterator<Item = &crate::model::HostModel>| it.map(|h| h.name.clone()).collect();
+        ValidationDocument {
+            inventory: inventory.display().to_string(),
+            valid: true,
+            cluster: m.name.clone(),
+            kubernetes_version: m.versions.kubernetes.to_string(),
+            control_planes: names(&mut m.control_planes()),
+            etcd_members: names(&mut m.etcd_members()),
+            nodes: names(&mut m.nodes()),
+            endpoint: m.endpoint.external_url(),
+            endpoint_mode: m.endpoint.mode.to_string(),
+        }
+    }
+}
+
+/// The `Version` document.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct VersionDocument {
+    version: &'static str,
+    commit: &'static str,
+    /// The Kubernetes minors kubeforge installs, oldest first (`v1.35`).
+    kubernetes_minors: Vec<String>,
+}
+
+fn print_version(format: crate::output::Format) -> Result<i32> {
+    let doc = VersionDocument {
+        version: env!("CARGO_PKG_VERSION"),
+        commit: env!("KUBEFORGE_COMMIT"),
+        kubernetes_minors: crate::inventory::validate::SUPPORTED_MINORS.map(|m| format!("v1.{m}")).collect(),
+    };
+    if format.is_document() {
+        crate::output::print(format, "Version", &doc)?;
+    } else {
+        println!("kubeforge {} (commit {})", doc.version, doc.commit);
+        println!("installs Kubernetes {}", doc.kubernetes_minors.join(", "));
+    }
+    Ok(0)
+}
+
+/// `kubeforge man --out DIR`: one page for the program and one per command (`kubeforge-upgrade-apply.1`).
+fn write_man_pages(dir: &std::path::Path) -> Result<i32> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(format!("creating {}", dir.display()), e))?;
+    fn write(cmd: clap::Command, name: String, dir: &std::path::Path, n: &mut usize) -> Result<()> {
+        let cmd = cmd.name(name.clone()).bin_name(name.replace('-', " "));
+        let path = dir.join(format!("{name}.1"));
+        let mut file = std::fs::File::create(&path)
+            .map_err(|e| crate::Error::io(format!("writing {}", path.display()), e))?;
+        clap_mangen::Man::new(cmd.clone())
+            .render(&mut file)
+            .map_err(|e| crate::Error::io(format!("writing {}", path.display()), e))?;
+        *n += 1;
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            write(sub.clone(), format!("{name}-{}", sub.get_name()), dir, n)?;
+        }
+        Ok(())
+    }
+    let mut n = 0;
+    let mut root = Cli::command();
+    root.build();
+    write(root, "kubeforge".into(), dir, &mut n)?;
+    println!("man: {n} page(s) written to {}", dir.display());
+    Ok(0)
 }

@@ -33,6 +33,7 @@ use crate::plan::HostDesired;
 use crate::state::ClusterState;
 use crate::transport::{Command, Transport};
 use crate::{Error, Result};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -65,7 +66,8 @@ pub fn join(inventory: &Path, mut options: ApplyOptions) -> Result<i32> {
     let loaded = crate::inventory::load(inventory)?;
     let model = ClusterModel::derive(&loaded);
     let state = ClusterState::load(&options.pki_root, &model.name)?;
-    let new = hosts_to_join(&model, &state, options.hosts.as_deref())?;
+    let selected = crate::selector::names(&loaded.inventory.hosts, options.hosts.as_deref())?;
+    let new = hosts_to_join(&model, &state, selected.as_deref())?;
     if new.is_empty() {
         println!("join: nothing to join: every host of the inventory is part of cluster `{}`", model.name);
         return Ok(0);
@@ -567,59 +569,32 @@ pub fn reset_refusals(
 /// Options of `kubeforge reset`.
 #[derive(Debug, Clone)]
 pub struct ResetOptions {
-    /// Really remove; without it, print what would be removed.
-    pub yes: bool,
+    /// Preview (`--dry-run`), go ahead (`--yes`), or preview then ask.
+    pub consent: crate::prompt::Consent,
     /// Reset hosts that do not carry this cluster's marker, and etcd members whose cluster stays.
     pub force: bool,
     /// Everything else (hosts, PKI root, cache, SSH options).
     pub apply: ApplyOptions,
 }
 
-/// `kubeforge reset`.
-pub fn reset(inventory: &Path, options: ResetOptions) -> Result<i32> {
-    let loaded = crate::inventory::load(inventory)?;
-    let mut model = ClusterModel::derive(&loaded);
-    let targets: Vec<String> = match &options.apply.hosts {
-        Some(h) => {
-            apply::Targets::new(&model, Some(h))?;
-            h.clone()
-        }
-        None => model.hosts.iter().map(|h| h.name.clone()).collect(),
-    };
-    let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
-    let transports = apply::transports(&loaded, &options.apply.connect)?;
-    let executor = Executor::new(options.apply.concurrency, crate::report::auto(false));
-    // Which cluster each host carries, before anything is decided: a reset touches only this cluster's.
-    let local = crate::identity::Local::read(&options.apply.pki_root, &model.name)?;
-    let found = rt.block_on(crate::identity::read_hosts(&targets, &transports, &executor))?;
-    let refused = reset_refusals(&model, &local, &found, &targets);
-    if !refused.is_empty() && !options.force {
-        return Err(Error::msg(
-            format!("refusing to reset:\n  {}", refused.join("\n  ")),
-            Some("check the inventory's addresses; `--force` resets these hosts anyway (it removes what kubeforge would install there)"),
-        ));
-    }
-    for r in &refused {
-        eprintln!("[reset] warning (--force): {r}");
-    }
-    let verified = crate::identity::Verified {
-        uid: local.uid.clone().unwrap_or_else(|| "unrecorded".into()),
-        fresh: true,
-        adopted: Vec::new(),
-    };
-    // The owned list needs the material the phases read; it is made in a scratch copy of the store (new
-    // keys there are thrown away), so a reset never creates a CA for a cluster that has none.
-    let scratch = apply::Scratch::new(&options.apply.pki_root, &model.name)?;
-    let (material, _) =
-        rt.block_on(apply::prepare(&loaded, &mut model, &options.apply, Some(scratch.path()), &verified))?;
-    let ctx = Context { model: &model, material: &material };
-    let pod_cidr = model.pod_cidr.to_string();
+/// One reset pass over `targets`: with `remove` false it only reads and reports what would go; the
+/// per-host text is returned sorted by host.
+#[allow(clippy::too_many_arguments)]
+fn reset_pass(
+    rt: &tokio::runtime::Runtime,
+    ctx: &Context<'_>,
+    targets: &[String],
+    transports: &BTreeMap<String, Arc<dyn Transport>>,
+    executor: &Executor,
+    remove: bool,
+) -> Result<(crate::exec::PhaseReport, Vec<(String, String)>)> {
+    let pod_cidr = ctx.model.pod_cidr.to_string();
     let mut plans = Vec::new();
     let reports: Arc<std::sync::Mutex<Vec<(String, String)>>> = Default::default();
-    for name in &targets {
-        let host = model.host(name).expect("checked").clone();
-        let owned = owned(&ctx, &host)?;
-        let (yes, cidr, out) = (options.yes, pod_cidr.clone(), reports.clone());
+    for name in targets {
+        let host = ctx.model.host(name).expect("checked").clone();
+        let owned = owned(ctx, &host)?;
+        let (cidr, out) = (pod_cidr.clone(), reports.clone());
         let hostname = name.clone();
         let step = Step::custom("reset", move |t: &dyn Transport| {
             Box::pin(async move {
@@ -633,7 +608,7 @@ pub fn reset(inventory: &Path, options: ResetOptions) -> Result<i32> {
                 let actual = crate::plan::probe(t, &owned).await?;
                 let changes = crate::plan::diff(&owned, &actual);
                 let dirs: Vec<String> = RUNTIME_DIRS.iter().map(|d| d.to_string()).collect();
-                if !yes {
+                if !remove {
                     let mut text = format!("{changes}");
                     for d in &dirs {
                         text.push_str(&format!("  - {d}/ (data)\n"));
@@ -674,18 +649,82 @@ pub fn reset(inventory: &Path, options: ResetOptions) -> Result<i32> {
             steps: vec![step],
         });
     }
-    if options.yes {
+    if remove {
         crate::cleanup::writing();
     }
     let report = rt.block_on(executor.run("reset", plans));
-    drop(scratch);
     let mut reports = reports.lock().expect("lock").clone();
     reports.sort();
+    Ok((report, reports))
+}
+
+/// `kubeforge reset`.
+pub fn reset(inventory: &Path, options: ResetOptions) -> Result<i32> {
+    let loaded = crate::inventory::load(inventory)?;
+    let transports = apply::transports(&loaded, &options.apply.connect)?;
+    reset_on(&loaded, &transports, options)
+}
+
+/// [`reset`] on given transports (the fake transport in tests).
+pub fn reset_on(
+    loaded: &crate::inventory::Loaded,
+    transports: &BTreeMap<String, Arc<dyn Transport>>,
+    options: ResetOptions,
+) -> Result<i32> {
+    use crate::prompt::Consent;
+    let mut model = ClusterModel::derive(loaded);
+    let targets: Vec<String> =
+        crate::selector::names(&loaded.inventory.hosts, options.apply.hosts.as_deref())?
+            .unwrap_or_else(|| model.hosts.iter().map(|h| h.name.clone()).collect());
+    let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
+    let executor = Executor::new(options.apply.concurrency, crate::report::auto(false));
+    // Which cluster each host carries, before anything is decided: a reset touches only this cluster's.
+    let local = crate::identity::Local::read(&options.apply.pki_root, &model.name)?;
+    let found = rt.block_on(crate::identity::read_hosts(&targets, transports, &executor))?;
+    let refused = reset_refusals(&model, &local, &found, &targets);
+    if !refused.is_empty() && !options.force {
+        return Err(Error::msg(
+            format!("refusing to reset:\n  {}", refused.join("\n  ")),
+            Some("check the inventory's addresses; `--force` resets these hosts anyway (it removes what kubeforge would install there)"),
+        ));
+    }
+    for r in &refused {
+        eprintln!("[reset] warning (--force): {r}");
+    }
+    let verified = crate::identity::Verified {
+        uid: local.uid.clone().unwrap_or_else(|| "unrecorded".into()),
+        fresh: true,
+        adopted: Vec::new(),
+    };
+    // The owned list needs the material the phases read; it is made in a scratch copy of the store (new
+    // keys there are thrown away), so a reset never creates a CA for a cluster that has none.
+    let scratch = apply::Scratch::new(&options.apply.pki_root, &model.name)?;
+    let mut apply_options = options.apply.clone();
+    apply_options.hosts = Some(targets.clone());
+    let (material, _) =
+        rt.block_on(apply::prepare(loaded, &mut model, &apply_options, Some(scratch.path()), &verified))?;
+    let ctx = Context { model: &model, material: &material };
+    if options.consent != Consent::Given {
+        let (report, reports) = reset_pass(&rt, &ctx, &targets, transports, &executor, false)?;
+        for (host, text) in &reports {
+            print!("[reset] {host}: would remove\n{text}");
+        }
+        report.into_result()?;
+        let question = format!("Remove all of this from {} host(s)?", reports.len());
+        if options.consent == Consent::Preview {
+            println!("reset --dry-run: nothing was changed; run with --yes to remove it");
+            return Ok(0);
+        }
+        if !crate::prompt::ask(&question)? {
+            println!("reset: nothing was changed");
+            return Ok(0);
+        }
+    }
+    let (report, reports) = reset_pass(&rt, &ctx, &targets, transports, &executor, true)?;
+    drop(scratch);
     let mut unclean = 0;
     for (host, text) in &reports {
-        if !options.yes {
-            print!("[reset] {host}: would remove\n{text}");
-        } else if text.trim().is_empty() {
+        if text.trim().is_empty() {
             println!("[reset] {host}: clean");
         } else {
             unclean += 1;
@@ -693,26 +732,19 @@ pub fn reset(inventory: &Path, options: ResetOptions) -> Result<i32> {
         }
     }
     let failed = report.failures.len();
-    if options.yes {
-        let mut state = ClusterState::load(&options.apply.pki_root, &model.name)?;
-        for (host, _) in &reports {
-            state.forget_host(host);
+    let mut state = ClusterState::load(&options.apply.pki_root, &model.name)?;
+    for (host, _) in &reports {
+        state.forget_host(host);
+    }
+    if state.hosts.is_empty() {
+        let path = ClusterState::path(&options.apply.pki_root, &model.name);
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
         }
-        if state.hosts.is_empty() {
-            let path = ClusterState::path(&options.apply.pki_root, &model.name);
-            if path.exists() {
-                std::fs::remove_file(&path)
-                    .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
-            }
-        } else {
-            state.save(&options.apply.pki_root)?;
-        }
+    } else {
+        state.save(&options.apply.pki_root)?;
     }
     report.into_result()?;
-    if !options.yes {
-        println!("reset: nothing was changed; run again with --yes to remove it");
-        return Ok(0);
-    }
     println!("reset: {} host(s) reset, {unclean} not clean, {failed} failed", reports.len());
     Ok(if unclean > 0 { 1 } else { 0 })
 }

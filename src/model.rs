@@ -30,6 +30,18 @@ pub enum EndpointMode {
     External,
 }
 
+impl std::fmt::Display for EndpointMode {
+    /// The inventory's spelling (`local-lb`), never the Rust name.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EndpointMode::Direct => "direct",
+            EndpointMode::LocalLb => "local-lb",
+            EndpointMode::Vip => "vip",
+            EndpointMode::External => "external",
+        })
+    }
+}
+
 /// The API endpoint.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ApiEndpoint {

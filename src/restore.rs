@@ -406,7 +406,7 @@ pub fn run_restore(inventory: &Path, o: RestoreOptions) -> Result<i32> {
         println!("  - install or converge every host of {} (apply)", inventory.display());
         println!("  - stop the control plane, replace the etcd data of {} with the snapshot (the previous data is kept aside), start them together", members.join(", "));
         println!("  - start the control plane, apply the addons again, check the cluster (apply)");
-        println!("restore: nothing was changed; run again with --yes to restore");
+        println!("restore: nothing was changed so far (`--yes` restores without asking)");
         return Ok(0);
     }
     eprintln!("[restore] PKI: {pki_note}");

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 
 /// One host's status.
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct HostStatus {
     /// Host name.
     pub name: String,
@@ -57,13 +58,33 @@ impl HostStatus {
 
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ClusterStatus {
     /// Cluster name.
     pub cluster: String,
     /// Per host.
     pub hosts: Vec<HostStatus>,
     /// The certificate that expires first, and in how many days.
+    #[serde(serialize_with = "earliest")]
     pub earliest_certificate: Option<(String, i64)>,
+}
+
+/// `{"name": ..., "days": ...}` rather than a bare pair.
+fn earliest<S: serde::Serializer>(v: &Option<(String, i64)>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Earliest<'a> {
+        name: &'a str,
+        days: i64,
+    }
+    v.as_ref().map(|(name, days)| Earliest { name, days: *days }).serialize(s)
+}
+
+/// The `Status` document: the report and the overall verdict (`healthy`: the exit code's reason).
+#[derive(Serialize)]
+struct StatusDocument<'a> {
+    healthy: bool,
+    #[serde(flatten)]
+    status: &'a ClusterStatus,
 }
 
 impl ClusterStatus {
@@ -362,11 +383,11 @@ fn deployed_not_after(bytes: &[u8]) -> Option<i64> {
 }
 
 /// `kubeforge status`.
-pub fn run(inventory: &Path, options: ApplyOptions, json: bool) -> Result<i32> {
+pub fn run(inventory: &Path, options: ApplyOptions, format: crate::output::Format) -> Result<i32> {
     let (status, transports, _) = read(inventory, options)?;
     eprint!("{}", apply::host_stats(&transports));
-    if json {
-        println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
+    if format.is_document() {
+        crate::output::print(format, "Status", &StatusDocument { healthy: status.ok(), status: &status })?;
     } else {
         print!("{}", status.table());
     }

@@ -162,10 +162,12 @@ impl Lab {
     fn product_reset(&self, cluster: &str, inv: &Path, hosts: &[&str]) {
         let me = env!("CARGO_BIN_EXE_kubeforge");
         let i = inv.to_str().unwrap();
-        let shown = must(self.exec(&[me, "reset", "-i", i]), "reset without --yes");
+        let refused = self.exec(&[me, "reset", "-i", i]);
+        assert_eq!(refused.status.code(), Some(2), "reset without --yes or a terminal: {}", text(&refused));
+        let shown = must(self.exec(&[me, "reset", "-i", i, "--dry-run"]), "reset --dry-run");
         assert!(shown.contains("would remove") && shown.contains("/usr/local/bin/kubelet"), "{shown}");
         let still = self.ssh(hosts[0], "systemctl is-active kubelet");
-        assert!(still.status.success(), "reset without --yes changed nothing");
+        assert!(still.status.success(), "reset --dry-run changed nothing");
         let t = Instant::now();
         let o = self.exec(&[me, "reset", "-i", i, "--yes"]);
         eprintln!("[e2e] reset ({:.0}s):\n{}", t.elapsed().as_secs_f64(), text(&o));
@@ -458,7 +460,7 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
             "backup",
             "-i",
             inv3.to_str().unwrap(),
-            "-o",
+            "--out",
             archive.to_str().unwrap(),
             "--passphrase-env",
             "KF_E2E_PASS",
@@ -477,8 +479,16 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
 
     // remove-node: drained, Node deleted, the host cleaned, the others converge without it.
     let t = Instant::now();
-    let removed =
-        lab.exec(&[me, "remove-node", "-i", inv3.to_str().unwrap(), "node3", "--drain-timeout", "2m"]);
+    let removed = lab.exec(&[
+        me,
+        "remove-node",
+        "-i",
+        inv3.to_str().unwrap(),
+        "node3",
+        "--drain-timeout",
+        "2m",
+        "--yes",
+    ]);
     eprintln!("[e2e] remove-node ({:.0}s):\n{}", t.elapsed().as_secs_f64(), text(&removed));
     let out = must(removed, "remove-node node3");
     assert!(out.contains("remove-node: node3 removed"), "{out}");
@@ -603,13 +613,14 @@ fn status_sees_drift_and_apply_repairs_it(lab: &Lab, inv: &Path) {
     let i = inv.to_str().unwrap();
     let status = |what: &str| {
         let t = Instant::now();
-        let o = lab.exec(&[me, "status", "-i", i, "--output", "json"]);
+        let o = lab.exec(&[me, "status", "-i", i, "-o", "json"]);
         eprintln!("[e2e] status {what} ({:.0}s):\n{}", t.elapsed().as_secs_f64(), text(&o));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status --output json");
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status -o json");
         (o.status.code(), v, host_stats(&String::from_utf8_lossy(&o.stderr)))
     };
     let (code, v, stats) = status("of a healthy cluster");
     assert_eq!(code, Some(0), "{v}");
+    assert_eq!((&v["kind"], &v["healthy"]), (&serde_json::json!("Status"), &serde_json::json!(true)), "{v}");
     assert_eq!(v["hosts"].as_array().unwrap().len(), 3, "{v}");
     for (h, (rt, _)) in &stats {
         // One probe per host; the first control plane answers one more command for the cluster.
@@ -621,8 +632,9 @@ fn status_sees_drift_and_apply_repairs_it(lab: &Lab, inv: &Path) {
     );
     let (code, v, _) = status("after a stopped kubelet and a tampered config");
     assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["healthy"], false, "{v}");
     let n2 = v["hosts"].as_array().unwrap().iter().find(|h| h["name"] == "node2").unwrap().clone();
-    assert!(n2["units_down"].to_string().contains("kubelet"), "{n2}");
+    assert!(n2["unitsDown"].to_string().contains("kubelet"), "{n2}");
     assert!(n2["drift"].to_string().contains("/var/lib/kubelet/config.yaml"), "{n2}");
     let o = lab.apply(inv, &[]);
     let fixed = text(&o);
@@ -1266,6 +1278,7 @@ fn high_availability(lab: &Lab) {
         "-i",
         inv.to_str().unwrap(),
         "node3",
+        "--yes",
         "--force",
         "--drain-timeout",
         "30s",
@@ -1314,14 +1327,17 @@ fn backup_then_restore_in_place(lab: &Lab, cluster: &str, inv: &Path) {
     let archive = lab.dir.join(format!("{cluster}.backup.tar.gz.age"));
     let a = archive.to_str().unwrap();
     let t = Instant::now();
-    let o = lab.exec_env(&[me, "backup", "-i", i, "-o", a, "--passphrase-env", "KF_E2E_PASS"], PASS);
+    let o = lab.exec_env(&[me, "backup", "-i", i, "--out", a, "--passphrase-env", "KF_E2E_PASS"], PASS);
     eprintln!("[e2e] HA backup ({:.0}s):\n{}", t.elapsed().as_secs_f64(), text(&o));
     must(o, "HA backup");
     configmap(lab, cluster, "kf-ha-after", "after");
-    // Without --yes: the archive is checked and the steps shown; nothing changes.
+    // --dry-run: the archive is checked and the steps shown; nothing changes.
     let shown = must(
-        lab.exec_env(&[me, "restore", "-i", i, "--from", a, "--passphrase-env", "KF_E2E_PASS"], PASS),
-        "restore without --yes",
+        lab.exec_env(
+            &[me, "restore", "-i", i, "--from", a, "--passphrase-env", "KF_E2E_PASS", "--dry-run"],
+            PASS,
+        ),
+        "restore --dry-run",
     );
     assert!(shown.contains("restore would:") && shown.contains("nothing was changed"), "{shown}");
     let out = restore(lab, inv, &archive, "restore in place, 2 members");

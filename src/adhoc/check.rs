@@ -377,14 +377,8 @@ pub fn render_ssh_sources(rows: &[HostCheck]) -> String {
     out
 }
 
-/// How `check` prints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutputFormat {
-    /// Aligned columns for people.
-    Table,
-    /// A JSON document for tools.
-    Json,
-}
+/// How `check` prints (the format every reporting command shares).
+pub use crate::output::Format as OutputFormat;
 
 /// Options of `kubeforge check`.
 #[derive(Debug, Clone)]
@@ -438,11 +432,8 @@ pub fn run(o: CheckOptions) -> Result<i32> {
         }
     }
     match o.output {
-        OutputFormat::Json => {
-            let doc = Document { cluster: &model.name, hosts: &rows };
-            let text = serde_json::to_string_pretty(&doc)
-                .map_err(|e| Error::msg(format!("cannot render JSON: {e}"), None))?;
-            println!("{text}");
+        OutputFormat::Json | OutputFormat::Yaml => {
+            crate::output::print(o.output, "Check", &Document { cluster: &model.name, hosts: &rows })?;
         }
         OutputFormat::Table => {
             print!("{}", render_table(&rows));

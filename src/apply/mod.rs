@@ -250,7 +250,7 @@ pub fn select_phases<'a>(phases: &[&'a dyn Phase], only: Option<&[String]>) -> R
     let ids: Vec<&str> = phases.iter().map(|p| p.id()).collect();
     let unknown: Vec<&String> = only.iter().filter(|o| !ids.contains(&o.as_str())).collect();
     if !unknown.is_empty() {
-        return Err(Error::msg(
+        return Err(Error::usage(
             format!(
                 "unknown phase{} {}",
                 if unknown.len() == 1 { "" } else { "s" },
@@ -281,7 +281,7 @@ impl Targets {
         if let Some(hs) = hosts {
             let unknown: Vec<&String> = hs.iter().filter(|h| model.host(h).is_none()).collect();
             if !unknown.is_empty() {
-                return Err(Error::msg(
+                return Err(Error::usage(
                     format!(
                         "{} not in the inventory",
                         unknown.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", ")
@@ -615,13 +615,23 @@ pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 }
 
 /// The `--plan FILE` check: the saved plan must equal the plan made now.
-fn check_saved_plan(path: &Path, cluster: &str, plan: &Plan) -> Result<()> {
-    let bytes =
-        std::fs::read(path).map_err(|e| Error::io(format!("reading the plan {}", path.display()), e))?;
-    let saved: crate::plan::PlanRecord = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::msg(format!("{} is not a saved kubeforge plan: {e}", path.display()), None))?;
+/// Reads a plan saved with `apply --dry-run --out`: a missing file, another format or another cluster's
+/// plan is a usage error found before any work.
+pub fn read_saved_plan(path: &Path, cluster: &str) -> Result<crate::plan::PlanRecord> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        Error::usage(
+            format!("cannot read the plan {}: {e}", path.display()),
+            Some("give the file written by `kubeforge apply --dry-run --out FILE`"),
+        )
+    })?;
+    let saved: crate::plan::PlanRecord = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::usage(
+            format!("{} is not a saved kubeforge plan: {e}", path.display()),
+            Some("give the file written by `kubeforge apply --dry-run --out FILE`"),
+        )
+    })?;
     if saved.format != crate::plan::PlanRecord::FORMAT {
-        return Err(Error::msg(
+        return Err(Error::usage(
             format!(
                 "{} has plan format {}, expected {}",
                 path.display(),
@@ -631,6 +641,17 @@ fn check_saved_plan(path: &Path, cluster: &str, plan: &Plan) -> Result<()> {
             Some("make the plan again with this kubeforge"),
         ));
     }
+    if saved.cluster != cluster {
+        return Err(Error::usage(
+            format!("{} is a plan for cluster `{}`, not `{cluster}`", path.display(), saved.cluster),
+            Some("give the plan made from this inventory"),
+        ));
+    }
+    Ok(saved)
+}
+
+fn check_saved_plan(path: &Path, cluster: &str, plan: &Plan) -> Result<()> {
+    let saved = read_saved_plan(path, cluster)?;
     let diffs = saved.differences(&plan.record(cluster, &saved.salt));
     if diffs.is_empty() {
         return Ok(());
@@ -952,11 +973,13 @@ pub fn run_loaded(
     label: &str,
 ) -> Result<i32> {
     let inventory = loaded.path.clone();
+    let mut options = options;
+    // Every flag is checked before any work: the plan file, the phases, the host selector.
     if let Some(saved) = &options.plan_in {
-        // A typo in the plan's path is found before anything is prepared or read.
-        std::fs::metadata(saved)
-            .map_err(|e| Error::io(format!("reading the plan {}", saved.display()), e))?;
+        read_saved_plan(saved, &model.name)?;
     }
+    select_phases(&crate::workflow::apply(), options.only.as_deref())?;
+    options.hosts = crate::selector::names(&loaded.inventory.hosts, options.hosts.as_deref())?;
     let recorded = ClusterState::load(&options.pki_root, &model.name)?;
     check_version_unchanged(&model, &recorded, loaded)?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;

@@ -7,6 +7,21 @@ use crate::exec::{Step, StepError};
 use crate::model::{ClusterModel, Component, HostModel};
 use crate::transport::{Command, Transport};
 
+/// Every preflight check's name: what `--ignore-preflight-errors` accepts (besides `all`).
+pub const CHECKS: &[&str] = &[
+    "arch",
+    "cpu",
+    "hostname",
+    "kernel-modules",
+    "memory",
+    "network",
+    "packages",
+    "ports",
+    "swap",
+    "systemd",
+    "time",
+];
+
 /// Phase `preflight`.
 pub struct Preflight;
 
@@ -75,8 +90,10 @@ pub fn judge(
 ) -> Vec<Finding> {
     let mut f = Vec::new();
     let get = |k: &str| facts.get(k).map(String::as_str).unwrap_or("");
-    let mut add =
-        |check: &'static str, fatal: bool, message: String| f.push(Finding { check, fatal, message });
+    let mut add = |check: &'static str, fatal: bool, message: String| {
+        debug_assert!(CHECKS.contains(&check), "preflight check `{check}` is missing from CHECKS");
+        f.push(Finding { check, fatal, message })
+    };
     if get("init") != "systemd" || get("systemctl") != "yes" {
         add(
             "systemd",
