@@ -38,6 +38,7 @@ pub mod render;
 pub mod report;
 pub mod restore;
 pub mod selector;
+pub mod session;
 pub mod sshconfig;
 pub mod state;
 pub mod status;

@@ -26,14 +26,13 @@
 //! one host at a time. The last control plane and the last etcd member are refused.
 
 use crate::apply::{self, ApplyOptions};
-use crate::exec::{Executor, HostPlan, Step};
+use crate::exec::{HostPlan, Step};
 use crate::model::{ClusterModel, HostModel};
 use crate::phase::{Context, HostWork};
 use crate::plan::HostDesired;
 use crate::state::ClusterState;
 use crate::transport::{Command, Transport};
 use crate::{Error, Result};
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -62,9 +61,15 @@ pub fn hosts_to_join(
 }
 
 /// `kubeforge join`: installs the new hosts and converges what their arrival changes elsewhere.
-pub fn join(inventory: &Path, mut options: ApplyOptions) -> Result<i32> {
-    let loaded = crate::inventory::load(inventory)?;
-    let model = ClusterModel::derive(&loaded);
+pub fn join(inventory: &Path, options: ApplyOptions) -> Result<i32> {
+    let session = crate::session::Session::open(inventory, options.clone())?;
+    join_in(&session, options)
+}
+
+/// [`join`] in a session (fake transports in tests).
+pub fn join_in(session: &crate::session::Session, mut options: ApplyOptions) -> Result<i32> {
+    let loaded = &session.loaded;
+    let model = session.model();
     let state = ClusterState::load(&options.pki_root, &model.name)?;
     let selected = crate::selector::names(&loaded.inventory.hosts, options.hosts.as_deref())?;
     let new = hosts_to_join(&model, &state, selected.as_deref())?;
@@ -79,13 +84,12 @@ pub fn join(inventory: &Path, mut options: ApplyOptions) -> Result<i32> {
     options.hosts = Some(new);
     options.follow_changes = true;
     let dry = options.dry_run;
-    let connect = options.connect.clone();
-    let result = apply::run_loaded(&loaded, model.clone(), options, "join");
+    let result = apply::run_in(session, loaded, model.clone(), options, "join");
     if let (Err(e), Some(keeper), false) = (&result, keeper, joining_members.is_empty() || dry) {
         // A join that failed half-way must not leave a learner (or an unstarted member) behind: it would
         // count against the quorum of a cluster it never served.
         eprintln!("[join] failed: {e}");
-        match remove_stale_learners(&loaded, &model, &keeper, &joining_members, &connect) {
+        match remove_stale_learners(session, &model, &keeper, &joining_members) {
             Ok(removed) if removed.is_empty() => eprintln!("[join] no etcd learner left behind"),
             Ok(removed) => eprintln!(
                 "[join] removed the etcd member(s) that had not finished joining: {}",
@@ -115,21 +119,18 @@ done"#;
 /// Removes, through the running member `keeper`, the etcd members among `hosts` that are still learners or
 /// never started. Returns the names removed.
 fn remove_stale_learners(
-    loaded: &crate::inventory::Loaded,
+    session: &crate::session::Session,
     model: &ClusterModel,
     keeper: &str,
     hosts: &[String],
-    connect: &crate::transport::ssh::ConnectOptions,
 ) -> Result<Vec<String>> {
     let k =
         model.host(keeper).ok_or_else(|| Error::msg(format!("{keeper} is not in the inventory"), None))?;
     let peers: Vec<String> =
         hosts.iter().filter_map(|n| model.host(n)).map(|h| crate::model::url(h.internal_ip, 2380)).collect();
     let cmd = stale_learners_command(&crate::model::url(k.internal_ip, 2379), &peers);
-    let transports = apply::transports(loaded, connect)?;
-    let t = transports.get(keeper).cloned().expect("transport per host");
-    let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
-    let out = rt
+    let t = session.transport(keeper)?;
+    let out = session
         .block_on(async { crate::plan::run_checked(t.as_ref(), "remove stale etcd learners", &cmd).await })
         .map_err(|e| Error::msg(e.to_string(), None))?;
     let removed: Vec<String> = out
@@ -202,8 +203,14 @@ pub(crate) fn kubectl_retrying(args: &[&str]) -> Command {
 
 /// `kubeforge remove-node`.
 pub fn remove_node(inventory: &Path, options: RemoveOptions) -> Result<i32> {
-    let loaded = crate::inventory::load(inventory)?;
-    let full = ClusterModel::derive(&loaded);
+    let session = crate::session::Session::open(inventory, options.apply.clone())?;
+    remove_node_in(&session, options)
+}
+
+/// [`remove_node`] in a session (fake transports in tests).
+pub fn remove_node_in(session: &crate::session::Session, options: RemoveOptions) -> Result<i32> {
+    let (loaded, inventory) = (&session.loaded, &session.loaded.path);
+    let full = session.model();
     let name = options.node.clone();
     let host = full.host(&name).cloned().ok_or_else(|| {
         Error::msg(
@@ -230,9 +237,7 @@ pub fn remove_node(inventory: &Path, options: RemoveOptions) -> Result<i32> {
         .map(|h| h.name.clone())
         .ok_or_else(|| Error::msg("the inventory has no other control plane", None))?;
     let mut state = ClusterState::load(&options.apply.pki_root, &full.name)?;
-    let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
-    let transports = apply::transports(&loaded, &options.apply.connect)?;
-    let executor = Executor::new(options.apply.concurrency, crate::report::auto(false));
+    let (transports, executor) = (&session.transports, &session.executor);
     let dry = options.apply.dry_run;
     if !dry {
         crate::cleanup::writing();
@@ -240,7 +245,7 @@ pub fn remove_node(inventory: &Path, options: RemoveOptions) -> Result<i32> {
     // The node itself may be dead: the control planes that stay say which cluster this is.
     let keepers: Vec<String> =
         full.control_planes().filter(|h| h.name != name).map(|h| h.name.clone()).collect();
-    let verified = rt.block_on(apply::guard(&full, &options.apply, &keepers, &transports, &executor))?;
+    let verified = session.block_on(apply::guard(&full, &options.apply, &keepers, transports, executor))?;
     if verified.fresh {
         return Err(Error::msg(
             format!(
@@ -266,7 +271,7 @@ pub fn remove_node(inventory: &Path, options: RemoveOptions) -> Result<i32> {
             .arg(if dry { "check" } else { "remove" })
             .sudo();
         let t = transports.get(&keeper.name).cloned().expect("transport per host");
-        let out = rt
+        let out = session
             .block_on(async { crate::plan::run_checked(t.as_ref(), "remove the etcd member", &cmd).await })
             .map_err(|e| {
                 Error::msg(
@@ -297,7 +302,7 @@ pub fn remove_node(inventory: &Path, options: RemoveOptions) -> Result<i32> {
     } else {
         let t = transports.get(&first_cp).cloned().expect("transport per host");
         let drain = api_steps.remove(1);
-        let result = rt.block_on(async {
+        let result = session.block_on(async {
             let mut r = executor
                 .run(
                     "remove-node",
@@ -341,9 +346,9 @@ pub fn remove_node(inventory: &Path, options: RemoveOptions) -> Result<i32> {
     // 2. The host itself: remove everything kubeforge installed, when it can be reached.
     let mut material_model = full.clone();
     let scratch = apply::scratch_for(&options.apply, &full.name)?;
-    let (material, _) = rt.block_on(apply::prepare(
-        &loaded,
+    let (material, _) = session.block_on(session.prepare(
         &mut material_model,
+        &loaded.inventory,
         &options.apply,
         scratch.as_ref().map(|t| t.path()),
         &verified,
@@ -351,7 +356,7 @@ pub fn remove_node(inventory: &Path, options: RemoveOptions) -> Result<i32> {
     let ctx = Context { model: &material_model, material: &material };
     let owned = owned(&ctx, &host)?;
     let t: Arc<dyn Transport> = transports.get(&name).cloned().expect("transport per host");
-    let cleaned = rt.block_on(async {
+    let cleaned = session.block_on(async {
         // What the host had before kubeforge (a distribution's containerd, its config) is put back, not
         // removed.
         let record = Command::shell(READ_PREEXISTING).arg(crate::phase::identity::PREEXISTING).sudo();
@@ -396,7 +401,7 @@ pub fn remove_node(inventory: &Path, options: RemoveOptions) -> Result<i32> {
     let mut o = options.apply.clone();
     o.hosts = Some(Vec::new());
     o.follow_changes = true;
-    let code = apply::run_loaded(&rest, model, o, "remove-node")?;
+    let code = apply::run_in(session, &rest, model, o, "remove-node")?;
     println!("remove-node: {name} removed from cluster `{}`; the host: {host_report}", full.name);
     println!(
         "remove-node: now delete `{name}` from {} (kubeforge does not edit your inventory)",
@@ -579,13 +584,10 @@ pub struct ResetOptions {
 
 /// One reset pass over `targets`: with `remove` false it only reads and reports what would go; the
 /// per-host text is returned sorted by host.
-#[allow(clippy::too_many_arguments)]
 fn reset_pass(
-    rt: &tokio::runtime::Runtime,
+    session: &crate::session::Session,
     ctx: &Context<'_>,
     targets: &[String],
-    transports: &BTreeMap<String, Arc<dyn Transport>>,
-    executor: &Executor,
     remove: bool,
 ) -> Result<(crate::exec::PhaseReport, Vec<(String, String)>)> {
     let pod_cidr = ctx.model.pod_cidr.to_string();
@@ -644,15 +646,12 @@ fn reset_pass(
                 Ok(true)
             })
         });
-        plans.push(HostPlan {
-            transport: transports.get(name).cloned().expect("transport per host"),
-            steps: vec![step],
-        });
+        plans.push(HostPlan { transport: session.transport(name)?, steps: vec![step] });
     }
     if remove {
         crate::cleanup::writing();
     }
-    let report = rt.block_on(executor.run("reset", plans));
+    let report = session.block_on(session.executor.run("reset", plans));
     let mut reports = reports.lock().expect("lock").clone();
     reports.sort();
     Ok((report, reports))
@@ -660,27 +659,21 @@ fn reset_pass(
 
 /// `kubeforge reset`.
 pub fn reset(inventory: &Path, options: ResetOptions) -> Result<i32> {
-    let loaded = crate::inventory::load(inventory)?;
-    let transports = apply::transports(&loaded, &options.apply.connect)?;
-    reset_on(&loaded, &transports, options)
+    let session = crate::session::Session::open(inventory, options.apply.clone())?;
+    reset_in(&session, options)
 }
 
-/// [`reset`] on given transports (the fake transport in tests).
-pub fn reset_on(
-    loaded: &crate::inventory::Loaded,
-    transports: &BTreeMap<String, Arc<dyn Transport>>,
-    options: ResetOptions,
-) -> Result<i32> {
+/// [`reset`] in a session (fake transports in tests).
+pub fn reset_in(session: &crate::session::Session, options: ResetOptions) -> Result<i32> {
     use crate::prompt::Consent;
-    let mut model = ClusterModel::derive(loaded);
+    let (loaded, transports, executor) = (&session.loaded, &session.transports, &session.executor);
+    let mut model = session.model();
     let targets: Vec<String> =
         crate::selector::names(&loaded.inventory.hosts, options.apply.hosts.as_deref())?
             .unwrap_or_else(|| model.hosts.iter().map(|h| h.name.clone()).collect());
-    let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
-    let executor = Executor::new(options.apply.concurrency, crate::report::auto(false));
     // Which cluster each host carries, before anything is decided: a reset touches only this cluster's.
     let local = crate::identity::Local::read(&options.apply.pki_root, &model.name)?;
-    let found = rt.block_on(crate::identity::read_hosts(&targets, transports, &executor))?;
+    let found = session.block_on(crate::identity::read_hosts(&targets, transports, executor))?;
     let refused = reset_refusals(&model, &local, &found, &targets);
     if !refused.is_empty() && !options.force {
         return Err(Error::msg(
@@ -701,11 +694,16 @@ pub fn reset_on(
     let scratch = apply::Scratch::new(&options.apply.pki_root, &model.name)?;
     let mut apply_options = options.apply.clone();
     apply_options.hosts = Some(targets.clone());
-    let (material, _) =
-        rt.block_on(apply::prepare(loaded, &mut model, &apply_options, Some(scratch.path()), &verified))?;
+    let (material, _) = session.block_on(session.prepare(
+        &mut model,
+        &loaded.inventory,
+        &apply_options,
+        Some(scratch.path()),
+        &verified,
+    ))?;
     let ctx = Context { model: &model, material: &material };
     if options.consent != Consent::Given {
-        let (report, reports) = reset_pass(&rt, &ctx, &targets, transports, &executor, false)?;
+        let (report, reports) = reset_pass(session, &ctx, &targets, false)?;
         for (host, text) in &reports {
             print!("[reset] {host}: would remove\n{text}");
         }
@@ -720,7 +718,7 @@ pub fn reset_on(
             return Ok(0);
         }
     }
-    let (report, reports) = reset_pass(&rt, &ctx, &targets, transports, &executor, true)?;
+    let (report, reports) = reset_pass(session, &ctx, &targets, true)?;
     drop(scratch);
     let mut unclean = 0;
     for (host, text) in &reports {

@@ -23,7 +23,6 @@
 
 use crate::apply::{self, ApplyOptions};
 use crate::backup::{self, Manifest};
-use crate::model::ClusterModel;
 use crate::state::ClusterState;
 use crate::transport::{Command, Transport, Upload};
 use crate::{Error, Result};
@@ -71,8 +70,14 @@ pub fn run_backup(inventory: &Path, o: BackupOptions) -> Result<i32> {
             Some("--passphrase-env VAR encrypts it (age, scrypt; the encryption also authenticates the archive's manifest), --unencrypted writes it in the clear"),
         ));
     }
-    let loaded = crate::inventory::load(inventory)?;
-    let model = ClusterModel::derive(&loaded);
+    let session = crate::session::Session::open(inventory, o.apply.clone())?;
+    backup_in(&session, o)
+}
+
+/// [`run_backup`] in a session.
+pub fn backup_in(session: &crate::session::Session, o: BackupOptions) -> Result<i32> {
+    let inventory = &session.loaded.path;
+    let model = session.model();
     let state = ClusterState::load(&o.apply.pki_root, &model.name)?;
     if state.hosts.is_empty() {
         return Err(Error::msg(
@@ -84,7 +89,7 @@ pub fn run_backup(inventory: &Path, o: BackupOptions) -> Result<i32> {
     let inventory_bytes =
         std::fs::read(inventory).map_err(|e| Error::io(format!("reading {}", inventory.display()), e))?;
     let store = o.apply.pki_root.join(&model.name);
-    let transports = apply::transports(&loaded, &o.apply.connect)?;
+    let transports = &session.transports;
     let mut members: Vec<String> = model
         .etcd_members()
         .filter(|h| state.etcd_members.is_empty() || state.etcd_members.contains(&h.name))
@@ -93,10 +98,9 @@ pub fn run_backup(inventory: &Path, o: BackupOptions) -> Result<i32> {
     if members.is_empty() {
         members = model.etcd_members().map(|h| h.name.clone()).collect();
     }
-    let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
     let t0 = Instant::now();
     let progress = crate::artifacts::TerminalProgress::default();
-    let snapshot = rt.block_on(async {
+    let snapshot = session.block_on(async {
         let mut last = None;
         for m in &members {
             let t = transports.get(m).expect("transport per host");
@@ -350,8 +354,14 @@ done"#;
 
 /// `kubeforge restore`.
 pub fn run_restore(inventory: &Path, o: RestoreOptions) -> Result<i32> {
-    let loaded = crate::inventory::load(inventory)?;
-    let model = ClusterModel::derive(&loaded);
+    let session = crate::session::Session::open(inventory, o.apply.clone())?;
+    restore_in(&session, o)
+}
+
+/// [`run_restore`] in a session: one connection per host for the whole restore.
+pub fn restore_in(session: &crate::session::Session, o: RestoreOptions) -> Result<i32> {
+    let (loaded, inventory) = (&session.loaded, &session.loaded.path);
+    let model = session.model();
     let passphrase = passphrase(o.passphrase_env.as_deref())?;
     let opened = backup::open_archive(&o.from, passphrase.as_deref(), &o.apply.pki_root)?;
     let m = &opened.manifest;
@@ -385,12 +395,10 @@ pub fn run_restore(inventory: &Path, o: RestoreOptions) -> Result<i32> {
         .ok()
         .and_then(|pem| crate::identity::Fingerprint::of_pem(&pem))
         .ok_or_else(|| Error::msg(format!("{} holds no cluster CA", o.from.display()), None))?;
+    let transports = &session.transports;
     {
-        let transports = apply::transports(&loaded, &o.apply.connect)?;
-        let executor = crate::exec::Executor::new(o.apply.concurrency, crate::report::auto(false));
         let hosts: Vec<String> = model.hosts.iter().map(|h| h.name.clone()).collect();
-        let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
-        let found = rt.block_on(crate::identity::read_hosts(&hosts, &transports, &executor))?;
+        let found = session.block_on(crate::identity::read_hosts(&hosts, transports, &session.executor))?;
         let foreign = foreign_hosts(&model.name, &archived_ca, &found);
         if !foreign.is_empty() {
             return Err(Error::msg(
@@ -421,28 +429,26 @@ pub fn run_restore(inventory: &Path, o: RestoreOptions) -> Result<i32> {
         state.save(&o.apply.pki_root)?;
     }
     let t0 = Instant::now();
-    apply::run_loaded(&loaded, model.clone(), o.apply.clone(), "[restore] install")?;
+    apply::run_in(session, loaded, model.clone(), o.apply.clone(), "[restore] install")?;
     eprintln!("[restore] hosts installed and converged ({:.0}s)", t0.elapsed().as_secs_f64());
 
-    let transports = apply::transports(&loaded, &o.apply.connect)?;
-    let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
     let snap = opened.path(Manifest::SNAPSHOT);
     let when = stamp();
     let token = format!("kubeforge-{}-restore-{when}", model.name);
     let initial = model.etcd_initial_cluster();
     let t1 = Instant::now();
-    rt.block_on(async {
+    session.block_on(async {
         // 1. The control plane stops everywhere before any member is touched: no apiserver may write to a
         //    member between its restore and the others'.
         let stop = Command::shell(STOP)
             .args(["kube-apiserver", "kube-controller-manager", "kube-scheduler"])
             .sudo();
-        run_on(&transports, model.control_planes().map(|h| h.name.clone()), "stop the control plane", &stop).await?;
+        run_on(transports, model.control_planes().map(|h| h.name.clone()), "stop the control plane", &stop).await?;
         // 2. Every member's data is replaced from the snapshot.
         let up = Upload::file(&snap, format!("{}/restore-{when}.db", backup::REMOTE_DIR), 0o600)
             .map_err(|e| Error::io("reading the snapshot", e))?;
         let asides: Arc<std::sync::Mutex<Vec<String>>> = Default::default();
-        on_hosts(&transports, members.iter().cloned(), |name, t| {
+        on_hosts(transports, members.iter().cloned(), |name, t| {
             let h = model.host(&name).expect("member").clone();
             let (up, initial, token, asides) = (up.clone(), initial.clone(), token.clone(), asides.clone());
             let aside = format!("/var/lib/etcd.before-restore-{when}");
@@ -476,34 +482,35 @@ pub fn run_restore(inventory: &Path, o: RestoreOptions) -> Result<i32> {
         }
         // 3. The members start together and each waits for its health (quorum).
         let start = Command::shell(format!("{}\n{START_ETCD}", crate::phase::install::ETCDCTL_FN)).sudo();
-        run_on(&transports, members.iter().cloned(), "start etcd", &start).await?;
+        run_on(transports, members.iter().cloned(), "start etcd", &start).await?;
         eprintln!("[restore] etcd members healthy ({:.0}s)", t1.elapsed().as_secs_f64());
         // 4. The control plane starts; the addons and node labels are applied again (the restored objects
         //    are those of the backup).
         let start_cp = Command::new("systemctl")
             .args(["start", "kube-apiserver", "kube-controller-manager", "kube-scheduler"])
             .sudo();
-        run_on(&transports, model.control_planes().map(|h| h.name.clone()), "start the control plane", &start_cp).await?;
+        run_on(transports, model.control_planes().map(|h| h.name.clone()), "start the control plane", &start_cp).await?;
         Ok::<(), Error>(())
     })?;
     // 5. The addons and node labels are applied again (the restored objects are those of the backup), then a
     //    converge run starts whatever is still stopped and checks everything.
     let first = model.control_planes().next().expect("a control plane").name.clone();
-    rt.block_on(async {
-        let t = transports.get(&first).expect("transport");
-        t.exec(&Command::new("rm").args(["-f", crate::phase::addons::APPLIED]).sudo()).await?;
-        for (what, cmd) in crate::phase::addons::reapply_commands(&model) {
-            crate::plan::run_checked(t.as_ref(), &what, &cmd)
-                .await
-                .map_err(|e| Error::msg(e.to_string(), None))?;
-        }
-        Ok::<(), Error>(())
-    })
-    .map_err(|e| Error::msg(format!("{first}: {e}"), None))?;
+    session
+        .block_on(async {
+            let t = transports.get(&first).expect("transport");
+            t.exec(&Command::new("rm").args(["-f", crate::phase::addons::APPLIED]).sudo()).await?;
+            for (what, cmd) in crate::phase::addons::reapply_commands(&model) {
+                crate::plan::run_checked(t.as_ref(), &what, &cmd)
+                    .await
+                    .map_err(|e| Error::msg(e.to_string(), None))?;
+            }
+            Ok::<(), Error>(())
+        })
+        .map_err(|e| Error::msg(format!("{first}: {e}"), None))?;
     eprintln!("[restore] addons and node labels applied again on {first}");
-    apply::run_loaded(&loaded, model.clone(), o.apply.clone(), "[restore] check")?;
+    apply::run_in(session, loaded, model.clone(), o.apply.clone(), "[restore] check")?;
     // Nodes in the backup that the inventory does not have.
-    let nodes = rt
+    let nodes = session
         .block_on(async {
             let t = transports.get(&first).expect("transport");
             crate::plan::run_checked(

@@ -921,9 +921,8 @@ pub fn scratch_for(options: &ApplyOptions, cluster: &str) -> Result<Option<Scrat
 
 /// Entry point of `kubeforge apply`.
 pub fn run(inventory: &Path, options: ApplyOptions) -> Result<i32> {
-    let loaded = crate::inventory::load(inventory)?;
-    let model = ClusterModel::derive(&loaded);
-    run_loaded(&loaded, model, options, "apply")
+    let session = crate::session::Session::open(inventory, options.clone())?;
+    run_in(&session, &session.loaded, session.model(), options, "apply")
 }
 
 /// Refuses a run whose inventory asks for another Kubernetes version than the hosts kubeforge installed
@@ -964,61 +963,81 @@ pub fn check_version_unchanged(
     ))
 }
 
-/// Runs the apply workflow over SSH for an already loaded inventory and prints the plan (dry run) or the
-/// summary, as `label: N changes`. `apply`, `join` and `remove-node` end here.
-pub fn run_loaded(
+/// Checks the flags of a run against the inventory before any work (exit 2 when one is wrong): the saved
+/// plan, the phases, the host selector (resolved to names here).
+pub fn check_flags(
     loaded: &crate::inventory::Loaded,
-    mut model: ClusterModel,
-    options: ApplyOptions,
-    label: &str,
-) -> Result<i32> {
-    let inventory = loaded.path.clone();
-    let mut options = options;
-    // Every flag is checked before any work: the plan file, the phases, the host selector.
+    model: &ClusterModel,
+    options: &mut ApplyOptions,
+) -> Result<()> {
     if let Some(saved) = &options.plan_in {
         read_saved_plan(saved, &model.name)?;
     }
     select_phases(&crate::workflow::apply(), options.only.as_deref())?;
     options.hosts = crate::selector::names(&loaded.inventory.hosts, options.hosts.as_deref())?;
+    Ok(())
+}
+
+/// One apply pass in `session`, without printing: the identity check, the material, then the workflow
+/// (plan, and unless a dry run, execution). `loaded`/`model` may be a part of the session's inventory
+/// (`remove-node` converges the hosts that stay).
+pub async fn execute(
+    session: &crate::session::Session,
+    loaded: &crate::inventory::Loaded,
+    mut model: ClusterModel,
+    options: &ApplyOptions,
+) -> Result<RunSummary> {
     let recorded = ClusterState::load(&options.pki_root, &model.name)?;
     check_version_unchanged(&model, &recorded, loaded)?;
-    let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
-    rt.block_on(async move {
-        let transports = transports(loaded, &options.connect)?;
-        let executor = Executor::new(options.concurrency, crate::report::auto(false));
-        // `join` may reach hosts outside its targets (a route to the new node): then every host is read.
-        let targets = if options.follow_changes { None } else { options.hosts.as_deref() };
-        let verified =
-            guard(&model, &options, &guarded_hosts(&model, targets), &transports, &executor).await?;
-        let scratch = scratch_for(&options, &model.name)?;
-        let (mut material, previous) =
-            prepare(loaded, &mut model, &options, scratch.as_ref().map(|t| t.path()), &verified).await?;
-        let phases = crate::workflow::apply();
-        let result = run_workflow(&model, &mut material, &previous, &phases, &transports, &executor).await;
-        eprint!("{}", host_stats(&transports));
-        let summary = result?;
-        eprint!("{}", traffic_table(&summary.traffic));
-        if options.dry_run {
-            print!("{}", summary.plan.text());
-            if let Some(out) = &options.plan_out {
-                eprintln!(
-                    "plan saved to {}: apply it with `kubeforge apply -i {} --plan {}`",
-                    out.display(),
-                    inventory.display(),
-                    out.display()
-                );
-            }
-        } else {
-            eprint!("{}", crate::exec::summary(&summary.phases));
-            let n = summary.total_changes();
-            println!(
-                "{label}: {n} change{}{}",
-                if n == 1 { "" } else { "s" },
-                if n == 0 { " (the cluster already matches the inventory)" } else { "" }
+    let (transports, executor) = (&session.transports, &session.executor);
+    // The targets and the control planes are read first; hosts a `join` reaches outside its targets (a
+    // route to the new node) are read by `run_workflow` before anything is written to them.
+    let guarded = guarded_hosts(&model, options.hosts.as_deref());
+    let verified = guard(&model, options, &guarded, transports, executor).await?;
+    let scratch = scratch_for(options, &model.name)?;
+    let (mut material, previous) = session
+        .prepare(&mut model, &loaded.inventory, options, scratch.as_ref().map(|t| t.path()), &verified)
+        .await?;
+    let phases = crate::workflow::apply();
+    run_workflow(&model, &mut material, &previous, &phases, transports, executor).await
+}
+
+/// Runs the apply workflow in `session` and prints the plan (dry run) or the summary, as
+/// `label: N changes`. `apply`, `join`, `remove-node` and `restore` end here.
+pub fn run_in(
+    session: &crate::session::Session,
+    loaded: &crate::inventory::Loaded,
+    model: ClusterModel,
+    mut options: ApplyOptions,
+    label: &str,
+) -> Result<i32> {
+    let inventory = loaded.path.clone();
+    // Every flag is checked before any work: the plan file, the phases, the host selector.
+    check_flags(loaded, &model, &mut options)?;
+    let result = session.block_on(execute(session, loaded, model, &options));
+    eprint!("{}", host_stats(&session.transports));
+    let summary = result?;
+    eprint!("{}", traffic_table(&summary.traffic));
+    if options.dry_run {
+        print!("{}", summary.plan.text());
+        if let Some(out) = &options.plan_out {
+            eprintln!(
+                "plan saved to {}: apply it with `kubeforge apply -i {} --plan {}`",
+                out.display(),
+                inventory.display(),
+                out.display()
             );
         }
-        Ok(0)
-    })
+    } else {
+        eprint!("{}", crate::exec::summary(&summary.phases));
+        let n = summary.total_changes();
+        println!(
+            "{label}: {n} change{}{}",
+            if n == 1 { "" } else { "s" },
+            if n == 0 { " (the cluster already matches the inventory)" } else { "" }
+        );
+    }
+    Ok(0)
 }
 
 #[cfg(test)]

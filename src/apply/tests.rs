@@ -164,27 +164,22 @@ impl Harness {
         o
     }
 
-    /// One run, as `kubeforge apply` does it, with the given options; returns the summary and the events.
-    fn run(&self, text: &str, options: ApplyOptions) -> (Result<RunSummary>, Vec<Event>) {
+    /// The session a command gets, on the simulated hosts and the fake artifacts, reporting to `rec`.
+    fn session(&self, text: &str, options: ApplyOptions, rec: Arc<Recorder>) -> crate::session::Session {
         let loaded = crate::inventory::parse(Path::new("inventory.yaml"), text).unwrap();
-        let mut model = ClusterModel::derive(&loaded);
-        let rt = tokio::runtime::Runtime::new().unwrap();
+        let model = ClusterModel::derive(&loaded);
+        let transports: BTreeMap<String, Arc<dyn Transport>> =
+            self.hosts.iter().map(|(n, t)| (n.clone(), t.clone() as Arc<dyn Transport>)).collect();
+        let artifacts = fake_artifacts_padded(&model, &self.dir.path().join("artifacts"), self.binary_pad);
+        crate::session::Session::new(loaded, transports, options, rec).unwrap().with_artifacts(artifacts)
+    }
+
+    /// One run, as `kubeforge apply` does it (the identity check, the material, the workflow), with the given
+    /// options; returns the summary and the events.
+    fn run(&self, text: &str, options: ApplyOptions) -> (Result<RunSummary>, Vec<Event>) {
         let rec = Arc::new(Recorder::default());
-        let result = rt.block_on(async {
-            let transports: BTreeMap<String, Arc<dyn Transport>> =
-                self.hosts.iter().map(|(n, t)| (n.clone(), t.clone() as Arc<dyn Transport>)).collect();
-            let executor = Executor::new(options.concurrency, rec.clone());
-            // As `run_loaded`: the identity check before anything is written, locally or on a host.
-            let guarded = guarded_hosts(&model, options.hosts.as_deref());
-            let verified = guard(&model, &options, &guarded, &transports, &executor).await?;
-            let scratch = scratch_for(&options, &model.name)?;
-            let artifacts =
-                fake_artifacts_padded(&model, &self.dir.path().join("artifacts"), self.binary_pad);
-            let (mut material, previous) =
-                prepare_with(&mut model, &options, scratch.as_ref().map(|t| t.path()), artifacts, &verified)?;
-            let phases = crate::workflow::apply();
-            run_workflow(&model, &mut material, &previous, &phases, &transports, &executor).await
-        });
+        let session = self.session(text, options.clone(), rec.clone());
+        let result = session.block_on(execute(&session, &session.loaded, session.model(), &options));
         (result, rec.events())
     }
 }

@@ -1,0 +1,100 @@
+//! One session per command: the inventory, the model, the run options, one transport per host (each an SSH
+//! connection made on first use and kept for the whole command), one async runtime and one executor
+//! (`--concurrency` honoured). Built once at the command's edge and handed to its workflow, so every host
+//! gets one connection per command, and tests hand in fake transports and local artifacts instead: the
+//! lifecycle commands (`apply`, `join`, `reset`, `remove-node`) run against `transport::fake` exactly as
+//! they run over SSH.
+
+use crate::apply::ApplyOptions;
+use crate::artifacts::{Component as Art, LocalArtifact};
+use crate::exec::Executor;
+use crate::identity::Verified;
+use crate::inventory::Loaded;
+use crate::material::Material;
+use crate::model::ClusterModel;
+use crate::state::ClusterState;
+use crate::transport::Transport;
+use crate::{Error, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The artifacts a session installs: resolved from the inventory's release source (verified, cached), or
+/// given (tests).
+type Artifacts = BTreeMap<(Art, String), LocalArtifact>;
+
+/// Everything one command works with.
+pub struct Session {
+    /// The inventory as loaded (path, text positions, the parsed document).
+    pub loaded: Loaded,
+    /// The run options (PKI root, cache, hosts, dry run, concurrency, ...).
+    pub options: ApplyOptions,
+    /// One transport per inventory host.
+    pub transports: BTreeMap<String, Arc<dyn Transport>>,
+    /// The executor every stage runs through.
+    pub executor: Executor,
+    runtime: tokio::runtime::Runtime,
+    artifacts: Option<Artifacts>,
+}
+
+impl Session {
+    /// Loads `inventory` and opens one SSH transport per host (connected on first use).
+    pub fn open(inventory: &Path, options: ApplyOptions) -> Result<Self> {
+        let loaded = crate::inventory::load(inventory)?;
+        let transports = crate::apply::transports(&loaded, &options.connect)?;
+        Self::new(loaded, transports, options, crate::report::auto(false))
+    }
+
+    /// A session on given transports, reporting to `reporter` (tests: fake transports and a recorder).
+    pub fn new(
+        loaded: Loaded,
+        transports: BTreeMap<String, Arc<dyn Transport>>,
+        options: ApplyOptions,
+        reporter: Arc<dyn crate::report::Reporter>,
+    ) -> Result<Self> {
+        let runtime =
+            tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
+        let executor = Executor::new(options.concurrency, reporter);
+        Ok(Session { loaded, options, transports, executor, runtime, artifacts: None })
+    }
+
+    /// Installs these artifacts instead of resolving the release source (tests).
+    pub fn with_artifacts(mut self, artifacts: Artifacts) -> Self {
+        self.artifacts = Some(artifacts);
+        self
+    }
+
+    /// The cluster model the inventory describes.
+    pub fn model(&self) -> ClusterModel {
+        ClusterModel::derive(&self.loaded)
+    }
+
+    /// Runs `f` to completion on the session's runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+
+    /// The transport of `host` (every inventory host has one).
+    pub fn transport(&self, host: &str) -> Result<Arc<dyn Transport>> {
+        self.transports.get(host).cloned().ok_or_else(|| {
+            Error::msg(format!("`{host}` is not a host of {}", self.loaded.path.display()), None)
+        })
+    }
+
+    /// The material of a run of `model` (PKI, artifacts, keys), in `scratch` when given; see
+    /// [`crate::apply::prepare_with`].
+    pub async fn prepare(
+        &self,
+        model: &mut ClusterModel,
+        inventory: &crate::inventory::Inventory,
+        options: &ApplyOptions,
+        scratch: Option<&Path>,
+        verified: &Verified,
+    ) -> Result<(Material, ClusterState)> {
+        let artifacts = match &self.artifacts {
+            Some(a) => a.clone(),
+            None => crate::apply::prepare_artifacts(model, inventory, &options.cache_dir).await?,
+        };
+        crate::apply::prepare_with(model, options, scratch, artifacts, verified)
+    }
+}
