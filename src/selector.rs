@@ -116,5 +116,10 @@ pub fn select<'a>(hosts: &'a [HostSpec], selector: &str) -> Result<Vec<&'a HostS
 /// host, as when the flag is absent).
 pub fn names(hosts: &[HostSpec], selector: Option<&[String]>) -> Result<Option<Vec<String>>, SelectError> {
     let Some(items) = selector else { return Ok(None) };
+    if items.is_empty() {
+        // No target at all (a run that only follows changes, as `remove-node`'s converge): not a user's
+        // selector, which always has an item.
+        return Ok(Some(Vec::new()));
+    }
     Ok(Some(select(hosts, &items.join(","))?.into_iter().map(|h| h.name.clone()).collect()))
 }

@@ -979,3 +979,148 @@ fn what_a_host_had_before_kubeforge_is_not_removed() {
         vec!["/etc/containerd/config.toml.kubeforge-prev".to_string(), "/usr/local/bin/kubelet".into()]
     );
 }
+
+// Lifecycle commands on the simulated hosts: each command's own code (`reset_in`, `remove_node_in`) in a
+// session on fake transports, as the binary runs it over SSH; the VM tier then proves the real components.
+
+const TRIO: &str = "cluster: {name: trio, kubernetesVersion: v1.35.7}\nhosts:\n\
+    - {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd]}\n\
+    - {name: w1, address: 10.0.0.2, roles: [worker]}\n\
+    - {name: w2, address: 10.0.0.3, roles: [worker]}\n";
+
+const KUBELET: &str = "/usr/local/bin/kubelet";
+
+/// A harness whose hosts carry an installed `text` cluster.
+fn installed(text: &str) -> Harness {
+    let model = ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), text).unwrap());
+    let h = Harness::new(&model);
+    h.run(text, h.options()).0.unwrap_or_else(|e| panic!("{}", e.report()));
+    h
+}
+
+fn reset(h: &Harness, consent: crate::prompt::Consent, hosts: Option<&[&str]>, force: bool) -> Result<i32> {
+    let mut o = h.options();
+    o.hosts = hosts.map(|hs| hs.iter().map(|s| s.to_string()).collect());
+    let session = h.session(TRIO, o.clone(), Arc::new(Recorder::default()));
+    crate::lifecycle::reset_in(&session, crate::lifecycle::ResetOptions { consent, force, apply: o })
+}
+
+fn command_counts(h: &Harness) -> BTreeMap<String, usize> {
+    h.hosts.iter().map(|(n, t)| (n.clone(), t.commands().len())).collect()
+}
+
+fn new_commands(h: &Harness, host: &str, before: &BTreeMap<String, usize>) -> Vec<String> {
+    h.hosts[host].commands()[before[host]..].to_vec()
+}
+
+#[test]
+fn reset_dry_run_changes_nothing_and_reset_removes_what_kubeforge_installed_from_the_selected_hosts() {
+    use crate::prompt::Consent;
+    let h = installed(TRIO);
+    let before = command_counts(&h);
+    assert_eq!(reset(&h, Consent::Preview, None, false).unwrap(), 0);
+    for (name, t) in &h.hosts {
+        assert!(t.file(KUBELET).is_some(), "{name}: a dry run removed the kubelet");
+        let cmds = new_commands(&h, name, &before);
+        assert!(
+            cmds.iter().all(|c| !c.contains("disable --now") && !c.contains("rm -rf")),
+            "{name}: {cmds:?}"
+        );
+    }
+    // `@worker`: the selector grammar of every command.
+    assert_eq!(reset(&h, Consent::Given, Some(&["@worker"]), false).unwrap(), 0);
+    for w in ["w1", "w2"] {
+        assert!(h.hosts[w].file(KUBELET).is_none(), "{w} keeps the kubelet");
+        assert!(h.hosts[w].file(crate::identity::MARKER_PATH).is_none(), "{w} keeps the cluster marker");
+    }
+    assert!(h.hosts["cp1"].file(KUBELET).is_some(), "cp1 was not selected");
+    let st = ClusterState::load(&h.options().pki_root, "trio").unwrap();
+    assert_eq!(st.hosts.keys().collect::<Vec<_>>(), ["cp1"], "the reset hosts are forgotten");
+}
+
+#[test]
+fn a_host_that_drops_during_reset_fails_by_name_and_stays_in_the_state_while_the_others_are_reset() {
+    use crate::prompt::Consent;
+    let h = installed(TRIO);
+    h.hosts["w2"].on("crictl --runtime-endpoint", Reply::Disconnect);
+    let e = reset(&h, Consent::Given, Some(&["w1", "w2"]), false).unwrap_err();
+    assert!(e.to_string().contains("w2"), "{}", e.report());
+    assert!(h.hosts["w1"].file(KUBELET).is_none(), "w1 was reset");
+    assert!(h.hosts["w2"].file(KUBELET).is_some(), "w2 dropped before anything was removed");
+    let st = ClusterState::load(&h.options().pki_root, "trio").unwrap();
+    assert!(!st.hosts.contains_key("w1") && st.hosts.contains_key("w2"), "{:?}", st.hosts.keys());
+}
+
+#[test]
+fn reset_refuses_a_host_of_another_cluster_before_touching_any_host() {
+    use crate::prompt::Consent;
+    let h = installed(TRIO);
+    let other = crate::identity::Marker {
+        cluster: "other".into(),
+        uid: "u-other".into(),
+        ca_sha256: crate::identity::Fingerprint("ab".repeat(32)),
+    };
+    h.hosts["w1"].put_file(crate::identity::MARKER_PATH, other.to_json());
+    let before = command_counts(&h);
+    let e = reset(&h, Consent::Given, None, false).unwrap_err();
+    assert!(e.to_string().contains("refusing to reset") && e.to_string().contains("w1"), "{}", e.report());
+    for name in h.hosts.keys() {
+        let cmds = new_commands(&h, name, &before);
+        assert_eq!(cmds.len(), 1, "{name}: only the identity read: {cmds:?}");
+        assert!(cmds[0].contains("--- marker"), "{cmds:?}");
+        assert!(h.hosts[name].file(KUBELET).is_some());
+    }
+}
+
+fn remove(h: &Harness, text: &str, node: &str, force: bool) -> Result<i32> {
+    let mut o = h.options();
+    o.ignore_preflight = vec!["all".into()];
+    let session = h.session(text, o.clone(), Arc::new(Recorder::default()));
+    let options = crate::lifecycle::RemoveOptions {
+        node: node.into(),
+        force,
+        drain_timeout: std::time::Duration::from_secs(60),
+        apply: o,
+    };
+    crate::lifecycle::remove_node_in(&session, options)
+}
+
+#[test]
+fn remove_node_drains_through_a_control_plane_cleans_the_host_and_converges_the_rest() {
+    let h = installed(TRIO);
+    let before = command_counts(&h);
+    assert_eq!(remove(&h, TRIO, "w2", false).unwrap(), 0);
+    let api = new_commands(&h, "cp1", &before);
+    let pos =
+        |what: &str| api.iter().position(|c| c.contains(what)).unwrap_or_else(|| panic!("{what}: {api:?}"));
+    assert!(pos("cordon w2") < pos("drain w2") && pos("drain w2") < pos("delete node w2"), "{api:?}");
+    assert!(h.hosts["w2"].file(KUBELET).is_none(), "w2 was cleaned");
+    assert!(h.hosts["w1"].file(KUBELET).is_some());
+    let st = ClusterState::load(&h.options().pki_root, "trio").unwrap();
+    assert!(!st.hosts.contains_key("w2") && !st.pod_subnets.contains_key("w2"), "{:?}", st.hosts.keys());
+    // The rest converged without it: a run of the smaller inventory has nothing left to do.
+    let rest = TRIO.replace("    - {name: w2, address: 10.0.0.3, roles: [worker]}\n", "");
+    let rest = rest.lines().filter(|l| !l.contains("name: w2")).collect::<Vec<_>>().join("\n") + "\n";
+    let mut dry = h.options();
+    dry.dry_run = true;
+    let (again, _) = h.run(&rest, dry);
+    assert_eq!(again.unwrap().total_changes(), 0);
+}
+
+#[test]
+fn a_drain_that_fails_stops_remove_node_before_the_host_or_the_state_is_touched() {
+    let h = installed(TRIO);
+    h.hosts["cp1"].on(
+        "drain w2",
+        Reply::fail(1, "error: cannot evict pod as it would violate the pod's disruption budget"),
+    );
+    let e = remove(&h, TRIO, "w2", false).unwrap_err();
+    assert!(e.to_string().contains("drain") || e.report().contains("disruption budget"), "{}", e.report());
+    assert!(h.hosts["w2"].file(KUBELET).is_some(), "w2 was cleaned although its drain failed");
+    let st = ClusterState::load(&h.options().pki_root, "trio").unwrap();
+    assert!(st.hosts.contains_key("w2"));
+    assert!(!h.hosts["cp1"].commands().iter().any(|c| c.contains("delete node w2")), "the Node was deleted");
+    // --force goes on past the drain.
+    assert_eq!(remove(&h, TRIO, "w2", true).unwrap(), 0);
+    assert!(h.hosts["w2"].file(KUBELET).is_none());
+}
