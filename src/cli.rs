@@ -85,9 +85,10 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
-    /// List the phases of a workflow, in order.
+    /// List the phases of a workflow (`apply`) or the stages of a lifecycle command (`reset`, `restore`,
+    /// ...), in the order they run.
     Phases {
-        /// The workflow (`apply`).
+        /// The workflow: apply, join, remove-node, reset, backup, restore.
         #[arg(default_value = "apply")]
         workflow: String,
     },
@@ -523,25 +524,16 @@ pub fn run(cli: Cli) -> Result<i32> {
             let consent = Consent::from_flags("restore", a.dry_run, a.yes)?;
             let mut apply = a.common.options(&a.inventory)?;
             apply.ignore_preflight = a.ignore_preflight_errors;
-            let mut options = crate::restore::RestoreOptions {
-                from: a.from,
-                passphrase_env: a.passphrase_env,
-                yes: consent == Consent::Given,
-                replace_pki: a.replace_pki,
-                apply,
-            };
-            let shown = crate::restore::run_restore(&a.inventory, options.clone())?;
-            match consent {
-                Consent::Ask if crate::prompt::ask("Restore the cluster from this backup?")? => {
-                    options.yes = true;
-                    crate::restore::run_restore(&a.inventory, options)
-                }
-                Consent::Ask => {
-                    println!("restore: nothing was changed");
-                    Ok(0)
-                }
-                Consent::Preview | Consent::Given => Ok(shown),
-            }
+            crate::restore::run_restore(
+                &a.inventory,
+                crate::restore::RestoreOptions {
+                    from: a.from,
+                    passphrase_env: a.passphrase_env,
+                    consent,
+                    replace_pki: a.replace_pki,
+                    apply,
+                },
+            )
         }
         Command::State(StateCommand::Pull { inventory, common }) => {
             crate::lifecycle::state_pull(&inventory, &common.options(&inventory)?)
@@ -552,14 +544,14 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Kubeconfig(a) => crate::pki::command::run_kubeconfig(a),
         Command::Bundle(a) => crate::pki::command::run_bundle(a),
         Command::Phases { workflow } => {
-            let phases = crate::workflow::by_name(&workflow).ok_or_else(|| {
-                crate::Error::msg(
+            let lines = crate::workflow::listing(&workflow).ok_or_else(|| {
+                crate::Error::usage(
                     format!("unknown workflow `{workflow}`"),
                     Some(&format!("workflows: {}", crate::workflow::NAMES.join(", "))),
                 )
             })?;
-            for (i, p) in phases.iter().enumerate() {
-                println!("{:>2}. {:<16} {}", i + 1, p.id(), p.title());
+            for l in lines {
+                println!("{l}");
             }
             Ok(0)
         }

@@ -70,6 +70,7 @@ pub fn join(inventory: &Path, options: ApplyOptions) -> Result<i32> {
 pub fn join_in(session: &crate::session::Session, mut options: ApplyOptions) -> Result<i32> {
     let loaded = &session.loaded;
     let model = session.model();
+    session.enter(&crate::workflow::JOIN, "select");
     let state = ClusterState::load(&options.pki_root, &model.name)?;
     let selected = crate::selector::names(&loaded.inventory.hosts, options.hosts.as_deref())?;
     let new = hosts_to_join(&model, &state, selected.as_deref())?;
@@ -84,11 +85,13 @@ pub fn join_in(session: &crate::session::Session, mut options: ApplyOptions) -> 
     options.hosts = Some(new);
     options.follow_changes = true;
     let dry = options.dry_run;
+    session.enter(&crate::workflow::JOIN, "apply");
     let result = apply::run_in(session, loaded, model.clone(), options, "join");
     if let (Err(e), Some(keeper), false) = (&result, keeper, joining_members.is_empty() || dry) {
         // A join that failed half-way must not leave a learner (or an unstarted member) behind: it would
         // count against the quorum of a cluster it never served.
         eprintln!("[join] failed: {e}");
+        session.enter(&crate::workflow::JOIN, "learners");
         match remove_stale_learners(session, &model, &keeper, &joining_members) {
             Ok(removed) if removed.is_empty() => eprintln!("[join] no etcd learner left behind"),
             Ok(removed) => eprintln!(
@@ -245,6 +248,8 @@ pub fn remove_node_in(session: &crate::session::Session, options: RemoveOptions)
     // The node itself may be dead: the control planes that stay say which cluster this is.
     let keepers: Vec<String> =
         full.control_planes().filter(|h| h.name != name).map(|h| h.name.clone()).collect();
+    use crate::workflow::REMOVE_NODE;
+    session.enter(&REMOVE_NODE, "identity");
     let verified = session.block_on(apply::guard(&full, &options.apply, &keepers, transports, executor))?;
     if verified.fresh {
         return Err(Error::msg(
@@ -259,6 +264,7 @@ pub fn remove_node_in(session: &crate::session::Session, options: RemoveOptions)
 
     // 0. An etcd member leaves first, through a member that stays, when the others keep a quorum.
     if host.roles.etcd {
+        session.enter(&REMOVE_NODE, "etcd-member");
         let keeper = full.etcd_members().find(|h| h.name != name).expect("checked: another member").clone();
         let remaining: Vec<String> = full
             .etcd_members()
@@ -295,55 +301,44 @@ pub fn remove_node_in(session: &crate::session::Session, options: RemoveOptions)
         ("delete the Node", kubectl_retrying(&["delete", "node", &name, "--ignore-not-found"])),
     ];
     if dry {
+        for id in ["cordon", "drain", "delete-node"] {
+            session.enter(&REMOVE_NODE, id);
+        }
         println!("[remove-node] {first_cp}: would run:");
         for (what, c) in &api_steps {
             println!("  {what}: {c}");
         }
     } else {
         let t = transports.get(&first_cp).cloned().expect("transport per host");
-        let drain = api_steps.remove(1);
-        let result = session.block_on(async {
-            let mut r = executor
-                .run(
-                    "remove-node",
-                    vec![HostPlan {
-                        transport: t.clone(),
-                        steps: vec![Step::exec(api_steps[0].0, api_steps[0].1.clone())],
-                    }],
-                )
-                .await
-                .into_result();
-            if r.is_ok() {
-                let d = executor
-                    .run(
-                        "remove-node",
-                        vec![HostPlan { transport: t.clone(), steps: vec![Step::exec(drain.0, drain.1)] }],
-                    )
-                    .await;
-                if let Err(e) = d.into_result() {
-                    if !options.force {
-                        return Err(Error::from(e));
-                    }
-                    eprintln!("[remove-node] warning: the drain did not finish, going on (--force): {e}");
-                }
-                r = executor
-                    .run(
-                        "remove-node",
-                        vec![HostPlan {
-                            transport: t,
-                            steps: vec![Step::exec(api_steps[1].0, api_steps[1].1.clone())],
-                        }],
-                    )
-                    .await
-                    .into_result();
+        let one = |what: &'static str, cmd: Command| {
+            let plan = vec![HostPlan { transport: t.clone(), steps: vec![Step::exec(what, cmd)] }];
+            session.block_on(executor.run("remove-node", plan)).into_result().map(|_| ()).map_err(Error::from)
+        };
+        let (cordon, drain, delete) = (api_steps.remove(0), api_steps.remove(0), api_steps.remove(0));
+        session.enter(&REMOVE_NODE, "cordon");
+        one(cordon.0, cordon.1)?;
+        session.enter(&REMOVE_NODE, "drain");
+        if let Err(e) = one(drain.0, drain.1) {
+            if !options.force {
+                // The node goes back into service: nothing else was changed.
+                let back = one("uncordon", kubectl_retrying(&["uncordon", &name]));
+                return Err(Error::msg(
+                    format!(
+                        "{name}: the drain did not finish; nothing else was changed and the node is {}: {e}",
+                        if back.is_ok() { "uncordoned again" } else { "still cordoned (the uncordon failed too)" }
+                    ),
+                    Some("fix what holds the drain (a PodDisruptionBudget, a pod without a controller), or pass --force to remove the node anyway"),
+                ));
             }
-            r.map(|_| ()).map_err(Error::from)
-        });
-        result?;
+            eprintln!("[remove-node] warning: the drain did not finish, going on (--force): {e}");
+        }
+        session.enter(&REMOVE_NODE, "delete-node");
+        one(delete.0, delete.1)?;
         eprintln!("[remove-node] {name}: cordoned, drained, Node deleted");
     }
 
     // 2. The host itself: remove everything kubeforge installed, when it can be reached.
+    session.enter(&REMOVE_NODE, "clean");
     let mut material_model = full.clone();
     let scratch = apply::scratch_for(&options.apply, &full.name)?;
     let (material, _) = session.block_on(session.prepare(
@@ -393,6 +388,7 @@ pub fn remove_node_in(session: &crate::session::Session, options: RemoveOptions)
     }
 
     // 3. Forget it, then converge the rest of the cluster without it (routes, labels, the state copy).
+    session.enter(&REMOVE_NODE, "forget");
     state.forget_host(&name);
     state.save(&options.apply.pki_root)?;
     let mut rest = loaded.clone();
@@ -401,6 +397,7 @@ pub fn remove_node_in(session: &crate::session::Session, options: RemoveOptions)
     let mut o = options.apply.clone();
     o.hosts = Some(Vec::new());
     o.follow_changes = true;
+    session.enter(&REMOVE_NODE, "converge");
     let code = apply::run_in(session, &rest, model, o, "remove-node")?;
     println!("remove-node: {name} removed from cluster `{}`; the host: {host_report}", full.name);
     println!(
@@ -671,7 +668,9 @@ pub fn reset_in(session: &crate::session::Session, options: ResetOptions) -> Res
     let targets: Vec<String> =
         crate::selector::names(&loaded.inventory.hosts, options.apply.hosts.as_deref())?
             .unwrap_or_else(|| model.hosts.iter().map(|h| h.name.clone()).collect());
+    use crate::workflow::RESET;
     // Which cluster each host carries, before anything is decided: a reset touches only this cluster's.
+    session.enter(&RESET, "identity");
     let local = crate::identity::Local::read(&options.apply.pki_root, &model.name)?;
     let found = session.block_on(crate::identity::read_hosts(&targets, transports, executor))?;
     let refused = reset_refusals(&model, &local, &found, &targets);
@@ -691,6 +690,7 @@ pub fn reset_in(session: &crate::session::Session, options: ResetOptions) -> Res
     };
     // The owned list needs the material the phases read; it is made in a scratch copy of the store (new
     // keys there are thrown away), so a reset never creates a CA for a cluster that has none.
+    session.enter(&RESET, "material");
     let scratch = apply::Scratch::new(&options.apply.pki_root, &model.name)?;
     let mut apply_options = options.apply.clone();
     apply_options.hosts = Some(targets.clone());
@@ -703,6 +703,7 @@ pub fn reset_in(session: &crate::session::Session, options: ResetOptions) -> Res
     ))?;
     let ctx = Context { model: &model, material: &material };
     if options.consent != Consent::Given {
+        session.enter(&RESET, "preview");
         let (report, reports) = reset_pass(session, &ctx, &targets, false)?;
         for (host, text) in &reports {
             print!("[reset] {host}: would remove\n{text}");
@@ -713,11 +714,13 @@ pub fn reset_in(session: &crate::session::Session, options: ResetOptions) -> Res
             println!("reset --dry-run: nothing was changed; run with --yes to remove it");
             return Ok(0);
         }
+        session.enter(&RESET, "confirm");
         if !crate::prompt::ask(&question)? {
             println!("reset: nothing was changed");
             return Ok(0);
         }
     }
+    session.enter(&RESET, "remove");
     let (report, reports) = reset_pass(session, &ctx, &targets, true)?;
     drop(scratch);
     let mut unclean = 0;
@@ -730,6 +733,7 @@ pub fn reset_in(session: &crate::session::Session, options: ResetOptions) -> Res
         }
     }
     let failed = report.failures.len();
+    session.enter(&RESET, "state");
     let mut state = ClusterState::load(&options.apply.pki_root, &model.name)?;
     for (host, _) in &reports {
         state.forget_host(host);

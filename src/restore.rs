@@ -100,6 +100,7 @@ pub fn backup_in(session: &crate::session::Session, o: BackupOptions) -> Result<
     }
     let t0 = Instant::now();
     let progress = crate::artifacts::TerminalProgress::default();
+    session.enter(&crate::workflow::BACKUP, "snapshot");
     let snapshot = session.block_on(async {
         let mut last = None;
         for m in &members {
@@ -133,6 +134,7 @@ pub fn backup_in(session: &crate::session::Session, o: BackupOptions) -> Result<
     };
     let versions: BTreeMap<String, BTreeMap<String, String>> =
         state.hosts.iter().map(|(n, h)| (n.clone(), h.versions.clone())).collect();
+    session.enter(&crate::workflow::BACKUP, "archive");
     let written = backup::write_archive(
         &out,
         &model.name,
@@ -169,8 +171,8 @@ pub struct RestoreOptions {
     pub from: PathBuf,
     /// The environment variable holding its passphrase.
     pub passphrase_env: Option<String>,
-    /// Really restore (without it: check the archive and show what would be done).
-    pub yes: bool,
+    /// Preview (`--dry-run`), go ahead (`--yes`), or preview then ask.
+    pub consent: crate::prompt::Consent,
     /// Move a `pki/<cluster>/` with other CAs aside instead of refusing.
     pub replace_pki: bool,
     /// PKI root, cache and SSH settings.
@@ -362,6 +364,8 @@ pub fn run_restore(inventory: &Path, o: RestoreOptions) -> Result<i32> {
 pub fn restore_in(session: &crate::session::Session, o: RestoreOptions) -> Result<i32> {
     let (loaded, inventory) = (&session.loaded, &session.loaded.path);
     let model = session.model();
+    use crate::workflow::RESTORE;
+    session.enter(&RESTORE, "archive");
     let passphrase = passphrase(o.passphrase_env.as_deref())?;
     let opened = backup::open_archive(&o.from, passphrase.as_deref(), &o.apply.pki_root)?;
     let m = &opened.manifest;
@@ -396,6 +400,7 @@ pub fn restore_in(session: &crate::session::Session, o: RestoreOptions) -> Resul
         .and_then(|pem| crate::identity::Fingerprint::of_pem(&pem))
         .ok_or_else(|| Error::msg(format!("{} holds no cluster CA", o.from.display()), None))?;
     let transports = &session.transports;
+    session.enter(&RESTORE, "identity");
     {
         let hosts: Vec<String> = model.hosts.iter().map(|h| h.name.clone()).collect();
         let found = session.block_on(crate::identity::read_hosts(&hosts, transports, &session.executor))?;
@@ -407,16 +412,26 @@ pub fn restore_in(session: &crate::session::Session, o: RestoreOptions) -> Resul
             ));
         }
     }
-    let pki_note = place_pki(&o.apply.pki_root, &model.name, &opened, o.replace_pki, !o.yes)?;
-    if !o.yes {
+    session.enter(&RESTORE, "pki");
+    use crate::prompt::Consent;
+    let pki_note = place_pki(&o.apply.pki_root, &model.name, &opened, o.replace_pki, true)?;
+    if o.consent != Consent::Given {
         println!("restore would:");
         println!("  - PKI: {pki_note}");
         println!("  - install or converge every host of {} (apply)", inventory.display());
         println!("  - stop the control plane, replace the etcd data of {} with the snapshot (the previous data is kept aside), start them together", members.join(", "));
         println!("  - start the control plane, apply the addons again, check the cluster (apply)");
-        println!("restore: nothing was changed so far (`--yes` restores without asking)");
-        return Ok(0);
+        if o.consent == Consent::Preview {
+            println!("restore --dry-run: nothing was changed (`--yes` restores without asking)");
+            return Ok(0);
+        }
+        session.enter(&RESTORE, "confirm");
+        if !crate::prompt::ask("Restore the cluster from this backup?")? {
+            println!("restore: nothing was changed");
+            return Ok(0);
+        }
     }
+    let pki_note = place_pki(&o.apply.pki_root, &model.name, &opened, o.replace_pki, false)?;
     eprintln!("[restore] PKI: {pki_note}");
     // The state: hosts the inventory does not have are not part of the restored cluster.
     let mut state = ClusterState::load(&o.apply.pki_root, &model.name)?;
@@ -429,6 +444,7 @@ pub fn restore_in(session: &crate::session::Session, o: RestoreOptions) -> Resul
         state.save(&o.apply.pki_root)?;
     }
     let t0 = Instant::now();
+    session.enter(&RESTORE, "install");
     apply::run_in(session, loaded, model.clone(), o.apply.clone(), "[restore] install")?;
     eprintln!("[restore] hosts installed and converged ({:.0}s)", t0.elapsed().as_secs_f64());
 
@@ -440,11 +456,13 @@ pub fn restore_in(session: &crate::session::Session, o: RestoreOptions) -> Resul
     session.block_on(async {
         // 1. The control plane stops everywhere before any member is touched: no apiserver may write to a
         //    member between its restore and the others'.
+        session.enter(&RESTORE, "stop");
         let stop = Command::shell(STOP)
             .args(["kube-apiserver", "kube-controller-manager", "kube-scheduler"])
             .sudo();
         run_on(transports, model.control_planes().map(|h| h.name.clone()), "stop the control plane", &stop).await?;
         // 2. Every member's data is replaced from the snapshot.
+        session.enter(&RESTORE, "members");
         let up = Upload::file(&snap, format!("{}/restore-{when}.db", backup::REMOTE_DIR), 0o600)
             .map_err(|e| Error::io("reading the snapshot", e))?;
         let asides: Arc<std::sync::Mutex<Vec<String>>> = Default::default();
@@ -481,11 +499,13 @@ pub fn restore_in(session: &crate::session::Session, o: RestoreOptions) -> Resul
             eprintln!("[restore] the previous etcd data is kept in {} (remove it once the cluster is as it should be)", kept.join(", "));
         }
         // 3. The members start together and each waits for its health (quorum).
+        session.enter(&RESTORE, "etcd");
         let start = Command::shell(format!("{}\n{START_ETCD}", crate::phase::install::ETCDCTL_FN)).sudo();
         run_on(transports, members.iter().cloned(), "start etcd", &start).await?;
         eprintln!("[restore] etcd members healthy ({:.0}s)", t1.elapsed().as_secs_f64());
         // 4. The control plane starts; the addons and node labels are applied again (the restored objects
         //    are those of the backup).
+        session.enter(&RESTORE, "control-plane");
         let start_cp = Command::new("systemctl")
             .args(["start", "kube-apiserver", "kube-controller-manager", "kube-scheduler"])
             .sudo();
@@ -495,6 +515,7 @@ pub fn restore_in(session: &crate::session::Session, o: RestoreOptions) -> Resul
     // 5. The addons and node labels are applied again (the restored objects are those of the backup), then a
     //    converge run starts whatever is still stopped and checks everything.
     let first = model.control_planes().next().expect("a control plane").name.clone();
+    session.enter(&RESTORE, "addons");
     session
         .block_on(async {
             let t = transports.get(&first).expect("transport");
@@ -508,6 +529,7 @@ pub fn restore_in(session: &crate::session::Session, o: RestoreOptions) -> Resul
         })
         .map_err(|e| Error::msg(format!("{first}: {e}"), None))?;
     eprintln!("[restore] addons and node labels applied again on {first}");
+    session.enter(&RESTORE, "check");
     apply::run_in(session, loaded, model.clone(), o.apply.clone(), "[restore] check")?;
     // Nodes in the backup that the inventory does not have.
     let nodes = session

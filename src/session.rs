@@ -35,6 +35,7 @@ pub struct Session {
     pub executor: Executor,
     runtime: tokio::runtime::Runtime,
     artifacts: Option<Artifacts>,
+    entered: std::sync::Mutex<Vec<(&'static str, &'static str)>>,
 }
 
 impl Session {
@@ -55,13 +56,44 @@ impl Session {
         let runtime =
             tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
         let executor = Executor::new(options.concurrency, reporter);
-        Ok(Session { loaded, options, transports, executor, runtime, artifacts: None })
+        Ok(Session {
+            loaded,
+            options,
+            transports,
+            executor,
+            runtime,
+            artifacts: None,
+            entered: Default::default(),
+        })
     }
 
     /// Installs these artifacts instead of resolving the release source (tests).
     pub fn with_artifacts(mut self, artifacts: Artifacts) -> Self {
         self.artifacts = Some(artifacts);
         self
+    }
+
+    /// Enters stage `id` of `workflow`. A stage that is not in the workflow's list, or that comes before one
+    /// already entered, is a bug: it panics in debug builds (every test), so the listed order is the order
+    /// run.
+    pub fn enter(&self, workflow: &'static crate::workflow::Workflow, id: &'static str) {
+        let mut entered = self.entered.lock().expect("stages lock");
+        let at = workflow.position(id);
+        let last =
+            entered.iter().rev().find(|(w, _)| *w == workflow.name).and_then(|(_, s)| workflow.position(s));
+        debug_assert!(at.is_some(), "stage `{id}` is not in the {} workflow", workflow.name);
+        debug_assert!(
+            at >= last,
+            "stage `{id}` of {} comes after `{}`",
+            workflow.name,
+            last.map(|l| workflow.stages[l].id).unwrap_or("")
+        );
+        entered.push((workflow.name, id));
+    }
+
+    /// The stages entered so far, as `workflow/stage`.
+    pub fn stages(&self) -> Vec<String> {
+        self.entered.lock().expect("stages lock").iter().map(|(w, s)| format!("{w}/{s}")).collect()
     }
 
     /// The cluster model the inventory describes.

@@ -1,4 +1,12 @@
-//! The ordered phase lists of every workflow: the one place where order is written.
+//! Every command's workflow, listed in one place: the one place where order is written.
+//!
+//! `apply` (and the apply passes that `join`, `remove-node` and `restore` run) is its ordered phase list: each
+//! phase returns desired state and the executor writes. The lifecycle commands are ordered lists of typed
+//! [`Stage`]s: a check, a converge (desired state, absent files included), a cluster action run on one API
+//! host, a gate, a nested apply pass, local work, or the confirmation. A command enters its stages through
+//! [`crate::session::Session::enter`], which refuses (in debug builds and every test) a stage that is not in
+//! the command's list or comes out of order, so the list `kubeforge phases NAME` prints is the order the
+//! command runs.
 
 use crate::phase::addons::Addons;
 use crate::phase::identity::Identity;
@@ -22,13 +30,205 @@ pub fn apply() -> Vec<&'static dyn Phase> {
     ]
 }
 
-/// The names of every workflow.
-pub const NAMES: &[&str] = &["apply"];
+/// What kind of work a stage does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageKind {
+    /// Reads hosts and refuses before anything is written.
+    Check,
+    /// Shows what would be done (`--dry-run` ends after it).
+    Preview,
+    /// Asks on the terminal unless `--yes`.
+    Confirm,
+    /// Brings hosts to a desired state through the executor (absent files and units included).
+    Converge,
+    /// A cluster operation on one API or etcd host (cordon, drain, delete a Node, etcd member changes,
+    /// snapshot, restore of a member).
+    ClusterAction,
+    /// Waits for health and refuses to go on without it.
+    Gate,
+    /// A nested `apply` pass.
+    Apply,
+    /// Work on the admin machine (the store, the state file, an archive).
+    Local,
+}
 
-/// A workflow by name (for `kubeforge phases NAME`).
+impl StageKind {
+    /// The kind's name in listings.
+    pub fn name(self) -> &'static str {
+        match self {
+            StageKind::Check => "check",
+            StageKind::Preview => "preview",
+            StageKind::Confirm => "confirm",
+            StageKind::Converge => "converge",
+            StageKind::ClusterAction => "cluster",
+            StageKind::Gate => "gate",
+            StageKind::Apply => "apply",
+            StageKind::Local => "local",
+        }
+    }
+}
+
+/// One stage of a lifecycle workflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stage {
+    /// Its id (`drain`).
+    pub id: &'static str,
+    /// What kind of work it is.
+    pub kind: StageKind,
+    /// What it does, for people.
+    pub title: &'static str,
+}
+
+const fn stage(id: &'static str, kind: StageKind, title: &'static str) -> Stage {
+    Stage { id, kind, title }
+}
+
+/// A lifecycle command's ordered stages.
+#[derive(Debug)]
+pub struct Workflow {
+    /// The command (`reset`).
+    pub name: &'static str,
+    /// Its stages, in the order they run.
+    pub stages: &'static [Stage],
+}
+
+impl Workflow {
+    /// The position of stage `id`, if the workflow has it.
+    pub fn position(&self, id: &str) -> Option<usize> {
+        self.stages.iter().position(|s| s.id == id)
+    }
+}
+
+use StageKind::*;
+
+/// `kubeforge join`.
+pub const JOIN: Workflow = Workflow {
+    name: "join",
+    stages: &[
+        stage("select", Check, "Find the inventory hosts the cluster state does not know (or --hosts)"),
+        stage("apply", Apply, "Apply to the new hosts; other hosts only where their desired state moves (routes, labels, the state copy)"),
+        stage("learners", ClusterAction, "After a failed join: remove the etcd learners and unstarted members it left"),
+    ],
+};
+
+/// `kubeforge remove-node`.
+pub const REMOVE_NODE: Workflow = Workflow {
+    name: "remove-node",
+    stages: &[
+        stage("identity", Check, "Read the staying control planes' markers: the store must be this installed cluster's"),
+        stage("etcd-member", ClusterAction, "An etcd member leaves first, through a member that stays, only when the rest keep a quorum"),
+        stage("cordon", ClusterAction, "Cordon the Node"),
+        stage("drain", ClusterAction, "Drain it through the eviction API (--force goes on when it cannot finish)"),
+        stage("delete-node", ClusterAction, "Delete the Node"),
+        stage("clean", Converge, "Remove what kubeforge installed on the host, put back what it had before (a dead host is reported)"),
+        stage("forget", Local, "Forget the host in the cluster state (its pod subnet is free again)"),
+        stage("converge", Apply, "Converge the hosts that stay without it (routes, balancers' backends, the state copy)"),
+    ],
+};
+
+/// `kubeforge reset`.
+pub const RESET: Workflow = Workflow {
+    name: "reset",
+    stages: &[
+        stage("identity", Check, "Read every selected host's marker and CA; refuse hosts of no or another cluster and staying etcd members (unless --force)"),
+        stage("material", Local, "Work out what kubeforge installed, in a scratch copy of the store"),
+        stage("preview", Preview, "Show per host what would be removed and what would be put back"),
+        stage("confirm", Confirm, "Ask on the terminal (--yes: go ahead; no terminal: refused)"),
+        stage("remove", Converge, "Per host: pods, units, files and their rollback copies, data, bridge, routes, KUBE-* chains; put back what the host had before; check it is clean"),
+        stage("state", Local, "Forget the reset hosts in the cluster state"),
+    ],
+};
+
+/// `kubeforge backup`.
+pub const BACKUP: Workflow = Workflow {
+    name: "backup",
+    stages: &[
+        stage("snapshot", ClusterAction, "Take an etcd snapshot over TLS on a member (the next one when it fails), check it, stream it here"),
+        stage("archive", Local, "Write the archive: manifest, snapshot, the whole store, the inventory; encrypted unless --unencrypted"),
+    ],
+};
+
+/// `kubeforge restore`.
+pub const RESTORE: Workflow = Workflow {
+    name: "restore",
+    stages: &[
+        stage("archive", Check, "Open the archive and check every member against the manifest"),
+        stage(
+            "identity",
+            Check,
+            "Read every host's marker and CA: refuse hosts of another cluster or installation",
+        ),
+        stage("pki", Local, "Keep, place or (--replace-pki) replace the store; --dry-run shows the steps"),
+        stage("confirm", Confirm, "Ask on the terminal (--yes: go ahead; no terminal: refused)"),
+        stage("install", Apply, "Install or converge every host of the inventory"),
+        stage("stop", ClusterAction, "Stop the control plane everywhere"),
+        stage(
+            "members",
+            ClusterAction,
+            "Replace every member's data with the snapshot (the previous data kept aside)",
+        ),
+        stage("etcd", Gate, "Start the members together; each must be healthy"),
+        stage("control-plane", ClusterAction, "Start the control plane"),
+        stage("addons", ClusterAction, "Apply the addons and node labels again"),
+        stage("check", Apply, "Converge and check everything"),
+    ],
+};
+
+/// Every lifecycle workflow with stages.
+pub const LIFECYCLE: &[&Workflow] = &[&JOIN, &REMOVE_NODE, &RESET, &BACKUP, &RESTORE];
+
+/// The names of every workflow (`kubeforge phases NAME`).
+pub const NAMES: &[&str] = &["apply", "join", "remove-node", "reset", "backup", "restore"];
+
+/// A lifecycle workflow by name.
+pub fn lifecycle(name: &str) -> Option<&'static Workflow> {
+    LIFECYCLE.iter().copied().find(|w| w.name == name)
+}
+
+/// A workflow by name (for `kubeforge phases NAME`): the apply phases, or a lifecycle command's stages.
 pub fn by_name(name: &str) -> Option<Vec<&'static dyn Phase>> {
     match name {
         "apply" => Some(apply()),
         _ => None,
+    }
+}
+
+/// The lines `kubeforge phases NAME` prints: number, id, kind (for stages) and title.
+pub fn listing(name: &str) -> Option<Vec<String>> {
+    if let Some(phases) = by_name(name) {
+        return Some(
+            phases
+                .iter()
+                .enumerate()
+                .map(|(i, p)| format!("{:>2}. {:<16} {}", i + 1, p.id(), p.title()))
+                .collect(),
+        );
+    }
+    let w = lifecycle(name)?;
+    Some(
+        w.stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{:>2}. {:<14} {:<8} {}", i + 1, s.id, s.kind.name(), s.title))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_workflow_is_listed_by_name_with_unique_stage_ids() {
+        for name in NAMES {
+            assert!(listing(name).is_some_and(|l| !l.is_empty()), "{name}");
+        }
+        for w in LIFECYCLE {
+            assert!(NAMES.contains(&w.name), "{} is not in NAMES", w.name);
+            let mut ids: Vec<&str> = w.stages.iter().map(|s| s.id).collect();
+            ids.sort();
+            ids.dedup();
+            assert_eq!(ids.len(), w.stages.len(), "{}: a stage id repeats", w.name);
+        }
     }
 }

@@ -998,11 +998,22 @@ fn installed(text: &str) -> Harness {
     h
 }
 
-fn reset(h: &Harness, consent: crate::prompt::Consent, hosts: Option<&[&str]>, force: bool) -> Result<i32> {
+/// `kubeforge reset` in a session on the harness; the result and the stages it entered.
+fn reset_staged(
+    h: &Harness,
+    consent: crate::prompt::Consent,
+    hosts: Option<&[&str]>,
+    force: bool,
+) -> (Result<i32>, Vec<String>) {
     let mut o = h.options();
     o.hosts = hosts.map(|hs| hs.iter().map(|s| s.to_string()).collect());
     let session = h.session(TRIO, o.clone(), Arc::new(Recorder::default()));
-    crate::lifecycle::reset_in(&session, crate::lifecycle::ResetOptions { consent, force, apply: o })
+    let r = crate::lifecycle::reset_in(&session, crate::lifecycle::ResetOptions { consent, force, apply: o });
+    (r, session.stages())
+}
+
+fn reset(h: &Harness, consent: crate::prompt::Consent, hosts: Option<&[&str]>, force: bool) -> Result<i32> {
+    reset_staged(h, consent, hosts, force).0
 }
 
 fn command_counts(h: &Harness) -> BTreeMap<String, usize> {
@@ -1018,7 +1029,9 @@ fn reset_dry_run_changes_nothing_and_reset_removes_what_kubeforge_installed_from
     use crate::prompt::Consent;
     let h = installed(TRIO);
     let before = command_counts(&h);
-    assert_eq!(reset(&h, Consent::Preview, None, false).unwrap(), 0);
+    let (r, stages) = reset_staged(&h, Consent::Preview, None, false);
+    assert_eq!(r.unwrap(), 0);
+    assert_eq!(stages, ["reset/identity", "reset/material", "reset/preview"]);
     for (name, t) in &h.hosts {
         assert!(t.file(KUBELET).is_some(), "{name}: a dry run removed the kubelet");
         let cmds = new_commands(&h, name, &before);
@@ -1028,7 +1041,9 @@ fn reset_dry_run_changes_nothing_and_reset_removes_what_kubeforge_installed_from
         );
     }
     // `@worker`: the selector grammar of every command.
-    assert_eq!(reset(&h, Consent::Given, Some(&["@worker"]), false).unwrap(), 0);
+    let (r, stages) = reset_staged(&h, Consent::Given, Some(&["@worker"]), false);
+    assert_eq!(r.unwrap(), 0);
+    assert_eq!(stages, ["reset/identity", "reset/material", "reset/remove", "reset/state"]);
     for w in ["w1", "w2"] {
         assert!(h.hosts[w].file(KUBELET).is_none(), "{w} keeps the kubelet");
         assert!(h.hosts[w].file(crate::identity::MARKER_PATH).is_none(), "{w} keeps the cluster marker");
@@ -1073,6 +1088,11 @@ fn reset_refuses_a_host_of_another_cluster_before_touching_any_host() {
 }
 
 fn remove(h: &Harness, text: &str, node: &str, force: bool) -> Result<i32> {
+    remove_staged(h, text, node, force).0
+}
+
+/// `kubeforge remove-node --yes` in a session on the harness; the result and the stages it entered.
+fn remove_staged(h: &Harness, text: &str, node: &str, force: bool) -> (Result<i32>, Vec<String>) {
     let mut o = h.options();
     o.ignore_preflight = vec!["all".into()];
     let session = h.session(text, o.clone(), Arc::new(Recorder::default()));
@@ -1082,14 +1102,23 @@ fn remove(h: &Harness, text: &str, node: &str, force: bool) -> Result<i32> {
         drain_timeout: std::time::Duration::from_secs(60),
         apply: o,
     };
-    crate::lifecycle::remove_node_in(&session, options)
+    let r = crate::lifecycle::remove_node_in(&session, options);
+    (r, session.stages())
 }
 
 #[test]
 fn remove_node_drains_through_a_control_plane_cleans_the_host_and_converges_the_rest() {
     let h = installed(TRIO);
     let before = command_counts(&h);
-    assert_eq!(remove(&h, TRIO, "w2", false).unwrap(), 0);
+    let (r, stages) = remove_staged(&h, TRIO, "w2", false);
+    assert_eq!(r.unwrap(), 0);
+    let listed: Vec<String> = crate::workflow::REMOVE_NODE
+        .stages
+        .iter()
+        .filter(|s| s.id != "etcd-member")
+        .map(|s| format!("remove-node/{}", s.id))
+        .collect();
+    assert_eq!(stages, listed, "a worker's removal runs every listed stage but the etcd member's, in order");
     let api = new_commands(&h, "cp1", &before);
     let pos =
         |what: &str| api.iter().position(|c| c.contains(what)).unwrap_or_else(|| panic!("{what}: {api:?}"));
@@ -1114,8 +1143,15 @@ fn a_drain_that_fails_stops_remove_node_before_the_host_or_the_state_is_touched(
         "drain w2",
         Reply::fail(1, "error: cannot evict pod as it would violate the pod's disruption budget"),
     );
-    let e = remove(&h, TRIO, "w2", false).unwrap_err();
-    assert!(e.to_string().contains("drain") || e.report().contains("disruption budget"), "{}", e.report());
+    let (r, stages) = remove_staged(&h, TRIO, "w2", false);
+    let e = r.unwrap_err();
+    let said = e.to_string();
+    assert!(said.contains("the drain did not finish") && said.contains("uncordoned again"), "{}", e.report());
+    assert_eq!(stages.last().map(String::as_str), Some("remove-node/drain"));
+    assert!(
+        h.hosts["cp1"].commands().iter().any(|c| c.contains("uncordon w2")),
+        "the node was left cordoned"
+    );
     assert!(h.hosts["w2"].file(KUBELET).is_some(), "w2 was cleaned although its drain failed");
     let st = ClusterState::load(&h.options().pki_root, "trio").unwrap();
     assert!(st.hosts.contains_key("w2"));
