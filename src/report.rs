@@ -130,9 +130,9 @@ pub fn line(e: &Event) -> Option<String> {
         Event::StepFinished { phase, host, step, ok: false, elapsed, .. } => {
             format!("[{phase}] {host}: FAILED {step} after {}", fmt_dur(*elapsed))
         }
-        Event::HostFinished { phase, host, ok, message } => {
-            format!("[{phase}] {host}: {} {message}", if *ok { "done" } else { "failed:" })
-        }
+        Event::HostFinished { phase, host, ok: true, message } => format!("[{phase}] {host}: done {message}"),
+        // The step's FAILED line said where; the reason is printed once, in the command's error.
+        Event::HostFinished { ok: false, .. } => return None,
         Event::PhaseFinished { phase, elapsed, failed } => {
             format!("[{phase}] finished in {} ({failed} host(s) failed)", fmt_dur(*elapsed))
         }
