@@ -60,10 +60,10 @@ pub enum Command {
     /// Certificates: generate, check expiration, renew.
     #[command(subcommand)]
     Certs(crate::pki::command::CertsCommand),
-    /// Issue a kubeconfig for a person (short-lived client certificate, recorded in the ledger).
-    Kubeconfig(crate::pki::command::UserArgs),
-    /// Issue a client bundle for a person: kubeconfig, CA, cert, key and env scripts in one archive.
-    Bundle(crate::pki::command::UserArgs),
+    /// Kubeconfigs: the cluster's admin kubeconfig (print, write, merge), a person's short-lived one, or a
+    /// person's client bundle.
+    #[command(subcommand)]
+    Kubeconfig(crate::pki::command::KubeconfigCommand),
     /// Local VMs to try kubeforge and to test it end to end.
     #[command(subcommand)]
     Lab(crate::lab::LabCommand),
@@ -456,7 +456,14 @@ fn cluster_of(c: &Command) -> Option<(&std::path::Path, Option<&std::path::Path>
         Command::Upgrade(U::Plan(a)) => (&a.inventory, a.common.pki_dir.as_deref()),
         Command::Upgrade(U::Apply(a)) => (&a.inventory, a.common.pki_dir.as_deref()),
         Command::Upgrade(U::Rollback(a)) => (&a.inventory, a.common.pki_dir.as_deref()),
-        Command::Kubeconfig(a) | Command::Bundle(a) => (&a.target.inventory, a.target.pki_dir.as_deref()),
+        Command::Kubeconfig(k) => {
+            use crate::pki::command::KubeconfigCommand as K;
+            let t = match k {
+                K::Admin(a) => &a.target,
+                K::User(a) | K::Bundle(a) => &a.target,
+            };
+            (&t.inventory, t.pki_dir.as_deref())
+        }
         _ => return None,
     })
 }
@@ -541,8 +548,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Upgrade(c) => crate::upgrade::run(c),
         Command::Certs(c) => crate::pki::command::run_certs(c),
         Command::Lab(c) => crate::lab::run_command(c),
-        Command::Kubeconfig(a) => crate::pki::command::run_kubeconfig(a),
-        Command::Bundle(a) => crate::pki::command::run_bundle(a),
+        Command::Kubeconfig(c) => crate::pki::command::run_kubeconfig(c),
         Command::Phases { workflow } => {
             let lines = crate::workflow::listing(&workflow).ok_or_else(|| {
                 crate::Error::usage(

@@ -347,7 +347,20 @@ fn the_client_bundle_works_in_bash_and_fish() {
     ok(kubeforge(dir.path(), &["certs", "generate", "-i", inv]));
     ok(kubeforge(
         dir.path(),
-        &["bundle", "-i", inv, "--user", "alice", "--group", "dev", "--ttl", "12h", "-o", "alice.tar.gz"],
+        &[
+            "kubeconfig",
+            "bundle",
+            "-i",
+            inv,
+            "--user",
+            "alice",
+            "--group",
+            "dev",
+            "--ttl",
+            "12h",
+            "--out",
+            "alice.tar.gz",
+        ],
     ));
     let out = Command::new("tar").args(["xzf", "alice.tar.gz"]).current_dir(dir.path()).output().unwrap();
     assert!(out.status.success());
@@ -392,4 +405,53 @@ fn the_client_bundle_works_in_bash_and_fish() {
         serde_json::from_slice(&std::fs::read(dir.path().join("pki/demo/ledger.json")).unwrap()).unwrap();
     assert_eq!(ledger[0]["user"], "alice");
     assert_eq!(ledger[0]["groups"][0], "dev");
+}
+
+/// `kubeconfig admin --merge` into a kubeconfig that already holds another cluster, read back by the real
+/// kubectl: both contexts are there, the other one stays current, the file is 0600, and a second merge
+/// replaces its own entries instead of adding more.
+#[test]
+fn the_admin_kubeconfig_merges_into_an_existing_one_that_kubectl_reads() {
+    let (dir, inv) = setup("ecdsa-p256");
+    let inv = inv.to_str().unwrap();
+    ok(kubeforge(dir.path(), &["certs", "generate", "-i", inv]));
+    let printed = ok(kubeforge(dir.path(), &["kubeconfig", "admin", "-i", inv]));
+    assert!(printed.contains("client-key-data"), "{printed}");
+    let kc = dir.path().join("kube/config");
+    std::fs::create_dir_all(kc.parent().unwrap()).unwrap();
+    std::fs::write(
+        &kc,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: other\n  cluster: {server: 'https://10.9.9.9:6443'}\n\
+         users:\n- name: other-user\n  user: {token: secret}\ncontexts:\n- name: other\n  context: {cluster: other, user: other-user}\n\
+         current-context: other\npreferences: {}\n",
+    )
+    .unwrap();
+    let kc_s = kc.to_str().unwrap();
+    for _ in 0..2 {
+        let said = ok(kubeforge(dir.path(), &["kubeconfig", "admin", "-i", inv, "--merge", kc_s]));
+        assert!(said.contains("context `demo-admin@demo` merged"), "{said}");
+    }
+    assert_eq!(std::fs::metadata(&kc).unwrap().permissions().mode() & 0o777, 0o600);
+    let get = |args: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{} --kubeconfig {kc_s} {args}", kubectl()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        get("config get-contexts -o name").split_whitespace().collect::<Vec<_>>(),
+        ["demo-admin@demo", "other"]
+    );
+    assert_eq!(get("config current-context").trim(), "other");
+    let users = get("config view -o jsonpath={.users[*].name}");
+    let mut users: Vec<&str> = users.split_whitespace().collect();
+    users.sort();
+    assert_eq!(users, ["demo-admin", "other-user"], "one entry each, after two merges");
+    // Written with --out: the same bytes as the store's, 0600.
+    ok(kubeforge(dir.path(), &["kubeconfig", "admin", "-i", inv, "--out", "admin.conf"]));
+    assert_eq!(std::fs::read_to_string(dir.path().join("admin.conf")).unwrap(), printed);
+    assert_eq!(std::fs::metadata(dir.path().join("admin.conf")).unwrap().permissions().mode() & 0o777, 0o600);
 }

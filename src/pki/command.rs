@@ -1,4 +1,4 @@
-//! The PKI commands: `certs generate|check-expiration|renew`, `kubeconfig` and `bundle`.
+//! The PKI commands: `certs generate|check-expiration|renew|prune-users` and `kubeconfig admin|user|bundle`.
 
 use super::store::Store;
 use super::users;
@@ -66,7 +66,37 @@ pub enum CertsCommand {
     },
 }
 
-/// `kubeforge kubeconfig` / `kubeforge bundle`.
+/// `kubeforge kubeconfig ...`.
+#[derive(Debug, Subcommand)]
+pub enum KubeconfigCommand {
+    /// The cluster's admin kubeconfig (`pki/<cluster>/admin.conf`, cluster-admin): print it, write it
+    /// (`--out`, 0600), or merge it into a kubeconfig file (`--merge`).
+    Admin(AdminArgs),
+    /// Issue a kubeconfig for a person: a short-lived client certificate, recorded in the ledger.
+    User(UserArgs),
+    /// Issue a person's client bundle: kubeconfig, CA, certificate, key and env scripts (bash/zsh, fish,
+    /// PowerShell, cmd) in one archive.
+    Bundle(UserArgs),
+}
+
+/// Arguments of `kubeforge kubeconfig admin`.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// Where.
+    #[command(flatten)]
+    pub target: PkiTarget,
+    /// Write it to this file (mode 0600) instead of standard output.
+    #[arg(long, value_name = "FILE", conflicts_with = "merge")]
+    pub out: Option<PathBuf>,
+    /// Merge it into a kubeconfig file: this one, or without a value the first file of `$KUBECONFIG`,
+    /// else `~/.kube/config`. Its entries are named after the cluster (cluster `<cluster>`, user
+    /// `<cluster>-admin`, context `<cluster>-admin@<cluster>`) and replace entries of the same names; other
+    /// entries stay as they are. The current context is set only when the file has none.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "")]
+    pub merge: Option<PathBuf>,
+}
+
+/// `kubeforge kubeconfig user` / `kubeforge kubeconfig bundle`.
 #[derive(Debug, Args)]
 pub struct UserArgs {
     /// Where.
@@ -87,8 +117,8 @@ pub struct UserArgs {
     #[arg(long)]
     pub allow_system_masters: bool,
     /// Output file (kubeconfig: default stdout; bundle: default `<cluster>-<user>.tar.gz`).
-    #[arg(short, long)]
-    pub output: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 fn open(t: &PkiTarget) -> Result<(ClusterModel, Store, super::PkiInputs)> {
@@ -366,31 +396,166 @@ fn issue(a: &UserArgs) -> Result<(ClusterModel, users::UserCredential)> {
 }
 
 /// Runs `kubeconfig`.
-pub fn run_kubeconfig(a: UserArgs) -> Result<i32> {
-    let (_, cred) = issue(&a)?;
-    match &a.output {
-        Some(p) => {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(p)
-                .map_err(|e| crate::Error::io(format!("cannot write {}", p.display()), e))?;
-            f.write_all(cred.kubeconfig.as_bytes())
-                .map_err(|e| crate::Error::io(format!("cannot write {}", p.display()), e))?;
+pub fn run_kubeconfig(c: KubeconfigCommand) -> Result<i32> {
+    match c {
+        KubeconfigCommand::Admin(a) => run_admin(a),
+        KubeconfigCommand::User(a) => {
+            let (_, cred) = issue(&a)?;
+            match &a.out {
+                Some(p) => write_private(p, cred.kubeconfig.as_bytes())?,
+                None => print!("{}", cred.kubeconfig),
+            }
+            Ok(0)
         }
-        None => print!("{}", cred.kubeconfig),
+        KubeconfigCommand::Bundle(a) => run_bundle(a),
+    }
+}
+
+/// Writes `bytes` to `path` with mode 0600 through a temporary file beside it (a reader never sees half a
+/// file; an existing file's other readers lose nothing until the rename).
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |e| crate::Error::io(format!("cannot write {}", path.display()), e);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let tmp = path.with_file_name(format!(
+        ".{}.kubeforge-tmp",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// The kubeconfig file `--merge` writes to: the given one, the first of `$KUBECONFIG`, or `~/.kube/config`.
+fn merge_target(given: &std::path::Path) -> Result<PathBuf> {
+    if !given.as_os_str().is_empty() {
+        return Ok(given.to_path_buf());
+    }
+    if let Some(first) = std::env::var_os("KUBECONFIG")
+        .and_then(|v| std::env::split_paths(&v).find(|p| !p.as_os_str().is_empty()))
+    {
+        return Ok(first);
+    }
+    dirs::home_dir().map(|h| h.join(".kube/config")).ok_or_else(|| {
+        crate::Error::usage(
+            "no home directory to find ~/.kube/config in",
+            Some("give the file: `--merge FILE`"),
+        )
+    })
+}
+
+/// `kubeforge kubeconfig admin`.
+fn run_admin(a: AdminArgs) -> Result<i32> {
+    let (model, store, _) = open(&a.target)?;
+    let path = store.root().join("admin.conf");
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        crate::Error::msg(
+            format!("cannot read {}: {e}", path.display()),
+            Some("the admin kubeconfig is written by `kubeforge apply` (or `certs generate`); check -i and --pki-dir"),
+        )
+    })?;
+    match (&a.out, &a.merge) {
+        (Some(out), _) => {
+            write_private(out, text.as_bytes())?;
+            eprintln!(
+                "kubeconfig: {} written (cluster-admin of `{}`; keep it private)",
+                out.display(),
+                model.name
+            );
+        }
+        (None, Some(given)) => {
+            let target = merge_target(given)?;
+            let existing = match std::fs::read_to_string(&target) {
+                Ok(t) => Some(t),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(crate::Error::io(format!("reading {}", target.display()), e)),
+            };
+            let (merged, context) =
+                merge_kubeconfig(existing.as_deref(), &text, &model.name).map_err(|e| {
+                    crate::Error::msg(
+                        format!("{}: {e}", target.display()),
+                        Some("fix or move that file, or write to another with --out"),
+                    )
+                })?;
+            write_private(&target, merged.as_bytes())?;
+            println!("kubeconfig: context `{context}` merged into {}", target.display());
+        }
+        (None, None) => print!("{text}"),
     }
     Ok(0)
+}
+
+/// Merges kubeconfig `ours` (one cluster, user and context) into `existing`, renamed after `cluster`
+/// (user `<cluster>-admin`, context `<cluster>-admin@<cluster>`, so two clusters' admins never collide):
+/// entries of the same names are replaced, every other entry and field is kept. The current context is set
+/// only when `existing` has none. Returns the text and the context's name.
+pub fn merge_kubeconfig(
+    existing: Option<&str>,
+    ours: &str,
+    cluster: &str,
+) -> std::result::Result<(String, String), String> {
+    use serde_yaml::{Mapping, Value};
+    let ours: Value =
+        serde_yaml::from_str(ours).map_err(|e| format!("the admin kubeconfig does not parse: {e}"))?;
+    let mut doc: Value = match existing.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(t) => serde_yaml::from_str(t).map_err(|e| format!("not a kubeconfig: {e}"))?,
+        None => serde_yaml::from_str(
+            "apiVersion: v1
+kind: Config
+preferences: {}
+",
+        )
+        .expect("literal"),
+    };
+    let map = doc.as_mapping_mut().ok_or("not a kubeconfig: the document is not a mapping")?;
+    let (user, context) = (format!("{cluster}-admin"), format!("{cluster}-admin@{cluster}"));
+    let first = |key: &str| -> std::result::Result<Value, String> {
+        ours.get(key)
+            .and_then(Value::as_sequence)
+            .and_then(|s| s.first())
+            .cloned()
+            .ok_or_else(|| format!("the admin kubeconfig has no {key}"))
+    };
+    let mut entry = |key: &str, name: &str, mut value: Value| -> std::result::Result<(), String> {
+        value.as_mapping_mut().ok_or("malformed entry")?.insert("name".into(), name.into());
+        let list = map.entry(key.into()).or_insert_with(|| Value::Sequence(Vec::new()));
+        if list.is_null() {
+            *list = Value::Sequence(Vec::new());
+        }
+        let seq = list.as_sequence_mut().ok_or_else(|| format!("not a kubeconfig: `{key}` is not a list"))?;
+        seq.retain(|e| e.get("name").and_then(Value::as_str) != Some(name));
+        seq.push(value);
+        Ok(())
+    };
+    entry("clusters", cluster, first("clusters")?)?;
+    entry("users", &user, first("users")?)?;
+    let mut ctx = Mapping::new();
+    ctx.insert("cluster".into(), cluster.into());
+    ctx.insert("user".into(), user.as_str().into());
+    let mut named = Mapping::new();
+    named.insert("context".into(), Value::Mapping(ctx));
+    entry("contexts", &context, Value::Mapping(named))?;
+    let current = map.get("current-context").and_then(Value::as_str).unwrap_or("");
+    if current.is_empty() {
+        map.insert("current-context".into(), context.as_str().into());
+    }
+    let text = serde_yaml::to_string(&doc).map_err(|e| e.to_string())?;
+    Ok((text, context))
 }
 
 /// Runs `bundle`.
 pub fn run_bundle(a: UserArgs) -> Result<i32> {
     let (model, cred) = issue(&a)?;
-    let out = a.output.clone().unwrap_or_else(|| PathBuf::from(format!("{}-{}.tar.gz", model.name, a.user)));
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("{}-{}.tar.gz", model.name, a.user)));
     users::write_bundle(&out, &cred, &model.name)?;
     println!("{}", out.display());
     Ok(0)
@@ -431,7 +596,7 @@ mod tests {
             groups: groups.iter().map(|g| g.to_string()).collect(),
             ttl: "24h".into(),
             allow_system_masters: allow,
-            output: None,
+            out: None,
         }
     }
 
