@@ -228,6 +228,21 @@ fn rsa_keys_are_issued_on_request_and_renew_keeps_the_key() {
     );
     let warn = kubeforge(dir.path(), &["certs", "check-expiration", "-i", inv, "--warn-within", "400d"]);
     assert_eq!(warn.status.code(), Some(1), "every leaf expires within 400 days");
+    let doc = kubeforge(
+        dir.path(),
+        &["certs", "check-expiration", "-i", inv, "--warn-within", "400d", "-o", "json"],
+    );
+    assert_eq!(doc.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&doc.stdout).expect("a CertificateExpiration document");
+    assert_eq!((v["kind"].as_str(), v["problems"].as_bool()), (Some("CertificateExpiration"), Some(true)));
+    let certs = v["certificates"].as_array().unwrap();
+    let api = certs.iter().find(|c| c["name"] == "apiserver").expect("apiserver listed");
+    assert_eq!(
+        (api["withinWarning"].as_bool(), api["keyAlgorithm"].as_str()),
+        (Some(true), Some("rsa-2048"))
+    );
+    let ca = certs.iter().find(|c| c["name"] == "ca").expect("ca listed");
+    assert_eq!(ca["withinWarning"], false, "a ten-year CA is not within 400 days");
 }
 
 #[test]

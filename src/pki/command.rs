@@ -44,6 +44,9 @@ pub enum CertsCommand {
         /// certificate's expiry; exit 1 when any differs.
         #[arg(long)]
         on_hosts: bool,
+        /// Output format (`json`/`yaml`: a `CertificateExpiration` document).
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: crate::output::Format,
     },
     /// Remove expired people's certificates from `users/` and the ledger (they can no longer authenticate).
     PruneUsers(PkiTarget),
@@ -119,6 +122,216 @@ pub struct UserArgs {
     /// Output file (kubeconfig: default stdout; bundle: default `<cluster>-<user>.tar.gz`).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+}
+
+/// One certificate of the store in `check-expiration`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CertRow {
+    name: String,
+    /// `2027-12-07 10:00 UTC`.
+    expires: String,
+    residual_seconds: i64,
+    /// `364d`, `1y2d`, `EXPIRED`.
+    residual: String,
+    signed_by: String,
+    key_algorithm: String,
+    /// Expires within `--warn-within`.
+    within_warning: bool,
+}
+
+/// A person's certificate (listed apart: never part of the cluster's health or the exit code).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UserRow {
+    user: String,
+    serial: String,
+    expires: String,
+    residual: String,
+    expired: bool,
+}
+
+/// A deployed file that differs from the store (`--on-hosts`).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HostRow {
+    host: String,
+    path: String,
+    /// The deployed certificate's expiry, or why it could not be read.
+    deployed: String,
+}
+
+/// The `CertificateExpiration` document, and what the table prints.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Expiration {
+    cluster: String,
+    store: String,
+    certificates: Vec<CertRow>,
+    users: Vec<UserRow>,
+    /// `--on-hosts`: deployed files that differ from the store, and hosts that could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hosts: Option<OnHosts>,
+    /// What the exit code 1 means: a certificate within the warning window, a deployed file that differs,
+    /// or an unreachable host.
+    problems: bool,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OnHosts {
+    differences: Vec<HostRow>,
+    unreachable: std::collections::BTreeMap<String, String>,
+}
+
+fn when(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC")).ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Reads the store (and with `on_hosts` the deployed files) into the expiration report.
+fn expiration(target: &PkiTarget, limit: Option<std::time::Duration>, on_hosts: bool) -> Result<Expiration> {
+    let (model, store, _) = open(target)?;
+    let certs = store.certificates()?;
+    if certs.is_empty() {
+        return Err(crate::Error::msg(
+            format!("{} holds no certificates", store.root().display()),
+            Some("run `kubeforge certs generate -i INVENTORY` first"),
+        ));
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let certificates: Vec<CertRow> = certs
+        .iter()
+        .map(|(name, f)| CertRow {
+            name: name.clone(),
+            expires: when(f.not_after),
+            residual_seconds: f.not_after - now,
+            residual: human(f.not_after - now),
+            signed_by: if f.is_ca { "(self)".to_string() } else { f.issuer.clone() },
+            key_algorithm: store.key_algorithm(name).map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+            within_warning: limit.is_some_and(|l| f.not_after - now < l.as_secs() as i64),
+        })
+        .collect();
+    let users = store
+        .user_certificates()?
+        .iter()
+        .map(|(name, f)| {
+            let (user, serial) = name.rsplit_once('/').unwrap_or((name.as_str(), ""));
+            UserRow {
+                user: user.to_string(),
+                serial: serial.to_string(),
+                expires: when(f.not_after),
+                residual: human(f.not_after - now),
+                expired: f.not_after <= now,
+            }
+        })
+        .collect();
+    let hosts = if on_hosts {
+        let mut o = crate::apply::ApplyOptions::new(target.root()?, crate::artifacts::default_cache_dir());
+        o.connect = crate::cli::connect_options(false);
+        let (diffs, unreachable) = crate::status::deployed_differences(&target.inventory, o)?;
+        let differences = diffs
+            .into_iter()
+            .map(|d| HostRow {
+                host: d.host,
+                path: d.path,
+                deployed: match &d.not_after {
+                    Ok(t) => format!("deployed certificate expires in {}", human(t - now)),
+                    Err(why) => why.clone(),
+                },
+            })
+            .collect();
+        Some(OnHosts { differences, unreachable: unreachable.into_iter().collect() })
+    } else {
+        None
+    };
+    let problems = certificates.iter().any(|c| c.within_warning)
+        || hosts.as_ref().is_some_and(|h| !h.differences.is_empty() || !h.unreachable.is_empty());
+    Ok(Expiration {
+        cluster: model.name,
+        store: store.root().display().to_string(),
+        certificates,
+        users,
+        hosts,
+        problems,
+    })
+}
+
+impl Expiration {
+    /// The tables for people; columns as wide as their longest value.
+    fn table(&self) -> String {
+        let w = |f: &dyn Fn(&CertRow) -> usize, head: &str| {
+            self.certificates.iter().map(f).max().unwrap_or(0).max(head.len())
+        };
+        let (wn, wb) = (w(&|c| c.name.len(), "CERTIFICATE"), w(&|c| c.signed_by.len(), "SIGNED BY"));
+        let mut s = format!(
+            "{:<wn$}  {:<20}  {:>9}  {:<wb$}  KEY\n",
+            "CERTIFICATE", "EXPIRES", "RESIDUAL", "SIGNED BY"
+        );
+        for c in &self.certificates {
+            s.push_str(&format!(
+                "{:<wn$}  {:<20}  {:>9}  {:<wb$}  {}\n",
+                c.name, c.expires, c.residual, c.signed_by, c.key_algorithm
+            ));
+        }
+        if !self.users.is_empty() {
+            s.push_str("\nUSERS (kubeconfigs issued to people; short-lived by design, not renewed, not counted above)\n");
+            let wu = self.users.iter().map(|u| u.user.len() + u.serial.len() + 3).max().unwrap_or(0);
+            for u in &self.users {
+                s.push_str(&format!("{:<wu$}  {:>9}\n", format!("{} ({})", u.user, u.serial), u.residual));
+            }
+        }
+        if let Some(h) = &self.hosts {
+            s.push_str(&format!("\nON THE HOSTS (what is deployed, compared with {})\n", self.store));
+            let wh = h
+                .differences
+                .iter()
+                .map(|d| d.host.len())
+                .chain(h.unreachable.keys().map(String::len))
+                .max()
+                .unwrap_or(0);
+            for d in &h.differences {
+                s.push_str(&format!("{:<wh$}  DIFFERS {} ({})\n", d.host, d.path, d.deployed));
+            }
+            for (host, e) in &h.unreachable {
+                s.push_str(&format!("{host:<wh$}  UNREACHABLE {e}\n"));
+            }
+            if h.differences.is_empty() && h.unreachable.is_empty() {
+                s.push_str("every host's certificates, keys and kubeconfigs match the store\n");
+            }
+        }
+        s
+    }
+
+    /// The closing notes on standard error.
+    fn notes(&self) {
+        let expired = self.users.iter().filter(|u| u.expired).count();
+        if expired > 0 {
+            eprintln!("{expired} user certificate(s) expired; `kubeforge certs prune-users` removes them");
+        }
+        let soon = self.certificates.iter().filter(|c| c.within_warning).count();
+        if soon > 0 {
+            eprintln!(
+                "{soon} certificate(s) expire within the warning window; renew with `kubeforge certs renew`"
+            );
+        }
+        if let Some(h) =
+            self.hosts.as_ref().filter(|h| !h.differences.is_empty() || !h.unreachable.is_empty())
+        {
+            let mut hosts: Vec<&str> = h.differences.iter().map(|d| d.host.as_str()).collect();
+            hosts.dedup();
+            eprintln!(
+                "{} file(s) on {} host(s) differ from the store, {} host(s) unreachable; `kubeforge apply` pushes the store's",
+                h.differences.len(),
+                hosts.len(),
+                h.unreachable.len()
+            );
+        }
+    }
 }
 
 fn open(t: &PkiTarget) -> Result<(ClusterModel, Store, super::PkiInputs)> {
@@ -202,97 +415,21 @@ pub fn run_certs(cmd: CertsCommand) -> Result<i32> {
             );
             Ok(0)
         }
-        CertsCommand::CheckExpiration { target, warn_within, on_hosts } => {
+        CertsCommand::CheckExpiration { target, warn_within, on_hosts, output } => {
             let limit = match warn_within {
                 Some(w) => Some(crate::inventory::validate::parse_duration(&w).map_err(|e| {
                     crate::Error::usage(format!("--warn-within: {e}"), Some("e.g. `30d`, `720h`"))
                 })?),
                 None => None,
             };
-            let (_, store, _) = open(&target)?;
-            let certs = store.certificates()?;
-            if certs.is_empty() {
-                return Err(crate::Error::msg(
-                    format!("{} holds no certificates", store.root().display()),
-                    Some("run `kubeforge certs generate -i INVENTORY` first"),
-                ));
+            let doc = expiration(&target, limit, on_hosts)?;
+            if output.is_document() {
+                crate::output::print(output, "CertificateExpiration", &doc)?;
+            } else {
+                print!("{}", doc.table());
+                doc.notes();
             }
-            let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            println!("{:<34} {:<22} {:>10}  {:<16} KEY", "CERTIFICATE", "EXPIRES", "RESIDUAL", "SIGNED BY");
-            let mut soon = 0;
-            for (name, f) in &certs {
-                let exp = time::OffsetDateTime::from_unix_timestamp(f.not_after)
-                    .ok()
-                    .and_then(|t| {
-                        t.format(time::macros::format_description!(
-                            "[year]-[month]-[day] [hour]:[minute] UTC"
-                        ))
-                        .ok()
-                    })
-                    .unwrap_or_default();
-                let by = if f.is_ca { "(self)".to_string() } else { f.issuer.clone() };
-                let alg = store.key_algorithm(name).map(|a| a.to_string()).unwrap_or_else(|| "-".into());
-                println!("{name:<34} {exp:<22} {:>10}  {by:<16} {alg}", human(f.not_after - now));
-                if limit.is_some_and(|l| f.not_after - now < l.as_secs() as i64) {
-                    soon += 1;
-                }
-            }
-            // People's certificates: listed apart, never part of the cluster's health or the exit code.
-            let users = store.user_certificates()?;
-            if !users.is_empty() {
-                println!();
-                println!("USERS (kubeconfigs issued to people; short-lived by design, not renewed, not counted above)");
-                for (name, f) in &users {
-                    let shown = name
-                        .rsplit_once('/')
-                        .map(|(u, serial)| format!("{u} ({serial})"))
-                        .unwrap_or(name.clone());
-                    println!("{shown:<60} {:>10}", human(f.not_after - now));
-                }
-                let expired = users.iter().filter(|(_, f)| f.not_after <= now).count();
-                if expired > 0 {
-                    eprintln!(
-                        "{expired} user certificate(s) expired; `kubeforge certs prune-users` removes them"
-                    );
-                }
-            }
-            let mut code = 0;
-            if soon > 0 {
-                eprintln!("{soon} certificate(s) expire within the warning window; renew with `kubeforge certs renew`");
-                code = 1;
-            }
-            if on_hosts {
-                let mut o =
-                    crate::apply::ApplyOptions::new(target.root()?, crate::artifacts::default_cache_dir());
-                o.connect = crate::cli::connect_options(false);
-                let (diffs, unreachable) = crate::status::deployed_differences(&target.inventory, o)?;
-                println!();
-                println!("ON THE HOSTS (what is deployed, compared with {})", store.root().display());
-                let mut hosts: Vec<&str> = diffs.iter().map(|d| d.host.as_str()).collect();
-                hosts.dedup();
-                for d in &diffs {
-                    let what = match &d.not_after {
-                        Ok(t) => format!("deployed certificate expires in {}", human(t - now)),
-                        Err(why) => why.clone(),
-                    };
-                    println!("{:<14} DIFFERS {} ({what})", d.host, d.path);
-                }
-                for (h, e) in &unreachable {
-                    println!("{h:<14} UNREACHABLE {e}");
-                }
-                if diffs.is_empty() && unreachable.is_empty() {
-                    println!("every host's certificates, keys and kubeconfigs match the store");
-                } else {
-                    eprintln!(
-                        "{} file(s) on {} host(s) differ from the store, {} host(s) unreachable; `kubeforge apply` pushes the store's",
-                        diffs.len(),
-                        hosts.len(),
-                        unreachable.len()
-                    );
-                    code = 1;
-                }
-            }
-            Ok(code)
+            Ok(if doc.problems { 1 } else { 0 })
         }
         CertsCommand::PruneUsers(t) => {
             let (_, store, _) = open(&t)?;
