@@ -1,6 +1,7 @@
 //! Command-line definitions (clap) and dispatch. Only argument shapes live here; each command's work is in
 //! its own module.
 
+pub use crate::args::{at_least_one, connect_options, preflight_check, ClusterArgs};
 use crate::prompt::Consent;
 use crate::Result;
 use clap::{Parser, Subcommand};
@@ -59,11 +60,11 @@ pub enum Command {
     Upgrade(crate::upgrade::UpgradeCommand),
     /// Certificates: generate, check expiration, renew.
     #[command(subcommand)]
-    Certs(crate::pki::command::CertsCommand),
+    Certs(crate::certs::CertsCommand),
     /// Kubeconfigs: the cluster's admin kubeconfig (print, write, merge), a person's short-lived one, or a
     /// person's client bundle.
     #[command(subcommand)]
-    Kubeconfig(crate::pki::command::KubeconfigCommand),
+    Kubeconfig(crate::certs::KubeconfigCommand),
     /// Local VMs to try kubeforge and to test it end to end.
     #[command(subcommand)]
     Lab(crate::lab::LabCommand),
@@ -200,36 +201,6 @@ pub struct RemoveNodeArgs {
     /// Connection, PKI and cache settings.
     #[command(flatten)]
     pub common: ClusterArgs,
-}
-
-/// Settings every command that works on a cluster shares.
-#[derive(Debug, clap::Args)]
-pub struct ClusterArgs {
-    /// Hosts worked on at once.
-    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
-    pub concurrency: usize,
-    /// Record host keys that are not yet in known_hosts (changed keys are always refused).
-    #[arg(long)]
-    pub accept_new_host_keys: bool,
-    /// Directory holding `<cluster>/` PKI directories (default: `pki/` beside the inventory file).
-    #[arg(long)]
-    pub pki_dir: Option<PathBuf>,
-    /// Artifact cache directory (default: the user cache dir, or $KUBEFORGE_CACHE_DIR).
-    #[arg(long)]
-    pub cache_dir: Option<PathBuf>,
-}
-
-impl ClusterArgs {
-    /// The run options these settings give for `inventory` (everything else at its default).
-    pub fn options(self, inventory: &std::path::Path) -> Result<crate::apply::ApplyOptions> {
-        let mut o = crate::apply::ApplyOptions::new(
-            crate::pki::resolve_root(inventory, self.pki_dir.as_deref())?,
-            self.cache_dir.unwrap_or_else(crate::artifacts::default_cache_dir),
-        );
-        o.concurrency = self.concurrency;
-        o.connect = connect_options(self.accept_new_host_keys);
-        Ok(o)
-    }
 }
 
 /// Arguments of `kubeforge status`.
@@ -392,38 +363,6 @@ pub struct CheckArgs {
     pub show_ssh: bool,
 }
 
-/// `--concurrency`, `--batch`: a count of at least 1 (0 would do nothing, forever).
-pub fn at_least_one(s: &str) -> std::result::Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("`{s}` is not a count")),
-    }
-}
-
-/// `--ignore-preflight-errors`: the name of a preflight check, or `all`.
-pub fn preflight_check(s: &str) -> std::result::Result<String, String> {
-    let known = crate::phase::preflight::CHECKS;
-    if s == "all" || known.contains(&s) {
-        return Ok(s.to_string());
-    }
-    let near = known
-        .iter()
-        .copied()
-        .max_by(|a, b| strsim::jaro_winkler(a, s).total_cmp(&strsim::jaro_winkler(b, s)));
-    Err(format!(
-        "no preflight check is named `{s}`{}; the checks are {}, or `all`",
-        near.filter(|n| strsim::jaro_winkler(n, s) > 0.8)
-            .map(|n| format!(" (did you mean `{n}`?)"))
-            .unwrap_or_default(),
-        known.join(", ")
-    ))
-}
-
-pub(crate) fn connect_options(accept_new_host_keys: bool) -> crate::transport::ssh::ConnectOptions {
-    crate::transport::ssh::ConnectOptions { accept_new_host_keys, ..Default::default() }
-}
-
 fn apply_options(a: ApplyArgs) -> Result<crate::apply::ApplyOptions> {
     let cache_dir = a.cache_dir.unwrap_or_else(crate::artifacts::default_cache_dir);
     let pki_root = crate::pki::resolve_root(&a.inventory, a.pki_dir.as_deref())?;
@@ -457,7 +396,7 @@ fn cluster_of(c: &Command) -> Option<(&std::path::Path, Option<&std::path::Path>
         Command::Upgrade(U::Apply(a)) => (&a.inventory, a.common.pki_dir.as_deref()),
         Command::Upgrade(U::Rollback(a)) => (&a.inventory, a.common.pki_dir.as_deref()),
         Command::Kubeconfig(k) => {
-            use crate::pki::command::KubeconfigCommand as K;
+            use crate::certs::KubeconfigCommand as K;
             let t = match k {
                 K::Admin(a) => &a.target,
                 K::User(a) | K::Bundle(a) => &a.target,
@@ -472,7 +411,7 @@ fn cluster_of(c: &Command) -> Option<(&std::path::Path, Option<&std::path::Path>
 pub fn run(cli: Cli) -> Result<i32> {
     if let Some((inventory, pki_dir)) = cluster_of(&cli.command) {
         if let Ok(root) = crate::pki::resolve_root(inventory, pki_dir) {
-            crate::pki::command::warn_expiring(inventory, &root);
+            crate::certs::warn_expiring(inventory, &root);
         }
     }
     match cli.command {
@@ -546,9 +485,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             crate::lifecycle::state_pull(&inventory, &common.options(&inventory)?)
         }
         Command::Upgrade(c) => crate::upgrade::run(c),
-        Command::Certs(c) => crate::pki::command::run_certs(c),
+        Command::Certs(c) => crate::certs::run_certs(c),
         Command::Lab(c) => crate::lab::run_command(c),
-        Command::Kubeconfig(c) => crate::pki::command::run_kubeconfig(c),
+        Command::Kubeconfig(c) => crate::certs::run_kubeconfig(c),
         Command::Phases { workflow } => {
             let lines = crate::workflow::listing(&workflow).ok_or_else(|| {
                 crate::Error::usage(

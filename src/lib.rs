@@ -1,24 +1,33 @@
 //! kubeforge: turns an inventory file into a running, secured, self-hosted Kubernetes cluster over SSH,
 //! and keeps it alive (join, upgrade, certificate renewal, backup, reset).
 //!
-//! The crate is a library with a thin binary on top (`src/main.rs`); README.md describes every command and
-//! the safety rules. Module map: `cli` (clap definitions), `error` (top-level error, exit codes, hints),
-//! `inventory` (YAML model and validation with file:line:col errors), `model` (the derived cluster model
-//! every phase reads), `pki` (certificates, keys, kubeconfigs, client bundle), `identity` (the cluster
-//! marker on every host and the check every writing command makes first), `cleanup` (the interrupt policy
-//! and what goes whatever ends the process), `transport` (SSH/local/fake machines), `sshconfig` (OpenSSH
-//! client config), `plan` (desired/actual state, diff, the plan value), `exec` (the parallel executor, the
-//! only writer), `phase` + `workflow` (what each phase wants, in one ordered list), `report` (progress and
-//! summaries), `adhoc` (`exec` and `check`: ad-hoc commands and facts on selected hosts), and the lifecycle
-//! commands (`apply`, `lifecycle`, `upgrade`, `backup`/`restore`, `status`, `audit`, `lab`).
+//! The crate is a library with a thin binary on top (`src/main.rs`); README.md describes every command, the
+//! command-line contract and the safety rules. Imports run one way: commands → library → transport.
+//!
+//! - Command layer: `cli` (clap definitions and dispatch), `args` (argument types the commands share),
+//!   `prompt` (the one confirmation rule), `output` (`-o table|json|yaml` documents), and the commands:
+//!   `apply`, `lifecycle` (join, remove-node, reset, state pull), `upgrade`, `restore` (backup and
+//!   restore), `status`, `audit`, `certs` (certificates and kubeconfigs), `adhoc` (`exec`, `check`), `lab`.
+//! - Engine: `session` (one session per command: inventory, one transport per host, one runtime, one
+//!   executor), `workflow` (every workflow's phases or typed stages, in one place), `phase` (what each apply
+//!   phase wants), `plan` (desired/actual state, diff, the plan value), `exec` (the parallel executor, the
+//!   only writer), `report` (progress events), `cleanup` (the interrupt policy).
+//! - Library: `inventory` (YAML model and validation with file:line:col errors), `selector` (the one
+//!   `--hosts` grammar), `model` (the derived cluster model), `pki` (certificates, keys, kubeconfigs),
+//!   `identity` (the cluster marker and the check every writing command makes first), `material`, `state`,
+//!   `render`, `artifacts`, `backup`.
+//! - Transport: `transport` (SSH, local and fake machines; `target` the connection data, `settings` its
+//!   resolution), `sshconfig` (OpenSSH client config).
 
 pub mod adhoc;
 /// The node-local API load balancer (the `kubeforge-apilb` crate; `kubeforge api-lb` runs it too).
 pub use kubeforge_apilb as apilb;
 pub mod apply;
+pub mod args;
 pub mod artifacts;
 pub mod audit;
 pub mod backup;
+pub mod certs;
 pub mod cleanup;
 pub mod cli;
 pub mod error;

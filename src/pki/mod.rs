@@ -8,7 +8,6 @@
 //! It depends on nothing but its inputs ([`PkiInputs`]), which the cluster model derives, so that the
 //! same code serves `certs generate`, `apply`, `join` and `certs renew`.
 
-pub mod command;
 pub mod issue;
 pub mod kubeconfig;
 pub mod spec;

@@ -12,6 +12,7 @@ pub mod known_hosts;
 pub mod local;
 pub mod settings;
 pub mod ssh;
+pub mod target;
 
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};

@@ -8,7 +8,7 @@
 //! config settings; what neither gives them is inherited from the target, as for a bastion before.
 
 use super::known_hosts::HostKeyPolicy;
-use super::ssh::{ConnectOptions, Secret, SshTarget, SudoMode};
+use super::target::{ConnectOptions, Secret, SshTarget, SudoMode};
 use super::TransportError;
 use crate::inventory::schema::{BastionSpec, HostSpec, Inventory, SshSpec};
 use crate::sshconfig::{self, At, HostConfig, JumpSpec, Proxy, SshConfig, StrictHostKeyChecking};
@@ -581,6 +581,32 @@ fn link(hops: Vec<SshTarget>) -> Option<Box<SshTarget>> {
         prev = Some(Box::new(h));
     }
     prev
+}
+
+impl SshTarget {
+    /// Resolves the settings of `host`: per-host `ssh` fields override the inventory's `ssh` defaults,
+    /// which override the OpenSSH client config (`ssh.configFile`, default `~/.ssh/config`), which
+    /// overrides kubeforge's defaults; relative inventory paths are relative to `inventory_dir`. A sudo
+    /// password comes from the environment variable named by `sudoPasswordEnv`, else from
+    /// `opts.sudo_password`. Notes about the config (settings mapped differently from OpenSSH) are
+    /// printed to stderr once per process.
+    pub fn from_inventory(
+        inv: &Inventory,
+        inventory_dir: &Path,
+        host: &HostSpec,
+        opts: &ConnectOptions,
+    ) -> Result<SshTarget, TransportError> {
+        let r = resolve(inv, inventory_dir, host, opts)?;
+        static SHOWN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        let mut shown = SHOWN.lock().unwrap_or_else(|p| p.into_inner());
+        for n in r.notes {
+            if !shown.contains(&n) {
+                eprintln!("note: {n}");
+                shown.push(n);
+            }
+        }
+        Ok(r.target)
+    }
 }
 
 #[cfg(test)]

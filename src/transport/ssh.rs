@@ -9,128 +9,20 @@ use super::{
     pump, Command, ExecOutput, OutputCollector, OutputSink, Stats, StatsSnapshot, Stream, Transport,
     TransportError,
 };
-use crate::inventory::schema::{HostSpec, Inventory};
 use futures::future::BoxFuture;
 use russh::client;
 use russh::keys::{PrivateKeyWithHashAlg, PublicKey};
 use russh::ChannelMsg;
 use std::fmt;
-use std::path::{Path, PathBuf};
+
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+
 use tokio::io::AsyncRead;
 
-/// A secret string (sudo password): never shown by `Debug`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    /// The secret value; only for sending it to the host.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-/// How privileged commands run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SudoMode {
-    /// The login user is root (or sudo is disabled): commands run as they are.
-    Off,
-    /// `sudo -n` (passwordless sudo).
-    NoPassword,
-    /// `sudo -S` with this password written to its stdin (never on the command line).
-    Password(Secret),
-}
-
-/// Options that come from the command line rather than the inventory.
-#[derive(Debug, Clone)]
-pub struct ConnectOptions {
-    /// Record unknown host keys (`--accept-new-host-keys`).
-    pub accept_new_host_keys: bool,
-    /// TCP connect + handshake + authentication limit.
-    pub connect_timeout: Duration,
-    /// Interval of SSH keepalives (a dead peer is detected after 3 missed ones).
-    pub keepalive: Duration,
-    /// Sudo password typed at a prompt, used when the inventory names no environment variable.
-    pub sudo_password: Option<Secret>,
-}
-
-impl Default for ConnectOptions {
-    fn default() -> Self {
-        ConnectOptions {
-            accept_new_host_keys: false,
-            connect_timeout: Duration::from_secs(15),
-            keepalive: Duration::from_secs(15),
-            sudo_password: None,
-        }
-    }
-}
-
-/// Fully resolved connection settings for one host: the inventory, then the OpenSSH client config, then
-/// kubeforge's defaults (see [`super::settings`]).
-#[derive(Debug, Clone)]
-pub struct SshTarget {
-    /// Host name (inventory `name`), used in every message.
-    pub name: String,
-    /// Address connected to.
-    pub address: String,
-    /// Port.
-    pub port: u16,
-    /// Login user.
-    pub user: String,
-    /// Private key files, tried in order.
-    pub identity_files: Vec<PathBuf>,
-    /// Try keys from ssh-agent.
-    pub agent: bool,
-    /// How the host key is checked.
-    pub host_key: HostKeyPolicy,
-    /// Privilege escalation.
-    pub sudo: SudoMode,
-    /// The jump host this host is reached through, when one is used. A chain of jump hosts is nested:
-    /// the jump host's own `bastion` is the hop before it, so the first hop is the innermost.
-    pub bastion: Option<Box<SshTarget>>,
-    /// Connect limit.
-    pub connect_timeout: Duration,
-    /// Keepalive interval.
-    pub keepalive: Duration,
-}
+pub use super::target::{ConnectOptions, Secret, SshTarget, SudoMode};
 
 impl SshTarget {
-    /// Resolves the settings of `host`: per-host `ssh` fields override the inventory's `ssh` defaults,
-    /// which override the OpenSSH client config (`ssh.configFile`, default `~/.ssh/config`), which
-    /// overrides kubeforge's defaults; relative inventory paths are relative to `inventory_dir`. A sudo
-    /// password comes from the environment variable named by `sudoPasswordEnv`, else from
-    /// `opts.sudo_password`. Notes about the config (settings mapped differently from OpenSSH) are
-    /// printed to stderr once per process.
-    pub fn from_inventory(
-        inv: &Inventory,
-        inventory_dir: &Path,
-        host: &HostSpec,
-        opts: &ConnectOptions,
-    ) -> Result<SshTarget, TransportError> {
-        let r = super::settings::resolve(inv, inventory_dir, host, opts)?;
-        static SHOWN: Mutex<Vec<String>> = Mutex::new(Vec::new());
-        let mut shown = SHOWN.lock().unwrap_or_else(|p| p.into_inner());
-        for n in r.notes {
-            if !shown.contains(&n) {
-                eprintln!("note: {n}");
-                shown.push(n);
-            }
-        }
-        Ok(r.target)
-    }
-
     fn addr(&self) -> String {
         format!("{}:{}", self.address, self.port)
     }

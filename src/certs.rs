@@ -1,8 +1,8 @@
-//! The PKI commands: `certs generate|check-expiration|renew|prune-users` and `kubeconfig admin|user|bundle`.
+//! The certificate and kubeconfig commands (a command module above the `pki` library): `certs generate|check-expiration|renew|prune-users` and `kubeconfig admin|user|bundle`.
 
-use super::store::Store;
-use super::users;
 use crate::model::ClusterModel;
+use crate::pki::store::Store;
+use crate::pki::users;
 use crate::Result;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -19,9 +19,9 @@ pub struct PkiTarget {
 }
 
 impl PkiTarget {
-    /// The PKI directory (see [`super::resolve_root`]).
+    /// The PKI directory (see [`crate::pki::resolve_root`]).
     pub fn root(&self) -> Result<PathBuf> {
-        super::resolve_root(&self.inventory, self.pki_dir.as_deref())
+        crate::pki::resolve_root(&self.inventory, self.pki_dir.as_deref())
     }
 }
 
@@ -64,7 +64,7 @@ pub enum CertsCommand {
         #[arg(long)]
         apply: bool,
         /// With --apply: preflight checks to report as warnings instead of errors (`cpu,memory`, or `all`).
-        #[arg(long, value_delimiter = ',', requires = "apply")]
+        #[arg(long, value_delimiter = ',', requires = "apply", value_parser = crate::args::preflight_check)]
         ignore_preflight_errors: Vec<String>,
     },
 }
@@ -232,7 +232,7 @@ fn expiration(target: &PkiTarget, limit: Option<std::time::Duration>, on_hosts: 
         .collect();
     let hosts = if on_hosts {
         let mut o = crate::apply::ApplyOptions::new(target.root()?, crate::artifacts::default_cache_dir());
-        o.connect = crate::cli::connect_options(false);
+        o.connect = crate::args::connect_options(false);
         let (diffs, unreachable) = crate::status::deployed_differences(&target.inventory, o)?;
         let differences = diffs
             .into_iter()
@@ -334,7 +334,7 @@ impl Expiration {
     }
 }
 
-fn open(t: &PkiTarget) -> Result<(ClusterModel, Store, super::PkiInputs)> {
+fn open(t: &PkiTarget) -> Result<(ClusterModel, Store, crate::pki::PkiInputs)> {
     let model = ClusterModel::load(&t.inventory)?;
     let inputs = model.pki_inputs();
     Ok((model.clone(), Store::new(&t.root()?, &model.name), inputs))
@@ -399,7 +399,7 @@ pub fn run_certs(cmd: CertsCommand) -> Result<i32> {
             let (_, store, inputs) = open(&t)?;
             // Offline: `certs generate` makes a store for a new cluster. A store made here in front of a live
             // cluster is refused by every command that connects (its CA is not the hosts').
-            let r = store.ensure(&inputs, super::store::NewKeys::Allowed)?;
+            let r = store.ensure(&inputs, crate::pki::store::NewKeys::Allowed)?;
             for ca in &r.cas_created {
                 println!("created   {ca}");
             }
@@ -517,7 +517,7 @@ fn issue(a: &UserArgs) -> Result<(ClusterModel, users::UserCredential)> {
             Some("run `kubeforge certs generate -i INVENTORY` first"),
         ));
     };
-    let ca = super::store::parse_cert(&ca, &store.root().join("ca.crt"))?;
+    let ca = crate::pki::store::parse_cert(&ca, &store.root().join("ca.crt"))?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let ttl = user_ttl(&a.ttl, inputs.validity, ca.not_after, now)?;
     let cred = users::issue_user(&store, &inputs, &a.user, &a.groups, ttl)?;
