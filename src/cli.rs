@@ -164,6 +164,9 @@ pub struct ApplyArgs {
     /// gated on its health checks.
     #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub batch: usize,
+    /// With --dry-run: show the script behind every command of the plan.
+    #[arg(short, long, requires = "dry_run")]
+    pub verbose: bool,
     /// With --dry-run: save the plan to this file, to apply it later exactly as reviewed (`--plan`).
     #[arg(long, requires = "dry_run")]
     pub out: Option<PathBuf>,
@@ -376,6 +379,7 @@ fn apply_options(a: ApplyArgs) -> Result<crate::apply::ApplyOptions> {
         batch: a.batch,
         plan_out: a.out,
         plan_in: a.plan,
+        verbose: a.verbose,
         ..crate::apply::ApplyOptions::new(pki_root, cache_dir)
     })
 }

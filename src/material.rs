@@ -42,6 +42,8 @@ pub struct ApplyOptions {
     /// this machine's architecture) are looked for before the directory of kubeforge itself
     /// (`KUBEFORGE_APILB_DIR`).
     pub api_lb_dir: Option<PathBuf>,
+    /// Show the script behind every command of a plan (`--verbose`).
+    pub verbose: bool,
 }
 
 impl ApplyOptions {
@@ -61,6 +63,7 @@ impl ApplyOptions {
             plan_in: None,
             follow_changes: false,
             api_lb_dir: std::env::var_os("KUBEFORGE_APILB_DIR").filter(|d| !d.is_empty()).map(PathBuf::from),
+            verbose: false,
         }
     }
 }

@@ -178,7 +178,8 @@ fn human_size(n: u64) -> String {
 }
 
 impl fmt::Display for HostChanges {
-    /// The dry-run text: one line per change; secrets show no digests.
+    /// The dry-run text: one line per change; secrets show no digests. Commands by name; the alternate
+    /// form (`{:#}`, `--verbose`) adds the script behind each.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for c in &self.files {
             let u = &c.file.upload;
@@ -218,7 +219,11 @@ impl fmt::Display for HostChanges {
             writeln!(f, "  - {p}")?;
         }
         for (name, cmd) in self.before_start.iter().chain(&self.after_change) {
-            writeln!(f, "  run: {name}: {cmd}")?;
+            if f.alternate() {
+                writeln!(f, "  run: {name}: {cmd}")?;
+            } else {
+                writeln!(f, "  run: {name}")?;
+            }
         }
         Ok(())
     }
@@ -615,17 +620,39 @@ impl Plan {
 
     /// The dry-run text: per phase and host, what would change.
     pub fn text(&self) -> String {
+        self.render(false)
+    }
+
+    /// The dry-run text with the script behind every command (`apply --dry-run --verbose`, golden plans).
+    pub fn text_verbose(&self) -> String {
+        self.render(true)
+    }
+
+    fn render(&self, verbose: bool) -> String {
         let mut s = String::new();
+        let (mut total, mut hosts, mut phases) = (0, std::collections::BTreeSet::new(), 0);
         for p in &self.phases {
+            let mut any = false;
             for (host, ch) in &p.hosts {
                 if ch.is_empty() {
                     continue;
                 }
-                s.push_str(&format!("[{}] {host}: {} change(s)\n{ch}", p.phase, ch.count()));
+                any = true;
+                total += ch.count();
+                hosts.insert(host.as_str());
+                let body = if verbose { format!("{ch:#}") } else { format!("{ch}") };
+                s.push_str(&format!("[{}] {host}: {} change(s)\n{body}", p.phase, ch.count()));
             }
+            phases += usize::from(any);
         }
         if s.is_empty() {
             s.push_str("no changes: the cluster matches the inventory\n");
+        } else {
+            s.push_str(&format!(
+                "plan: {total} change(s) on {} host(s) in {phases} phase(s){}\n",
+                hosts.len(),
+                if verbose { "" } else { " (--verbose shows the script behind each `run:`)" }
+            ));
         }
         s
     }
@@ -848,7 +875,8 @@ mod tests {
         let text = ch.to_string();
         assert!(text.contains("+ /etc/k.key (key; new, secret, mode 0600)"), "{text}");
         assert!(!text.contains(&sha("secret")[..12]), "secret digest leaked: {text}");
-        assert!(text.contains("run: wait: true"));
+        assert!(text.contains("  run: wait\n"), "commands by name: {text}");
+        assert!(format!("{ch:#}").contains("run: wait: true"), "the script behind it with --verbose");
     }
 
     #[test]

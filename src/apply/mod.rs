@@ -1019,7 +1019,7 @@ pub fn run_in(
     let summary = result?;
     eprint!("{}", traffic_table(&summary.traffic));
     if options.dry_run {
-        print!("{}", summary.plan.text());
+        print!("{}", if options.verbose { summary.plan.text_verbose() } else { summary.plan.text() });
         if let Some(out) = &options.plan_out {
             eprintln!(
                 "plan saved to {}: apply it with `kubeforge apply -i {} --plan {}`",

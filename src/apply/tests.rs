@@ -233,7 +233,7 @@ fn golden_dry_run_plans_for_every_example_inventory() {
         let (summary, _) = h.run(&text, o);
         let summary = summary.unwrap_or_else(|e| panic!("{}: {}", f.display(), e.report()));
         let name = f.file_stem().unwrap().to_string_lossy().into_owned();
-        insta::assert_snapshot!(format!("dry_run_{name}"), masked(&summary.plan.text()));
+        insta::assert_snapshot!(format!("dry_run_{name}"), masked(&summary.plan.text_verbose()));
         for t in h.hosts.values() {
             assert!(
                 t.calls().iter().all(|c| matches!(c, crate::transport::fake::Call::Exec(_))),
