@@ -10,7 +10,7 @@
 
 use crate::model::{ClusterModel, Component, HostModel};
 use crate::transport::{Command, Transport};
-use crate::{Error, Result};
+use crate::Result;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -406,15 +406,13 @@ fn facts_command(checks: &[&Check]) -> (Command, Vec<&'static str>) {
 /// `kubeforge audit`.
 pub fn run(
     inventory: &Path,
-    connect: &crate::transport::ssh::ConnectOptions,
+    options: crate::apply::ApplyOptions,
     format: crate::output::Format,
 ) -> Result<i32> {
-    let loaded = crate::inventory::load(inventory)?;
-    let model = ClusterModel::derive(&loaded);
-    let transports = crate::apply::transports(&loaded, connect)?;
-    let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
-    let (all, unreachable) = rt.block_on(audit(&model, &transports));
-    eprint!("{}", crate::apply::host_stats(&transports));
+    let session = crate::session::Session::open(inventory, options)?;
+    let model = session.model();
+    let (all, unreachable) = session.block_on(audit(&model, &session.transports, &session.executor));
+    eprint!("{}", crate::apply::host_stats(&session.transports));
     let count = |r: &str| all.iter().filter(|f| f.result == r).count();
     let (fail, dev, warn, pass) = (count("FAIL"), count("DEVIATION"), count("WARN"), count("PASS"));
     if format.is_document() {
@@ -452,8 +450,9 @@ pub fn run(
 pub async fn audit(
     model: &ClusterModel,
     transports: &BTreeMap<String, Arc<dyn Transport>>,
+    executor: &crate::exec::Executor,
 ) -> (Vec<Finding>, BTreeMap<String, String>) {
-    let reads = model.hosts.iter().map(|h| async move {
+    let reads = executor.each(&model.hosts, |h| async move {
         let checks = checks_for(h);
         let t = transports.get(&h.name).expect("a transport per host");
         let (cmd, globs) = facts_command(&checks);
@@ -462,7 +461,7 @@ pub async fn audit(
     });
     let mut all = Vec::new();
     let mut unreachable = BTreeMap::new();
-    for (h, checks, globs, out) in futures::future::join_all(reads).await {
+    for (h, checks, globs, out) in reads.await {
         match out {
             Ok(o) if o.success() => {
                 all.extend(findings(&h.name, &checks, &Facts::parse(&o.stdout_str(), &globs)))

@@ -422,9 +422,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Apply(a) => crate::apply::run(&a.inventory.clone(), apply_options(a)?),
         Command::Join(a) => crate::lifecycle::join(&a.inventory.clone(), apply_options(a)?),
         Command::Status(a) => crate::status::run(&a.inventory, a.common.options(&a.inventory)?, a.output),
-        Command::Audit(a) => {
-            crate::audit::run(&a.inventory, &connect_options(a.common.accept_new_host_keys), a.output)
-        }
+        Command::Audit(a) => crate::audit::run(&a.inventory, a.common.options(&a.inventory)?, a.output),
         Command::Reset(a) => {
             let consent = Consent::from_flags("reset", a.dry_run, a.yes)?;
             let mut apply = a.common.options(&a.inventory)?;

@@ -285,6 +285,18 @@ impl Executor {
         self
     }
 
+    /// Runs `f` on every item, at most `concurrency` at once (reads and fan-outs outside a plan: the facts
+    /// of `audit`, the state copies of `state pull`, a restore's member steps); the results in the items'
+    /// order.
+    pub async fn each<I, F, Fut, T>(&self, items: I, f: F) -> Vec<T>
+    where
+        I: IntoIterator,
+        F: FnMut(I::Item) -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        futures::stream::iter(items).map(f).buffered(self.concurrency).collect().await
+    }
+
     /// The stop flag: set it to stop every host before its next step.
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         self.stop.clone()
@@ -576,5 +588,25 @@ mod tests {
         let r2 =
             ex.run("x", vec![HostPlan { transport: a.clone(), steps: vec![Step::upload("u", up)] }]).await;
         assert_eq!((r1.hosts[0].changes(), r2.hosts[0].changes()), (1, 0));
+    }
+    #[tokio::test]
+    async fn each_keeps_the_order_and_never_runs_more_than_the_concurrency_at_once() {
+        use std::sync::atomic::AtomicUsize;
+        let ex = Executor::new(3, Arc::new(crate::report::Silent));
+        let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let out = ex
+            .each(0..12u64, |i| {
+                let (now, peak) = (now.clone(), peak.clone());
+                async move {
+                    let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(n, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(5 + (i * 7) % 11)).await;
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    i * 2
+                }
+            })
+            .await;
+        assert_eq!(out, (0..12).map(|i| i * 2).collect::<Vec<_>>());
+        assert_eq!(peak.load(Ordering::SeqCst), 3);
     }
 }

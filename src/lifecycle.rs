@@ -756,15 +756,13 @@ pub fn reset_in(session: &crate::session::Session, options: ResetOptions) -> Res
 /// `state.json.before-pull`).
 pub fn state_pull(inventory: &Path, options: &crate::apply::ApplyOptions) -> crate::Result<i32> {
     use crate::state::{consensus, FILE, REMOTE_PATH};
-    let loaded = crate::inventory::load(inventory)?;
-    let model = ClusterModel::derive(&loaded);
-    let transports = crate::apply::transports(&loaded, &options.connect)?;
-    let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
+    let session = crate::session::Session::open(inventory, options.clone())?;
+    let model = session.model();
     let cps: Vec<String> = model.control_planes().map(|h| h.name.clone()).collect();
-    let results = rt.block_on(futures::future::join_all(cps.iter().map(|h| {
-        let t = transports.get(h).cloned().expect("transport per host");
+    let results = session.block_on(session.executor.each(&cps, |h| {
+        let t = session.transports.get(h).cloned().expect("transport per host");
         async move { t.read_file(REMOTE_PATH, true, 16 << 20).await }
-    })));
+    }));
     let mut copies = Vec::new();
     for (h, r) in cps.iter().zip(results) {
         match r.map_err(|e| e.to_string()).and_then(|b| {

@@ -460,13 +460,13 @@ pub fn restore_in(session: &crate::session::Session, o: RestoreOptions) -> Resul
         let stop = Command::shell(STOP)
             .args(["kube-apiserver", "kube-controller-manager", "kube-scheduler"])
             .sudo();
-        run_on(transports, model.control_planes().map(|h| h.name.clone()), "stop the control plane", &stop).await?;
+        run_on(session, model.control_planes().map(|h| h.name.clone()), "stop the control plane", &stop).await?;
         // 2. Every member's data is replaced from the snapshot.
         session.enter(&RESTORE, "members");
         let up = Upload::file(&snap, format!("{}/restore-{when}.db", backup::REMOTE_DIR), 0o600)
             .map_err(|e| Error::io("reading the snapshot", e))?;
         let asides: Arc<std::sync::Mutex<Vec<String>>> = Default::default();
-        on_hosts(transports, members.iter().cloned(), |name, t| {
+        on_hosts(session, members.iter().cloned(), |name, t| {
             let h = model.host(&name).expect("member").clone();
             let (up, initial, token, asides) = (up.clone(), initial.clone(), token.clone(), asides.clone());
             let aside = format!("/var/lib/etcd.before-restore-{when}");
@@ -501,7 +501,21 @@ pub fn restore_in(session: &crate::session::Session, o: RestoreOptions) -> Resul
         // 3. The members start together and each waits for its health (quorum).
         session.enter(&RESTORE, "etcd");
         let start = Command::shell(format!("{}\n{START_ETCD}", crate::phase::install::ETCDCTL_FN)).sudo();
-        run_on(transports, members.iter().cloned(), "start etcd", &start).await?;
+        // Together, whatever --concurrency says: each member's health needs a quorum of the others.
+        let started = futures::future::join_all(members.iter().map(|m| {
+            let t = session.transports.get(m).cloned().expect("transport per host");
+            let start = start.clone();
+            async move {
+                crate::plan::run_checked(t.as_ref(), "start etcd", &start)
+                    .await
+                    .map_err(|e| format!("{m}: {e}"))
+            }
+        }))
+        .await;
+        let problems: Vec<String> = started.into_iter().filter_map(|r| r.err()).collect();
+        if !problems.is_empty() {
+            return Err(Error::msg(format!("restore failed:\n  {}", problems.join("\n  ")), None));
+        }
         eprintln!("[restore] etcd members healthy ({:.0}s)", t1.elapsed().as_secs_f64());
         // 4. The control plane starts; the addons and node labels are applied again (the restored objects
         //    are those of the backup).
@@ -509,7 +523,7 @@ pub fn restore_in(session: &crate::session::Session, o: RestoreOptions) -> Resul
         let start_cp = Command::new("systemctl")
             .args(["start", "kube-apiserver", "kube-controller-manager", "kube-scheduler"])
             .sudo();
-        run_on(transports, model.control_planes().map(|h| h.name.clone()), "start the control plane", &start_cp).await?;
+        run_on(session, model.control_planes().map(|h| h.name.clone()), "start the control plane", &start_cp).await?;
         Ok::<(), Error>(())
     })?;
     // 5. The addons and node labels are applied again (the restored objects are those of the backup), then a
@@ -571,14 +585,14 @@ pub fn restore_in(session: &crate::session::Session, o: RestoreOptions) -> Resul
     Ok(0)
 }
 
-/// Runs `cmd` (`what`, for messages) on each of `hosts` at once; failures name the host.
+/// Runs `cmd` (`what`, for messages) on each of `hosts` (`--concurrency` at once); failures name the host.
 async fn run_on(
-    transports: &BTreeMap<String, Arc<dyn Transport>>,
+    session: &crate::session::Session,
     hosts: impl Iterator<Item = String>,
     what: &str,
     cmd: &Command,
 ) -> Result<()> {
-    on_hosts(transports, hosts, |name, t| async move {
+    on_hosts(session, hosts, |name, t| async move {
         crate::plan::run_checked(t.as_ref(), what, cmd)
             .await
             .map(|_| ())
@@ -587,9 +601,10 @@ async fn run_on(
     .await
 }
 
-/// Runs `f` on each of `hosts` at once; every failure is reported after all have finished.
+/// Runs `f` on each of `hosts` (`--concurrency` at once); every failure is reported after all have
+/// finished.
 async fn on_hosts<F, Fut>(
-    transports: &BTreeMap<String, Arc<dyn Transport>>,
+    session: &crate::session::Session,
     hosts: impl Iterator<Item = String>,
     f: F,
 ) -> Result<()>
@@ -597,13 +612,12 @@ where
     F: Fn(String, Arc<dyn Transport>) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
-    let futs: Vec<_> = hosts
-        .map(|h| {
-            let t = transports.get(&h).cloned().expect("transport per host");
+    let problems: Vec<String> = session
+        .executor
+        .each(hosts, |h| {
+            let t = session.transports.get(&h).cloned().expect("transport per host");
             f(h, t)
         })
-        .collect();
-    let problems: Vec<String> = futures::future::join_all(futs)
         .await
         .into_iter()
         .filter_map(|r| r.err())

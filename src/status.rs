@@ -287,18 +287,17 @@ pub struct DeployedDifference {
     pub not_after: std::result::Result<i64, String>,
 }
 
-/// The transports of an inventory's hosts.
-type Transports = BTreeMap<String, Arc<dyn Transport>>;
+/// Reads the cluster as `status` does (a dry-run preparation, one probe per host); returns the report and
+/// the session (its connections stay open for callers that ask the hosts more).
+fn read(inventory: &Path, options: ApplyOptions) -> Result<(ClusterStatus, crate::session::Session)> {
+    let session = crate::session::Session::open(inventory, options.clone())?;
+    let s = read_in(&session, options)?;
+    Ok((s, session))
+}
 
-/// Reads the cluster as `status` does (a dry-run preparation, one probe per host); returns the report, the
-/// open connections and the runtime they live on, for callers that ask the hosts more.
-fn read(
-    inventory: &Path,
-    options: ApplyOptions,
-) -> Result<(ClusterStatus, Transports, tokio::runtime::Runtime)> {
-    let loaded = crate::inventory::load(inventory)?;
-    let mut model = ClusterModel::derive(&loaded);
-    let rt = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
+/// [`read`] in a session (fake transports in tests).
+pub fn read_in(session: &crate::session::Session, options: ApplyOptions) -> Result<ClusterStatus> {
+    let mut model = session.model();
     let mut o = options;
     o.dry_run = true;
     // A read: the local store alone says what the hosts should hold; a cluster it knows nothing of is not
@@ -314,15 +313,14 @@ fn read(
         ));
     };
     let scratch = apply::scratch_for(&o, &model.name)?;
-    let (status, transports) = rt.block_on(async {
-        let (material, state) =
-            apply::prepare(&loaded, &mut model, &o, scratch.as_ref().map(|t| t.path()), &verified).await?;
-        let transports = apply::transports(&loaded, &o.connect)?;
+    session.block_on(async {
+        let (material, state) = session
+            .prepare(&mut model, &session.loaded.inventory, &o, scratch.as_ref().map(|t| t.path()), &verified)
+            .await?;
+        // Progress of a read is noise: the executor reports to no one here.
         let executor = Executor::new(o.concurrency, Arc::new(crate::report::Silent));
-        let s = gather(&model, &material, &state, &transports, &executor).await?;
-        Ok::<_, Error>((s, transports))
-    })?;
-    Ok((status, transports, rt))
+        gather(&model, &material, &state, &session.transports, &executor).await
+    })
 }
 
 /// For `certs check-expiration --on-hosts`: the credential files on every host that differ from what
@@ -332,8 +330,9 @@ pub fn deployed_differences(
     inventory: &Path,
     options: ApplyOptions,
 ) -> Result<(Vec<DeployedDifference>, BTreeMap<String, String>)> {
-    let (s, transports, rt) = read(inventory, options)?;
-    rt.block_on(async {
+    let (s, session) = read(inventory, options)?;
+    let transports = &session.transports;
+    session.block_on(async {
         let mut out = Vec::new();
         let mut unreachable = BTreeMap::new();
         for h in &s.hosts {
@@ -384,8 +383,8 @@ fn deployed_not_after(bytes: &[u8]) -> Option<i64> {
 
 /// `kubeforge status`.
 pub fn run(inventory: &Path, options: ApplyOptions, format: crate::output::Format) -> Result<i32> {
-    let (status, transports, _) = read(inventory, options)?;
-    eprint!("{}", apply::host_stats(&transports));
+    let (status, session) = read(inventory, options)?;
+    eprint!("{}", apply::host_stats(&session.transports));
     if format.is_document() {
         crate::output::print(format, "Status", &StatusDocument { healthy: status.ok(), status: &status })?;
     } else {
