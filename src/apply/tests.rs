@@ -1128,8 +1128,7 @@ fn remove_node_drains_through_a_control_plane_cleans_the_host_and_converges_the_
     let st = ClusterState::load(&h.options().pki_root, "trio").unwrap();
     assert!(!st.hosts.contains_key("w2") && !st.pod_subnets.contains_key("w2"), "{:?}", st.hosts.keys());
     // The rest converged without it: a run of the smaller inventory has nothing left to do.
-    let rest = TRIO.replace("    - {name: w2, address: 10.0.0.3, roles: [worker]}\n", "");
-    let rest = rest.lines().filter(|l| !l.contains("name: w2")).collect::<Vec<_>>().join("\n") + "\n";
+    let rest = TRIO.lines().filter(|l| !l.contains("name: w2")).collect::<Vec<_>>().join("\n") + "\n";
     let mut dry = h.options();
     dry.dry_run = true;
     let (again, _) = h.run(&rest, dry);
@@ -1159,4 +1158,52 @@ fn a_drain_that_fails_stops_remove_node_before_the_host_or_the_state_is_touched(
     // --force goes on past the drain.
     assert_eq!(remove(&h, TRIO, "w2", true).unwrap(), 0);
     assert!(h.hosts["w2"].file(KUBELET).is_none());
+}
+
+/// `h`'s hosts and store, plus simulated hosts for the ones `text` adds.
+fn grown(h: Harness, text: &str) -> Harness {
+    let mut g = grow(&h, text);
+    g.dir = h.dir;
+    g
+}
+
+fn join(h: &Harness, text: &str) -> (Result<i32>, Vec<String>) {
+    let session = h.session(text, h.options(), Arc::new(Recorder::default()));
+    let r = crate::lifecycle::join_in(&session, h.options());
+    (r, session.stages())
+}
+
+#[test]
+fn join_installs_only_the_new_host_and_a_failed_etcd_join_removes_the_learner_it_left() {
+    let h = installed(TRIO);
+    let with_w3 = format!("{TRIO}- {{name: w3, address: 10.0.0.4, roles: [worker]}}\n");
+    let g = grown(h, &with_w3);
+    let (r, stages) = join(&g, &with_w3);
+    assert_eq!(r.unwrap_or_else(|e| panic!("{}", e.report())), 0);
+    assert_eq!(stages, ["join/select", "join/apply"]);
+    assert!(g.hosts["w3"].file(KUBELET).is_some(), "w3 was installed");
+    let (r, _) = join(&g, &with_w3);
+    assert_eq!(r.unwrap(), 0, "a second join has nothing to join");
+
+    // A control plane with an etcd member whose start fails: the join fails by name and the member it
+    // added through cp1 is removed again, so it never counts against the quorum.
+    let with_cp2 = format!("{with_w3}- {{name: cp2, address: 10.0.0.5, roles: [control-plane, etcd]}}\n");
+    let g = grown(g, &with_cp2);
+    g.hosts["cp2"].on("systemctl restart --no-block", Reply::fail(1, "Job for etcd.service failed"));
+    let before = command_counts(&g);
+    let (r, stages) = join(&g, &with_cp2);
+    let e = r.unwrap_err();
+    assert!(e.report().contains("cp2"), "{}", e.report());
+    assert_eq!(stages, ["join/select", "join/apply", "join/learners"]);
+    let on_cp1 = new_commands(&g, "cp1", &before);
+    assert!(
+        on_cp1.iter().any(|c| c.contains("member remove") && c.contains("https://10.0.0.5:2380")),
+        "the learner was not removed through cp1: {on_cp1:?}"
+    );
+    let st = ClusterState::load(&g.options().pki_root, "trio").unwrap();
+    assert!(
+        !st.hosts.contains_key("cp2") || st.etcd_members.iter().all(|m| m != "cp2"),
+        "{:?}",
+        st.etcd_members
+    );
 }
