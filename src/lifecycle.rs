@@ -548,8 +548,11 @@ pub fn reset_refusals(
                 "`{host}` runs a cluster kubeforge did not mark (CA {ca} at {}): another tool's cluster",
                 crate::identity::HOST_CA_PATH
             )),
+            // Nothing of any cluster, and the state does not record it: reset already (an interrupted or
+            // repeated reset) or never installed; `reset_skips` leaves it out.
+            (None, None) if !local.installed.contains(host) => {}
             (None, None) => out.push(format!(
-                "`{host}` carries nothing of cluster `{}` (no {}): kubeforge installed nothing there",
+                "`{host}` carries nothing of cluster `{}` (no {}), yet the cluster state records it: is the inventory's address right?",
                 model.name,
                 crate::identity::MARKER_PATH
             )),
@@ -566,6 +569,19 @@ pub fn reset_refusals(
         }
     }
     out
+}
+
+/// The hosts a reset leaves out (without `--force`): no marker, no cluster CA, and not in the cluster
+/// state, so nothing of the cluster is there to remove (reset already, or never installed).
+pub fn reset_skips(
+    local: &crate::identity::Local,
+    found: &[(String, crate::identity::Remote)],
+) -> Vec<String> {
+    found
+        .iter()
+        .filter(|(h, r)| r.marker.is_none() && r.ca.is_none() && !local.installed.contains(h))
+        .map(|(h, _)| h.clone())
+        .collect()
 }
 
 /// Options of `kubeforge reset`.
@@ -682,6 +698,18 @@ pub fn reset_in(session: &crate::session::Session, options: ResetOptions) -> Res
     }
     for r in &refused {
         eprintln!("[reset] warning (--force): {r}");
+    }
+    let skipped = if options.force { Vec::new() } else { reset_skips(&local, &found) };
+    for h in &skipped {
+        eprintln!(
+            "[reset] {h}: carries nothing of cluster `{}` and the state does not record it (reset already, or never installed): left out; `--force` resets it anyway",
+            model.name
+        );
+    }
+    let targets: Vec<String> = targets.into_iter().filter(|t| !skipped.contains(t)).collect();
+    if targets.is_empty() {
+        println!("reset: nothing to do: no selected host carries cluster `{}`", model.name);
+        return Ok(0);
     }
     let verified = crate::identity::Verified {
         uid: local.uid.clone().unwrap_or_else(|| "unrecorded".into()),

@@ -948,8 +948,15 @@ fn reset_refuses_hosts_of_no_or_another_cluster_and_etcd_members_that_would_leav
         |w: Remote| vec![("a".to_string(), ours.clone()), ("b".into(), ours.clone()), ("w".into(), w)];
     let all: Vec<String> = ["a", "b", "w"].map(String::from).to_vec();
     assert!(crate::lifecycle::reset_refusals(&model, &local, &found(ours.clone()), &all).is_empty());
+    // Nothing of any cluster on `w`: left out (reset already, or never installed) unless the state records
+    // it, which points at a wrong address.
     let r = crate::lifecycle::reset_refusals(&model, &local, &found(Remote::default()), &all);
+    assert!(r.is_empty(), "{r:?}");
+    assert_eq!(crate::lifecycle::reset_skips(&local, &found(Remote::default())), ["w"]);
+    let recorded = Local { installed: vec!["w".into()], ..local.clone() };
+    let r = crate::lifecycle::reset_refusals(&model, &recorded, &found(Remote::default()), &all);
     assert!(r.len() == 1 && r[0].contains("`w` carries nothing of cluster `c1`"), "{r:?}");
+    assert!(crate::lifecycle::reset_skips(&recorded, &found(Remote::default())).is_empty());
     let kubeadm = Remote { marker: None, ca: Some(Fingerprint(format!("sha256:{}", "b".repeat(64)))) };
     let r = crate::lifecycle::reset_refusals(&model, &local, &found(kubeadm), &all);
     assert!(r[0].contains("kubeforge did not mark"), "{r:?}");
@@ -1206,4 +1213,62 @@ fn join_installs_only_the_new_host_and_a_failed_etcd_join_removes_the_learner_it
         "{:?}",
         st.etcd_members
     );
+}
+
+/// An interrupt during `reset` (the executor's stop flag, as Ctrl-C sets it): the host in progress finishes
+/// its reset, the next one is not started, the command fails as interrupted, and the state says where each
+/// host stands (the finished one forgotten, the other still recorded); a re-run finishes the rest.
+#[test]
+fn an_interrupted_reset_finishes_the_host_in_progress_leaves_the_next_untouched_and_resumes() {
+    use crate::prompt::Consent;
+    let h = installed(TRIO);
+    let mut o = h.options();
+    o.concurrency = 1;
+    o.hosts = Some(vec!["w1".into(), "w2".into()]);
+    let session = h.session(TRIO, o.clone(), Arc::new(Recorder::default()));
+    let stop = session.executor.stop_flag();
+    h.hosts["w1"].handle("crictl --runtime-endpoint", move |_, _| {
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        Reply::ok("")
+    });
+    let options = crate::lifecycle::ResetOptions { consent: Consent::Given, force: false, apply: o.clone() };
+    let before = command_counts(&h);
+    let e = crate::lifecycle::reset_in(&session, options.clone()).unwrap_err();
+    assert!(e.to_string().contains("interrupted"), "{}", e.report());
+    assert!(h.hosts["w1"].file(KUBELET).is_none(), "the host in progress finished its reset");
+    assert!(h.hosts["w2"].file(KUBELET).is_some(), "the next host was not started");
+    let on_w2 = new_commands(&h, "w2", &before);
+    assert!(on_w2.iter().all(|c| c.contains("--- marker")), "w2 got more than the identity read: {on_w2:?}");
+    let st = ClusterState::load(&o.pki_root, "trio").unwrap();
+    assert!(!st.hosts.contains_key("w1") && st.hosts.contains_key("w2"), "{:?}", st.hosts.keys());
+    // The re-run (a new process: a new session) resets what is left; the finished host is not refused.
+    let again = h.session(TRIO, o.clone(), Arc::new(Recorder::default()));
+    assert_eq!(crate::lifecycle::reset_in(&again, options).unwrap(), 0);
+    assert!(h.hosts["w2"].file(KUBELET).is_none());
+}
+
+/// An interrupt during remove-node's drain: the drain step finishes, nothing after it runs (the Node is
+/// not deleted, the host not cleaned, the state unchanged).
+#[test]
+fn an_interrupted_remove_node_stops_after_the_step_in_progress() {
+    let h = installed(TRIO);
+    let mut o = h.options();
+    o.ignore_preflight = vec!["all".into()];
+    let session = h.session(TRIO, o.clone(), Arc::new(Recorder::default()));
+    let stop = session.executor.stop_flag();
+    h.hosts["cp1"].handle("drain w2", move |_, _| {
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        Reply::ok("node/w2 drained")
+    });
+    let options = crate::lifecycle::RemoveOptions {
+        node: "w2".into(),
+        force: false,
+        drain_timeout: std::time::Duration::from_secs(60),
+        apply: o.clone(),
+    };
+    let e = crate::lifecycle::remove_node_in(&session, options).unwrap_err();
+    assert!(e.to_string().contains("interrupted"), "{}", e.report());
+    assert!(!h.hosts["cp1"].commands().iter().any(|c| c.contains("delete node w2")), "the Node was deleted");
+    assert!(h.hosts["w2"].file(KUBELET).is_some(), "w2 was cleaned");
+    assert!(ClusterState::load(&o.pki_root, "trio").unwrap().hosts.contains_key("w2"));
 }
