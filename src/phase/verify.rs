@@ -18,7 +18,8 @@ const VERIFY_BUDGET_SECS: u64 = 180;
 
 /// One check: a name, the unit whose journal explains a failure, and a shell command (run with retries,
 /// since a just-restarted service may need a few seconds).
-fn checks(host: &HostModel, first_cp: bool, node_names: &[String]) -> Vec<(String, String, String)> {
+/// On the first control plane, the node names are the script's arguments (`"$@"`), never its text.
+fn checks(host: &HostModel, first_cp: bool) -> Vec<(String, String, String)> {
     let mut v = Vec::new();
     for c in &host.components {
         let unit = c.unit().to_string();
@@ -58,7 +59,6 @@ fn checks(host: &HostModel, first_cp: bool, node_names: &[String]) -> Vec<(Strin
         }
     }
     if first_cp {
-        let names = node_names.join(" ");
         v.push((
             "all nodes Ready".into(),
             "kubelet".into(),
@@ -66,7 +66,7 @@ fn checks(host: &HostModel, first_cp: bool, node_names: &[String]) -> Vec<(Strin
             format!(
                 "st=$(kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes --request-timeout=10s \
                  -o jsonpath='{{range .items[*]}}{{.metadata.name}}{{\" \"}}{{range .status.conditions[?(@.type==\"Ready\")]}}{{.status}}{{end}}{{\"\\n\"}}{{end}}') \
-                 && for n in {names}; do printf '%s\\n' \"$st\" | grep -qx \"$n True\" || {{ echo \"node $n is not Ready\"; false; }} || exit 1; done"
+                 && for n in \"$@\"; do printf '%s\\n' \"$st\" | grep -qx -- \"$n True\" || {{ echo \"node $n is not Ready\"; false; }} || exit 1; done"
             ),
         ));
     }
@@ -83,7 +83,7 @@ fn script(checks: &[(String, String, String)], budget_secs: u64) -> String {
     let units: Vec<&str> = checks.iter().filter(|c| c.0.ends_with(" active")).map(|c| c.1.as_str()).collect();
     if !units.is_empty() {
         s.push_str(&format!(
-            "active=\" \"; set -- {u}; for st in $(systemctl is-active \"$@\" 2>/dev/null); do active=\"$active$1=$st \"; shift; done\n",
+            "states() {{ active=\" \"; for st in $(systemctl is-active \"$@\" 2>/dev/null); do active=\"$active$1=$st \"; shift; done; }}; states {u}\n",
             u = units.join(" ")
         ));
     }
@@ -104,7 +104,7 @@ fn script(checks: &[(String, String, String)], budget_secs: u64) -> String {
 /// prints `FAIL` lines with output and journal when a check does not pass within the budget. The upgrade
 /// gates each host with it.
 pub fn host_checks(host: &HostModel) -> Command {
-    Command::shell(script(&checks(host, false, &[]), VERIFY_BUDGET_SECS)).sudo()
+    Command::shell(script(&checks(host, false), VERIFY_BUDGET_SECS)).sudo()
 }
 
 impl Phase for Verify {
@@ -125,8 +125,9 @@ impl Phase for Verify {
         }
         let first_cp = ctx.model.control_planes().next().is_some_and(|h| h.name == host.name);
         let nodes: Vec<String> = ctx.model.nodes().map(|h| h.name.clone()).collect();
-        let checks = checks(host, first_cp, &nodes);
-        let cmd = Command::shell(script(&checks, VERIFY_BUDGET_SECS)).sudo();
+        let checks = checks(host, first_cp);
+        // The node names are arguments: the Ready check reads them as `"$@"`.
+        let cmd = Command::shell(script(&checks, VERIFY_BUDGET_SECS)).args(nodes.iter().cloned()).sudo();
         let name = host.name.clone();
         Ok(Some(HostWork::Step(Step::custom("verify", move |t: &dyn Transport| {
             Box::pin(async move {
@@ -157,14 +158,14 @@ mod tests {
             &crate::inventory::parse(std::path::Path::new("t.yaml"), text).unwrap(),
         );
         let names = |h: &str, first: bool| -> Vec<String> {
-            checks(m.host(h).unwrap(), first, &["cp1".into(), "w1".into()]).into_iter().map(|c| c.0).collect()
+            checks(m.host(h).unwrap(), first).into_iter().map(|c| c.0).collect()
         };
         let cp = names("cp1", true);
         assert!(cp.contains(&"etcd health".to_string()) && cp.contains(&"kube-apiserver health".to_string()));
         assert!(cp.contains(&"all nodes Ready".to_string()));
         let w = names("w1", false);
         assert!(w.contains(&"kubelet health".to_string()) && !w.iter().any(|c| c.starts_with("etcd")));
-        let s = script(&checks(m.host("w1").unwrap(), false, &[]), 3);
+        let s = script(&checks(m.host("w1").unwrap(), false), 3);
         assert!(s.contains("journalctl -u kubelet"), "{s}");
     }
 
@@ -215,8 +216,9 @@ mod tests {
         let mut all = checks.clone();
         all.push(ready);
         let path = format!("{}:{}", d.display(), std::env::var("PATH").unwrap());
+        // The node names as the phase passes them: arguments, one of them hostile (never executed).
         let o = std::process::Command::new("sh")
-            .args(["-c", &script(&all, 0)])
+            .args(["-c", &script(&all, 0), "sh", "cp1", "w1", "x$(touch $D/pwned)"])
             .env("PATH", &path)
             .env("D", d)
             .output()
@@ -225,6 +227,7 @@ mod tests {
         assert_eq!(o.status.code(), Some(1), "{out}");
         assert!(out.contains("ok svc-a active") && out.contains("FAIL svc-b active"), "{out}");
         assert!(out.contains("FAIL all nodes Ready") && out.contains("node w1 is not Ready"), "{out}");
+        assert!(!d.join("pwned").exists(), "a node name was executed");
         let calls = std::fs::read_to_string(d.join("calls")).unwrap();
         assert_eq!(
             calls.lines().collect::<Vec<_>>(),
@@ -235,7 +238,6 @@ mod tests {
 
     /// The first control plane's "all nodes Ready" check of `m`.
     fn checks_for_test(m: &crate::model::ClusterModel) -> (String, String, String) {
-        let nodes: Vec<String> = m.nodes().map(|h| h.name.clone()).collect();
-        checks(m.host("cp1").unwrap(), true, &nodes).into_iter().find(|c| c.0 == "all nodes Ready").unwrap()
+        checks(m.host("cp1").unwrap(), true).into_iter().find(|c| c.0 == "all nodes Ready").unwrap()
     }
 }
