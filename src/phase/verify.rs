@@ -63,11 +63,10 @@ fn checks(host: &HostModel, first_cp: bool) -> Vec<(String, String, String)> {
             "all nodes Ready".into(),
             "kubelet".into(),
             // One `kubectl get nodes` per attempt, whatever the number of nodes.
-            format!(
-                "st=$(kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes --request-timeout=10s \
-                 -o jsonpath='{{range .items[*]}}{{.metadata.name}}{{\" \"}}{{range .status.conditions[?(@.type==\"Ready\")]}}{{.status}}{{end}}{{\"\\n\"}}{{end}}') \
-                 && for n in \"$@\"; do printf '%s\\n' \"$st\" | grep -qx -- \"$n True\" || {{ echo \"node $n is not Ready\"; false; }} || exit 1; done"
-            ),
+            "st=$(kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes --request-timeout=10s \
+             -o jsonpath='{range .items[*]}{.metadata.name}{\" \"}{range .status.conditions[?(@.type==\"Ready\")]}{.status}{end}{\"\\n\"}{end}') \
+             && for n in \"$@\"; do printf '%s\\n' \"$st\" | grep -qx -- \"$n True\" || { echo \"node $n is not Ready\"; false; } || exit 1; done"
+                .into(),
         ));
     }
     v
