@@ -8,8 +8,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Exit code for invalid input (inventory, arguments): nothing touched a machine.
 pub const EXIT_INVALID_INPUT: i32 = 2;
-/// Exit code for a failure while running (remote command, I/O, network).
+/// Exit code for a failure while running (remote command, I/O, network), or a check that found a problem.
 pub const EXIT_FAILURE: i32 = 1;
+/// Exit code after an interrupt (Ctrl-C) stopped a command between steps, as shells report SIGINT.
+pub const EXIT_INTERRUPTED: i32 = 130;
 
 /// Every error a command can end with.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,14 @@ pub enum Error {
         /// How to fix it.
         hint: Option<String>,
     },
+    /// An interrupt stopped the command between two of its steps (exit 130).
+    #[error("{message}")]
+    Interrupted {
+        /// Where it stopped.
+        message: String,
+        /// How to go on.
+        hint: Option<String>,
+    },
     /// Anything else, with a message and an optional hint.
     #[error("{message}")]
     Other {
@@ -79,6 +89,8 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Inventory(_) | Error::Usage { .. } => EXIT_INVALID_INPUT,
+            Error::Interrupted { .. } => EXIT_INTERRUPTED,
+            Error::Exec(crate::exec::ExecError::HostsFailed { interrupted: true, .. }) => EXIT_INTERRUPTED,
             _ => EXIT_FAILURE,
         }
     }
@@ -91,7 +103,9 @@ impl Error {
             Error::Transport(e) => e.hint(),
             Error::Exec(e) => e.hint(),
             Error::Artifacts(e) => e.hint(),
-            Error::Other { hint, .. } | Error::Usage { hint, .. } => hint.clone(),
+            Error::Other { hint, .. } | Error::Usage { hint, .. } | Error::Interrupted { hint, .. } => {
+                hint.clone()
+            }
             Error::Io { .. } | Error::State(_) => None,
         }
     }

@@ -316,7 +316,9 @@ impl Executor {
         }
     }
 
-    fn stopping(&self) -> bool {
+    /// Whether this executor has been told to stop (its flag, or the process's interrupt unless it is a
+    /// cleanup executor): work between steps checks it too.
+    pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst) || (!self.cleanup && crate::cleanup::stopped())
     }
 

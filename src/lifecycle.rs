@@ -312,32 +312,52 @@ pub fn remove_node_in(session: &crate::session::Session, options: RemoveOptions)
         let t = transports.get(&first_cp).cloned().expect("transport per host");
         let one = |what: &'static str, cmd: Command| {
             let plan = vec![HostPlan { transport: t.clone(), steps: vec![Step::exec(what, cmd)] }];
-            session.block_on(executor.run("remove-node", plan)).into_result().map(|_| ()).map_err(Error::from)
+            // A step that finished is done even when an interrupt came meanwhile: the next boundary stops.
+            let report = session.block_on(executor.run("remove-node", plan));
+            if report.failures.is_empty() {
+                return Ok(());
+            }
+            report.into_result().map(|_| ()).map_err(Error::from)
         };
         let (cordon, drain, delete) = (api_steps.remove(0), api_steps.remove(0), api_steps.remove(0));
-        session.enter(&REMOVE_NODE, "cordon");
-        one(cordon.0, cordon.1)?;
-        session.enter(&REMOVE_NODE, "drain");
-        if let Err(e) = one(drain.0, drain.1) {
-            if !options.force {
-                // The node goes back into service: nothing else was changed.
-                let back = one("uncordon", kubectl_retrying(&["uncordon", &name]));
-                return Err(Error::msg(
+        session.boundary(&REMOVE_NODE, "cordon")?;
+        // A re-run after an interrupt or a failure later on: the Node may be gone already.
+        let present = session
+            .block_on(crate::plan::run_checked(
+                t.as_ref(),
+                "look up the Node",
+                &kubectl_retrying(&["get", "node", &name, "-o", "name", "--ignore-not-found"]),
+            ))
+            .map_err(|e| Error::msg(format!("{first_cp}: {e}"), None))?;
+        if present.stdout_str().trim().is_empty() {
+            eprintln!("[remove-node] {name}: no Node of that name any more (deleted already): nothing to cordon or drain");
+        } else {
+            session.enter(&REMOVE_NODE, "cordon");
+            one(cordon.0, cordon.1)?;
+            session.enter(&REMOVE_NODE, "drain");
+            if let Err(e) = one(drain.0, drain.1) {
+                if !options.force {
+                    // The node goes back into service: nothing else was changed.
+                    let back = one("uncordon", kubectl_retrying(&["uncordon", &name]));
+                    return Err(Error::msg(
                     format!(
                         "{name}: the drain did not finish; nothing else was changed and the node is {}: {e}",
                         if back.is_ok() { "uncordoned again" } else { "still cordoned (the uncordon failed too)" }
                     ),
                     Some("fix what holds the drain (a PodDisruptionBudget, a pod without a controller), or pass --force to remove the node anyway"),
                 ));
+                }
+                eprintln!("[remove-node] warning: the drain did not finish, going on (--force): {e}");
             }
-            eprintln!("[remove-node] warning: the drain did not finish, going on (--force): {e}");
+            session.boundary(&REMOVE_NODE, "delete-node")?;
+            session.enter(&REMOVE_NODE, "delete-node");
+            one(delete.0, delete.1)?;
+            eprintln!("[remove-node] {name}: cordoned, drained, Node deleted");
         }
-        session.enter(&REMOVE_NODE, "delete-node");
-        one(delete.0, delete.1)?;
-        eprintln!("[remove-node] {name}: cordoned, drained, Node deleted");
     }
 
     // 2. The host itself: remove everything kubeforge installed, when it can be reached.
+    session.boundary(&REMOVE_NODE, "clean")?;
     session.enter(&REMOVE_NODE, "clean");
     let mut material_model = full.clone();
     let scratch = apply::scratch_for(&options.apply, &full.name)?;
@@ -397,6 +417,7 @@ pub fn remove_node_in(session: &crate::session::Session, options: RemoveOptions)
     let mut o = options.apply.clone();
     o.hosts = Some(Vec::new());
     o.follow_changes = true;
+    session.boundary(&REMOVE_NODE, "converge")?;
     session.enter(&REMOVE_NODE, "converge");
     let code = apply::run_in(session, &rest, model, o, "remove-node")?;
     println!("remove-node: {name} removed from cluster `{}`; the host: {host_report}", full.name);

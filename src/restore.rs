@@ -444,6 +444,7 @@ pub fn restore_in(session: &crate::session::Session, o: RestoreOptions) -> Resul
         state.save(&o.apply.pki_root)?;
     }
     let t0 = Instant::now();
+    session.boundary(&RESTORE, "install")?;
     session.enter(&RESTORE, "install");
     apply::run_in(session, loaded, model.clone(), o.apply.clone(), "[restore] install")?;
     eprintln!("[restore] hosts installed and converged ({:.0}s)", t0.elapsed().as_secs_f64());
@@ -456,12 +457,14 @@ pub fn restore_in(session: &crate::session::Session, o: RestoreOptions) -> Resul
     session.block_on(async {
         // 1. The control plane stops everywhere before any member is touched: no apiserver may write to a
         //    member between its restore and the others'.
+        session.boundary(&RESTORE, "stop")?;
         session.enter(&RESTORE, "stop");
         let stop = Command::shell(STOP)
             .args(["kube-apiserver", "kube-controller-manager", "kube-scheduler"])
             .sudo();
         run_on(session, model.control_planes().map(|h| h.name.clone()), "stop the control plane", &stop).await?;
         // 2. Every member's data is replaced from the snapshot.
+        session.boundary(&RESTORE, "members")?;
         session.enter(&RESTORE, "members");
         let up = Upload::file(&snap, format!("{}/restore-{when}.db", backup::REMOTE_DIR), 0o600)
             .map_err(|e| Error::io("reading the snapshot", e))?;
@@ -499,6 +502,7 @@ pub fn restore_in(session: &crate::session::Session, o: RestoreOptions) -> Resul
             eprintln!("[restore] the previous etcd data is kept in {} (remove it once the cluster is as it should be)", kept.join(", "));
         }
         // 3. The members start together and each waits for its health (quorum).
+        session.boundary(&RESTORE, "etcd")?;
         session.enter(&RESTORE, "etcd");
         let start = Command::shell(format!("{}\n{START_ETCD}", crate::phase::install::ETCDCTL_FN)).sudo();
         // Together, whatever --concurrency says: each member's health needs a quorum of the others.
@@ -519,6 +523,7 @@ pub fn restore_in(session: &crate::session::Session, o: RestoreOptions) -> Resul
         eprintln!("[restore] etcd members healthy ({:.0}s)", t1.elapsed().as_secs_f64());
         // 4. The control plane starts; the addons and node labels are applied again (the restored objects
         //    are those of the backup).
+        session.boundary(&RESTORE, "control-plane")?;
         session.enter(&RESTORE, "control-plane");
         let start_cp = Command::new("systemctl")
             .args(["start", "kube-apiserver", "kube-controller-manager", "kube-scheduler"])
@@ -529,6 +534,7 @@ pub fn restore_in(session: &crate::session::Session, o: RestoreOptions) -> Resul
     // 5. The addons and node labels are applied again (the restored objects are those of the backup), then a
     //    converge run starts whatever is still stopped and checks everything.
     let first = model.control_planes().next().expect("a control plane").name.clone();
+    session.boundary(&RESTORE, "addons")?;
     session.enter(&RESTORE, "addons");
     session
         .block_on(async {
@@ -543,6 +549,7 @@ pub fn restore_in(session: &crate::session::Session, o: RestoreOptions) -> Resul
         })
         .map_err(|e| Error::msg(format!("{first}: {e}"), None))?;
     eprintln!("[restore] addons and node labels applied again on {first}");
+    session.boundary(&RESTORE, "check")?;
     session.enter(&RESTORE, "check");
     apply::run_in(session, loaded, model.clone(), o.apply.clone(), "[restore] check")?;
     // Nodes in the backup that the inventory does not have.

@@ -91,6 +91,34 @@ impl Session {
         entered.push((workflow.name, id));
     }
 
+    /// A point where the command may stop: after an interrupt (Ctrl-C) every step before `next` has
+    /// finished, and the command ends here (exit 130) instead of starting `next`.
+    pub fn boundary(&self, workflow: &'static crate::workflow::Workflow, next: &'static str) -> Result<()> {
+        if !self.executor.stopping() {
+            return Ok(());
+        }
+        let done = self
+            .entered
+            .lock()
+            .expect("stages lock")
+            .iter()
+            .filter(|(w, _)| *w == workflow.name)
+            .map(|(_, s)| *s)
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(Error::Interrupted {
+            message: format!(
+                "{}: interrupted before `{next}`; finished: {}",
+                workflow.name,
+                if done.is_empty() { "nothing" } else { &done }
+            ),
+            hint: Some(format!(
+                "run the same `kubeforge {}` again: it continues from where each host stands (`kubeforge phases {}` lists the stages)",
+                workflow.name, workflow.name
+            )),
+        })
+    }
+
     /// The stages entered so far, as `workflow/stage`.
     pub fn stages(&self) -> Vec<String> {
         self.entered.lock().expect("stages lock").iter().map(|(w, s)| format!("{w}/{s}")).collect()

@@ -9,6 +9,9 @@ use crate::report::{Event, Recorder};
 use crate::transport::fake::{FakeTransport, Reply};
 use std::collections::BTreeSet;
 
+/// Where a simulated API host remembers deleted Nodes (a fake file per Node).
+const SIM_DELETED: &str = "/sim/deleted-nodes";
+
 /// A fake host that behaves like a machine for the runner: probes read its files and started units.
 fn simulated(name: &str) -> Arc<FakeTransport> {
     let t = Arc::new(FakeTransport::new(name));
@@ -68,6 +71,21 @@ fn simulated(name: &str) -> Arc<FakeTransport> {
             fake.remove_file(f);
         }
         Reply::ok("")
+    });
+    // The API's Nodes: every name exists until a `delete node NAME` (remove-node's look-up); a deleted
+    // Node is remembered as the fake file `SIM_DELETED/NAME`.
+    t.handle("--ignore-not-found", move |argv, fake| {
+        let after = |w: &str| argv.iter().position(|a| a == w).and_then(|i| argv.get(i + 1)).cloned();
+        match (argv.iter().any(|a| a == "delete"), after("node")) {
+            (true, Some(n)) => {
+                fake.put_file(format!("{SIM_DELETED}/{n}"), Vec::new());
+                Reply::ok("")
+            }
+            (false, Some(n)) if fake.file(&format!("{SIM_DELETED}/{n}")).is_none() => {
+                Reply::ok(format!("node/{n}"))
+            }
+            _ => Reply::ok(""),
+        }
     });
     t.permissive();
     t
@@ -1271,4 +1289,43 @@ fn an_interrupted_remove_node_stops_after_the_step_in_progress() {
     assert!(!h.hosts["cp1"].commands().iter().any(|c| c.contains("delete node w2")), "the Node was deleted");
     assert!(h.hosts["w2"].file(KUBELET).is_some(), "w2 was cleaned");
     assert!(ClusterState::load(&o.pki_root, "trio").unwrap().hosts.contains_key("w2"));
+}
+
+/// Interrupted right after the Node was deleted: the command stops before cleaning the host (exit 130,
+/// saying what finished); the re-run finds the Node gone, skips the API stages and finishes.
+#[test]
+fn remove_node_interrupted_after_the_node_was_deleted_resumes_without_it() {
+    let h = installed(TRIO);
+    let mut o = h.options();
+    o.ignore_preflight = vec!["all".into()];
+    let session = h.session(TRIO, o.clone(), Arc::new(Recorder::default()));
+    let stop = session.executor.stop_flag();
+    // The Node is deleted (the simulated API remembers it), then the interrupt comes.
+    h.hosts["cp1"].handle("delete node w2", move |_, fake| {
+        fake.put_file(format!("{SIM_DELETED}/w2"), Vec::new());
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        Reply::ok("node \"w2\" deleted")
+    });
+    let options = crate::lifecycle::RemoveOptions {
+        node: "w2".into(),
+        force: false,
+        drain_timeout: std::time::Duration::from_secs(60),
+        apply: o.clone(),
+    };
+    let e = crate::lifecycle::remove_node_in(&session, options.clone()).unwrap_err();
+    assert_eq!(e.exit_code(), 130, "{}", e.report());
+    assert!(
+        e.to_string().contains("interrupted before `clean`") && e.to_string().contains("delete-node"),
+        "{e}"
+    );
+    assert!(h.hosts["w2"].file(KUBELET).is_some(), "the host was cleaned after the interrupt");
+    // The next process: the Node is gone (the simulated API remembers the delete).
+    let again = h.session(TRIO, o.clone(), Arc::new(Recorder::default()));
+    assert_eq!(crate::lifecycle::remove_node_in(&again, options).unwrap(), 0);
+    assert_eq!(
+        again.stages(),
+        ["remove-node/identity", "remove-node/clean", "remove-node/forget", "remove-node/converge"]
+    );
+    assert!(h.hosts["w2"].file(KUBELET).is_none());
+    assert!(!ClusterState::load(&o.pki_root, "trio").unwrap().hosts.contains_key("w2"));
 }

@@ -100,7 +100,8 @@ impl FakeTransport {
     }
 
     /// Answers commands whose display text contains `needle` with what `handler` computes (checked after
-    /// the fixed rules).
+    /// the fixed rules; among handlers the one added last wins, so a test can override a simulated host's
+    /// default behaviour for one command).
     pub fn handle(
         &self,
         needle: impl Into<String>,
@@ -284,6 +285,7 @@ impl FakeTransport {
                 .lock()
                 .unwrap()
                 .iter()
+                .rev()
                 .find(|(n, _)| shown.contains(n.as_str()))
                 .map(|(_, h)| h.clone());
             let reply = fixed(false)
