@@ -1329,3 +1329,96 @@ fn remove_node_interrupted_after_the_node_was_deleted_resumes_without_it() {
     assert!(h.hosts["w2"].file(KUBELET).is_none());
     assert!(!ClusterState::load(&o.pki_root, "trio").unwrap().hosts.contains_key("w2"));
 }
+
+/// An archive of the harness's installed `trio` cluster (its real store, a stand-in snapshot file), as
+/// `kubeforge backup` writes it.
+fn archive_of(h: &Harness) -> std::path::PathBuf {
+    let o = h.options();
+    let snap = h.dir.path().join("snapshot.db");
+    std::fs::write(&snap, b"etcd snapshot bytes").unwrap();
+    let snapshot = crate::backup::Snapshot {
+        path: snap,
+        member: "cp1".into(),
+        sha256: {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(b"etcd snapshot bytes"))
+        },
+        bytes: 19,
+        revision: 42,
+        total_keys: 7,
+    };
+    let out = h.dir.path().join("trio.backup.tar.gz");
+    crate::backup::write_archive(
+        &out,
+        "trio",
+        "v1.35.7",
+        Default::default(),
+        &snapshot,
+        &o.pki_root.join("trio"),
+        TRIO.as_bytes(),
+        None,
+    )
+    .unwrap();
+    out
+}
+
+fn restore(h: &Harness, archive: &Path, session: &crate::session::Session) -> Result<i32> {
+    let mut o = h.options();
+    o.ignore_preflight = vec!["all".into()];
+    crate::restore::restore_in(
+        session,
+        crate::restore::RestoreOptions {
+            from: archive.to_path_buf(),
+            passphrase_env: None,
+            consent: crate::prompt::Consent::Given,
+            replace_pki: false,
+            apply: o,
+        },
+    )
+}
+
+#[test]
+fn restore_stops_the_control_plane_replaces_every_member_from_the_snapshot_then_starts_and_checks() {
+    let h = installed(TRIO);
+    let archive = archive_of(&h);
+    let before = command_counts(&h);
+    let session = h.session(TRIO, h.options(), Arc::new(Recorder::default()));
+    assert_eq!(restore(&h, &archive, &session).unwrap_or_else(|e| panic!("{}", e.report())), 0);
+    let listed: Vec<String> = crate::workflow::RESTORE
+        .stages
+        .iter()
+        .filter(|s| s.id != "confirm")
+        .map(|s| format!("restore/{}", s.id))
+        .collect();
+    assert_eq!(session.stages(), listed, "every listed stage but the confirmation (--yes), in order");
+    let cp1 = new_commands(&h, "cp1", &before);
+    let at =
+        |what: &str| cp1.iter().position(|c| c.contains(what)).unwrap_or_else(|| panic!("{what}: {cp1:?}"));
+    assert!(at("kube-apiserver kube-controller-manager kube-scheduler") < at("snapshot restore"), "{cp1:?}");
+    assert!(at("snapshot restore") < at("systemctl start --no-block etcd"), "{cp1:?}");
+    let sent =
+        h.hosts["cp1"].paths().into_iter().find(|p| p.contains("/restore-")).expect("snapshot uploaded");
+    assert_eq!(h.hosts["cp1"].file(&sent).as_deref(), Some(&b"etcd snapshot bytes"[..]));
+    for w in ["w1", "w2"] {
+        assert!(
+            !new_commands(&h, w, &before).iter().any(|c| c.contains("snapshot restore")),
+            "{w} is no member"
+        );
+    }
+}
+
+#[test]
+fn an_interrupted_restore_stops_after_the_members_and_says_what_finished() {
+    let h = installed(TRIO);
+    let archive = archive_of(&h);
+    let session = h.session(TRIO, h.options(), Arc::new(Recorder::default()));
+    let stop = session.executor.stop_flag();
+    h.hosts["cp1"].handle("snapshot restore", move |_, _| {
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        Reply::ok("aside /var/lib/etcd.before-restore-x")
+    });
+    let e = restore(&h, &archive, &session).unwrap_err();
+    assert_eq!(e.exit_code(), 130, "{}", e.report());
+    assert!(e.to_string().contains("interrupted before `etcd`") && e.to_string().contains("members"), "{e}");
+    assert!(!h.hosts["cp1"].commands().iter().any(|c| c.contains("systemctl start --no-block etcd")));
+}
