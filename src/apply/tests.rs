@@ -184,7 +184,10 @@ impl Harness {
 
     /// The session a command gets, on the simulated hosts and the fake artifacts, reporting to `rec`.
     fn session(&self, text: &str, options: ApplyOptions, rec: Arc<Recorder>) -> crate::session::Session {
-        let loaded = crate::inventory::parse(Path::new("inventory.yaml"), text).unwrap();
+        // The inventory as a file beside the store, as a user keeps it (`backup` archives its text).
+        let path = self.dir.path().join("inventory.yaml");
+        std::fs::write(&path, text).unwrap();
+        let loaded = crate::inventory::parse(&path, text).unwrap();
         let model = ClusterModel::derive(&loaded);
         let transports: BTreeMap<String, Arc<dyn Transport>> =
             self.hosts.iter().map(|(n, t)| (n.clone(), t.clone() as Arc<dyn Transport>)).collect();
@@ -1421,4 +1424,75 @@ fn an_interrupted_restore_stops_after_the_members_and_says_what_finished() {
     assert_eq!(e.exit_code(), 130, "{}", e.report());
     assert!(e.to_string().contains("interrupted before `etcd`") && e.to_string().contains("members"), "{e}");
     assert!(!h.hosts["cp1"].commands().iter().any(|c| c.contains("systemctl start --no-block etcd")));
+}
+
+/// cp1 answers the snapshot script as etcd would: the file appears under the backups directory, the status
+/// line and its sha256 follow (`corrupt`: the reported sha256 is not the file's, as after a bad copy).
+fn etcd_snapshots_on(h: &Harness, corrupt: bool) {
+    h.hosts["cp1"].handle("snapshot save", move |argv, fake| {
+        let name = argv.last().cloned().unwrap_or_default();
+        let body = b"etcd snapshot bytes".to_vec();
+        let sha = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(if corrupt { b"other".to_vec() } else { body.clone() }))
+        };
+        fake.put_file(format!("{}/{name}", crate::backup::REMOTE_DIR), body);
+        Reply::ok(format!("{{\"hash\":1,\"revision\":42,\"totalKey\":7,\"totalSize\":19}}\nsha256 {sha}\n"))
+    });
+}
+
+fn backup(h: &Harness, out: &Path) -> (Result<i32>, Vec<String>) {
+    let session = h.session(TRIO, h.options(), Arc::new(Recorder::default()));
+    let r = crate::restore::backup_in(
+        &session,
+        crate::restore::BackupOptions {
+            output: Some(out.to_path_buf()),
+            passphrase_env: None,
+            unencrypted: true,
+            apply: h.options(),
+        },
+    );
+    (r, session.stages())
+}
+
+#[test]
+fn backup_takes_a_checked_snapshot_removes_it_from_the_host_and_writes_an_archive_restore_opens() {
+    let h = installed(TRIO);
+    etcd_snapshots_on(&h, false);
+    let out = h.dir.path().join("b.tar.gz");
+    let (r, stages) = backup(&h, &out);
+    assert_eq!(r.unwrap_or_else(|e| panic!("{}", e.report())), 0);
+    assert_eq!(stages, ["backup/snapshot", "backup/archive"]);
+    let opened = crate::backup::open_archive(&out, None, h.dir.path()).unwrap();
+    assert_eq!((opened.manifest.etcd.revision, opened.manifest.etcd.total_keys), (42, 7));
+    assert_eq!(
+        std::fs::read(opened.path(crate::backup::Manifest::SNAPSHOT)).unwrap(),
+        b"etcd snapshot bytes"
+    );
+    let cmds = h.hosts["cp1"].commands();
+    assert!(
+        cmds.iter().any(|c| c.starts_with("sudo rm -f -- /var/lib/kubeforge/backups/etcd-trio-")),
+        "{cmds:?}"
+    );
+}
+
+#[test]
+fn a_snapshot_that_changed_in_transit_writes_no_archive_and_leaves_no_copy_on_the_host() {
+    let h = installed(TRIO);
+    etcd_snapshots_on(&h, true);
+    let out = h.dir.path().join("b.tar.gz");
+    let (r, stages) = backup(&h, &out);
+    let e = r.unwrap_err();
+    assert!(e.report().contains("changed in transit"), "{}", e.report());
+    assert_eq!(stages, ["backup/snapshot"]);
+    assert!(!out.exists(), "an archive was written");
+    let cmds = h.hosts["cp1"].commands();
+    assert!(
+        cmds.iter().any(|c| c.starts_with("sudo rm -f -- /var/lib/kubeforge/backups/etcd-trio-")),
+        "{cmds:?}"
+    );
+    let backups = crate::backup::local_dir(&h.options().pki_root, "trio");
+    let left: Vec<_> =
+        std::fs::read_dir(&backups).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "a partial copy stayed: {left:?}");
 }
