@@ -304,9 +304,14 @@ pub fn remove_node_in(session: &crate::session::Session, options: RemoveOptions)
         for id in ["cordon", "drain", "delete-node"] {
             session.enter(&REMOVE_NODE, id);
         }
-        println!("[remove-node] {first_cp}: would run:");
-        for (what, c) in &api_steps {
-            println!("  {what}: {c}");
+        session.say(format!("[remove-node] {first_cp}: would run (through the API, retried on transient errors but the drain):\n"));
+        let shown = [
+            format!("kubectl cordon {name}"),
+            format!("kubectl drain {name} --ignore-daemonsets --delete-emptydir-data {timeout}"),
+            format!("kubectl delete node {name}"),
+        ];
+        for ((what, _), cmd) in api_steps.iter().zip(shown) {
+            session.say(format!("  {what}: {cmd}\n"));
         }
     } else {
         let t = transports.get(&first_cp).cloned().expect("transport per host");
@@ -384,9 +389,9 @@ pub fn remove_node_in(session: &crate::session::Session, options: RemoveOptions)
         let actual = crate::plan::probe(t.as_ref(), &owned).await?;
         let changes = crate::plan::diff(&owned, &actual);
         if dry {
-            print!("[remove-node] {name}: {} change(s)\n{changes}", changes.count());
+            session.say(format!("[remove-node] {name}: {} change(s)\n{changes}", changes.count()));
             for (u, _, _) in &before.units {
-                println!("  = {u}: was there before kubeforge; put back as it was");
+                session.say(format!("  = {u}: was there before kubeforge; put back as it was\n"));
             }
             return Ok::<_, crate::exec::StepError>(changes.count());
         }
@@ -403,7 +408,7 @@ pub fn remove_node_in(session: &crate::session::Session, options: RemoveOptions)
         }
     };
     if dry {
-        println!("[remove-node] {name}: {host_report}");
+        session.say(format!("[remove-node] {name}: {host_report}\n"));
         return Ok(0);
     }
 
@@ -420,11 +425,12 @@ pub fn remove_node_in(session: &crate::session::Session, options: RemoveOptions)
     session.boundary(&REMOVE_NODE, "converge")?;
     session.enter(&REMOVE_NODE, "converge");
     let code = apply::run_in(session, &rest, model, o, "remove-node")?;
-    println!("remove-node: {name} removed from cluster `{}`; the host: {host_report}", full.name);
-    println!(
-        "remove-node: now delete `{name}` from {} (kubeforge does not edit your inventory)",
+    session
+        .say(format!("remove-node: {name} removed from cluster `{}`; the host: {host_report}\n", full.name));
+    session.say(format!(
+        "remove-node: now delete `{name}` from {} (kubeforge does not edit your inventory)\n",
         inventory.display()
-    );
+    ));
     Ok(code)
 }
 
@@ -729,7 +735,7 @@ pub fn reset_in(session: &crate::session::Session, options: ResetOptions) -> Res
     }
     let targets: Vec<String> = targets.into_iter().filter(|t| !skipped.contains(t)).collect();
     if targets.is_empty() {
-        println!("reset: nothing to do: no selected host carries cluster `{}`", model.name);
+        session.say(format!("reset: nothing to do: no selected host carries cluster `{}`\n", model.name));
         return Ok(0);
     }
     let verified = crate::identity::Verified {
@@ -755,17 +761,17 @@ pub fn reset_in(session: &crate::session::Session, options: ResetOptions) -> Res
         session.enter(&RESET, "preview");
         let (report, reports) = reset_pass(session, &ctx, &targets, false)?;
         for (host, text) in &reports {
-            print!("[reset] {host}: would remove\n{text}");
+            session.say(format!("[reset] {host}: would remove\n{text}"));
         }
         report.into_result()?;
         let question = format!("Remove all of this from {} host(s)?", reports.len());
         if options.consent == Consent::Preview {
-            println!("reset --dry-run: nothing was changed; run with --yes to remove it");
+            session.say("reset --dry-run: nothing was changed; run with --yes to remove it\n");
             return Ok(0);
         }
         session.enter(&RESET, "confirm");
         if !crate::prompt::ask(&question)? {
-            println!("reset: nothing was changed");
+            session.say("reset: nothing was changed\n");
             return Ok(0);
         }
     }
@@ -775,10 +781,10 @@ pub fn reset_in(session: &crate::session::Session, options: ResetOptions) -> Res
     let mut unclean = 0;
     for (host, text) in &reports {
         if text.trim().is_empty() {
-            println!("[reset] {host}: clean");
+            session.say(format!("[reset] {host}: clean\n"));
         } else {
             unclean += 1;
-            print!("[reset] {host}: NOT clean:\n{text}");
+            session.say(format!("[reset] {host}: NOT clean:\n{text}"));
         }
     }
     let failed = report.failures.len();
@@ -796,7 +802,7 @@ pub fn reset_in(session: &crate::session::Session, options: ResetOptions) -> Res
         state.save(&options.apply.pki_root)?;
     }
     report.into_result()?;
-    println!("reset: {} host(s) reset, {unclean} not clean, {failed} failed", reports.len());
+    session.say(format!("reset: {} host(s) reset, {unclean} not clean, {failed} failed\n", reports.len()));
     Ok(if unclean > 0 { 1 } else { 0 })
 }
 

@@ -36,6 +36,8 @@ pub struct Session {
     runtime: tokio::runtime::Runtime,
     artifacts: Option<Artifacts>,
     entered: std::sync::Mutex<Vec<(&'static str, &'static str)>>,
+    /// `Some`: what the command says is kept here instead of printed (tests, golden outputs).
+    captured: std::sync::Mutex<Option<String>>,
 }
 
 impl Session {
@@ -64,7 +66,33 @@ impl Session {
             runtime,
             artifacts: None,
             entered: Default::default(),
+            captured: Default::default(),
         })
+    }
+
+    /// Keeps what the command says (its standard output) for [`Session::said`] instead of printing it.
+    pub fn capturing(self) -> Self {
+        *self.captured.lock().expect("output lock") = Some(String::new());
+        self
+    }
+
+    /// Says `text` on standard output (the command's result, not its progress), or keeps it when capturing.
+    pub fn say(&self, text: impl AsRef<str>) {
+        let text = text.as_ref();
+        match self.captured.lock().expect("output lock").as_mut() {
+            Some(buf) => buf.push_str(text),
+            None => {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+            }
+        }
+    }
+
+    /// What the command said, when capturing.
+    pub fn said(&self) -> String {
+        self.captured.lock().expect("output lock").clone().unwrap_or_default()
     }
 
     /// Installs these artifacts instead of resolving the release source (tests).

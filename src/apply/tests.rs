@@ -1496,3 +1496,59 @@ fn a_snapshot_that_changed_in_transit_writes_no_archive_and_leaves_no_copy_on_th
         std::fs::read_dir(&backups).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "a partial copy stayed: {left:?}");
 }
+
+/// Golden previews of the lifecycle commands for every example inventory, on hosts an apply installed:
+/// `reset --dry-run` of every host and `remove-node --dry-run` of the last worker. What they would do is
+/// reviewed here as the apply plans are; nothing is written by either.
+#[test]
+fn golden_previews_of_reset_and_remove_node_for_every_example_inventory() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("inventories");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let model = ClusterModel::derive(&crate::inventory::parse(&f, &text).unwrap());
+        let h = Harness::new(&model);
+        h.run(&text, h.options()).0.unwrap_or_else(|e| panic!("{}: {}", f.display(), e.report()));
+        let name = f.file_stem().unwrap().to_string_lossy().into_owned();
+        let before = calls(&h);
+        let session = h.session(&text, h.options(), Arc::new(Recorder::default())).capturing();
+        let options = crate::lifecycle::ResetOptions {
+            consent: crate::prompt::Consent::Preview,
+            force: false,
+            apply: h.options(),
+        };
+        crate::lifecycle::reset_in(&session, options)
+            .unwrap_or_else(|e| panic!("{}: {}", f.display(), e.report()));
+        insta::assert_snapshot!(format!("reset_preview_{name}"), masked(&session.said()));
+        let worker =
+            model.hosts.iter().rev().find(|h| h.roles.worker && !h.roles.control_plane && !h.roles.etcd);
+        if let Some(w) = worker {
+            let mut o = h.options();
+            o.ignore_preflight = vec!["all".into()];
+            o.dry_run = true;
+            let session = h.session(&text, o.clone(), Arc::new(Recorder::default())).capturing();
+            let options = crate::lifecycle::RemoveOptions {
+                node: w.name.clone(),
+                force: false,
+                drain_timeout: std::time::Duration::from_secs(300),
+                apply: o,
+            };
+            crate::lifecycle::remove_node_in(&session, options)
+                .unwrap_or_else(|e| panic!("{}: {}", f.display(), e.report()));
+            insta::assert_snapshot!(format!("remove_node_preview_{name}"), masked(&session.said()));
+        }
+        for (host, t) in &h.hosts {
+            let new = &t.calls()[before[host]..];
+            assert!(
+                new.iter().all(|c| matches!(c, crate::transport::fake::Call::Exec(x) if !x.contains("disable --now") && !x.contains("rm -rf"))),
+                "{}: a preview changed {host}: {new:?}",
+                f.display()
+            );
+        }
+    }
+}
