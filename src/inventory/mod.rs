@@ -110,12 +110,12 @@ pub enum InventoryError {
         #[source]
         source: std::io::Error,
     },
-    /// The path names a directory, FIFO, device or socket: reading it could block or never end.
-    #[error("inventory {path} is {kind}, not a regular file")]
+    /// The path names a directory.
+    #[error("inventory {path} is {kind}, not a file")]
     NotAFile {
         /// The path.
         path: PathBuf,
-        /// `a directory`, `a FIFO (named pipe)`, `a character device`, ...
+        /// `a directory`.
         kind: &'static str,
     },
     /// The file is larger than [`MAX_BYTES`].
@@ -202,7 +202,8 @@ pub struct Loaded {
     pub inventory: Inventory,
     /// The file it was read from.
     pub path: PathBuf,
-    /// The directory relative paths in it resolve against.
+    /// The directory relative paths in it resolve against: the file's own, or the current directory for
+    /// an inventory read from a stream (`-`, a FIFO, `<(...)`; see [`is_stream`]).
     pub dir: PathBuf,
     /// Positions of its values.
     pub positions: position::Positions,
@@ -219,7 +220,7 @@ pub struct Loaded {
 pub fn load(path: &Path) -> Result<Loaded, InventoryError> {
     let (result, warnings) = load_quietly(path);
     if !warnings.is_empty() {
-        eprint!("{}", render_warnings(path, &warnings));
+        eprint!("{}", render_warnings(&display_path(path), &warnings));
     }
     result
 }
@@ -251,55 +252,121 @@ pub fn load_quietly(path: &Path) -> (Result<Loaded, InventoryError>, Vec<Problem
         return (Ok(loaded), warnings);
     }
     problems.sort_by_key(|p| (p.line, p.column));
-    (Err(InventoryError::Invalid { path: path.to_owned(), problems }), warnings)
+    (Err(InventoryError::Invalid { path: display_path(path), problems }), warnings)
 }
 
-/// Reads an inventory file: a regular file of at most [`MAX_BYTES`] of UTF-8. The file is opened without
-/// blocking and checked before anything is read, so a FIFO or `/dev/zero` is refused at once.
-pub fn read(path: &Path) -> Result<String, InventoryError> {
-    use std::io::Read;
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    let io = |source| InventoryError::Read { path: path.to_owned(), source };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
-        .open(path)
-        .map_err(io)?;
-    let meta = file.metadata().map_err(io)?;
-    let t = meta.file_type();
-    let kind = if t.is_file() {
-        None
-    } else if t.is_dir() {
-        Some("a directory")
-    } else if t.is_fifo() {
-        Some("a FIFO (named pipe)")
-    } else if t.is_char_device() {
-        Some("a character device")
-    } else if t.is_block_device() {
-        Some("a block device")
-    } else if t.is_socket() {
-        Some("a socket")
+/// The path that names standard input (`-i -`).
+pub const STDIN: &str = "-";
+
+/// How messages name an inventory: `<stdin>` for `-`, else the path as given.
+pub fn display_path(path: &Path) -> PathBuf {
+    if path.as_os_str() == STDIN {
+        PathBuf::from("<stdin>")
     } else {
-        Some("not a file")
-    };
-    if let Some(kind) = kind {
-        return Err(InventoryError::NotAFile { path: path.to_owned(), kind });
+        path.to_owned()
     }
-    if meta.len() > MAX_BYTES {
-        return Err(InventoryError::TooLarge { path: path.to_owned() });
+}
+
+/// Texts already read from streams (standard input, FIFOs, `/dev/fd/N`), by path: a stream can be read
+/// only once, and a command may load its inventory more than once.
+fn streams() -> &'static std::sync::Mutex<std::collections::HashMap<PathBuf, String>> {
+    static STREAMS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<PathBuf, String>>> =
+        std::sync::OnceLock::new();
+    STREAMS.get_or_init(Default::default)
+}
+
+/// Whether the inventory at `path` is a stream rather than a file in a directory: `-` (standard input), a
+/// FIFO or process substitution (`<(...)`, a `/dev/fd/N` path), a character device. Relative paths in such
+/// an inventory, and the default PKI store, resolve against the current directory, since the stream has
+/// no directory of its own.
+pub fn is_stream(path: &Path) -> bool {
+    if path.as_os_str() == STDIN
+        || path.starts_with("/dev/fd")
+        || path.starts_with("/proc/self/fd")
+        || streams().lock().map(|s| s.contains_key(path)).unwrap_or(false)
+    {
+        return true;
     }
+    std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
+}
+
+/// The directory relative paths in the inventory at `path` resolve against: the file's directory, or the
+/// current directory for a stream ([`is_stream`]).
+pub fn base_dir(path: &Path) -> PathBuf {
+    if is_stream(path) {
+        return PathBuf::from(".");
+    }
+    path.parent()
+        .map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d })
+        .unwrap_or(Path::new("."))
+        .to_owned()
+}
+
+/// Reads at most [`MAX_BYTES`] + 1 bytes, so that "too large" can be told from "exactly at the limit".
+fn read_capped(r: impl std::io::Read) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
     let mut bytes = Vec::new();
-    // The size can change between the check and the read; the limit holds either way.
-    file.take(MAX_BYTES + 1).read_to_end(&mut bytes).map_err(io)?;
-    if bytes.len() as u64 > MAX_BYTES {
-        return Err(InventoryError::TooLarge { path: path.to_owned() });
+    r.take(MAX_BYTES + 1).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Reads an inventory: a file, `-` for standard input, or any stream (a FIFO, process substitution such as
+/// `-i <(envsubst < inv.yaml)`, a character device), of at most [`MAX_BYTES`] of UTF-8. A stream is read
+/// up to the limit and no further, so `/dev/zero` is refused as too large rather than read forever; its
+/// text is kept, so that reading the same path again in this process gives the same inventory. A
+/// directory is refused.
+pub fn read(path: &Path) -> Result<String, InventoryError> {
+    use std::io::IsTerminal;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(text) = streams().lock().ok().and_then(|s| s.get(path).cloned()) {
+        return Ok(text);
     }
-    String::from_utf8(bytes).map_err(|e| {
+    let shown_path = display_path(path);
+    let io = |source| InventoryError::Read { path: shown_path.clone(), source };
+    let (bytes, stream) = if path.as_os_str() == STDIN {
+        let stdin = std::io::stdin();
+        if stdin.is_terminal() {
+            eprintln!("reading the inventory from standard input; end it with Ctrl-D");
+        }
+        (read_capped(stdin.lock()).map_err(io)?, true)
+    } else {
+        // Opened without blocking first: opening a FIFO blocks until a writer comes, which is what a FIFO
+        // means, but a directory or a file must be told apart before that.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(path)
+            .map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        if meta.is_dir() {
+            return Err(InventoryError::NotAFile { path: shown_path, kind: "a directory" });
+        }
+        if meta.is_file() {
+            if meta.len() > MAX_BYTES {
+                return Err(InventoryError::TooLarge { path: shown_path });
+            }
+            // The size can change between the check and the read; the limit holds either way.
+            (read_capped(file).map_err(io)?, false)
+        } else {
+            drop(file);
+            (read_capped(std::fs::File::open(path).map_err(io)?).map_err(io)?, true)
+        }
+    };
+    if bytes.len() as u64 > MAX_BYTES {
+        return Err(InventoryError::TooLarge { path: shown_path });
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
         let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
         let column = good.len() - good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
-        InventoryError::NotText { path: path.to_owned(), line, column }
-    })
+        InventoryError::NotText { path: shown_path.clone(), line, column }
+    })?;
+    if stream {
+        if let Ok(mut s) = streams().lock() {
+            s.insert(path.to_owned(), text.clone());
+        }
+    }
+    Ok(text)
 }
 
 fn limit_problem(limit: &position::LimitExceeded) -> Problem {
@@ -358,14 +425,13 @@ fn duplicate_problem(d: &position::DuplicateKey) -> Problem {
 /// Parses inventory text (no cross-field validation). Shape limits ([`position::Limits`]) are enforced
 /// first; keys given twice are reported, not collapsed.
 pub fn parse(path: &Path, text: &str) -> Result<Loaded, InventoryError> {
-    let dir = path
-        .parent()
-        .map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d })
-        .unwrap_or(Path::new("."))
-        .to_owned();
+    let dir = base_dir(path);
     let scan = position::scan(text, &position::Limits::default());
     if let Some(limit) = &scan.limit {
-        return Err(InventoryError::Invalid { path: path.to_owned(), problems: vec![limit_problem(limit)] });
+        return Err(InventoryError::Invalid {
+            path: display_path(path),
+            problems: vec![limit_problem(limit)],
+        });
     }
     let duplicates: Vec<Problem> = scan.duplicates.iter().map(duplicate_problem).collect();
     match serde_yaml::from_str::<Inventory>(text) {
@@ -396,7 +462,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, InventoryError> {
                 problems.extend(schema_problems(text, &e, &scan.positions, skip_duplicate));
             }
             problems.sort_by_key(|p| (p.line, p.column));
-            Err(InventoryError::Invalid { path: path.to_owned(), problems })
+            Err(InventoryError::Invalid { path: display_path(path), problems })
         }
     }
 }
@@ -821,6 +887,30 @@ mod tests {
             problems[0].hint.as_deref().unwrap().starts_with("did you mean `podCIDR`?"),
             "{:?}",
             problems[0].hint
+        );
+    }
+
+    #[test]
+    fn a_streamed_inventory_resolves_paths_and_its_pki_store_in_the_current_directory() {
+        for stream in ["-", "/dev/fd/63", "/proc/self/fd/0"] {
+            assert!(is_stream(Path::new(stream)), "{stream}");
+            assert_eq!(base_dir(Path::new(stream)), Path::new("."), "{stream}");
+            assert_eq!(
+                crate::pki::resolve_root(Path::new(stream), None).unwrap(),
+                Path::new("./pki"),
+                "{stream}"
+            );
+        }
+        assert!(!is_stream(Path::new("inventories/ha.yaml")));
+        assert_eq!(base_dir(Path::new("inventories/ha.yaml")), Path::new("inventories"));
+        assert_eq!(base_dir(Path::new("ha.yaml")), Path::new("."));
+        assert_eq!(
+            crate::pki::resolve_root(Path::new("inventories/ha.yaml"), None).unwrap(),
+            Path::new("inventories/pki")
+        );
+        assert_eq!(
+            crate::pki::resolve_root(Path::new("-"), Some(Path::new("/x/pki"))).unwrap(),
+            Path::new("/x/pki")
         );
     }
 }
