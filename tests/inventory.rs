@@ -248,8 +248,9 @@ fn an_inventory_from_a_fifo_or_process_substitution_is_read() {
         std::thread::spawn(move || std::fs::write(fifo, RELATIVE_KEY).unwrap())
     };
     let (code, _, err) = validate_in(dir.path(), "fifo.yaml", "");
-    writer.join().unwrap();
+    // Checked before joining: a writer whose reader failed would wait for one forever.
     assert_eq!((code, err.as_str()), (0, ""));
+    writer.join().unwrap();
     // `-i <(...)`: bash passes /dev/fd/63, whose directory means nothing; `keys/id` is in the current one.
     std::fs::write(dir.path().join("inv.yaml"), RELATIVE_KEY).unwrap();
     let o = Command::new("bash")

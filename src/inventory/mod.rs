@@ -330,13 +330,19 @@ pub fn read(path: &Path) -> Result<String, InventoryError> {
         }
         (read_capped(stdin.lock()).map_err(io)?, true)
     } else {
-        // Opened without blocking first: opening a FIFO blocks until a writer comes, which is what a FIFO
-        // means, but a directory or a file must be told apart before that.
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
-            .open(path)
-            .map_err(io)?;
+        // A FIFO is opened as `cat` opens it, waiting for a writer: opened without blocking, it would
+        // count as a reader, let a writer write and go, and then read nothing. Anything else is opened
+        // without blocking, so that a directory is told apart before any read.
+        let fifo = std::fs::metadata(path).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_fifo()
+        });
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true);
+        if !fifo {
+            options.custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits());
+        }
+        let file = options.open(path).map_err(io)?;
         let meta = file.metadata().map_err(io)?;
         if meta.is_dir() {
             return Err(InventoryError::NotAFile { path: shown_path, kind: "a directory" });
@@ -347,7 +353,10 @@ pub fn read(path: &Path) -> Result<String, InventoryError> {
             }
             // The size can change between the check and the read; the limit holds either way.
             (read_capped(file).map_err(io)?, false)
+        } else if fifo {
+            (read_capped(file).map_err(io)?, true)
         } else {
+            // A character device or socket: read blocking, as any program reads it.
             drop(file);
             (read_capped(std::fs::File::open(path).map_err(io)?).map_err(io)?, true)
         }
