@@ -1,6 +1,7 @@
 //! The inventory: loading a YAML file into [`schema::Inventory`] and validating it before anything touches a
 //! machine. Every problem is reported with file, line and column, what is wrong and how to fix it.
 
+pub mod explain;
 pub mod flags;
 pub mod init;
 pub mod position;
@@ -468,7 +469,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, InventoryError> {
                 // serde's own "duplicate field" names neither the key's position nor the first one; the
                 // scan has reported it.
                 let skip_duplicate = !problems.is_empty();
-                problems.extend(schema_problems(text, &e, &scan.positions, skip_duplicate));
+                problems.extend(schema_problems(text, &e, &scan.positions, skip_duplicate, &dir));
             }
             problems.sort_by_key(|p| (p.line, p.column));
             Err(InventoryError::Invalid { path: display_path(path), problems })
@@ -602,6 +603,9 @@ enum Repair {
     /// Put a stand-in at the path: remove it, then try an empty string, sequence, mapping (a value of the
     /// wrong type, or a missing field).
     StandIn { map: String, key: Option<String> },
+    /// A single value where a list is wanted: read it as a list of that one value first (what the user
+    /// meant, so that validation can check it), then stand in as for [`Repair::StandIn`].
+    Wrap { map: String },
 }
 
 /// The path a serde_yaml message names and what to change there; `None` for messages it cannot act on.
@@ -629,6 +633,11 @@ fn repair_for(message: &str) -> Option<(String, Repair)> {
             Some((join(&key), Repair::StandIn { map: path, key: Some(key) }))
         }
         _ if path.is_empty() => None,
+        "invalid type: "
+            if message.ends_with("expected a sequence") && message.contains("invalid type: string ") =>
+        {
+            Some((path.clone(), Repair::Wrap { map: path }))
+        }
         _ => Some((path.clone(), Repair::StandIn { map: path, key: None })),
     }
 }
@@ -636,10 +645,21 @@ fn repair_for(message: &str) -> Option<(String, Repair)> {
 /// Applies `repair` for the `attempt`-th time; false when there is nothing left to try.
 fn apply_repair(doc: &mut serde_yaml::Value, repair: &Repair, attempt: usize) -> bool {
     use serde_yaml::Value;
+    if let Repair::Wrap { map } = repair {
+        if attempt > 0 {
+            return apply_repair(doc, &Repair::StandIn { map: map.clone(), key: None }, attempt - 1);
+        }
+        let Some(steps) = locate(doc, map) else { return false };
+        let Some(node) = walk(doc, &steps) else { return false };
+        let one = std::mem::take(node);
+        *node = Value::Sequence(vec![one]);
+        return true;
+    }
     let (steps, key) = match repair {
         Repair::Remove { map, key } | Repair::StandIn { map, key: Some(key) } => {
             (locate(doc, map), Some(Value::String(key.clone())))
         }
+        Repair::Wrap { .. } => return false,
         Repair::StandIn { map, key: None } => match locate(doc, map) {
             Some(mut s) => match s.pop() {
                 Some(Step::Key(k)) => (Some(s), Some(k)),
@@ -686,29 +706,53 @@ fn apply_repair(doc: &mut serde_yaml::Value, repair: &Repair, attempt: usize) ->
     }
 }
 
-/// Every schema problem (unknown fields, wrong types, missing fields), not only the first that serde meets:
-/// after each one the offending node is removed or stood in for and the document is read again. The
-/// problems after the first are placed by their paths. The search is bounded in rounds and in text read.
+/// Where a schema problem goes: by its path in the original text (which is also right when the text serde
+/// read was rewritten, as for merge keys), else where serde stopped.
+fn place(
+    positions: &position::Positions,
+    x: &explain::Explained,
+    serde_at: Option<position::Pos>,
+) -> Option<position::Pos> {
+    let by_path = if x.path.is_empty() {
+        None
+    } else if x.at_key {
+        positions.find_key(&x.path)
+    } else {
+        positions.find(&x.path)
+    };
+    by_path.or(serde_at).or_else(|| positions.root())
+}
+
+/// Whether `path` is `prefix` or lies under it.
+fn under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix).is_some_and(|r| r.is_empty() || r.starts_with(['.', '[']))
+}
+
+/// Every schema problem (unknown fields, wrong types, missing fields), not only the first that serde meets,
+/// and then every cross-field problem: after each schema problem the offending node is removed, wrapped
+/// (`roles: worker` read as `[worker]`) or stood in for and the document is read again; once it reads,
+/// the repaired inventory is validated, and what validation says about a stand-in (or about the host
+/// counts, when a host's roles were stood in for) is left out as a consequence. Problems are placed by
+/// their paths. The search is bounded in rounds and in text read.
 fn schema_problems(
     text: &str,
     first: &serde_yaml::Error,
     positions: &position::Positions,
     skip_duplicate: bool,
+    dir: &Path,
 ) -> Vec<Problem> {
-    let (message, hint) = explain_serde_error(first);
+    let first_raw = explain::normalize(&first.to_string());
+    let x = explain::explain(&first_raw);
+    let serde_at = first.location().map(|l| position::Pos { line: l.line(), column: l.column() });
     let mut problems = Vec::new();
-    let duplicate = message.contains("duplicate field");
+    let duplicate = x.message.contains("duplicate field");
     if !(duplicate && skip_duplicate) {
-        problems.push(Problem {
-            line: first.location().map(|l| l.line()),
-            column: first.location().map(|l| l.column()),
-            message,
-            hint,
-        });
+        let pos = if duplicate { serde_at } else { place(positions, &x, serde_at) };
+        problems.push(Problem::at(pos, x.message, x.hint));
     }
     let Ok(Lenient(mut doc)) = serde_yaml::from_str::<Lenient>(text) else { return problems };
     let mut attempts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    let mut pending = if duplicate { None } else { repair_for(&first.to_string()) };
+    let mut pending = if duplicate { None } else { repair_for(&first_raw) };
     if pending.is_none() && !duplicate {
         return problems;
     }
@@ -720,15 +764,19 @@ fn schema_problems(
         Some((_, Repair::Remove { map, key })) => vec![(map.clone(), key.clone())],
         _ => Vec::new(),
     };
+    let mut repaired = None;
     for _ in 0..4 * MAX_SHOWN {
         if let Some((mut target, mut repair)) = pending.take() {
             loop {
                 let n = attempts.entry(target.clone()).or_insert(0);
                 if apply_repair(&mut doc, &repair, *n) {
-                    *n += 1;
-                    if matches!(repair, Repair::StandIn { .. }) {
+                    // Wrapping a value in a list keeps it: only a stand-in is made up.
+                    if matches!(repair, Repair::StandIn { .. })
+                        || (*n > 0 && matches!(repair, Repair::Wrap { .. }))
+                    {
                         stood_in.push(target);
                     }
+                    *n += 1;
                     break;
                 }
                 // Nothing left to try here: stand in for the node that holds it (a section is optional,
@@ -744,10 +792,13 @@ fn schema_problems(
             break;
         }
         let e = match serde_yaml::from_str::<Inventory>(&again) {
-            Ok(_) => break,
+            Ok(inv) => {
+                repaired = Some(inv);
+                break;
+            }
             Err(e) => e,
         };
-        let raw = e.to_string();
+        let raw = explain::normalize(&e.to_string());
         let Some((target, repair)) = repair_for(&raw) else { break };
         // A field missing where a misspelling of it was removed is that misspelling's "did you mean".
         let misspelt = match &repair {
@@ -760,20 +811,26 @@ fn schema_problems(
             removed.push((map.clone(), key.clone()));
         }
         // What a stand-in lacks (the fields of an empty mapping put in for a string) is no new problem.
-        let inside_stand_in = stood_in.iter().any(|p| {
-            target.strip_prefix(p.as_str()).is_some_and(|r| r.is_empty() || r.starts_with(['.', '[']))
-        });
+        let inside_stand_in = stood_in.iter().any(|p| under(&target, p));
         if !attempts.contains_key(&target) && !misspelt && !inside_stand_in {
             // A new problem (not the consequence of a stand-in): placed by its path in the original text.
-            let pos = match &repair {
-                Repair::Remove { .. } => positions.find_key(&target),
-                Repair::StandIn { map, key: Some(_) } => positions.find(map),
-                Repair::StandIn { key: None, .. } => positions.find(&target),
-            };
-            let (message, hint) = explain_serde_error(&e);
-            problems.push(Problem::at(pos, message, hint));
+            let x = explain::explain(&raw);
+            problems.push(Problem::at(place(positions, &x, None), x.message, x.hint));
         }
         pending = Some((target, repair));
+    }
+    if let Some(inv) = repaired {
+        // Host counts (control planes, etcd members, workers) mean nothing once a host was stood in for.
+        let hosts_made_up = stood_in.iter().any(|p| p == "hosts" || p.starts_with("hosts["));
+        for p in validate::validate(&inv, dir) {
+            let consequence = stood_in.iter().any(|s| under(&p.path, s) || (p.at_key && under(s, &p.path)))
+                || (hosts_made_up && p.path == "hosts");
+            if p.warning || consequence {
+                continue;
+            }
+            let pos = if p.at_key { positions.find_key(&p.path) } else { positions.find(&p.path) };
+            problems.push(Problem::at(pos, p.message, p.hint));
+        }
     }
     problems
 }
@@ -821,52 +878,6 @@ fn syntax_problem(text: &str, e: &serde_yaml::Error) -> Problem {
             hint: tab.then(|| "indent with spaces: YAML does not allow tabs in indentation".to_string()),
         },
     }
-}
-
-/// Turns serde_yaml's message into ours: no duplicated position, and a "did you mean" for unknown fields.
-fn explain_serde_error(e: &serde_yaml::Error) -> (String, Option<String>) {
-    let mut msg = e.to_string();
-    if let Some(cut) = msg.find(" at line ") {
-        msg.truncate(cut);
-    }
-    let msg = clip_quoted(&msg);
-    // serde: "<path>: unknown field `x`, expected one of `a`, `b`" or "expected `a` or `b`".
-    if let Some(i) = msg.find("unknown field `") {
-        let rest = &msg[i + "unknown field `".len()..];
-        let field = rest.split('`').next().unwrap_or("").to_owned();
-        let expected: Vec<String> = rest
-            .split('`')
-            .skip(1)
-            .enumerate()
-            .filter(|(k, _)| k % 2 == 1)
-            .map(|(_, s)| s.to_owned())
-            .collect();
-        let where_ = msg[..i].trim_end_matches([':', ' ']).to_owned();
-        let message = if where_.is_empty() || where_ == "." {
-            format!("unknown field `{field}`")
-        } else {
-            format!("unknown field `{field}` in `{where_}`")
-        };
-        let best = expected
-            .iter()
-            .map(|c| (strsim::jaro_winkler(&c.to_lowercase(), &field.to_lowercase()), c))
-            .max_by(|a, b| a.0.total_cmp(&b.0))
-            .filter(|(score, _)| *score > 0.8)
-            .map(|(_, c)| c.clone());
-        let list = expected.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ");
-        let hint = match best {
-            Some(b) => format!("did you mean `{b}`? Valid fields here: {list}"),
-            None => format!("valid fields here: {list}"),
-        };
-        return (message, Some(hint));
-    }
-    if let Some(i) = msg.find("missing field `") {
-        let field = msg[i..].to_owned();
-        let where_ = msg[..i].trim_end_matches([':', ' ']);
-        let message = if where_.is_empty() { field } else { format!("{field} in `{where_}`") };
-        return (message, Some("add the field; see inventories/ for complete examples".into()));
-    }
-    (msg, None)
 }
 
 #[cfg(test)]

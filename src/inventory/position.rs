@@ -21,6 +21,7 @@ pub struct Pos {
 pub struct Positions {
     values: HashMap<String, Pos>,
     keys: HashMap<String, Pos>,
+    root: Option<Pos>,
 }
 
 impl Positions {
@@ -38,6 +39,11 @@ impl Positions {
             }
             p = parent(&p)?;
         }
+    }
+
+    /// Where the document's top-level node starts (line 1, column 1 for an empty text).
+    pub fn root(&self) -> Option<Pos> {
+        Some(self.root.unwrap_or(Pos { line: 1, column: 1 }))
     }
 
     /// The position of the key of `path` (for "this field should not be here"), else [`Self::find`].
@@ -273,7 +279,10 @@ impl Recorder {
     fn begin_node(&mut self, mark: Marker, scalar: Option<&str>) -> Option<String> {
         let pos = Pos { line: mark.line(), column: mark.col() + 1 };
         match self.stack.last_mut() {
-            None => Some(String::new()),
+            None => {
+                self.positions.root.get_or_insert(pos);
+                Some(String::new())
+            }
             Some(Frame::Seq { path, next }) => {
                 let p = format!("{path}[{next}]");
                 *next += 1;

@@ -208,8 +208,8 @@ impl crate::model::ClusterModel {
 
 /// The PKI directory of a command: `--pki-dir` when given, else `pki/` beside the inventory file, so the
 /// store is found from whatever directory kubeforge runs in; for an inventory read from a stream (`-i -`,
-/// `-i <(...)`, a `/dev/fd/N` path, a FIFO), `pki/` in the current directory. When that directory does not exist but the
-/// current directory holds a `pki/` with a store in it (where kubeforge before 0.2 kept it by default), the
+/// `-i <(...)`, a `/dev/fd/N` path, a FIFO), `pki/` in the current directory. When that directory does not
+/// exist but the current directory holds a `pki/` with a store in it (where kubeforge before 0.2 kept it by default), the
 /// command stops and says so: it never starts a second store beside the first.
 pub fn resolve_root(
     inventory: &std::path::Path,
