@@ -162,6 +162,14 @@ impl InventoryError {
     }
 }
 
+/// Problems in the order of the file, each once: a value merged into several mappings (`<<: *defaults`)
+/// is written in one place, and one problem there is one fix.
+fn in_order(problems: &mut Vec<Problem>) {
+    problems.sort_by_key(|p| (p.line, p.column));
+    let mut seen = std::collections::HashSet::new();
+    problems.retain(|p| seen.insert((p.line, p.column, p.message.clone())));
+}
+
 fn render_problems(path: &Path, problems: &[Problem]) -> String {
     let mut out = format!(
         "{} has {} problem{}",
@@ -252,7 +260,7 @@ pub fn load_quietly(path: &Path) -> (Result<Loaded, InventoryError>, Vec<Problem
     if problems.is_empty() {
         return (Ok(loaded), warnings);
     }
-    problems.sort_by_key(|p| (p.line, p.column));
+    in_order(&mut problems);
     (Err(InventoryError::Invalid { path: display_path(path), problems }), warnings)
 }
 
@@ -443,18 +451,25 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, InventoryError> {
             problems: vec![limit_problem(limit)],
         });
     }
-    let duplicates: Vec<Problem> = scan.duplicates.iter().map(duplicate_problem).collect();
-    match serde_yaml::from_str::<Inventory>(text) {
+    let mut problems: Vec<Problem> = scan.duplicates.iter().map(duplicate_problem).collect();
+    // Merge keys and `x-` fields are resolved in a tree of the document, which serde then reads as text
+    // again; problems are placed by path, and the scan knows where merged values are written.
+    let rewritten = if scan.syntax_error || scan.documents.len() > 1 {
+        None
+    } else {
+        resolve_merges(text, &scan.positions, &mut problems)
+    };
+    let doc_text = rewritten.as_deref().unwrap_or(text);
+    match serde_yaml::from_str::<Inventory>(doc_text) {
         Ok(inventory) => Ok(Loaded {
             inventory,
             path: path.to_owned(),
             dir,
             positions: scan.positions,
-            parse_problems: duplicates,
+            parse_problems: problems,
             warnings: Vec::new(),
         }),
         Err(e) => {
-            let mut problems = duplicates;
             if scan.syntax_error {
                 problems.push(syntax_problem(text, &e));
             } else if let Some(&second) = scan.documents.get(1) {
@@ -468,13 +483,98 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, InventoryError> {
             } else {
                 // serde's own "duplicate field" names neither the key's position nor the first one; the
                 // scan has reported it.
-                let skip_duplicate = !problems.is_empty();
-                problems.extend(schema_problems(text, &e, &scan.positions, skip_duplicate, &dir));
+                let skip_duplicate = !scan.duplicates.is_empty();
+                let relocated = rewritten.is_some();
+                problems.extend(schema_problems(
+                    doc_text,
+                    &e,
+                    &scan.positions,
+                    skip_duplicate,
+                    relocated,
+                    &dir,
+                ));
             }
-            problems.sort_by_key(|p| (p.line, p.column));
+            in_order(&mut problems);
             Err(InventoryError::Invalid { path: display_path(path), problems })
         }
     }
+}
+
+/// The document with its merge keys (`<<: *defaults`, `<<: [*a, *b]`) resolved and its top-level `x-`
+/// fields (where anchors for merging are kept, as in Compose files) left out, as YAML text for serde; `None`
+/// when it has neither (or does not read as a tree: the caller's parse then reports why). Merge keys follow
+/// YAML's merge rule: a key written in the mapping wins, then the earlier of several merged mappings.
+/// A merge key that names no mapping is reported and dropped.
+fn resolve_merges(
+    text: &str,
+    positions: &position::Positions,
+    problems: &mut Vec<Problem>,
+) -> Option<String> {
+    use serde_yaml::Value;
+    if !text.contains("<<") && !text.contains("x-") {
+        return None;
+    }
+    let Ok(Lenient(mut doc)) = serde_yaml::from_str::<Lenient>(text) else { return None };
+    let mut changed = false;
+    if let Value::Mapping(top) = &mut doc {
+        let before = top.len();
+        top.retain(|k, _| !matches!(k, Value::String(s) if s.starts_with("x-")));
+        changed |= top.len() != before;
+    }
+    fn merge(
+        v: &mut Value,
+        path: &str,
+        positions: &position::Positions,
+        problems: &mut Vec<Problem>,
+    ) -> bool {
+        let mut changed = false;
+        match v {
+            Value::Mapping(m) => {
+                for (k, child) in m.iter_mut() {
+                    let name = key_text(k).unwrap_or_default();
+                    let p = if path.is_empty() { name } else { format!("{path}.{name}") };
+                    changed |= merge(child, &p, positions, problems);
+                }
+                let Some(sources) = m.shift_remove("<<") else { return changed };
+                let at = if path.is_empty() { "<<".to_owned() } else { format!("{path}.<<") };
+                let sources = match sources {
+                    Value::Mapping(one) => vec![one],
+                    Value::Sequence(items) if items.iter().all(Value::is_mapping) => items
+                        .into_iter()
+                        .filter_map(|i| if let Value::Mapping(x) = i { Some(x) } else { None })
+                        .collect(),
+                    _ => {
+                        problems.push(Problem::at(
+                            positions.find(&at),
+                            "a merge key (`<<`) takes a mapping: an alias of one (`<<: *defaults`) or a list of them (`<<: [*a, *b]`)",
+                            Some("anchor a mapping with `&defaults` and merge it with `<<: *defaults`".to_string()),
+                        ));
+                        return true;
+                    }
+                };
+                for source in sources {
+                    for (k, val) in source {
+                        if !m.contains_key(&k) {
+                            m.insert(k, val);
+                        }
+                    }
+                }
+                changed = true;
+            }
+            Value::Sequence(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    changed |= merge(item, &format!("{path}[{i}]"), positions, problems);
+                }
+            }
+            _ => {}
+        }
+        changed
+    }
+    changed |= merge(&mut doc, "", positions, problems);
+    if !changed {
+        return None;
+    }
+    serde_yaml::to_string(&doc).ok()
 }
 
 /// A YAML document as a tree where a key given twice keeps its last value (the scan reports the duplicate),
@@ -739,11 +839,14 @@ fn schema_problems(
     first: &serde_yaml::Error,
     positions: &position::Positions,
     skip_duplicate: bool,
+    relocated: bool,
     dir: &Path,
 ) -> Vec<Problem> {
     let first_raw = explain::normalize(&first.to_string());
     let x = explain::explain(&first_raw);
-    let serde_at = first.location().map(|l| position::Pos { line: l.line(), column: l.column() });
+    // serde's position is in the text it read, which is not the user's when merge keys were resolved.
+    let serde_at =
+        first.location().filter(|_| !relocated).map(|l| position::Pos { line: l.line(), column: l.column() });
     let mut problems = Vec::new();
     let duplicate = x.message.contains("duplicate field");
     if !(duplicate && skip_duplicate) {
@@ -932,5 +1035,27 @@ mod tests {
             crate::pki::resolve_root(Path::new("-"), Some(Path::new("/x/pki"))).unwrap(),
             Path::new("/x/pki")
         );
+    }
+
+    #[test]
+    fn merge_keys_read_as_the_mappings_written_out() {
+        let merged = "x-defaults: &d\n  roles: [worker]\n  labels: {zone: a}\nx-more: &m\n  labels: {zone: b}\n  arch: arm64\n\
+            cluster: {name: demo, kubernetesVersion: v1.35.7}\nhosts:\n\
+            - {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd, worker]}\n\
+            - {<<: [*d, *m], name: w1, address: 10.0.0.2}\n\
+            - {<<: *d, name: w2, address: 10.0.0.3, roles: [etcd]}\n";
+        let written = "cluster: {name: demo, kubernetesVersion: v1.35.7}\nhosts:\n\
+            - {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd, worker]}\n\
+            - {name: w1, address: 10.0.0.2, roles: [worker], labels: {zone: a}, arch: arm64}\n\
+            - {name: w2, address: 10.0.0.3, roles: [etcd], labels: {zone: a}}\n";
+        let a = parse(Path::new("m.yaml"), merged).unwrap();
+        let b = parse(Path::new("w.yaml"), written).unwrap();
+        assert_eq!(a.inventory, b.inventory);
+        assert!(a.parse_problems.is_empty(), "{:?}", a.parse_problems);
+        // `x-` is only skipped at the top level.
+        let err = parse(Path::new("m.yaml"), &merged.replace("arch: arm64", "x-arch: arm64")).unwrap_err();
+        let InventoryError::Invalid { problems, .. } = err else { panic!() };
+        assert_eq!(problems[0].message, "unknown field `x-arch` in `hosts[1]`");
+        assert_eq!((problems[0].line, problems[0].column), (Some(6), Some(3)));
     }
 }
