@@ -171,11 +171,64 @@ fn inventory_init_from_vagrant_ssh_config_writes_a_valid_commented_inventory() {
     let b = &doc["hosts"][1]["ssh"]["bastion"];
     assert_eq!((b["address"].as_str(), b["port"].as_u64()), (Some("192.168.121.2"), Some(2200)), "{out}");
 
-    let forwarded = cfg.replace("192.168.121.10", "127.0.0.1").replace("192.168.121.11", "127.0.0.1");
-    let (code, _, err) =
-        kubeforge_stdin(tmp.path(), &["inventory", "init", "--from-ssh-config", "-"], &forwarded);
+    // VirtualBox: both machines on 127.0.0.1, each behind its own forwarded port.
+    let forwarded = cfg
+        .replace(
+            "HostName 192.168.121.10\n  User vagrant\n  Port 22",
+            "HostName 127.0.0.1\n  User vagrant\n  Port 2222",
+        )
+        .replace(
+            "HostName 192.168.121.11\n  User vagrant\n  Port 22",
+            "HostName 127.0.0.1\n  User vagrant\n  Port 2200",
+        );
+    assert_eq!(forwarded.matches("127.0.0.1").count(), 2, "{forwarded}");
+    let init = |extra: &[&str], text: &str| {
+        let mut args = vec!["inventory", "init", "--from-ssh-config", "-"];
+        args.extend_from_slice(extra);
+        kubeforge_stdin(tmp.path(), &args, text)
+    };
+    let (code, _, err) = init(&["--internal-address", "cp=192.168.56.10"], &forwarded);
     assert_eq!(code, 2);
     assert!(err.contains("hosts cp, node_2 share the address 127.0.0.1"), "{err}");
+    assert!(err.contains("hint: give each its address on the network the machines share (e.g. a VirtualBox host-only network): --internal-address node_2=IP\n"), "{err}");
+    let (code, _, err) = init(&["--internal-address", "node2=192.168.56.11"], &forwarded);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("the ssh config has no host `node2`\n  hint: did you mean `node_2`? hosts: cp, node_2"),
+        "{err}"
+    );
+    let both = ["--internal-address", "cp=192.168.56.10", "--internal-address", "node_2=192.168.56.11"];
+    let (code, out, err) = init(&both, &forwarded);
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    let doc: serde_yaml::Value = serde_yaml::from_str(&out).unwrap();
+    let h = &doc["hosts"][1];
+    assert_eq!(
+        (h["address"].as_str(), h["internalAddress"].as_str(), h["ssh"]["port"].as_u64()),
+        (Some("127.0.0.1"), Some("192.168.56.11"), Some(2200)),
+        "{out}"
+    );
+    let forwarded_file = tmp.path().join("forwarded.yaml");
+    std::fs::write(&forwarded_file, &out).unwrap();
+    let v = validate(&forwarded_file);
+    assert!(v.status.success(), "{out}\n{}", String::from_utf8_lossy(&v.stderr));
+    // The same port twice is one machine.
+    let (code, _, err) = init(&both, &forwarded.replace("Port 2200", "Port 2222"));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("hosts cp, node_2 are one machine: each is reached at 127.0.0.1 port 2222"),
+        "{err}"
+    );
+
+    // A key file that does not exist yet: the inventory is written, with a warning.
+    let missing = cfg.replace("node_2/private_key", "node_3/private_key");
+    let (code, out, err) = init(&[], &missing);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("node_3/private_key"), "{out}");
+    assert!(
+        err.starts_with("warning: hosts[1].ssh.identityFile: identity file `")
+            && err.contains("node_3/private_key` does not exist yet"),
+        "{err}"
+    );
 }
 
 fn validate_timed(path: &Path) -> (std::process::Output, std::time::Duration) {

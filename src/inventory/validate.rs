@@ -52,7 +52,9 @@ pub struct PathProblem {
     pub warning: bool,
 }
 
-struct Collector(Vec<PathProblem>);
+/// The problems found so far; `.1`: files the inventory names may not exist yet (an inventory being
+/// written by `inventory init`), so a missing one is a warning.
+struct Collector(Vec<PathProblem>, bool);
 
 impl Collector {
     fn add(&mut self, path: impl Into<String>, message: impl Into<String>, hint: impl Into<Option<String>>) {
@@ -274,11 +276,19 @@ fn check_identity_file(c: &mut Collector, path: &str, id: &str, dir: &Path) {
             Ok(m) if m.is_dir() => "is a directory",
             Ok(_) => "is not a regular file",
         };
-        c.add(
-            path,
-            format!("identity file `{}` {what} (looked at {shown_full})", shown(id)),
-            Some("give the path of an existing private key, relative to the inventory file or starting with ~/".into()),
-        );
+        if what == "does not exist" && c.1 {
+            c.warn(
+                path,
+                format!("identity file `{}` does not exist yet (looked at {shown_full})", shown(id)),
+                Some("create the key there before `kubeforge check` or `apply` connect".into()),
+            );
+        } else {
+            c.add(
+                path,
+                format!("identity file `{}` {what} (looked at {shown_full})", shown(id)),
+                Some("give the path of an existing private key, relative to the inventory file or starting with ~/".into()),
+            );
+        }
         return;
     }
     let mut head = Vec::new();
@@ -606,7 +616,17 @@ fn check_host_key(c: &mut Collector, path: &str, key: &str) {
 
 /// Validates an inventory; `dir` is the directory of the inventory file (relative paths resolve there).
 pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
-    let mut c = Collector(Vec::new());
+    validate_with(inv, dir, false)
+}
+
+/// [`validate`] for an inventory being written (`inventory init`): a key file it names that does not exist
+/// yet is a warning, since the machines' keys are often made after the inventory.
+pub fn validate_new(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
+    validate_with(inv, dir, true)
+}
+
+fn validate_with(inv: &Inventory, dir: &Path, files_may_be_missing: bool) -> Vec<PathProblem> {
+    let mut c = Collector(Vec::new(), files_may_be_missing);
     let cl = &inv.cluster;
 
     if !is_dns1123_label(&cl.name) {
@@ -1025,7 +1045,9 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         );
     }
     let mut names: HashMap<&str, usize> = HashMap::new();
-    let mut addrs: HashMap<String, (usize, &'static str, &str)> = HashMap::new();
+    // Cluster addresses, and SSH endpoints (bastion, address, port), with the first host that has each.
+    let mut cluster_addrs: HashMap<IpAddr, (usize, &'static str, &str)> = HashMap::new();
+    let mut ssh_endpoints: HashMap<(String, String, u16), (usize, &str)> = HashMap::new();
     let mut internal_ips: Vec<(usize, &'static str, IpAddr)> = Vec::new();
     let mut sudo_reported: BTreeSet<String> = BTreeSet::new();
     let mut etcd = 0usize;
@@ -1110,33 +1132,64 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
             }
             internal_ips.push((i, internal_field, ip));
         }
-        // Addresses compare as addresses, not as text: `fd00::1` and `fd00:0::01` are one host.
-        for (field, value) in
-            [("address", Some(&h.address)), ("internalAddress", h.internal_address.as_ref())]
-        {
-            let Some(v) = value else { continue };
-            let key = match v.parse::<IpAddr>() {
-                Ok(ip) => ip.to_canonical().to_string(),
-                Err(_) => v.trim().trim_end_matches('.').to_ascii_lowercase(),
-            };
-            match addrs.get(&key) {
-                Some((j, f, first)) if *j != i => c.add(
-                    format!("{hp}.{field}"),
-                    if *first == v.as_str() {
-                        format!("address `{}` is also hosts[{j}].{f}", shown(v))
-                    } else {
-                        format!(
-                            "address `{}` is also hosts[{j}].{f} (written `{}` there)",
-                            shown(v),
-                            shown(first)
-                        )
-                    },
-                    Some("every host needs its own address".into()),
-                ),
-                Some(_) => {}
-                None => {
-                    addrs.insert(key, (i, field, v.as_str()));
+        // Addresses compare as addresses, not as text: `fd00::1` and `fd00:0::01` are one host. What must be
+        // unique is the address the cluster uses (the internal address); hosts are reached by address and
+        // port (and bastion), so several hosts behind ports forwarded on one address (VirtualBox, Vagrant)
+        // are distinct machines.
+        let same = |j: usize, f: &str, v: &str, first: &str| {
+            if first == v {
+                format!("address `{}` is also hosts[{j}].{f}", shown(v))
+            } else {
+                format!("address `{}` is also hosts[{j}].{f} (written `{}` there)", shown(v), shown(first))
+            }
+        };
+        let mut reported = false;
+        if let Some(ip) = internal {
+            let written = h.internal_address.as_deref().unwrap_or(&h.address);
+            match cluster_addrs.get(&ip.to_canonical()) {
+                Some((j, f, first)) => {
+                    c.add(
+                        format!("{hp}.{internal_field}"),
+                        same(*j, f, written, first),
+                        Some(if h.internal_address.is_some() {
+                            "every host needs its own internal address: the cluster reaches the host there"
+                                .into()
+                        } else {
+                            "every host needs its own address".into()
+                        }),
+                    );
+                    reported = internal_field == "address";
                 }
+                None => {
+                    cluster_addrs.insert(ip.to_canonical(), (i, internal_field, written));
+                }
+            }
+        }
+        let own = h.ssh.as_ref();
+        let port = own.and_then(|s| s.port).or(inv.ssh.port).unwrap_or(22);
+        let via = own
+            .and_then(|s| s.bastion.as_ref())
+            .or(inv.ssh.bastion.as_ref())
+            .map(|b| b.address.trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        let endpoint = match h.address.parse::<IpAddr>() {
+            Ok(ip) => ip.to_canonical().to_string(),
+            Err(_) => h.address.trim().trim_end_matches('.').to_ascii_lowercase(),
+        };
+        match ssh_endpoints.get(&(via.clone(), endpoint.clone(), port)) {
+            Some(_) if reported => {}
+            Some((j, first)) if port == 22 => c.add(
+                format!("{hp}.address"),
+                same(*j, "address", &h.address, first),
+                Some("every host needs its own address (or, behind ports forwarded on one address, its own `ssh.port` and an `internalAddress`)".into()),
+            ),
+            Some((j, first)) => c.add(
+                format!("{hp}.address"),
+                format!("{}, on the same port {port}", same(*j, "address", &h.address, first)),
+                Some("hosts behind ports forwarded on one address each need their own `ssh.port`".into()),
+            ),
+            None => {
+                ssh_endpoints.insert((via, endpoint, port), (i, h.address.as_str()));
             }
         }
         if let Some(ip) = internal {
