@@ -67,6 +67,10 @@ pub const KEY_ALGORITHM_ALIASES: [(&str, &str); 5] = [
 pub const ENDPOINT_MODE_ALIASES: [(&str, &str); 4] =
     [("lb", "local-lb"), ("loadbalancer", "external"), ("keepalived", "vip"), ("none", "direct")];
 
+/// The fields that are lists of strings: a single string written there is read as a list of it, so that the
+/// rest of the inventory can be checked, and the fix is that list.
+pub(crate) const STRING_LISTS: [&str; 3] = ["roles", "taints", "extraSANs"];
+
 /// Lower case without `-`, `_`, `.` or spaces: `Control_Plane` and `control-plane` are one spelling.
 fn squash(s: &str) -> String {
     s.chars().filter(|c| !matches!(c, '-' | '_' | ' ' | '.')).flat_map(char::to_lowercase).collect()
@@ -147,9 +151,9 @@ fn within(path: &str) -> String {
 fn example(field: &str, path: &str) -> Option<&'static str> {
     Some(match field {
         "name" if path == "cluster" => "name: demo",
-        "cluster" => "cluster:\n  name: demo\n  kubernetesVersion: v1.35.7",
+        "cluster" => "cluster: {name: demo, kubernetesVersion: v1.35.7}",
         "hosts" => "hosts: [{name: cp1, address: 10.0.0.1, roles: [control-plane, etcd, worker]}]",
-        "name" => "name: cp1",
+        "name" => "name: node1",
         "kubernetesVersion" => "kubernetesVersion: v1.35.7",
         "address" => "address: 10.0.0.1",
         "roles" => "roles: [worker]",
@@ -186,7 +190,10 @@ fn expected_words(expected: &str, path: &str, found: &str) -> (String, String) {
     let expected = expected.trim();
     if expected == "a sequence" {
         let fix = match (&scalar, key) {
-            (Some(v), k) if !k.is_empty() => format!("write a list: `{k}: [{v}]`"),
+            (Some(v), k) if STRING_LISTS.contains(&k) => format!("write a list: `{k}: [{v}]`"),
+            (_, "hosts") => "write one mapping per host, each on a line starting with `- `, e.g. \
+                `- {name: node1, address: 10.0.0.1, roles: [control-plane, etcd, worker]}`"
+                .into(),
             _ if !key.is_empty() => {
                 format!("write a list: `{key}: [a, b]`, or one item per line starting with `- `")
             }
@@ -272,7 +279,7 @@ pub(crate) fn explain(msg: &str) -> Explained {
         "missing field `" => {
             let field = rest.split('`').next().unwrap_or("").to_owned();
             let hint = match (example(&field, &path), path.is_empty()) {
-                (Some(e), true) => format!("add it at the top level, e.g.\n{e}"),
+                (Some(e), true) => format!("add it at the top level, e.g. `{e}`"),
                 (Some(e), false) => format!("add `{e}` to `{path}`"),
                 (None, true) => format!("add `{field}:` at the top level"),
                 (None, false) => format!("add `{field}:` to `{path}`"),

@@ -734,7 +734,9 @@ fn repair_for(message: &str) -> Option<(String, Repair)> {
         }
         _ if path.is_empty() => None,
         "invalid type: "
-            if message.ends_with("expected a sequence") && message.contains("invalid type: string ") =>
+            if message.ends_with("expected a sequence")
+                && message.contains("invalid type: string ")
+                && explain::STRING_LISTS.iter().any(|k| path.ends_with(&format!(".{k}"))) =>
         {
             Some((path.clone(), Repair::Wrap { map: path }))
         }
@@ -902,7 +904,13 @@ fn schema_problems(
             Err(e) => e,
         };
         let raw = explain::normalize(&e.to_string());
-        let Some((target, repair)) = repair_for(&raw) else { break };
+        let Some((target, mut repair)) = repair_for(&raw) else { break };
+        // A stand-in is not the user's value: it is not wrapped in a list but stood in for again.
+        if let Repair::Wrap { map } = &repair {
+            if stood_in.iter().any(|p| p == &target) {
+                repair = Repair::StandIn { map: map.clone(), key: None };
+            }
+        }
         // A field missing where a misspelling of it was removed is that misspelling's "did you mean".
         let misspelt = match &repair {
             Repair::StandIn { map, key: Some(key) } => removed
