@@ -698,8 +698,9 @@ fn walk<'a>(mut node: &'a mut serde_yaml::Value, steps: &[Step]) -> Option<&'a m
 
 /// What a schema error asks to change so that the search can go on past it.
 enum Repair {
-    /// Remove the key from the mapping at the path (an unknown field).
-    Remove { map: String, key: String },
+    /// Remove the key from the mapping at the path (an unknown field); when it is a misspelling of a field
+    /// (`to`) that the mapping does not have, put its value there, so that the value is checked too.
+    Remove { map: String, key: String, to: Option<String> },
     /// Put a stand-in at the path: remove it, then try an empty string, sequence, mapping (a value of the
     /// wrong type, or a missing field).
     StandIn { map: String, key: Option<String> },
@@ -726,7 +727,12 @@ fn repair_for(message: &str) -> Option<(String, Repair)> {
     match marker {
         "unknown field `" => {
             let key = named()?;
-            Some((join(&key), Repair::Remove { map: path, key }))
+            let expected: Vec<&str> = message
+                .split_once("expected ")
+                .map(|(_, e)| e.split('`').skip(1).step_by(2).collect())
+                .unwrap_or_default();
+            let to = explain::suggest(&key, &expected, &[]).map(str::to_owned);
+            Some((join(&key), Repair::Remove { map: path, key, to }))
         }
         "missing field `" => {
             let key = named()?;
@@ -758,7 +764,7 @@ fn apply_repair(doc: &mut serde_yaml::Value, repair: &Repair, attempt: usize) ->
         return true;
     }
     let (steps, key) = match repair {
-        Repair::Remove { map, key } | Repair::StandIn { map, key: Some(key) } => {
+        Repair::Remove { map, key, .. } | Repair::StandIn { map, key: Some(key) } => {
             (locate(doc, map), Some(Value::String(key.clone())))
         }
         Repair::Wrap { .. } => return false,
@@ -787,8 +793,17 @@ fn apply_repair(doc: &mut serde_yaml::Value, repair: &Repair, attempt: usize) ->
     };
     let (Some(steps), Some(key)) = (steps, key) else { return false };
     let Some(Value::Mapping(map)) = walk(doc, &steps) else { return false };
-    if matches!(repair, Repair::Remove { .. }) {
-        return attempt == 0 && map.shift_remove(&key).is_some();
+    if let Repair::Remove { to, .. } = repair {
+        if attempt != 0 {
+            return false;
+        }
+        let Some(value) = map.shift_remove(&key) else { return false };
+        if let Some(to) = to.clone().map(Value::String) {
+            if !map.contains_key(&to) {
+                map.insert(to, value);
+            }
+        }
+        return true;
     }
     // A key that is there is first removed (its field may be optional), then replaced by stand-ins.
     let present = map.contains_key(&key);
@@ -866,13 +881,22 @@ fn schema_problems(
     let mut stood_in: Vec<String> = Vec::new();
     // Unknown fields removed so far: (mapping path, key).
     let mut removed: Vec<(String, String)> = match &pending {
-        Some((_, Repair::Remove { map, key })) => vec![(map.clone(), key.clone())],
+        Some((_, Repair::Remove { map, key, .. })) => vec![(map.clone(), key.clone())],
         _ => Vec::new(),
     };
+    // Misspelt fields whose values were moved to the field meant: (written path, path of the field).
+    let mut renamed: Vec<(String, String)> = Vec::new();
     let mut repaired = None;
     for _ in 0..4 * MAX_SHOWN {
         if let Some((mut target, mut repair)) = pending.take() {
             loop {
+                if let Repair::Remove { map, key, to: Some(to) } = &repair {
+                    let join = |k: &str| if map.is_empty() { k.to_owned() } else { format!("{map}.{k}") };
+                    let taken = locate(&doc, &join(to)).is_some();
+                    if !taken && !attempts.contains_key(&target) {
+                        renamed.push((join(key), join(to)));
+                    }
+                }
                 let n = attempts.entry(target.clone()).or_insert(0);
                 if apply_repair(&mut doc, &repair, *n) {
                     // Wrapping a value in a list keeps it: only a stand-in is made up.
@@ -918,14 +942,15 @@ fn schema_problems(
                 .any(|(m, k)| m == map && strsim::jaro_winkler(&k.to_lowercase(), &key.to_lowercase()) > 0.8),
             _ => false,
         };
-        if let Repair::Remove { map, key } = &repair {
+        if let Repair::Remove { map, key, .. } = &repair {
             removed.push((map.clone(), key.clone()));
         }
         // What a stand-in lacks (the fields of an empty mapping put in for a string) is no new problem.
         let inside_stand_in = stood_in.iter().any(|p| under(&target, p));
         if !attempts.contains_key(&target) && !misspelt && !inside_stand_in {
             // A new problem (not the consequence of a stand-in): placed by its path in the original text.
-            let x = explain::explain(&raw);
+            let mut x = explain::explain(&raw);
+            x.path = written_path(&x.path, &renamed);
             problems.push(Problem::at(place(positions, &x, None), x.message, x.hint));
         }
         pending = Some((target, repair));
@@ -939,11 +964,22 @@ fn schema_problems(
             if p.warning || consequence {
                 continue;
             }
-            let pos = if p.at_key { positions.find_key(&p.path) } else { positions.find(&p.path) };
+            let path = written_path(&p.path, &renamed);
+            let pos = if p.at_key { positions.find_key(&path) } else { positions.find(&path) };
             problems.push(Problem::at(pos, p.message, p.hint));
         }
     }
     problems
+}
+
+/// The path as the user wrote it, for a path under a field whose misspelt key was corrected.
+fn written_path(path: &str, renamed: &[(String, String)]) -> String {
+    for (from, to) in renamed {
+        if under(path, to) {
+            return format!("{from}{}", &path[to.len()..]);
+        }
+    }
+    path.to_owned()
 }
 
 /// A YAML syntax error. libyaml notices an unclosed quote or bracket only at the end of the file; the
