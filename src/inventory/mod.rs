@@ -1,5 +1,13 @@
 //! The inventory: loading a YAML file into [`schema::Inventory`] and validating it before anything touches a
-//! machine. Every problem is reported with file, line and column, what is wrong and how to fix it.
+//! machine. Every problem is reported with file, line and column, what is wrong and how to fix it, and all
+//! of them in one run: schema problems (unknown fields, wrong types, missing fields) and the checks across
+//! fields on what remains once each schema problem is repaired in a copy.
+//!
+//! Inputs: a file; `-` for standard input; any stream such as a FIFO or process substitution
+//! (`-i <(envsubst < inv.yaml)`), read up to [`MAX_BYTES`]. Relative paths in an inventory (key files,
+//! bundles, manifests) resolve against its file's directory, or against the current directory for a stream,
+//! which has none ([`base_dir`]). YAML anchors, aliases and merge keys (`<<: *defaults`) work; top-level
+//! fields whose names start with `x-` are skipped, as a place to keep anchored defaults.
 
 pub mod explain;
 pub mod flags;

@@ -2,7 +2,8 @@
 //!
 //! Field names are camelCase like Kubernetes objects. Every struct rejects unknown fields so a typo is an
 //! error with a "did you mean" rather than a silently ignored setting. Defaults live in
-//! [`crate::model`], not here, so "not set" stays visible to validation.
+//! [`crate::model`], not here, so "not set" stays visible to validation. Merge keys and top-level `x-`
+//! fields are resolved before these types see the document (see [`super::parse`]).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
