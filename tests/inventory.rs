@@ -171,11 +171,64 @@ fn inventory_init_from_vagrant_ssh_config_writes_a_valid_commented_inventory() {
     let b = &doc["hosts"][1]["ssh"]["bastion"];
     assert_eq!((b["address"].as_str(), b["port"].as_u64()), (Some("192.168.121.2"), Some(2200)), "{out}");
 
-    let forwarded = cfg.replace("192.168.121.10", "127.0.0.1").replace("192.168.121.11", "127.0.0.1");
-    let (code, _, err) =
-        kubeforge_stdin(tmp.path(), &["inventory", "init", "--from-ssh-config", "-"], &forwarded);
+    // VirtualBox: both machines on 127.0.0.1, each behind its own forwarded port.
+    let forwarded = cfg
+        .replace(
+            "HostName 192.168.121.10\n  User vagrant\n  Port 22",
+            "HostName 127.0.0.1\n  User vagrant\n  Port 2222",
+        )
+        .replace(
+            "HostName 192.168.121.11\n  User vagrant\n  Port 22",
+            "HostName 127.0.0.1\n  User vagrant\n  Port 2200",
+        );
+    assert_eq!(forwarded.matches("127.0.0.1").count(), 2, "{forwarded}");
+    let init = |extra: &[&str], text: &str| {
+        let mut args = vec!["inventory", "init", "--from-ssh-config", "-"];
+        args.extend_from_slice(extra);
+        kubeforge_stdin(tmp.path(), &args, text)
+    };
+    let (code, _, err) = init(&["--internal-address", "cp=192.168.56.10"], &forwarded);
     assert_eq!(code, 2);
     assert!(err.contains("hosts cp, node_2 share the address 127.0.0.1"), "{err}");
+    assert!(err.contains("hint: give each its address on the network the machines share (e.g. a VirtualBox host-only network): --internal-address node_2=IP\n"), "{err}");
+    let (code, _, err) = init(&["--internal-address", "node2=192.168.56.11"], &forwarded);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("the ssh config has no host `node2`\n  hint: did you mean `node_2`? hosts: cp, node_2"),
+        "{err}"
+    );
+    let both = ["--internal-address", "cp=192.168.56.10", "--internal-address", "node_2=192.168.56.11"];
+    let (code, out, err) = init(&both, &forwarded);
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    let doc: serde_yaml::Value = serde_yaml::from_str(&out).unwrap();
+    let h = &doc["hosts"][1];
+    assert_eq!(
+        (h["address"].as_str(), h["internalAddress"].as_str(), h["ssh"]["port"].as_u64()),
+        (Some("127.0.0.1"), Some("192.168.56.11"), Some(2200)),
+        "{out}"
+    );
+    let forwarded_file = tmp.path().join("forwarded.yaml");
+    std::fs::write(&forwarded_file, &out).unwrap();
+    let v = validate(&forwarded_file);
+    assert!(v.status.success(), "{out}\n{}", String::from_utf8_lossy(&v.stderr));
+    // The same port twice is one machine.
+    let (code, _, err) = init(&both, &forwarded.replace("Port 2200", "Port 2222"));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("hosts cp, node_2 are one machine: each is reached at 127.0.0.1 port 2222"),
+        "{err}"
+    );
+
+    // A key file that does not exist yet: the inventory is written, with a warning.
+    let missing = cfg.replace("node_2/private_key", "node_3/private_key");
+    let (code, out, err) = init(&[], &missing);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("node_3/private_key"), "{out}");
+    assert!(
+        err.starts_with("warning: hosts[1].ssh.identityFile: identity file `")
+            && err.contains("node_3/private_key` does not exist yet"),
+        "{err}"
+    );
 }
 
 fn validate_timed(path: &Path) -> (std::process::Output, std::time::Duration) {
@@ -187,27 +240,108 @@ fn validate_timed(path: &Path) -> (std::process::Output, std::time::Duration) {
 /// Fast enough to mean "refused before any real work": the cases below took 5 s to forever before.
 const PROMPT: std::time::Duration = std::time::Duration::from_secs(3);
 
-#[test]
-fn special_files_are_refused_without_reading_them() {
+/// An inventory whose SSH key is a relative path (`keys/id`), for the tests of inventories read from streams.
+const RELATIVE_KEY: &str = "cluster: {name: demo, kubernetesVersion: v1.35.7}\nssh: {identityFile: keys/id, knownHosts: kh}\nhosts:\n  - {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd, worker]}\n";
+
+/// `validate -i ARG` run in `cwd` with `stdin` as its standard input: (exit code, stdout, stderr).
+fn validate_in(cwd: &Path, arg: &str, stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kubeforge"))
+        .args(["validate", "-i", arg])
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kubeforge");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
+
+/// A directory with the key file and known_hosts that [`RELATIVE_KEY`] names.
+fn key_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("keys")).unwrap();
+    std::fs::write(dir.path().join("keys/id"), "-----BEGIN OPENSSH PRIVATE KEY-----\n").unwrap();
+    std::fs::write(dir.path().join("kh"), "").unwrap();
+    dir
+}
+
+#[test]
+fn an_inventory_from_standard_input_resolves_relative_paths_in_the_current_directory() {
+    let dir = key_dir();
+    let (code, out, err) = validate_in(dir.path(), "-", RELATIVE_KEY);
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    // Elsewhere, `keys/id` is looked for in that directory, and problems are placed in `<stdin>`.
+    let other = tempfile::tempdir().unwrap();
+    let (code, _, err) = validate_in(other.path(), "-", RELATIVE_KEY);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("<stdin>:2:21: identity file `keys/id` does not exist (looked at ./keys/id)"),
+        "{err}"
+    );
+    let (code, _, err) = validate_in(other.path(), "-", "cluster: [\n");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("error: <stdin> has 1 problem\n  <stdin>:1:10: "), "{err}");
+}
+
+#[test]
+fn an_inventory_from_a_fifo_or_process_substitution_is_read() {
+    let dir = key_dir();
     let fifo = dir.path().join("fifo.yaml");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
-    for (path, kind) in [
-        (Path::new("/dev/zero").to_owned(), "a character device"),
-        (fifo.clone(), "a FIFO (named pipe)"),
-        (dir.path().to_owned(), "a directory"),
+    // The writer comes after kubeforge has opened the FIFO, as with `mkfifo` and a second shell.
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::write(fifo, RELATIVE_KEY).unwrap())
+    };
+    let (code, _, err) = validate_in(dir.path(), "fifo.yaml", "");
+    // Checked before joining: a writer whose reader failed would wait for one forever.
+    assert_eq!((code, err.as_str()), (0, ""));
+    writer.join().unwrap();
+    // `-i <(...)`: bash passes /dev/fd/63, whose directory means nothing; `keys/id` is in the current one.
+    std::fs::write(dir.path().join("inv.yaml"), RELATIVE_KEY).unwrap();
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg(format!("exec '{}' validate -i <(cat inv.yaml)", env!("CARGO_BIN_EXE_kubeforge")))
+        .current_dir(dir.path())
+        .output()
+        .expect("run bash");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "");
+}
+
+#[test]
+fn endless_streams_stop_at_the_size_limit_and_directories_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, message) in [
+        (
+            Path::new("/dev/zero").to_owned(),
+            "error: inventory /dev/zero is larger than 4 MiB\n  hint: an inventory is a few kilobytes, even for thousands of hosts; check that the path names the inventory\n".to_string(),
+        ),
+        (
+            dir.path().to_owned(),
+            format!(
+                "error: inventory {} is a directory, not a file\n  hint: give the path of a YAML inventory file; see inventories/ for examples\n",
+                dir.path().display()
+            ),
+        ),
     ] {
         let (out, took) = validate_timed(&path);
         assert_eq!(out.status.code(), Some(2), "{}", path.display());
-        assert_eq!(
-            String::from_utf8_lossy(&out.stderr),
-            format!(
-                "error: inventory {} is {kind}, not a regular file\n  hint: give the path of a YAML inventory file; see inventories/ for examples\n",
-                path.display()
-            )
-        );
+        assert_eq!(String::from_utf8_lossy(&out.stderr), message);
         assert!(took < PROMPT, "{} took {took:?}", path.display());
     }
+    // Standard input past the limit.
+    let big = format!("{RELATIVE_KEY}{}", "#\n".repeat(2 * 1024 * 1024 + 1));
+    let (code, _, err) = validate_in(dir.path(), "-", &big);
+    assert_eq!(code, 2);
+    assert!(err.starts_with("error: inventory <stdin> is larger than 4 MiB\n"), "{err}");
 }
 
 #[test]

@@ -270,6 +270,40 @@ fn parse_roles(
     Ok(out)
 }
 
+/// `--internal-address NAME=IP`, by host index: each names a host of the ssh config, once, with an IP.
+fn parse_internal_addresses(
+    args: &[String],
+    found: &[Found],
+) -> std::result::Result<BTreeMap<usize, String>, Invalid> {
+    let mut out = BTreeMap::new();
+    for a in args {
+        let Some((name, ip)) = a.split_once('=') else {
+            return Err(invalid(
+                format!("--internal-address {a}: write NAME=IP"),
+                Some("e.g. --internal-address node1=192.168.56.11"),
+            ));
+        };
+        let Some(i) = found.iter().position(|f| f.alias == name || f.name == name) else {
+            let names: Vec<&str> = found.iter().map(|f| f.alias.as_str()).collect();
+            let guess = super::explain::did_you_mean(name, &names, &[]);
+            return Err(invalid(
+                format!("--internal-address {a}: the ssh config has no host `{name}`"),
+                Some(&format!("{guess}hosts: {}", names.join(", "))),
+            ));
+        };
+        if ip.trim().parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(
+                format!("--internal-address {a}: `{}` is not an IP address", ip.trim()),
+                Some("give the IP address the machine has on the network the nodes share"),
+            ));
+        }
+        if out.insert(i, ip.trim().to_owned()).is_some() {
+            return Err(invalid(format!("--internal-address names `{name}` twice"), None));
+        }
+    }
+    Ok(out)
+}
+
 fn build(a: &InitArgs, found: &[Found], roles: &BTreeMap<usize, Vec<String>>) -> Inventory {
     let common = |f: &dyn Fn(&Found) -> Option<String>| -> Option<String> {
         let first = f(&found[0])?;
@@ -600,18 +634,39 @@ fn init(a: &InitArgs) -> std::result::Result<i32, Invalid> {
     if found.is_empty() {
         return Err(invalid("every host of the ssh config is a jump host", None));
     }
-    let mut by_addr: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for f in &found {
-        by_addr.entry(&f.address).or_default().push(&f.alias);
+    let internal = parse_internal_addresses(&a.internal_addresses, &found)?;
+    // Hosts are told apart by address and port: machines behind ports forwarded on one address (VirtualBox,
+    // the usual Vagrant provider) are distinct, but the cluster cannot use that address, so each needs the
+    // address it has on the network the nodes share.
+    let mut by_endpoint: BTreeMap<(&str, u16), Vec<&str>> = BTreeMap::new();
+    let mut by_addr: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, f) in found.iter().enumerate() {
+        by_endpoint.entry((&f.address, f.port)).or_default().push(&f.alias);
+        by_addr.entry(&f.address).or_default().push(i);
     }
-    if let Some((addr, names)) = by_addr.iter().find(|(_, n)| n.len() > 1) {
+    if let Some(((addr, port), names)) = by_endpoint.iter().find(|(_, n)| n.len() > 1) {
+        return Err(invalid(
+            format!("hosts {} are one machine: each is reached at {addr} port {port}", names.join(", ")),
+            Some("give each `Host` its own HostName, or its own Port when ports are forwarded"),
+        ));
+    }
+    if let Some((addr, hosts)) =
+        by_addr.iter().find(|(_, h)| h.len() > 1 && h.iter().any(|i| !internal.contains_key(i)))
+    {
+        let missing: Vec<&str> =
+            hosts.iter().filter(|i| !internal.contains_key(i)).map(|&i| found[i].alias.as_str()).collect();
+        let names: Vec<&str> = hosts.iter().map(|&i| found[i].alias.as_str()).collect();
         return Err(invalid(
             format!(
-                "hosts {} share the address {addr} (forwarded ports?); an inventory needs one address per host, \
-                 which is also what the cluster uses to reach it",
-                names.join(", ")
+                "hosts {} share the address {addr} (ports forwarded to each machine); the cluster needs each \
+                 machine's own address, which the ssh config does not give for {}",
+                names.join(", "),
+                missing.join(", ")
             ),
-            Some("give the machines their own addresses (a private network) and use those as HostName"),
+            Some(&format!(
+                "give each its address on the network the machines share (e.g. a VirtualBox host-only network): {}",
+                missing.iter().map(|m| format!("--internal-address {m}=IP")).collect::<Vec<_>>().join(" ")
+            )),
         ));
     }
     let roles = parse_roles(&a.roles, &found)?;
@@ -677,16 +732,21 @@ fn init(a: &InitArgs) -> std::result::Result<i32, Invalid> {
     let name = a.output.clone().unwrap_or_else(|| PathBuf::from("inventory.yaml"));
     let loaded = super::parse(&name, &text).map_err(|e| Invalid(e.into()))?;
     debug_assert_eq!(loaded.inventory, inv);
+    // Key files that do not exist yet are warnings: the machines' keys are often made after the inventory.
     let (warnings, problems): (Vec<_>, Vec<_>) =
-        super::validate::validate(&loaded.inventory, &out_dir).into_iter().partition(|p| p.warning);
+        super::validate::validate_new(&loaded.inventory, &out_dir).into_iter().partition(|p| p.warning);
+    let line = |p: &super::validate::PathProblem| match &p.hint {
+        Some(h) => format!("{}: {}\n    fix: {h}", p.path, p.message),
+        None => format!("{}: {}", p.path, p.message),
+    };
     for w in &warnings {
-        eprintln!("warning: {}: {}", w.path, w.message);
+        eprintln!("warning: {}", line(w));
     }
     if !problems.is_empty() {
-        let list = problems.iter().map(|p| format!("\n  {}: {}", p.path, p.message)).collect::<String>();
+        let list = problems.iter().map(|p| format!("\n  {}", line(p))).collect::<String>();
         return Err(invalid(
-            format!("the inventory would not be valid:{list}"),
-            Some("adjust --roles, or the ssh config; a host reached through a forwarded port on 127.0.0.1 needs --internal-address NAME=IP"),
+            format!("the inventory would not be valid (nothing was written):{list}"),
+            Some("fix the ssh config, or the --roles / --internal-address given, as each problem says"),
         ));
     }
     match &a.output {

@@ -1,6 +1,15 @@
 //! The inventory: loading a YAML file into [`schema::Inventory`] and validating it before anything touches a
-//! machine. Every problem is reported with file, line and column, what is wrong and how to fix it.
+//! machine. Every problem is reported with file, line and column, what is wrong and how to fix it, and all
+//! of them in one run: schema problems (unknown fields, wrong types, missing fields) and the checks across
+//! fields on what remains once each schema problem is repaired in a copy.
+//!
+//! Inputs: a file; `-` for standard input; any stream such as a FIFO or process substitution
+//! (`-i <(envsubst < inv.yaml)`), read up to [`MAX_BYTES`]. Relative paths in an inventory (key files,
+//! bundles, manifests) resolve against its file's directory, or against the current directory for a stream,
+//! which has none ([`base_dir`]). YAML anchors, aliases and merge keys (`<<: *defaults`) work; top-level
+//! fields whose names start with `x-` are skipped, as a place to keep anchored defaults.
 
+pub mod explain;
 pub mod flags;
 pub mod init;
 pub mod position;
@@ -110,12 +119,12 @@ pub enum InventoryError {
         #[source]
         source: std::io::Error,
     },
-    /// The path names a directory, FIFO, device or socket: reading it could block or never end.
-    #[error("inventory {path} is {kind}, not a regular file")]
+    /// The path names a directory.
+    #[error("inventory {path} is {kind}, not a file")]
     NotAFile {
         /// The path.
         path: PathBuf,
-        /// `a directory`, `a FIFO (named pipe)`, `a character device`, ...
+        /// `a directory`.
         kind: &'static str,
     },
     /// The file is larger than [`MAX_BYTES`].
@@ -161,6 +170,14 @@ impl InventoryError {
     }
 }
 
+/// Problems in the order of the file, each once: a value merged into several mappings (`<<: *defaults`)
+/// is written in one place, and one problem there is one fix.
+fn in_order(problems: &mut Vec<Problem>) {
+    problems.sort_by_key(|p| (p.line, p.column));
+    let mut seen = std::collections::HashSet::new();
+    problems.retain(|p| seen.insert((p.line, p.column, p.message.clone())));
+}
+
 fn render_problems(path: &Path, problems: &[Problem]) -> String {
     let mut out = format!(
         "{} has {} problem{}",
@@ -202,7 +219,8 @@ pub struct Loaded {
     pub inventory: Inventory,
     /// The file it was read from.
     pub path: PathBuf,
-    /// The directory relative paths in it resolve against.
+    /// The directory relative paths in it resolve against: the file's own, or the current directory for
+    /// an inventory read from a stream (`-`, a FIFO, `<(...)`; see [`is_stream`]).
     pub dir: PathBuf,
     /// Positions of its values.
     pub positions: position::Positions,
@@ -219,7 +237,7 @@ pub struct Loaded {
 pub fn load(path: &Path) -> Result<Loaded, InventoryError> {
     let (result, warnings) = load_quietly(path);
     if !warnings.is_empty() {
-        eprint!("{}", render_warnings(path, &warnings));
+        eprint!("{}", render_warnings(&display_path(path), &warnings));
     }
     result
 }
@@ -250,56 +268,131 @@ pub fn load_quietly(path: &Path) -> (Result<Loaded, InventoryError>, Vec<Problem
     if problems.is_empty() {
         return (Ok(loaded), warnings);
     }
-    problems.sort_by_key(|p| (p.line, p.column));
-    (Err(InventoryError::Invalid { path: path.to_owned(), problems }), warnings)
+    in_order(&mut problems);
+    (Err(InventoryError::Invalid { path: display_path(path), problems }), warnings)
 }
 
-/// Reads an inventory file: a regular file of at most [`MAX_BYTES`] of UTF-8. The file is opened without
-/// blocking and checked before anything is read, so a FIFO or `/dev/zero` is refused at once.
-pub fn read(path: &Path) -> Result<String, InventoryError> {
-    use std::io::Read;
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    let io = |source| InventoryError::Read { path: path.to_owned(), source };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
-        .open(path)
-        .map_err(io)?;
-    let meta = file.metadata().map_err(io)?;
-    let t = meta.file_type();
-    let kind = if t.is_file() {
-        None
-    } else if t.is_dir() {
-        Some("a directory")
-    } else if t.is_fifo() {
-        Some("a FIFO (named pipe)")
-    } else if t.is_char_device() {
-        Some("a character device")
-    } else if t.is_block_device() {
-        Some("a block device")
-    } else if t.is_socket() {
-        Some("a socket")
+/// The path that names standard input (`-i -`).
+pub const STDIN: &str = "-";
+
+/// How messages name an inventory: `<stdin>` for `-`, else the path as given.
+pub fn display_path(path: &Path) -> PathBuf {
+    if path.as_os_str() == STDIN {
+        PathBuf::from("<stdin>")
     } else {
-        Some("not a file")
-    };
-    if let Some(kind) = kind {
-        return Err(InventoryError::NotAFile { path: path.to_owned(), kind });
+        path.to_owned()
     }
-    if meta.len() > MAX_BYTES {
-        return Err(InventoryError::TooLarge { path: path.to_owned() });
+}
+
+/// Texts already read from streams (standard input, FIFOs, `/dev/fd/N`), by path: a stream can be read
+/// only once, and a command may load its inventory more than once.
+fn streams() -> &'static std::sync::Mutex<std::collections::HashMap<PathBuf, String>> {
+    static STREAMS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<PathBuf, String>>> =
+        std::sync::OnceLock::new();
+    STREAMS.get_or_init(Default::default)
+}
+
+/// Whether the inventory at `path` is a stream rather than a file in a directory: `-` (standard input), a
+/// FIFO or process substitution (`<(...)`, a `/dev/fd/N` path), a character device. Relative paths in such
+/// an inventory, and the default PKI store, resolve against the current directory, since the stream has
+/// no directory of its own.
+pub fn is_stream(path: &Path) -> bool {
+    if path.as_os_str() == STDIN
+        || path.starts_with("/dev/fd")
+        || path.starts_with("/proc/self/fd")
+        || streams().lock().map(|s| s.contains_key(path)).unwrap_or(false)
+    {
+        return true;
     }
+    std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
+}
+
+/// The directory relative paths in the inventory at `path` resolve against: the file's directory, or the
+/// current directory for a stream ([`is_stream`]).
+pub fn base_dir(path: &Path) -> PathBuf {
+    if is_stream(path) {
+        return PathBuf::from(".");
+    }
+    path.parent()
+        .map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d })
+        .unwrap_or(Path::new("."))
+        .to_owned()
+}
+
+/// Reads at most [`MAX_BYTES`] + 1 bytes, so that "too large" can be told from "exactly at the limit".
+fn read_capped(r: impl std::io::Read) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
     let mut bytes = Vec::new();
-    // The size can change between the check and the read; the limit holds either way.
-    file.take(MAX_BYTES + 1).read_to_end(&mut bytes).map_err(io)?;
-    if bytes.len() as u64 > MAX_BYTES {
-        return Err(InventoryError::TooLarge { path: path.to_owned() });
+    r.take(MAX_BYTES + 1).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Reads an inventory: a file, `-` for standard input, or any stream (a FIFO, process substitution such as
+/// `-i <(envsubst < inv.yaml)`, a character device), of at most [`MAX_BYTES`] of UTF-8. A stream is read
+/// up to the limit and no further, so `/dev/zero` is refused as too large rather than read forever; its
+/// text is kept, so that reading the same path again in this process gives the same inventory. A
+/// directory is refused.
+pub fn read(path: &Path) -> Result<String, InventoryError> {
+    use std::io::IsTerminal;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(text) = streams().lock().ok().and_then(|s| s.get(path).cloned()) {
+        return Ok(text);
     }
-    String::from_utf8(bytes).map_err(|e| {
+    let shown_path = display_path(path);
+    let io = |source| InventoryError::Read { path: shown_path.clone(), source };
+    let (bytes, stream) = if path.as_os_str() == STDIN {
+        let stdin = std::io::stdin();
+        if stdin.is_terminal() {
+            eprintln!("reading the inventory from standard input; end it with Ctrl-D");
+        }
+        (read_capped(stdin.lock()).map_err(io)?, true)
+    } else {
+        // A FIFO is opened as `cat` opens it, waiting for a writer: opened without blocking, it would
+        // count as a reader, let a writer write and go, and then read nothing. Anything else is opened
+        // without blocking, so that a directory is told apart before any read.
+        let fifo = std::fs::metadata(path).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_fifo()
+        });
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true);
+        if !fifo {
+            options.custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits());
+        }
+        let file = options.open(path).map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        if meta.is_dir() {
+            return Err(InventoryError::NotAFile { path: shown_path, kind: "a directory" });
+        }
+        if meta.is_file() {
+            if meta.len() > MAX_BYTES {
+                return Err(InventoryError::TooLarge { path: shown_path });
+            }
+            // The size can change between the check and the read; the limit holds either way.
+            (read_capped(file).map_err(io)?, false)
+        } else if fifo {
+            (read_capped(file).map_err(io)?, true)
+        } else {
+            // A character device or socket: read blocking, as any program reads it.
+            drop(file);
+            (read_capped(std::fs::File::open(path).map_err(io)?).map_err(io)?, true)
+        }
+    };
+    if bytes.len() as u64 > MAX_BYTES {
+        return Err(InventoryError::TooLarge { path: shown_path });
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
         let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
         let column = good.len() - good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
-        InventoryError::NotText { path: path.to_owned(), line, column }
-    })
+        InventoryError::NotText { path: shown_path.clone(), line, column }
+    })?;
+    if stream {
+        if let Ok(mut s) = streams().lock() {
+            s.insert(path.to_owned(), text.clone());
+        }
+    }
+    Ok(text)
 }
 
 fn limit_problem(limit: &position::LimitExceeded) -> Problem {
@@ -358,27 +451,33 @@ fn duplicate_problem(d: &position::DuplicateKey) -> Problem {
 /// Parses inventory text (no cross-field validation). Shape limits ([`position::Limits`]) are enforced
 /// first; keys given twice are reported, not collapsed.
 pub fn parse(path: &Path, text: &str) -> Result<Loaded, InventoryError> {
-    let dir = path
-        .parent()
-        .map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d })
-        .unwrap_or(Path::new("."))
-        .to_owned();
+    let dir = base_dir(path);
     let scan = position::scan(text, &position::Limits::default());
     if let Some(limit) = &scan.limit {
-        return Err(InventoryError::Invalid { path: path.to_owned(), problems: vec![limit_problem(limit)] });
+        return Err(InventoryError::Invalid {
+            path: display_path(path),
+            problems: vec![limit_problem(limit)],
+        });
     }
-    let duplicates: Vec<Problem> = scan.duplicates.iter().map(duplicate_problem).collect();
-    match serde_yaml::from_str::<Inventory>(text) {
+    let mut problems: Vec<Problem> = scan.duplicates.iter().map(duplicate_problem).collect();
+    // Merge keys and `x-` fields are resolved in a tree of the document, which serde then reads as text
+    // again; problems are placed by path, and the scan knows where merged values are written.
+    let rewritten = if scan.syntax_error || scan.documents.len() > 1 {
+        None
+    } else {
+        resolve_merges(text, &scan.positions, &mut problems)
+    };
+    let doc_text = rewritten.as_deref().unwrap_or(text);
+    match serde_yaml::from_str::<Inventory>(doc_text) {
         Ok(inventory) => Ok(Loaded {
             inventory,
             path: path.to_owned(),
             dir,
             positions: scan.positions,
-            parse_problems: duplicates,
+            parse_problems: problems,
             warnings: Vec::new(),
         }),
         Err(e) => {
-            let mut problems = duplicates;
             if scan.syntax_error {
                 problems.push(syntax_problem(text, &e));
             } else if let Some(&second) = scan.documents.get(1) {
@@ -392,13 +491,98 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, InventoryError> {
             } else {
                 // serde's own "duplicate field" names neither the key's position nor the first one; the
                 // scan has reported it.
-                let skip_duplicate = !problems.is_empty();
-                problems.extend(schema_problems(text, &e, &scan.positions, skip_duplicate));
+                let skip_duplicate = !scan.duplicates.is_empty();
+                let relocated = rewritten.is_some();
+                problems.extend(schema_problems(
+                    doc_text,
+                    &e,
+                    &scan.positions,
+                    skip_duplicate,
+                    relocated,
+                    &dir,
+                ));
             }
-            problems.sort_by_key(|p| (p.line, p.column));
-            Err(InventoryError::Invalid { path: path.to_owned(), problems })
+            in_order(&mut problems);
+            Err(InventoryError::Invalid { path: display_path(path), problems })
         }
     }
+}
+
+/// The document with its merge keys (`<<: *defaults`, `<<: [*a, *b]`) resolved and its top-level `x-`
+/// fields (where anchors for merging are kept, as in Compose files) left out, as YAML text for serde; `None`
+/// when it has neither (or does not read as a tree: the caller's parse then reports why). Merge keys follow
+/// YAML's merge rule: a key written in the mapping wins, then the earlier of several merged mappings.
+/// A merge key that names no mapping is reported and dropped.
+fn resolve_merges(
+    text: &str,
+    positions: &position::Positions,
+    problems: &mut Vec<Problem>,
+) -> Option<String> {
+    use serde_yaml::Value;
+    if !text.contains("<<") && !text.contains("x-") {
+        return None;
+    }
+    let Ok(Lenient(mut doc)) = serde_yaml::from_str::<Lenient>(text) else { return None };
+    let mut changed = false;
+    if let Value::Mapping(top) = &mut doc {
+        let before = top.len();
+        top.retain(|k, _| !matches!(k, Value::String(s) if s.starts_with("x-")));
+        changed |= top.len() != before;
+    }
+    fn merge(
+        v: &mut Value,
+        path: &str,
+        positions: &position::Positions,
+        problems: &mut Vec<Problem>,
+    ) -> bool {
+        let mut changed = false;
+        match v {
+            Value::Mapping(m) => {
+                for (k, child) in m.iter_mut() {
+                    let name = key_text(k).unwrap_or_default();
+                    let p = if path.is_empty() { name } else { format!("{path}.{name}") };
+                    changed |= merge(child, &p, positions, problems);
+                }
+                let Some(sources) = m.shift_remove("<<") else { return changed };
+                let at = if path.is_empty() { "<<".to_owned() } else { format!("{path}.<<") };
+                let sources = match sources {
+                    Value::Mapping(one) => vec![one],
+                    Value::Sequence(items) if items.iter().all(Value::is_mapping) => items
+                        .into_iter()
+                        .filter_map(|i| if let Value::Mapping(x) = i { Some(x) } else { None })
+                        .collect(),
+                    _ => {
+                        problems.push(Problem::at(
+                            positions.find(&at),
+                            "a merge key (`<<`) takes a mapping: an alias of one (`<<: *defaults`) or a list of them (`<<: [*a, *b]`)",
+                            Some("anchor a mapping with `&defaults` and merge it with `<<: *defaults`".to_string()),
+                        ));
+                        return true;
+                    }
+                };
+                for source in sources {
+                    for (k, val) in source {
+                        if !m.contains_key(&k) {
+                            m.insert(k, val);
+                        }
+                    }
+                }
+                changed = true;
+            }
+            Value::Sequence(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    changed |= merge(item, &format!("{path}[{i}]"), positions, problems);
+                }
+            }
+            _ => {}
+        }
+        changed
+    }
+    changed |= merge(&mut doc, "", positions, problems);
+    if !changed {
+        return None;
+    }
+    serde_yaml::to_string(&doc).ok()
 }
 
 /// A YAML document as a tree where a key given twice keeps its last value (the scan reports the duplicate),
@@ -522,11 +706,15 @@ fn walk<'a>(mut node: &'a mut serde_yaml::Value, steps: &[Step]) -> Option<&'a m
 
 /// What a schema error asks to change so that the search can go on past it.
 enum Repair {
-    /// Remove the key from the mapping at the path (an unknown field).
-    Remove { map: String, key: String },
+    /// Remove the key from the mapping at the path (an unknown field); when it is a misspelling of a field
+    /// (`to`) that the mapping does not have, put its value there, so that the value is checked too.
+    Remove { map: String, key: String, to: Option<String> },
     /// Put a stand-in at the path: remove it, then try an empty string, sequence, mapping (a value of the
     /// wrong type, or a missing field).
     StandIn { map: String, key: Option<String> },
+    /// A single value where a list is wanted: read it as a list of that one value first (what the user
+    /// meant, so that validation can check it), then stand in as for [`Repair::StandIn`].
+    Wrap { map: String },
 }
 
 /// The path a serde_yaml message names and what to change there; `None` for messages it cannot act on.
@@ -547,13 +735,25 @@ fn repair_for(message: &str) -> Option<(String, Repair)> {
     match marker {
         "unknown field `" => {
             let key = named()?;
-            Some((join(&key), Repair::Remove { map: path, key }))
+            let expected: Vec<&str> = message
+                .split_once("expected ")
+                .map(|(_, e)| e.split('`').skip(1).step_by(2).collect())
+                .unwrap_or_default();
+            let to = explain::suggest(&key, &expected, &[]).map(str::to_owned);
+            Some((join(&key), Repair::Remove { map: path, key, to }))
         }
         "missing field `" => {
             let key = named()?;
             Some((join(&key), Repair::StandIn { map: path, key: Some(key) }))
         }
         _ if path.is_empty() => None,
+        "invalid type: "
+            if message.ends_with("expected a sequence")
+                && message.contains("invalid type: string ")
+                && explain::STRING_LISTS.iter().any(|k| path.ends_with(&format!(".{k}"))) =>
+        {
+            Some((path.clone(), Repair::Wrap { map: path }))
+        }
         _ => Some((path.clone(), Repair::StandIn { map: path, key: None })),
     }
 }
@@ -561,10 +761,21 @@ fn repair_for(message: &str) -> Option<(String, Repair)> {
 /// Applies `repair` for the `attempt`-th time; false when there is nothing left to try.
 fn apply_repair(doc: &mut serde_yaml::Value, repair: &Repair, attempt: usize) -> bool {
     use serde_yaml::Value;
+    if let Repair::Wrap { map } = repair {
+        if attempt > 0 {
+            return apply_repair(doc, &Repair::StandIn { map: map.clone(), key: None }, attempt - 1);
+        }
+        let Some(steps) = locate(doc, map) else { return false };
+        let Some(node) = walk(doc, &steps) else { return false };
+        let one = std::mem::take(node);
+        *node = Value::Sequence(vec![one]);
+        return true;
+    }
     let (steps, key) = match repair {
-        Repair::Remove { map, key } | Repair::StandIn { map, key: Some(key) } => {
+        Repair::Remove { map, key, .. } | Repair::StandIn { map, key: Some(key) } => {
             (locate(doc, map), Some(Value::String(key.clone())))
         }
+        Repair::Wrap { .. } => return false,
         Repair::StandIn { map, key: None } => match locate(doc, map) {
             Some(mut s) => match s.pop() {
                 Some(Step::Key(k)) => (Some(s), Some(k)),
@@ -590,8 +801,17 @@ fn apply_repair(doc: &mut serde_yaml::Value, repair: &Repair, attempt: usize) ->
     };
     let (Some(steps), Some(key)) = (steps, key) else { return false };
     let Some(Value::Mapping(map)) = walk(doc, &steps) else { return false };
-    if matches!(repair, Repair::Remove { .. }) {
-        return attempt == 0 && map.shift_remove(&key).is_some();
+    if let Repair::Remove { to, .. } = repair {
+        if attempt != 0 {
+            return false;
+        }
+        let Some(value) = map.shift_remove(&key) else { return false };
+        if let Some(to) = to.clone().map(Value::String) {
+            if !map.contains_key(&to) {
+                map.insert(to, value);
+            }
+        }
+        return true;
     }
     // A key that is there is first removed (its field may be optional), then replaced by stand-ins.
     let present = map.contains_key(&key);
@@ -611,29 +831,56 @@ fn apply_repair(doc: &mut serde_yaml::Value, repair: &Repair, attempt: usize) ->
     }
 }
 
-/// Every schema problem (unknown fields, wrong types, missing fields), not only the first that serde meets:
-/// after each one the offending node is removed or stood in for and the document is read again. The
-/// problems after the first are placed by their paths. The search is bounded in rounds and in text read.
+/// Where a schema problem goes: by its path in the original text (which is also right when the text serde
+/// read was rewritten, as for merge keys), else where serde stopped.
+fn place(
+    positions: &position::Positions,
+    x: &explain::Explained,
+    serde_at: Option<position::Pos>,
+) -> Option<position::Pos> {
+    let by_path = if x.path.is_empty() {
+        None
+    } else if x.at_key {
+        positions.find_key(&x.path)
+    } else {
+        positions.find(&x.path)
+    };
+    by_path.or(serde_at).or_else(|| positions.root())
+}
+
+/// Whether `path` is `prefix` or lies under it.
+fn under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix).is_some_and(|r| r.is_empty() || r.starts_with(['.', '[']))
+}
+
+/// Every schema problem (unknown fields, wrong types, missing fields), not only the first that serde meets,
+/// and then every cross-field problem: after each schema problem the offending node is removed, wrapped
+/// (`roles: worker` read as `[worker]`) or stood in for and the document is read again; once it reads,
+/// the repaired inventory is validated, and what validation says about a stand-in (or about the host
+/// counts, when a host's roles were stood in for) is left out as a consequence. Problems are placed by
+/// their paths. The search is bounded in rounds and in text read.
 fn schema_problems(
     text: &str,
     first: &serde_yaml::Error,
     positions: &position::Positions,
     skip_duplicate: bool,
+    relocated: bool,
+    dir: &Path,
 ) -> Vec<Problem> {
-    let (message, hint) = explain_serde_error(first);
+    let first_raw = explain::normalize(&first.to_string());
+    let x = explain::explain(&first_raw);
+    // serde's position is in the text it read, which is not the user's when merge keys were resolved.
+    let serde_at =
+        first.location().filter(|_| !relocated).map(|l| position::Pos { line: l.line(), column: l.column() });
     let mut problems = Vec::new();
-    let duplicate = message.contains("duplicate field");
+    let duplicate = x.message.contains("duplicate field");
     if !(duplicate && skip_duplicate) {
-        problems.push(Problem {
-            line: first.location().map(|l| l.line()),
-            column: first.location().map(|l| l.column()),
-            message,
-            hint,
-        });
+        let pos = if duplicate { serde_at } else { place(positions, &x, serde_at) };
+        problems.push(Problem::at(pos, x.message, x.hint));
     }
     let Ok(Lenient(mut doc)) = serde_yaml::from_str::<Lenient>(text) else { return problems };
     let mut attempts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    let mut pending = if duplicate { None } else { repair_for(&first.to_string()) };
+    let mut pending = if duplicate { None } else { repair_for(&first_raw) };
     if pending.is_none() && !duplicate {
         return problems;
     }
@@ -642,18 +889,31 @@ fn schema_problems(
     let mut stood_in: Vec<String> = Vec::new();
     // Unknown fields removed so far: (mapping path, key).
     let mut removed: Vec<(String, String)> = match &pending {
-        Some((_, Repair::Remove { map, key })) => vec![(map.clone(), key.clone())],
+        Some((_, Repair::Remove { map, key, .. })) => vec![(map.clone(), key.clone())],
         _ => Vec::new(),
     };
+    // Misspelt fields whose values were moved to the field meant: (written path, path of the field).
+    let mut renamed: Vec<(String, String)> = Vec::new();
+    let mut repaired = None;
     for _ in 0..4 * MAX_SHOWN {
         if let Some((mut target, mut repair)) = pending.take() {
             loop {
+                if let Repair::Remove { map, key, to: Some(to) } = &repair {
+                    let join = |k: &str| if map.is_empty() { k.to_owned() } else { format!("{map}.{k}") };
+                    let taken = locate(&doc, &join(to)).is_some();
+                    if !taken && !attempts.contains_key(&target) {
+                        renamed.push((join(key), join(to)));
+                    }
+                }
                 let n = attempts.entry(target.clone()).or_insert(0);
                 if apply_repair(&mut doc, &repair, *n) {
-                    *n += 1;
-                    if matches!(repair, Repair::StandIn { .. }) {
+                    // Wrapping a value in a list keeps it: only a stand-in is made up.
+                    if matches!(repair, Repair::StandIn { .. })
+                        || (*n > 0 && matches!(repair, Repair::Wrap { .. }))
+                    {
                         stood_in.push(target);
                     }
+                    *n += 1;
                     break;
                 }
                 // Nothing left to try here: stand in for the node that holds it (a section is optional,
@@ -669,11 +929,20 @@ fn schema_problems(
             break;
         }
         let e = match serde_yaml::from_str::<Inventory>(&again) {
-            Ok(_) => break,
+            Ok(inv) => {
+                repaired = Some(inv);
+                break;
+            }
             Err(e) => e,
         };
-        let raw = e.to_string();
-        let Some((target, repair)) = repair_for(&raw) else { break };
+        let raw = explain::normalize(&e.to_string());
+        let Some((target, mut repair)) = repair_for(&raw) else { break };
+        // A stand-in is not the user's value: it is not wrapped in a list but stood in for again.
+        if let Repair::Wrap { map } = &repair {
+            if stood_in.iter().any(|p| p == &target) {
+                repair = Repair::StandIn { map: map.clone(), key: None };
+            }
+        }
         // A field missing where a misspelling of it was removed is that misspelling's "did you mean".
         let misspelt = match &repair {
             Repair::StandIn { map, key: Some(key) } => removed
@@ -681,26 +950,44 @@ fn schema_problems(
                 .any(|(m, k)| m == map && strsim::jaro_winkler(&k.to_lowercase(), &key.to_lowercase()) > 0.8),
             _ => false,
         };
-        if let Repair::Remove { map, key } = &repair {
+        if let Repair::Remove { map, key, .. } = &repair {
             removed.push((map.clone(), key.clone()));
         }
         // What a stand-in lacks (the fields of an empty mapping put in for a string) is no new problem.
-        let inside_stand_in = stood_in.iter().any(|p| {
-            target.strip_prefix(p.as_str()).is_some_and(|r| r.is_empty() || r.starts_with(['.', '[']))
-        });
+        let inside_stand_in = stood_in.iter().any(|p| under(&target, p));
         if !attempts.contains_key(&target) && !misspelt && !inside_stand_in {
             // A new problem (not the consequence of a stand-in): placed by its path in the original text.
-            let pos = match &repair {
-                Repair::Remove { .. } => positions.find_key(&target),
-                Repair::StandIn { map, key: Some(_) } => positions.find(map),
-                Repair::StandIn { key: None, .. } => positions.find(&target),
-            };
-            let (message, hint) = explain_serde_error(&e);
-            problems.push(Problem::at(pos, message, hint));
+            let mut x = explain::explain(&raw);
+            x.path = written_path(&x.path, &renamed);
+            problems.push(Problem::at(place(positions, &x, None), x.message, x.hint));
         }
         pending = Some((target, repair));
     }
+    if let Some(inv) = repaired {
+        // Host counts (control planes, etcd members, workers) mean nothing once a host was stood in for.
+        let hosts_made_up = stood_in.iter().any(|p| p == "hosts" || p.starts_with("hosts["));
+        for p in validate::validate(&inv, dir) {
+            let consequence = stood_in.iter().any(|s| under(&p.path, s) || (p.at_key && under(s, &p.path)))
+                || (hosts_made_up && p.path == "hosts");
+            if p.warning || consequence {
+                continue;
+            }
+            let path = written_path(&p.path, &renamed);
+            let pos = if p.at_key { positions.find_key(&path) } else { positions.find(&path) };
+            problems.push(Problem::at(pos, p.message, p.hint));
+        }
+    }
     problems
+}
+
+/// The path as the user wrote it, for a path under a field whose misspelt key was corrected.
+fn written_path(path: &str, renamed: &[(String, String)]) -> String {
+    for (from, to) in renamed {
+        if under(path, to) {
+            return format!("{from}{}", &path[to.len()..]);
+        }
+    }
+    path.to_owned()
 }
 
 /// A YAML syntax error. libyaml notices an unclosed quote or bracket only at the end of the file; the
@@ -748,52 +1035,6 @@ fn syntax_problem(text: &str, e: &serde_yaml::Error) -> Problem {
     }
 }
 
-/// Turns serde_yaml's message into ours: no duplicated position, and a "did you mean" for unknown fields.
-fn explain_serde_error(e: &serde_yaml::Error) -> (String, Option<String>) {
-    let mut msg = e.to_string();
-    if let Some(cut) = msg.find(" at line ") {
-        msg.truncate(cut);
-    }
-    let msg = clip_quoted(&msg);
-    // serde: "<path>: unknown field `x`, expected one of `a`, `b`" or "expected `a` or `b`".
-    if let Some(i) = msg.find("unknown field `") {
-        let rest = &msg[i + "unknown field `".len()..];
-        let field = rest.split('`').next().unwrap_or("").to_owned();
-        let expected: Vec<String> = rest
-            .split('`')
-            .skip(1)
-            .enumerate()
-            .filter(|(k, _)| k % 2 == 1)
-            .map(|(_, s)| s.to_owned())
-            .collect();
-        let where_ = msg[..i].trim_end_matches([':', ' ']).to_owned();
-        let message = if where_.is_empty() || where_ == "." {
-            format!("unknown field `{field}`")
-        } else {
-            format!("unknown field `{field}` in `{where_}`")
-        };
-        let best = expected
-            .iter()
-            .map(|c| (strsim::jaro_winkler(&c.to_lowercase(), &field.to_lowercase()), c))
-            .max_by(|a, b| a.0.total_cmp(&b.0))
-            .filter(|(score, _)| *score > 0.8)
-            .map(|(_, c)| c.clone());
-        let list = expected.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ");
-        let hint = match best {
-            Some(b) => format!("did you mean `{b}`? Valid fields here: {list}"),
-            None => format!("valid fields here: {list}"),
-        };
-        return (message, Some(hint));
-    }
-    if let Some(i) = msg.find("missing field `") {
-        let field = msg[i..].to_owned();
-        let where_ = msg[..i].trim_end_matches([':', ' ']);
-        let message = if where_.is_empty() { field } else { format!("{field} in `{where_}`") };
-        return (message, Some("add the field; see inventories/ for complete examples".into()));
-    }
-    (msg, None)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -822,5 +1063,51 @@ mod tests {
             "{:?}",
             problems[0].hint
         );
+    }
+
+    #[test]
+    fn a_streamed_inventory_resolves_paths_and_its_pki_store_in_the_current_directory() {
+        for stream in ["-", "/dev/fd/63", "/proc/self/fd/0"] {
+            assert!(is_stream(Path::new(stream)), "{stream}");
+            assert_eq!(base_dir(Path::new(stream)), Path::new("."), "{stream}");
+            assert_eq!(
+                crate::pki::resolve_root(Path::new(stream), None).unwrap(),
+                Path::new("./pki"),
+                "{stream}"
+            );
+        }
+        assert!(!is_stream(Path::new("inventories/ha.yaml")));
+        assert_eq!(base_dir(Path::new("inventories/ha.yaml")), Path::new("inventories"));
+        assert_eq!(base_dir(Path::new("ha.yaml")), Path::new("."));
+        assert_eq!(
+            crate::pki::resolve_root(Path::new("inventories/ha.yaml"), None).unwrap(),
+            Path::new("inventories/pki")
+        );
+        assert_eq!(
+            crate::pki::resolve_root(Path::new("-"), Some(Path::new("/x/pki"))).unwrap(),
+            Path::new("/x/pki")
+        );
+    }
+
+    #[test]
+    fn merge_keys_read_as_the_mappings_written_out() {
+        let merged = "x-defaults: &d\n  roles: [worker]\n  labels: {zone: a}\nx-more: &m\n  labels: {zone: b}\n  arch: arm64\n\
+            cluster: {name: demo, kubernetesVersion: v1.35.7}\nhosts:\n\
+            - {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd, worker]}\n\
+            - {<<: [*d, *m], name: w1, address: 10.0.0.2}\n\
+            - {<<: *d, name: w2, address: 10.0.0.3, roles: [etcd]}\n";
+        let written = "cluster: {name: demo, kubernetesVersion: v1.35.7}\nhosts:\n\
+            - {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd, worker]}\n\
+            - {name: w1, address: 10.0.0.2, roles: [worker], labels: {zone: a}, arch: arm64}\n\
+            - {name: w2, address: 10.0.0.3, roles: [etcd], labels: {zone: a}}\n";
+        let a = parse(Path::new("m.yaml"), merged).unwrap();
+        let b = parse(Path::new("w.yaml"), written).unwrap();
+        assert_eq!(a.inventory, b.inventory);
+        assert!(a.parse_problems.is_empty(), "{:?}", a.parse_problems);
+        // `x-` is only skipped at the top level.
+        let err = parse(Path::new("m.yaml"), &merged.replace("arch: arm64", "x-arch: arm64")).unwrap_err();
+        let InventoryError::Invalid { problems, .. } = err else { panic!() };
+        assert_eq!(problems[0].message, "unknown field `x-arch` in `hosts[1]`");
+        assert_eq!((problems[0].line, problems[0].column), (Some(6), Some(3)));
     }
 }

@@ -21,6 +21,11 @@ pub struct Pos {
 pub struct Positions {
     values: HashMap<String, Pos>,
     keys: HashMap<String, Pos>,
+    /// Where values that an alias (`*name`) or a merge key (`<<: *name`) brings in are written: at their
+    /// anchor. A key written in the mapping itself wins over one merged into it.
+    merged_values: HashMap<String, Pos>,
+    merged_keys: HashMap<String, Pos>,
+    root: Option<Pos>,
 }
 
 impl Positions {
@@ -33,16 +38,27 @@ impl Positions {
     pub fn find(&self, path: &str) -> Option<Pos> {
         let mut p = path.to_owned();
         loop {
-            if let Some(pos) = self.values.get(&p).or_else(|| self.keys.get(&p)) {
+            if let Some(pos) = self
+                .values
+                .get(&p)
+                .or_else(|| self.keys.get(&p))
+                .or_else(|| self.merged_values.get(&p))
+                .or_else(|| self.merged_keys.get(&p))
+            {
                 return Some(*pos);
             }
             p = parent(&p)?;
         }
     }
 
+    /// Where the document's top-level node starts (line 1, column 1 for an empty text).
+    pub fn root(&self) -> Option<Pos> {
+        Some(self.root.unwrap_or(Pos { line: 1, column: 1 }))
+    }
+
     /// The position of the key of `path` (for "this field should not be here"), else [`Self::find`].
     pub fn find_key(&self, path: &str) -> Option<Pos> {
-        self.keys.get(path).copied().or_else(|| self.find(path))
+        self.keys.get(path).or_else(|| self.merged_keys.get(path)).copied().or_else(|| self.find(path))
     }
 }
 
@@ -229,6 +245,16 @@ fn flow_depth_exceeded(text: &str, max: usize) -> Option<Pos> {
     None
 }
 
+/// Whether `path` is the value of a merge key (`x.<<`, or `<<` at the top).
+fn is_merge(path: &str) -> bool {
+    path == "<<" || path.ends_with(".<<")
+}
+
+/// The mapping a merge key at `path` merges into.
+fn merge_target(path: &str) -> String {
+    path.strip_suffix(".<<").unwrap_or("").to_owned()
+}
+
 fn parent(path: &str) -> Option<String> {
     if path.is_empty() {
         return None;
@@ -266,18 +292,69 @@ struct Recorder {
     /// Where each document starts.
     documents: Vec<Pos>,
     aliased: bool,
+    /// Every position recorded while an anchored node is open: (path, is a key, where).
+    log: Vec<(String, bool, Pos)>,
+    /// Anchored collections still open: (anchor id, path, where their entries start in `log`).
+    open_anchors: Vec<(usize, String, usize)>,
+    /// The positions inside each anchored node, by anchor id, with paths relative to the node.
+    anchored: HashMap<usize, Vec<(String, bool, Pos)>>,
+    /// Positions copied for aliases so far (see [`MAX_COPIED`]).
+    copied: usize,
 }
 
+/// Most positions copied for aliases: a real inventory merges a few hundred values; an alias bomb would
+/// copy millions before the node limit stops it. Past this, values an alias brings in are placed at the
+/// alias.
+const MAX_COPIED: usize = 20_000;
+
 impl Recorder {
+    /// Records where the value (or key) at `path` is written; `first` keeps an earlier position.
+    fn put(&mut self, path: String, key: bool, pos: Pos, first: bool) {
+        if !self.open_anchors.is_empty() {
+            self.log.push((path.clone(), key, pos));
+        }
+        let map = if key { &mut self.positions.keys } else { &mut self.positions.values };
+        if first {
+            map.entry(path).or_insert(pos);
+        } else {
+            map.insert(path, pos);
+        }
+    }
+
+    /// Positions brought to `to` by an alias of anchor `id`: what is written inside the anchored node, at
+    /// `to` plus its path inside it. For a merge key, `to` is the mapping that holds `<<`.
+    fn copy_anchored(&mut self, id: usize, to: &str) {
+        let Some(entries) = self.anchored.get(&id) else { return };
+        if self.copied + entries.len() > MAX_COPIED {
+            return;
+        }
+        self.copied += entries.len();
+        for (rel, key, pos) in entries.clone() {
+            if rel.is_empty() {
+                continue;
+            }
+            let path =
+                if to.is_empty() { rel.trim_start_matches('.').to_owned() } else { format!("{to}{rel}") };
+            if !self.open_anchors.is_empty() {
+                self.log.push((path.clone(), key, pos));
+            }
+            let map = if key { &mut self.positions.merged_keys } else { &mut self.positions.merged_values };
+            map.entry(path).or_insert(pos);
+        }
+    }
+
     /// Path of the node that starts now, and whether it is a mapping key. Advances the parent's state.
     fn begin_node(&mut self, mark: Marker, scalar: Option<&str>) -> Option<String> {
         let pos = Pos { line: mark.line(), column: mark.col() + 1 };
         match self.stack.last_mut() {
-            None => Some(String::new()),
+            None => {
+                self.positions.root.get_or_insert(pos);
+                Some(String::new())
+            }
             Some(Frame::Seq { path, next }) => {
                 let p = format!("{path}[{next}]");
                 *next += 1;
-                self.positions.values.insert(p.clone(), pos);
+                self.put(p.clone(), false, pos, false);
                 Some(p)
             }
             Some(Frame::Map { path, key, keys_seen, seen }) => match key.take() {
@@ -285,6 +362,7 @@ impl Recorder {
                     // This node is a key. Complex keys (maps as keys) are not used by the inventory.
                     let name = scalar.unwrap_or("?").to_owned();
                     let full = if path.is_empty() { name.clone() } else { format!("{path}.{name}") };
+                    let mut record = Vec::new();
                     if let Some(s) = scalar {
                         match seen.get(s) {
                             Some(first) => self.duplicates.push(DuplicateKey {
@@ -295,23 +373,26 @@ impl Recorder {
                             }),
                             None => {
                                 seen.insert(s.to_owned(), pos);
-                                self.positions.keys.insert(full, pos);
+                                record.push((full, true));
                             }
                         }
                     }
                     // The parser marks a block mapping's start after its first key has been scanned, so the
                     // first key is the better anchor for the mapping itself.
                     if *keys_seen == 0 && !path.is_empty() {
-                        self.positions.values.insert(path.clone(), pos);
+                        record.push((path.clone(), false));
                     }
                     *keys_seen += 1;
                     *key = Some((name, pos));
+                    for (p, is_key) in record {
+                        self.put(p, is_key, pos, false);
+                    }
                     None
                 }
                 Some((name, _)) => {
                     let p = if path.is_empty() { name } else { format!("{path}.{name}") };
                     // A duplicate key's value must not move the first one's position.
-                    self.positions.values.entry(p.clone()).or_insert(pos);
+                    self.put(p.clone(), false, pos, true);
                     Some(p)
                 }
             },
@@ -350,6 +431,12 @@ impl Recorder {
     }
 
     fn open(&mut self, frame: Frame, anchor: usize, mark: Marker) {
+        if anchor != 0 {
+            let path = match &frame {
+                Frame::Map { path, .. } | Frame::Seq { path, .. } => path.clone(),
+            };
+            self.open_anchors.push((anchor, path, self.log.len()));
+        }
         self.stack.push(frame);
         self.sizes.push(Size { nodes: 0, bytes: 0, anchor });
         if self.stack.len() > self.limits.max_depth && self.limit.is_none() {
@@ -362,6 +449,21 @@ impl Recorder {
 
     fn close(&mut self, mark: Marker) {
         self.stack.pop();
+        if self.sizes.last().is_some_and(|s| s.anchor != 0) {
+            if let Some((id, path, start)) = self.open_anchors.pop() {
+                let inside = self.log[start..]
+                    .iter()
+                    .filter_map(|(p, key, pos)| {
+                        let rel = p.strip_prefix(path.as_str())?;
+                        (rel.is_empty() || rel.starts_with(['.', '['])).then(|| (rel.to_owned(), *key, *pos))
+                    })
+                    .collect();
+                self.anchored.insert(id, inside);
+                if self.open_anchors.is_empty() {
+                    self.log.clear();
+                }
+            }
+        }
         if let Some(s) = self.sizes.pop() {
             self.count(s.nodes.saturating_add(1), s.bytes, s.anchor, false, mark);
         }
@@ -374,7 +476,24 @@ impl Recorder {
                 self.count(1, value.len() as u64, anchor, true, mark);
             }
             Event::Alias(id) => {
-                self.begin_node(mark, None);
+                // `<<: *a` (the alias is the value of `<<`) and `<<: [*a, *b]` (an item of that list) merge
+                // into the mapping that holds `<<`; any other alias repeats the node where it stands.
+                let in_merge_list =
+                    matches!(self.stack.last(), Some(Frame::Seq { path, .. }) if is_merge(path));
+                let list_path = match self.stack.last() {
+                    Some(Frame::Seq { path, .. }) => path.clone(),
+                    _ => String::new(),
+                };
+                if let Some(p) = self.begin_node(mark, None) {
+                    let to = if is_merge(&p) {
+                        merge_target(&p)
+                    } else if in_merge_list {
+                        merge_target(&list_path)
+                    } else {
+                        p
+                    };
+                    self.copy_anchored(id, &to);
+                }
                 self.aliased = true;
                 let (n, bytes) = self.anchors.get(&id).copied().unwrap_or((1, 0));
                 self.count(n, bytes, 0, true, mark);
@@ -441,5 +560,18 @@ mod tests {
         let long = format!("a: &a {}\nb: [*a, *a, *a]\n", "x".repeat(300));
         assert!(matches!(scan(&long, &small).limit, Some(LimitExceeded::Bytes { max: 1000, .. })));
         assert!(scan(&format!("a: {}\n", "x".repeat(900)), &small).limit.is_none());
+    }
+
+    #[test]
+    fn merged_and_aliased_values_are_placed_where_they_are_written() {
+        let text = "d: &d\n  roles: [worker]\n  ssh: &s\n    port: 22\nhosts:\n  - <<: *d\n    name: a\n  - <<: [*d]\n    roles: [etcd]\n    ssh: *s\n";
+        let p = Positions::index(text);
+        // Merged into hosts[0] from the anchor at line 1.
+        assert_eq!(p.find("hosts[0].roles[0]"), Some(Pos { line: 2, column: 11 }));
+        assert_eq!(p.find_key("hosts[0].ssh.port"), Some(Pos { line: 4, column: 5 }));
+        assert_eq!(p.find("hosts[0].name"), Some(Pos { line: 7, column: 11 }));
+        // A key written in the mapping wins over the merged one; a list of merges works too.
+        assert_eq!(p.find("hosts[1].roles[0]"), Some(Pos { line: 9, column: 13 }));
+        assert_eq!(p.find("hosts[1].ssh.port"), Some(Pos { line: 4, column: 11 }));
     }
 }

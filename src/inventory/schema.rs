@@ -2,7 +2,8 @@
 //!
 //! Field names are camelCase like Kubernetes objects. Every struct rejects unknown fields so a typo is an
 //! error with a "did you mean" rather than a silently ignored setting. Defaults live in
-//! [`crate::model`], not here, so "not set" stays visible to validation.
+//! [`crate::model`], not here, so "not set" stays visible to validation. Merge keys and top-level `x-`
+//! fields are resolved before these types see the document (see [`super::parse`]).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -107,8 +108,12 @@ pub struct CertificatesSpec {
 }
 
 /// Where release binaries come from.
+///
+/// Written `type: official|mirror|bundle` with the fields of that type. It is read through
+/// [`RawReleaseSource`], a plain struct, rather than serde's internally tagged enums: those buffer the
+/// mapping and lose its path, so a missing `url` was reported at `cluster` instead of at `releaseSource`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase", tag = "type")]
+#[serde(deny_unknown_fields, rename_all = "camelCase", tag = "type", try_from = "RawReleaseSource")]
 pub enum ReleaseSourceSpec {
     /// The upstream release servers with their published checksum files.
     #[serde(rename = "official")]
@@ -132,6 +137,70 @@ pub enum ReleaseSourceSpec {
         /// Path of the bundle directory or `.tar.gz`, relative to the inventory file.
         path: String,
     },
+}
+
+/// The kinds of [`ReleaseSourceSpec`], as written in `type:`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReleaseSourceType {
+    /// `official`.
+    Official,
+    /// `mirror`.
+    Mirror,
+    /// `bundle`.
+    Bundle,
+}
+
+/// `releaseSource` as written, before its `type` decides which fields it needs: every field of every type,
+/// so that serde reports each problem with its own path and position.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawReleaseSource {
+    /// `official`, `mirror` or `bundle`.
+    #[serde(rename = "type")]
+    pub kind: ReleaseSourceType,
+    /// The mirror's base URL (`mirror`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Pinned digests (`official`, `mirror`).
+    #[serde(default)]
+    pub pins: Option<BTreeMap<String, String>>,
+    /// The bundle (`bundle`).
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+impl TryFrom<RawReleaseSource> for ReleaseSourceSpec {
+    /// Worded as serde words its own errors (`missing field`, `unknown field ..., expected ...`), which the
+    /// loader turns into a problem with a fix.
+    type Error = String;
+    fn try_from(r: RawReleaseSource) -> Result<Self, String> {
+        let (allowed, kind): (&[&str], &str) = match r.kind {
+            ReleaseSourceType::Official => (&["type", "pins"], "official"),
+            ReleaseSourceType::Mirror => (&["type", "url", "pins"], "mirror"),
+            ReleaseSourceType::Bundle => (&["type", "path"], "bundle"),
+        };
+        let given = [("url", r.url.is_some()), ("pins", r.pins.is_some()), ("path", r.path.is_some())];
+        if let Some((field, _)) = given.iter().find(|(f, set)| *set && !allowed.contains(f)) {
+            let expected = allowed.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ");
+            return Err(format!(
+                "{}unknown field `{field}` (with `type: {kind}`), expected one of {expected}",
+                super::explain::RELEASE_SOURCE
+            ));
+        }
+        Ok(match r.kind {
+            ReleaseSourceType::Official => ReleaseSourceSpec::Official { pins: r.pins.unwrap_or_default() },
+            ReleaseSourceType::Mirror => ReleaseSourceSpec::Mirror {
+                url: r.url.ok_or_else(|| format!("{}missing field `url`", super::explain::RELEASE_SOURCE))?,
+                pins: r.pins.unwrap_or_default(),
+            },
+            ReleaseSourceType::Bundle => ReleaseSourceSpec::Bundle {
+                path: r
+                    .path
+                    .ok_or_else(|| format!("{}missing field `path`", super::explain::RELEASE_SOURCE))?,
+            },
+        })
+    }
 }
 
 /// Versions of the components that are not Kubernetes itself.

@@ -2,6 +2,9 @@
 //! problems are collected (not just the first) and each names the path it concerns; the caller maps paths
 //! to lines with [`super::position::Positions`].
 
+use super::explain::{
+    did_you_mean, fix_line, ARCH_ALIASES, ENDPOINT_MODE_ALIASES, KEY_ALGORITHM_ALIASES, ROLE_ALIASES,
+};
 use super::schema::*;
 use super::shown;
 use ipnet::IpNet;
@@ -49,7 +52,9 @@ pub struct PathProblem {
     pub warning: bool,
 }
 
-struct Collector(Vec<PathProblem>);
+/// The problems found so far; `.1`: files the inventory names may not exist yet (an inventory being
+/// written by `inventory init`), so a missing one is a warning.
+struct Collector(Vec<PathProblem>, bool);
 
 impl Collector {
     fn add(&mut self, path: impl Into<String>, message: impl Into<String>, hint: impl Into<Option<String>>) {
@@ -171,7 +176,15 @@ pub struct Taint {
 pub fn parse_taint(s: &str) -> Result<Taint, String> {
     let (kv, effect) = s.rsplit_once(':').ok_or_else(|| format!("taint `{}` has no effect", shown(s)))?;
     if !TAINT_EFFECTS.contains(&effect) {
-        return Err(format!("taint effect `{}` is not one of {}", shown(effect), one_of(&TAINT_EFFECTS)));
+        return Err(format!(
+            "taint effect `{}` is not one of {}{}",
+            shown(effect),
+            one_of(&TAINT_EFFECTS),
+            did_you_mean(effect, &TAINT_EFFECTS, &[])
+                .strip_suffix("? ")
+                .map(|d| format!(" ({d}?)"))
+                .unwrap_or_default()
+        ));
     }
     let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
     check_label_key(key)?;
@@ -263,11 +276,19 @@ fn check_identity_file(c: &mut Collector, path: &str, id: &str, dir: &Path) {
             Ok(m) if m.is_dir() => "is a directory",
             Ok(_) => "is not a regular file",
         };
-        c.add(
-            path,
-            format!("identity file `{}` {what} (looked at {shown_full})", shown(id)),
-            Some("give the path of an existing private key, relative to the inventory file or starting with ~/".into()),
-        );
+        if what == "does not exist" && c.1 {
+            c.warn(
+                path,
+                format!("identity file `{}` does not exist yet (looked at {shown_full})", shown(id)),
+                Some("create the key there before `kubeforge check` or `apply` connect".into()),
+            );
+        } else {
+            c.add(
+                path,
+                format!("identity file `{}` {what} (looked at {shown_full})", shown(id)),
+                Some("give the path of an existing private key, relative to the inventory file or starting with ~/".into()),
+            );
+        }
         return;
     }
     let mut head = Vec::new();
@@ -409,7 +430,7 @@ fn address_slip(a: &str, port_field: &str) -> Option<(String, String)> {
 
 fn check_address(c: &mut Collector, path: &str, a: &str, port_field: &str) {
     if a.trim().is_empty() {
-        c.add(path, "the address is empty", None);
+        c.add(path, "the address is empty", Some("write the host's IP address or DNS name".to_string()));
     } else if let Some((message, hint)) = address_slip(a, port_field) {
         c.add(path, message, Some(hint));
     }
@@ -459,7 +480,14 @@ fn check_ssh(c: &mut Collector, path: &str, ssh: &SshSpec, dir: &Path, per_host:
         if user.is_empty()
             || user.contains(|ch: char| ch.is_whitespace() || ch.is_control() || ch == '@' || ch == ':')
         {
-            c.add(format!("{path}.user"), format!("`{}` is not a valid login name", shown(user)), None);
+            c.add(
+                format!("{path}.user"),
+                format!("`{}` is not a valid login name", shown(user)),
+                Some(
+                    "write the user name alone, without spaces, `@` or `:` (the address goes in `address`)"
+                        .into(),
+                ),
+            );
         }
     }
     if let Some(t) = &ssh.connect_timeout {
@@ -528,12 +556,20 @@ fn check_ssh(c: &mut Collector, path: &str, ssh: &SshSpec, dir: &Path, per_host:
     }
     if let Some(b) = &ssh.bastion {
         if b.address.trim().is_empty() {
-            c.add(format!("{path}.bastion.address"), "the bastion address is empty", None);
+            c.add(
+                format!("{path}.bastion.address"),
+                "the bastion address is empty",
+                Some("write the jump host's IP address or DNS name, or remove `bastion`".to_string()),
+            );
         } else {
             check_address(c, &format!("{path}.bastion.address"), &b.address, "bastion.port");
         }
         if b.port == Some(0) {
-            c.add(format!("{path}.bastion.port"), "SSH port 0 is not a port", None);
+            c.add(
+                format!("{path}.bastion.port"),
+                "SSH port 0 is not a port",
+                Some("use 1-65535; the default is 22".to_string()),
+            );
         }
         if let Some(id) = &b.identity_file {
             check_identity_file(c, &format!("{path}.bastion.identityFile"), id, dir);
@@ -580,7 +616,17 @@ fn check_host_key(c: &mut Collector, path: &str, key: &str) {
 
 /// Validates an inventory; `dir` is the directory of the inventory file (relative paths resolve there).
 pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
-    let mut c = Collector(Vec::new());
+    validate_with(inv, dir, false)
+}
+
+/// [`validate`] for an inventory being written (`inventory init`): a key file it names that does not exist
+/// yet is a warning, since the machines' keys are often made after the inventory.
+pub fn validate_new(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
+    validate_with(inv, dir, true)
+}
+
+fn validate_with(inv: &Inventory, dir: &Path, files_may_be_missing: bool) -> Vec<PathProblem> {
+    let mut c = Collector(Vec::new(), files_may_be_missing);
     let cl = &inv.cluster;
 
     if !is_dns1123_label(&cl.name) {
@@ -734,7 +780,12 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
                 c.add(
                     "cluster.apiEndpoint.mode",
                     format!("unknown endpoint mode `{}`", shown(mode)),
-                    Some(format!("use one of {}", one_of(&ENDPOINT_MODES))),
+                    Some(fix_line(
+                        mode,
+                        &ENDPOINT_MODES,
+                        &ENDPOINT_MODE_ALIASES,
+                        &format!("use one of {}", one_of(&ENDPOINT_MODES)),
+                    )),
                 );
             } else if (mode == "vip" || mode == "external") && ep.host.is_none() {
                 c.add(
@@ -751,7 +802,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
                 c.add(
                     "cluster.apiEndpoint.host",
                     format!("`{}` is neither an IP address nor a DNS name", shown(h)),
-                    None,
+                    Some("write the VIP or balancer address alone, e.g. `10.0.0.100` or `k8s-api.example.com`, without scheme or port".into()),
                 );
             }
         }
@@ -765,10 +816,20 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
             c.add(
                 "cluster.cni.plugin",
                 format!("unknown CNI plugin `{}`", shown(&cni.plugin)),
-                Some(format!("use one of {}", one_of(&CNI_PLUGINS))),
+                Some(match did_you_mean(&cni.plugin, &CNI_PLUGINS, &[]) {
+                    d if !d.is_empty() => fix_line(&cni.plugin, &CNI_PLUGINS, &[], &format!("use one of {}", one_of(&CNI_PLUGINS))),
+                    _ => format!(
+                        "use one of {}; for another plugin (Calico, Cilium, Flannel, ...) set `plugin: manifest` and `manifest:` to its manifest file or URL",
+                        one_of(&CNI_PLUGINS)
+                    ),
+                }),
             );
         } else if cni.plugin == "manifest" && cni.manifest.is_none() {
-            c.add("cluster.cni", "CNI plugin `manifest` needs a `manifest:` file or URL", None);
+            c.add(
+                "cluster.cni",
+                "CNI plugin `manifest` needs a `manifest:` file or URL",
+                Some("add `manifest:` with the plugin's manifest, a file path (relative to the inventory) or an https:// URL".to_string()),
+            );
         } else if cni.plugin != "manifest" && cni.manifest.is_some() {
             c.add_key(
                 "cluster.cni.manifest",
@@ -781,7 +842,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
                 c.add(
                     "cluster.cni.manifest",
                     format!("manifest `{}` is neither a URL nor an existing file", shown(m)),
-                    None,
+                    Some("give an https:// URL, or the path of an existing file relative to the inventory file or starting with ~/".into()),
                 );
             }
         }
@@ -793,12 +854,24 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
     let validity = certs
         .validity
         .as_deref()
-        .map(|v| parse_duration(v).map_err(|e| c.add("cluster.certificates.validity", e, None)).ok())
+        .map(|v| {
+            parse_duration(v)
+                .map_err(|e| {
+                    c.add("cluster.certificates.validity", e, Some("e.g. `8760h` (one year)".to_string()))
+                })
+                .ok()
+        })
         .unwrap_or(None);
     let ca_validity = certs
         .ca_validity
         .as_deref()
-        .map(|v| parse_duration(v).map_err(|e| c.add("cluster.certificates.caValidity", e, None)).ok())
+        .map(|v| {
+            parse_duration(v)
+                .map_err(|e| {
+                    c.add("cluster.certificates.caValidity", e, Some("e.g. `87600h` (ten years)".to_string()))
+                })
+                .ok()
+        })
         .unwrap_or(None);
     let day = Duration::from_secs(86_400);
     let mut ca_ok = true;
@@ -864,7 +937,12 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
             c.add(
                 "cluster.certificates.keyAlgorithm",
                 format!("unknown key algorithm `{}`", shown(alg)),
-                Some(format!("use one of {}", one_of(&KEY_ALGORITHMS))),
+                Some(fix_line(
+                    alg,
+                    &KEY_ALGORITHMS,
+                    &KEY_ALGORITHM_ALIASES,
+                    &format!("use one of {}", one_of(&KEY_ALGORITHMS)),
+                )),
             );
         }
     }
@@ -873,7 +951,10 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
             c.add(
                 format!("cluster.certificates.extraSANs[{i}]"),
                 format!("`{}` is neither an IP address nor a DNS name", shown(san)),
-                None,
+                Some(
+                    "write an IP address or a DNS name (`*.` allowed at the start), without scheme or port"
+                        .into(),
+                ),
             );
         }
     }
@@ -885,7 +966,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
                 c.add(
                     "cluster.releaseSource.url",
                     format!("mirror URL `{}` must start with https:// or http://", shown(url)),
-                    None,
+                    Some("write the mirror's base URL, e.g. `https://mirror.example.com/kubernetes`".into()),
                 );
             }
             check_pins(&mut c, pins);
@@ -964,7 +1045,9 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         );
     }
     let mut names: HashMap<&str, usize> = HashMap::new();
-    let mut addrs: HashMap<String, (usize, &'static str, &str)> = HashMap::new();
+    // Cluster addresses, and SSH endpoints (bastion, address, port), with the first host that has each.
+    let mut cluster_addrs: HashMap<IpAddr, (usize, &'static str, &str)> = HashMap::new();
+    let mut ssh_endpoints: HashMap<(String, String, u16), (usize, &str)> = HashMap::new();
     let mut internal_ips: Vec<(usize, &'static str, IpAddr)> = Vec::new();
     let mut sudo_reported: BTreeSet<String> = BTreeSet::new();
     let mut etcd = 0usize;
@@ -1049,33 +1132,64 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
             }
             internal_ips.push((i, internal_field, ip));
         }
-        // Addresses compare as addresses, not as text: `fd00::1` and `fd00:0::01` are one host.
-        for (field, value) in
-            [("address", Some(&h.address)), ("internalAddress", h.internal_address.as_ref())]
-        {
-            let Some(v) = value else { continue };
-            let key = match v.parse::<IpAddr>() {
-                Ok(ip) => ip.to_canonical().to_string(),
-                Err(_) => v.trim().trim_end_matches('.').to_ascii_lowercase(),
-            };
-            match addrs.get(&key) {
-                Some((j, f, first)) if *j != i => c.add(
-                    format!("{hp}.{field}"),
-                    if *first == v.as_str() {
-                        format!("address `{}` is also hosts[{j}].{f}", shown(v))
-                    } else {
-                        format!(
-                            "address `{}` is also hosts[{j}].{f} (written `{}` there)",
-                            shown(v),
-                            shown(first)
-                        )
-                    },
-                    Some("every host needs its own address".into()),
-                ),
-                Some(_) => {}
-                None => {
-                    addrs.insert(key, (i, field, v.as_str()));
+        // Addresses compare as addresses, not as text: `fd00::1` and `fd00:0::01` are one host. What must be
+        // unique is the address the cluster uses (the internal address); hosts are reached by address and
+        // port (and bastion), so several hosts behind ports forwarded on one address (VirtualBox, Vagrant)
+        // are distinct machines.
+        let same = |j: usize, f: &str, v: &str, first: &str| {
+            if first == v {
+                format!("address `{}` is also hosts[{j}].{f}", shown(v))
+            } else {
+                format!("address `{}` is also hosts[{j}].{f} (written `{}` there)", shown(v), shown(first))
+            }
+        };
+        let mut reported = false;
+        if let Some(ip) = internal {
+            let written = h.internal_address.as_deref().unwrap_or(&h.address);
+            match cluster_addrs.get(&ip.to_canonical()) {
+                Some((j, f, first)) => {
+                    c.add(
+                        format!("{hp}.{internal_field}"),
+                        same(*j, f, written, first),
+                        Some(if h.internal_address.is_some() {
+                            "every host needs its own internal address: the cluster reaches the host there"
+                                .into()
+                        } else {
+                            "every host needs its own address".into()
+                        }),
+                    );
+                    reported = internal_field == "address";
                 }
+                None => {
+                    cluster_addrs.insert(ip.to_canonical(), (i, internal_field, written));
+                }
+            }
+        }
+        let own = h.ssh.as_ref();
+        let port = own.and_then(|s| s.port).or(inv.ssh.port).unwrap_or(22);
+        let via = own
+            .and_then(|s| s.bastion.as_ref())
+            .or(inv.ssh.bastion.as_ref())
+            .map(|b| b.address.trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        let endpoint = match h.address.parse::<IpAddr>() {
+            Ok(ip) => ip.to_canonical().to_string(),
+            Err(_) => h.address.trim().trim_end_matches('.').to_ascii_lowercase(),
+        };
+        match ssh_endpoints.get(&(via.clone(), endpoint.clone(), port)) {
+            Some(_) if reported => {}
+            Some((j, first)) if port == 22 => c.add(
+                format!("{hp}.address"),
+                same(*j, "address", &h.address, first),
+                Some("every host needs its own address (or, behind ports forwarded on one address, its own `ssh.port` and an `internalAddress`)".into()),
+            ),
+            Some((j, first)) => c.add(
+                format!("{hp}.address"),
+                format!("{}, on the same port {port}", same(*j, "address", &h.address, first)),
+                Some("hosts behind ports forwarded on one address each need their own `ssh.port`".into()),
+            ),
+            None => {
+                ssh_endpoints.insert((via, endpoint, port), (i, h.address.as_str()));
             }
         }
         if let Some(ip) = internal {
@@ -1122,20 +1236,17 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
         for (j, r) in h.roles.iter().enumerate() {
             if !ROLES.contains(&r.as_str()) {
                 unknown_roles = true;
-                let guess = ROLES
-                    .iter()
-                    .max_by(|a, b| strsim::jaro_winkler(a, r).total_cmp(&strsim::jaro_winkler(b, r)))
-                    .filter(|g| strsim::jaro_winkler(g, r) > 0.7);
                 c.add(
                     format!("{hp}.roles[{j}]"),
                     format!("unknown role `{}`", shown(r)),
-                    Some(match guess {
-                        Some(g) => format!("did you mean `{g}`? Roles are {}", one_of(&ROLES)),
-                        None => format!("roles are {}", one_of(&ROLES)),
-                    }),
+                    Some(fix_line(r, &ROLES, &ROLE_ALIASES, &format!("roles are {}", one_of(&ROLES)))),
                 );
             } else if seen.contains(&r) {
-                c.add(format!("{hp}.roles[{j}]"), format!("role `{}` is listed twice", shown(r)), None);
+                c.add(
+                    format!("{hp}.roles[{j}]"),
+                    format!("role `{}` is listed twice", shown(r)),
+                    Some("remove one of them".to_string()),
+                );
             }
             seen.push(r);
         }
@@ -1158,19 +1269,29 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
                 c.add(
                     format!("{hp}.arch"),
                     format!("unknown architecture `{}`", shown(a)),
-                    Some(format!(
-                        "use one of {} (Kubernetes names, not `x86_64`/`aarch64`)",
-                        one_of(&ARCHES)
+                    Some(fix_line(
+                        a,
+                        &ARCHES,
+                        &ARCH_ALIASES,
+                        &format!("use one of {} (Kubernetes names, not `x86_64`/`aarch64`)", one_of(&ARCHES)),
                     )),
                 );
             }
         }
         for (k, v) in &h.labels {
             if let Err(e) = check_label_key(k) {
-                c.add_key(format!("{hp}.labels.{k}"), format!("label key `{}`: {e}", shown(k)), None);
+                c.add_key(
+                    format!("{hp}.labels.{k}"),
+                    format!("label key `{}`: {e}", shown(k)),
+                    Some("Kubernetes label keys are `[prefix/]name`, e.g. `example.com/zone`".into()),
+                );
             }
             if let Err(e) = check_label_value(v) {
-                c.add(format!("{hp}.labels.{k}"), format!("label `{}`: {e}", shown(k)), None);
+                c.add(
+                    format!("{hp}.labels.{k}"),
+                    format!("label `{}`: {e}", shown(k)),
+                    Some("use a short value such as `lab-a`, or an empty one".into()),
+                );
             }
         }
         let mut taint_keys: BTreeMap<(String, String), usize> = BTreeMap::new();
@@ -1181,7 +1302,7 @@ pub fn validate(inv: &Inventory, dir: &Path) -> Vec<PathProblem> {
                         c.add(
                             format!("{hp}.taints[{j}]"),
                             format!("taint `{}:{}` is listed twice", shown(&t.key), t.effect),
-                            None,
+                            Some("remove one of them".into()),
                         );
                     }
                 }
@@ -1487,7 +1608,7 @@ fn check_pins(c: &mut Collector, pins: &BTreeMap<String, String>) {
             c.add(
                 format!("cluster.releaseSource.pins.{k}"),
                 format!("pin `{}` is not `sha256:<64 hex digits>`", shown(v)),
-                None,
+                Some("copy the digest from the release's .sha256 file and write it as `sha256:<hex>`".into()),
             );
         }
     }

@@ -206,8 +206,9 @@ impl crate::model::ClusterModel {
 }
 
 /// The PKI directory of a command: `--pki-dir` when given, else `pki/` beside the inventory file, so the
-/// store is found from whatever directory kubeforge runs in. When that directory does not exist but the
-/// current directory holds a `pki/` with a store in it (where kubeforge before 0.2 kept it by default), the
+/// store is found from whatever directory kubeforge runs in; for an inventory read from a stream (`-i -`,
+/// `-i <(...)`, a `/dev/fd/N` path, a FIFO), `pki/` in the current directory. When that directory does not
+/// exist but the current directory holds a `pki/` with a store in it (where kubeforge before 0.2 kept it by default), the
 /// command stops and says so: it never starts a second store beside the first.
 pub fn resolve_root(
     inventory: &std::path::Path,
@@ -216,7 +217,10 @@ pub fn resolve_root(
     if let Some(g) = given {
         return Ok(g.to_path_buf());
     }
-    let dir = inventory.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    // An inventory read from a stream (`-i -`, `-i <(...)`, a FIFO) has no directory of its own: its
+    // store is `pki/` in the current directory, where its relative paths resolve too.
+    let dir = crate::inventory::base_dir(inventory);
+    let dir = dir.as_path();
     let root = dir.join("pki");
     let old = std::path::Path::new("pki");
     let same = |a: &std::path::Path, b: &std::path::Path| match (a.canonicalize(), b.canonicalize()) {
