@@ -10,7 +10,7 @@ use std::path::PathBuf;
 /// Where the PKI lives and which cluster.
 #[derive(Debug, Args)]
 pub struct PkiTarget {
-    /// The inventory file.
+    /// The inventory file (`-`: standard input).
     #[arg(short, long)]
     pub inventory: PathBuf,
     /// Directory holding `<cluster>/` PKI directories (default: `pki/` beside the inventory file).

@@ -116,7 +116,7 @@ pub enum Command {
     Check(CheckArgs),
     /// Validate an inventory without connecting to any host.
     Validate {
-        /// The inventory file.
+        /// The inventory file (`-`: standard input).
         #[arg(short, long)]
         inventory: PathBuf,
         /// Output format.
@@ -137,7 +137,7 @@ pub enum Command {
 /// Arguments of `kubeforge apply`.
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
-    /// The inventory file.
+    /// The inventory file (`-`: standard input).
     #[arg(short, long)]
     pub inventory: PathBuf,
     /// Probe the hosts and print what would change, per host; write nothing.
@@ -209,7 +209,7 @@ pub struct RemoveNodeArgs {
 /// Arguments of `kubeforge status`.
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
-    /// The inventory file.
+    /// The inventory file (`-`: standard input).
     #[arg(short, long)]
     pub inventory: PathBuf,
     /// Output format.
@@ -223,7 +223,7 @@ pub struct StatusArgs {
 /// Arguments of `kubeforge backup`.
 #[derive(Debug, clap::Args)]
 pub struct BackupArgs {
-    /// The inventory file.
+    /// The inventory file (`-`: standard input).
     #[arg(short, long)]
     pub inventory: PathBuf,
     /// The archive to write (default `pki/<cluster>/backups/<cluster>-<UTC time>.backup.tar.gz`, `.age` when
@@ -278,7 +278,7 @@ pub enum StateCommand {
     /// Fetch the cluster state from the control planes into `pki/<cluster>/state.json` (the newest copy
     /// that parses; a local file that differs is kept as `state.json.before-pull`).
     Pull {
-        /// The inventory file.
+        /// The inventory file (`-`: standard input).
         #[arg(short, long)]
         inventory: PathBuf,
         /// Connection, PKI and cache settings.
@@ -290,7 +290,7 @@ pub enum StateCommand {
 /// Arguments of `kubeforge reset`.
 #[derive(Debug, clap::Args)]
 pub struct ResetArgs {
-    /// The inventory file.
+    /// The inventory file (`-`: standard input).
     #[arg(short, long)]
     pub inventory: PathBuf,
     /// Only these hosts: host names, roles (`@worker` or `role=worker`) or `all`, comma-separated.
@@ -315,7 +315,7 @@ pub struct ResetArgs {
 /// Arguments of `kubeforge exec`.
 #[derive(Debug, clap::Args)]
 pub struct ExecArgs {
-    /// The inventory file.
+    /// The inventory file (`-`: standard input).
     #[arg(short, long)]
     pub inventory: PathBuf,
     /// Hosts to run on: comma-separated host names, roles (`@worker` or `role=worker`), or `all`.
@@ -342,7 +342,7 @@ pub struct ExecArgs {
 /// Arguments of `kubeforge check`.
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
-    /// The inventory file.
+    /// The inventory file (`-`: standard input).
     #[arg(short, long)]
     pub inventory: PathBuf,
     /// Hosts to check: comma-separated host names, roles (`@worker` or `role=worker`), or `all`.
@@ -522,7 +522,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             println!(
                 "{}: valid — cluster `{}`, Kubernetes {}, {} control plane(s), {} etcd member(s), {} node(s), endpoint {} ({})",
-                inventory.display(),
+                crate::inventory::display_path(&inventory).display(),
                 model.name,
                 model.versions.kubernetes,
                 model.control_planes().count(),
@@ -577,7 +577,7 @@ impl ValidationDocument {
         let names =
             |it: &mut dyn Iterator<Item = &crate::model::HostModel>| it.map(|h| h.name.clone()).collect();
         ValidationDocument {
-            inventory: inventory.display().to_string(),
+            inventory: crate::inventory::display_path(inventory).display().to_string(),
             valid: true,
             cluster: m.name.clone(),
             kubernetes_version: m.versions.kubernetes.to_string(),

@@ -86,8 +86,8 @@ pub fn backup_in(session: &crate::session::Session, o: BackupOptions) -> Result<
         ));
     }
     let passphrase = passphrase(o.passphrase_env.as_deref())?;
-    let inventory_bytes =
-        std::fs::read(inventory).map_err(|e| Error::io(format!("reading {}", inventory.display()), e))?;
+    // The text as read (a streamed inventory, `-i -`, cannot be read twice).
+    let inventory_bytes = crate::inventory::read(inventory)?.into_bytes();
     let store = o.apply.pki_root.join(&model.name);
     let transports = &session.transports;
     let mut members: Vec<String> = model

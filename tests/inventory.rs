@@ -105,7 +105,7 @@ fn inventory_init_from_vagrant_ssh_config_writes_a_valid_commented_inventory() {
     let o = out_file.to_str().unwrap();
     let (code, out, err) = kubeforge_stdin(
         tmp.path(),
-        &["inventory", "init", "--from-ssh-config", "-", "--cluster-name", "vag", "-o", o],
+        &["inventory", "init", "--from-ssh-config", "-", "--cluster-name", "vag", "--out", o],
         &cfg,
     );
     assert_eq!(code, 0, "{out}{err}");
@@ -142,7 +142,7 @@ fn inventory_init_from_vagrant_ssh_config_writes_a_valid_commented_inventory() {
     // Input errors exit 2 and write nothing: an existing file, an unknown host in --roles, roles that
     // make an invalid inventory, forwarded ports on one address.
     let (code, _, err) =
-        kubeforge_stdin(tmp.path(), &["inventory", "init", "--from-ssh-config", "-", "-o", o], &cfg);
+        kubeforge_stdin(tmp.path(), &["inventory", "init", "--from-ssh-config", "-", "--out", o], &cfg);
     assert_eq!(code, 2);
     assert!(err.contains("exists already"), "{err}");
     let (code, _, err) = kubeforge_stdin(

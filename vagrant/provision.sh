@@ -38,7 +38,7 @@ cd "$state"
 if [ ! -f inventory.yaml ]; then
   # vagrant ssh-config turns host key checking off; kubeforge pins each machine's key on first contact.
   (cd "$here" && vagrant ssh-config) | tee ssh-config \
-    | "$kf" inventory init --from-ssh-config - "${args[@]}" --accept-new-host-keys -o inventory.yaml
+    | "$kf" inventory init --from-ssh-config - "${args[@]}" --accept-new-host-keys --out inventory.yaml
 fi
 # shellcheck disable=SC2086 # the extra arguments are words
 "$kf" apply -i inventory.yaml ${KUBEFORGE_VAGRANT_APPLY_ARGS:-}

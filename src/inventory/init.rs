@@ -48,8 +48,8 @@ pub struct InitArgs {
     #[arg(long, default_value = "v1.35.7")]
     pub kubernetes_version: String,
     /// Write the inventory to this file (it must not exist yet) instead of standard output.
-    #[arg(short, long)]
-    pub output: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
     /// Connect once to every host and pin its host key (`ssh.hostKey`) in the inventory.
     #[arg(long)]
     pub accept_new_host_keys: bool,
@@ -678,7 +678,7 @@ fn init(a: &InitArgs) -> std::result::Result<i32, Invalid> {
             Some(super::schema::ReleaseSourceSpec::Bundle { path: path.display().to_string() });
     }
 
-    let out_dir = match &a.output {
+    let out_dir = match &a.out {
         Some(o) => o
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -686,7 +686,7 @@ fn init(a: &InitArgs) -> std::result::Result<i32, Invalid> {
             .unwrap_or_else(|| PathBuf::from(".")),
         None => PathBuf::from("."),
     };
-    if let Some(o) = &a.output {
+    if let Some(o) = &a.out {
         if o.exists() {
             return Err(invalid(
                 format!("{} exists already", o.display()),
@@ -729,7 +729,7 @@ fn init(a: &InitArgs) -> std::result::Result<i32, Invalid> {
     let text = render(a, &source, &inv, &found, &jumps, &fingerprints);
 
     // The text must read back as the inventory it was built from, and be valid.
-    let name = a.output.clone().unwrap_or_else(|| PathBuf::from("inventory.yaml"));
+    let name = a.out.clone().unwrap_or_else(|| PathBuf::from("inventory.yaml"));
     let loaded = super::parse(&name, &text).map_err(|e| Invalid(e.into()))?;
     debug_assert_eq!(loaded.inventory, inv);
     // Key files that do not exist yet are warnings: the machines' keys are often made after the inventory.
@@ -749,7 +749,7 @@ fn init(a: &InitArgs) -> std::result::Result<i32, Invalid> {
             Some("fix the ssh config, or the --roles / --internal-address given, as each problem says"),
         ));
     }
-    match &a.output {
+    match &a.out {
         Some(o) => {
             std::fs::write(o, &text).map_err(|e| Error::io(format!("writing {}", o.display()), e))?;
             eprintln!(
@@ -781,7 +781,7 @@ mod tests {
             cluster_name: "lab".into(),
             internal_addresses: Vec::new(),
             kubernetes_version: "v1.35.7".into(),
-            output: None,
+            out: None,
             accept_new_host_keys: false,
             bundle: None,
             emulated: false,
