@@ -51,6 +51,20 @@ pub enum Error {
         /// How to fix it.
         hint: Option<String>,
     },
+    /// A step of a lifecycle command failed on a host: which host, what it was doing, the cause (printed as
+    /// `caused by:`) and how to go on.
+    #[error("{host}: {what}")]
+    OnHost {
+        /// The host.
+        host: String,
+        /// What was being done (`restore the etcd data`).
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn StdError + Send + Sync>,
+        /// How to go on.
+        hint: Option<String>,
+    },
     /// An interrupt stopped the command between two of its steps (exit 130).
     #[error("{message}")]
     Interrupted {
@@ -80,6 +94,21 @@ impl Error {
         Error::Usage { message: message.into(), hint: hint.map(str::to_owned) }
     }
 
+    /// A failure of `what` on `host`, caused by `source`, with a hint.
+    pub fn on_host(
+        host: impl Into<String>,
+        what: impl Into<String>,
+        source: impl Into<Box<dyn StdError + Send + Sync>>,
+        hint: Option<&str>,
+    ) -> Self {
+        Error::OnHost {
+            host: host.into(),
+            what: what.into(),
+            source: source.into(),
+            hint: hint.map(str::to_owned),
+        }
+    }
+
     /// Wraps an I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io { context: context.into(), source }
@@ -103,9 +132,10 @@ impl Error {
             Error::Transport(e) => e.hint(),
             Error::Exec(e) => e.hint(),
             Error::Artifacts(e) => e.hint(),
-            Error::Other { hint, .. } | Error::Usage { hint, .. } | Error::Interrupted { hint, .. } => {
-                hint.clone()
-            }
+            Error::Other { hint, .. }
+            | Error::Usage { hint, .. }
+            | Error::Interrupted { hint, .. }
+            | Error::OnHost { hint, .. } => hint.clone(),
             Error::Io { .. } | Error::State(_) => None,
         }
     }

@@ -135,7 +135,7 @@ fn remove_stale_learners(
     let t = session.transport(keeper)?;
     let out = session
         .block_on(async { crate::plan::run_checked(t.as_ref(), "remove stale etcd learners", &cmd).await })
-        .map_err(|e| Error::msg(e.to_string(), None))?;
+        .map_err(|e| Error::on_host(keeper, "removing stale etcd learners", e, None))?;
     let removed: Vec<String> = out
         .stdout_str()
         .lines()
@@ -333,7 +333,14 @@ pub fn remove_node_in(session: &crate::session::Session, options: RemoveOptions)
                 "look up the Node",
                 &kubectl_retrying(&["get", "node", &name, "-o", "name", "--ignore-not-found"]),
             ))
-            .map_err(|e| Error::msg(format!("{first_cp}: {e}"), None))?;
+            .map_err(|e| {
+                Error::on_host(
+                    &first_cp,
+                    "looking up the Node",
+                    e,
+                    Some("the API must answer on a control plane that stays"),
+                )
+            })?;
         if present.stdout_str().trim().is_empty() {
             eprintln!("[remove-node] {name}: no Node of that name any more (deleted already): nothing to cordon or drain");
         } else {

@@ -344,6 +344,9 @@ if [ -e "$data" ]; then mv "$data" "$aside"; echo "aside $aside"; fi
 mv "$data.restore" "$data"
 rm -f "$snap""#;
 
+/// How to go on after a restore step failed.
+const AGAIN: &str = "run the same `kubeforge restore` again once the host is fixed: it redoes every step, and each member's previous data stays aside (/var/lib/etcd.before-restore-*)";
+
 /// Starts etcd without waiting (the members need each other for quorum), then waits for this member to
 /// be healthy.
 const START_ETCD: &str = r#"systemctl start --no-block etcd
@@ -476,8 +479,8 @@ pub fn restore_in(session: &crate::session::Session, o: RestoreOptions) -> Resul
             async move {
                 t.exec(&Command::shell(format!("mkdir -p {0} && chmod 700 {0}", backup::REMOTE_DIR)).sudo())
                     .await
-                    .map_err(|e| Error::msg(format!("{name}: {e}"), None))?;
-                t.upload(&up).await.map_err(|e| Error::msg(format!("{name}: sending the snapshot: {e}"), None))?;
+                    .map_err(|e| Error::on_host(&name, "preparing the backups directory", e, Some(AGAIN)))?;
+                t.upload(&up).await.map_err(|e| Error::on_host(&name, "sending the snapshot", e, Some(AGAIN)))?;
                 let cmd = Command::shell(RESTORE_MEMBER)
                     .arg(up.dest.clone())
                     .arg(name.clone())
@@ -488,7 +491,7 @@ pub fn restore_in(session: &crate::session::Session, o: RestoreOptions) -> Resul
                     .sudo();
                 let out = crate::plan::run_checked(t.as_ref(), "restore the etcd data", &cmd)
                     .await
-                    .map_err(|e| Error::msg(format!("{name}: {e}"), None))?;
+                    .map_err(|e| Error::on_host(&name, "restoring the etcd data", e, Some(AGAIN)))?;
                 if let Some(a) = out.stdout_str().lines().find_map(|l| l.strip_prefix("aside ")) {
                     asides.lock().expect("lock").push(format!("{name}:{a}"));
                 }
@@ -518,7 +521,7 @@ pub fn restore_in(session: &crate::session::Session, o: RestoreOptions) -> Resul
         .await;
         let problems: Vec<String> = started.into_iter().filter_map(|r| r.err()).collect();
         if !problems.is_empty() {
-            return Err(Error::msg(format!("restore failed:\n  {}", problems.join("\n  ")), None));
+            return Err(Error::msg(format!("restore failed:\n  {}", problems.join("\n  ")), Some(AGAIN)));
         }
         eprintln!("[restore] etcd members healthy ({:.0}s)", t1.elapsed().as_secs_f64());
         // 4. The control plane starts; the addons and node labels are applied again (the restored objects
@@ -536,18 +539,23 @@ pub fn restore_in(session: &crate::session::Session, o: RestoreOptions) -> Resul
     let first = model.control_planes().next().expect("a control plane").name.clone();
     session.boundary(&RESTORE, "addons")?;
     session.enter(&RESTORE, "addons");
-    session
-        .block_on(async {
-            let t = transports.get(&first).expect("transport");
-            t.exec(&Command::new("rm").args(["-f", crate::phase::addons::APPLIED]).sudo()).await?;
-            for (what, cmd) in crate::phase::addons::reapply_commands(&model) {
-                crate::plan::run_checked(t.as_ref(), &what, &cmd)
-                    .await
-                    .map_err(|e| Error::msg(e.to_string(), None))?;
-            }
-            Ok::<(), Error>(())
-        })
-        .map_err(|e| Error::msg(format!("{first}: {e}"), None))?;
+    session.block_on(async {
+        let t = transports.get(&first).expect("transport");
+        t.exec(&Command::new("rm").args(["-f", crate::phase::addons::APPLIED]).sudo())
+            .await
+            .map_err(|e| Error::on_host(&first, "forgetting the applied addons", e, Some(AGAIN)))?;
+        for (what, cmd) in crate::phase::addons::reapply_commands(&model) {
+            crate::plan::run_checked(t.as_ref(), &what, &cmd).await.map_err(|e| {
+                Error::on_host(
+                    &first,
+                    what,
+                    e,
+                    Some("the cluster runs again; `kubeforge apply` applies the addons and labels"),
+                )
+            })?;
+        }
+        Ok::<(), Error>(())
+    })?;
     eprintln!("[restore] addons and node labels applied again on {first}");
     session.boundary(&RESTORE, "check")?;
     session.enter(&RESTORE, "check");
@@ -568,7 +576,14 @@ pub fn restore_in(session: &crate::session::Session, o: RestoreOptions) -> Resul
             )
             .await
         })
-        .map_err(|e| Error::msg(format!("{first}: {e}"), None))?;
+        .map_err(|e| {
+            Error::on_host(
+                &first,
+                "listing the Nodes",
+                e,
+                Some("the cluster is restored; `kubectl get nodes` lists them"),
+            )
+        })?;
     let stale: Vec<String> = nodes
         .stdout_str()
         .split_whitespace()
@@ -603,7 +618,7 @@ async fn run_on(
         crate::plan::run_checked(t.as_ref(), what, cmd)
             .await
             .map(|_| ())
-            .map_err(|e| Error::msg(format!("{name}: {e}"), None))
+            .map_err(|e| Error::on_host(&name, what.to_string(), e, Some(AGAIN)))
     })
     .await
 }
@@ -628,12 +643,21 @@ where
         .await
         .into_iter()
         .filter_map(|r| r.err())
-        .map(|e| e.to_string())
+        .map(|e| {
+            // Each failure with its causes on one line (the hint is the same for all: it follows once).
+            let mut line = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                line.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            line
+        })
         .collect();
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(Error::msg(format!("restore failed:\n  {}", problems.join("\n  ")), None))
+        Err(Error::msg(format!("restore failed:\n  {}", problems.join("\n  ")), Some(AGAIN)))
     }
 }
 

@@ -1552,3 +1552,20 @@ fn golden_previews_of_reset_and_remove_node_for_every_example_inventory() {
         }
     }
 }
+
+/// A member whose restore fails: the error names the host, the step and the cause, and says how to go on.
+#[test]
+fn a_failed_member_restore_names_the_host_the_step_and_the_cause() {
+    let h = installed(TRIO);
+    let archive = archive_of(&h);
+    h.hosts["cp1"].on("snapshot restore", Reply::fail(1, "Error: data-dir \"/var/lib/etcd.restore\" exists"));
+    let session = h.session(TRIO, h.options(), Arc::new(Recorder::default()));
+    let e = restore(&h, &archive, &session).unwrap_err();
+    let report = e.report();
+    assert!(report.contains("cp1: restoring the etcd data"), "{report}");
+    assert!(
+        report.contains("data-dir") && report.contains("hint: run the same `kubeforge restore` again"),
+        "{report}"
+    );
+    assert_eq!(e.exit_code(), 1);
+}
