@@ -507,6 +507,19 @@ pub fn skew_checks(
     out
 }
 
+/// The release notes of the minors a hop enters, against the inventory's `extraArgs`: a flag the hop's
+/// minor removed is a blocker (the component would not start), a value whose meaning changed a warning.
+pub fn release_note_checks(
+    extra_args: &BTreeMap<String, BTreeMap<String, String>>,
+    from: Version,
+    hop: Version,
+) -> Vec<Check> {
+    crate::inventory::flags::upgrade_notes(extra_args, from.minor, hop.minor)
+        .into_iter()
+        .map(|(fatal, text)| Check { ok: false, fatal, text })
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Steps
 
@@ -1132,16 +1145,17 @@ async fn assess(c: &Context, target: Version) -> Result<Assessment> {
     let kubectl = c.model.versions.kubectl;
     let mut checks = Vec::new();
     let mut f = facts.clone();
+    let mut from = current;
     for hop in hops.iter().copied() {
-        checks.push((
+        let mut hop_checks = skew_checks(
+            &c.model,
+            &f,
             hop,
-            skew_checks(
-                &c.model,
-                &f,
-                hop,
-                if kubectl == c.model.versions.kubernetes { hop } else { kubectl },
-            ),
-        ));
+            if kubectl == c.model.versions.kubernetes { hop } else { kubectl },
+        );
+        hop_checks.extend(release_note_checks(&c.loaded.inventory.cluster.extra_args, from, hop));
+        checks.push((hop, hop_checks));
+        from = hop;
         // After the hop every binary is on it.
         for hf in f.values_mut() {
             for (b, v) in hf.versions.iter_mut() {
@@ -1716,6 +1730,26 @@ mod tests {
             c.iter().any(|c| !c.ok && c.text.starts_with("kube-apiserver on cp1 v1.34.10 → v1.36.0")),
             "{c:?}"
         );
+    }
+
+    #[test]
+    fn a_flag_the_target_removed_blocks_the_hop_into_it() {
+        let m = model(
+            "cluster: {name: c, kubernetesVersion: v1.36.4, extraArgs: {kube-controller-manager: {concurrent-service-syncs: \"5\"}}}\n\
+             hosts:\n- {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd, worker]}\n",
+        );
+        let args = &m.extra_args;
+        let c = release_note_checks(args, v("v1.36.4"), v("v1.37.1"));
+        assert_eq!(c.len(), 1);
+        assert!(c[0].fatal && !c[0].ok);
+        assert!(
+            c[0].text.contains("`--concurrent-service-syncs`") && c[0].text.contains("PR 138002"),
+            "{}",
+            c[0].text
+        );
+        // Patch upgrades within v1.36 and the hop from v1.35 to v1.36 do not touch it.
+        assert!(release_note_checks(args, v("v1.36.3"), v("v1.36.4")).is_empty());
+        assert!(release_note_checks(args, v("v1.35.8"), v("v1.36.4")).is_empty());
     }
 
     #[test]

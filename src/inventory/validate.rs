@@ -1462,6 +1462,16 @@ fn check_extra_args(
             );
         }
         if let Some((list, version)) = &accepted {
+            let removed =
+                super::flags::removed_in(comp, &name).filter(|(m, _)| k8s.is_some_and(|k| *m <= k.minor));
+            if let (false, Some((m, note))) = (list.contains(&name), removed) {
+                c.add_key(
+                    &path,
+                    format!("{comp} {version} has no flag `--{name}`: v1.{m} removed it ({note})"),
+                    Some(format!("remove `{flag}` from `cluster.extraArgs.{comp}`")),
+                );
+                continue;
+            }
             if !list.contains(&name) {
                 let hint = match super::flags::closest(&name, list) {
                     Some(g) => format!("did you mean `{g}`? `{comp} --help` lists the flags of {version}"),
@@ -1470,6 +1480,9 @@ fn check_extra_args(
                 c.add_key(&path, format!("{comp} {version} has no flag `--{name}`"), Some(hint));
                 continue;
             }
+        }
+        for n in k8s.map(|k| super::flags::value_notes(comp, &name, value, k.minor)).unwrap_or_default() {
+            c.warn(&path, format!("`{}`: {}", shown(value), n.note), Some(n.fix.to_string()));
         }
         let tunable = crate::render::TUNABLE_FLAGS.iter().any(|(tc, tf)| *tc == comp && *tf == name);
         if owned.contains(&name) && !tunable {

@@ -647,6 +647,19 @@ mod tests {
         ClusterModel::derive(&crate::inventory::parse(std::path::Path::new("t.yaml"), &text).unwrap())
     }
 
+    #[test]
+    fn the_kubelet_event_qps_is_written_out_and_never_zero() {
+        // v1.37 changed the meaning of `eventRecordQPS: 0` from "the default, 50" to "no limit" (Urgent
+        // Upgrade Note, PR 117119). kubeforge writes the value itself, so the change cannot reach its
+        // clusters as long as it is not 0; and `--event-qps` cannot be set through extraArgs.
+        for v in ["v1.35.8", "v1.36.4", "v1.37.1"] {
+            let c: serde_yaml::Value = serde_yaml::from_str(&kubelet_config(&model(v))).unwrap();
+            assert_eq!(c["eventRecordQPS"].as_u64(), Some(50), "{v}");
+        }
+        assert!(owned_flags("kubelet").contains("event-qps"));
+        assert!(!TUNABLE_FLAGS.contains(&("kubelet", "event-qps")));
+    }
+
     /// The flag names a component of `minor` accepts, from the reference lists the doubles also enforce.
     fn known(component: &str, minor: u32) -> BTreeSet<String> {
         let path = format!(
