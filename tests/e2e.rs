@@ -503,7 +503,8 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
     let st: serde_json::Value =
         serde_json::from_slice(&std::fs::read(lab.pki(&cluster).join("state.json")).unwrap()).unwrap();
     assert!(st["hosts"].get("node3").is_none() && st["podSubnets"].get("node3").is_none(), "{st}");
-    let inv2 = lab.inventory(&cluster, two, &[("node2", "kubeforge.test/tier", "edge")]);
+    let inv2 =
+        at_version(lab.inventory(&cluster, two, &[("node2", "kubeforge.test/tier", "edge")]), KUBE_VERSION);
     let after = must(lab.apply(&inv2, &[]), "apply without node3");
     assert!(after.contains("apply: 0 changes"), "remove-node converged the rest:\n{after}");
     // Rules of someone else's beside kube-proxy's: reset removes the KUBE-* chains and the jumps into them,
@@ -529,7 +530,10 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
 
     // The backup restored onto node3 alone (another address): installed from nothing, its etcd member
     // restored, certificates re-issued for the new address; the objects are those of the backup.
-    let on3 = lab.inventory(&cluster, &[("node3", &["control-plane", "etcd", "worker"])], &[]);
+    let on3 = at_version(
+        lab.inventory(&cluster, &[("node3", &["control-plane", "etcd", "worker"])], &[]),
+        KUBE_VERSION,
+    );
     let out = restore(lab, &on3, &archive, "restore onto node3");
     assert!(out.contains("has the backup's CAs and keys: kept"), "{out}");
     assert!(out.contains("Nodes from the backup that the inventory does not have: node1, node2"), "{out}");
