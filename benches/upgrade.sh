@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Benchmark (not a test): `kubeforge upgrade apply` from v1.34.10 to v1.35.7 on a 3-VM lab (one control plane
-# + two workers, installed at v1.34.10 with the artifacts cached). Prints per host the step's wall time
+# Benchmark (not a test): `kubeforge upgrade apply` from v1.35.8 to v1.36.4 on a 3-VM lab (one control plane
+# + two workers, installed at v1.35.8 with the artifacts cached). Prints per host the step's wall time
 # (drain, converge, gate) and of each phase in it, SSH round trips and bytes sent, against the bytes of the files the plan said the
 # host needs, and whether the target holds:
 #   - bytes sent = the new binaries (and configs) once per host that needs them: within a few percent of the
@@ -13,8 +13,8 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "benches/upgrade.sh needs root (network namespaces, VMs)" >&2; exit 1; }
 
 LAB=${LAB:-bup$$}
-FROM=${FROM:-v1.34.10}
-TO=${TO:-v1.35.7}
+FROM=${FROM:-v1.35.8}
+TO=${TO:-v1.36.4}
 OUT=$(mktemp -d -t kf-upgrade-bench.XXXXXX)
 
 . benches/lab-bench.sh

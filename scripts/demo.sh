@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 LAB=${LAB:-demo}
 NODES=${NODES:-3}
 TOPOLOGY=${TOPOLOGY:-default}
-KUBE_VERSION=${KUBE_VERSION:-v1.35.7}
+KUBE_VERSION=${KUBE_VERSION:-v1.37.1}
 BUNDLE_DIR=${BUNDLE_DIR:-$HOME/.cache/kubeforge/test-bundle}
 
 [ "$(id -u)" -eq 0 ] || { echo "demo.sh needs root (network namespaces, VMs)" >&2; exit 1; }

@@ -583,7 +583,8 @@ mod tests {
     fn model(text: &str) -> ClusterModel {
         let loaded = inventory::parse(std::path::Path::new("t.yaml"), text).unwrap();
         let problems = inventory::validate::validate(&loaded.inventory, &loaded.dir);
-        assert!(problems.is_empty(), "{problems:?}");
+        // Warnings allowed: v1.33/v1.34 inventories warn that they are upgrade sources only.
+        assert!(problems.iter().all(|p| p.warning), "{problems:?}");
         ClusterModel::derive(&loaded)
     }
 

@@ -224,11 +224,14 @@ echo "moved ${to#* }""#;
 // ---------------------------------------------------------------------------------------------------------
 // Live facts
 
-/// Prints `<binary> <version>` for every Kubernetes binary and etcd installed on the host.
+/// Prints `<binary> <version>` for every Kubernetes binary, etcd and the containerd that runs (kubeforge's
+/// under /usr/local/bin, else the distribution's).
 const FACTS: &str = r#"for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
   if [ -x /usr/local/bin/$b ]; then echo "$b $(/usr/local/bin/$b --version 2>/dev/null | head -1 | awk '{print $NF}')"; fi
 done
 if [ -x /usr/local/bin/etcd ]; then echo "etcd v$(/usr/local/bin/etcd --version 2>/dev/null | awk '/^etcd Version:/ {print $3}')"; fi
+c=$(PATH=/usr/local/bin:/usr/bin:/bin:$PATH command -v containerd)
+if [ -n "$c" ]; then echo "containerd v$("$c" --version 2>/dev/null | awk '{print $3}' | sed 's/^v//; s/[~+-].*//')"; fi
 true"#;
 
 /// What one host runs, read live.
@@ -505,6 +508,61 @@ pub fn skew_checks(
         text: format!("kubectl {kubectl}: one minor either side of kube-apiserver {hop}"),
     });
     out
+}
+
+/// The container runtime of a hop: which nodes move to the hop's containerd (`runtime` is the one the hop's
+/// minor installs: the inventory's or the minor's default), and a blocker when that is a containerd 1.x
+/// for a minor whose preflight refuses it.
+pub fn runtime_checks(
+    model: &ClusterModel,
+    facts: &BTreeMap<String, HostFacts>,
+    hop: Version,
+    runtime: Version,
+) -> Vec<Check> {
+    let mut out = Vec::new();
+    let nodes: Vec<(&str, Version)> = model
+        .hosts
+        .iter()
+        .filter(|h| h.is_node)
+        .filter_map(|h| Some((h.name.as_str(), *facts.get(&h.name)?.versions.get("containerd")?)))
+        .collect();
+    let refused = crate::phase::preflight::MINOR_RULES.iter().find(|r| {
+        r.refuses == crate::phase::preflight::Refuses::ContainerdBelow(2) && hop.minor >= r.from_minor
+    });
+    if let Some(rule) = refused.filter(|_| runtime.major < 2) {
+        out.push(Check {
+            ok: false,
+            fatal: true,
+            text: format!("containerd {runtime} for {hop}: {}; {}", rule.reason, rule.fix),
+        });
+    }
+    let moving: Vec<String> =
+        nodes.iter().filter(|(_, v)| *v != runtime).map(|(h, v)| format!("{h} {v}")).collect();
+    if !moving.is_empty() {
+        out.push(Check {
+            ok: true,
+            fatal: false,
+            text: format!(
+                "container runtime → containerd {runtime} where the release source has it (config {}; each node drained first): {}",
+                if runtime.major >= 2 { "rewritten in format version 3" } else { "format version 2" },
+                moving.join(", ")
+            ),
+        });
+    }
+    out
+}
+
+/// The release notes of the minors a hop enters, against the inventory's `extraArgs`: a flag the hop's
+/// minor removed is a blocker (the component would not start), a value whose meaning changed a warning.
+pub fn release_note_checks(
+    extra_args: &BTreeMap<String, BTreeMap<String, String>>,
+    from: Version,
+    hop: Version,
+) -> Vec<Check> {
+    crate::inventory::flags::upgrade_notes(extra_args, from.minor, hop.minor)
+        .into_iter()
+        .map(|(fatal, text)| Check { ok: false, fatal, text })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -810,7 +868,9 @@ fn host_changes(summary: &RunSummary, host: &str) -> (usize, u64, bool) {
             let _ = h;
             n += c.count();
             bytes += c.bytes();
-            if pp.phase == "nodes" && !c.is_empty() {
+            // A new kubelet or kube-proxy, or a new container runtime (containerd 1.7 → 2.x, its config): the
+            // node's pods are drained first.
+            if (pp.phase == "nodes" || pp.phase == "runtime") && !c.is_empty() {
                 node = true;
             }
         }
@@ -1049,6 +1109,14 @@ fn version_table(model: &ClusterModel, facts: &BTreeMap<String, HostFacts>, targ
                 s.push_str(&format!("{:<14} {:<24} {:<10} {arrow}  {target}\n", h.name, b, v.to_string()));
             }
         }
+        if let Some(v) = f.versions.get("containerd") {
+            s.push_str(&format!(
+                "{:<14} {:<24} {:<10} (the runtime of the target's minor: see each hop)\n",
+                h.name,
+                "containerd",
+                v.to_string()
+            ));
+        }
         if let Some(v) = f.versions.get("etcd") {
             s.push_str(&format!(
                 "{:<14} {:<24} {:<10} (etcd follows cluster.components)\n",
@@ -1132,16 +1200,23 @@ async fn assess(c: &Context, target: Version) -> Result<Assessment> {
     let kubectl = c.model.versions.kubectl;
     let mut checks = Vec::new();
     let mut f = facts.clone();
+    let mut from = current;
     for hop in hops.iter().copied() {
-        checks.push((
+        let mut hop_checks = skew_checks(
+            &c.model,
+            &f,
             hop,
-            skew_checks(
-                &c.model,
-                &f,
-                hop,
-                if kubectl == c.model.versions.kubernetes { hop } else { kubectl },
-            ),
+            if kubectl == c.model.versions.kubernetes { hop } else { kubectl },
+        );
+        hop_checks.extend(release_note_checks(&c.loaded.inventory.cluster.extra_args, from, hop));
+        hop_checks.extend(runtime_checks(
+            &c.model,
+            &f,
+            hop,
+            at_version(&c.loaded, hop).1.versions.containerd,
         ));
+        checks.push((hop, hop_checks));
+        from = hop;
         // After the hop every binary is on it.
         for hf in f.values_mut() {
             for (b, v) in hf.versions.iter_mut() {
@@ -1716,6 +1791,55 @@ mod tests {
             c.iter().any(|c| !c.ok && c.text.starts_with("kube-apiserver on cp1 v1.34.10 → v1.36.0")),
             "{c:?}"
         );
+    }
+
+    #[test]
+    fn a_flag_the_target_removed_blocks_the_hop_into_it() {
+        let m = model(
+            "cluster: {name: c, kubernetesVersion: v1.36.4, extraArgs: {kube-controller-manager: {concurrent-service-syncs: \"5\"}}}\n\
+             hosts:\n- {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd, worker]}\n",
+        );
+        let args = &m.extra_args;
+        let c = release_note_checks(args, v("v1.36.4"), v("v1.37.1"));
+        assert_eq!(c.len(), 1);
+        assert!(c[0].fatal && !c[0].ok);
+        assert!(
+            c[0].text.contains("`--concurrent-service-syncs`") && c[0].text.contains("PR 138002"),
+            "{}",
+            c[0].text
+        );
+        // Patch upgrades within v1.36 and the hop from v1.35 to v1.36 do not touch it.
+        assert!(release_note_checks(args, v("v1.36.3"), v("v1.36.4")).is_empty());
+        assert!(release_note_checks(args, v("v1.35.8"), v("v1.36.4")).is_empty());
+    }
+
+    #[test]
+    fn the_runtime_moves_to_containerd_2_with_the_hop_and_containerd_1_is_refused_from_v1_36() {
+        let m = model(
+            "cluster: {name: c, kubernetesVersion: v1.35.8}\nhosts:\n\
+             - {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd]}\n\
+             - {name: w1, address: 10.0.0.2, roles: [worker]}\n",
+        );
+        let mut facts = BTreeMap::new();
+        for (h, c) in [("cp1", "v1.7.24"), ("w1", "v2.1.9")] {
+            let versions = parse_facts(&format!("kubelet v1.35.8\ncontainerd {c}\n"));
+            facts.insert(h.to_string(), HostFacts { versions, error: None });
+        }
+        let c = runtime_checks(&m, &facts, v("v1.36.4"), v("v2.1.9"));
+        assert_eq!(c.len(), 1, "{:?}", c.iter().map(|c| &c.text).collect::<Vec<_>>());
+        assert!(c[0].ok && !c[0].fatal);
+        assert!(
+            c[0].text.ends_with(": cp1 v1.7.24") && c[0].text.contains("format version 3"),
+            "{}",
+            c[0].text
+        );
+        // An inventory pinning containerd 1.7 cannot go to v1.36.
+        let c = runtime_checks(&m, &facts, v("v1.36.4"), v("v1.7.29"));
+        assert!(c.iter().any(|c| c.fatal && !c.ok && c.text.contains("kubeforge policy")), "{c:?}");
+        assert!(!runtime_checks(&m, &facts, v("v1.35.9"), v("v1.7.24")).iter().any(|c| c.fatal));
+        // The facts script reports containerd without Debian's suffixes.
+        assert_eq!(parse_facts("containerd v1.7.24\n")["containerd"], v("v1.7.24"));
+        assert!(FACTS.contains("s/[~+-].*//"));
     }
 
     #[test]

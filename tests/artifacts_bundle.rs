@@ -14,7 +14,7 @@ use kubeforge::artifacts::{
     Component, Requirement, Versions,
 };
 use kubeforge::inventory::{Inventory, ReleaseSourceSpec};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 struct Out {
     code: i32,
@@ -303,6 +303,9 @@ async fn the_end_to_end_test_bundle_is_read_through_this_code() {
         Component::Kubectl,
         Component::KubeApiserver,
         Component::Kubelet,
+        Component::Containerd,
+        Component::Runc,
+        Component::CniPlugins,
     ] {
         assert!(
             seen.contains(&needed) || (needed == Component::Etcdctl && seen.contains(&Component::Etcd)),
@@ -335,4 +338,64 @@ async fn lab_up_rejects_a_wrong_bundle_before_booting_anything() {
     assert!(err.contains("has no Kubernetes v1.20.0"), "{err}");
     assert!(err.contains("--kubernetes-version"), "the error says how to fix it:\n{err}");
     assert!(!tmp.path().join("lab").exists(), "nothing of a lab is created");
+}
+
+/// The test bundle's real containerd 2 reads the configuration kubeforge renders for it (format version 3):
+/// `containerd config dump` shows the values where the CRI plugins of containerd 2 look for them (a key in the
+/// wrong table would be dropped without an error, so each value is checked in its table).
+#[tokio::test]
+async fn the_bundles_containerd_2_reads_the_rendered_config() {
+    let Some(path) = std::env::var_os("KUBEFORGE_TEST_BUNDLE").filter(|p| !p.is_empty()) else {
+        println!("not run: KUBEFORGE_TEST_BUNDLE unset");
+        return;
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let spec = ReleaseSourceSpec::Bundle { path: PathBuf::from(&path).display().to_string() };
+    let src = ArtifactSource::from_spec(Some(&spec), Path::new("/"), cache.path()).unwrap();
+    let bundle = Bundle::open(Path::new(&path), cache.path()).unwrap();
+    let entry = bundle
+        .manifest
+        .artifacts
+        .iter()
+        .find(|e| e.component == "containerd" && e.version.starts_with("v2."))
+        .expect("the test bundle has a containerd 2");
+    let req = Requirement::new(Component::Containerd, &entry.version, "amd64").unwrap();
+    let a = src.ensure(&req, &Recorder::default()).await.unwrap();
+    let bin = a.executables.iter().find(|x| x.name == "containerd").expect("bin/containerd");
+    let version = std::process::Command::new(&bin.path).arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&version.stdout).into_owned();
+    assert!(version.contains(&format!(" {}", entry.version.trim_start_matches('v'))), "{version}");
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("config.toml");
+    let rendered = kubeforge::render::containerd_config(Some(&entry.version));
+    assert!(rendered.contains("version = 3"), "{rendered}");
+    std::fs::write(&conf, &rendered).unwrap();
+    let out = std::process::Command::new(&bin.path)
+        .arg("--config")
+        .arg(&conf)
+        .args(["config", "dump"])
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}{dump}", String::from_utf8_lossy(&out.stderr));
+    let table = |name: &str| -> String {
+        let start = dump.find(&format!("[{name}]\n")).unwrap_or_else(|| panic!("no [{name}] in:\n{dump}"));
+        let body = &dump[start + name.len() + 3..];
+        body[..body.find("\n\n").unwrap_or(body.len())].to_owned()
+    };
+    assert!(dump.starts_with("version = 3"), "{dump}");
+    let images = table("plugins.'io.containerd.cri.v1.images'.pinned_images");
+    assert!(images.contains(&format!("sandbox = '{}'", kubeforge::render::SANDBOX_IMAGE)), "{images}");
+    let rt = "plugins.'io.containerd.cri.v1.runtime'";
+    assert!(table(&format!("{rt}.containerd")).contains("default_runtime_name = 'runc'"));
+    let runc = table(&format!("{rt}.containerd.runtimes.runc"));
+    assert!(runc.contains("runtime_type = 'io.containerd.runc.v2'"), "{runc}");
+    assert!(table(&format!("{rt}.containerd.runtimes.runc.options")).contains("SystemdCgroup = true"));
+    let cni = table(&format!("{rt}.cni"));
+    assert!(
+        cni.contains("bin_dirs = ['/opt/cni/bin']") && cni.contains("conf_dir = '/etc/cni/net.d'"),
+        "{cni}"
+    );
+    // The version 2 file kubeforge writes for a containerd 1.x is no version 3 file.
+    assert!(kubeforge::render::containerd_config(Some("v1.7.29")).contains("version = 2"));
 }

@@ -7,15 +7,17 @@
 //!
 //! 1. **one control plane + one worker, then join, upgrade and remove a worker**: a port held by another
 //!    program on the worker fails preflight with the host and the cause and installs nothing anywhere; then
-//!    apply (v1.34.10); `join` installs node3 while the existing worker only receives
+//!    apply (v1.35.8, on each VM's distribution containerd 1.7); `join` installs node3 while the existing worker only receives
 //!    its route to node3's pods (checked from the per-host traffic), a second join has nothing to do and
 //!    apply reports 0 changes; a changed label changes exactly the label in the plan (it arrives with the upgrade); the cluster is upgraded
-//!    to v1.35.7 with a Deployment and a PodDisruptionBudget running: plan (path, skew, refused downgrade and skipped minor),
+//!    to v1.36.4 with a Deployment and a PodDisruptionBudget running, the container runtime moving to the bundle's
+//!    containerd 2 (config format 3) on every node on the way: plan (path, skew, the runtime move, refused
+//!    downgrade, two hops to v1.37.1),
 //!    etcd snapshot, drains seen while they run, node3's host refusing the new kubelet rolled back and
 //!    reported, a re-run finishing node3 only, then 0 changes; `remove-node node3` drains it, deletes its
 //!    Node, leaves nothing kubeforge installed on it, forgets it in the state file, and the rest of the
 //!    cluster is converged without it.
-//! 2. **HA** at v1.34.10: one node with every role behind the node-local API balancer (`--dry-run` writes
+//! 2. **HA** at v1.35.8: one node with every role behind the node-local API balancer (`--dry-run` writes
 //!    nothing; apply; etcdctl over TLS, key modes, `openssl s_client` against 6443); `join` of two
 //!    more control planes during which node3's VM is killed while it is an etcd learner: the join fails
 //!    naming node3 and removes the learner (two voting members); node3 boots again with its half-installed
@@ -24,7 +26,7 @@
 //!    naming it. Then node3 is powered off: the API stays reachable through the balancers and etcd keeps
 //!    quorum; `remove-node` removes the dead member (quorum checked), its Node and every trace of it on the
 //!    others, and reports that the host itself could not be cleaned. Last, the two control planes are
-//!    upgraded to v1.35.7 one at a time while a loop runs `kubectl get --raw /readyz` every second through a
+//!    upgraded to v1.36.4 (and containerd 2) one at a time while a loop runs `kubectl get --raw /readyz` every second through a
 //!    balancer: with KVM never two failures in a row; under emulation (where a quorum read can take more than
 //!    10 s while every VM is busy) every failure is an apiserver answering "not ready" or slowly, never a
 //!    moment without any apiserver to answer.
@@ -44,11 +46,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-const KUBE_VERSION: &str = "v1.35.7";
+/// The version the scenarios upgrade to (v1.36 and later run on containerd 2, which the bundle carries).
+const KUBE_VERSION: &str = "v1.36.4";
 /// The backup passphrase, in the environment variable the commands are told to read.
 const PASS: &[(&str, &str)] = &[("KF_E2E_PASS", "correct horse battery staple")];
 /// The version scenarios 2 and 3 install first, to upgrade from.
-const OLD_VERSION: &str = "v1.34.10";
+const OLD_VERSION: &str = "v1.35.8";
+/// The newest release: two hops from [`OLD_VERSION`].
+const NEWEST_VERSION: &str = "v1.37.1";
 const UNITS_CP: &str = "etcd kube-apiserver kube-controller-manager kube-scheduler";
 const UNITS_NODE: &str = "containerd kubelet kube-proxy";
 
@@ -443,7 +448,7 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
     );
     assert!(!out.lines().any(|l| l.starts_with("node2") || l.starts_with("node3")), "{out}");
 
-    // Upgrade v1.34.10 -> v1.35.7 with a workload running; node3 refuses the new kubelet. The upgrade
+    // Upgrade v1.35.8 -> v1.36.4 with a workload running; node3 refuses the new kubelet. The upgrade
     // converges each host to the whole inventory at the new version: the label arrives with node1's step.
     upgrade_with_a_workload_and_a_failing_node(lab, &cluster, &inv3);
     let ns = nodes(lab, &cluster);
@@ -508,7 +513,8 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
     let st: serde_json::Value =
         serde_json::from_slice(&std::fs::read(lab.pki(&cluster).join("state.json")).unwrap()).unwrap();
     assert!(st["hosts"].get("node3").is_none() && st["podSubnets"].get("node3").is_none(), "{st}");
-    let inv2 = lab.inventory(&cluster, two, &[("node2", "kubeforge.test/tier", "edge")]);
+    let inv2 =
+        at_version(lab.inventory(&cluster, two, &[("node2", "kubeforge.test/tier", "edge")]), KUBE_VERSION);
     let after = must(lab.apply(&inv2, &[]), "apply without node3");
     assert!(after.contains("apply: 0 changes"), "remove-node converged the rest:\n{after}");
     // Rules of someone else's beside kube-proxy's: reset removes the KUBE-* chains and the jumps into them,
@@ -534,7 +540,10 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
 
     // The backup restored onto node3 alone (another address): installed from nothing, its etcd member
     // restored, certificates re-issued for the new address; the objects are those of the backup.
-    let on3 = lab.inventory(&cluster, &[("node3", &["control-plane", "etcd", "worker"])], &[]);
+    let on3 = at_version(
+        lab.inventory(&cluster, &[("node3", &["control-plane", "etcd", "worker"])], &[]),
+        KUBE_VERSION,
+    );
     let out = restore(lab, &on3, &archive, "restore onto node3");
     assert!(out.contains("has the backup's CAs and keys: kept"), "{out}");
     assert!(out.contains("Nodes from the backup that the inventory does not have: node1, node2"), "{out}");
@@ -713,7 +722,7 @@ fn web_pods_ready(lab: &Lab, cluster: &str) -> Vec<String> {
 /// Scenario 2's upgrade: a workload with a PodDisruptionBudget runs; `upgrade plan` shows the path and the
 /// skew checks and refuses a downgrade; `upgrade apply` snapshots etcd, upgrades node1 and node2 (cordoned
 /// and drained through the eviction API, seen while it runs), and node3, whose host refuses to start a
-/// v1.35 kubelet, is rolled back to v1.34.10 and Ready, and the run stops saying so. With the fault gone, a
+/// v1.36 kubelet, is rolled back to v1.35.8 and Ready, and the run stops saying so. With the fault gone, a
 /// re-run upgrades only node3; a third run and `apply` report 0 changes; the workload is whole.
 fn upgrade_with_a_workload_and_a_failing_node(lab: &Lab, cluster: &str, inv: &Path) {
     let me = env!("CARGO_BIN_EXE_kubeforge");
@@ -731,11 +740,20 @@ fn upgrade_with_a_workload_and_a_failing_node(lab: &Lab, cluster: &str, inv: &Pa
     assert!(plan.contains(&format!("path: {OLD_VERSION} → {KUBE_VERSION} (1 hop)")), "{plan}");
     assert!(plan.contains(&format!("ok   kubelet on node3 {OLD_VERSION}")), "{plan}");
     assert!(plan.contains("health: every etcd member healthy"), "{plan}");
-    let down = lab.exec(&[me, "upgrade", "plan", "-i", i, "--to", "v1.33.5"]);
+    // The nodes run the distribution's containerd 1.7; v1.36 moves them to the bundle's containerd 2.
+    assert!(
+        plan.contains("ok   container runtime → containerd v2.1.9") && plan.contains("node3 v1.7."),
+        "{plan}"
+    );
+    let down = lab.exec(&[me, "upgrade", "plan", "-i", i, "--to", "v1.34.11"]);
     assert!(!down.status.success() && text(&down).contains("does not downgrade"), "{}", text(&down));
-    // v1.37 needs a hop through v1.36, which the test bundle does not have.
-    let skip = lab.exec(&[me, "upgrade", "plan", "-i", i, "--to", "v1.37.1"]);
-    assert!(!skip.status.success() && text(&skip).contains("skips v1.36"), "{}", text(&skip));
+    // v1.37 is two hops, through the newest v1.36 the bundle has.
+    let two =
+        must(lab.exec(&[me, "upgrade", "plan", "-i", i, "--to", NEWEST_VERSION]), "upgrade plan, two hops");
+    assert!(
+        two.contains(&format!("path: {OLD_VERSION} → {KUBE_VERSION} → {NEWEST_VERSION} (2 hops)")),
+        "{two}"
+    );
 
     // Ctrl-C while the first host is being drained: the step in progress finishes, the host is put back at
     // the version it ran (its rollback is cleanup, which the interrupt does not stop) and uncordoned.
@@ -790,11 +808,11 @@ fn upgrade_with_a_workload_and_a_failing_node(lab: &Lab, cluster: &str, inv: &Pa
         std::fs::remove_file(b.unwrap().path()).unwrap();
     }
 
-    // node3's host refuses to start a v1.35 kubelet (a systemd drop-in checks the binary's version).
+    // node3's host refuses to start a v1.36 kubelet (a systemd drop-in checks the binary's version).
     must(
         lab.ssh(
             "node3",
-            "mkdir -p /etc/systemd/system/kubelet.service.d && printf '[Service]\\nExecStartPre=/bin/sh -c \"! /usr/local/bin/kubelet --version | grep -q v1.35\"\\n' \
+            "mkdir -p /etc/systemd/system/kubelet.service.d && printf '[Service]\\nExecStartPre=/bin/sh -c \"! /usr/local/bin/kubelet --version | grep -q v1.36\"\\n' \
              > /etc/systemd/system/kubelet.service.d/90-e2e-refuse.conf && systemctl daemon-reload",
         ),
         "make node3 refuse the new kubelet",
@@ -897,6 +915,17 @@ fn upgrade_with_a_workload_and_a_failing_node(lab: &Lab, cluster: &str, inv: &Pa
         let v =
             must(lab.ssh(w, "for b in kubelet kube-proxy; do /usr/local/bin/$b --version; done"), "versions");
         assert_eq!(v.matches(&format!("Kubernetes {KUBE_VERSION}")).count(), 2, "{w}: {v}");
+        // The runtime moved to kubeforge's containerd 2 and its configuration to format version 3.
+        let rt = must(
+            lab.ssh(w, "systemctl is-active containerd; readlink -f /proc/$(systemctl show -p MainPID --value containerd)/exe; /usr/local/bin/containerd --version; grep -m1 '^version' /etc/containerd/config.toml"),
+            "the runtime",
+        );
+        assert!(
+            rt.starts_with("active\n/usr/local/bin/containerd\n")
+                && rt.contains(" 2.1.9")
+                && rt.contains("version = 3"),
+            "{w}: {rt}"
+        );
     }
 }
 
@@ -1389,7 +1418,7 @@ fn apply_on_lab_vms_workers_join_upgrade_remove_then_ha() {
         "--bundle",
         bundle.to_str().unwrap(),
         "--kubernetes-version",
-        KUBE_VERSION,
+        OLD_VERSION,
         "--timings",
         "--ssh-timeout",
         "900",

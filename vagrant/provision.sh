@@ -7,7 +7,7 @@
 #   KUBEFORGE_VAGRANT_STATE          where the inventory, PKI and admin kubeconfig go (.kubeforge beside
 #                                    the Vagrantfile)
 #   KUBEFORGE_VAGRANT_CLUSTER        the cluster's name ("vagrant")
-#   KUBEFORGE_VAGRANT_KUBERNETES_VERSION  ("v1.35.7")
+#   KUBEFORGE_VAGRANT_KUBERNETES_VERSION  ("v1.37.1", the newest supported release)
 #   KUBEFORGE_VAGRANT_BUNDLE         install from this release bundle (air-gapped); default: the official
 #                                    release source
 #   KUBEFORGE_VAGRANT_ROLES          e.g. "node1=control-plane,etcd,worker node2=worker"
@@ -28,7 +28,7 @@ if [ "${1:-}" = --destroyed ]; then
 fi
 
 args=(--cluster-name "${KUBEFORGE_VAGRANT_CLUSTER:-vagrant}"
-      --kubernetes-version "${KUBEFORGE_VAGRANT_KUBERNETES_VERSION:-v1.35.7}")
+      --kubernetes-version "${KUBEFORGE_VAGRANT_KUBERNETES_VERSION:-v1.37.1}")
 [ -n "${KUBEFORGE_VAGRANT_BUNDLE:-}" ] && args+=(--bundle "$KUBEFORGE_VAGRANT_BUNDLE")
 [ "${KUBEFORGE_VAGRANT_DRIVER:-kvm}" = qemu ] && args+=(--emulated)
 for r in ${KUBEFORGE_VAGRANT_ROLES:-}; do args+=(--roles "$r"); done

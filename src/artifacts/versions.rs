@@ -43,20 +43,27 @@ pub struct VersionOverrides {
 }
 
 /// Default versions of the non-Kubernetes components for a Kubernetes minor (`(1, 35)`), or `None` when
-/// the minor is unknown. etcd follows kubeadm's supported etcd per minor; crictl follows the Kubernetes
-/// minor as cri-tools does; containerd, runc and CNI plugins are releases contemporary with the minor.
+/// the minor is unknown. One row per minor, kept as data; docs/reference/k8s-1.36-1.37.md names the source
+/// of each value. etcd follows kubeadm's supported etcd per minor; crictl the cri-tools release the
+/// minor's notes name; containerd, runc and CNI plugins are the releases the test bundle installs (real
+/// binaries, containerd 2.x: kubeforge refuses containerd 1.x from v1.36 on). v1.33/v1.34 are kept for
+/// clusters upgraded from them.
+pub const DEFAULTS: &[((u32, u32), [&str; 5])] = &[
+    //           etcd       containerd runc      CNI       crictl
+    ((1, 33), ["v3.5.24", "v2.0.6", "v1.2.6", "v1.7.1", "v1.33.0"]),
+    ((1, 34), ["v3.6.5", "v2.1.4", "v1.3.0", "v1.7.1", "v1.34.0"]),
+    ((1, 35), ["v3.6.6", "v2.1.5", "v1.3.3", "v1.8.0", "v1.35.0"]),
+    // etcd: kubeadm's v3.6.11 for control planes v1.34-v1.36 (PR 138746).
+    ((1, 36), ["v3.6.11", "v2.1.9", "v1.3.6", "v1.9.1", "v1.36.0"]),
+    // etcd: 1.37 ships etcd v3.7.0 (PR 139427 moved the default to 3.7; v3.7.1 was left for 1.38, PR 141032);
+    // crictl: the newest cri-tools the 1.37 notes name (PR 138613).
+    ((1, 37), ["v3.7.0", "v2.1.9", "v1.3.6", "v1.9.1", "v1.36.0"]),
+];
+
+/// The defaults of one minor, from [`DEFAULTS`].
 pub fn default_versions(major: u32, minor: u32) -> Option<VersionOverrides> {
-    let (etcd, containerd, runc, cni, crictl) = match (major, minor) {
-        (1, 33) => ("v3.5.24", "v2.0.6", "v1.2.6", "v1.7.1", "v1.33.0"),
-        (1, 34) => ("v3.6.5", "v2.1.4", "v1.3.0", "v1.7.1", "v1.34.0"),
-        (1, 35) => ("v3.6.6", "v2.1.5", "v1.3.3", "v1.8.0", "v1.35.0"),
-        (1, 36) => ("v3.6.9", "v2.2.1", "v1.3.4", "v1.8.0", "v1.36.0"),
-        // etcd: kubeadm's newest 3.6 for control planes v1.34-v1.36 (PR 138746; 1.37 moves to 3.7, only a
-        // pre-release was seen); crictl: the newest cri-tools the 1.37 notes name (PR 138613). See
-        // docs/reference/k8s-1.36-1.37.md.
-        (1, 37) => ("v3.6.11", "v2.2.1", "v1.3.4", "v1.8.0", "v1.36.0"),
-        _ => return None,
-    };
+    let [etcd, containerd, runc, cni, crictl] =
+        DEFAULTS.iter().find(|(k, _)| *k == (major, minor)).map(|(_, row)| *row)?;
     Some(VersionOverrides {
         etcd: Some(etcd.into()),
         containerd: Some(containerd.into()),
@@ -198,6 +205,26 @@ mod tests {
         assert_eq!(v.crictl, "v1.35.9");
         let e = Versions::resolve(&cluster("v1.99.0"), &VersionOverrides::default()).unwrap_err();
         assert!(e.to_string().contains("no default etcd version is known for Kubernetes 1.99"), "{e}");
+    }
+
+    #[test]
+    fn every_minor_validation_accepts_has_a_row_and_the_default_is_the_newest_supported() {
+        use crate::inventory::validate::*;
+        for minor in *UPGRADE_SOURCE_MINORS.start()..=*SUPPORTED_MINORS.end() {
+            assert!(default_versions(1, minor).is_some(), "no defaults for v1.{minor}");
+        }
+        let d: Version = DEFAULT_KUBERNETES_VERSION.parse().unwrap();
+        assert_eq!((d.major, d.minor), (1, *SUPPORTED_MINORS.end()));
+        assert_eq!(minor_support(&d), MinorSupport::Supported);
+        assert_eq!(minor_support(&"v1.34.11".parse().unwrap()), MinorSupport::UpgradeSourceOnly);
+        assert_eq!(minor_support(&"v1.33.13".parse().unwrap()), MinorSupport::UpgradeSourceOnly);
+        assert_eq!(minor_support(&"v1.32.9".parse().unwrap()), MinorSupport::Unsupported);
+        assert_eq!(minor_support(&"v1.38.0".parse().unwrap()), MinorSupport::Unsupported);
+        assert_eq!(minor_support(&"v2.35.0".parse().unwrap()), MinorSupport::Unsupported);
+        // From v1.36 on the defaults are containerd 2 (preflight refuses 1.x there).
+        for minor in 36..=*SUPPORTED_MINORS.end() {
+            assert!(default_versions(1, minor).unwrap().containerd.unwrap().starts_with("v2."), "v1.{minor}");
+        }
     }
 
     #[test]

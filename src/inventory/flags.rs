@@ -80,6 +80,106 @@ pub fn accepted(
         .map(|(_, s)| (s, format!("v1.{kubernetes_minor}")))
 }
 
+/// The flag changes each minor's release notes name (`docs/reference/flags/changes-1.N.tsv`, written with
+/// the flag lists): the source of the release note quoted when a flag is gone.
+const CHANGES: &[(u32, &str)] = &[
+    (36, include_str!("../../docs/reference/flags/changes-1.36.tsv")),
+    (37, include_str!("../../docs/reference/flags/changes-1.37.tsv")),
+];
+
+/// The minor that removed `flag` of a Kubernetes `component` (the first list without it after one with
+/// it), and the release note of the removal when the changes table has one.
+pub fn removed_in(component: &str, flag: &str) -> Option<(u32, String)> {
+    let name = normalize(flag);
+    let minors: Vec<u32> = table().keys().filter(|(c, _)| *c == component).map(|(_, m)| *m).collect();
+    let had = |m: u32| table().get(&(component, m)).is_some_and(|l| l.contains(&name));
+    let minor = minors.windows(2).find(|w| had(w[0]) && !had(w[1])).map(|w| w[1])?;
+    let note = CHANGES
+        .iter()
+        .filter(|(m, _)| *m == minor)
+        .flat_map(|(_, text)| text.lines())
+        .map(|l| l.split('\t').collect::<Vec<_>>())
+        .find(|cols| {
+            cols.len() >= 7 && cols[0] == component && cols[1] == "removed" && normalize(cols[2]) == name
+        })
+        .map(|cols| format!("release note: {}", cols[6]))
+        .unwrap_or_else(|| format!("found by comparing the flag lists of v1.{} and v1.{minor}", minor - 1));
+    Some((minor, note))
+}
+
+/// A flag value whose meaning a release changed or deprecated, as data.
+#[derive(Debug, Clone, Copy)]
+pub struct ValueNote {
+    /// Component (`extraArgs` name).
+    pub component: &'static str,
+    /// Flag name, normalized.
+    pub flag: &'static str,
+    /// The value concerned (compared trimmed, case-insensitively).
+    pub value: &'static str,
+    /// The first minor the note applies to.
+    pub from_minor: u32,
+    /// What changed, with its source.
+    pub note: &'static str,
+    /// What to do.
+    pub fix: &'static str,
+}
+
+/// The notes. (The 1.37 change of kubelet `eventRecordQPS: 0`, from "the default, 50" to "no limit", PR
+/// 117119, needs no row: kubeforge writes `eventRecordQPS: 50` itself and `--event-qps` is not an
+/// `extraArgs` flag; a render test keeps it that way.)
+pub const VALUE_NOTES: &[ValueNote] = &[ValueNote {
+    component: "kube-proxy",
+    flag: "proxy-mode",
+    value: "ipvs",
+    from_minor: 35,
+    note: "kube-proxy's ipvs mode is deprecated since v1.35 (kubeadm warns, kubernetes PR 139067) and v1.37 adds the KubeProxyIPVS feature gate to turn it off before its removal (PR 139397)",
+    fix: "use `nftables` (GA since v1.33; Linux 5.13 or newer) or `iptables`, kube-proxy's default",
+}];
+
+/// The notes that apply to `component --flag=value` at `minor`.
+pub fn value_notes(component: &str, flag: &str, value: &str, minor: u32) -> Vec<&'static ValueNote> {
+    let name = normalize(flag);
+    VALUE_NOTES
+        .iter()
+        .filter(|n| n.component == component && n.flag == name && minor >= n.from_minor)
+        .filter(|n| value.trim().eq_ignore_ascii_case(n.value))
+        .collect()
+}
+
+/// What the release notes between `from_minor` (exclusive) and `to_minor` (inclusive) say about an
+/// inventory's `extraArgs`: `(blocker, text)` per finding. A flag that one of those minors removed blocks
+/// the upgrade (the component would not start); a value whose meaning changed is a warning.
+pub fn upgrade_notes(
+    extra_args: &BTreeMap<String, BTreeMap<String, String>>,
+    from_minor: u32,
+    to_minor: u32,
+) -> Vec<(bool, String)> {
+    let mut out = Vec::new();
+    for (comp, flags) in extra_args.iter().filter(|(c, _)| c.as_str() != "etcd") {
+        for (flag, value) in flags {
+            if let Some((m, note)) = removed_in(comp, flag).filter(|(m, _)| *m > from_minor && *m <= to_minor)
+            {
+                out.push((
+                    true,
+                    format!(
+                        "cluster.extraArgs.{comp}.{flag}: {comp} v1.{m} removed `--{}` ({note}); remove it from the inventory and run `kubeforge apply` before upgrading",
+                        normalize(flag)
+                    ),
+                ));
+            }
+            for n in
+                value_notes(comp, flag, value, to_minor).into_iter().filter(|n| n.from_minor > from_minor)
+            {
+                out.push((
+                    false,
+                    format!("cluster.extraArgs.{comp}.{flag}: `{value}`: {}; {}", n.note, n.fix),
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// The accepted flag closest to `flag`, for a "did you mean".
 pub fn closest<'a>(flag: &str, accepted: &'a BTreeSet<String>) -> Option<&'a str> {
     accepted
@@ -94,9 +194,15 @@ pub fn closest<'a>(flag: &str, accepted: &'a BTreeSet<String>) -> Option<&'a str
 mod tests {
     use super::*;
 
+    /// Every minor validation accepts: installed ones and those only upgraded from.
+    fn known_minors() -> std::ops::RangeInclusive<u32> {
+        use crate::inventory::validate::{SUPPORTED_MINORS, UPGRADE_SOURCE_MINORS};
+        *UPGRADE_SOURCE_MINORS.start()..=*SUPPORTED_MINORS.end()
+    }
+
     #[test]
     fn every_supported_minor_has_a_list_for_every_component() {
-        for minor in crate::inventory::validate::SUPPORTED_MINORS {
+        for minor in known_minors() {
             for c in crate::inventory::validate::EXTRA_ARGS_COMPONENTS {
                 let (names, _) = accepted(c, minor, 6).unwrap_or_else(|| panic!("{c} v1.{minor}"));
                 assert!(names.len() > 40, "{c} v1.{minor}: {}", names.len());
@@ -107,12 +213,6 @@ mod tests {
         assert!(!accepted("kube-apiserver", 34, 6).unwrap().0.contains("min-compatibility-version"));
         assert!(accepted("kubelet", 34, 6).unwrap().0.contains("pod-infra-container-image"));
         assert!(!accepted("kubelet", 35, 6).unwrap().0.contains("pod-infra-container-image"));
-        // v1.36/v1.37 lists exist even before validation accepts those minors.
-        for minor in [36, 37] {
-            for c in crate::inventory::validate::EXTRA_ARGS_COMPONENTS {
-                assert!(accepted(c, minor, 6).is_some_and(|(n, _)| n.len() > 40), "{c} v1.{minor}");
-            }
-        }
         assert!(accepted("kube-apiserver", 36, 6).unwrap().0.contains("tls-curve-preferences"));
         assert!(accepted("kube-controller-manager", 36, 6).unwrap().0.contains("concurrent-service-syncs"));
         assert!(!accepted("kube-controller-manager", 37, 6).unwrap().0.contains("concurrent-service-syncs"));
@@ -121,8 +221,49 @@ mod tests {
     }
 
     #[test]
+    fn removals_are_found_in_the_lists_with_their_release_note() {
+        let (m, note) = removed_in("kube-controller-manager", "concurrent_service_syncs").unwrap();
+        assert_eq!(m, 37);
+        assert!(note.starts_with("release note: PR 138002"), "{note}");
+        // A removal without a row in the changes tables is still found, from the lists.
+        let (m, note) = removed_in("kubelet", "pod-infra-container-image").unwrap();
+        assert_eq!((m, note.as_str()), (35, "found by comparing the flag lists of v1.34 and v1.35"));
+        assert_eq!(removed_in("kube-apiserver", "audit-log-maxage"), None);
+        assert_eq!(removed_in("kube-apiserver", "no-such-flag"), None);
+    }
+
+    #[test]
+    fn upgrade_notes_block_removed_flags_and_warn_on_changed_values() {
+        let args: BTreeMap<String, BTreeMap<String, String>> = [
+            (
+                "kube-controller-manager",
+                vec![("concurrent-service-syncs", "5"), ("concurrent-gc-syncs", "20")],
+            ),
+            ("kube-proxy", vec![("proxy-mode", "IPVS")]),
+        ]
+        .into_iter()
+        .map(|(c, f)| (c.to_string(), f.into_iter().map(|(k, v)| (k.into(), v.into())).collect()))
+        .collect();
+        let n = upgrade_notes(&args, 36, 37);
+        assert_eq!(n.len(), 1, "{n:?}");
+        assert!(n[0].0);
+        assert!(n[0].1.starts_with("cluster.extraArgs.kube-controller-manager.concurrent-service-syncs: kube-controller-manager v1.37 removed `--concurrent-service-syncs` (release note: PR 138002"), "{}", n[0].1);
+        // Two hops from v1.34: the ipvs deprecation of v1.35 is on the way too (a warning).
+        let n = upgrade_notes(&args, 34, 36);
+        assert_eq!(n.len(), 1, "{n:?}");
+        assert!(
+            !n[0].0 && n[0].1.contains("ipvs mode is deprecated") && n[0].1.contains("nftables"),
+            "{n:?}"
+        );
+        assert!(upgrade_notes(&args, 35, 36).is_empty());
+        assert_eq!(value_notes("kube-proxy", "proxy_mode", " ipvs ", 37).len(), 1);
+        assert!(value_notes("kube-proxy", "proxy-mode", "nftables", 37).is_empty());
+        assert!(value_notes("kube-proxy", "proxy-mode", "ipvs", 34).is_empty());
+    }
+
+    #[test]
     fn every_flag_kubeforge_sets_is_accepted_by_every_supported_version() {
-        for minor in crate::inventory::validate::SUPPORTED_MINORS {
+        for minor in known_minors() {
             for etcd in [5, 6] {
                 for c in crate::inventory::validate::EXTRA_ARGS_COMPONENTS {
                     let (names, v) = accepted(c, minor, etcd).unwrap();

@@ -13,8 +13,39 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
-/// Kubernetes minor versions this release of kubeforge knows flags and configs for.
-pub const SUPPORTED_MINORS: std::ops::RangeInclusive<u32> = 33..=35;
+/// Kubernetes minor versions kubeforge installs: upstream's three newest, which it supports with patches.
+pub const SUPPORTED_MINORS: std::ops::RangeInclusive<u32> = 35..=37;
+/// Older minors accepted only as the version a running cluster is upgraded *from* (out of upstream
+/// support): validation warns, and preflight refuses to install them on a host that runs no cluster.
+pub const UPGRADE_SOURCE_MINORS: std::ops::RangeInclusive<u32> = 33..=34;
+/// The version a new inventory or lab gets: the newest patch of the newest supported minor
+/// (see docs/reference/k8s-1.36-1.37.md for where each newest patch was read).
+pub const DEFAULT_KUBERNETES_VERSION: &str = "v1.37.1";
+
+/// How this kubeforge treats a Kubernetes minor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MinorSupport {
+    /// Installed, upgraded to and from.
+    Supported,
+    /// Only a running cluster's version, to upgrade from.
+    UpgradeSourceOnly,
+    /// Neither.
+    Unsupported,
+}
+
+/// How `v` is supported.
+pub fn minor_support(v: &Version) -> MinorSupport {
+    match (v.major, v.minor) {
+        (1, m) if SUPPORTED_MINORS.contains(&m) => MinorSupport::Supported,
+        (1, m) if UPGRADE_SOURCE_MINORS.contains(&m) => MinorSupport::UpgradeSourceOnly,
+        _ => MinorSupport::Unsupported,
+    }
+}
+
+/// The supported range in words, for messages: "v1.35.x to v1.37.x".
+pub fn supported_range() -> String {
+    format!("v1.{}.x to v1.{}.x", SUPPORTED_MINORS.start(), SUPPORTED_MINORS.end())
+}
 /// Roles a host may have.
 pub const ROLES: [&str; 3] = ["control-plane", "etcd", "worker"];
 /// API endpoint modes.
@@ -638,17 +669,29 @@ fn validate_with(inv: &Inventory, dir: &Path, files_may_be_missing: bool) -> Vec
     }
     // The Kubernetes version, when it is one this kubeforge supports (flag lists and skew depend on it).
     let k8s = match cl.kubernetes_version.parse::<Version>() {
-        Ok(v) if v.major != 1 || !SUPPORTED_MINORS.contains(&v.minor) => {
+        Ok(v) if minor_support(&v) == MinorSupport::Unsupported => {
             c.add(
                 "cluster.kubernetesVersion",
                 format!("Kubernetes {v} is not supported by this kubeforge"),
                 Some(format!(
-                    "use a v1.{}.x to v1.{}.x release",
-                    SUPPORTED_MINORS.start(),
-                    SUPPORTED_MINORS.end()
+                    "kubeforge installs {} (upstream's supported minors; the newest is {DEFAULT_KUBERNETES_VERSION}); a running v1.{}.x or v1.{}.x cluster is accepted only to upgrade from",
+                    supported_range(),
+                    UPGRADE_SOURCE_MINORS.start(),
+                    UPGRADE_SOURCE_MINORS.end()
                 )),
             );
             None
+        }
+        Ok(v) if minor_support(&v) == MinorSupport::UpgradeSourceOnly => {
+            c.warn(
+                "cluster.kubernetesVersion",
+                format!("Kubernetes v{}.{} is out of upstream support; kubeforge accepts {v} only as the version of a running cluster to upgrade from", v.major, v.minor),
+                Some(format!(
+                    "upgrade with `kubeforge upgrade apply --to v1.{}.x` (one minor per hop); a new host or cluster is not installed at {v}",
+                    SUPPORTED_MINORS.start()
+                )),
+            );
+            Some(v)
         }
         Ok(v) => Some(v),
         Err(e) => {
@@ -1540,6 +1583,16 @@ fn check_extra_args(
             );
         }
         if let Some((list, version)) = &accepted {
+            let removed =
+                super::flags::removed_in(comp, &name).filter(|(m, _)| k8s.is_some_and(|k| *m <= k.minor));
+            if let (false, Some((m, note))) = (list.contains(&name), removed) {
+                c.add_key(
+                    &path,
+                    format!("{comp} {version} has no flag `--{name}`: v1.{m} removed it ({note})"),
+                    Some(format!("remove `{flag}` from `cluster.extraArgs.{comp}`")),
+                );
+                continue;
+            }
             if !list.contains(&name) {
                 let hint = match super::flags::closest(&name, list) {
                     Some(g) => format!("did you mean `{g}`? `{comp} --help` lists the flags of {version}"),
@@ -1548,6 +1601,9 @@ fn check_extra_args(
                 c.add_key(&path, format!("{comp} {version} has no flag `--{name}`"), Some(hint));
                 continue;
             }
+        }
+        for n in k8s.map(|k| super::flags::value_notes(comp, &name, value, k.minor)).unwrap_or_default() {
+            c.warn(&path, format!("`{}`: {}", shown(value), n.note), Some(n.fix.to_string()));
         }
         let tunable = crate::render::TUNABLE_FLAGS.iter().any(|(tc, tf)| *tc == comp && *tf == name);
         if owned.contains(&name) && !tunable {

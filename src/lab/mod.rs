@@ -144,8 +144,8 @@ pub struct UpArgs {
     /// that also take workloads) or `single` (one VM with every role).
     #[arg(long, default_value = "default")]
     pub topology: String,
-    /// Kubernetes version written into the inventory.
-    #[arg(long, default_value = "v1.35.7")]
+    /// Kubernetes version written into the inventory (default: the newest supported release).
+    #[arg(long, default_value = crate::inventory::validate::DEFAULT_KUBERNETES_VERSION)]
     pub kubernetes_version: String,
     /// Release bundle the inventory installs from (default: the official release source).
     #[arg(long)]
@@ -541,7 +541,10 @@ pub fn emulation_extra_args() -> std::collections::BTreeMap<String, std::collect
 }
 
 /// The component versions to pin so the inventory installs exactly what `bundle` holds: its newest etcd and
-/// its kubectl. Fails early when the bundle lacks the Kubernetes version asked for.
+/// its newest kubectl within the version-skew policy of the Kubernetes version (one minor either side; the
+/// newest of all when none is). The container runtime is not pinned: each Kubernetes minor's default
+/// (src/artifacts/versions.rs) is installed from the bundle when the bundle has it, else the nodes' own
+/// runtime is used. Fails early when the bundle lacks the Kubernetes version asked for.
 pub fn bundle_components(bundle: &Path, kubernetes: &str) -> Result<crate::inventory::ComponentVersions> {
     let m = crate::artifacts::bundle::Bundle::open(bundle, &crate::artifacts::default_cache_dir())?;
     let versions = |c: &str| -> Vec<String> {
@@ -557,9 +560,16 @@ pub fn bundle_components(bundle: &Path, kubernetes: &str) -> Result<crate::inven
             Some("pick --kubernetes-version from the bundle's manifest.json"),
         ));
     }
+    let k: Option<crate::inventory::validate::Version> = want.parse().ok();
+    let kubectls = versions("kubectl");
+    let in_skew =
+        kubectls.iter().rev().find(|v| match (v.parse::<crate::inventory::validate::Version>().ok(), k) {
+            (Some(v), Some(k)) => v.major == k.major && v.minor.abs_diff(k.minor) <= 1,
+            _ => false,
+        });
     Ok(crate::inventory::ComponentVersions {
         etcd: versions("etcd").pop(),
-        kubectl: versions("kubectl").pop(),
+        kubectl: in_skew.cloned().or_else(|| kubectls.last().cloned()),
         ..Default::default()
     })
 }
@@ -1038,6 +1048,40 @@ mod tests {
     }
 
     #[test]
+    fn the_lab_pins_a_kubectl_within_skew_of_its_kubernetes() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = |c: &str, v: &str| {
+            format!(
+                r#"{{"component":"{c}","version":"{v}","os":"linux","arch":"amd64","file":"{c}/{v}/{c}","sha256":"{}","kind":"binary"}}"#,
+                "0".repeat(64)
+            )
+        };
+        let entries = [
+            entry("kube-apiserver", "v1.35.8"),
+            entry("kube-apiserver", "v1.37.1"),
+            entry("etcd", "v3.5.1"),
+            entry("etcd", "v3.4.23"),
+            entry("kubectl", "v1.37.1"),
+            entry("kubectl", "v1.36.4"),
+        ];
+        std::fs::write(
+            dir.path().join("manifest.json"),
+            format!(r#"{{"schema":1,"artifacts":[{}]}}"#, entries.join(",")),
+        )
+        .unwrap();
+        let c = bundle_components(dir.path(), "v1.35.8").unwrap();
+        assert_eq!((c.etcd.as_deref(), c.kubectl.as_deref()), (Some("v3.5.1"), Some("v1.36.4")));
+        assert_eq!(bundle_components(dir.path(), "v1.37.1").unwrap().kubectl.as_deref(), Some("v1.37.1"));
+        assert_eq!(c.containerd, None, "the runtime follows the minor's default");
+        let e = bundle_components(dir.path(), "v1.36.4").unwrap_err();
+        assert!(e.to_string().contains("has no Kubernetes v1.36.4"), "{e}");
+        // The lab's default is the newest supported release.
+        let d: crate::inventory::validate::Version =
+            crate::inventory::validate::DEFAULT_KUBERNETES_VERSION.parse().unwrap();
+        assert_eq!(d.minor, *crate::inventory::validate::SUPPORTED_MINORS.end());
+    }
+
+    #[test]
     fn topologies_give_valid_role_sets() {
         assert_eq!(roles("default", 0, 3).unwrap(), ["control-plane", "etcd"]);
         assert_eq!(roles("default", 2, 3).unwrap(), ["worker"]);
@@ -1077,7 +1121,7 @@ mod tests {
                 memory: 1024,
                 suite: "trixie".into(),
                 topology: topology.into(),
-                kubernetes_version: "v1.35.7".into(),
+                kubernetes_version: crate::inventory::validate::DEFAULT_KUBERNETES_VERSION.into(),
                 bundle: None,
                 timings: false,
                 ssh_timeout: 1,

@@ -157,7 +157,7 @@ impl Phase for Runtime {
             DesiredFile::bytes(
                 "/etc/containerd/config.toml",
                 0o644,
-                render::containerd_config(),
+                render::containerd_config(release.map(|a| a.requirement.version.as_str())),
                 "containerd config",
             )
             .restarts(&["containerd"]),

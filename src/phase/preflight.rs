@@ -55,6 +55,8 @@ getent hosts "$(hostname)" >/dev/null 2>&1 && echo "hostname_resolves=yes" || ec
 for m in overlay br_netfilter; do
   if [ -d "/sys/module/$m" ] || modprobe -n "$m" >/dev/null 2>&1; then echo "module_$m=yes"; else echo "module_$m=no"; fi
 done
+echo "cgroup_fs=$(stat -fc %T /sys/fs/cgroup 2>/dev/null)"
+echo "containerd_version=$(containerd --version 2>/dev/null | awk '{print $3}')"
 for b in iptables conntrack mount; do command -v "$b" >/dev/null 2>&1 && echo "bin_$b=yes" || echo "bin_$b=no"; done
 command -v systemctl >/dev/null 2>&1 && echo "systemctl=yes" || echo "systemctl=no"
 listening=$(ss -Hltnp 2>/dev/null)
@@ -69,6 +71,107 @@ for peer in "$@"; do
   if timeout 5 bash -c "exec 3<>/dev/tcp/$peer/22" 2>/dev/null; then echo "peer_$peer=yes"; else echo "peer_$peer=no"; fi
 done
 "#;
+
+/// What a Kubernetes minor needs of its hosts, as data: each rule applies from its minor on.
+#[derive(Debug, Clone, Copy)]
+pub struct MinorRule {
+    /// The check name (`--ignore-preflight-errors`).
+    pub check: &'static str,
+    /// The first minor the rule applies to.
+    pub from_minor: u32,
+    /// What the rule refuses.
+    pub refuses: Refuses,
+    /// Why, with the upstream source.
+    pub reason: &'static str,
+    /// How to fix the host.
+    pub fix: &'static str,
+}
+
+/// What a [`MinorRule`] refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refuses {
+    /// A host whose `/sys/fs/cgroup` is not the unified cgroup v2 hierarchy.
+    CgroupV1,
+    /// A node whose containerd (the one that will run after the install) is older than this major.
+    ContainerdBelow(u32),
+}
+
+/// The rules, one row per upstream change (see docs/reference/k8s-1.36-1.37.md).
+pub const MINOR_RULES: &[MinorRule] = &[
+    MinorRule {
+        check: "cgroups",
+        from_minor: 35,
+        refuses: Refuses::CgroupV1,
+        reason: "the kubelet of v1.35 and later refuses to start on a cgroup v1 host (`failCgroupV1` defaults to true, KEP-5573, kubernetes PR 134298)",
+        fix: "boot the host with the unified cgroup v2 hierarchy (systemd.unified_cgroup_hierarchy=1 on the kernel command line; Debian 11 and later default to it)",
+    },
+    MinorRule {
+        check: "containerd-version",
+        from_minor: 36,
+        refuses: Refuses::ContainerdBelow(2),
+        reason: "kubeforge policy: containerd 1.7 is at the end of its support and kubeforge installs Kubernetes v1.36 and later on containerd 2.x only (upstream deferred the kubelet's own removal of containerd 1.7 support to v1.38, kubernetes PRs 136846 and 139121)",
+        fix: "let kubeforge install containerd 2.x from the release source (leave `cluster.components.containerd` unset or set a 2.x release, and use a release source that has it), or upgrade the host's containerd package to 2.x",
+    },
+];
+
+/// The major of a `containerd --version` word: `v2.1.9` → 2, Debian's `1.7.24~ds1` → 1.
+pub fn containerd_major(word: &str) -> Option<u32> {
+    word.trim_start_matches('v').split(['.', '~', '-', '+']).next()?.parse().ok()
+}
+
+/// The rules of [`MINOR_RULES`] and the upgrade-source policy, against a host's facts. `release_containerd`
+/// is the containerd version the release source installs on this host (None: the host's own runs).
+pub fn judge_version_rules(
+    model: &ClusterModel,
+    host: &HostModel,
+    facts: &std::collections::BTreeMap<String, String>,
+    release_containerd: Option<&str>,
+) -> Vec<Finding> {
+    let mut f = Vec::new();
+    let k8s = model.versions.kubernetes;
+    let get = |k: &str| facts.get(k).map(String::as_str).unwrap_or("");
+    if crate::inventory::validate::minor_support(&k8s)
+        == crate::inventory::validate::MinorSupport::UpgradeSourceOnly
+        && get("marked") == "no"
+    {
+        f.push(Finding {
+            check: "kubernetes-version",
+            fatal: true,
+            message: format!(
+                "Kubernetes {k8s} is out of upstream support and this host runs no cluster: kubeforge installs {} on new hosts and accepts v1.{} only to upgrade a running cluster from (install a supported version, or upgrade the cluster first and add the host afterwards)",
+                crate::inventory::validate::supported_range(),
+                k8s.minor
+            ),
+        });
+    }
+    for rule in MINOR_RULES.iter().filter(|r| k8s.major == 1 && k8s.minor >= r.from_minor) {
+        let problem = match rule.refuses {
+            Refuses::CgroupV1 => {
+                let fs = get("cgroup_fs");
+                (!fs.is_empty() && fs != "cgroup2fs")
+                    .then(|| format!("the host uses cgroup v1 (/sys/fs/cgroup is `{fs}`)"))
+            }
+            Refuses::ContainerdBelow(major) if host.is_node => {
+                let (version, whose) = match release_containerd {
+                    Some(v) => (v, "the release source's"),
+                    None => (get("containerd_version"), "the host's"),
+                };
+                containerd_major(version)
+                    .filter(|m| *m < major)
+                    .map(|_| format!("{whose} containerd is {version}, older than {major}.x"))
+            }
+            Refuses::ContainerdBelow(_) => None,
+        };
+        if let Some(p) = problem {
+            f.push(Finding {
+                check: rule.check,
+                fatal: true,
+                message: format!("{p}, refused for Kubernetes {k8s}: {}. Fix: {}", rule.reason, rule.fix),
+            });
+        }
+    }
+    f
+}
 
 /// One finding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,6 +332,11 @@ impl Phase for Preflight {
         let model = ctx.model.clone();
         let host = host.clone();
         let ignore = ctx.material.options.ignore_preflight.clone();
+        let release_containerd = ctx
+            .material
+            .artifacts
+            .get(&(crate::artifacts::Component::Containerd, host.arch.clone()))
+            .map(|a| a.requirement.version.clone());
         Ok(Some(HostWork::Step(Step::custom("preflight checks", move |t: &dyn Transport| {
             Box::pin(async move {
                 let cmd = facts_command(&model, &host);
@@ -241,7 +349,9 @@ impl Phase for Preflight {
                         output: out,
                     });
                 }
-                let findings = judge(&model, &host, &parse_facts(&out.stdout_str()), now);
+                let facts = parse_facts(&out.stdout_str());
+                let mut findings = judge(&model, &host, &facts, now);
+                findings.extend(judge_version_rules(&model, &host, &facts, release_containerd.as_deref()));
                 let ignored = |c: &str| ignore.iter().any(|i| i == "all" || i == c);
                 let mut errors = Vec::new();
                 for fnd in &findings {
@@ -339,6 +449,78 @@ mod tests {
         assert!(cmd.contains("10250") && cmd.contains("10.0.0.1") && !cmd.contains("6443 "), "{cmd}");
     }
 
+    fn model_at(version: &str) -> ClusterModel {
+        let text = format!(
+            "cluster: {{name: c, kubernetesVersion: {version}}}\nhosts:\n\
+            - {{name: cp1, address: 10.0.0.1, roles: [control-plane, etcd]}}\n\
+            - {{name: w1, address: 10.0.0.2, roles: [worker]}}\n"
+        );
+        ClusterModel::derive(&crate::inventory::parse(std::path::Path::new("t.yaml"), &text).unwrap())
+    }
+
+    fn rules(version: &str, host: &str, facts: &str, release: Option<&str>) -> Vec<(&'static str, String)> {
+        let m = model_at(version);
+        judge_version_rules(&m, m.host(host).unwrap(), &parse_facts(facts), release)
+            .into_iter()
+            .inspect(|f| assert!(f.fatal))
+            .map(|f| (f.check, f.message))
+            .collect()
+    }
+
+    #[test]
+    fn containerd_1_is_refused_from_v1_36_with_the_reason_and_the_fix() {
+        let debian = "containerd_version=1.7.24~ds1\ncgroup_fs=cgroup2fs\nmarked=no\n";
+        // v1.35 still runs on the distribution's containerd 1.7.
+        assert!(rules("v1.35.8", "w1", debian, None).is_empty());
+        let f = rules("v1.36.4", "w1", debian, None);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].0, "containerd-version");
+        assert!(f[0].1.starts_with("the host's containerd is 1.7.24~ds1, older than 2.x, refused for Kubernetes v1.36.4: kubeforge policy"), "{}", f[0].1);
+        assert!(
+            f[0].1.contains("deferred") && f[0].1.contains("Fix: let kubeforge install containerd 2.x"),
+            "{}",
+            f[0].1
+        );
+        // The release source's containerd 2 replaces the host's 1.7: nothing to refuse.
+        assert!(rules("v1.37.1", "w1", debian, Some("v2.1.9")).is_empty());
+        // A release source pinned to 1.7 is refused however new the host's is.
+        let f = rules("v1.37.1", "cp1", "containerd_version=v2.1.9\nmarked=no\n", Some("v1.7.29"));
+        assert!(f[0].1.starts_with("the release source's containerd is v1.7.29"), "{f:?}");
+        // No containerd yet and none from the release source: the runtime phase requires the package.
+        assert!(rules("v1.37.1", "w1", "containerd_version=\nmarked=no\n", None).is_empty());
+        assert_eq!(containerd_major("v2.1.9"), Some(2));
+        assert_eq!(containerd_major("1.7.24~ds1"), Some(1));
+        assert_eq!(containerd_major(""), None);
+    }
+
+    #[test]
+    fn cgroup_v1_hosts_are_refused_from_v1_35() {
+        let v1 = "cgroup_fs=tmpfs\ncontainerd_version=v2.1.9\nmarked=yes\n";
+        assert!(rules("v1.34.11", "cp1", v1, None).is_empty());
+        for v in ["v1.35.8", "v1.36.4", "v1.37.1"] {
+            let f = rules(v, "cp1", v1, None);
+            assert_eq!(f.len(), 1, "{v}: {f:?}");
+            assert_eq!(f[0].0, "cgroups");
+            assert!(
+                f[0].1.contains("/sys/fs/cgroup is `tmpfs`") && f[0].1.contains("failCgroupV1"),
+                "{}",
+                f[0].1
+            );
+        }
+        assert!(rules("v1.37.1", "cp1", &v1.replace("tmpfs", "cgroup2fs"), None).is_empty());
+    }
+
+    #[test]
+    fn upgrade_source_versions_are_not_installed_on_new_hosts() {
+        let f = rules("v1.34.11", "w1", "marked=no\ncgroup_fs=cgroup2fs\n", None);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].0, "kubernetes-version");
+        assert!(f[0].1.contains("installs v1.35.x to v1.37.x"), "{}", f[0].1);
+        // A host of the running cluster (marked) converges at its version, e.g. before an upgrade.
+        assert!(rules("v1.34.11", "w1", "marked=yes\ncgroup_fs=cgroup2fs\n", None).is_empty());
+        assert!(rules("v1.35.8", "w1", "marked=no\ncgroup_fs=cgroup2fs\n", None).is_empty());
+    }
+
     #[tokio::test]
     async fn the_facts_script_runs_in_a_real_shell() {
         // Loopback peers only: tests never send traffic to other addresses.
@@ -352,7 +534,17 @@ mod tests {
         let out = t.exec(&facts_command(&m, m.host("w1").unwrap())).await.unwrap();
         assert!(out.success(), "{}", out.stderr_str());
         let facts = parse_facts(&out.stdout_str());
-        for key in ["arch", "cpus", "mem_mb", "epoch", "module_overlay", "port_10250", "peer_127.0.0.1"] {
+        for key in [
+            "arch",
+            "cpus",
+            "mem_mb",
+            "epoch",
+            "module_overlay",
+            "port_10250",
+            "peer_127.0.0.1",
+            "cgroup_fs",
+            "containerd_version",
+        ] {
             assert!(facts.contains_key(key), "missing {key}: {facts:?}");
         }
         if held.is_some() && which("ss") {

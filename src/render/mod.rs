@@ -45,6 +45,7 @@ fn tera() -> &'static tera::Tera {
             ("modules", include_str!("../../templates/os/modules-load.conf.tera")),
             ("sysctl", include_str!("../../templates/os/sysctl.conf.tera")),
             ("containerd", include_str!("../../templates/containerd/config.toml.tera")),
+            ("containerd-v3", include_str!("../../templates/containerd/config-v3.toml.tera")),
         ])
         .expect("embedded templates parse");
         t
@@ -157,6 +158,7 @@ pub fn unit(component: Component, exec: &str, args: Vec<String>, docs: &str) -> 
     // a node's other work (a kubelet pulling images, binaries being replaced during an upgrade): its CPU and
     // disk priority are raised, as etcd's tuning guide advises for disk (`ionice -c2 -n0`).
     c.insert("priority", &matches!(component, Component::Etcd));
+    c.insert("runtime", &matches!(component, Component::ContainerRuntime));
     c.insert("exec", exec);
     c.insert("args", &args);
     render("unit", &c)
@@ -490,11 +492,29 @@ pub fn sysctl() -> String {
     render("sysctl", &tera::Context::new())
 }
 
-/// `/etc/containerd/config.toml`.
-pub fn containerd_config() -> String {
+/// `/etc/containerd/config.toml` for the containerd kubeforge installs (`Some(version)`, from the release
+/// source) or the host's own (`None`). containerd 2.x gets its own format, version 3 (CRI split into the
+/// `io.containerd.cri.v1.images` and `io.containerd.cri.v1.runtime` plugins; `bin_dirs` from 2.1 on, where
+/// `bin_dir` is deprecated); containerd 1.x and a distribution's containerd of unknown version get version
+/// 2, which 1.6/1.7 read and 2.x migrates when it starts. A move from 1.7 to 2.x (a runtime upgrade)
+/// therefore rewrites the file in the new format.
+pub fn containerd_config(release: Option<&str>) -> String {
     let mut c = tera::Context::new();
     c.insert("sandbox_image", SANDBOX_IMAGE);
-    render("containerd", &c)
+    let parts: Vec<u32> = release
+        .unwrap_or("")
+        .trim_start_matches('v')
+        .split('.')
+        .take(2)
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    match parts.as_slice() {
+        [major, minor] if *major >= 2 => {
+            c.insert("cni_bin_dirs", &(*major > 2 || *minor >= 1));
+            render("containerd-v3", &c)
+        }
+        _ => render("containerd", &c),
+    }
 }
 
 /// `/etc/crictl.yaml`.
@@ -645,6 +665,52 @@ mod tests {
              - {{name: w1, address: 10.0.0.4, roles: [worker]}}\n"
         );
         ClusterModel::derive(&crate::inventory::parse(std::path::Path::new("t.yaml"), &text).unwrap())
+    }
+
+    #[test]
+    fn containerd_2_gets_config_version_3_and_a_unit_that_keeps_containers_across_restarts() {
+        let v3 = containerd_config(Some("v2.1.9"));
+        assert!(v3.contains("\nversion = 3\n") && !v3.contains("io.containerd.grpc.v1.cri"), "{v3}");
+        assert!(v3.contains(
+            "[plugins.'io.containerd.cri.v1.images'.pinned_images]\n  sandbox = \"registry.k8s.io/pause:"
+        ));
+        assert!(v3.contains("[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]"));
+        assert!(v3.contains("bin_dirs = [\"/opt/cni/bin\"]") && !v3.contains("bin_dir ="), "{v3}");
+        // containerd 2.0 has no `bin_dirs` yet.
+        let v20 = containerd_config(Some("v2.0.6"));
+        assert!(v20.contains("version = 3") && v20.contains("bin_dir = \"/opt/cni/bin\""), "{v20}");
+        for old in [Some("v1.7.29"), None] {
+            let v2 = containerd_config(old);
+            assert!(
+                v2.contains("\nversion = 2\n") && v2.contains("[plugins.\"io.containerd.grpc.v1.cri\"]"),
+                "{v2}"
+            );
+        }
+        let unit =
+            unit(Component::ContainerRuntime, "/usr/local/bin/containerd", vec![], "https://containerd.io");
+        assert!(
+            unit.contains("\nKillMode=process\nDelegate=yes\n") && unit.contains("Type=notify"),
+            "{unit}"
+        );
+        let kubelet = unit_for_test(Component::Kubelet);
+        assert!(!kubelet.contains("KillMode"), "{kubelet}");
+    }
+
+    fn unit_for_test(c: Component) -> String {
+        unit(c, "/usr/local/bin/x", vec![], "https://kubernetes.io")
+    }
+
+    #[test]
+    fn the_kubelet_event_qps_is_written_out_and_never_zero() {
+        // v1.37 changed the meaning of `eventRecordQPS: 0` from "the default, 50" to "no limit" (Urgent
+        // Upgrade Note, PR 117119). kubeforge writes the value itself, so the change cannot reach its
+        // clusters as long as it is not 0; and `--event-qps` cannot be set through extraArgs.
+        for v in ["v1.35.8", "v1.36.4", "v1.37.1"] {
+            let c: serde_yaml::Value = serde_yaml::from_str(&kubelet_config(&model(v))).unwrap();
+            assert_eq!(c["eventRecordQPS"].as_u64(), Some(50), "{v}");
+        }
+        assert!(owned_flags("kubelet").contains("event-qps"));
+        assert!(!TUNABLE_FLAGS.contains(&("kubelet", "event-qps")));
     }
 
     /// The flag names a component of `minor` accepts, from the reference lists the doubles also enforce.
