@@ -72,7 +72,7 @@ pub struct PlanArgs {
     pub to: Option<String>,
     /// Connection, PKI and cache settings.
     #[command(flatten)]
-    pub common: crate::cli::ClusterArgs,
+    pub common: crate::args::ClusterArgs,
 }
 
 /// Arguments of `upgrade apply`.
@@ -101,7 +101,7 @@ pub struct ApplyArgs {
     pub ignore_preflight_errors: Vec<String>,
     /// Connection, PKI and cache settings.
     #[command(flatten)]
-    pub common: crate::cli::ClusterArgs,
+    pub common: crate::args::ClusterArgs,
 }
 
 /// Arguments of `upgrade rollback`.
@@ -121,7 +121,7 @@ pub struct RollbackArgs {
     pub drain_timeout: Duration,
     /// Connection, PKI and cache settings.
     #[command(flatten)]
-    pub common: crate::cli::ClusterArgs,
+    pub common: crate::args::ClusterArgs,
 }
 
 /// How many workers go at once.
@@ -1375,23 +1375,22 @@ fn host_versions(facts: &BTreeMap<String, HostFacts>) -> BTreeMap<String, Versio
     facts.iter().filter_map(|(h, f)| Some((h.clone(), f.kubernetes()?))).collect()
 }
 
+/// The one confirmation rule (`crate::prompt`): asked on the terminal, refused (exit 2) without one.
 fn confirm(question: &str) -> Result<bool> {
-    use std::io::{BufRead, IsTerminal, Write};
-    if !std::io::stdin().is_terminal() {
-        return Err(Error::msg(
-            "upgrade apply needs a confirmation and standard input is not a terminal",
-            Some("pass --yes to upgrade without asking"),
-        ));
-    }
-    print!("{question} [y/N] ");
-    std::io::stdout().flush().ok();
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).map_err(|e| Error::io("reading the answer", e))?;
-    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
+    crate::prompt::ask(question)
 }
 
 /// `kubeforge upgrade apply`.
 pub fn apply(inventory: &Path, options: UpgradeOptions) -> Result<i32> {
+    if options.edit_inventory && crate::inventory::is_stream(inventory) {
+        // Refused before any work, not after the upgrade.
+        return Err(Error::usage(
+            "--edit-inventory: the inventory comes from a stream (`-i -` or a pipe), not a file to edit",
+            Some(
+                "give the inventory file with -i, or set its `kubernetesVersion` yourself after the upgrade",
+            ),
+        ));
+    }
     let c = context(inventory, &options.apply)?;
     let target: Version = match &options.to {
         Some(t) => {
@@ -1558,6 +1557,12 @@ fn versions_now(model: &ClusterModel, facts: &BTreeMap<String, HostFacts>) -> St
 
 /// Rewrites the `kubernetesVersion` value in the inventory file, leaving every other byte alone.
 pub fn edit_inventory_version(loaded: &crate::inventory::Loaded, v: Version) -> Result<()> {
+    if crate::inventory::is_stream(&loaded.path) {
+        return Err(Error::usage(
+            "--edit-inventory: the inventory came from a stream (`-i -` or a pipe), not a file to edit",
+            Some("set `kubernetesVersion` in the inventory's source file yourself, or give the file with -i"),
+        ));
+    }
     let text = std::fs::read_to_string(&loaded.path)
         .map_err(|e| Error::io(format!("reading {}", loaded.path.display()), e))?;
     let old = &loaded.inventory.cluster.kubernetes_version;

@@ -65,7 +65,7 @@ async fn fetch_bundle_verify_then_install_from_the_bundle_without_network() {
     let dir = tmp.path().join("lab-bundle");
     for o in [&archive, &dir] {
         let out =
-            kubeforge(&["artifacts", "bundle", "-i", p(&inv), "--cache-dir", p(&cache), "-o", p(o)]).await;
+            kubeforge(&["artifacts", "bundle", "-i", p(&inv), "--cache-dir", p(&cache), "--out", p(o)]).await;
         assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
         assert!(out.stdout.contains("(17 files from mirror"), "{}", out.stdout);
     }
@@ -196,7 +196,7 @@ async fn bundle_notes_are_reported_on_every_use_and_missing_entries_list_the_con
     assert_eq!(
         report,
         format!(
-            "error: bundle {} has no kubelet {KUBE} linux/arm64; it has: kube-apiserver {KUBE} linux/amd64, etcd {ETCD} linux/amd64, etcdctl {ETCD} linux/amd64\n  hint: rebuild the bundle with `kubeforge artifacts bundle -i INVENTORY -o FILE` for this inventory's versions",
+            "error: bundle {} has no kubelet {KUBE} linux/arm64; it has: kube-apiserver {KUBE} linux/amd64, etcd {ETCD} linux/amd64, etcdctl {ETCD} linux/amd64\n  hint: rebuild the bundle with `kubeforge artifacts bundle -i INVENTORY --out FILE` for this inventory's versions",
             b.display()
         )
     );

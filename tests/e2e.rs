@@ -1448,7 +1448,10 @@ fn apply_on_lab_vms_workers_join_upgrade_remove_then_ha() {
     let mut failed = Vec::new();
     // `KUBEFORGE_E2E_ONLY=text` runs only the scenarios whose title contains it (for working on one).
     let only = std::env::var("KUBEFORGE_E2E_ONLY").unwrap_or_default();
-    for (what, run, used) in scenarios.into_iter().filter(|(w, ..)| w.contains(only.as_str())) {
+    let selected: Vec<_> = scenarios.into_iter().filter(|(w, ..)| w.contains(only.as_str())).collect();
+    // A filter that matches nothing would test nothing and pass: refused.
+    assert!(!selected.is_empty(), "KUBEFORGE_E2E_ONLY={only:?} matches no scenario");
+    for (what, run, used) in selected {
         let t = Instant::now();
         eprintln!("[e2e] === scenario: {what}");
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&lab)));

@@ -40,8 +40,8 @@ pub enum ArtifactsCommand {
         #[command(flatten)]
         common: FetchArgs,
         /// Output directory or .tar.gz file.
-        #[arg(short, long)]
-        output: PathBuf,
+        #[arg(long, value_name = "DIR|FILE.tar.gz")]
+        out: PathBuf,
     },
     /// Re-check a bundle: manifest, every file present, every sha256 matching.
     Verify {
@@ -100,7 +100,7 @@ pub fn run(cmd: ArtifactsCommand) -> Result<i32> {
             println!("{} artifacts ready in {}", artifacts.len(), cache_dir(&common.cache_dir).display());
             Ok(0)
         }
-        ArtifactsCommand::Bundle { common, output } => {
+        ArtifactsCommand::Bundle { common, out: output } => {
             let (source, artifacts) = rt.block_on(fetch_all(&common))?;
             let manifest = write_bundle(&output, &artifacts)?;
             println!(

@@ -384,7 +384,7 @@ impl ArtifactError {
                 "the file was corrupted or replaced; if you trust the new file, pin its digest in cluster.releaseSource.pins".into()
             }
             ArtifactError::NotInBundle { .. } => {
-                "rebuild the bundle with `kubeforge artifacts bundle -i INVENTORY -o FILE` for this inventory's versions".into()
+                "rebuild the bundle with `kubeforge artifacts bundle -i INVENTORY --out FILE` for this inventory's versions".into()
             }
             ArtifactError::BundleInvalid { .. } => {
                 "the bundle was modified or copied incompletely; rebuild or re-copy it".into()

@@ -45,7 +45,7 @@ pub struct InitArgs {
     #[arg(long, default_value = "kubeforge")]
     pub cluster_name: String,
     /// The Kubernetes version.
-    #[arg(long, default_value = "v1.35.7")]
+    #[arg(long, default_value = crate::inventory::validate::DEFAULT_KUBERNETES_VERSION)]
     pub kubernetes_version: String,
     /// Write the inventory to this file (it must not exist yet) instead of standard output.
     #[arg(long, value_name = "FILE")]

@@ -111,8 +111,8 @@ pub enum LabCommand {
         #[arg(long, default_value = "trixie")]
         suite: String,
         /// Write the box here instead (always written anew).
-        #[arg(short, long)]
-        output: Option<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Run a command inside the lab's network (where the node addresses are reachable).
     Exec {
@@ -992,7 +992,7 @@ pub fn run_command(cmd: LabCommand) -> Result<i32> {
             println!("{node} is up ({:.1}s)", t.elapsed().as_secs_f64());
             Ok(0)
         }
-        LabCommand::Box { suite, output } => {
+        LabCommand::Box { suite, out: output } => {
             check_host()?;
             let image = ensure_image(&suite)?;
             let cached = image.dir.join("kubeforge-debian.box");
