@@ -311,6 +311,95 @@ async fn a_non_root_user_gets_root_through_sudo_n_or_a_sudo_password() {
     assert!(err.contains("ssh.sudoPasswordEnv names KF_TEST_SUDO_PASSWORD, which is not set"), "{err}");
 }
 
+/// `@cert-authority` lines (and wildcard patterns) verify a host as OpenSSH does: a host certificate from
+/// the trusted CA connects with nothing recorded; a certificate for another name, an expired one or a
+/// revoked CA is refused, also with --accept-new-host-keys. OpenSSH's own `ssh` agrees on each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_certificate_from_a_ca_in_known_hosts_is_verified_as_openssh_does() {
+    if !enabled() {
+        return;
+    }
+    let key = ClientKey::new();
+    let mut s = Sshd::start(&key, &["127.0.0.1"], "");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = s.dir.path().to_path_buf();
+    let ca = tmp.path().join("ca");
+    sh(&format!("ssh-keygen -q -t ed25519 -N '' -C test-ca -f {}", ca.display()));
+    let ca_pub = std::fs::read_to_string(format!("{}.pub", ca.display())).unwrap().trim().to_string();
+    let sign = |s: &mut Sshd, principals: &str, validity: &str| {
+        sh(&format!(
+            "ssh-keygen -q -s {} -I test-host -h -n {principals} -V {validity} {}/host_ed25519.pub",
+            ca.display(),
+            d.display()
+        ));
+        s.restart();
+    };
+    let config = d.join("sshd_config");
+    let mut c = std::fs::read_to_string(&config).unwrap();
+    c.push_str(&format!("HostCertificate {}/host_ed25519-cert.pub\n", d.display()));
+    std::fs::write(&config, c).unwrap();
+    sign(&mut s, "127.0.0.1", "-5m:+1h");
+    let (port, fp, host_key) = (s.port, s.fingerprint(), s.host_key());
+
+    let kh = tmp.path().join("known_hosts");
+    let openssh = |kh: &Path| {
+        std::process::Command::new("ssh")
+            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o"])
+            .arg(format!("UserKnownHostsFile={}", kh.display()))
+            .arg("-i")
+            .arg(key.private())
+            .args(["-p", &port.to_string(), "root@127.0.0.1", "true"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let connect =
+        |accept: bool| SshTransport::connect(target("cp1", "127.0.0.1", port, "root", &key, &kh, accept));
+    std::fs::write(&kh, format!("@cert-authority 127.0.0.?,!10.* {ca_pub}\n")).unwrap();
+    assert!(openssh(&kh), "OpenSSH verifies the host by its certificate (bare name: no port in the line)");
+    let t = connect(false).await.unwrap_or_else(|e| panic!("the certificate must verify the host: {e}"));
+    assert!(t.exec(&Command::new("true")).await.unwrap().success());
+    t.close().await;
+    assert_eq!(std::fs::read_to_string(&kh).unwrap().lines().count(), 1, "nothing recorded");
+
+    // A CA line whose negated pattern excludes the host does not apply: the host is unknown, as for ssh.
+    std::fs::write(&kh, format!("@cert-authority *,![127.0.0.1]:*,!127.0.0.1 {ca_pub}\n")).unwrap();
+    assert!(!openssh(&kh));
+    let e = connect(false).await.err().expect("no CA applies: unknown");
+    assert!(matches!(e, TransportError::UnknownHostKey { .. }), "{e}");
+
+    // A wildcard plain line verifies the plain key (the certificate from an untrusted CA is its key).
+    std::fs::write(&kh, format!("[127.0.0.?]:{port} {host_key}\n")).unwrap();
+    assert!(openssh(&kh));
+    connect(false).await.unwrap_or_else(|e| panic!("a wildcard line must match: {e}")).close().await;
+
+    // Refusals, whatever --accept-new-host-keys says; OpenSSH refuses each too.
+    let refused = |e: TransportError, want: &str| {
+        assert!(matches!(e, TransportError::Config { .. }), "{e}");
+        assert!(e.to_string().contains(want), "{e}");
+        assert!(e.to_string().contains(&fp), "{e}");
+    };
+    std::fs::write(&kh, format!("@cert-authority * {ca_pub}\n@revoked * {ca_pub}\n")).unwrap();
+    assert!(!openssh(&kh));
+    refused(connect(true).await.err().unwrap(), "marks the CA that signed the host certificate @revoked");
+    std::fs::write(&kh, format!("@cert-authority * {ca_pub}\n")).unwrap();
+    sign(&mut s, "node-other", "-5m:+1h");
+    assert!(!openssh(&kh));
+    refused(connect(true).await.err().unwrap(), "not valid for 127.0.0.1 (principals: node-other)");
+    sign(&mut s, "127.0.0.1", "20200101:20200102");
+    assert!(!openssh(&kh));
+    refused(connect(true).await.err().unwrap(), "outside its validity period");
+    assert_eq!(std::fs::read_to_string(&kh).unwrap().lines().count(), 1, "nothing recorded");
+    // A revoked plain key is refused too.
+    std::fs::write(&kh, format!("@revoked * {host_key}\n")).unwrap();
+    std::fs::write(&config, std::fs::read_to_string(&config).unwrap().replace("HostCertificate", "#"))
+        .unwrap();
+    s.restart();
+    assert!(!openssh(&kh));
+    refused(connect(true).await.err().unwrap(), "marks this host key @revoked");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_host_key_is_refused_with_its_fingerprint_and_recorded_only_on_request() {
     if !enabled() {

@@ -388,8 +388,9 @@ pub fn wildcard(pattern: &str, text: &str, ignore_case: bool) -> bool {
 }
 
 /// OpenSSH's `match_pattern_list`: a comma-separated list; 1 when a positive entry matches and no
-/// negated one does, -1 when a negated one matches, 0 otherwise.
-fn pattern_list(text: &str, list: &str) -> i32 {
+/// negated one does, -1 when a negated one matches, 0 otherwise. Also the host-name matching of
+/// `known_hosts` lines (OpenSSH's `match_hostname`).
+pub fn pattern_list(text: &str, list: &str) -> i32 {
     let mut got = 0;
     for p in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (neg, p) = match p.strip_prefix('!') {

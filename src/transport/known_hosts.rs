@@ -1,10 +1,26 @@
-//! Host key verification against OpenSSH `known_hosts` files (plain, wildcard-free patterns, `[host]:port`,
-//! hashed `|1|salt|hash` entries, `@revoked`) or a key pinned in the inventory, and recording of newly
-//! accepted keys. This module only decides; the SSH handler turns its verdict into a refusal.
+//! Host key verification against OpenSSH `known_hosts` files or a key pinned in the inventory, and
+//! recording of newly accepted keys. This module only decides; the SSH handler turns its verdict into a
+//! refusal.
+//!
+//! The file is read as `sshd(8)` (section SSH_KNOWN_HOSTS FILE FORMAT) and `ssh(1)` read it:
+//! - the host is looked up as `host`, or `[host]:port` for another port than 22; when that finds nothing,
+//!   `host` alone is tried, and only a match counts ("checking without port identifier" in `ssh -v`);
+//! - the hosts field is either one hashed name (`|1|salt|hmac-sha1`) or a comma-separated pattern list
+//!   (`*` and `?` wildcards, case-insensitive) in which a negated `!pattern` that matches excludes the
+//!   line even when another pattern matches;
+//! - `@revoked` lines (for the hosts they match) name keys that are refused whatever else the file says,
+//!   also as the signing key of a host certificate;
+//! - `@cert-authority` lines name a CA whose host certificates are trusted for the hosts they match: the
+//!   certificate must be a host certificate signed by that CA, inside its validity window, list the host
+//!   among its principals (or list none, which OpenSSH accepts) and carry no critical option. A
+//!   certificate that fails any of these is refused, as by OpenSSH; a certificate from a CA the file does
+//!   not trust is checked as the plain key it certifies (OpenSSH's "retry with plain key").
+//! - a host whose recorded keys all differ from the offered one is "changed" (OpenSSH would first
+//!   negotiate a recorded key type; refusing is the safe side).
 
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
-use russh::keys::{HashAlg, PublicKey};
+use russh::keys::{Certificate, HashAlg, PublicKey};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -25,14 +41,20 @@ pub enum HostKeyPolicy {
 /// The outcome of a check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// The key matches a recorded one.
+    /// The key matches a recorded one (or a certificate from a trusted CA is valid for the host).
     Known,
     /// The host has no recorded key.
     Unknown,
-    /// The host has recorded keys and this one is not among them (or it is revoked).
+    /// The host has recorded keys and this one is not among them.
     Changed {
         /// `file:line` or `the inventory`.
         recorded_in: String,
+    },
+    /// The file refuses what the host presented: a `@revoked` key, or an invalid certificate from a CA it
+    /// trusts. Never overridden by `--accept-new-host-keys`.
+    Refused {
+        /// What is wrong and where the file says so (`file:line`).
+        reason: String,
     },
 }
 
@@ -60,76 +82,179 @@ fn parse_key_line(alg_and_b64: &[&str]) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(b64).ok()
 }
 
-/// Whether one comma-separated host entry of a known_hosts line names `pattern`.
-fn entry_matches(entry: &str, pattern: &str) -> bool {
-    if let Some(rest) = entry.strip_prefix("|1|") {
+/// Whether the hosts field of a known_hosts line names `name` (OpenSSH's `match_maybe_hashed`): a hashed
+/// field is one name; otherwise a pattern list, in which a matching negated pattern wins.
+fn hosts_match(hosts: &str, name: &str) -> bool {
+    if let Some(rest) = hosts.strip_prefix("|1|") {
         let mut parts = rest.splitn(2, '|');
         let (Some(salt), Some(hash)) = (parts.next(), parts.next()) else { return false };
         let b64 = base64::engine::general_purpose::STANDARD;
         let (Ok(salt), Ok(hash)) = (b64.decode(salt), b64.decode(hash)) else { return false };
         let Ok(mut mac) = Hmac::<sha1::Sha1>::new_from_slice(&salt) else { return false };
-        mac.update(pattern.as_bytes());
+        mac.update(name.as_bytes());
         mac.verify_slice(&hash).is_ok()
     } else {
-        // Negated and wildcard patterns are rare in files kubeforge reads; an exact match is required.
-        entry.eq_ignore_ascii_case(pattern)
+        crate::sshconfig::pattern_list(name, hosts) == 1
     }
 }
 
-/// Checks `key` for `host:port` in the known_hosts text `content` (named `file` in messages).
-pub fn check_text(content: &str, file: &str, host: &str, port: u16, key: &PublicKey) -> Verdict {
-    let pattern = host_pattern(host, port);
-    let Some(offered) = key_blob(key) else { return Verdict::Changed { recorded_in: file.into() } };
-    let mut first_other: Option<String> = None;
-    let mut known = false;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Marker {
+    None,
+    Revoked,
+    CertAuthority,
+}
+
+/// One line of a known_hosts file that applies to the host looked up.
+struct Entry {
+    at: String,
+    marker: Marker,
+    key: Vec<u8>,
+}
+
+/// The lines of `content` whose hosts field matches `name` (unparseable lines are skipped, as by ssh).
+fn entries(content: &str, file: &str, name: &str) -> Vec<Entry> {
+    let mut out = Vec::new();
     for (i, line) in content.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         let mut fields: Vec<&str> = line.split_whitespace().collect();
-        let mut revoked = false;
-        if let Some(m) = fields.first().filter(|f| f.starts_with('@')) {
-            match *m {
-                "@revoked" => revoked = true,
-                // Certificate authorities are not supported: such lines neither accept nor reject.
-                _ => continue,
-            }
+        let marker = match fields.first().copied() {
+            Some("@revoked") => Marker::Revoked,
+            Some("@cert-authority") => Marker::CertAuthority,
+            // An unknown marker makes OpenSSH skip the line.
+            Some(m) if m.starts_with('@') => continue,
+            _ => Marker::None,
+        };
+        if marker != Marker::None {
             fields.remove(0);
         }
         let Some(hosts) = fields.first() else { continue };
-        let matches = if revoked { true } else { hosts.split(',').any(|e| entry_matches(e, &pattern)) };
-        if !matches {
+        if !hosts_match(hosts, name) {
             continue;
         }
-        let Some(recorded) = parse_key_line(&fields[1..]) else { continue };
-        let at = format!("{file}:{}", i + 1);
-        if recorded == offered {
-            if revoked {
-                return Verdict::Changed { recorded_in: format!("{at} (@revoked)") };
-            }
-            known = true;
-        } else if !revoked && first_other.is_none() {
-            first_other = Some(at);
-        }
+        let Some(key) = parse_key_line(&fields[1..]) else { continue };
+        out.push(Entry { at: format!("{file}:{}", i + 1), marker, key });
     }
-    match (known, first_other) {
-        (true, _) => Verdict::Known,
-        // OpenSSH would negotiate a recorded algorithm first; we compare every recorded key, and a host
-        // with recorded keys none of which match is treated as changed: refusing is the safe side.
-        (false, Some(at)) => Verdict::Changed { recorded_in: at },
-        (false, None) => Verdict::Unknown,
+    out
+}
+
+fn revoked<'a>(entries: &'a [Entry], blob: &[u8]) -> Option<&'a Entry> {
+    entries.iter().find(|e| e.marker == Marker::Revoked && e.key == blob)
+}
+
+fn check_key_entries(entries: &[Entry], offered: &[u8]) -> Verdict {
+    if let Some(e) = revoked(entries, offered) {
+        return Verdict::Refused { reason: format!("{} marks this host key @revoked", e.at) };
+    }
+    let plain = || entries.iter().filter(|e| e.marker == Marker::None);
+    if plain().any(|e| e.key == offered) {
+        return Verdict::Known;
+    }
+    match plain().next() {
+        Some(e) => Verdict::Changed { recorded_in: e.at.clone() },
+        None => Verdict::Unknown,
+    }
+}
+
+/// `check` for `[host]:port`; for another port than 22, when that finds nothing, for `host` alone, of
+/// which only a match (or, stricter than OpenSSH, a revocation) counts: a differing key recorded for the
+/// bare name leaves the host unknown, as with ssh.
+fn with_bare_fallback(host: &str, port: u16, check: impl Fn(&str) -> Verdict) -> Verdict {
+    let v = check(&host_pattern(host, port));
+    if v != Verdict::Unknown || port == 22 {
+        return v;
+    }
+    match check(host) {
+        v @ (Verdict::Known | Verdict::Refused { .. }) => v,
+        _ => Verdict::Unknown,
+    }
+}
+
+/// Checks the plain key `key` for `host:port` in the known_hosts text `content` (named `file` in messages).
+pub fn check_text(content: &str, file: &str, host: &str, port: u16, key: &PublicKey) -> Verdict {
+    let Some(offered) = key_blob(key) else { return Verdict::Changed { recorded_in: file.into() } };
+    with_bare_fallback(host, port, |name| check_key_entries(&entries(content, file, name), &offered))
+}
+
+/// Whether `content` has a `@cert-authority` line for `host:port` (or `host`): then kubeforge asks the
+/// host for its certificate, as OpenSSH does.
+pub fn trusts_a_ca_for(content: &str, host: &str, port: u16) -> bool {
+    [host_pattern(host, port), host.to_string()]
+        .iter()
+        .any(|name| entries(content, "", name).iter().any(|e| e.marker == Marker::CertAuthority))
+}
+
+/// Checks the host certificate `cert` for `host:port` at `now` (Unix seconds), as `ssh(1)` does: revoked
+/// keys first, then a `@cert-authority` line for the host whose key signed it (the certificate must then be
+/// valid for the host, or the host is refused); with no such line, the certified key is checked as a plain
+/// key.
+pub fn check_cert_text(
+    content: &str,
+    file: &str,
+    host: &str,
+    port: u16,
+    cert: &Certificate,
+    now: u64,
+) -> Verdict {
+    with_bare_fallback(host, port, |name| check_cert_entries(&entries(content, file, name), host, cert, now))
+}
+
+fn check_cert_entries(es: &[Entry], host: &str, cert: &Certificate, now: u64) -> Verdict {
+    let plain = PublicKey::new(cert.public_key().clone(), "");
+    let ca = PublicKey::new(cert.signature_key().clone(), "");
+    let (Some(plain_blob), Some(ca_blob)) = (key_blob(&plain), key_blob(&ca)) else {
+        return Verdict::Changed { recorded_in: "the certificate (unencodable key)".into() };
+    };
+    if let Some(e) = revoked(es, &plain_blob) {
+        return Verdict::Refused { reason: format!("{} marks the certified host key @revoked", e.at) };
+    }
+    if let Some(e) = revoked(es, &ca_blob) {
+        return Verdict::Refused {
+            reason: format!("{} marks the CA that signed the host certificate @revoked", e.at),
+        };
+    }
+    let Some(trusted) = es.iter().find(|e| e.marker == Marker::CertAuthority && e.key == ca_blob) else {
+        // OpenSSH: "No matching CA found. Retry with plain key".
+        return check_key_entries(es, &plain_blob);
+    };
+    let problem = if cert.cert_type() != russh::keys::ssh_key::certificate::CertType::Host {
+        Some("it is a user certificate, not a host certificate".to_string())
+    } else if cert.validate_at(now, [&ca.fingerprint(HashAlg::Sha256)]).is_err() {
+        Some(if now < cert.valid_after() || now >= cert.valid_before() {
+            "it is outside its validity period (expired or not yet valid)".to_string()
+        } else {
+            "its signature does not verify with the CA key".to_string()
+        })
+    } else if !cert.valid_principals().is_empty() && !cert.valid_principals().iter().any(|p| p == host) {
+        Some(format!("it is not valid for {host} (principals: {})", cert.valid_principals().join(", ")))
+    } else if !cert.critical_options().is_empty() {
+        Some("it carries critical options, which a host certificate must not".to_string())
+    } else {
+        None
+    };
+    match problem {
+        None => Verdict::Known,
+        Some(p) => Verdict::Refused {
+            reason: format!("the host certificate from the CA trusted at {} is not valid: {p}", trusted.at),
+        },
     }
 }
 
 /// Checks `key` against a known_hosts file (a missing file means every host is unknown).
 pub fn check_file(path: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Result<Verdict> {
-    let content = match std::fs::read_to_string(path) {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e),
-    };
-    Ok(check_text(&content, &path.display().to_string(), host, port, key))
+    Ok(check_text(&read(path)?, &path.display().to_string(), host, port, key))
+}
+
+/// The text of a known_hosts file; a missing file is empty (every host is unknown).
+pub fn read(path: &Path) -> std::io::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(c) => Ok(c),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Checks `key` against a pinned `keytype base64` string.
@@ -191,10 +316,98 @@ mod tests {
 
     #[test]
     fn revoked_and_pinned() {
+        // `@revoked` applies to the hosts its pattern matches (`*` here), whatever else the file says.
         let text = format!("@revoked * {K1}\nh {K1}\n");
-        assert!(matches!(check_text(&text, "kh", "h", 22, &key(K1)), Verdict::Changed { .. }));
+        let v = check_text(&text, "kh", "h", 22, &key(K1));
+        assert_eq!(v, Verdict::Refused { reason: "kh:1 marks this host key @revoked".into() });
+        assert_eq!(
+            check_text(&text, "kh", "h", 22, &key(K2)),
+            Verdict::Changed { recorded_in: "kh:2".into() }
+        );
+        assert_eq!(
+            check_text(&format!("@revoked other {K1}\nh {K1}\n"), "kh", "h", 22, &key(K1)),
+            Verdict::Known
+        );
         assert_eq!(check_pinned(K1, &key(K1)), Verdict::Known);
         assert!(matches!(check_pinned(K2, &key(K1)), Verdict::Changed { .. }));
+    }
+
+    #[test]
+    fn wildcard_and_negated_patterns_match_as_in_openssh() {
+        let text = format!(
+            "*.example.org,!bad.example.org {K1}\n[10.0.0.?]:2222 {K1}\n10.1.*,!10.1.0.9 {K2}\nNODE-B {K1}\n"
+        );
+        let at = |h: &str, port: u16, k: &str| check_text(&text, "kh", h, port, &key(k));
+        assert_eq!(at("a.example.org", 22, K1), Verdict::Known);
+        assert_eq!(at("a.example.org", 22, K2), Verdict::Changed { recorded_in: "kh:1".into() });
+        assert_eq!(at("bad.example.org", 22, K1), Verdict::Unknown, "a matching negation excludes the line");
+        assert_eq!(at("example.org", 22, K1), Verdict::Unknown);
+        assert_eq!(at("10.0.0.7", 2222, K1), Verdict::Known, "[host]:port with a wildcard");
+        assert_eq!(at("10.0.0.7", 22, K1), Verdict::Unknown, "another port is another name");
+        assert_eq!(at("10.0.0.17", 2222, K1), Verdict::Unknown, "? is one character");
+        assert_eq!(at("10.1.4.4", 22, K2), Verdict::Known);
+        assert_eq!(at("10.1.0.9", 22, K2), Verdict::Unknown);
+        assert_eq!(at("node-b", 22, K1), Verdict::Known, "names are case-insensitive");
+        // Another port: `[host]:port` first, then the bare name, of which only a match counts.
+        assert_eq!(at("node-b", 2200, K1), Verdict::Known, "ssh: checking without port identifier");
+        assert_eq!(at("node-b", 2200, K2), Verdict::Unknown, "a differing bare entry leaves it unknown");
+        let both = format!("[node-b]:2200 {K2}\nnode-b {K1}\n");
+        assert_eq!(
+            check_text(&both, "kh", "node-b", 2200, &key(K1)),
+            Verdict::Changed { recorded_in: "kh:1".into() },
+            "the [host]:port entry decides when there is one"
+        );
+        // A hashed field is one name: its commas are not a list.
+        let text = format!("{} {K1}\n", hashed("[h]:2200"));
+        assert_eq!(check_text(&text, "kh", "h", 2200, &key(K1)), Verdict::Known);
+        assert!(trusts_a_ca_for(&format!("@cert-authority *.example.org {CA}\n"), "n.example.org", 22));
+        assert!(!trusts_a_ca_for(&format!("@cert-authority *,!n.example.org {CA}\n"), "n.example.org", 22));
+        assert!(!trusts_a_ca_for(&format!("* {CA}\n"), "n.example.org", 22));
+    }
+
+    /// Made with `ssh-keygen -s ca -h -n node-a -V always:forever` over the key `HOST` (`CERT_OK`),
+    /// `-V 20200101:20200102` (`CERT_EXPIRED`), without `-h` (`CERT_USER`) and signed by `OTHER_CA`.
+    const CA: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINWHPMI2iTntYGiaQ87zc+VEjQn1fdIAp1BDnDHFJg6m";
+    const OTHER_CA: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJDtp350H3OjwcsczBJyOv4DOvzSpdaIfipJeeqGk05r";
+    const HOST: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGdoOCTlsVahPxzp83rqVAlT5x9h30ake++HtMWmI5LR";
+    const CERT_OK: &str = "ssh-ed25519-cert-v01@openssh.com AAAAIHNzaC1lZDI1NTE5LWNlcnQtdjAxQG9wZW5zc2guY29tAAAAIP42tW1ieM4G71A2d2fc8SSB2uHaEmuFt/ogSefZUEkpAAAAIGdoOCTlsVahPxzp83rqVAlT5x9h30ake++HtMWmI5LRAAAAAAAAAAAAAAACAAAAAm9rAAAACgAAAAZub2RlLWEAAAAAAAAAAP//////////AAAAAAAAAAAAAAAAAAAAMwAAAAtzc2gtZWQyNTUxOQAAACDVhzzCNok57WBomkPO83PlRI0J9X3SAKdQQ5wxxSYOpgAAAFMAAAALc3NoLWVkMjU1MTkAAABAkJ4Cvbm8wsAvJOZrSqTOUHOOQpI0C4BfK1QeDdWjW5it3uDXtV3dumJJnroC2fvw6Ff+RrQ959JNY411MGbAAA==";
+    const CERT_EXPIRED: &str = "ssh-ed25519-cert-v01@openssh.com AAAAIHNzaC1lZDI1NTE5LWNlcnQtdjAxQG9wZW5zc2guY29tAAAAIDjEDrRUys/8++ccWL64y/xVs/iuw09UCutE7CY9nNESAAAAIGdoOCTlsVahPxzp83rqVAlT5x9h30ake++HtMWmI5LRAAAAAAAAAAAAAAACAAAAB2V4cGlyZWQAAAAKAAAABm5vZGUtYQAAAABeC+EAAAAAAF4NMoAAAAAAAAAAAAAAAAAAAAAzAAAAC3NzaC1lZDI1NTE5AAAAINWHPMI2iTntYGiaQ87zc+VEjQn1fdIAp1BDnDHFJg6mAAAAUwAAAAtzc2gtZWQyNTUxOQAAAED9/y/zX++VfMEWcX2Cz6KuXH59Ga0qkty0fBICf03ApSTG14PUY7zL2KSUxJ6gRta3Deus2yr+cSddjgxShYcB";
+    const CERT_USER: &str = "ssh-ed25519-cert-v01@openssh.com AAAAIHNzaC1lZDI1NTE5LWNlcnQtdjAxQG9wZW5zc2guY29tAAAAIBOzeb29TuuYTP0nK+DlN7KFivsHGohefu7kEzFPyclzAAAAIGdoOCTlsVahPxzp83rqVAlT5x9h30ake++HtMWmI5LRAAAAAAAAAAAAAAABAAAABHVzZXIAAAAKAAAABm5vZGUtYQAAAAAAAAAA//////////8AAAAAAAAAggAAABVwZXJtaXQtWDExLWZvcndhcmRpbmcAAAAAAAAAF3Blcm1pdC1hZ2VudC1mb3J3YXJkaW5nAAAAAAAAABZwZXJtaXQtcG9ydC1mb3J3YXJkaW5nAAAAAAAAAApwZXJtaXQtcHR5AAAAAAAAAA5wZXJtaXQtdXNlci1yYwAAAAAAAAAAAAAAMwAAAAtzc2gtZWQyNTUxOQAAACDVhzzCNok57WBomkPO83PlRI0J9X3SAKdQQ5wxxSYOpgAAAFMAAAALc3NoLWVkMjU1MTkAAABA3BHDgbgD99PJ4p4od1ZXrgrMj7sule5TvvJAGo3j9Kaxd5FYv1DQDT4a5Af6bOto/9Yfw03cb0FIl/KvPyVMBw==";
+    const CERT_OTHER_CA: &str = "ssh-ed25519-cert-v01@openssh.com AAAAIHNzaC1lZDI1NTE5LWNlcnQtdjAxQG9wZW5zc2guY29tAAAAIFyXdtaQX087QRAOGRQyZSsOZDttB01fNVgDBiwwtMLqAAAAIGdoOCTlsVahPxzp83rqVAlT5x9h30ake++HtMWmI5LRAAAAAAAAAAAAAAACAAAAB290aGVyY2EAAAAKAAAABm5vZGUtYQAAAAAAAAAA//////////8AAAAAAAAAAAAAAAAAAAAzAAAAC3NzaC1lZDI1NTE5AAAAIJDtp350H3OjwcsczBJyOv4DOvzSpdaIfipJeeqGk05rAAAAUwAAAAtzc2gtZWQyNTUxOQAAAEBzUio1agH7Q26b8nee9mH7sjV7mNrWkaQ5wbncDRszC9JF4M+kCXC2FBzYGssHOL2Y8+sz06HOLRXE5ae+xHEE";
+    const NOW: u64 = 1_796_000_000;
+
+    fn cert(s: &str) -> Certificate {
+        Certificate::from_openssh(s).unwrap()
+    }
+
+    #[test]
+    fn a_host_certificate_from_a_trusted_ca_verifies_the_host_and_a_bad_one_is_refused() {
+        let ca_line = format!("@cert-authority node-* {CA}\n");
+        let check = |text: &str, host: &str, c: &str| check_cert_text(text, "kh", host, 22, &cert(c), NOW);
+        assert_eq!(check(&ca_line, "node-a", CERT_OK), Verdict::Known);
+        let refused = |v: Verdict, want: &str| match v {
+            Verdict::Refused { reason } => assert!(reason.contains(want), "{reason}"),
+            other => panic!("expected a refusal ({want}), got {other:?}"),
+        };
+        refused(check(&ca_line, "node-b", CERT_OK), "not valid for node-b (principals: node-a)");
+        refused(check(&ca_line, "node-a", CERT_EXPIRED), "outside its validity period");
+        refused(check(&ca_line, "node-a", CERT_USER), "not a host certificate");
+        // The CA line does not cover the host: the certified key is checked as a plain key.
+        assert_eq!(check(&ca_line, "other", CERT_OK), Verdict::Unknown);
+        assert_eq!(check(&format!("{ca_line}node-a {HOST}\n"), "other", CERT_OK), Verdict::Unknown);
+        // A CA the file does not trust: plain key check (known, changed or unknown as for any key).
+        assert_eq!(check(&ca_line, "node-a", CERT_OTHER_CA), Verdict::Unknown);
+        assert_eq!(check(&format!("{ca_line}node-a {HOST}\n"), "node-a", CERT_OTHER_CA), Verdict::Known);
+        assert_eq!(
+            check(&format!("node-a {OTHER_CA}\n"), "node-a", CERT_OTHER_CA),
+            Verdict::Changed { recorded_in: "kh:1".into() }
+        );
+        // Revoked: the certified key, or the CA that signed it.
+        refused(
+            check(&format!("{ca_line}@revoked * {HOST}\n"), "node-a", CERT_OK),
+            "kh:2 marks the certified host key @revoked",
+        );
+        refused(check(&format!("@revoked * {CA}\n{ca_line}"), "node-a", CERT_OK), "kh:1 marks the CA");
     }
 
     #[test]

@@ -23,12 +23,37 @@ use tokio::io::AsyncRead;
 pub use super::target::{ConnectOptions, Secret, SshTarget, SudoMode};
 
 impl SshTarget {
+    /// Whether the known_hosts file has a `@cert-authority` line for this host (an unreadable file is
+    /// reported by the key check itself).
+    fn wants_certificate(&self) -> bool {
+        match &self.host_key {
+            HostKeyPolicy::KnownHosts { path, .. } => known_hosts::read(path)
+                .is_ok_and(|text| known_hosts::trusts_a_ca_for(&text, &self.address, self.port)),
+            HostKeyPolicy::Pinned(_) => false,
+        }
+    }
+
     fn addr(&self) -> String {
         format!("{}:{}", self.address, self.port)
     }
 
     fn config(&self) -> Arc<client::Config> {
+        let mut preferred = russh::Preferred::default();
+        if self.wants_certificate() {
+            // Ask for the host's certificate, as OpenSSH does: a certificate from a CA that known_hosts
+            // trusts verifies the host; one from another CA is checked as the plain key it certifies.
+            use russh::keys::{Algorithm, EcdsaCurve, HashAlg};
+            preferred.host_key_certificates = std::borrow::Cow::Owned(vec![
+                Algorithm::Ed25519,
+                Algorithm::Ecdsa { curve: EcdsaCurve::NistP256 },
+                Algorithm::Ecdsa { curve: EcdsaCurve::NistP384 },
+                Algorithm::Ecdsa { curve: EcdsaCurve::NistP521 },
+                Algorithm::Rsa { hash: Some(HashAlg::Sha512) },
+                Algorithm::Rsa { hash: Some(HashAlg::Sha256) },
+            ]);
+        }
         Arc::new(client::Config {
+            preferred,
             keepalive_interval: Some(self.keepalive),
             keepalive_max: 3,
             inactivity_timeout: None,
@@ -58,29 +83,50 @@ struct Handler {
 }
 
 impl Handler {
-    fn verify(&self, key: &PublicKey) -> bool {
-        let fp = known_hosts::fingerprint(key);
+    fn verify(&self, presented: &russh::keys::PublicKeyOrCertificate) -> bool {
+        use russh::keys::PublicKeyOrCertificate as P;
+        let (key, cert) = match presented {
+            P::PublicKey { key, .. } => (key.clone(), None),
+            P::Certificate(c) => (PublicKey::new(c.public_key().clone(), ""), Some(c)),
+        };
+        let fp = known_hosts::fingerprint(&key);
         let verdict = match &self.policy {
-            HostKeyPolicy::Pinned(k) => known_hosts::check_pinned(k, key),
-            HostKeyPolicy::KnownHosts { path, accept_new } => {
-                match known_hosts::check_file(path, &self.address, self.port, key) {
-                    Ok(Verdict::Unknown) if *accept_new => {
-                        match known_hosts::record(path, &self.address, self.port, key) {
-                            Ok(()) => {
-                                eprintln!("{}: recorded new host key {fp} in {}", self.host, path.display());
-                                Verdict::Known
-                            }
-                            Err(e) => Verdict::Changed {
-                                recorded_in: format!("{} (cannot record: {e})", path.display()),
-                            },
+            // A pinned key is compared with the key itself, also when it comes in a certificate.
+            HostKeyPolicy::Pinned(k) => known_hosts::check_pinned(k, &key),
+            HostKeyPolicy::KnownHosts { path, accept_new } => match known_hosts::read(path) {
+                Err(e) => Verdict::Changed { recorded_in: format!("{} (unreadable: {e})", path.display()) },
+                Ok(text) => {
+                    let file = path.display().to_string();
+                    let v = match cert {
+                        Some(c) => {
+                            let now = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map(|d| d.as_secs())
+                                .unwrap_or(0);
+                            known_hosts::check_cert_text(&text, &file, &self.address, self.port, c, now)
                         }
-                    }
-                    Ok(v) => v,
-                    Err(e) => {
-                        Verdict::Changed { recorded_in: format!("{} (unreadable: {e})", path.display()) }
+                        None => known_hosts::check_text(&text, &file, &self.address, self.port, &key),
+                    };
+                    match v {
+                        Verdict::Unknown if *accept_new => {
+                            match known_hosts::record(path, &self.address, self.port, &key) {
+                                Ok(()) => {
+                                    eprintln!(
+                                        "{}: recorded new host key {fp} in {}",
+                                        self.host,
+                                        path.display()
+                                    );
+                                    Verdict::Known
+                                }
+                                Err(e) => Verdict::Changed {
+                                    recorded_in: format!("{} (cannot record: {e})", path.display()),
+                                },
+                            }
+                        }
+                        v => v,
                     }
                 }
-            }
+            },
         };
         if verdict == Verdict::Known {
             return true;
@@ -98,13 +144,8 @@ impl client::Handler for Handler {
         &mut self,
         key: &russh::keys::PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        Ok(match key {
-            russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => self.verify(key),
-            // Host certificates are not supported: verify the certified key itself like a plain key.
-            russh::keys::PublicKeyOrCertificate::Certificate(c) => {
-                self.verify(&PublicKey::new(c.public_key().clone(), ""))
-            }
-        })
+        // A certificate arrives only when known_hosts trusts a CA for this host (see `SshTarget::config`).
+        Ok(self.verify(key))
     }
 }
 
@@ -371,6 +412,17 @@ where
                 }
                 Some(KeyRefusal { verdict: Verdict::Changed { recorded_in }, fingerprint }) => {
                     TransportError::HostKeyChanged { host: t.name.clone(), addr, fingerprint, recorded_in }
+                }
+                Some(KeyRefusal { verdict: Verdict::Refused { reason }, fingerprint }) => {
+                    TransportError::Config {
+                        host: t.name.clone(),
+                        message: format!(
+                        "host key {fingerprint} of {addr} refused: {reason}. Fix the host (a new host key, \
+                         or a host certificate valid for it: `ssh-keygen -s CA_KEY -h -n {} ...`); \
+                         --accept-new-host-keys never overrides this",
+                        t.address
+                    ),
+                    }
                 }
                 _ => TransportError::Connect {
                     host: t.name.clone(),
