@@ -400,6 +400,53 @@ async fn a_host_certificate_from_a_ca_in_known_hosts_is_verified_as_openssh_does
     refused(connect(true).await.err().unwrap(), "marks this host key @revoked");
 }
 
+/// The common Vagrant/CI client config would make every connection trust any key: `kubeforge` refuses it
+/// before connecting, naming the config lines and the fix, and accepts it once the key is pinned.
+#[test]
+fn strict_host_key_checking_no_with_known_hosts_dev_null_is_refused_unless_the_key_is_pinned() {
+    if !enabled() {
+        return;
+    }
+    let key = ClientKey::new();
+    let s = Sshd::start(&key, &["127.0.0.1"], "");
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("ssh_config");
+    std::fs::write(
+        &cfg,
+        format!(
+            "Host node\n  HostName 127.0.0.1\n  Port {}\n  User root\n  IdentityFile {}\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n",
+            s.port,
+            key.private().display()
+        ),
+    )
+    .unwrap();
+    let inv = tmp.path().join("inventory.yaml");
+    let write = |pin: &str| {
+        std::fs::write(
+            &inv,
+            format!(
+                "cluster: {{name: kh, kubernetesVersion: v1.35.7}}\nssh: {{configFile: ssh_config}}\n\
+                 hosts:\n  - {{name: cp1, address: node, internalAddress: 10.77.1.1, roles: [control-plane, etcd, worker]{pin}}}\n"
+            ),
+        )
+        .unwrap()
+    };
+    write("");
+    let (code, out, err) = kubeforge(&["exec", "-i", inv.to_str().unwrap(), "--", "true"]);
+    assert_ne!(code, 0, "{out}{err}");
+    for want in [
+        format!("{}:6 (StrictHostKeyChecking no", cfg.display()),
+        format!("known_hosts is /dev/null ({}:7 (UserKnownHostsFile))", cfg.display()),
+        "hosts[0].ssh.hostKey".to_string(),
+    ] {
+        assert!(err.contains(&want), "missing `{want}` in:\n{err}");
+    }
+    assert!(!s.log().contains("Accepted publickey"), "refused before connecting:\n{}", s.log());
+    write(&format!(", ssh: {{hostKey: {}}}", s.host_key()));
+    let (code, out, err) = kubeforge(&["exec", "-i", inv.to_str().unwrap(), "--", "true"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_host_key_is_refused_with_its_fingerprint_and_recorded_only_on_request() {
     if !enabled() {

@@ -177,6 +177,41 @@ impl Ctx<'_> {
     }
 }
 
+/// Whether a known_hosts file can remember no key: `/dev/null` (or another character device) or
+/// `UserKnownHostsFile none`.
+pub fn remembers_nothing(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    path == Path::new("none")
+        || path == Path::new("/dev/null")
+        || std::fs::metadata(path).is_ok_and(|m| m.file_type().is_char_device())
+}
+
+/// The rule against blind trust: a hop whose key is not pinned in the inventory, whose known_hosts
+/// remembers nothing (`remembers_nothing`) and which would accept unknown keys (`StrictHostKeyChecking no`
+/// or `accept-new`, or `--accept-new-host-keys`) would trust whatever key it is shown on every
+/// connection, an intercepted one included. OpenSSH does exactly that with `StrictHostKeyChecking no` and
+/// `UserKnownHostsFile /dev/null`; kubeforge refuses, naming both settings and where they come from.
+/// (Without accept-new such a hop is safe: every connection is refused as unknown.)
+fn refuse_blind_trust(
+    cx: &Ctx<'_>,
+    hop: &str,
+    (known_hosts, kh_src): (&Path, &str),
+    (accept_new, accept_src): (bool, &str),
+    pin: &str,
+) -> Result<(), TransportError> {
+    if !accept_new || !remembers_nothing(known_hosts) {
+        return Ok(());
+    }
+    let who = if hop.is_empty() { String::new() } else { format!("{hop}: ") };
+    Err(cx.err(format!(
+        "{who}host key checking would be off: known_hosts is {} ({kh_src}), which remembers no key, and \
+         unknown keys are accepted ({accept_src}), so every connection would trust whatever key the host \
+         presents. Fix: {pin}, or use a real known_hosts file (remove that UserKnownHostsFile line, or set \
+         ssh.knownHosts: ~/.ssh/known_hosts in the inventory)",
+        known_hosts.display()
+    )))
+}
+
 fn yes(b: bool) -> &'static str {
     if b {
         "yes"
@@ -300,12 +335,14 @@ pub fn resolve(
         (None, None) => (home().join(".ssh/known_hosts"), "default".into()),
     };
     let (accept_new, accept_src) = cx.strict(&hc);
-    if accept_new && known_hosts == Path::new("/dev/null") && h.host_key.is_none() {
-        cx.notes.push(format!(
-            "known_hosts is /dev/null: no key is ever remembered, so every connection trusts the key the host \
-             presents; pin it with hosts[{idx}].ssh.hostKey (`kubeforge inventory init --accept-new-host-keys` \
-             writes it)"
-        ));
+    if h.host_key.is_none() {
+        refuse_blind_trust(
+            &cx,
+            "",
+            (&known_hosts, &kh_src),
+            (accept_new, &accept_src),
+            &format!("pin the host's key with hosts[{idx}].ssh.hostKey (`kubeforge inventory init --accept-new-host-keys` writes it)"),
+        )?;
     }
     let host_key = match h.host_key.clone() {
         Some(k) => {
@@ -536,6 +573,21 @@ fn jump_chain(
         Some(_) => cx.strict(&hc),
         None => (inherit.accept_new, "the host's".into()),
     };
+    if spec_key.is_none() {
+        let pin = match &hop {
+            Hop::Bastion(..) => "pin the jump host's key with bastion.hostKey",
+            Hop::Spec(..) => {
+                "reach this jump host through the inventory's ssh.bastion and pin its key with bastion.hostKey"
+            }
+        };
+        refuse_blind_trust(
+            cx,
+            &format!("jump host {name}"),
+            (&known_hosts, &kh_src),
+            (accept_new, &accept_src),
+            pin,
+        )?;
+    }
     cx.push(&label, "address", &address, addr_src);
     cx.push(&label, "port", port.to_string(), port_src);
     cx.push(&label, "user", &user, user_src);
@@ -737,7 +789,7 @@ mod tests {
 
     #[test]
     fn strict_host_key_checking_no_is_accept_new_with_a_note_and_proxycommand_is_refused() {
-        let (dir, i) = setup("Host node1\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n", "");
+        let (dir, i) = setup("Host node1\n  StrictHostKeyChecking no\n", "");
         let r = resolve0(&i, dir.path()).unwrap();
         assert!(matches!(&r.target.host_key, HostKeyPolicy::KnownHosts { accept_new: true, .. }));
         assert!(r.notes[0].contains("never turns host key checking off"), "{:?}", r.notes);
@@ -751,6 +803,56 @@ mod tests {
         let (dir, i) = setup("Host *\n  ProxyCommand nc %h %p\n", "");
         let e = resolve0(&i, dir.path()).unwrap_err();
         assert!(e.to_string().contains("does not run"), "{e}");
+    }
+
+    /// The Vagrant/CI pair `StrictHostKeyChecking no` + `UserKnownHostsFile /dev/null` would trust any key
+    /// on every connection: refused unless the key is pinned, with both config lines and the fixes named.
+    #[test]
+    fn a_known_hosts_that_remembers_nothing_with_accept_new_is_refused_unless_the_key_is_pinned() {
+        let vagrant = "Host node1\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n";
+        let (dir, i) = setup(vagrant, "");
+        let cfg = dir.path().join("ssh_config").display().to_string();
+        let e = resolve0(&i, dir.path()).unwrap_err().to_string();
+        for want in [
+            format!("known_hosts is /dev/null ({cfg}:3 (UserKnownHostsFile))"),
+            format!("({cfg}:2 (StrictHostKeyChecking no, taken as accept-new))"),
+            "hosts[0].ssh.hostKey".to_string(),
+            "ssh.knownHosts: ~/.ssh/known_hosts".to_string(),
+        ] {
+            assert!(e.contains(&want), "missing `{want}` in: {e}");
+        }
+        // Pinned: known_hosts is not used at all.
+        let mut pinned = i.clone();
+        pinned.hosts[0].ssh = Some(SshSpec {
+            host_key: Some(
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ".into(),
+            ),
+            ..Default::default()
+        });
+        assert!(matches!(resolve0(&pinned, dir.path()).unwrap().target.host_key, HostKeyPolicy::Pinned(_)));
+        // A real known_hosts from the inventory wins over the config's /dev/null.
+        let (dir, i) = setup(vagrant, ", knownHosts: kh");
+        let r = resolve0(&i, dir.path()).unwrap();
+        assert!(
+            matches!(&r.target.host_key, HostKeyPolicy::KnownHosts { accept_new: true, path } if path == &dir.path().join("kh"))
+        );
+        // /dev/null without accept-new refuses every unpinned host as unknown: safe, so allowed; the flag
+        // and `UserKnownHostsFile none` are refused the same way.
+        let (dir, i) = setup("Host node1\n  UserKnownHostsFile /dev/null\n", "");
+        assert!(resolve0(&i, dir.path()).is_ok());
+        let opts = ConnectOptions { accept_new_host_keys: true, ..Default::default() };
+        let e = resolve(&i, dir.path(), &i.hosts[0], &opts).unwrap_err().to_string();
+        assert!(e.contains("(--accept-new-host-keys)"), "{e}");
+        let (dir, i) =
+            setup("Host node1\n  UserKnownHostsFile none\n  StrictHostKeyChecking accept-new\n", "");
+        assert!(resolve0(&i, dir.path()).unwrap_err().to_string().contains("known_hosts is none"));
+        // A jump host is held to the same rule (its own config block, or inherited from the host).
+        let (dir, i) = setup(&format!("Host node1\n  ProxyJump j1\nHost j1\n{}", &vagrant[11..]), "");
+        let e = resolve0(&i, dir.path()).unwrap_err().to_string();
+        assert!(e.contains("jump host j1: host key checking would be off"), "{e}");
+        let (dir, i) = setup(&format!("{vagrant}  ProxyJump j1\n"), ", knownHosts: /dev/null");
+        let e = resolve0(&i, dir.path()).unwrap_err().to_string();
+        assert!(e.contains("known_hosts is /dev/null (inventory (ssh.knownHosts))"), "{e}");
     }
 
     #[test]
