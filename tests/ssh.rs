@@ -311,6 +311,80 @@ async fn a_non_root_user_gets_root_through_sudo_n_or_a_sudo_password() {
     assert!(err.contains("ssh.sudoPasswordEnv names KF_TEST_SUDO_PASSWORD, which is not set"), "{err}");
 }
 
+/// A sudo password configured for a host whose sudo needs none (NOPASSWD): the password must never become
+/// the command's input. Before the probe, `cat` printed it and every upload failed its checksum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sudo_password_never_reaches_a_host_whose_sudo_needs_none() {
+    if !enabled() {
+        return;
+    }
+    let key = ClientKey::new();
+    let nopw = TestUser::create("nq", "ALL=(ALL) NOPASSWD: ALL");
+    let withpw = TestUser::create("pq", "ALL=(ALL) ALL");
+    let s = Sshd::start(&key, &["127.0.0.1"], "");
+    let tmp = tempfile::tempdir().unwrap();
+    sh(&format!("chmod 755 {}", tmp.path().display()));
+    let kh = trusting(tmp.path(), &s);
+    let root_only = tmp.path().join("root-only");
+    std::fs::create_dir(&root_only).unwrap();
+    let password = "pw-that-must-stay-secret-4711";
+
+    let mut tg = target("np", "127.0.0.1", s.port, &nopw.name, &key, &kh, false);
+    tg.sudo = SudoMode::Password(Secret::new(password));
+    let t = SshTransport::connect(tg).await.unwrap();
+    let input = b"first line\nsecond\n".to_vec();
+    let out = t
+        .exec_io(&Command::new("cat").sudo(), Some(Box::new(std::io::Cursor::new(input.clone()))), None)
+        .await
+        .unwrap();
+    assert!(out.success(), "{}", out.stderr_str());
+    assert_eq!(out.stdout, input, "the command's input is exactly what was sent: no password line");
+    assert_eq!(stdout(&t, Command::new("id").arg("-u").sudo()).await, "0");
+    let dest = root_only.join("conf");
+    let up = Upload::bytes(b"k=v\n".to_vec(), dest.to_str().unwrap(), 0o600).owner("root:root");
+    assert_eq!(t.upload(&up).await.unwrap(), UploadOutcome::Written);
+    assert_eq!(std::fs::read(&dest).unwrap(), b"k=v\n");
+    let st = t.stats();
+    // cat, id, upload's digest check and the upload itself, plus one sudo probe for the connection.
+    assert_eq!((st.connects, st.round_trips), (1, 5), "sudo is probed once per connection");
+
+    // The same configuration on a host whose sudo asks: the password is used there.
+    let mut tg = target("pw", "127.0.0.1", s.port, &withpw.name, &key, &kh, false);
+    tg.sudo = SudoMode::Password(Secret::new(withpw.password.clone()));
+    let t = SshTransport::connect(tg).await.unwrap();
+    let out = t
+        .exec_io(&Command::new("cat").sudo(), Some(Box::new(std::io::Cursor::new(input.clone()))), None)
+        .await
+        .unwrap();
+    assert_eq!((out.status, &out.stdout), (Some(0), &input), "{}", out.stderr_str());
+
+    // End to end: `kubeforge exec --sudo -- cat` prints nothing of the password.
+    let inv = tmp.path().join("inventory.yaml");
+    std::fs::write(
+        &inv,
+        format!(
+            "cluster: {{name: sudo, kubernetesVersion: v1.35.7}}\n\
+             ssh: {{user: {}, port: {}, identityFile: {}, knownHosts: {}, sudoPasswordEnv: KF_TEST_SUDO_PASSWORD}}\n\
+             hosts:\n  - {{name: cp1, address: 127.0.0.1, internalAddress: 10.77.1.1, roles: [control-plane, etcd, worker]}}\n",
+            nopw.name,
+            s.port,
+            key.private().display(),
+            kh.display()
+        ),
+    )
+    .unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_kubeforge"))
+        .args(["exec", "-i", inv.to_str().unwrap(), "--sudo", "--", "cat"])
+        .env("KF_TEST_SUDO_PASSWORD", password)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let (code, out, err) = outcome(o);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("=== cp1 (127.0.0.1): exit 0 in"), "{out}");
+    assert!(!out.contains(password) && !err.contains(password), "the password leaked:\n{out}{err}");
+}
+
 /// `@cert-authority` lines (and wildcard patterns) verify a host as OpenSSH does: a host certificate from
 /// the trusted CA connects with nothing recorded; a certificate for another name, an expired one or a
 /// revoked CA is refused, also with --accept-new-host-keys. OpenSSH's own `ssh` agrees on each.

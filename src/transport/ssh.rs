@@ -151,6 +151,9 @@ impl client::Handler for Handler {
 
 struct Conn {
     handle: client::Handle<Handler>,
+    /// With a sudo password configured: whether this host's sudo asks for one (probed once per
+    /// connection with `sudo -n true`, before the first privileged command).
+    sudo_asks_password: tokio::sync::OnceCell<bool>,
     // Every jump host's session, kept alive so the tunnels stay open as long as the connection.
     _jumps: Vec<client::Handle<Handler>>,
 }
@@ -212,7 +215,8 @@ impl SshTransport {
         Ok(c)
     }
 
-    fn wrap(&self, cmd: &Command) -> (String, Option<String>) {
+    /// `sudo_asks_password`: the probe's answer (only consulted with a password configured).
+    fn wrap(&self, cmd: &Command, sudo_asks_password: bool) -> (String, Option<String>) {
         let mut line = cmd.to_shell();
         if let Some(limit) = cmd.get_timeout() {
             // The host enforces the limit too, a little after this side gives up: the `signal` request
@@ -228,12 +232,57 @@ impl SshTransport {
         match &self.target.sudo {
             SudoMode::Off => (line, None),
             SudoMode::NoPassword => (format!("sudo -n -- {line}"), None),
+            // A host whose sudo needs no password (NOPASSWD) would never read the password line: it would
+            // become the command's first line of input. Such a host gets `sudo -n` and no password.
+            SudoMode::Password(_) if !sudo_asks_password => (format!("sudo -n -- {line}"), None),
             // -k: never use a cached credential, so sudo always reads exactly one password line first
             // and the rest of stdin reaches the command unchanged.
             SudoMode::Password(pw) => {
                 (format!("sudo -k -S -p '' -- {line}"), Some(format!("{}\n", pw.expose())))
             }
         }
+    }
+
+    /// Whether this connection's sudo asks for a password: `sudo -n true` fails on a host that does
+    /// (and on one where the user may not use sudo at all, whose error then comes from the real
+    /// command). Asked once per connection, before the first privileged command.
+    async fn sudo_asks_password(&self, conn: &Conn) -> Result<bool, TransportError> {
+        let probe = async {
+            let lost = |e: &dyn fmt::Display| TransportError::Disconnected {
+                host: self.target.name.clone(),
+                command: "sudo -n true".into(),
+                message: e.to_string(),
+            };
+            self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+            let mut ch = conn.handle.channel_open_session().await.map_err(|e| lost(&e))?;
+            ch.exec(true, "sudo -n true").await.map_err(|e| lost(&e))?;
+            let _ = ch.eof().await;
+            let mut status = None;
+            while let Some(msg) = ch.wait().await {
+                match msg {
+                    ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                    ChannelMsg::Close => break,
+                    _ => {}
+                }
+            }
+            match status {
+                Some(s) => Ok(s != 0),
+                None => Err(lost(&"the channel closed without an exit status")),
+            }
+        };
+        conn.sudo_asks_password
+            .get_or_try_init(|| async {
+                match tokio::time::timeout(self.target.connect_timeout, probe).await {
+                    Ok(r) => r,
+                    Err(_) => Err(TransportError::Timeout {
+                        host: self.target.name.clone(),
+                        command: "sudo -n true".into(),
+                        timeout: self.target.connect_timeout,
+                    }),
+                }
+            })
+            .await
+            .copied()
     }
 
     async fn run(
@@ -250,8 +299,12 @@ impl SshTransport {
             message: e.to_string(),
         };
         self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+        let asks = match self.target.sudo {
+            SudoMode::Password(_) if cmd.needs_sudo() => self.sudo_asks_password(&conn).await?,
+            _ => false,
+        };
         let channel = conn.handle.channel_open_session().await.map_err(|e| lost(&e))?;
-        let (line, password) = self.wrap(cmd);
+        let (line, password) = self.wrap(cmd, asks);
         channel.exec(true, line).await.map_err(|e| lost(&e))?;
         let (mut read, write) = channel.split();
 
@@ -369,10 +422,10 @@ async fn open(t: &SshTarget) -> Result<Conn, TransportError> {
             })?;
             let _ = tcp.set_nodelay(true);
             let handle = handshake(t, tcp).await?;
-            Ok(Conn { handle, _jumps: Vec::new() })
+            Ok(Conn { handle, sudo_asks_password: Default::default(), _jumps: Vec::new() })
         }
         Some(b) => {
-            let Conn { handle: jump, _jumps: mut jumps } = Box::pin(open(b)).await?;
+            let Conn { handle: jump, _jumps: mut jumps, .. } = Box::pin(open(b)).await?;
             let ch = jump
                 .channel_open_direct_tcpip(t.address.clone(), t.port as u32, "127.0.0.1", 0)
                 .await
@@ -384,7 +437,7 @@ async fn open(t: &SshTarget) -> Result<Conn, TransportError> {
             })?;
             let handle = handshake(t, ch.into_stream()).await?;
             jumps.push(jump);
-            Ok(Conn { handle, _jumps: jumps })
+            Ok(Conn { handle, sudo_asks_password: Default::default(), _jumps: jumps })
         }
     }
 }
