@@ -662,6 +662,89 @@ async fn a_command_past_its_timeout_is_stopped_and_the_connection_stays_usable()
     );
 }
 
+/// A finished upload is durable: the staged file is fsynced before it is renamed into place and its
+/// directory after, for a single upload and for a batch. Observed with strace on the sshd serving the
+/// connection (its children are followed), so what is checked is what the host really did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_upload_is_fsynced_before_its_rename_and_its_directory_after() {
+    if !enabled() {
+        return;
+    }
+    assert!(
+        std::process::Command::new("sh").args(["-c", "command -v strace"]).output().unwrap().status.success(),
+        "`strace` is missing: run scripts/install-test-deps.sh, or set KUBEFORGE_SSH_TESTS=0"
+    );
+    let (key, s, tmp, kh) = loopback_sshd();
+    // The listener's pid, from its PidFile (sshd retitles itself, so its command line is no guide).
+    let pid_file = s.dir.path().join("sshd.pid");
+    let pids: Vec<i32> = vec![std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap()];
+    let log = tmp.path().join("strace.log");
+    let mut strace = std::process::Command::new("strace")
+        .args(["-f", "-y", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2", "-o"])
+        .arg(&log)
+        .args(["-p", &pids[0].to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(format!("/proc/{}/status", pids[0]))
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("TracerPid:") && l.trim_end() != "TracerPid:\t0")
+    {
+        assert!(Instant::now() < deadline, "strace did not attach to sshd");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let dir = tmp.path().join("etc/kf");
+    let t =
+        SshTransport::connect(target("cp1", "127.0.0.1", s.port, "root", &key, &kh, false)).await.unwrap();
+    let single = dir.join("single.conf");
+    let up = Upload::bytes(b"one\n".to_vec(), single.to_str().unwrap(), 0o644);
+    assert_eq!(t.upload(&up).await.unwrap(), UploadOutcome::Written);
+    let (b1, b2) = (dir.join("b1.conf"), tmp.path().join("other/b2.conf"));
+    let batch = vec![
+        Upload::bytes(b"b1\n".to_vec(), b1.to_str().unwrap(), 0o644),
+        Upload::bytes(b"b2\n".to_vec(), b2.to_str().unwrap(), 0o600),
+    ];
+    assert_eq!(t.upload_batch(&batch, None).await.unwrap().files, vec![UploadOutcome::Written; 2]);
+    t.close().await;
+    // SIGINT: strace detaches and flushes its log.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(strace.id() as i32), nix::sys::signal::Signal::SIGINT)
+        .unwrap();
+    strace.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let pos = |what: &dyn Fn(&str) -> bool, from: usize, label: &str| -> usize {
+        from + lines[from..]
+            .iter()
+            .position(|l| what(l))
+            .unwrap_or_else(|| panic!("no {label} after line {from} in:\n{text}"))
+    };
+    for dest in [&single, &b1, &b2] {
+        let d = dest.parent().unwrap().display().to_string();
+        let dest = dest.display().to_string();
+        // `renameat2(AT_FDCWD, "<dir>/.kubeforge-upload.XXXXXX", AT_FDCWD, "<dest>", 0) = 0`
+        let rename = pos(
+            &|l: &str| l.contains("rename") && l.contains(&format!("\"{dest}\"")) && l.ends_with("= 0"),
+            0,
+            "rename",
+        );
+        let staged = lines[rename].split('"').nth(1).unwrap().to_string();
+        assert!(staged.starts_with(&format!("{d}/.kubeforge-upload.")), "{}", lines[rename]);
+        let synced = lines[..rename]
+            .iter()
+            .any(|l| l.contains("sync(") && l.contains(&format!("<{staged}>")) && l.ends_with("= 0"));
+        assert!(synced, "{staged} was not fsynced before its rename to {dest}:\n{text}");
+        pos(
+            &|l: &str| l.contains("fsync(") && l.contains(&format!("<{d}>")) && l.ends_with("= 0"),
+            rename,
+            "directory fsync",
+        );
+    }
+    assert_eq!(std::fs::read(&b2).unwrap(), b"b2\n");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_mib_upload_lands_with_its_sha256_and_mode_in_bounded_memory_and_is_skipped_the_second_time() {
     if !enabled() {
