@@ -2,7 +2,9 @@
 //! config ([`SshTarget`], resolved by [`super::settings`]), one connection per host for the whole run
 //! (reopened lazily after a drop), a channel per command, identity-file and ssh-agent authentication,
 //! jump hosts (a chain, each hop tunnelled through the one before with `direct-tcpip`), host key
-//! verification, sudo, timeouts and keepalives.
+//! verification (known_hosts or a pinned key; host certificates are asked for when known_hosts trusts a
+//! CA for the host), sudo (a configured password only reaches hosts whose sudo asks for one), timeouts
+//! and keepalives.
 
 use super::known_hosts::{self, HostKeyPolicy, Verdict};
 use super::{
