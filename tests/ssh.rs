@@ -474,6 +474,42 @@ async fn a_host_certificate_from_a_ca_in_known_hosts_is_verified_as_openssh_does
     refused(connect(true).await.err().unwrap(), "marks this host key @revoked");
 }
 
+/// A host recorded (or pinned) with only one of its keys, not the one russh would pick first: kubeforge asks
+/// for the recorded key type first, as `ssh` does, so the host is verified instead of looking changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_recorded_with_only_its_ecdsa_key_is_verified_by_that_key() {
+    if !enabled() {
+        return;
+    }
+    let key = ClientKey::new();
+    let mut s = Sshd::start(&key, &["127.0.0.1"], "");
+    let d = s.dir.path().to_path_buf();
+    sh(&format!("ssh-keygen -q -t ecdsa -b 256 -N '' -C test-host -f {}/host_ecdsa", d.display()));
+    let config = d.join("sshd_config");
+    let c = std::fs::read_to_string(&config).unwrap() + &format!("HostKey {}/host_ecdsa\n", d.display());
+    std::fs::write(&config, c).unwrap();
+    s.restart();
+    let ecdsa = std::fs::read_to_string(d.join("host_ecdsa.pub")).unwrap();
+    let ecdsa: String = ecdsa.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    let tmp = tempfile::tempdir().unwrap();
+    let kh = tmp.path().join("known_hosts");
+    std::fs::write(&kh, format!("[127.0.0.1]:{} {ecdsa}\n", s.port)).unwrap();
+    sh(&format!(
+        "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -i {} -p {} root@127.0.0.1 true",
+        kh.display(),
+        key.private().display(),
+        s.port
+    ));
+    let t = SshTransport::connect(target("cp1", "127.0.0.1", s.port, "root", &key, &kh, false))
+        .await
+        .unwrap_or_else(|e| panic!("the recorded ECDSA key must verify the host: {e}"));
+    assert!(t.exec(&Command::new("true")).await.unwrap().success());
+    let mut pinned = target("cp1", "127.0.0.1", s.port, "root", &key, &kh, false);
+    pinned.host_key = HostKeyPolicy::Pinned(ecdsa);
+    let t = SshTransport::connect(pinned).await.unwrap_or_else(|e| panic!("the pinned ECDSA key: {e}"));
+    assert!(t.exec(&Command::new("true")).await.unwrap().success());
+}
+
 /// The common Vagrant/CI client config would make every connection trust any key: `kubeforge` refuses it
 /// before connecting, naming the config lines and the fix, and accepts it once the key is pinned.
 #[test]

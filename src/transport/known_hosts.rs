@@ -15,12 +15,13 @@
 //!   among its principals (or list none, which OpenSSH accepts) and carry no critical option. A
 //!   certificate that fails any of these is refused, as by OpenSSH; a certificate from a CA the file does
 //!   not trust is checked as the plain key it certifies (OpenSSH's "retry with plain key").
-//! - a host whose recorded keys all differ from the offered one is "changed" (OpenSSH would first
-//!   negotiate a recorded key type; refusing is the safe side).
+//! - the host is asked for the key types recorded for it first ([`recorded_algorithms`]), as `ssh` orders
+//!   its `HostKeyAlgorithms`; a host whose recorded keys all differ from the offered one is "changed"
+//!   (OpenSSH calls a host that offers only unrecorded types "new"; refusing is the safe side).
 
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
-use russh::keys::{Certificate, HashAlg, PublicKey};
+use russh::keys::{Algorithm, Certificate, HashAlg, PublicKey};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -177,6 +178,25 @@ fn with_bare_fallback(host: &str, port: u16, check: impl Fn(&str) -> Verdict) ->
 pub fn check_text(content: &str, file: &str, host: &str, port: u16, key: &PublicKey) -> Verdict {
     let Some(offered) = key_blob(key) else { return Verdict::Changed { recorded_in: file.into() } };
     with_bare_fallback(host, port, |name| check_key_entries(&entries(content, file, name), &offered))
+}
+
+/// The algorithms of the plain keys recorded for `host:port` (or, when there are none, for `host`), in file
+/// order. kubeforge asks the host for these first, as `ssh` puts the algorithms of known keys first in its
+/// `HostKeyAlgorithms`: a host recorded with only its ECDSA key then presents that one, not its Ed25519 key.
+pub fn recorded_algorithms(content: &str, host: &str, port: u16) -> Vec<Algorithm> {
+    let of = |name: &str| -> Vec<Algorithm> {
+        entries(content, "", name)
+            .iter()
+            .filter(|e| e.marker == Marker::None)
+            .filter_map(|e| PublicKey::from_bytes(&e.key).ok().map(|k| k.algorithm()))
+            .collect()
+    };
+    let found = of(&host_pattern(host, port));
+    if found.is_empty() && port != 22 {
+        of(host)
+    } else {
+        found
+    }
 }
 
 /// Whether `content` has a `@cert-authority` line for `host:port` (or `host`): then kubeforge asks the
@@ -360,6 +380,9 @@ mod tests {
         // A hashed field is one name: its commas are not a list.
         let text = format!("{} {K1}\n", hashed("[h]:2200"));
         assert_eq!(check_text(&text, "kh", "h", 2200, &key(K1)), Verdict::Known);
+        let algs = recorded_algorithms(&format!("[n]:2200 {K1}\n@cert-authority * {CA}\n"), "n", 2200);
+        assert_eq!(algs, [Algorithm::Ed25519]);
+        assert!(recorded_algorithms(&text, "n", 2200).is_empty());
         assert!(trusts_a_ca_for(&format!("@cert-authority *.example.org {CA}\n"), "n.example.org", 22));
         assert!(!trusts_a_ca_for(&format!("@cert-authority *,!n.example.org {CA}\n"), "n.example.org", 22));
         assert!(!trusts_a_ca_for(&format!("* {CA}\n"), "n.example.org", 22));

@@ -35,12 +35,36 @@ impl SshTarget {
         }
     }
 
+    /// The algorithms of the keys this host is expected to present: the pinned key's, or those recorded in
+    /// known_hosts for it.
+    fn expected_algorithms(&self) -> Vec<russh::keys::Algorithm> {
+        match &self.host_key {
+            HostKeyPolicy::KnownHosts { path, .. } => known_hosts::read(path)
+                .map(|text| known_hosts::recorded_algorithms(&text, &self.address, self.port))
+                .unwrap_or_default(),
+            HostKeyPolicy::Pinned(k) => {
+                PublicKey::from_openssh(k).map(|k| vec![k.algorithm()]).unwrap_or_default()
+            }
+        }
+    }
+
     fn addr(&self) -> String {
         format!("{}:{}", self.address, self.port)
     }
 
     fn config(&self) -> Arc<client::Config> {
         let mut preferred = russh::Preferred::default();
+        let expected = self.expected_algorithms();
+        if !expected.is_empty() {
+            // The expected key types first (a stable sort keeps russh's order otherwise): the host then
+            // presents the key that is recorded or pinned rather than another one of its keys.
+            let same = |a: &russh::keys::Algorithm, b: &russh::keys::Algorithm| {
+                a == b || (a.clone().is_rsa() && b.clone().is_rsa())
+            };
+            let mut key = preferred.key.to_vec();
+            key.sort_by_key(|a| !expected.iter().any(|e| same(a, e)));
+            preferred.key = std::borrow::Cow::Owned(key);
+        }
         if self.wants_certificate() {
             // Ask for the host's certificate, as OpenSSH does: a certificate from a CA that known_hosts
             // trusts verifies the host; one from another CA is checked as the plain key it certifies.
