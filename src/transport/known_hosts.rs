@@ -92,7 +92,8 @@ fn hosts_match(hosts: &str, name: &str) -> bool {
         let b64 = base64::engine::general_purpose::STANDARD;
         let (Ok(salt), Ok(hash)) = (b64.decode(salt), b64.decode(hash)) else { return false };
         let Ok(mut mac) = Hmac::<sha1::Sha1>::new_from_slice(&salt) else { return false };
-        mac.update(name.as_bytes());
+        // ssh lowercases the host name before hashing it (and before matching patterns).
+        mac.update(name.to_ascii_lowercase().as_bytes());
         mac.verify_slice(&hash).is_ok()
     } else {
         crate::sshconfig::pattern_list(name, hosts) == 1
@@ -248,7 +249,9 @@ fn check_cert_entries(es: &[Entry], host: &str, cert: &Certificate, now: u64) ->
         } else {
             "its signature does not verify with the CA key".to_string()
         })
-    } else if !cert.valid_principals().is_empty() && !cert.valid_principals().iter().any(|p| p == host) {
+    } else if !cert.valid_principals().is_empty()
+        && !cert.valid_principals().iter().any(|p| *p == host.to_ascii_lowercase())
+    {
         Some(format!("it is not valid for {host} (principals: {})", cert.valid_principals().join(", ")))
     } else if !cert.critical_options().is_empty() {
         Some("it carries critical options, which a host certificate must not".to_string())
@@ -380,6 +383,11 @@ mod tests {
         // A hashed field is one name: its commas are not a list.
         let text = format!("{} {K1}\n", hashed("[h]:2200"));
         assert_eq!(check_text(&text, "kh", "h", 2200, &key(K1)), Verdict::Known);
+        assert_eq!(
+            check_text(&text, "kh", "H", 2200, &key(K1)),
+            Verdict::Known,
+            "hashed as ssh does: lower case"
+        );
         let algs = recorded_algorithms(&format!("[n]:2200 {K1}\n@cert-authority * {CA}\n"), "n", 2200);
         assert_eq!(algs, [Algorithm::Ed25519]);
         assert!(recorded_algorithms(&text, "n", 2200).is_empty());
@@ -408,6 +416,7 @@ mod tests {
         let ca_line = format!("@cert-authority node-* {CA}\n");
         let check = |text: &str, host: &str, c: &str| check_cert_text(text, "kh", host, 22, &cert(c), NOW);
         assert_eq!(check(&ca_line, "node-a", CERT_OK), Verdict::Known);
+        assert_eq!(check(&ca_line, "NODE-A", CERT_OK), Verdict::Known, "ssh compares the lower-cased name");
         let refused = |v: Verdict, want: &str| match v {
             Verdict::Refused { reason } => assert!(reason.contains(want), "{reason}"),
             other => panic!("expected a refusal ({want}), got {other:?}"),
