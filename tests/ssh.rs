@@ -510,6 +510,42 @@ async fn a_host_recorded_with_only_its_ecdsa_key_is_verified_by_that_key() {
     assert!(t.exec(&Command::new("true")).await.unwrap().success());
 }
 
+/// ssh reads every `UserKnownHostsFile` and the global files; a host recorded only in the second file is
+/// verified, not unknown, and a new key would go to the first.
+#[test]
+fn a_host_recorded_in_the_second_known_hosts_file_is_known() {
+    if !enabled() {
+        return;
+    }
+    let key = ClientKey::new();
+    let s = Sshd::start(&key, &["127.0.0.1"], "");
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, second) = (tmp.path().join("kh1"), tmp.path().join("kh2"));
+    std::fs::write(&second, format!("[127.0.0.1]:{} {}\n", s.port, s.host_key())).unwrap();
+    std::fs::write(
+        tmp.path().join("ssh_config"),
+        format!(
+            "Host node\n  HostName 127.0.0.1\n  Port {}\n  User root\n  IdentityFile {}\n  StrictHostKeyChecking yes\n  \
+             UserKnownHostsFile {} {}\n",
+            s.port,
+            key.private().display(),
+            first.display(),
+            second.display()
+        ),
+    )
+    .unwrap();
+    let inv = tmp.path().join("inventory.yaml");
+    std::fs::write(
+        &inv,
+        "cluster: {name: kh, kubernetesVersion: v1.35.7}\nssh: {configFile: ssh_config}\n\
+         hosts:\n  - {name: cp1, address: node, internalAddress: 10.77.1.1, roles: [control-plane, etcd, worker]}\n",
+    )
+    .unwrap();
+    let (code, out, err) = kubeforge(&["exec", "-i", inv.to_str().unwrap(), "--", "true"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!first.exists(), "nothing recorded");
+}
+
 /// The common Vagrant/CI client config would make every connection trust any key: `kubeforge` refuses it
 /// before connecting, naming the config lines and the fix, and accepts it once the key is pinned.
 #[test]

@@ -105,6 +105,8 @@ pub struct HostConfig {
     pub proxy: Option<At<Proxy>>,
     /// `UserKnownHostsFile` (one or more files).
     pub user_known_hosts_files: Option<At<Vec<String>>>,
+    /// `GlobalKnownHostsFile` (one or more files; read, never written).
+    pub global_known_hosts_files: Option<At<Vec<String>>>,
     /// `StrictHostKeyChecking`.
     pub strict_host_key_checking: Option<At<StrictHostKeyChecking>>,
     /// `IdentitiesOnly`.
@@ -541,7 +543,8 @@ impl Walk<'_> {
     }
 
     fn option(&mut self, key: &str, args: &[String], at: &Origin) -> Result<(), ConfigError> {
-        const USED: [&str; 11] = [
+        const USED: [&str; 12] = [
+            "globalknownhostsfile",
             "connecttimeout",
             "hostname",
             "user",
@@ -596,6 +599,7 @@ impl Walk<'_> {
                 set_once(&mut o.proxy, v, at);
             }
             "userknownhostsfile" => set_once(&mut o.user_known_hosts_files, args.to_vec(), at),
+            "globalknownhostsfile" => set_once(&mut o.global_known_hosts_files, args.to_vec(), at),
             "stricthostkeychecking" => {
                 let v = match first.to_ascii_lowercase().as_str() {
                     "yes" | "true" => StrictHostKeyChecking::Yes,

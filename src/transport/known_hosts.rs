@@ -35,8 +35,31 @@ pub enum HostKeyPolicy {
         /// `--accept-new-host-keys`: record unknown hosts instead of refusing them.
         accept_new: bool,
     },
+    /// [`HostKeyPolicy::KnownHosts`] reading further files too, as ssh does (what settings resolve to).
+    KnownHostsFiles {
+        /// The file new keys are recorded in (created on first accepted key).
+        path: PathBuf,
+        /// `--accept-new-host-keys`: record unknown hosts instead of refusing them.
+        accept_new: bool,
+        /// Further files read together with `path`, never written: the other `UserKnownHostsFile`
+        /// entries and the global files (`GlobalKnownHostsFile`, default `/etc/ssh/ssh_known_hosts` and
+        /// `/etc/ssh/ssh_known_hosts2`). A missing one is empty.
+        also: Vec<PathBuf>,
+    },
     /// Only this key is accepted (`ssh.hostKey` in the inventory, `ssh-ed25519 AAAA...`).
     Pinned(String),
+}
+
+impl HostKeyPolicy {
+    /// For a known_hosts policy: the file new keys go to, whether unknown keys are recorded, and the
+    /// files read besides it.
+    pub fn known_hosts(&self) -> Option<(&Path, bool, &[PathBuf])> {
+        match self {
+            HostKeyPolicy::KnownHosts { path, accept_new } => Some((path, *accept_new, &[])),
+            HostKeyPolicy::KnownHostsFiles { path, accept_new, also } => Some((path, *accept_new, also)),
+            HostKeyPolicy::Pinned(_) => None,
+        }
+    }
 }
 
 /// The outcome of a check.
@@ -143,6 +166,11 @@ fn entries(content: &str, file: &str, name: &str) -> Vec<Entry> {
     out
 }
 
+/// The matching lines of every source (`(file name, text)`), in order.
+fn entries_in(sources: &[(String, String)], name: &str) -> Vec<Entry> {
+    sources.iter().flat_map(|(file, text)| entries(text, file, name)).collect()
+}
+
 fn revoked<'a>(entries: &'a [Entry], blob: &[u8]) -> Option<&'a Entry> {
     entries.iter().find(|e| e.marker == Marker::Revoked && e.key == blob)
 }
@@ -177,16 +205,24 @@ fn with_bare_fallback(host: &str, port: u16, check: impl Fn(&str) -> Verdict) ->
 
 /// Checks the plain key `key` for `host:port` in the known_hosts text `content` (named `file` in messages).
 pub fn check_text(content: &str, file: &str, host: &str, port: u16, key: &PublicKey) -> Verdict {
-    let Some(offered) = key_blob(key) else { return Verdict::Changed { recorded_in: file.into() } };
-    with_bare_fallback(host, port, |name| check_key_entries(&entries(content, file, name), &offered))
+    check_sources(&[(file.to_string(), content.to_string())], host, port, key)
+}
+
+/// [`check_text`] over several files read together (`(file name, text)`), as ssh reads its user and
+/// global known_hosts files: a key recorded in any of them is known, a revocation in any of them refuses.
+pub fn check_sources(sources: &[(String, String)], host: &str, port: u16, key: &PublicKey) -> Verdict {
+    let Some(offered) = key_blob(key) else {
+        return Verdict::Changed { recorded_in: "the offered key (unencodable)".into() };
+    };
+    with_bare_fallback(host, port, |name| check_key_entries(&entries_in(sources, name), &offered))
 }
 
 /// The algorithms of the plain keys recorded for `host:port` (or, when there are none, for `host`), in file
 /// order. kubeforge asks the host for these first, as `ssh` puts the algorithms of known keys first in its
 /// `HostKeyAlgorithms`: a host recorded with only its ECDSA key then presents that one, not its Ed25519 key.
-pub fn recorded_algorithms(content: &str, host: &str, port: u16) -> Vec<Algorithm> {
+pub fn recorded_algorithms(sources: &[(String, String)], host: &str, port: u16) -> Vec<Algorithm> {
     let of = |name: &str| -> Vec<Algorithm> {
-        entries(content, "", name)
+        entries_in(sources, name)
             .iter()
             .filter(|e| e.marker == Marker::None)
             .filter_map(|e| PublicKey::from_bytes(&e.key).ok().map(|k| k.algorithm()))
@@ -202,10 +238,10 @@ pub fn recorded_algorithms(content: &str, host: &str, port: u16) -> Vec<Algorith
 
 /// Whether `content` has a `@cert-authority` line for `host:port` (or `host`): then kubeforge asks the
 /// host for its certificate, as OpenSSH does.
-pub fn trusts_a_ca_for(content: &str, host: &str, port: u16) -> bool {
+pub fn trusts_a_ca_for(sources: &[(String, String)], host: &str, port: u16) -> bool {
     [host_pattern(host, port), host.to_string()]
         .iter()
-        .any(|name| entries(content, "", name).iter().any(|e| e.marker == Marker::CertAuthority))
+        .any(|name| entries_in(sources, name).iter().any(|e| e.marker == Marker::CertAuthority))
 }
 
 /// Checks the host certificate `cert` for `host:port` at `now` (Unix seconds), as `ssh(1)` does: revoked
@@ -220,7 +256,18 @@ pub fn check_cert_text(
     cert: &Certificate,
     now: u64,
 ) -> Verdict {
-    with_bare_fallback(host, port, |name| check_cert_entries(&entries(content, file, name), host, cert, now))
+    check_cert_sources(&[(file.to_string(), content.to_string())], host, port, cert, now)
+}
+
+/// [`check_cert_text`] over several files read together (see [`check_sources`]).
+pub fn check_cert_sources(
+    sources: &[(String, String)],
+    host: &str,
+    port: u16,
+    cert: &Certificate,
+    now: u64,
+) -> Verdict {
+    with_bare_fallback(host, port, |name| check_cert_entries(&entries_in(sources, name), host, cert, now))
 }
 
 fn check_cert_entries(es: &[Entry], host: &str, cert: &Certificate, now: u64) -> Verdict {
@@ -269,6 +316,19 @@ fn check_cert_entries(es: &[Entry], host: &str, cert: &Certificate, now: u64) ->
 /// Checks `key` against a known_hosts file (a missing file means every host is unknown).
 pub fn check_file(path: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Result<Verdict> {
     Ok(check_text(&read(path)?, &path.display().to_string(), host, port, key))
+}
+
+/// The `(file name, text)` of `path` and then of each of `also`, as [`check_sources`] takes them; a
+/// missing file is empty. The error names the file that cannot be read.
+pub fn read_all(path: &Path, also: &[PathBuf]) -> Result<Vec<(String, String)>, String> {
+    std::iter::once(path)
+        .chain(also.iter().map(PathBuf::as_path))
+        .map(|p| {
+            read(p)
+                .map(|t| (p.display().to_string(), t))
+                .map_err(|e| format!("{} (unreadable: {e})", p.display()))
+        })
+        .collect()
 }
 
 /// The text of a known_hosts file; a missing file is empty (every host is unknown).
@@ -388,12 +448,24 @@ mod tests {
             Verdict::Known,
             "hashed as ssh does: lower case"
         );
-        let algs = recorded_algorithms(&format!("[n]:2200 {K1}\n@cert-authority * {CA}\n"), "n", 2200);
+        let algs = recorded_algorithms(
+            &[("kh".into(), format!("[n]:2200 {K1}\n@cert-authority * {CA}\n"))],
+            "n",
+            2200,
+        );
         assert_eq!(algs, [Algorithm::Ed25519]);
-        assert!(recorded_algorithms(&text, "n", 2200).is_empty());
-        assert!(trusts_a_ca_for(&format!("@cert-authority *.example.org {CA}\n"), "n.example.org", 22));
-        assert!(!trusts_a_ca_for(&format!("@cert-authority *,!n.example.org {CA}\n"), "n.example.org", 22));
-        assert!(!trusts_a_ca_for(&format!("* {CA}\n"), "n.example.org", 22));
+        assert!(recorded_algorithms(&[("kh".into(), text.clone())], "n", 2200).is_empty());
+        assert!(trusts_a_ca_for(
+            &[("kh".into(), format!("@cert-authority *.example.org {CA}\n"))],
+            "n.example.org",
+            22
+        ));
+        assert!(!trusts_a_ca_for(
+            &[("kh".into(), format!("@cert-authority *,!n.example.org {CA}\n"))],
+            "n.example.org",
+            22
+        ));
+        assert!(!trusts_a_ca_for(&[("kh".into(), format!("* {CA}\n"))], "n.example.org", 22));
     }
 
     /// Made with `ssh-keygen -s ca -h -n node-a -V always:forever` over the key `HOST` (`CERT_OK`),
@@ -440,6 +512,22 @@ mod tests {
             "kh:2 marks the certified host key @revoked",
         );
         refused(check(&format!("@revoked * {CA}\n{ca_line}"), "node-a", CERT_OK), "kh:1 marks the CA");
+    }
+
+    #[test]
+    fn several_files_are_read_together_as_ssh_reads_user_and_global_files() {
+        let user = ("user".to_string(), format!("other {K2}\n"));
+        let global = ("global".to_string(), format!("h {K1}\n@cert-authority * {CA}\n"));
+        let both = [user.clone(), global.clone()];
+        assert_eq!(check_sources(&both, "h", 22, &key(K1)), Verdict::Known, "recorded in the global file");
+        assert_eq!(
+            check_sources(&both, "h", 22, &key(K2)),
+            Verdict::Changed { recorded_in: "global:1".into() }
+        );
+        assert!(trusts_a_ca_for(&both, "n", 22));
+        assert_eq!(check_cert_sources(&both, "node-a", 22, &cert(CERT_OK), NOW), Verdict::Known);
+        let revoked = [("user".to_string(), format!("@revoked * {K1}\n")), global];
+        assert!(matches!(check_sources(&revoked, "h", 22, &key(K1)), Verdict::Refused { .. }));
     }
 
     #[test]

@@ -149,6 +149,44 @@ impl Ctx<'_> {
         })
     }
 
+    /// The files of a `UserKnownHostsFile` line: the first (where new keys are recorded) and the others
+    /// (read too, as ssh reads them); `none` entries name no file.
+    fn known_hosts_files(
+        &self,
+        files: &At<Vec<String>>,
+        t: &sshconfig::Tokens,
+    ) -> Result<(PathBuf, Vec<PathBuf>), TransportError> {
+        let mut all = Vec::new();
+        for f in &files.value {
+            all.push(PathBuf::from(self.expand(&At { value: f.clone(), at: files.at.clone() }, t)?));
+        }
+        let first = all.remove(0);
+        all.retain(|p| p != Path::new("none"));
+        Ok((first, all))
+    }
+
+    /// The global known_hosts files: `GlobalKnownHostsFile`, default ssh's `/etc/ssh/ssh_known_hosts` and
+    /// `/etc/ssh/ssh_known_hosts2`.
+    fn global_known_hosts(
+        &self,
+        hc: &HostConfig,
+        t: &sshconfig::Tokens,
+    ) -> Result<Vec<PathBuf>, TransportError> {
+        match &hc.global_known_hosts_files {
+            Some(files) => {
+                let mut out = Vec::new();
+                for f in files.value.iter().filter(|f| *f != "none") {
+                    out.push(PathBuf::from(self.expand(&At { value: f.clone(), at: files.at.clone() }, t)?));
+                }
+                Ok(out)
+            }
+            None => Ok(vec![
+                PathBuf::from("/etc/ssh/ssh_known_hosts"),
+                PathBuf::from("/etc/ssh/ssh_known_hosts2"),
+            ]),
+        }
+    }
+
     /// The known_hosts policy from the config (when the inventory pins nothing and names no file).
     fn strict(&mut self, hc: &HostConfig) -> (bool, String) {
         if self.opts.accept_new_host_keys {
@@ -212,6 +250,21 @@ fn refuse_blind_trust(
     )))
 }
 
+fn shown_list(files: &[PathBuf]) -> String {
+    if files.is_empty() {
+        "none".into()
+    } else {
+        files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn also_src(hc: &HostConfig) -> String {
+    match &hc.global_known_hosts_files {
+        Some(f) => format!("{} (GlobalKnownHostsFile) and UserKnownHostsFile", f.at),
+        None => "default (as ssh: every UserKnownHostsFile, then the global files)".into(),
+    }
+}
+
 fn yes(b: bool) -> &'static str {
     if b {
         "yes"
@@ -227,6 +280,7 @@ struct Inherit {
     identity_files: Vec<PathBuf>,
     agent: bool,
     known_hosts: PathBuf,
+    also: Vec<PathBuf>,
     accept_new: bool,
 }
 
@@ -319,21 +373,19 @@ pub fn resolve(
     };
     cx.push("", "ssh-agent", yes(agent), agent_src);
 
-    let (known_hosts, kh_src) = match (pick!(known_hosts, "knownHosts"), &hc.user_known_hosts_files) {
-        (Some((p, s)), _) => (expand_path(&p, inventory_dir), s),
+    let (known_hosts, kh_src, mut also) = match (pick!(known_hosts, "knownHosts"), &hc.user_known_hosts_files)
+    {
+        (Some((p, s)), _) => (expand_path(&p, inventory_dir), s, Vec::new()),
         (None, Some(files)) => {
-            let first = At { value: files.value[0].clone(), at: files.at.clone() };
-            if files.value.len() > 1 {
-                cx.notes.push(format!(
-                    "{}: UserKnownHostsFile lists {} files; kubeforge checks and records in the first only",
-                    files.at,
-                    files.value.len()
-                ));
-            }
-            (PathBuf::from(cx.expand(&first, &tokens)?), format!("{} (UserKnownHostsFile)", files.at))
+            let (first, rest) = cx.known_hosts_files(files, &tokens)?;
+            (first, format!("{} (UserKnownHostsFile)", files.at), rest)
         }
-        (None, None) => (home().join(".ssh/known_hosts"), "default".into()),
+        // ssh's default: ~/.ssh/known_hosts (where new keys go) and ~/.ssh/known_hosts2.
+        (None, None) => {
+            (home().join(".ssh/known_hosts"), "default".into(), vec![home().join(".ssh/known_hosts2")])
+        }
     };
+    also.extend(cx.global_known_hosts(&hc, &tokens)?);
     let (accept_new, accept_src) = cx.strict(&hc);
     if h.host_key.is_none() {
         refuse_blind_trust(
@@ -356,8 +408,9 @@ pub fn resolve(
         }
         None => {
             cx.push("", "known_hosts", known_hosts.display().to_string(), kh_src);
+            cx.push("", "known_hosts also read", shown_list(&also), also_src(&hc));
             cx.push("", "record new keys", yes(accept_new), accept_src);
-            HostKeyPolicy::KnownHosts { path: known_hosts.clone(), accept_new }
+            HostKeyPolicy::KnownHostsFiles { path: known_hosts.clone(), accept_new, also: also.clone() }
         }
     };
 
@@ -391,6 +444,7 @@ pub fn resolve(
         identity_files: identity_files.clone(),
         agent,
         known_hosts,
+        also,
         accept_new,
     };
     // The hops, first first: each is reached through the one before it.
@@ -562,12 +616,13 @@ fn jump_chain(
         Some(io) => !io.value,
         None => inherit.agent,
     };
-    let (known_hosts, kh_src) = match &hc.user_known_hosts_files {
-        Some(f) => (
-            PathBuf::from(cx.expand(&At { value: f.value[0].clone(), at: f.at.clone() }, &tokens)?),
-            format!("{} (UserKnownHostsFile)", f.at),
-        ),
-        None => (inherit.known_hosts.clone(), "the host's".into()),
+    let (known_hosts, kh_src, also) = match &hc.user_known_hosts_files {
+        Some(f) => {
+            let (first, mut rest) = cx.known_hosts_files(f, &tokens)?;
+            rest.extend(cx.global_known_hosts(&hc, &tokens)?);
+            (first, format!("{} (UserKnownHostsFile)", f.at), rest)
+        }
+        None => (inherit.known_hosts.clone(), "the host's".into(), inherit.also.clone()),
     };
     let (accept_new, accept_src) = match &hc.strict_host_key_checking {
         Some(_) => cx.strict(&hc),
@@ -601,7 +656,7 @@ fn jump_chain(
         None => {
             cx.push(&label, "known_hosts", known_hosts.display().to_string(), kh_src);
             cx.push(&label, "record new keys", yes(accept_new), accept_src);
-            HostKeyPolicy::KnownHosts { path: known_hosts, accept_new }
+            HostKeyPolicy::KnownHostsFiles { path: known_hosts, accept_new, also }
         }
     };
     let via = match &hop {
@@ -726,7 +781,7 @@ mod tests {
         assert_eq!(t.identity_files, [PathBuf::from("/keys/node1-admin"), PathBuf::from("/keys/second")]);
         assert!(!t.agent, "IdentitiesOnly yes");
         match &t.host_key {
-            HostKeyPolicy::KnownHosts { path, accept_new } => {
+            HostKeyPolicy::KnownHostsFiles { path, accept_new, .. } => {
                 assert_eq!((path.as_path(), *accept_new), (Path::new("/kh/127.0.0.5"), true))
             }
             other => panic!("{other:?}"),
@@ -761,7 +816,7 @@ mod tests {
         assert_eq!(source(&r, "", "user"), "inventory (ssh.user)");
         assert_eq!(source(&r, "", "port"), "inventory (ssh.port)");
         match &t.host_key {
-            HostKeyPolicy::KnownHosts { path, .. } => assert_eq!(path, &dir.path().join("kh")),
+            HostKeyPolicy::KnownHostsFiles { path, .. } => assert_eq!(path, &dir.path().join("kh")),
             other => panic!("{other:?}"),
         }
         // The inventory's bastion replaces the config's ProxyJump; the config's `Host *` still gives it a port.
@@ -791,18 +846,48 @@ mod tests {
     fn strict_host_key_checking_no_is_accept_new_with_a_note_and_proxycommand_is_refused() {
         let (dir, i) = setup("Host node1\n  StrictHostKeyChecking no\n", "");
         let r = resolve0(&i, dir.path()).unwrap();
-        assert!(matches!(&r.target.host_key, HostKeyPolicy::KnownHosts { accept_new: true, .. }));
+        assert!(matches!(&r.target.host_key, HostKeyPolicy::KnownHostsFiles { accept_new: true, .. }));
         assert!(r.notes[0].contains("never turns host key checking off"), "{:?}", r.notes);
         let (dir, i) = setup("Host node1\n  StrictHostKeyChecking yes\n", "");
         let r = resolve0(&i, dir.path()).unwrap();
-        assert!(matches!(&r.target.host_key, HostKeyPolicy::KnownHosts { accept_new: false, .. }));
+        assert!(matches!(&r.target.host_key, HostKeyPolicy::KnownHostsFiles { accept_new: false, .. }));
         // The command-line flag wins over the file.
         let opts = ConnectOptions { accept_new_host_keys: true, ..Default::default() };
         let r = resolve(&i, dir.path(), &i.hosts[0], &opts).unwrap();
-        assert!(matches!(&r.target.host_key, HostKeyPolicy::KnownHosts { accept_new: true, .. }));
+        assert!(matches!(&r.target.host_key, HostKeyPolicy::KnownHostsFiles { accept_new: true, .. }));
         let (dir, i) = setup("Host *\n  ProxyCommand nc %h %p\n", "");
         let e = resolve0(&i, dir.path()).unwrap_err();
         assert!(e.to_string().contains("does not run"), "{e}");
+    }
+
+    #[test]
+    fn every_known_hosts_file_is_read_and_new_keys_go_to_the_first() {
+        let (dir, i) =
+            setup("Host node1\n  UserKnownHostsFile /kh/a none /kh/b\n  GlobalKnownHostsFile /g/%h\n", "");
+        let r = resolve0(&i, dir.path()).unwrap();
+        match &r.target.host_key {
+            HostKeyPolicy::KnownHostsFiles { path, also, .. } => {
+                assert_eq!(path, Path::new("/kh/a"));
+                assert_eq!(also, &[PathBuf::from("/kh/b"), PathBuf::from("/g/node1")]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(r.notes.is_empty(), "{:?}", r.notes);
+        let (dir, i) = setup("Host other\n  User x\n", "");
+        match &resolve0(&i, dir.path()).unwrap().target.host_key {
+            HostKeyPolicy::KnownHostsFiles { path, also, .. } => {
+                assert_eq!(path, &home().join(".ssh/known_hosts"));
+                assert_eq!(
+                    also,
+                    &[
+                        home().join(".ssh/known_hosts2"),
+                        PathBuf::from("/etc/ssh/ssh_known_hosts"),
+                        PathBuf::from("/etc/ssh/ssh_known_hosts2")
+                    ]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     /// The Vagrant/CI pair `StrictHostKeyChecking no` + `UserKnownHostsFile /dev/null` would trust any key
@@ -834,7 +919,7 @@ mod tests {
         let (dir, i) = setup(vagrant, ", knownHosts: kh");
         let r = resolve0(&i, dir.path()).unwrap();
         assert!(
-            matches!(&r.target.host_key, HostKeyPolicy::KnownHosts { accept_new: true, path } if path == &dir.path().join("kh"))
+            matches!(&r.target.host_key, HostKeyPolicy::KnownHostsFiles { accept_new: true, path, .. } if path == &dir.path().join("kh"))
         );
         // /dev/null without accept-new refuses every unpinned host as unknown: safe, so allowed; the flag
         // and `UserKnownHostsFile none` are refused the same way.

@@ -28,23 +28,23 @@ impl SshTarget {
     /// Whether the known_hosts file has a `@cert-authority` line for this host (an unreadable file is
     /// reported by the key check itself).
     fn wants_certificate(&self) -> bool {
-        match &self.host_key {
-            HostKeyPolicy::KnownHosts { path, .. } => known_hosts::read(path)
-                .is_ok_and(|text| known_hosts::trusts_a_ca_for(&text, &self.address, self.port)),
-            HostKeyPolicy::Pinned(_) => false,
-        }
+        self.host_key.known_hosts().is_some_and(|(path, _, also)| {
+            known_hosts::read_all(path, also)
+                .is_ok_and(|files| known_hosts::trusts_a_ca_for(&files, &self.address, self.port))
+        })
     }
 
     /// The algorithms of the keys this host is expected to present: the pinned key's, or those recorded in
     /// known_hosts for it.
     fn expected_algorithms(&self) -> Vec<russh::keys::Algorithm> {
-        match &self.host_key {
-            HostKeyPolicy::KnownHosts { path, .. } => known_hosts::read(path)
-                .map(|text| known_hosts::recorded_algorithms(&text, &self.address, self.port))
-                .unwrap_or_default(),
-            HostKeyPolicy::Pinned(k) => {
+        match (&self.host_key, self.host_key.known_hosts()) {
+            (HostKeyPolicy::Pinned(k), _) => {
                 PublicKey::from_openssh(k).map(|k| vec![k.algorithm()]).unwrap_or_default()
             }
+            (_, Some((path, _, also))) => known_hosts::read_all(path, also)
+                .map(|files| known_hosts::recorded_algorithms(&files, &self.address, self.port))
+                .unwrap_or_default(),
+            (_, None) => Vec::new(),
         }
     }
 
@@ -116,25 +116,24 @@ impl Handler {
             P::Certificate(c) => (PublicKey::new(c.public_key().clone(), ""), Some(c)),
         };
         let fp = known_hosts::fingerprint(&key);
-        let verdict = match &self.policy {
+        let verdict = match (&self.policy, self.policy.known_hosts()) {
             // A pinned key is compared with the key itself, also when it comes in a certificate.
-            HostKeyPolicy::Pinned(k) => known_hosts::check_pinned(k, &key),
-            HostKeyPolicy::KnownHosts { path, accept_new } => match known_hosts::read(path) {
-                Err(e) => Verdict::Changed { recorded_in: format!("{} (unreadable: {e})", path.display()) },
-                Ok(text) => {
-                    let file = path.display().to_string();
+            (HostKeyPolicy::Pinned(k), _) => known_hosts::check_pinned(k, &key),
+            (_, Some((path, accept_new, also))) => match known_hosts::read_all(path, also) {
+                Err(recorded_in) => Verdict::Changed { recorded_in },
+                Ok(files) => {
                     let v = match cert {
                         Some(c) => {
                             let now = std::time::SystemTime::now()
                                 .duration_since(std::time::UNIX_EPOCH)
                                 .map(|d| d.as_secs())
                                 .unwrap_or(0);
-                            known_hosts::check_cert_text(&text, &file, &self.address, self.port, c, now)
+                            known_hosts::check_cert_sources(&files, &self.address, self.port, c, now)
                         }
-                        None => known_hosts::check_text(&text, &file, &self.address, self.port, &key),
+                        None => known_hosts::check_sources(&files, &self.address, self.port, &key),
                     };
                     match v {
-                        Verdict::Unknown if *accept_new => {
+                        Verdict::Unknown if accept_new => {
                             match known_hosts::record(path, &self.address, self.port, &key) {
                                 Ok(()) => {
                                     eprintln!(
@@ -153,6 +152,7 @@ impl Handler {
                     }
                 }
             },
+            (_, None) => Verdict::Changed { recorded_in: "no host key policy".into() },
         };
         if verdict == Verdict::Known {
             return true;
