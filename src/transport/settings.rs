@@ -261,7 +261,8 @@ fn shown_list(files: &[PathBuf]) -> String {
 fn also_src(hc: &HostConfig) -> String {
     match &hc.global_known_hosts_files {
         Some(f) => format!("{} (GlobalKnownHostsFile) and UserKnownHostsFile", f.at),
-        None => "default (as ssh: every UserKnownHostsFile, then the global files)".into(),
+        None => "default (as ssh: every UserKnownHostsFile, then the global files; none with ssh.knownHosts)"
+            .into(),
     }
 }
 
@@ -373,19 +374,30 @@ pub fn resolve(
     };
     cx.push("", "ssh-agent", yes(agent), agent_src);
 
-    let (known_hosts, kh_src, mut also) = match (pick!(known_hosts, "knownHosts"), &hc.user_known_hosts_files)
-    {
-        (Some((p, s)), _) => (expand_path(&p, inventory_dir), s, Vec::new()),
-        (None, Some(files)) => {
-            let (first, rest) = cx.known_hosts_files(files, &tokens)?;
-            (first, format!("{} (UserKnownHostsFile)", files.at), rest)
+    let (known_hosts, kh_src, user_rest) =
+        match (pick!(known_hosts, "knownHosts"), &hc.user_known_hosts_files) {
+            // The inventory's own file is the only one read: an inventory that names its known_hosts (the
+            // lab's, `inventory init`'s key capture) means that file, whatever else the machine has.
+            (Some((p, s)), _) => (expand_path(&p, inventory_dir), s, None),
+            (None, Some(files)) => {
+                let (first, rest) = cx.known_hosts_files(files, &tokens)?;
+                (first, format!("{} (UserKnownHostsFile)", files.at), Some(rest))
+            }
+            // ssh's default: ~/.ssh/known_hosts (where new keys go) and ~/.ssh/known_hosts2.
+            (None, None) => (
+                home().join(".ssh/known_hosts"),
+                "default".into(),
+                Some(vec![home().join(".ssh/known_hosts2")]),
+            ),
+        };
+    let also = match user_rest {
+        // As ssh: the other user files, then the global ones.
+        Some(mut rest) => {
+            rest.extend(cx.global_known_hosts(&hc, &tokens)?);
+            rest
         }
-        // ssh's default: ~/.ssh/known_hosts (where new keys go) and ~/.ssh/known_hosts2.
-        (None, None) => {
-            (home().join(".ssh/known_hosts"), "default".into(), vec![home().join(".ssh/known_hosts2")])
-        }
+        None => Vec::new(),
     };
-    also.extend(cx.global_known_hosts(&hc, &tokens)?);
     let (accept_new, accept_src) = cx.strict(&hc);
     if h.host_key.is_none() {
         refuse_blind_trust(
@@ -873,6 +885,13 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(r.notes.is_empty(), "{:?}", r.notes);
+        let (dir, i) = setup("Host node1\n  UserKnownHostsFile /kh/a /kh/b\n", ", knownHosts: kh");
+        match &resolve0(&i, dir.path()).unwrap().target.host_key {
+            HostKeyPolicy::KnownHostsFiles { path, also, .. } => {
+                assert_eq!((path, also.len()), (&dir.path().join("kh"), 0), "the inventory's file alone");
+            }
+            other => panic!("{other:?}"),
+        }
         let (dir, i) = setup("Host other\n  User x\n", "");
         match &resolve0(&i, dir.path()).unwrap().target.host_key {
             HostKeyPolicy::KnownHostsFiles { path, also, .. } => {
