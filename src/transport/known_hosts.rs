@@ -331,8 +331,12 @@ pub fn read_all(path: &Path, also: &[PathBuf]) -> Result<Vec<(String, String)>, 
         .collect()
 }
 
-/// The text of a known_hosts file; a missing file is empty (every host is unknown).
+/// The text of a known_hosts file; a missing file, or `none` (`UserKnownHostsFile none`), is empty (every
+/// host is unknown).
 pub fn read(path: &Path) -> std::io::Result<String> {
+    if path == Path::new("none") {
+        return Ok(String::new());
+    }
     match std::fs::read_to_string(path) {
         Ok(c) => Ok(c),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
@@ -526,6 +530,8 @@ mod tests {
         );
         assert!(trusts_a_ca_for(&both, "n", 22));
         assert_eq!(check_cert_sources(&both, "node-a", 22, &cert(CERT_OK), NOW), Verdict::Known);
+        // `UserKnownHostsFile none` names no file, not a file called `none`.
+        assert_eq!(read_all(Path::new("none"), &[]).unwrap(), [("none".to_string(), String::new())]);
         let revoked = [("user".to_string(), format!("@revoked * {K1}\n")), global];
         assert!(matches!(check_sources(&revoked, "h", 22, &key(K1)), Verdict::Refused { .. }));
     }
