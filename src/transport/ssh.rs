@@ -273,15 +273,16 @@ impl SshTransport {
     /// (and on one where the user may not use sudo at all, whose error then comes from the real
     /// command). Asked once per connection, before the first privileged command.
     async fn sudo_asks_password(&self, conn: &Conn) -> Result<bool, TransportError> {
+        let cmd = Command::new("sudo").arg("-n").arg("true");
         let probe = async {
             let lost = |e: &dyn fmt::Display| TransportError::Disconnected {
                 host: self.target.name.clone(),
-                command: "sudo -n true".into(),
+                command: cmd.to_string(),
                 message: e.to_string(),
             };
             self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
             let mut ch = conn.handle.channel_open_session().await.map_err(|e| lost(&e))?;
-            ch.exec(true, "sudo -n true").await.map_err(|e| lost(&e))?;
+            ch.exec(true, cmd.to_shell()).await.map_err(|e| lost(&e))?;
             let _ = ch.eof().await;
             let mut status = None;
             while let Some(msg) = ch.wait().await {
@@ -302,7 +303,7 @@ impl SshTransport {
                     Ok(r) => r,
                     Err(_) => Err(TransportError::Timeout {
                         host: self.target.name.clone(),
-                        command: "sudo -n true".into(),
+                        command: cmd.to_string(),
                         timeout: self.target.connect_timeout,
                     }),
                 }
