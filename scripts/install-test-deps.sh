@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "install-test-deps.sh must run as root" >&2; exit 1; }
 # openssl: PKI checks; openssh-server + sudo: real sshd tests; fish: bundle env scripts;
 # etcd-server/etcd-client + containerd: the contract doubles' cluster test; python3-pip: wheels.
-apt_install openssl openssh-server openssh-client sudo fish curl iproute2 socat \
+apt_install openssl openssh-server openssh-client sudo strace fish curl iproute2 socat \
   etcd-server etcd-client containerd python3-pip

@@ -311,6 +311,288 @@ async fn a_non_root_user_gets_root_through_sudo_n_or_a_sudo_password() {
     assert!(err.contains("ssh.sudoPasswordEnv names KF_TEST_SUDO_PASSWORD, which is not set"), "{err}");
 }
 
+/// A sudo password configured for a host whose sudo needs none (NOPASSWD): the password must never become
+/// the command's input. Before the probe, `cat` printed it and every upload failed its checksum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sudo_password_never_reaches_a_host_whose_sudo_needs_none() {
+    if !enabled() {
+        return;
+    }
+    let key = ClientKey::new();
+    let nopw = TestUser::create("nq", "ALL=(ALL) NOPASSWD: ALL");
+    let withpw = TestUser::create("pq", "ALL=(ALL) ALL");
+    let s = Sshd::start(&key, &["127.0.0.1"], "");
+    let tmp = tempfile::tempdir().unwrap();
+    sh(&format!("chmod 755 {}", tmp.path().display()));
+    let kh = trusting(tmp.path(), &s);
+    let root_only = tmp.path().join("root-only");
+    std::fs::create_dir(&root_only).unwrap();
+    let password = "pw-that-must-stay-secret-4711";
+
+    let mut tg = target("np", "127.0.0.1", s.port, &nopw.name, &key, &kh, false);
+    tg.sudo = SudoMode::Password(Secret::new(password));
+    let t = SshTransport::connect(tg).await.unwrap();
+    let input = b"first line\nsecond\n".to_vec();
+    let out = t
+        .exec_io(&Command::new("cat").sudo(), Some(Box::new(std::io::Cursor::new(input.clone()))), None)
+        .await
+        .unwrap();
+    assert!(out.success(), "{}", out.stderr_str());
+    assert_eq!(out.stdout, input, "the command's input is exactly what was sent: no password line");
+    assert_eq!(stdout(&t, Command::new("id").arg("-u").sudo()).await, "0");
+    let dest = root_only.join("conf");
+    let up = Upload::bytes(b"k=v\n".to_vec(), dest.to_str().unwrap(), 0o600).owner("root:root");
+    assert_eq!(t.upload(&up).await.unwrap(), UploadOutcome::Written);
+    assert_eq!(std::fs::read(&dest).unwrap(), b"k=v\n");
+    let st = t.stats();
+    // cat, id, upload's digest check and the upload itself, plus one sudo probe for the connection.
+    assert_eq!((st.connects, st.round_trips), (1, 5), "sudo is probed once per connection");
+
+    // The same configuration on a host whose sudo asks: the password is used there.
+    let mut tg = target("pw", "127.0.0.1", s.port, &withpw.name, &key, &kh, false);
+    tg.sudo = SudoMode::Password(Secret::new(withpw.password.clone()));
+    let t = SshTransport::connect(tg).await.unwrap();
+    let out = t
+        .exec_io(&Command::new("cat").sudo(), Some(Box::new(std::io::Cursor::new(input.clone()))), None)
+        .await
+        .unwrap();
+    assert_eq!((out.status, &out.stdout), (Some(0), &input), "{}", out.stderr_str());
+
+    // End to end: `kubeforge exec --sudo -- cat` prints nothing of the password.
+    let inv = tmp.path().join("inventory.yaml");
+    std::fs::write(
+        &inv,
+        format!(
+            "cluster: {{name: sudo, kubernetesVersion: v1.35.7}}\n\
+             ssh: {{user: {}, port: {}, identityFile: {}, knownHosts: {}, sudoPasswordEnv: KF_TEST_SUDO_PASSWORD}}\n\
+             hosts:\n  - {{name: cp1, address: 127.0.0.1, internalAddress: 10.77.1.1, roles: [control-plane, etcd, worker]}}\n",
+            nopw.name,
+            s.port,
+            key.private().display(),
+            kh.display()
+        ),
+    )
+    .unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_kubeforge"))
+        .args(["exec", "-i", inv.to_str().unwrap(), "--sudo", "--", "cat"])
+        .env("KF_TEST_SUDO_PASSWORD", password)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let (code, out, err) = outcome(o);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("=== cp1 (127.0.0.1): exit 0 in"), "{out}");
+    assert!(!out.contains(password) && !err.contains(password), "the password leaked:\n{out}{err}");
+}
+
+/// `@cert-authority` lines (and wildcard patterns) verify a host as OpenSSH does: a host certificate from
+/// the trusted CA connects with nothing recorded; a certificate for another name, an expired one or a
+/// revoked CA is refused, also with --accept-new-host-keys. OpenSSH's own `ssh` agrees on each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_certificate_from_a_ca_in_known_hosts_is_verified_as_openssh_does() {
+    if !enabled() {
+        return;
+    }
+    let key = ClientKey::new();
+    let mut s = Sshd::start(&key, &["127.0.0.1"], "");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = s.dir.path().to_path_buf();
+    let ca = tmp.path().join("ca");
+    sh(&format!("ssh-keygen -q -t ed25519 -N '' -C test-ca -f {}", ca.display()));
+    let ca_pub = std::fs::read_to_string(format!("{}.pub", ca.display())).unwrap().trim().to_string();
+    let sign = |s: &mut Sshd, principals: &str, validity: &str| {
+        sh(&format!(
+            "ssh-keygen -q -s {} -I test-host -h -n {principals} -V {validity} {}/host_ed25519.pub",
+            ca.display(),
+            d.display()
+        ));
+        s.restart();
+    };
+    let config = d.join("sshd_config");
+    let mut c = std::fs::read_to_string(&config).unwrap();
+    c.push_str(&format!("HostCertificate {}/host_ed25519-cert.pub\n", d.display()));
+    std::fs::write(&config, c).unwrap();
+    sign(&mut s, "127.0.0.1", "-5m:+1h");
+    let (port, fp, host_key) = (s.port, s.fingerprint(), s.host_key());
+
+    let kh = tmp.path().join("known_hosts");
+    let openssh = |kh: &Path| {
+        std::process::Command::new("ssh")
+            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o"])
+            .arg(format!("UserKnownHostsFile={}", kh.display()))
+            .arg("-i")
+            .arg(key.private())
+            .args(["-p", &port.to_string(), "root@127.0.0.1", "true"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let connect =
+        |accept: bool| SshTransport::connect(target("cp1", "127.0.0.1", port, "root", &key, &kh, accept));
+    std::fs::write(&kh, format!("@cert-authority 127.0.0.?,!10.* {ca_pub}\n")).unwrap();
+    assert!(openssh(&kh), "OpenSSH verifies the host by its certificate (bare name: no port in the line)");
+    let t = connect(false).await.unwrap_or_else(|e| panic!("the certificate must verify the host: {e}"));
+    assert!(t.exec(&Command::new("true")).await.unwrap().success());
+    t.close().await;
+    assert_eq!(std::fs::read_to_string(&kh).unwrap().lines().count(), 1, "nothing recorded");
+
+    // A CA line whose negated pattern excludes the host does not apply: the host is unknown, as for ssh.
+    std::fs::write(&kh, format!("@cert-authority *,![127.0.0.1]:*,!127.0.0.1 {ca_pub}\n")).unwrap();
+    assert!(!openssh(&kh));
+    let e = connect(false).await.err().expect("no CA applies: unknown");
+    assert!(matches!(e, TransportError::UnknownHostKey { .. }), "{e}");
+
+    // A wildcard plain line verifies the plain key (the certificate from an untrusted CA is its key).
+    std::fs::write(&kh, format!("[127.0.0.?]:{port} {host_key}\n")).unwrap();
+    assert!(openssh(&kh));
+    connect(false).await.unwrap_or_else(|e| panic!("a wildcard line must match: {e}")).close().await;
+
+    // Refusals, whatever --accept-new-host-keys says; OpenSSH refuses each too.
+    let refused = |e: TransportError, want: &str| {
+        assert!(matches!(e, TransportError::Config { .. }), "{e}");
+        assert!(e.to_string().contains(want), "{e}");
+        assert!(e.to_string().contains(&fp), "{e}");
+    };
+    std::fs::write(&kh, format!("@cert-authority * {ca_pub}\n@revoked * {ca_pub}\n")).unwrap();
+    assert!(!openssh(&kh));
+    refused(connect(true).await.err().unwrap(), "marks the CA that signed the host certificate @revoked");
+    std::fs::write(&kh, format!("@cert-authority * {ca_pub}\n")).unwrap();
+    sign(&mut s, "node-other", "-5m:+1h");
+    assert!(!openssh(&kh));
+    refused(connect(true).await.err().unwrap(), "not valid for 127.0.0.1 (principals: node-other)");
+    sign(&mut s, "127.0.0.1", "20200101:20200102");
+    assert!(!openssh(&kh));
+    refused(connect(true).await.err().unwrap(), "outside its validity period");
+    assert_eq!(std::fs::read_to_string(&kh).unwrap().lines().count(), 1, "nothing recorded");
+    // A revoked plain key is refused too.
+    std::fs::write(&kh, format!("@revoked * {host_key}\n")).unwrap();
+    std::fs::write(&config, std::fs::read_to_string(&config).unwrap().replace("HostCertificate", "#"))
+        .unwrap();
+    s.restart();
+    assert!(!openssh(&kh));
+    refused(connect(true).await.err().unwrap(), "marks this host key @revoked");
+}
+
+/// A host recorded (or pinned) with only one of its keys, not the one russh would pick first: kubeforge asks
+/// for the recorded key type first, as `ssh` does, so the host is verified instead of looking changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_recorded_with_only_its_ecdsa_key_is_verified_by_that_key() {
+    if !enabled() {
+        return;
+    }
+    let key = ClientKey::new();
+    let mut s = Sshd::start(&key, &["127.0.0.1"], "");
+    let d = s.dir.path().to_path_buf();
+    sh(&format!("ssh-keygen -q -t ecdsa -b 256 -N '' -C test-host -f {}/host_ecdsa", d.display()));
+    let config = d.join("sshd_config");
+    let c = std::fs::read_to_string(&config).unwrap() + &format!("HostKey {}/host_ecdsa\n", d.display());
+    std::fs::write(&config, c).unwrap();
+    s.restart();
+    let ecdsa = std::fs::read_to_string(d.join("host_ecdsa.pub")).unwrap();
+    let ecdsa: String = ecdsa.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    let tmp = tempfile::tempdir().unwrap();
+    let kh = tmp.path().join("known_hosts");
+    std::fs::write(&kh, format!("[127.0.0.1]:{} {ecdsa}\n", s.port)).unwrap();
+    sh(&format!(
+        "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -i {} -p {} root@127.0.0.1 true",
+        kh.display(),
+        key.private().display(),
+        s.port
+    ));
+    let t = SshTransport::connect(target("cp1", "127.0.0.1", s.port, "root", &key, &kh, false))
+        .await
+        .unwrap_or_else(|e| panic!("the recorded ECDSA key must verify the host: {e}"));
+    assert!(t.exec(&Command::new("true")).await.unwrap().success());
+    let mut pinned = target("cp1", "127.0.0.1", s.port, "root", &key, &kh, false);
+    pinned.host_key = HostKeyPolicy::Pinned(ecdsa);
+    let t = SshTransport::connect(pinned).await.unwrap_or_else(|e| panic!("the pinned ECDSA key: {e}"));
+    assert!(t.exec(&Command::new("true")).await.unwrap().success());
+}
+
+/// ssh reads every `UserKnownHostsFile` and the global files; a host recorded only in the second file is
+/// verified, not unknown, and a new key would go to the first.
+#[test]
+fn a_host_recorded_in_the_second_known_hosts_file_is_known() {
+    if !enabled() {
+        return;
+    }
+    let key = ClientKey::new();
+    let s = Sshd::start(&key, &["127.0.0.1"], "");
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, second) = (tmp.path().join("kh1"), tmp.path().join("kh2"));
+    std::fs::write(&second, format!("[127.0.0.1]:{} {}\n", s.port, s.host_key())).unwrap();
+    std::fs::write(
+        tmp.path().join("ssh_config"),
+        format!(
+            "Host node\n  HostName 127.0.0.1\n  Port {}\n  User root\n  IdentityFile {}\n  StrictHostKeyChecking yes\n  \
+             UserKnownHostsFile {} {}\n",
+            s.port,
+            key.private().display(),
+            first.display(),
+            second.display()
+        ),
+    )
+    .unwrap();
+    let inv = tmp.path().join("inventory.yaml");
+    std::fs::write(
+        &inv,
+        "cluster: {name: kh, kubernetesVersion: v1.35.7}\nssh: {configFile: ssh_config}\n\
+         hosts:\n  - {name: cp1, address: node, internalAddress: 10.77.1.1, roles: [control-plane, etcd, worker]}\n",
+    )
+    .unwrap();
+    let (code, out, err) = kubeforge(&["exec", "-i", inv.to_str().unwrap(), "--", "true"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!first.exists(), "nothing recorded");
+}
+
+/// The common Vagrant/CI client config would make every connection trust any key: `kubeforge` refuses it
+/// before connecting, naming the config lines and the fix, and accepts it once the key is pinned.
+#[test]
+fn strict_host_key_checking_no_with_known_hosts_dev_null_is_refused_unless_the_key_is_pinned() {
+    if !enabled() {
+        return;
+    }
+    let key = ClientKey::new();
+    let s = Sshd::start(&key, &["127.0.0.1"], "");
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("ssh_config");
+    std::fs::write(
+        &cfg,
+        format!(
+            "Host node\n  HostName 127.0.0.1\n  Port {}\n  User root\n  IdentityFile {}\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n",
+            s.port,
+            key.private().display()
+        ),
+    )
+    .unwrap();
+    let inv = tmp.path().join("inventory.yaml");
+    let write = |pin: &str| {
+        std::fs::write(
+            &inv,
+            format!(
+                "cluster: {{name: kh, kubernetesVersion: v1.35.7}}\nssh: {{configFile: ssh_config}}\n\
+                 hosts:\n  - {{name: cp1, address: node, internalAddress: 10.77.1.1, roles: [control-plane, etcd, worker]{pin}}}\n"
+            ),
+        )
+        .unwrap()
+    };
+    write("");
+    let (code, out, err) = kubeforge(&["exec", "-i", inv.to_str().unwrap(), "--", "true"]);
+    assert_ne!(code, 0, "{out}{err}");
+    for want in [
+        format!("{}:6 (StrictHostKeyChecking no", cfg.display()),
+        format!("known_hosts is /dev/null ({}:7 (UserKnownHostsFile))", cfg.display()),
+        "hosts[0].ssh.hostKey".to_string(),
+    ] {
+        assert!(err.contains(&want), "missing `{want}` in:\n{err}");
+    }
+    assert!(!s.log().contains("Accepted publickey"), "refused before connecting:\n{}", s.log());
+    write(&format!(", ssh: {{hostKey: {}}}", s.host_key()));
+    let (code, out, err) = kubeforge(&["exec", "-i", inv.to_str().unwrap(), "--", "true"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_host_key_is_refused_with_its_fingerprint_and_recorded_only_on_request() {
     if !enabled() {
@@ -450,6 +732,89 @@ async fn a_command_past_its_timeout_is_stopped_and_the_connection_stays_usable()
         "`sleep 4711` still runs after its timeout: pids {left:?}\nsshd log:\n{}",
         s.log()
     );
+}
+
+/// A finished upload is durable: the staged file is fsynced before it is renamed into place and its
+/// directory after, for a single upload and for a batch. Observed with strace on the sshd serving the
+/// connection (its children are followed), so what is checked is what the host really did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_upload_is_fsynced_before_its_rename_and_its_directory_after() {
+    if !enabled() {
+        return;
+    }
+    assert!(
+        std::process::Command::new("sh").args(["-c", "command -v strace"]).output().unwrap().status.success(),
+        "`strace` is missing: run scripts/install-test-deps.sh, or set KUBEFORGE_SSH_TESTS=0"
+    );
+    let (key, s, tmp, kh) = loopback_sshd();
+    // The listener's pid, from its PidFile (sshd retitles itself, so its command line is no guide).
+    let pid_file = s.dir.path().join("sshd.pid");
+    let pids: Vec<i32> = vec![std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap()];
+    let log = tmp.path().join("strace.log");
+    let mut strace = std::process::Command::new("strace")
+        .args(["-f", "-y", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2", "-o"])
+        .arg(&log)
+        .args(["-p", &pids[0].to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(format!("/proc/{}/status", pids[0]))
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("TracerPid:") && l.trim_end() != "TracerPid:\t0")
+    {
+        assert!(Instant::now() < deadline, "strace did not attach to sshd");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let dir = tmp.path().join("etc/kf");
+    let t =
+        SshTransport::connect(target("cp1", "127.0.0.1", s.port, "root", &key, &kh, false)).await.unwrap();
+    let single = dir.join("single.conf");
+    let up = Upload::bytes(b"one\n".to_vec(), single.to_str().unwrap(), 0o644);
+    assert_eq!(t.upload(&up).await.unwrap(), UploadOutcome::Written);
+    let (b1, b2) = (dir.join("b1.conf"), tmp.path().join("other/b2.conf"));
+    let batch = vec![
+        Upload::bytes(b"b1\n".to_vec(), b1.to_str().unwrap(), 0o644),
+        Upload::bytes(b"b2\n".to_vec(), b2.to_str().unwrap(), 0o600),
+    ];
+    assert_eq!(t.upload_batch(&batch, None).await.unwrap().files, vec![UploadOutcome::Written; 2]);
+    t.close().await;
+    // SIGINT: strace detaches and flushes its log.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(strace.id() as i32), nix::sys::signal::Signal::SIGINT)
+        .unwrap();
+    strace.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let pos = |what: &dyn Fn(&str) -> bool, from: usize, label: &str| -> usize {
+        from + lines[from..]
+            .iter()
+            .position(|l| what(l))
+            .unwrap_or_else(|| panic!("no {label} after line {from} in:\n{text}"))
+    };
+    for dest in [&single, &b1, &b2] {
+        let d = dest.parent().unwrap().display().to_string();
+        let dest = dest.display().to_string();
+        // `renameat2(AT_FDCWD, "<dir>/.kubeforge-upload.XXXXXX", AT_FDCWD, "<dest>", 0) = 0`
+        let rename = pos(
+            &|l: &str| l.contains("rename") && l.contains(&format!("\"{dest}\"")) && l.ends_with("= 0"),
+            0,
+            "rename",
+        );
+        let staged = lines[rename].split('"').nth(1).unwrap().to_string();
+        assert!(staged.starts_with(&format!("{d}/.kubeforge-upload.")), "{}", lines[rename]);
+        let synced = lines[..rename]
+            .iter()
+            .any(|l| l.contains("sync(") && l.contains(&format!("<{staged}>")) && l.ends_with("= 0"));
+        assert!(synced, "{staged} was not fsynced before its rename to {dest}:\n{text}");
+        pos(
+            &|l: &str| l.contains("fsync(") && l.contains(&format!("<{d}>")) && l.ends_with("= 0"),
+            rename,
+            "directory fsync",
+        );
+    }
+    assert_eq!(std::fs::read(&b2).unwrap(), b"b2\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,6 +105,8 @@ pub struct HostConfig {
     pub proxy: Option<At<Proxy>>,
     /// `UserKnownHostsFile` (one or more files).
     pub user_known_hosts_files: Option<At<Vec<String>>>,
+    /// `GlobalKnownHostsFile` (one or more files; read, never written).
+    pub global_known_hosts_files: Option<At<Vec<String>>>,
     /// `StrictHostKeyChecking`.
     pub strict_host_key_checking: Option<At<StrictHostKeyChecking>>,
     /// `IdentitiesOnly`.
@@ -388,8 +390,9 @@ pub fn wildcard(pattern: &str, text: &str, ignore_case: bool) -> bool {
 }
 
 /// OpenSSH's `match_pattern_list`: a comma-separated list; 1 when a positive entry matches and no
-/// negated one does, -1 when a negated one matches, 0 otherwise.
-fn pattern_list(text: &str, list: &str) -> i32 {
+/// negated one does, -1 when a negated one matches, 0 otherwise. Also the host-name matching of
+/// `known_hosts` lines (OpenSSH's `match_hostname`).
+pub fn pattern_list(text: &str, list: &str) -> i32 {
     let mut got = 0;
     for p in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (neg, p) = match p.strip_prefix('!') {
@@ -540,7 +543,8 @@ impl Walk<'_> {
     }
 
     fn option(&mut self, key: &str, args: &[String], at: &Origin) -> Result<(), ConfigError> {
-        const USED: [&str; 11] = [
+        const USED: [&str; 12] = [
+            "globalknownhostsfile",
             "connecttimeout",
             "hostname",
             "user",
@@ -595,6 +599,7 @@ impl Walk<'_> {
                 set_once(&mut o.proxy, v, at);
             }
             "userknownhostsfile" => set_once(&mut o.user_known_hosts_files, args.to_vec(), at),
+            "globalknownhostsfile" => set_once(&mut o.global_known_hosts_files, args.to_vec(), at),
             "stricthostkeychecking" => {
                 let v = match first.to_ascii_lowercase().as_str() {
                     "yes" | "true" => StrictHostKeyChecking::Yes,

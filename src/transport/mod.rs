@@ -895,7 +895,9 @@ pub(crate) fn remote_err(host: &str, what: String, out: &ExecOutput) -> Transpor
 /// `$5` expected sha256. A destination that already has that digest is left alone; otherwise the bytes go
 /// to a temporary file in the destination directory, whose size **and sha256** are checked on the host
 /// before the final `mv` (a same-filesystem rename: atomic). `head -c` plus the checks guarantee that a
-/// stream cut short or corrupted never gets renamed into place. The file being replaced is kept as
+/// stream cut short or corrupted never gets renamed into place. The file is fsynced (`sync FILE`) before
+/// the rename and its directory after it, so a power loss leaves either the old file or the complete new
+/// one, never an empty or partial file under the destination's name. The file being replaced is kept as
 /// `<dest>.kubeforge-prev` (a hard link: no copy, same mode) so a failed upgrade can be rolled back; every
 /// directory kubeforge writes to ignores that suffix (systemd units, sysctl.d, modules-load.d, CNI configs
 /// are read by extension). The signal traps matter for a dropped connection: with sshd gone, the error
@@ -920,9 +922,11 @@ if [ -n "$5" ]; then
 fi
 chmod "$3" -- "$t"
 if [ -n "$4" ]; then chown -- "$4" "$t"; fi
+sync -- "$t"
 if [ -f "$d" ]; then ln -f -- "$d" "$d.kubeforge-prev" 2>/dev/null || cp -p -- "$d" "$d.kubeforge-prev"; fi
 mv -f -- "$t" "$d"
 trap - EXIT
+sync -- "$dir"
 echo kubeforge-written
 "#;
 
@@ -999,10 +1003,13 @@ pub struct BatchOutcome {
 /// that already has that digest is read past and left alone), then checks that the stream ended exactly
 /// after the last file; **commit** then keeps each replaced file as `<dest>.kubeforge-prev` (a hard link, as
 /// the single upload does) and renames the staged file into place (same filesystem: atomic). A failure
+/// Staged files are fsynced (one `sync` for all) before the first rename, and the directories of the
+/// replaced files after the last one (durable, as a single upload). A failure
 /// in the first pass names the file and removes every staged file (EXIT trap; the signal traps matter for
 /// a dropped connection, as in [`UPLOAD_SCRIPT`]). Each file's outcome is printed as `kubeforge-batch I
 /// written|unchanged`, then `kubeforge-batch-done`, and only then the follow-up command replaces the shell.
-/// Temporary names are kept in variables `t_1`..`t_n` (`eval` only ever sees those names, never a value).
+/// Temporary names are kept in variables `t_1`..`t_n`, the directories written to in `w_1`..`w_n` (`eval`
+/// only ever sees those names, never a value).
 pub(crate) const BATCH_SCRIPT: &str = r#"set -e
 n=$1; shift
 cleanup() { j=1; while [ "$j" -le "$n" ]; do eval "f=\${t_$j-}"; [ -z "$f" ] || rm -f -- "$f"; j=$((j+1)); done; }
@@ -1043,16 +1050,25 @@ commit() {
       if [ -f "$d" ]; then ln -f -- "$d" "$d.kubeforge-prev" 2>/dev/null || cp -p -- "$d" "$d.kubeforge-prev"; fi
       mv -f -- "$t" "$d"
       eval "t_$i="
+      w=${d%/*}; eval "w_$i=\${w:-/}"
       echo "kubeforge-batch $i written"
     fi
     i=$((i+1)); shift 5
   done
 }
+sync_named() {
+  prefix=$1
+  set --
+  j=1; while [ "$j" -le "$n" ]; do eval "f=\${${prefix}_$j-}"; [ -z "$f" ] || set -- "$@" "$f"; j=$((j+1)); done
+  [ $# -eq 0 ] || sync -- "$@"
+}
 stage "$@"
 extra=$(head -c 1 | wc -c)
 if [ "$extra" != 0 ]; then echo "batch upload: more bytes than the $n files announced" >&2; exit 6; fi
+sync_named t
 commit "$@"
 trap - EXIT
+sync_named w
 shift $((n * 5))
 echo kubeforge-batch-done
 [ $# -eq 0 ] || exec "$@"

@@ -149,6 +149,44 @@ impl Ctx<'_> {
         })
     }
 
+    /// The files of a `UserKnownHostsFile` line: the first (where new keys are recorded) and the others
+    /// (read too, as ssh reads them); `none` entries name no file.
+    fn known_hosts_files(
+        &self,
+        files: &At<Vec<String>>,
+        t: &sshconfig::Tokens,
+    ) -> Result<(PathBuf, Vec<PathBuf>), TransportError> {
+        let mut all = Vec::new();
+        for f in &files.value {
+            all.push(PathBuf::from(self.expand(&At { value: f.clone(), at: files.at.clone() }, t)?));
+        }
+        let first = all.remove(0);
+        all.retain(|p| p != Path::new("none"));
+        Ok((first, all))
+    }
+
+    /// The global known_hosts files: `GlobalKnownHostsFile`, default ssh's `/etc/ssh/ssh_known_hosts` and
+    /// `/etc/ssh/ssh_known_hosts2`.
+    fn global_known_hosts(
+        &self,
+        hc: &HostConfig,
+        t: &sshconfig::Tokens,
+    ) -> Result<Vec<PathBuf>, TransportError> {
+        match &hc.global_known_hosts_files {
+            Some(files) => {
+                let mut out = Vec::new();
+                for f in files.value.iter().filter(|f| *f != "none") {
+                    out.push(PathBuf::from(self.expand(&At { value: f.clone(), at: files.at.clone() }, t)?));
+                }
+                Ok(out)
+            }
+            None => Ok(vec![
+                PathBuf::from("/etc/ssh/ssh_known_hosts"),
+                PathBuf::from("/etc/ssh/ssh_known_hosts2"),
+            ]),
+        }
+    }
+
     /// The known_hosts policy from the config (when the inventory pins nothing and names no file).
     fn strict(&mut self, hc: &HostConfig) -> (bool, String) {
         if self.opts.accept_new_host_keys {
@@ -177,6 +215,57 @@ impl Ctx<'_> {
     }
 }
 
+/// Whether a known_hosts file can remember no key: `/dev/null` (or another character device) or
+/// `UserKnownHostsFile none`.
+pub fn remembers_nothing(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    path == Path::new("none")
+        || path == Path::new("/dev/null")
+        || std::fs::metadata(path).is_ok_and(|m| m.file_type().is_char_device())
+}
+
+/// The rule against blind trust: a hop whose key is not pinned in the inventory, whose known_hosts
+/// remembers nothing (`remembers_nothing`) and which would accept unknown keys (`StrictHostKeyChecking no`
+/// or `accept-new`, or `--accept-new-host-keys`) would trust whatever key it is shown on every
+/// connection, an intercepted one included. OpenSSH does exactly that with `StrictHostKeyChecking no` and
+/// `UserKnownHostsFile /dev/null`; kubeforge refuses, naming both settings and where they come from.
+/// (Without accept-new such a hop is safe: every connection is refused as unknown.)
+fn refuse_blind_trust(
+    cx: &Ctx<'_>,
+    hop: &str,
+    (known_hosts, kh_src): (&Path, &str),
+    (accept_new, accept_src): (bool, &str),
+    pin: &str,
+) -> Result<(), TransportError> {
+    if !accept_new || !remembers_nothing(known_hosts) {
+        return Ok(());
+    }
+    let who = if hop.is_empty() { String::new() } else { format!("{hop}: ") };
+    Err(cx.err(format!(
+        "{who}host key checking would be off: known_hosts is {} ({kh_src}), which remembers no key, and \
+         unknown keys are accepted ({accept_src}), so every connection would trust whatever key the host \
+         presents. Fix: {pin}, or use a real known_hosts file (remove that UserKnownHostsFile line, or set \
+         ssh.knownHosts: ~/.ssh/known_hosts in the inventory)",
+        known_hosts.display()
+    )))
+}
+
+fn shown_list(files: &[PathBuf]) -> String {
+    if files.is_empty() {
+        "none".into()
+    } else {
+        files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn also_src(hc: &HostConfig) -> String {
+    match &hc.global_known_hosts_files {
+        Some(f) => format!("{} (GlobalKnownHostsFile) and UserKnownHostsFile", f.at),
+        None => "default (as ssh: every UserKnownHostsFile, then the global files; none with ssh.knownHosts)"
+            .into(),
+    }
+}
+
 fn yes(b: bool) -> &'static str {
     if b {
         "yes"
@@ -192,6 +281,7 @@ struct Inherit {
     identity_files: Vec<PathBuf>,
     agent: bool,
     known_hosts: PathBuf,
+    also: Vec<PathBuf>,
     accept_new: bool,
 }
 
@@ -284,28 +374,39 @@ pub fn resolve(
     };
     cx.push("", "ssh-agent", yes(agent), agent_src);
 
-    let (known_hosts, kh_src) = match (pick!(known_hosts, "knownHosts"), &hc.user_known_hosts_files) {
-        (Some((p, s)), _) => (expand_path(&p, inventory_dir), s),
-        (None, Some(files)) => {
-            let first = At { value: files.value[0].clone(), at: files.at.clone() };
-            if files.value.len() > 1 {
-                cx.notes.push(format!(
-                    "{}: UserKnownHostsFile lists {} files; kubeforge checks and records in the first only",
-                    files.at,
-                    files.value.len()
-                ));
+    let (known_hosts, kh_src, user_rest) =
+        match (pick!(known_hosts, "knownHosts"), &hc.user_known_hosts_files) {
+            // The inventory's own file is the only one read: an inventory that names its known_hosts (the
+            // lab's, `inventory init`'s key capture) means that file, whatever else the machine has.
+            (Some((p, s)), _) => (expand_path(&p, inventory_dir), s, None),
+            (None, Some(files)) => {
+                let (first, rest) = cx.known_hosts_files(files, &tokens)?;
+                (first, format!("{} (UserKnownHostsFile)", files.at), Some(rest))
             }
-            (PathBuf::from(cx.expand(&first, &tokens)?), format!("{} (UserKnownHostsFile)", files.at))
+            // ssh's default: ~/.ssh/known_hosts (where new keys go) and ~/.ssh/known_hosts2.
+            (None, None) => (
+                home().join(".ssh/known_hosts"),
+                "default".into(),
+                Some(vec![home().join(".ssh/known_hosts2")]),
+            ),
+        };
+    let also = match user_rest {
+        // As ssh: the other user files, then the global ones.
+        Some(mut rest) => {
+            rest.extend(cx.global_known_hosts(&hc, &tokens)?);
+            rest
         }
-        (None, None) => (home().join(".ssh/known_hosts"), "default".into()),
+        None => Vec::new(),
     };
     let (accept_new, accept_src) = cx.strict(&hc);
-    if accept_new && known_hosts == Path::new("/dev/null") && h.host_key.is_none() {
-        cx.notes.push(format!(
-            "known_hosts is /dev/null: no key is ever remembered, so every connection trusts the key the host \
-             presents; pin it with hosts[{idx}].ssh.hostKey (`kubeforge inventory init --accept-new-host-keys` \
-             writes it)"
-        ));
+    if h.host_key.is_none() {
+        refuse_blind_trust(
+            &cx,
+            "",
+            (&known_hosts, &kh_src),
+            (accept_new, &accept_src),
+            &format!("pin the host's key with hosts[{idx}].ssh.hostKey (`kubeforge inventory init --accept-new-host-keys` writes it)"),
+        )?;
     }
     let host_key = match h.host_key.clone() {
         Some(k) => {
@@ -319,8 +420,9 @@ pub fn resolve(
         }
         None => {
             cx.push("", "known_hosts", known_hosts.display().to_string(), kh_src);
+            cx.push("", "known_hosts also read", shown_list(&also), also_src(&hc));
             cx.push("", "record new keys", yes(accept_new), accept_src);
-            HostKeyPolicy::KnownHosts { path: known_hosts.clone(), accept_new }
+            HostKeyPolicy::KnownHostsFiles { path: known_hosts.clone(), accept_new, also: also.clone() }
         }
     };
 
@@ -354,6 +456,7 @@ pub fn resolve(
         identity_files: identity_files.clone(),
         agent,
         known_hosts,
+        also,
         accept_new,
     };
     // The hops, first first: each is reached through the one before it.
@@ -525,17 +628,33 @@ fn jump_chain(
         Some(io) => !io.value,
         None => inherit.agent,
     };
-    let (known_hosts, kh_src) = match &hc.user_known_hosts_files {
-        Some(f) => (
-            PathBuf::from(cx.expand(&At { value: f.value[0].clone(), at: f.at.clone() }, &tokens)?),
-            format!("{} (UserKnownHostsFile)", f.at),
-        ),
-        None => (inherit.known_hosts.clone(), "the host's".into()),
+    let (known_hosts, kh_src, also) = match &hc.user_known_hosts_files {
+        Some(f) => {
+            let (first, mut rest) = cx.known_hosts_files(f, &tokens)?;
+            rest.extend(cx.global_known_hosts(&hc, &tokens)?);
+            (first, format!("{} (UserKnownHostsFile)", f.at), rest)
+        }
+        None => (inherit.known_hosts.clone(), "the host's".into(), inherit.also.clone()),
     };
     let (accept_new, accept_src) = match &hc.strict_host_key_checking {
         Some(_) => cx.strict(&hc),
         None => (inherit.accept_new, "the host's".into()),
     };
+    if spec_key.is_none() {
+        let pin = match &hop {
+            Hop::Bastion(..) => "pin the jump host's key with bastion.hostKey",
+            Hop::Spec(..) => {
+                "reach this jump host through the inventory's ssh.bastion and pin its key with bastion.hostKey"
+            }
+        };
+        refuse_blind_trust(
+            cx,
+            &format!("jump host {name}"),
+            (&known_hosts, &kh_src),
+            (accept_new, &accept_src),
+            pin,
+        )?;
+    }
     cx.push(&label, "address", &address, addr_src);
     cx.push(&label, "port", port.to_string(), port_src);
     cx.push(&label, "user", &user, user_src);
@@ -549,7 +668,7 @@ fn jump_chain(
         None => {
             cx.push(&label, "known_hosts", known_hosts.display().to_string(), kh_src);
             cx.push(&label, "record new keys", yes(accept_new), accept_src);
-            HostKeyPolicy::KnownHosts { path: known_hosts, accept_new }
+            HostKeyPolicy::KnownHostsFiles { path: known_hosts, accept_new, also }
         }
     };
     let via = match &hop {
@@ -674,7 +793,7 @@ mod tests {
         assert_eq!(t.identity_files, [PathBuf::from("/keys/node1-admin"), PathBuf::from("/keys/second")]);
         assert!(!t.agent, "IdentitiesOnly yes");
         match &t.host_key {
-            HostKeyPolicy::KnownHosts { path, accept_new } => {
+            HostKeyPolicy::KnownHostsFiles { path, accept_new, .. } => {
                 assert_eq!((path.as_path(), *accept_new), (Path::new("/kh/127.0.0.5"), true))
             }
             other => panic!("{other:?}"),
@@ -709,7 +828,7 @@ mod tests {
         assert_eq!(source(&r, "", "user"), "inventory (ssh.user)");
         assert_eq!(source(&r, "", "port"), "inventory (ssh.port)");
         match &t.host_key {
-            HostKeyPolicy::KnownHosts { path, .. } => assert_eq!(path, &dir.path().join("kh")),
+            HostKeyPolicy::KnownHostsFiles { path, .. } => assert_eq!(path, &dir.path().join("kh")),
             other => panic!("{other:?}"),
         }
         // The inventory's bastion replaces the config's ProxyJump; the config's `Host *` still gives it a port.
@@ -737,20 +856,107 @@ mod tests {
 
     #[test]
     fn strict_host_key_checking_no_is_accept_new_with_a_note_and_proxycommand_is_refused() {
-        let (dir, i) = setup("Host node1\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n", "");
+        let (dir, i) = setup("Host node1\n  StrictHostKeyChecking no\n", "");
         let r = resolve0(&i, dir.path()).unwrap();
-        assert!(matches!(&r.target.host_key, HostKeyPolicy::KnownHosts { accept_new: true, .. }));
+        assert!(matches!(&r.target.host_key, HostKeyPolicy::KnownHostsFiles { accept_new: true, .. }));
         assert!(r.notes[0].contains("never turns host key checking off"), "{:?}", r.notes);
         let (dir, i) = setup("Host node1\n  StrictHostKeyChecking yes\n", "");
         let r = resolve0(&i, dir.path()).unwrap();
-        assert!(matches!(&r.target.host_key, HostKeyPolicy::KnownHosts { accept_new: false, .. }));
+        assert!(matches!(&r.target.host_key, HostKeyPolicy::KnownHostsFiles { accept_new: false, .. }));
         // The command-line flag wins over the file.
         let opts = ConnectOptions { accept_new_host_keys: true, ..Default::default() };
         let r = resolve(&i, dir.path(), &i.hosts[0], &opts).unwrap();
-        assert!(matches!(&r.target.host_key, HostKeyPolicy::KnownHosts { accept_new: true, .. }));
+        assert!(matches!(&r.target.host_key, HostKeyPolicy::KnownHostsFiles { accept_new: true, .. }));
         let (dir, i) = setup("Host *\n  ProxyCommand nc %h %p\n", "");
         let e = resolve0(&i, dir.path()).unwrap_err();
         assert!(e.to_string().contains("does not run"), "{e}");
+    }
+
+    #[test]
+    fn every_known_hosts_file_is_read_and_new_keys_go_to_the_first() {
+        let (dir, i) =
+            setup("Host node1\n  UserKnownHostsFile /kh/a none /kh/b\n  GlobalKnownHostsFile /g/%h\n", "");
+        let r = resolve0(&i, dir.path()).unwrap();
+        match &r.target.host_key {
+            HostKeyPolicy::KnownHostsFiles { path, also, .. } => {
+                assert_eq!(path, Path::new("/kh/a"));
+                assert_eq!(also, &[PathBuf::from("/kh/b"), PathBuf::from("/g/node1")]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(r.notes.is_empty(), "{:?}", r.notes);
+        let (dir, i) = setup("Host node1\n  UserKnownHostsFile /kh/a /kh/b\n", ", knownHosts: kh");
+        match &resolve0(&i, dir.path()).unwrap().target.host_key {
+            HostKeyPolicy::KnownHostsFiles { path, also, .. } => {
+                assert_eq!((path, also.len()), (&dir.path().join("kh"), 0), "the inventory's file alone");
+            }
+            other => panic!("{other:?}"),
+        }
+        let (dir, i) = setup("Host other\n  User x\n", "");
+        match &resolve0(&i, dir.path()).unwrap().target.host_key {
+            HostKeyPolicy::KnownHostsFiles { path, also, .. } => {
+                assert_eq!(path, &home().join(".ssh/known_hosts"));
+                assert_eq!(
+                    also,
+                    &[
+                        home().join(".ssh/known_hosts2"),
+                        PathBuf::from("/etc/ssh/ssh_known_hosts"),
+                        PathBuf::from("/etc/ssh/ssh_known_hosts2")
+                    ]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The Vagrant/CI pair `StrictHostKeyChecking no` + `UserKnownHostsFile /dev/null` would trust any key
+    /// on every connection: refused unless the key is pinned, with both config lines and the fixes named.
+    #[test]
+    fn a_known_hosts_that_remembers_nothing_with_accept_new_is_refused_unless_the_key_is_pinned() {
+        let vagrant = "Host node1\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n";
+        let (dir, i) = setup(vagrant, "");
+        let cfg = dir.path().join("ssh_config").display().to_string();
+        let e = resolve0(&i, dir.path()).unwrap_err().to_string();
+        for want in [
+            format!("known_hosts is /dev/null ({cfg}:3 (UserKnownHostsFile))"),
+            format!("({cfg}:2 (StrictHostKeyChecking no, taken as accept-new))"),
+            "hosts[0].ssh.hostKey".to_string(),
+            "ssh.knownHosts: ~/.ssh/known_hosts".to_string(),
+        ] {
+            assert!(e.contains(&want), "missing `{want}` in: {e}");
+        }
+        // Pinned: known_hosts is not used at all.
+        let mut pinned = i.clone();
+        pinned.hosts[0].ssh = Some(SshSpec {
+            host_key: Some(
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ".into(),
+            ),
+            ..Default::default()
+        });
+        assert!(matches!(resolve0(&pinned, dir.path()).unwrap().target.host_key, HostKeyPolicy::Pinned(_)));
+        // A real known_hosts from the inventory wins over the config's /dev/null.
+        let (dir, i) = setup(vagrant, ", knownHosts: kh");
+        let r = resolve0(&i, dir.path()).unwrap();
+        assert!(
+            matches!(&r.target.host_key, HostKeyPolicy::KnownHostsFiles { accept_new: true, path, .. } if path == &dir.path().join("kh"))
+        );
+        // /dev/null without accept-new refuses every unpinned host as unknown: safe, so allowed; the flag
+        // and `UserKnownHostsFile none` are refused the same way.
+        let (dir, i) = setup("Host node1\n  UserKnownHostsFile /dev/null\n", "");
+        assert!(resolve0(&i, dir.path()).is_ok());
+        let opts = ConnectOptions { accept_new_host_keys: true, ..Default::default() };
+        let e = resolve(&i, dir.path(), &i.hosts[0], &opts).unwrap_err().to_string();
+        assert!(e.contains("(--accept-new-host-keys)"), "{e}");
+        let (dir, i) =
+            setup("Host node1\n  UserKnownHostsFile none\n  StrictHostKeyChecking accept-new\n", "");
+        assert!(resolve0(&i, dir.path()).unwrap_err().to_string().contains("known_hosts is none"));
+        // A jump host is held to the same rule (its own config block, or inherited from the host).
+        let (dir, i) = setup(&format!("Host node1\n  ProxyJump j1\nHost j1\n{}", &vagrant[11..]), "");
+        let e = resolve0(&i, dir.path()).unwrap_err().to_string();
+        assert!(e.contains("jump host j1: host key checking would be off"), "{e}");
+        let (dir, i) = setup(&format!("{vagrant}  ProxyJump j1\n"), ", knownHosts: /dev/null");
+        let e = resolve0(&i, dir.path()).unwrap_err().to_string();
+        assert!(e.contains("known_hosts is /dev/null (inventory (ssh.knownHosts))"), "{e}");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! config ([`SshTarget`], resolved by [`super::settings`]), one connection per host for the whole run
 //! (reopened lazily after a drop), a channel per command, identity-file and ssh-agent authentication,
 //! jump hosts (a chain, each hop tunnelled through the one before with `direct-tcpip`), host key
-//! verification, sudo, timeouts and keepalives.
+//! verification (known_hosts or a pinned key; host certificates are asked for when known_hosts trusts a
+//! CA for the host), sudo (a configured password only reaches hosts whose sudo asks for one), timeouts
+//! and keepalives.
 
 use super::known_hosts::{self, HostKeyPolicy, Verdict};
 use super::{
@@ -23,12 +25,61 @@ use tokio::io::AsyncRead;
 pub use super::target::{ConnectOptions, Secret, SshTarget, SudoMode};
 
 impl SshTarget {
+    /// Whether the known_hosts file has a `@cert-authority` line for this host (an unreadable file is
+    /// reported by the key check itself).
+    fn wants_certificate(&self) -> bool {
+        self.host_key.known_hosts().is_some_and(|(path, _, also)| {
+            known_hosts::read_all(path, also)
+                .is_ok_and(|files| known_hosts::trusts_a_ca_for(&files, &self.address, self.port))
+        })
+    }
+
+    /// The algorithms of the keys this host is expected to present: the pinned key's, or those recorded in
+    /// known_hosts for it.
+    fn expected_algorithms(&self) -> Vec<russh::keys::Algorithm> {
+        match (&self.host_key, self.host_key.known_hosts()) {
+            (HostKeyPolicy::Pinned(k), _) => {
+                PublicKey::from_openssh(k).map(|k| vec![k.algorithm()]).unwrap_or_default()
+            }
+            (_, Some((path, _, also))) => known_hosts::read_all(path, also)
+                .map(|files| known_hosts::recorded_algorithms(&files, &self.address, self.port))
+                .unwrap_or_default(),
+            (_, None) => Vec::new(),
+        }
+    }
+
     fn addr(&self) -> String {
         format!("{}:{}", self.address, self.port)
     }
 
     fn config(&self) -> Arc<client::Config> {
+        let mut preferred = russh::Preferred::default();
+        let expected = self.expected_algorithms();
+        if !expected.is_empty() {
+            // The expected key types first (a stable sort keeps russh's order otherwise): the host then
+            // presents the key that is recorded or pinned rather than another one of its keys.
+            let same = |a: &russh::keys::Algorithm, b: &russh::keys::Algorithm| {
+                a == b || (a.clone().is_rsa() && b.clone().is_rsa())
+            };
+            let mut key = preferred.key.to_vec();
+            key.sort_by_key(|a| !expected.iter().any(|e| same(a, e)));
+            preferred.key = std::borrow::Cow::Owned(key);
+        }
+        if self.wants_certificate() {
+            // Ask for the host's certificate, as OpenSSH does: a certificate from a CA that known_hosts
+            // trusts verifies the host; one from another CA is checked as the plain key it certifies.
+            use russh::keys::{Algorithm, EcdsaCurve, HashAlg};
+            preferred.host_key_certificates = std::borrow::Cow::Owned(vec![
+                Algorithm::Ed25519,
+                Algorithm::Ecdsa { curve: EcdsaCurve::NistP256 },
+                Algorithm::Ecdsa { curve: EcdsaCurve::NistP384 },
+                Algorithm::Ecdsa { curve: EcdsaCurve::NistP521 },
+                Algorithm::Rsa { hash: Some(HashAlg::Sha512) },
+                Algorithm::Rsa { hash: Some(HashAlg::Sha256) },
+            ]);
+        }
         Arc::new(client::Config {
+            preferred,
             keepalive_interval: Some(self.keepalive),
             keepalive_max: 3,
             inactivity_timeout: None,
@@ -58,29 +109,50 @@ struct Handler {
 }
 
 impl Handler {
-    fn verify(&self, key: &PublicKey) -> bool {
-        let fp = known_hosts::fingerprint(key);
-        let verdict = match &self.policy {
-            HostKeyPolicy::Pinned(k) => known_hosts::check_pinned(k, key),
-            HostKeyPolicy::KnownHosts { path, accept_new } => {
-                match known_hosts::check_file(path, &self.address, self.port, key) {
-                    Ok(Verdict::Unknown) if *accept_new => {
-                        match known_hosts::record(path, &self.address, self.port, key) {
-                            Ok(()) => {
-                                eprintln!("{}: recorded new host key {fp} in {}", self.host, path.display());
-                                Verdict::Known
-                            }
-                            Err(e) => Verdict::Changed {
-                                recorded_in: format!("{} (cannot record: {e})", path.display()),
-                            },
+    fn verify(&self, presented: &russh::keys::PublicKeyOrCertificate) -> bool {
+        use russh::keys::PublicKeyOrCertificate as P;
+        let (key, cert) = match presented {
+            P::PublicKey { key, .. } => (key.clone(), None),
+            P::Certificate(c) => (PublicKey::new(c.public_key().clone(), ""), Some(c)),
+        };
+        let fp = known_hosts::fingerprint(&key);
+        let verdict = match (&self.policy, self.policy.known_hosts()) {
+            // A pinned key is compared with the key itself, also when it comes in a certificate.
+            (HostKeyPolicy::Pinned(k), _) => known_hosts::check_pinned(k, &key),
+            (_, Some((path, accept_new, also))) => match known_hosts::read_all(path, also) {
+                Err(recorded_in) => Verdict::Changed { recorded_in },
+                Ok(files) => {
+                    let v = match cert {
+                        Some(c) => {
+                            let now = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map(|d| d.as_secs())
+                                .unwrap_or(0);
+                            known_hosts::check_cert_sources(&files, &self.address, self.port, c, now)
                         }
-                    }
-                    Ok(v) => v,
-                    Err(e) => {
-                        Verdict::Changed { recorded_in: format!("{} (unreadable: {e})", path.display()) }
+                        None => known_hosts::check_sources(&files, &self.address, self.port, &key),
+                    };
+                    match v {
+                        Verdict::Unknown if accept_new => {
+                            match known_hosts::record(path, &self.address, self.port, &key) {
+                                Ok(()) => {
+                                    eprintln!(
+                                        "{}: recorded new host key {fp} in {}",
+                                        self.host,
+                                        path.display()
+                                    );
+                                    Verdict::Known
+                                }
+                                Err(e) => Verdict::Changed {
+                                    recorded_in: format!("{} (cannot record: {e})", path.display()),
+                                },
+                            }
+                        }
+                        v => v,
                     }
                 }
-            }
+            },
+            (_, None) => Verdict::Changed { recorded_in: "no host key policy".into() },
         };
         if verdict == Verdict::Known {
             return true;
@@ -98,18 +170,16 @@ impl client::Handler for Handler {
         &mut self,
         key: &russh::keys::PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        Ok(match key {
-            russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => self.verify(key),
-            // Host certificates are not supported: verify the certified key itself like a plain key.
-            russh::keys::PublicKeyOrCertificate::Certificate(c) => {
-                self.verify(&PublicKey::new(c.public_key().clone(), ""))
-            }
-        })
+        // A certificate arrives only when known_hosts trusts a CA for this host (see `SshTarget::config`).
+        Ok(self.verify(key))
     }
 }
 
 struct Conn {
     handle: client::Handle<Handler>,
+    /// With a sudo password configured: whether this host's sudo asks for one (probed once per
+    /// connection with `sudo -n true`, before the first privileged command).
+    sudo_asks_password: tokio::sync::OnceCell<bool>,
     // Every jump host's session, kept alive so the tunnels stay open as long as the connection.
     _jumps: Vec<client::Handle<Handler>>,
 }
@@ -171,7 +241,8 @@ impl SshTransport {
         Ok(c)
     }
 
-    fn wrap(&self, cmd: &Command) -> (String, Option<String>) {
+    /// `sudo_asks_password`: the probe's answer (only consulted with a password configured).
+    fn wrap(&self, cmd: &Command, sudo_asks_password: bool) -> (String, Option<String>) {
         let mut line = cmd.to_shell();
         if let Some(limit) = cmd.get_timeout() {
             // The host enforces the limit too, a little after this side gives up: the `signal` request
@@ -187,12 +258,58 @@ impl SshTransport {
         match &self.target.sudo {
             SudoMode::Off => (line, None),
             SudoMode::NoPassword => (format!("sudo -n -- {line}"), None),
+            // A host whose sudo needs no password (NOPASSWD) would never read the password line: it would
+            // become the command's first line of input. Such a host gets `sudo -n` and no password.
+            SudoMode::Password(_) if !sudo_asks_password => (format!("sudo -n -- {line}"), None),
             // -k: never use a cached credential, so sudo always reads exactly one password line first
             // and the rest of stdin reaches the command unchanged.
             SudoMode::Password(pw) => {
                 (format!("sudo -k -S -p '' -- {line}"), Some(format!("{}\n", pw.expose())))
             }
         }
+    }
+
+    /// Whether this connection's sudo asks for a password: `sudo -n true` fails on a host that does
+    /// (and on one where the user may not use sudo at all, whose error then comes from the real
+    /// command). Asked once per connection, before the first privileged command.
+    async fn sudo_asks_password(&self, conn: &Conn) -> Result<bool, TransportError> {
+        let cmd = Command::new("sudo").arg("-n").arg("true");
+        let probe = async {
+            let lost = |e: &dyn fmt::Display| TransportError::Disconnected {
+                host: self.target.name.clone(),
+                command: cmd.to_string(),
+                message: e.to_string(),
+            };
+            self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+            let mut ch = conn.handle.channel_open_session().await.map_err(|e| lost(&e))?;
+            ch.exec(true, cmd.to_shell()).await.map_err(|e| lost(&e))?;
+            let _ = ch.eof().await;
+            let mut status = None;
+            while let Some(msg) = ch.wait().await {
+                match msg {
+                    ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                    ChannelMsg::Close => break,
+                    _ => {}
+                }
+            }
+            match status {
+                Some(s) => Ok(s != 0),
+                None => Err(lost(&"the channel closed without an exit status")),
+            }
+        };
+        conn.sudo_asks_password
+            .get_or_try_init(|| async {
+                match tokio::time::timeout(self.target.connect_timeout, probe).await {
+                    Ok(r) => r,
+                    Err(_) => Err(TransportError::Timeout {
+                        host: self.target.name.clone(),
+                        command: cmd.to_string(),
+                        timeout: self.target.connect_timeout,
+                    }),
+                }
+            })
+            .await
+            .copied()
     }
 
     async fn run(
@@ -209,8 +326,12 @@ impl SshTransport {
             message: e.to_string(),
         };
         self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+        let asks = match self.target.sudo {
+            SudoMode::Password(_) if cmd.needs_sudo() => self.sudo_asks_password(&conn).await?,
+            _ => false,
+        };
         let channel = conn.handle.channel_open_session().await.map_err(|e| lost(&e))?;
-        let (line, password) = self.wrap(cmd);
+        let (line, password) = self.wrap(cmd, asks);
         channel.exec(true, line).await.map_err(|e| lost(&e))?;
         let (mut read, write) = channel.split();
 
@@ -328,10 +449,10 @@ async fn open(t: &SshTarget) -> Result<Conn, TransportError> {
             })?;
             let _ = tcp.set_nodelay(true);
             let handle = handshake(t, tcp).await?;
-            Ok(Conn { handle, _jumps: Vec::new() })
+            Ok(Conn { handle, sudo_asks_password: Default::default(), _jumps: Vec::new() })
         }
         Some(b) => {
-            let Conn { handle: jump, _jumps: mut jumps } = Box::pin(open(b)).await?;
+            let Conn { handle: jump, _jumps: mut jumps, .. } = Box::pin(open(b)).await?;
             let ch = jump
                 .channel_open_direct_tcpip(t.address.clone(), t.port as u32, "127.0.0.1", 0)
                 .await
@@ -343,7 +464,7 @@ async fn open(t: &SshTarget) -> Result<Conn, TransportError> {
             })?;
             let handle = handshake(t, ch.into_stream()).await?;
             jumps.push(jump);
-            Ok(Conn { handle, _jumps: jumps })
+            Ok(Conn { handle, sudo_asks_password: Default::default(), _jumps: jumps })
         }
     }
 }
@@ -371,6 +492,17 @@ where
                 }
                 Some(KeyRefusal { verdict: Verdict::Changed { recorded_in }, fingerprint }) => {
                     TransportError::HostKeyChanged { host: t.name.clone(), addr, fingerprint, recorded_in }
+                }
+                Some(KeyRefusal { verdict: Verdict::Refused { reason }, fingerprint }) => {
+                    TransportError::Config {
+                        host: t.name.clone(),
+                        message: format!(
+                        "host key {fingerprint} of {addr} refused: {reason}. Fix the host (a new host key, \
+                         or a host certificate valid for it: `ssh-keygen -s CA_KEY -h -n {} ...`); \
+                         --accept-new-host-keys never overrides this",
+                        t.address
+                    ),
+                    }
                 }
                 _ => TransportError::Connect {
                     host: t.name.clone(),

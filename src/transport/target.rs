@@ -35,7 +35,8 @@ pub enum SudoMode {
     Off,
     /// `sudo -n` (passwordless sudo).
     NoPassword,
-    /// `sudo -S` with this password written to its stdin (never on the command line).
+    /// `sudo -S` with this password written to its stdin (never on the command line), on hosts whose sudo
+    /// asks for a password (probed once per connection with `sudo -n true`); `sudo -n` on the others.
     Password(Secret),
 }
 
