@@ -215,6 +215,19 @@ fn verified_of(h: &Harness, m: &ClusterModel) -> crate::identity::Verified {
     rt.block_on(guard(m, &h.options(), &names, &transports, &ex)).unwrap()
 }
 
+/// Every example inventory under `inventories/`, sorted (at least the three the README names).
+fn example_inventories() -> Vec<std::path::PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("inventories");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "examples missing: {files:?}");
+    files
+}
+
 /// The dry-run text with what differs between runs (fresh keys, this test binary) masked.
 fn masked(text: &str) -> String {
     text.lines()
@@ -236,15 +249,7 @@ fn masked(text: &str) -> String {
 
 #[test]
 fn golden_dry_run_plans_for_every_example_inventory() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("inventories");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    assert!(files.len() >= 3);
-    for f in files {
+    for f in example_inventories() {
         let text = std::fs::read_to_string(&f).unwrap();
         let loaded = crate::inventory::parse(&f, &text).unwrap();
         let model = ClusterModel::derive(&loaded);
@@ -1502,14 +1507,7 @@ fn a_snapshot_that_changed_in_transit_writes_no_archive_and_leaves_no_copy_on_th
 /// reviewed here as the apply plans are; nothing is written by either.
 #[test]
 fn golden_previews_of_reset_and_remove_node_for_every_example_inventory() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("inventories");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    for f in files {
+    for f in example_inventories() {
         let text = std::fs::read_to_string(&f).unwrap();
         let model = ClusterModel::derive(&crate::inventory::parse(&f, &text).unwrap());
         let h = Harness::new(&model);
