@@ -149,3 +149,21 @@ fn completion_and_man_pages_cover_every_command() {
     }
     assert!(!dir.path().join("man/kubeforge-api-lb.1").exists(), "hidden commands get no page");
 }
+
+#[test]
+fn an_inventory_on_standard_input_is_named_stdin() {
+    use std::io::Write;
+    let (dir, inv) = lab();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kubeforge"))
+        .args(["validate", "-i", "-"])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&std::fs::read(&inv).unwrap()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(code(&o), Some(0), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("<stdin>: valid"), "{}", text(&o));
+}
