@@ -551,25 +551,11 @@ pub fn run_kubeconfig(c: KubeconfigCommand) -> Result<i32> {
 /// Writes `bytes` to `path` with mode 0600 through a temporary file beside it (a reader never sees half a
 /// file; an existing file's other readers lose nothing until the rename).
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let err = |e| crate::Error::io(format!("cannot write {}", path.display()), e);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    let tmp = path.with_file_name(format!(
-        ".{}.kubeforge-tmp",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-    ));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    crate::fsutil::replace_file(path, bytes, 0o600, true).map_err(err)
 }
 
 /// The kubeconfig file `--merge` writes to: the given one, the first of `$KUBECONFIG`, or `~/.kube/config`.

@@ -32,6 +32,7 @@ pub mod cleanup;
 pub mod cli;
 pub mod error;
 pub mod exec;
+pub mod fsutil;
 pub mod identity;
 pub mod inventory;
 pub mod lab;

@@ -138,25 +138,12 @@ impl ClusterState {
 
     /// Writes the state atomically (temporary file in the same directory, fsync, rename), mode 0600.
     pub fn save(&self, pki_root: &Path) -> Result<(), StateError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let path = Self::path(pki_root, &self.cluster);
         let dir = path.parent().expect("state path has a parent");
         let io = |context: String| move |source| StateError::Io { context, source };
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-        let tmp = dir.join(format!(".{FILE}.{}", std::process::id()));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io(format!("writing {}", tmp.display())))?;
-        f.write_all(&self.to_json())
-            .and_then(|_| f.sync_all())
-            .map_err(io(format!("writing {}", tmp.display())))?;
-        std::fs::rename(&tmp, &path).map_err(io(format!("renaming {} into place", tmp.display())))?;
-        Ok(())
+        crate::fsutil::replace_file(&path, &self.to_json(), 0o600, true)
+            .map_err(io(format!("writing {}", path.display())))
     }
 
     /// Gives every node of `model` a pod subnet: the one it already has, or the lowest free one. Nodes the

@@ -48,6 +48,33 @@ fn target(
     }
 }
 
+/// A real sshd with two sudo users, one with NOPASSWD and one that needs its password, a known_hosts that
+/// trusts the sshd, and a directory only root can write (the sudo tests' shared set-up).
+struct SudoHosts {
+    key: ClientKey,
+    nopw: TestUser,
+    withpw: TestUser,
+    s: Sshd,
+    tmp: tempfile::TempDir,
+    kh: PathBuf,
+    root_only: PathBuf,
+}
+
+impl SudoHosts {
+    fn start(nopw: &str, withpw: &str) -> Self {
+        let key = ClientKey::new();
+        let nopw = TestUser::create(nopw, "ALL=(ALL) NOPASSWD: ALL");
+        let withpw = TestUser::create(withpw, "ALL=(ALL) ALL");
+        let s = Sshd::start(&key, &["127.0.0.1"], "");
+        let tmp = tempfile::tempdir().unwrap();
+        sh(&format!("chmod 755 {}", tmp.path().display()));
+        let kh = trusting(tmp.path(), &s);
+        let root_only = tmp.path().join("root-only");
+        std::fs::create_dir(&root_only).unwrap();
+        SudoHosts { key, nopw, withpw, s, tmp, kh, root_only }
+    }
+}
+
 /// A known_hosts file that already trusts `s` on each of its addresses.
 fn trusting(dir: &Path, s: &Sshd) -> PathBuf {
     let kh = dir.join("known_hosts");
@@ -186,15 +213,7 @@ async fn a_non_root_user_gets_root_through_sudo_n_or_a_sudo_password() {
     if !enabled() {
         return;
     }
-    let key = ClientKey::new();
-    let nopw = TestUser::create("np", "ALL=(ALL) NOPASSWD: ALL");
-    let withpw = TestUser::create("pw", "ALL=(ALL) ALL");
-    let s = Sshd::start(&key, &["127.0.0.1"], "");
-    let tmp = tempfile::tempdir().unwrap();
-    sh(&format!("chmod 755 {}", tmp.path().display()));
-    let kh = trusting(tmp.path(), &s);
-    let root_only = tmp.path().join("root-only");
-    std::fs::create_dir(&root_only).unwrap();
+    let SudoHosts { key, nopw, withpw, s, tmp, kh, root_only } = SudoHosts::start("np", "pw");
 
     // Passwordless sudo: `sudo -n`.
     let t =
@@ -318,15 +337,7 @@ async fn a_sudo_password_never_reaches_a_host_whose_sudo_needs_none() {
     if !enabled() {
         return;
     }
-    let key = ClientKey::new();
-    let nopw = TestUser::create("nq", "ALL=(ALL) NOPASSWD: ALL");
-    let withpw = TestUser::create("pq", "ALL=(ALL) ALL");
-    let s = Sshd::start(&key, &["127.0.0.1"], "");
-    let tmp = tempfile::tempdir().unwrap();
-    sh(&format!("chmod 755 {}", tmp.path().display()));
-    let kh = trusting(tmp.path(), &s);
-    let root_only = tmp.path().join("root-only");
-    std::fs::create_dir(&root_only).unwrap();
+    let SudoHosts { key, nopw, withpw, s, tmp, kh, root_only } = SudoHosts::start("nq", "pq");
     let password = "pw-that-must-stay-secret-4711";
 
     let mut tg = target("np", "127.0.0.1", s.port, &nopw.name, &key, &kh, false);

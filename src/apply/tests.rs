@@ -1126,17 +1126,22 @@ fn remove(h: &Harness, text: &str, node: &str, force: bool) -> Result<i32> {
 
 /// `kubeforge remove-node --yes` in a session on the harness; the result and the stages it entered.
 fn remove_staged(h: &Harness, text: &str, node: &str, force: bool) -> (Result<i32>, Vec<String>) {
-    let mut o = h.options();
-    o.ignore_preflight = vec!["all".into()];
-    let session = h.session(text, o.clone(), Arc::new(Recorder::default()));
-    let options = crate::lifecycle::RemoveOptions {
+    let options = removal(h, node, force);
+    let session = h.session(text, options.apply.clone(), Arc::new(Recorder::default()));
+    let r = crate::lifecycle::remove_node_in(&session, options);
+    (r, session.stages())
+}
+
+/// The options of `kubeforge remove-node NODE --yes` on the harness (preflight as remove-node runs it).
+fn removal(h: &Harness, node: &str, force: bool) -> crate::lifecycle::RemoveOptions {
+    let mut apply = h.options();
+    apply.ignore_preflight = vec!["all".into()];
+    crate::lifecycle::RemoveOptions {
         node: node.into(),
         force,
         drain_timeout: std::time::Duration::from_secs(60),
-        apply: o,
-    };
-    let r = crate::lifecycle::remove_node_in(&session, options);
-    (r, session.stages())
+        apply,
+    }
 }
 
 #[test]
@@ -1278,20 +1283,14 @@ fn an_interrupted_reset_finishes_the_host_in_progress_leaves_the_next_untouched_
 #[test]
 fn an_interrupted_remove_node_stops_after_the_step_in_progress() {
     let h = installed(TRIO);
-    let mut o = h.options();
-    o.ignore_preflight = vec!["all".into()];
+    let options = removal(&h, "w2", false);
+    let o = options.apply.clone();
     let session = h.session(TRIO, o.clone(), Arc::new(Recorder::default()));
     let stop = session.executor.stop_flag();
     h.hosts["cp1"].handle("drain w2", move |_, _| {
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         Reply::ok("node/w2 drained")
     });
-    let options = crate::lifecycle::RemoveOptions {
-        node: "w2".into(),
-        force: false,
-        drain_timeout: std::time::Duration::from_secs(60),
-        apply: o.clone(),
-    };
     let e = crate::lifecycle::remove_node_in(&session, options).unwrap_err();
     assert!(e.to_string().contains("interrupted"), "{}", e.report());
     assert!(!h.hosts["cp1"].commands().iter().any(|c| c.contains("delete node w2")), "the Node was deleted");
@@ -1304,8 +1303,8 @@ fn an_interrupted_remove_node_stops_after_the_step_in_progress() {
 #[test]
 fn remove_node_interrupted_after_the_node_was_deleted_resumes_without_it() {
     let h = installed(TRIO);
-    let mut o = h.options();
-    o.ignore_preflight = vec!["all".into()];
+    let options = removal(&h, "w2", false);
+    let o = options.apply.clone();
     let session = h.session(TRIO, o.clone(), Arc::new(Recorder::default()));
     let stop = session.executor.stop_flag();
     // The Node is deleted (the simulated API remembers it), then the interrupt comes.
@@ -1314,12 +1313,6 @@ fn remove_node_interrupted_after_the_node_was_deleted_resumes_without_it() {
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         Reply::ok("node \"w2\" deleted")
     });
-    let options = crate::lifecycle::RemoveOptions {
-        node: "w2".into(),
-        force: false,
-        drain_timeout: std::time::Duration::from_secs(60),
-        apply: o.clone(),
-    };
     let e = crate::lifecycle::remove_node_in(&session, options.clone()).unwrap_err();
     assert_eq!(e.exit_code(), 130, "{}", e.report());
     assert!(

@@ -10,9 +10,8 @@ use super::issue::{self, Key, Signer};
 use super::spec::{self, CaId, CertSpec, Usage};
 use super::{KeyAlgorithm, PkiError, PkiInputs};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use x509_parser::prelude::*;
@@ -175,27 +174,13 @@ impl Store {
         let path = self.root.join(rel);
         let dir = path.parent().expect("inside the store");
         self.mkdirs(dir)?;
-        let tmp = dir.join(format!(
-            ".{}.tmp{}",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("f"),
-            std::process::id()
-        ));
-        let ctx = |what: &str| format!("cannot {what} {}", path.display());
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(|e| PkiError::io(ctx("write"), e))?;
-        f.write_all(data).map_err(|e| PkiError::io(ctx("write"), e))?;
         // Only what cannot be re-created is forced to disk before the rename: a lost CA or service-account
         // key would orphan the cluster, while any leaf or kubeconfig is simply re-issued by the next run.
         // (An fsync per file made a 226-certificate store 40x slower.)
-        if rel.ends_with("ca.key") || rel == "sa.key" || rel == "ledger.json" || rel.starts_with("secrets/") {
-            f.sync_all().map_err(|e| PkiError::io(ctx("write"), e))?;
-        }
-        std::fs::rename(&tmp, &path).map_err(|e| PkiError::io(ctx("rename into"), e))
+        let durable =
+            rel.ends_with("ca.key") || rel == "sa.key" || rel == "ledger.json" || rel.starts_with("secrets/");
+        crate::fsutil::replace_file(&path, data, mode, durable)
+            .map_err(|e| PkiError::io(format!("cannot write {}", path.display()), e))
     }
 
     /// [`Store::write`] forced to disk (file and directory) before it returns: for what cannot be made

@@ -31,7 +31,7 @@ pub fn enabled() -> bool {
         nix::unistd::geteuid().is_root(),
         "the real-sshd tests start sshd and create users: run them as root, or set KUBEFORGE_SSH_TESTS=0"
     );
-    for tool in ["ssh-keygen", "sudo", "useradd", "userdel", "chpasswd", "ss"] {
+    for tool in ["ssh-keygen", "sudo", "useradd", "userdel", "chpasswd", "ss", "strace"] {
         assert!(
             Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().unwrap().status.success(),
             "`{tool}` is missing: run scripts/install-test-deps.sh, or set KUBEFORGE_SSH_TESTS=0"
