@@ -11,14 +11,53 @@ stage() {
   echo
   echo "=== stage: $name ($(date -u +%H:%M:%S))"
   t0=$(date +%s%N)
-  "$@"; rc=$?
+  local out
+  out=$(mktemp -t kf-stage-out.XXXXXX)
+  if [ -t 1 ]; then
+    # On a terminal the command keeps it (progress bars, prompts); nothing is collected.
+    "$@"; rc=$?
+    : > "$out"
+  else
+    "$@" 2>&1 | tee "$out"; rc=${PIPESTATUS[0]}
+  fi
   t1=$(date +%s%N)
+  # A failed stage's test failures are printed again at the end (the summary), where a reader of the
+  # log's tail finds them; its whole output stays in the file.
+  if [ $rc -ne 0 ]; then
+    {
+      echo "--- $name: failed ($rc); whole output in $out"
+      stage_failures "$out"
+    } >> "$KF_STAGE_FAILURES"
+  else
+    rm -f "$out"
+  fi
   printf '%-32s %8ss  %s\n' "$name" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", (b-a)/1e9}')" \
     "$([ $rc -eq 0 ] && echo ok || echo "FAILED ($rc)")" | tee -a "$KF_STAGE_LOG"
   return $rc
 }
 
+KF_STAGE_FAILURES=${KF_STAGE_FAILURES:-$(mktemp -t kf-stage-failures.XXXXXX)}
+export KF_STAGE_FAILURES
+
+# stage_failures FILE: the failing tests' messages in a stage's output (cargo test's panics and its
+# `failures:` list), or the output's last 40 lines when it has none.
+stage_failures() {
+  local digest
+  digest=$(awk '
+    /^---- .* stdout ----$/ { keep = 60 }
+    /panicked at / { keep = (keep > 30 ? keep : 30) }
+    /^failures:$/ { keep = 40 }
+    keep > 0 { print; keep-- }
+  ' "$1" | head -300)
+  if [ -n "$digest" ]; then echo "$digest"; else tail -40 "$1"; fi
+}
+
 stage_summary() {
+  if [ -s "$KF_STAGE_FAILURES" ]; then
+    echo
+    echo "=== failures"
+    cat "$KF_STAGE_FAILURES"
+  fi
   echo
   echo "=== per-stage timings"
   cat "$KF_STAGE_LOG"

@@ -1119,8 +1119,16 @@ fn outcome(o: std::process::Output) -> (i32, String, String) {
     )
 }
 
+/// Runs the binary with `HOME` in a directory of its own, so no ~/.ssh of this machine is read.
 fn kubeforge(args: &[&str]) -> (i32, String, String) {
-    outcome(std::process::Command::new(env!("CARGO_BIN_EXE_kubeforge")).args(args).output().unwrap())
+    let home = tempfile::tempdir().unwrap();
+    outcome(
+        std::process::Command::new(env!("CARGO_BIN_EXE_kubeforge"))
+            .args(args)
+            .env("HOME", home.path())
+            .output()
+            .unwrap(),
+    )
 }
 
 #[test]
