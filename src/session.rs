@@ -21,7 +21,10 @@ use std::sync::Arc;
 
 /// The artifacts a session installs: resolved from the inventory's release source (verified, cached), or
 /// given (tests).
-type Artifacts = BTreeMap<(Art, String), LocalArtifact>;
+pub type Artifacts = BTreeMap<(Art, String), LocalArtifact>;
+
+/// Gives the artifacts of a model instead of the release source (tests: local files per version).
+pub type ArtifactsFor = Arc<dyn Fn(&ClusterModel) -> Artifacts + Send + Sync>;
 
 /// Everything one command works with.
 pub struct Session {
@@ -34,7 +37,7 @@ pub struct Session {
     /// The executor every stage runs through.
     pub executor: Executor,
     runtime: tokio::runtime::Runtime,
-    artifacts: Option<Artifacts>,
+    artifacts: Option<ArtifactsFor>,
     entered: std::sync::Mutex<Vec<(&'static str, &'static str)>>,
     /// `Some`: what the command says is kept here instead of printed (tests, golden outputs).
     captured: std::sync::Mutex<Option<String>>,
@@ -96,9 +99,29 @@ impl Session {
     }
 
     /// Installs these artifacts instead of resolving the release source (tests).
-    pub fn with_artifacts(mut self, artifacts: Artifacts) -> Self {
-        self.artifacts = Some(artifacts);
+    pub fn with_artifacts(self, artifacts: Artifacts) -> Self {
+        self.with_artifacts_from(Arc::new(move |_: &ClusterModel| artifacts.clone()))
+    }
+
+    /// Installs the artifacts `f` gives for each model (its versions) instead of resolving the release
+    /// source (tests of commands that move between versions).
+    pub fn with_artifacts_from(mut self, f: ArtifactsFor) -> Self {
+        self.artifacts = Some(f);
         self
+    }
+
+    /// The verified artifacts `model` installs (its versions and architectures), from the release source
+    /// or the cache.
+    pub async fn artifacts(
+        &self,
+        model: &ClusterModel,
+        inventory: &crate::inventory::Inventory,
+        options: &ApplyOptions,
+    ) -> Result<Artifacts> {
+        match &self.artifacts {
+            Some(f) => Ok(f(model)),
+            None => crate::apply::prepare_artifacts(model, inventory, &options.cache_dir).await,
+        }
     }
 
     /// Enters stage `id` of `workflow`. A stage that is not in the workflow's list, or that comes before one
@@ -110,8 +133,16 @@ impl Session {
         let last =
             entered.iter().rev().find(|(w, _)| *w == workflow.name).and_then(|(_, s)| workflow.position(s));
         debug_assert!(at.is_some(), "stage `{id}` is not in the {} workflow", workflow.name);
+        // A workflow's repeated stages (`upgrade`: one round per step) start again at their first.
+        let again = workflow.repeat.is_some_and(|(first, last_id)| {
+            id == first
+                && last.is_some_and(|l| {
+                    workflow.position(first).is_some_and(|f| l >= f)
+                        && workflow.position(last_id).is_some_and(|e| l <= e)
+                })
+        });
         debug_assert!(
-            at >= last,
+            at >= last || again,
             "stage `{id}` of {} comes after `{}`",
             workflow.name,
             last.map(|l| workflow.stages[l].id).unwrap_or("")
@@ -179,10 +210,7 @@ impl Session {
         scratch: Option<&Path>,
         verified: &Verified,
     ) -> Result<(Material, ClusterState)> {
-        let artifacts = match &self.artifacts {
-            Some(a) => a.clone(),
-            None => crate::apply::prepare_artifacts(model, inventory, &options.cache_dir).await?,
-        };
+        let artifacts = self.artifacts(model, inventory, options).await?;
         crate::apply::prepare_with(model, options, scratch, artifacts, verified)
     }
 }

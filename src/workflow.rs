@@ -90,6 +90,8 @@ pub struct Workflow {
     pub name: &'static str,
     /// Its stages, in the order they run.
     pub stages: &'static [Stage],
+    /// Stages `first..=last` that run once per round (`upgrade`: per step), in order within each round.
+    pub repeat: Option<(&'static str, &'static str)>,
 }
 
 impl Workflow {
@@ -109,6 +111,7 @@ pub const JOIN: Workflow = Workflow {
         stage("apply", Apply, "Apply to the new hosts; other hosts only where their desired state moves (routes, labels, the state copy)"),
         stage("learners", ClusterAction, "After a failed join: remove the etcd learners and unstarted members it left"),
     ],
+    repeat: None,
 };
 
 /// `kubeforge remove-node`.
@@ -124,6 +127,7 @@ pub const REMOVE_NODE: Workflow = Workflow {
         stage("forget", Local, "Forget the host in the cluster state (its pod subnet is free again)"),
         stage("converge", Apply, "Converge the hosts that stay without it (routes, balancers' backends, the state copy)"),
     ],
+    repeat: None,
 };
 
 /// `kubeforge reset`.
@@ -137,6 +141,7 @@ pub const RESET: Workflow = Workflow {
         stage("remove", Converge, "Per host: pods, units, files and their rollback copies, data, bridge, routes, KUBE-* chains; put back what the host had before; check it is clean"),
         stage("state", Local, "Forget the reset hosts in the cluster state"),
     ],
+    repeat: None,
 };
 
 /// `kubeforge backup`.
@@ -146,6 +151,7 @@ pub const BACKUP: Workflow = Workflow {
         stage("snapshot", ClusterAction, "Take an etcd snapshot over TLS on a member (the next one when it fails), check it, stream it here"),
         stage("archive", Local, "Write the archive: manifest, snapshot, the whole store, the inventory; encrypted unless --unencrypted"),
     ],
+    repeat: None,
 };
 
 /// `kubeforge restore`.
@@ -172,13 +178,40 @@ pub const RESTORE: Workflow = Workflow {
         stage("addons", ClusterAction, "Apply the addons and node labels again"),
         stage("check", Apply, "Converge and check everything"),
     ],
+    repeat: None,
+};
+
+/// `kubeforge upgrade apply` (`upgrade plan` runs its stages up to `preview`; `upgrade rollback` runs the
+/// per-step stages).
+pub const UPGRADE: Workflow = Workflow {
+    name: "upgrade",
+    stages: &[
+        stage("read", Check, "Read every host's binaries' versions (one round trip each) and the cluster's health on a control plane"),
+        stage("path", Check, "The path, one minor per hop, and each hop's steps and skew, runtime and release-note checks; refuse a downgrade, a skipped minor, a forbidden skew, an unhealthy cluster"),
+        stage("preview", Preview, "Show the plan (`upgrade plan` and `--dry-run` end here)"),
+        stage("identity", Check, "Read every host's marker: the store must be this installed cluster's"),
+        stage("artifacts", Local, "Resolve and verify the artifacts of every hop and of the versions the hosts run now (for a rollback)"),
+        stage("confirm", Confirm, "Ask on the terminal (--yes: go ahead; no terminal: refused)"),
+        stage("snapshot", ClusterAction, "Take an etcd snapshot into the store's backups"),
+        stage("step", Check, "Per step of the plan (etcd-only members, control planes one at a time, then workers in batches), hop by hop: plan its hosts at the hop's version; hosts already on it are skipped"),
+        stage("cordon", ClusterAction, "Cordon the step's nodes whose kubelet, kube-proxy or runtime changes"),
+        stage("drain", ClusterAction, "Drain them through the eviction API (PodDisruptionBudgets hold); a drain that cannot finish uncordons and stops"),
+        stage("leadership", ClusterAction, "Hand etcd leadership away from a member about to restart"),
+        stage("converge", Apply, "The apply workflow at the hop's version on the step's hosts (previous files kept as .kubeforge-prev)"),
+        stage("gate", Gate, "Services healthy; apiserver ready at the hop's version, etcd member healthy, Node Ready with the new kubelet, every binary reporting it"),
+        stage("uncordon", ClusterAction, "Uncordon the drained nodes"),
+        stage("workloads", Gate, "Every workload controller has its Ready pods of before the drain again"),
+        stage("rollback", Converge, "After a failure or an interrupt in the step: converge its hosts back to what they ran, gate, uncordon; the upgrade stops"),
+        stage("report", Local, "The versions each host runs now; --edit-inventory records the target"),
+    ],
+    repeat: Some(("step", "rollback")),
 };
 
 /// Every lifecycle workflow with stages.
-pub const LIFECYCLE: &[&Workflow] = &[&JOIN, &REMOVE_NODE, &RESET, &BACKUP, &RESTORE];
+pub const LIFECYCLE: &[&Workflow] = &[&JOIN, &REMOVE_NODE, &RESET, &BACKUP, &RESTORE, &UPGRADE];
 
 /// The names of every workflow (`kubeforge phases NAME`).
-pub const NAMES: &[&str] = &["apply", "join", "remove-node", "reset", "backup", "restore"];
+pub const NAMES: &[&str] = &["apply", "join", "remove-node", "reset", "backup", "restore", "upgrade"];
 
 /// A lifecycle workflow by name.
 pub fn lifecycle(name: &str) -> Option<&'static Workflow> {
@@ -205,13 +238,16 @@ pub fn listing(name: &str) -> Option<Vec<String>> {
         );
     }
     let w = lifecycle(name)?;
-    Some(
-        w.stages
-            .iter()
-            .enumerate()
-            .map(|(i, s)| format!("{:>2}. {:<14} {:<8} {}", i + 1, s.id, s.kind.name(), s.title))
-            .collect(),
-    )
+    let mut lines: Vec<String> = w
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{:>2}. {:<14} {:<8} {}", i + 1, s.id, s.kind.name(), s.title))
+        .collect();
+    if let Some((first, last)) = w.repeat {
+        lines.push(format!("    `{first}` to `{last}` run once per step"));
+    }
+    Some(lines)
 }
 
 #[cfg(test)]

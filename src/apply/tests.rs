@@ -191,8 +191,12 @@ impl Harness {
         let model = ClusterModel::derive(&loaded);
         let transports: BTreeMap<String, Arc<dyn Transport>> =
             self.hosts.iter().map(|(n, t)| (n.clone(), t.clone() as Arc<dyn Transport>)).collect();
-        let artifacts = fake_artifacts_padded(&model, &self.dir.path().join("artifacts"), self.binary_pad);
-        crate::session::Session::new(loaded, transports, options, rec).unwrap().with_artifacts(artifacts)
+        let _ = model;
+        // Each model's own versions (an upgrade moves between them).
+        let (dir, pad) = (self.dir.path().join("artifacts"), self.binary_pad);
+        crate::session::Session::new(loaded, transports, options, rec)
+            .unwrap()
+            .with_artifacts_from(Arc::new(move |m: &ClusterModel| fake_artifacts_padded(m, &dir, pad)))
     }
 
     /// One run, as `kubeforge apply` does it (the identity check, the material, the workflow), with the given
@@ -1427,16 +1431,19 @@ fn an_interrupted_restore_stops_after_the_members_and_says_what_finished() {
 /// cp1 answers the snapshot script as etcd would: the file appears under the backups directory, the status
 /// line and its sha256 follow (`corrupt`: the reported sha256 is not the file's, as after a bad copy).
 fn etcd_snapshots_on(h: &Harness, corrupt: bool) {
-    h.hosts["cp1"].handle("snapshot save", move |argv, fake| {
-        let name = argv.last().cloned().unwrap_or_default();
-        let body = b"etcd snapshot bytes".to_vec();
-        let sha = {
-            use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(if corrupt { b"other".to_vec() } else { body.clone() }))
-        };
-        fake.put_file(format!("{}/{name}", crate::backup::REMOTE_DIR), body);
-        Reply::ok(format!("{{\"hash\":1,\"revision\":42,\"totalKey\":7,\"totalSize\":19}}\nsha256 {sha}\n"))
-    });
+    h.hosts["cp1"].handle("snapshot save", move |argv, fake| snapshot_saved(argv, fake, corrupt));
+}
+
+/// What cp1 answers the snapshot script (see [`etcd_snapshots_on`]).
+fn snapshot_saved(argv: &[String], fake: &FakeTransport, corrupt: bool) -> Reply {
+    let name = argv.last().cloned().unwrap_or_default();
+    let body = b"etcd snapshot bytes".to_vec();
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(if corrupt { b"other".to_vec() } else { body.clone() }))
+    };
+    fake.put_file(format!("{}/{name}", crate::backup::REMOTE_DIR), body);
+    Reply::ok(format!("{{\"hash\":1,\"revision\":42,\"totalKey\":7,\"totalSize\":19}}\nsha256 {sha}\n"))
 }
 
 fn backup(h: &Harness, out: &Path) -> (Result<i32>, Vec<String>) {
@@ -1559,4 +1566,337 @@ fn a_failed_member_restore_names_the_host_the_step_and_the_cause() {
         "{report}"
     );
     assert_eq!(e.exit_code(), 1);
+}
+
+// `upgrade` on the simulated hosts: its own code (`upgrade::apply_in`, `plan_in`) in a session.
+
+/// What the simulated cluster's API says: nodes cordoned, and nodes whose new kubelet never gets Ready.
+#[derive(Default, Clone)]
+struct SimApi {
+    cordoned: Arc<Mutex<BTreeSet<String>>>,
+    /// A node listed here is NotReady while its kubelet runs another version than the one listed.
+    refuses: Arc<Mutex<BTreeMap<String, String>>>,
+}
+
+/// The version a simulated host's binary reports (the fake artifacts say theirs).
+fn sim_version(fake: &FakeTransport, bin: &str) -> Option<String> {
+    let b = fake.file(&format!("/usr/local/bin/{bin}"))?;
+    String::from_utf8_lossy(&b).split_whitespace().nth(1).map(str::to_owned)
+}
+
+/// The simulated hosts answer what an upgrade reads: each host's binaries' `--version`s, and on every
+/// control plane the health script (each etcd member healthy, each apiserver ready at its binary's
+/// version, each node Ready with its kubelet's version unless it `refuses` it) and kubectl's cordon and
+/// uncordon; cp1 takes etcd snapshots.
+fn simulate_upgrades(h: &Harness, text: &str) -> SimApi {
+    let model = ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), text).unwrap());
+    let api = SimApi::default();
+    for t in h.hosts.values() {
+        t.handle("for b in kube-apiserver kube-controller-manager", |_, fake| {
+            let mut out = String::new();
+            for b in crate::upgrade::policy::KUBE_BINARIES.iter().chain(&["etcd", "containerd"]) {
+                if let Some(v) = sim_version(fake, b) {
+                    out.push_str(&format!("{b} {v}\n"));
+                }
+            }
+            Reply::ok(out)
+        });
+    }
+    for cp in model.control_planes() {
+        let (hosts, model, a) = (h.hosts.clone(), model.clone(), api.clone());
+        h.hosts[&cp.name].handle("endpoint health", move |_, _| {
+            let mut out = String::new();
+            for m in model.etcd_members() {
+                out.push_str(&format!("etcd {} healthy\n", crate::model::url(m.internal_ip, 2379)));
+            }
+            for c in model.control_planes() {
+                let v = sim_version(&hosts[&c.name], "kube-apiserver").unwrap_or("unknown".into());
+                out.push_str(&format!("api {} ok {v}\n", c.internal_ip));
+            }
+            for n in model.nodes() {
+                let v = sim_version(&hosts[&n.name], "kubelet").unwrap_or_default();
+                let ready = a.refuses.lock().unwrap().get(&n.name).is_none_or(|ok| *ok == v);
+                let cordoned = a.cordoned.lock().unwrap().contains(&n.name);
+                out.push_str(&format!(
+                    "node {}|{v}|{cordoned}|{}\n",
+                    n.name,
+                    if ready { "True" } else { "False" }
+                ));
+            }
+            Reply::ok(out)
+        });
+        let a = api.clone();
+        h.hosts[&cp.name].handle("cordon", move |argv, _| {
+            let at = |w: &str| argv.iter().position(|x| x == w).and_then(|i| argv.get(i + 1)).cloned();
+            if let Some(n) = at("uncordon") {
+                a.cordoned.lock().unwrap().remove(&n);
+            } else if let Some(n) = at("cordon") {
+                a.cordoned.lock().unwrap().insert(n);
+            }
+            Reply::ok("")
+        });
+    }
+    etcd_snapshots_on(h, false);
+    api
+}
+
+fn upgrade_options(to: &str) -> crate::upgrade::UpgradeOptions {
+    crate::upgrade::UpgradeOptions {
+        to: Some(to.parse().unwrap()),
+        consent: crate::prompt::Consent::Given,
+        batch: crate::upgrade::Batch::Nodes(1),
+        drain_timeout: std::time::Duration::from_secs(60),
+        gate_timeout: std::time::Duration::from_secs(0),
+        edit_inventory: false,
+    }
+}
+
+/// `upgrade apply` in a new session on the harness: the result, the stages entered and what it said.
+fn upgrade(h: &Harness, o: &crate::upgrade::UpgradeOptions) -> (Result<i32>, Vec<String>, String) {
+    let session = h.session(TRIO, h.options(), Arc::new(Recorder::default())).capturing();
+    let r = crate::upgrade::apply_in(&session, o);
+    (r, session.stages(), session.said())
+}
+
+/// The stages entered, each `step` followed by the step's stages, as one line per step.
+fn rounds(stages: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = vec![String::new()];
+    for s in stages {
+        let s = s.strip_prefix("upgrade/").unwrap_or(s);
+        if s == "step" || s == "report" {
+            out.push(String::new());
+        }
+        let line = out.last_mut().unwrap();
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(s);
+    }
+    out
+}
+
+/// The calls since `before` other than an upgrade's reads (the marker, the versions, the health,
+/// preflight's facts, the state probe).
+fn not_reads(h: &Harness, before: &BTreeMap<String, usize>) -> Vec<String> {
+    let reads = ["for b in kube-apiserver", "endpoint health", "os-release", "sha256sum <"];
+    wrote_since(h, before)
+        .into_iter()
+        .filter(|c| !(c.contains(": Exec(") && reads.iter().any(|r| c.contains(r))))
+        .collect()
+}
+
+fn kubelet_of(h: &Harness, host: &str) -> String {
+    sim_version(&h.hosts[host], "kubelet").unwrap_or_default()
+}
+
+#[test]
+fn an_upgrade_moves_one_host_at_a_time_draining_workers_and_a_second_run_has_nothing_to_do() {
+    let h = installed(TRIO);
+    let api = simulate_upgrades(&h, TRIO);
+    let before = command_counts(&h);
+    let (r, stages, said) = upgrade(&h, &upgrade_options("v1.36.4"));
+    r.unwrap_or_else(|e| panic!("{}\n{said}", e.report()));
+    assert_eq!(
+        rounds(&stages),
+        [
+            "read path preview identity artifacts snapshot",
+            "step cordon drain leadership converge gate uncordon workloads",
+            "step cordon drain leadership converge gate uncordon workloads",
+            "step cordon drain leadership converge gate uncordon workloads",
+            "report",
+        ],
+        "{stages:?}"
+    );
+    for host in ["cp1", "w1", "w2"] {
+        assert_eq!(kubelet_of(&h, host), "v1.36.4", "{host}");
+    }
+    assert_eq!(sim_version(&h.hosts["cp1"], "kube-apiserver").as_deref(), Some("v1.36.4"));
+    // One worker at a time: w1 is back in service before w2 is cordoned; nothing stays cordoned.
+    let api_calls = new_commands(&h, "cp1", &before);
+    let at = |needle: &str| {
+        api_calls
+            .iter()
+            .position(|c| c.contains(needle))
+            .unwrap_or_else(|| panic!("{needle}: {api_calls:#?}"))
+    };
+    assert!(at("snapshot save") < at("cordon cp1") && at("uncordon cp1") < at("cordon w1"));
+    assert!(at("cordon w1") < at("drain w1") && at("drain w1") < at("uncordon w1"));
+    assert!(at("uncordon w1") < at("cordon w2"), "{api_calls:#?}");
+    assert!(api.cordoned.lock().unwrap().is_empty());
+    assert!(said.contains("upgrade: trio now runs v1.36.4"), "{said}");
+    assert!(said.contains("next: set `kubernetesVersion: v1.36.4`"), "{said}");
+    let state = ClusterState::load(&h.options().pki_root, "trio").unwrap();
+    assert_eq!(state.hosts["w1"].previous_kubernetes.as_deref(), Some("v1.35.7"));
+    // Again: every host runs the target, nothing is touched.
+    let before = call_counts(&h);
+    let (r, stages, said) = upgrade(&h, &upgrade_options("v1.36.4"));
+    assert_eq!(r.unwrap(), 0);
+    assert!(said.contains("upgrade: 0 changes (every host runs v1.36.4)"), "{said}");
+    assert_eq!(rounds(&stages), ["read path preview"]);
+    let writes = not_reads(&h, &before);
+    assert!(writes.is_empty(), "{writes:#?}");
+}
+
+#[test]
+fn upgrade_plan_prints_the_steps_upgrade_apply_runs_and_writes_nothing() {
+    let h = installed(TRIO);
+    let _api = simulate_upgrades(&h, TRIO);
+    let before = call_counts(&h);
+    let session = h.session(TRIO, h.options(), Arc::new(Recorder::default())).capturing();
+    let code = crate::upgrade::plan_in(
+        &session,
+        Some("v1.36.4".parse().unwrap()),
+        crate::upgrade::Batch::Nodes(2),
+        crate::output::Format::Json,
+    )
+    .unwrap_or_else(|e| panic!("{}", e.report()));
+    assert_eq!(code, 0, "{}", session.said());
+    let writes = not_reads(&h, &before);
+    assert!(writes.is_empty(), "the plan wrote on a host: {writes:#?}");
+    let doc: serde_json::Value = serde_json::from_str(&session.said()).unwrap();
+    assert_eq!(doc["kind"], "UpgradePlan");
+    let plan = &doc["plans"][0];
+    assert_eq!((plan["current"].as_str(), plan["target"].as_str()), (Some("v1.35.7"), Some("v1.36.4")));
+    let steps = &plan["hops"][0]["steps"];
+    assert_eq!(
+        steps,
+        &serde_json::json!([
+            {"kind": "control-plane", "hosts": ["cp1"]},
+            {"kind": "workers", "hosts": ["w1", "w2"]},
+        ])
+    );
+    let touched: Vec<(&str, bool)> = plan["touches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["host"].as_str().unwrap(), t["drains"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(touched, [("cp1", true), ("w1", true), ("w2", true)]);
+    // apply with the same batch runs those steps: both workers drained in one step.
+    let mut o = upgrade_options("v1.36.4");
+    o.batch = crate::upgrade::Batch::Nodes(2);
+    let (r, stages, _) = upgrade(&h, &o);
+    r.unwrap_or_else(|e| panic!("{}", e.report()));
+    assert_eq!(
+        rounds(&stages)[2],
+        "step cordon drain leadership converge gate uncordon workloads",
+        "{stages:?}"
+    );
+}
+
+#[test]
+fn an_interrupt_during_a_drain_uncordons_the_node_changes_nothing_more_and_a_rerun_finishes() {
+    let h = installed(TRIO);
+    let api = simulate_upgrades(&h, TRIO);
+    let session = h.session(TRIO, h.options(), Arc::new(Recorder::default())).capturing();
+    let stop = session.executor.stop_flag();
+    h.hosts["cp1"].handle("drain w1", move |_, _| {
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        Reply::ok("node/w1 drained")
+    });
+    let e = crate::upgrade::apply_in(&session, &upgrade_options("v1.36.4")).unwrap_err();
+    assert_eq!(e.exit_code(), 130, "{}", e.report());
+    assert!(e.to_string().contains("interrupted before `converge`"), "{e}");
+    assert_eq!(session.stages().last().map(String::as_str), Some("upgrade/drain"));
+    assert_eq!(kubelet_of(&h, "w1"), "v1.35.7", "w1 was not changed");
+    assert!(api.cordoned.lock().unwrap().is_empty(), "w1 left cordoned");
+    // The re-run skips cp1 (on the target) and finishes the workers.
+    h.hosts["cp1"].handle("drain w1", |_, _| Reply::ok("node/w1 drained"));
+    let (r, stages, said) = upgrade(&h, &upgrade_options("v1.36.4"));
+    r.unwrap_or_else(|e| panic!("{}\n{said}", e.report()));
+    assert_eq!(rounds(&stages)[1], "step", "cp1 has nothing to do: {stages:?}");
+    assert_eq!((kubelet_of(&h, "w1"), kubelet_of(&h, "w2")), ("v1.36.4".into(), "v1.36.4".into()));
+    assert!(api.cordoned.lock().unwrap().is_empty());
+}
+
+#[test]
+fn a_node_that_fails_its_gate_is_rolled_back_uncordoned_and_the_upgrade_stops_there() {
+    let h = installed(TRIO);
+    let api = simulate_upgrades(&h, TRIO);
+    api.refuses.lock().unwrap().insert("w1".into(), "v1.35.7".into());
+    let (r, stages, said) = upgrade(&h, &upgrade_options("v1.36.4"));
+    let e = r.unwrap_err();
+    assert_eq!(e.exit_code(), 1);
+    let text = e.to_string();
+    assert!(text.contains("w1: failed and rolled back to v1.35.7"), "{text}\n{said}");
+    assert!(text.contains("w1: Node not Ready with kubelet v1.36.4"), "{text}");
+    assert!(text.contains("versions now:"), "{text}");
+    assert_eq!(rounds(&stages).last().unwrap(), "step cordon drain leadership converge gate rollback");
+    assert_eq!(kubelet_of(&h, "w1"), "v1.35.7");
+    assert_eq!(kubelet_of(&h, "w2"), "v1.35.7", "the upgrade stopped before w2");
+    assert!(api.cordoned.lock().unwrap().is_empty(), "w1 runs what it ran: back in service");
+}
+
+/// An interrupt (the executor's stop flag, as the first Ctrl-C raises it) at each stage of an upgrade: the
+/// step in progress finishes or is rolled back, no node stays cordoned, every host runs one whole version,
+/// and a re-run finishes the upgrade.
+#[test]
+fn an_interrupt_at_any_stage_of_an_upgrade_leaves_no_node_cordoned_and_a_rerun_finishes() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // (host, a command the stage runs there, the stage it interrupts)
+    let points = [
+        ("cp1", "snapshot save", "snapshot"),
+        ("cp1", "cordon w1", "cordon"),
+        ("cp1", "drain w1", "drain"),
+        ("w1", "10248/healthz", "converge"),
+        ("cp1", "uncordon w1", "uncordon"),
+    ];
+    for (host, needle, stage) in points {
+        let h = installed(TRIO);
+        let api = simulate_upgrades(&h, TRIO);
+        let session = h.session(TRIO, h.options(), Arc::new(Recorder::default())).capturing();
+        let stop: Arc<AtomicBool> = session.executor.stop_flag();
+        let a = api.clone();
+        h.hosts[host].handle(needle, move |argv, fake| {
+            stop.store(true, Ordering::SeqCst);
+            let at = |w: &str| argv.iter().position(|x| x == w).and_then(|i| argv.get(i + 1)).cloned();
+            if let Some(n) = at("uncordon") {
+                a.cordoned.lock().unwrap().remove(&n);
+            } else if let Some(n) = at("cordon") {
+                a.cordoned.lock().unwrap().insert(n);
+            }
+            if argv.iter().any(|x| x.contains("snapshot save")) {
+                return snapshot_saved(argv, fake, false);
+            }
+            Reply::ok("")
+        });
+        let e = crate::upgrade::apply_in(&session, &upgrade_options("v1.36.4")).unwrap_err();
+        assert_eq!(e.exit_code(), 130, "{stage}: {}", e.report());
+        assert!(session.stages().contains(&format!("upgrade/{stage}")), "{stage}: {:?}", session.stages());
+        assert!(api.cordoned.lock().unwrap().is_empty(), "{stage}: a node stayed cordoned");
+        for n in ["cp1", "w1", "w2"] {
+            let t = &h.hosts[n];
+            let versions: BTreeSet<String> =
+                ["kubelet", "kube-proxy"].iter().filter_map(|b| sim_version(t, b)).collect();
+            assert_eq!(versions.len(), 1, "{stage}: {n} runs {versions:?}");
+        }
+        // After a converge is interrupted its host is back on what it ran.
+        if stage == "converge" {
+            assert_eq!(kubelet_of(&h, "w1"), "v1.35.7", "{stage}");
+            assert!(session.stages().contains(&"upgrade/rollback".to_string()), "{stage}");
+        }
+        let _ = h.hosts[host].handle(needle, |argv, fake| {
+            if argv.iter().any(|x| x.contains("snapshot save")) {
+                return snapshot_saved(argv, fake, false);
+            }
+            Reply::ok("")
+        });
+        // The cordon bookkeeping comes back with the simulation's own handler.
+        let a = api.clone();
+        h.hosts["cp1"].handle("cordon", move |argv, _| {
+            let at = |w: &str| argv.iter().position(|x| x == w).and_then(|i| argv.get(i + 1)).cloned();
+            if let Some(n) = at("uncordon") {
+                a.cordoned.lock().unwrap().remove(&n);
+            } else if let Some(n) = at("cordon") {
+                a.cordoned.lock().unwrap().insert(n);
+            }
+            Reply::ok("")
+        });
+        let (r, _, said) = upgrade(&h, &upgrade_options("v1.36.4"));
+        r.unwrap_or_else(|e| panic!("{stage}: the re-run: {}\n{said}", e.report()));
+        for n in ["cp1", "w1", "w2"] {
+            assert_eq!(kubelet_of(&h, n), "v1.36.4", "{stage}: {n} after the re-run");
+        }
+        assert!(api.cordoned.lock().unwrap().is_empty(), "{stage}");
+    }
 }
