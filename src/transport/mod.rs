@@ -898,7 +898,10 @@ pub(crate) fn remote_err(host: &str, what: String, out: &ExecOutput) -> Transpor
 /// stream cut short or corrupted never gets renamed into place. The file is fsynced (`sync FILE`) before
 /// the rename and its directory after it, so a power loss leaves either the old file or the complete new
 /// one, never an empty or partial file under the destination's name. The file being replaced is kept as
-/// `<dest>.kubeforge-prev` (a hard link: no copy, same mode) so a failed upgrade can be rolled back; every
+/// `<dest>.kubeforge-prev` (a hard link: no copy, same mode) so an admin can see what changed and put it
+/// back, except a file only its owner may read (mode `?00`: keys, kubeconfigs, the encryption config): a
+/// secret's old version is not left on the host (its previous copy is removed instead; the store keeps the
+/// keys, and a rollback converges from the store, not from these copies); every
 /// directory kubeforge writes to ignores that suffix (systemd units, sysctl.d, modules-load.d, CNI configs
 /// are read by extension). The signal traps matter for a dropped connection: with sshd gone, the error
 /// message hits a closed pipe, and a shell killed by SIGPIPE would skip the EXIT trap and leave the
@@ -923,7 +926,10 @@ fi
 chmod "$3" -- "$t"
 if [ -n "$4" ]; then chown -- "$4" "$t"; fi
 sync -- "$t"
-if [ -f "$d" ]; then ln -f -- "$d" "$d.kubeforge-prev" 2>/dev/null || cp -p -- "$d" "$d.kubeforge-prev"; fi
+case $3 in
+  *00) rm -f -- "$d.kubeforge-prev" ;;
+  *) if [ -f "$d" ]; then ln -f -- "$d" "$d.kubeforge-prev" 2>/dev/null || cp -p -- "$d" "$d.kubeforge-prev"; fi ;;
+esac
 mv -f -- "$t" "$d"
 trap - EXIT
 sync -- "$dir"
@@ -1002,7 +1008,7 @@ pub struct BatchOutcome {
 /// writes each file to a temporary file beside its destination and checks its size and sha256 (a file
 /// that already has that digest is read past and left alone), then checks that the stream ended exactly
 /// after the last file; **commit** then keeps each replaced file as `<dest>.kubeforge-prev` (a hard link, as
-/// the single upload does) and renames the staged file into place (same filesystem: atomic). A failure
+/// the single upload does, and as it does never for a secret) and renames the staged file into place (same filesystem: atomic). A failure
 /// Staged files are fsynced (one `sync` for all) before the first rename, and the directories of the
 /// replaced files after the last one (durable, as a single upload). A failure
 /// in the first pass names the file and removes every staged file (EXIT trap; the signal traps matter for
@@ -1047,7 +1053,10 @@ commit() {
       chmod "$3" -- "$d"; if [ -n "$4" ]; then chown -- "$4" "$d"; fi
       echo "kubeforge-batch $i unchanged"
     else
-      if [ -f "$d" ]; then ln -f -- "$d" "$d.kubeforge-prev" 2>/dev/null || cp -p -- "$d" "$d.kubeforge-prev"; fi
+      case $3 in
+        *00) rm -f -- "$d.kubeforge-prev" ;;
+        *) if [ -f "$d" ]; then ln -f -- "$d" "$d.kubeforge-prev" 2>/dev/null || cp -p -- "$d" "$d.kubeforge-prev"; fi ;;
+      esac
       mv -f -- "$t" "$d"
       eval "t_$i="
       w=${d%/*}; eval "w_$i=\${w:-/}"
@@ -1414,6 +1423,30 @@ mod tests {
             ],
             "no temporary file left, nothing else written"
         );
+    }
+
+    /// A file only its owner may read is a secret: replacing it keeps no previous copy and removes one left
+    /// by an older kubeforge, in a single upload and in a batch; other files keep theirs.
+    #[tokio::test]
+    async fn a_replaced_secret_leaves_no_previous_copy_on_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("pki")).unwrap();
+        for f in ["pki/a.key", "pki/b.key", "pki/c.crt"] {
+            std::fs::write(d.join(f), "old\n").unwrap();
+            std::fs::write(d.join(format!("{f}.kubeforge-prev")), "older\n").unwrap();
+        }
+        let t = local::LocalTransport::new("local");
+        let mut single = local_up(b"new\n", &d.join("pki/a.key"), 0o600);
+        single.precheck = false;
+        assert_eq!(t.upload(&single).await.unwrap(), UploadOutcome::Written);
+        let files = vec![
+            local_up(b"new\n", &d.join("pki/b.key"), 0o600),
+            local_up(b"new\n", &d.join("pki/c.crt"), 0o644),
+        ];
+        t.upload_batch(&files, None).await.unwrap();
+        assert_eq!(listing(d), ["pki/a.key", "pki/b.key", "pki/c.crt", "pki/c.crt.kubeforge-prev"]);
+        assert_eq!(std::fs::read(d.join("pki/c.crt.kubeforge-prev")).unwrap(), b"old\n");
     }
 
     /// Bad data anywhere in a batch replaces nothing: a checksum mismatch is named with its file, the
