@@ -8,6 +8,10 @@
 //!   [`crate::exec::Executor::for_cleanup`] executor that the flag does not stop; a second SIGINT exits 130;
 //! - SIGTERM: exit 143 at once.
 //!
+//! A second SIGINT says, before it exits, where each host stood: the step in progress (which may be half
+//! done) or the last one it finished, as the executor and the lifecycle commands record them
+//! ([`host_doing`]).
+//!
 //! Every exit through the policy first removes the [`register`]ed paths: scratch copies of the PKI store
 //! hold CA and service-account keys and must not outlive the run that made them (`std::process::exit` runs
 //! no destructor). The programs kubeforge starts keep the default signal handling (a handler is not
@@ -101,15 +105,16 @@ pub fn install() {
             }
             match on_signal(sig == Signal::SIGTERM) {
                 Some(code) => {
+                    let writing = WRITING.load(Ordering::SeqCst);
                     eprintln!(
                         "{}: stopping now{}",
                         if code == 143 { "terminated" } else { "interrupted" },
-                        if WRITING.load(Ordering::SeqCst) {
-                            "; a re-run continues from where each host stands"
-                        } else {
-                            ""
-                        }
+                        if writing { "; a re-run continues from where each host stands" } else { "" }
                     );
+                    let states = host_states();
+                    if writing && !states.is_empty() {
+                        eprint!("where each host stood:\n{states}");
+                    }
                     exit(code)
                 }
                 None => eprintln!(
@@ -118,6 +123,20 @@ pub fn install() {
             }
         }
     });
+}
+
+/// Where each host stands, for a second Ctrl-C: host → what it is doing or last did.
+static HOSTS: Mutex<std::collections::BTreeMap<String, String>> =
+    Mutex::new(std::collections::BTreeMap::new());
+
+/// Records where `host` stands (`in `nodes`, step 3/7 `restart units``, `cordoned`).
+pub fn host_doing(host: &str, what: String) {
+    HOSTS.lock().unwrap_or_else(|e| e.into_inner()).insert(host.to_owned(), what);
+}
+
+/// Where each host stood when the command was stopped, a line per host (empty when nothing was recorded).
+pub fn host_states() -> String {
+    HOSTS.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(h, w)| format!("  {h}: {w}\n")).collect()
 }
 
 static PATHS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
@@ -148,6 +167,18 @@ pub fn exit(code: i32) -> ! {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn each_host_is_reported_where_it_last_stood() {
+        super::host_doing("zz-test-b", "in `nodes`, step 2/5 `restart units` (may be half done)".into());
+        super::host_doing("zz-test-a", "cordoned".into());
+        super::host_doing("zz-test-a", "finished step 5/5 of `nodes`".into());
+        let s = super::host_states();
+        assert!(
+            s.contains("  zz-test-a: finished step 5/5 of `nodes`\n  zz-test-b: in `nodes`, step 2/5 `restart units` (may be half done)\n"),
+            "{s}"
+        );
+    }
+
     #[test]
     fn registered_paths_are_removed_and_unregistered_ones_kept() {
         let a = tempfile::tempdir().unwrap();

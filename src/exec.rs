@@ -402,6 +402,10 @@ impl Executor {
                 index,
                 total,
             });
+            crate::cleanup::host_doing(
+                &host,
+                format!("in `{phase}`, step {}/{total} `{}` (may be half done)", index + 1, step.name),
+            );
             let shown = step.action.to_string();
             let t0 = Instant::now();
             let outcome: Result<(bool, Option<ExecOutput>), StepError> = match step.action {
@@ -427,6 +431,15 @@ impl Executor {
             };
             let elapsed = t0.elapsed();
             let ok = outcome.is_ok();
+            crate::cleanup::host_doing(
+                &host,
+                format!(
+                    "{} step {}/{total} `{}` of `{phase}`",
+                    if ok { "finished" } else { "failed at" },
+                    index + 1,
+                    step.name
+                ),
+            );
             self.reporter.event(&Event::StepFinished {
                 phase: phase.into(),
                 host: host.clone(),

@@ -315,15 +315,19 @@ pub fn remove_node_in(session: &crate::session::Session, options: RemoveOptions)
         }
     } else {
         let t = transports.get(&first_cp).cloned().expect("transport per host");
-        let one = |what: &'static str, cmd: Command| {
+        let cleanup = executor.for_cleanup();
+        let run_on = |ex: &crate::exec::Executor, what: &'static str, cmd: Command| {
             let plan = vec![HostPlan { transport: t.clone(), steps: vec![Step::exec(what, cmd)] }];
             // A step that finished is done even when an interrupt came meanwhile: the next boundary stops.
-            let report = session.block_on(executor.run("remove-node", plan));
+            let report = session.block_on(ex.run("remove-node", plan));
             if report.failures.is_empty() {
                 return Ok(());
             }
             report.into_result().map(|_| ()).map_err(Error::from)
         };
+        let one = |what: &'static str, cmd: Command| run_on(executor, what, cmd);
+        // Putting a node back into service is cleanup: an interrupt does not stop it.
+        let uncordon = || run_on(&cleanup, "uncordon", kubectl_retrying(&["uncordon", &name]));
         let (cordon, drain, delete) = (api_steps.remove(0), api_steps.remove(0), api_steps.remove(0));
         session.boundary(&REMOVE_NODE, "cordon")?;
         // A re-run after an interrupt or a failure later on: the Node may be gone already.
@@ -350,7 +354,7 @@ pub fn remove_node_in(session: &crate::session::Session, options: RemoveOptions)
             if let Err(e) = one(drain.0, drain.1) {
                 if !options.force {
                     // The node goes back into service: nothing else was changed.
-                    let back = one("uncordon", kubectl_retrying(&["uncordon", &name]));
+                    let back = uncordon();
                     return Err(Error::msg(
                     format!(
                         "{name}: the drain did not finish; nothing else was changed and the node is {}: {e}",
@@ -361,7 +365,16 @@ pub fn remove_node_in(session: &crate::session::Session, options: RemoveOptions)
                 }
                 eprintln!("[remove-node] warning: the drain did not finish, going on (--force): {e}");
             }
-            session.boundary(&REMOVE_NODE, "delete-node")?;
+            if let Err(stop) = session.boundary(&REMOVE_NODE, "delete-node") {
+                // Stopped with the Node still there: it goes back into service (cleanup, which the
+                // interrupt does not stop); a re-run cordons and drains it again.
+                let back = uncordon();
+                crate::cleanup::host_doing(
+                    &name,
+                    if back.is_ok() { "uncordoned, not removed".into() } else { "still cordoned".into() },
+                );
+                return Err(stop);
+            }
             session.enter(&REMOVE_NODE, "delete-node");
             one(delete.0, delete.1)?;
             eprintln!("[remove-node] {name}: cordoned, drained, Node deleted");

@@ -1282,8 +1282,9 @@ fn an_interrupted_reset_finishes_the_host_in_progress_leaves_the_next_untouched_
     assert!(h.hosts["w2"].file(KUBELET).is_none());
 }
 
-/// An interrupt during remove-node's drain: the drain step finishes, nothing after it runs (the Node is
-/// not deleted, the host not cleaned, the state unchanged).
+/// An interrupt during remove-node's drain: the drain step finishes, the node is uncordoned (it is not
+/// removed: back in service), nothing after it runs (the Node is not deleted, the host not cleaned, the
+/// state unchanged).
 #[test]
 fn an_interrupted_remove_node_stops_after_the_step_in_progress() {
     let h = installed(TRIO);
@@ -1297,7 +1298,10 @@ fn an_interrupted_remove_node_stops_after_the_step_in_progress() {
     });
     let e = crate::lifecycle::remove_node_in(&session, options).unwrap_err();
     assert!(e.to_string().contains("interrupted"), "{}", e.report());
-    assert!(!h.hosts["cp1"].commands().iter().any(|c| c.contains("delete node w2")), "the Node was deleted");
+    let api = h.hosts["cp1"].commands();
+    assert!(!api.iter().any(|c| c.contains("delete node w2")), "the Node was deleted");
+    let at = |n: &str| api.iter().position(|c| c.contains(n));
+    assert!(at("uncordon w2") > at("drain w2"), "w2 left cordoned: {api:#?}");
     assert!(h.hosts["w2"].file(KUBELET).is_some(), "w2 was cleaned");
     assert!(ClusterState::load(&o.pki_root, "trio").unwrap().hosts.contains_key("w2"));
 }

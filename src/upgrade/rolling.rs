@@ -417,6 +417,12 @@ impl Run<'_> {
                     return Err(e);
                 }
                 cordoned.push(h.clone());
+                crate::cleanup::host_doing(
+                    h,
+                    format!(
+                        "cordoned for its upgrade to {to} (`kubectl uncordon {h}` puts it back in service)"
+                    ),
+                );
             }
             session.enter(&UPGRADE, "drain");
         }
@@ -476,6 +482,7 @@ impl Run<'_> {
                     // Cleanup: an interrupt now does not leave the upgraded nodes cordoned.
                     for h in &cordoned {
                         self.kubectl(&api, "uncordon", &["uncordon", h], Duration::from_secs(30)).await?;
+                        crate::cleanup::host_doing(h, format!("upgraded to {to} and uncordoned"));
                         eprintln!("[upgrade] {h}: uncordoned");
                     }
                     session.enter(&UPGRADE, "workloads");
@@ -534,7 +541,10 @@ impl Run<'_> {
     async fn uncordon(&self, api: &str, nodes: &[String]) {
         for h in nodes {
             match self.kubectl(api, "uncordon", &["uncordon", h], Duration::from_secs(30)).await {
-                Ok(_) => eprintln!("[upgrade] {h}: uncordoned"),
+                Ok(_) => {
+                    crate::cleanup::host_doing(h, "uncordoned".into());
+                    eprintln!("[upgrade] {h}: uncordoned")
+                }
                 Err(e) => eprintln!(
                     "[upgrade] {h}: warning: still cordoned, the uncordon failed: {e} (run `kubectl uncordon {h}`)"
                 ),
