@@ -1640,7 +1640,9 @@ fn simulate_upgrades(h: &Harness, text: &str) -> SimApi {
             Reply::ok("")
         });
     }
-    etcd_snapshots_on(h, false);
+    if let Some(m) = model.etcd_members().next() {
+        h.hosts[&m.name].handle("snapshot save", |argv, fake| snapshot_saved(argv, fake, false));
+    }
     api
 }
 
@@ -1902,5 +1904,50 @@ fn an_interrupt_at_any_stage_of_an_upgrade_leaves_no_node_cordoned_and_a_rerun_f
             assert_eq!(kubelet_of(&h, n), "v1.36.4", "{stage}: {n} after the re-run");
         }
         assert!(api.cordoned.lock().unwrap().is_empty(), "{stage}");
+    }
+}
+
+/// `upgrade plan` for every example inventory, installed on the simulated hosts, to the next minor: the
+/// versions per host, the path, each hop's numbered steps and checks, and what the hop touches.
+#[test]
+fn golden_upgrade_plans_for_every_example_inventory() {
+    for f in example_inventories() {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let model = ClusterModel::derive(&crate::inventory::parse(&f, &text).unwrap());
+        let h = Harness::new(&model);
+        h.run(&text, h.options()).0.unwrap_or_else(|e| panic!("{}: {}", f.display(), e.report()));
+        let _api = simulate_upgrades(&h, &text);
+        let v = model.versions.kubernetes;
+        let to: crate::inventory::validate::Version = if v.minor >= 37 {
+            format!("v1.{}.{}", v.minor, v.patch + 1)
+        } else {
+            format!("v1.{}.4", v.minor + 1)
+        }
+        .parse()
+        .unwrap();
+        let session = h.session(&text, h.options(), Arc::new(Recorder::default())).capturing();
+        let code = crate::upgrade::plan_in(
+            &session,
+            Some(to),
+            crate::upgrade::Batch::Nodes(2),
+            crate::output::Format::Table,
+        )
+        .unwrap_or_else(|e| panic!("{}: {}", f.display(), e.report()));
+        assert_eq!(code, 0, "{}: {}", f.display(), session.said());
+        // Key and certificate sizes vary by a byte between runs.
+        let shown: String = session
+            .said()
+            .lines()
+            .map(|l| match l.find(" change(s), ") {
+                Some(i) if l.contains(" bytes") => {
+                    let rest = &l[i + " change(s), ".len()..];
+                    let after = rest.find(" bytes").map(|j| &rest[j..]).unwrap_or("");
+                    format!("{} change(s), N{after}\n", &l[..i])
+                }
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        let name = f.file_stem().unwrap().to_string_lossy().into_owned();
+        insta::assert_snapshot!(format!("upgrade_plan_{name}"), shown);
     }
 }
