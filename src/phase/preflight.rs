@@ -11,12 +11,15 @@ use crate::transport::{Command, Transport};
 pub const CHECKS: &[&str] = &[
     "arch",
     "cpu",
+    "firewall",
     "hostname",
     "kernel-modules",
     "memory",
     "network",
+    "os",
     "packages",
     "ports",
+    "selinux",
     "swap",
     "systemd",
     "time",
@@ -24,6 +27,49 @@ pub const CHECKS: &[&str] = &[
 
 /// Phase `preflight`.
 pub struct Preflight;
+
+/// What differs per OS family, in one place: the `/etc/os-release` IDs of each family, how kubeforge knows
+/// it works there, and the package that carries `iptables`/`conntrack` when they are missing. kubeforge
+/// installs static binaries and systemd units and uses no package manager, so the families differ in what
+/// guards the host (SELinux, firewalld: checked below for every family) more than in what is installed.
+pub const OS_FAMILIES: &[OsFamily] = &[
+    OsFamily {
+        name: "Debian",
+        ids: &["debian"],
+        tested: true,
+        packages: "apt-get install iptables conntrack",
+    },
+    OsFamily {
+        name: "Ubuntu",
+        ids: &["ubuntu"],
+        tested: false,
+        packages: "apt-get install iptables conntrack",
+    },
+    OsFamily {
+        name: "RHEL family",
+        ids: &["rhel", "centos", "rocky", "almalinux", "ol", "fedora"],
+        tested: false,
+        packages: "dnf install iptables-nft conntrack-tools",
+    },
+];
+
+/// One OS family (see [`OS_FAMILIES`]).
+#[derive(Debug)]
+pub struct OsFamily {
+    /// For people.
+    pub name: &'static str,
+    /// `ID` values of `/etc/os-release`.
+    pub ids: &'static [&'static str],
+    /// Run end to end on the lab's VMs (otherwise only the fake-transport tests know it).
+    pub tested: bool,
+    /// How the packages kube-proxy needs are installed there.
+    pub packages: &'static str,
+}
+
+/// The family of an `/etc/os-release` `ID`.
+pub fn os_family(id: &str) -> Option<&'static OsFamily> {
+    OS_FAMILIES.iter().find(|f| f.ids.contains(&id))
+}
 
 /// Ports each component listens on, and the process names allowed to hold them already (a re-run).
 const PORTS: &[(Component, u16, &str)] = &[
@@ -42,6 +88,8 @@ const PORTS: &[(Component, u16, &str)] = &[
 /// The facts script: `KEY=value` lines. Arguments: ports to inspect, `--`, peer addresses to reach.
 const FACTS: &str = r#"
 echo "os=$(. /etc/os-release 2>/dev/null; echo "${ID:-unknown} ${VERSION_ID:-}")"
+echo "selinux=$(cat /sys/fs/selinux/enforce 2>/dev/null)"
+echo "firewalld=$(systemctl is-active firewalld 2>/dev/null)"
 echo "arch=$(uname -m)"
 echo "kernel=$(uname -r)"
 echo "init=$(cat /proc/1/comm 2>/dev/null)"
@@ -217,6 +265,39 @@ pub fn judge(
     if arch != host.arch {
         add("arch", true, format!("the machine is {arch} but the inventory says `arch: {}`", host.arch));
     }
+    let os_id = get("os").split_whitespace().next().unwrap_or("unknown");
+    let family = os_family(os_id);
+    match family {
+        Some(f) if f.tested => {}
+        Some(f) => add(
+            "os",
+            false,
+            format!(
+                "{} ({}) is not run on kubeforge's test VMs (only Debian is); its differences are covered by preflight's checks only",
+                f.name,
+                get("os").trim()
+            ),
+        ),
+        None => add(
+            "os",
+            false,
+            format!("`{}` is a distribution kubeforge knows nothing of: it needs systemd, iptables, conntrack and the kernel modules checked here", get("os").trim()),
+        ),
+    }
+    if get("selinux") == "1" {
+        add(
+            "selinux",
+            true,
+            "SELinux is enforcing: kubeforge installs no SELinux policy for its binaries and units, so containerd and the kubelet would be denied; run `setenforce 0` and set SELINUX=permissive in /etc/selinux/config (or pass --ignore-preflight-errors=selinux when you manage the policy yourself)".into(),
+        );
+    }
+    if get("firewalld") == "active" {
+        add(
+            "firewall",
+            true,
+            "firewalld is active and would drop the cluster's ports (6443, 2379-2381, 10250, the pod and service networks); stop and disable it, or open those ports and pass --ignore-preflight-errors=firewall".into(),
+        );
+    }
     let cpus: u32 = get("cpus").parse().unwrap_or(0);
     if host.roles.control_plane && cpus < 2 {
         add("cpu", true, format!("{cpus} CPU(s); a control plane needs at least 2"));
@@ -244,7 +325,10 @@ pub fn judge(
                 add(
                     "packages",
                     true,
-                    format!("`{b}` is not installed; kube-proxy needs it (install the `{b}` package)"),
+                    format!(
+                        "`{b}` is not installed; kube-proxy needs it ({})",
+                        family.map(|f| format!("`{}`", f.packages)).unwrap_or("install its package".into())
+                    ),
                 );
             }
         }
@@ -390,6 +474,38 @@ mod tests {
     const GOOD: &str = "os=debian 13\narch=x86_64\ninit=systemd\nsystemctl=yes\ncpus=2\nmem_mb=3900\nswap_kb=0\nepoch=1000\n\
         hostname=cp1\nhostname_resolves=yes\nmodule_overlay=yes\nmodule_br_netfilter=yes\nbin_iptables=yes\nbin_conntrack=yes\n\
         port_6443=\nport_2379=\nport_10250=kubelet\npeer_10.0.0.2=yes\n";
+
+    #[test]
+    fn each_os_family_is_judged_by_the_one_table() {
+        let m = model();
+        let judged = |facts: String| judge(&m, m.host("cp1").unwrap(), &parse_facts(&facts), 1010);
+        // Debian: run on the test VMs, nothing to say.
+        assert!(judged(GOOD.to_string()).is_empty());
+        // Ubuntu: a warning that it is not run here, nothing fatal.
+        let f = judged(GOOD.replace("os=debian 13", "os=ubuntu 24.04"));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(!f[0].fatal && f[0].check == "os" && f[0].message.contains("Ubuntu (ubuntu 24.04)"), "{f:?}");
+        // Rocky with SELinux enforcing and firewalld: both refused, with the way out; its packages named.
+        let rocky =
+            GOOD.replace("os=debian 13", "os=rocky 9.4").replace("bin_conntrack=yes", "bin_conntrack=no")
+                + "selinux=1\nfirewalld=active\n";
+        let f = judged(rocky);
+        let by = |c: &str| f.iter().find(|x| x.check == c).unwrap_or_else(|| panic!("{c}: {f:?}"));
+        assert!(by("selinux").fatal && by("selinux").message.contains("setenforce 0"));
+        assert!(
+            by("firewall").fatal && by("firewall").message.contains("--ignore-preflight-errors=firewall")
+        );
+        assert!(!by("os").fatal && by("os").message.contains("RHEL family"));
+        assert!(by("packages").message.contains("dnf install iptables-nft conntrack-tools"), "{f:?}");
+        // SELinux permissive (0) or absent, firewalld inactive: nothing.
+        assert!(judged(GOOD.to_string() + "selinux=0\nfirewalld=inactive\n").is_empty());
+        // An unknown distribution: a warning naming what it needs.
+        let f = judged(GOOD.replace("os=debian 13", "os=nixos 24.11"));
+        assert!(
+            f.iter().any(|x| x.check == "os" && !x.fatal && x.message.contains("knows nothing of")),
+            "{f:?}"
+        );
+    }
 
     #[test]
     fn a_good_host_passes_and_our_own_services_may_hold_their_ports() {
