@@ -443,7 +443,9 @@ pub fn run(cli: Cli) -> Result<i32> {
                 apply,
             };
             options.apply.dry_run = consent != Consent::Given;
-            let shown = crate::lifecycle::remove_node(&a.inventory, options.clone())?;
+            // One session (one connection per host) for the preview and the removal it asks about.
+            let session = crate::session::Session::open(&a.inventory, options.apply.clone())?;
+            let shown = crate::lifecycle::remove_node_in(&session, options.clone())?;
             match consent {
                 Consent::Preview => Ok(shown),
                 Consent::Ask
@@ -454,7 +456,8 @@ pub fn run(cli: Cli) -> Result<i32> {
                 }
                 Consent::Ask => {
                     options.apply.dry_run = false;
-                    crate::lifecycle::remove_node(&a.inventory, options)
+                    session.next_pass();
+                    crate::lifecycle::remove_node_in(&session, options)
                 }
                 Consent::Given => Ok(shown),
             }

@@ -178,6 +178,12 @@ impl Session {
         })
     }
 
+    /// Starts the command's workflow again from its first stage (a preview, then the run it asked about,
+    /// in one session).
+    pub fn next_pass(&self) {
+        self.entered.lock().expect("stages lock").clear();
+    }
+
     /// The stages entered so far, as `workflow/stage`.
     pub fn stages(&self) -> Vec<String> {
         self.entered.lock().expect("stages lock").iter().map(|(w, s)| format!("{w}/{s}")).collect()
