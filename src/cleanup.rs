@@ -153,7 +153,17 @@ pub fn unregister(path: &Path) {
 
 /// Removes every registered path now.
 pub fn run() {
-    let paths = std::mem::take(&mut *PATHS.lock().unwrap_or_else(|e| e.into_inner()));
+    run_where(|_| true);
+}
+
+/// Removes (and forgets) the registered paths `which` selects.
+fn run_where(which: impl Fn(&Path) -> bool) {
+    let paths: Vec<PathBuf> = {
+        let mut all = PATHS.lock().unwrap_or_else(|e| e.into_inner());
+        let (chosen, kept) = std::mem::take(&mut *all).into_iter().partition(|p| which(p));
+        *all = kept;
+        chosen
+    };
     for p in paths {
         let _ = std::fs::remove_dir_all(&p);
     }
@@ -187,7 +197,8 @@ mod tests {
         super::register(a.path());
         super::register(b.path());
         super::unregister(b.path());
-        super::run();
+        // Only this test's paths: other tests of the process have scratch copies registered meanwhile.
+        super::run_where(|p| p == a.path() || p == b.path());
         assert!(!a.path().exists() && b.path().exists());
     }
 }
