@@ -173,7 +173,7 @@ impl Session {
             ),
             hint: Some(format!(
                 "run the same `kubeforge {}` again: it continues from where each host stands (`kubeforge phases {}` lists the stages)",
-                workflow.name, workflow.name
+                workflow.command, workflow.name
             )),
         })
     }

@@ -86,8 +86,10 @@ const fn stage(id: &'static str, kind: StageKind, title: &'static str) -> Stage 
 /// A lifecycle command's ordered stages.
 #[derive(Debug)]
 pub struct Workflow {
-    /// The command (`reset`).
+    /// The workflow's name (`reset`), as `kubeforge phases NAME` takes it.
     pub name: &'static str,
+    /// The command line that runs it (`reset`, `upgrade apply`).
+    pub command: &'static str,
     /// Its stages, in the order they run.
     pub stages: &'static [Stage],
     /// Stages `first..=last` that run once per round (`upgrade`: per step), in order within each round.
@@ -106,6 +108,7 @@ use StageKind::*;
 /// `kubeforge join`.
 pub const JOIN: Workflow = Workflow {
     name: "join",
+    command: "join",
     stages: &[
         stage("select", Check, "Find the inventory hosts the cluster state does not know (or --hosts)"),
         stage("apply", Apply, "Apply to the new hosts; other hosts only where their desired state moves (routes, labels, the state copy)"),
@@ -117,6 +120,7 @@ pub const JOIN: Workflow = Workflow {
 /// `kubeforge remove-node`.
 pub const REMOVE_NODE: Workflow = Workflow {
     name: "remove-node",
+    command: "remove-node",
     stages: &[
         stage("identity", Check, "Read the staying control planes' markers: the store must be this installed cluster's"),
         stage("etcd-member", ClusterAction, "An etcd member leaves first, through a member that stays, only when the rest keep a quorum"),
@@ -133,6 +137,7 @@ pub const REMOVE_NODE: Workflow = Workflow {
 /// `kubeforge reset`.
 pub const RESET: Workflow = Workflow {
     name: "reset",
+    command: "reset",
     stages: &[
         stage("identity", Check, "Read every selected host's marker and CA; refuse hosts of no or another cluster and staying etcd members (unless --force)"),
         stage("material", Local, "Work out what kubeforge installed, in a scratch copy of the store"),
@@ -147,6 +152,7 @@ pub const RESET: Workflow = Workflow {
 /// `kubeforge backup`.
 pub const BACKUP: Workflow = Workflow {
     name: "backup",
+    command: "backup",
     stages: &[
         stage("snapshot", ClusterAction, "Take an etcd snapshot over TLS on a member (the next one when it fails), check it, stream it here"),
         stage("archive", Local, "Write the archive: manifest, snapshot, the whole store, the inventory; encrypted unless --unencrypted"),
@@ -157,6 +163,7 @@ pub const BACKUP: Workflow = Workflow {
 /// `kubeforge restore`.
 pub const RESTORE: Workflow = Workflow {
     name: "restore",
+    command: "restore",
     stages: &[
         stage("archive", Check, "Open the archive and check every member against the manifest"),
         stage(
@@ -185,6 +192,7 @@ pub const RESTORE: Workflow = Workflow {
 /// per-step stages).
 pub const UPGRADE: Workflow = Workflow {
     name: "upgrade",
+    command: "upgrade apply",
     stages: &[
         stage("read", Check, "Read every host's binaries' versions (one round trip each) and the cluster's health on a control plane"),
         stage("path", Check, "The path, one minor per hop, and each hop's steps and skew, runtime and release-note checks; refuse a downgrade, a skipped minor, a forbidden skew, an unhealthy cluster"),
