@@ -18,10 +18,16 @@ use std::sync::Arc;
 /// What one check looks at and when it passes.
 #[derive(Debug, Clone, Copy)]
 pub enum Test {
-    /// Every file matching the glob has at most these permission bits (an absent file passes).
+    /// Every file matching the glob has at most these permission bits. No file at all fails, as with
+    /// kube-bench (the benchmark asks for the file to exist with these permissions; kubeforge renders every
+    /// file these checks name on the hosts of their component, so an absent one is a broken host).
     Mode(&'static str, u32),
-    /// Every file matching the glob is owned by `user:group` (an absent file passes).
+    /// Every file matching the glob is owned by `user:group`; no file at all fails, as [`Test::Mode`].
     Owner(&'static str, &'static str),
+    /// [`Test::Mode`] for a check the benchmark words "if the file exists": no file passes.
+    ModeIfPresent(&'static str, u32),
+    /// [`Test::Owner`] for a check the benchmark words "if the file exists": no file passes.
+    OwnerIfPresent(&'static str, &'static str),
     /// A flag of the component's running process.
     Flag(&'static str, Cond),
     /// A field of the component's configuration file (dotted path), or the flag that sets it.
@@ -288,10 +294,10 @@ impl Cond {
 pub fn evaluate(check: &Check, facts: &Facts) -> (bool, String) {
     let unit = check.component.unit();
     match check.test {
-        Test::Mode(glob, max) => {
+        Test::Mode(glob, max) | Test::ModeIfPresent(glob, max) => {
             let files = facts.files.get(glob).map(Vec::as_slice).unwrap_or_default();
             if files.is_empty() {
-                return (true, "absent".into());
+                return (matches!(check.test, Test::ModeIfPresent(..)), "absent".into());
             }
             let bad: Vec<String> = files
                 .iter()
@@ -306,10 +312,10 @@ pub fn evaluate(check: &Check, facts: &Facts) -> (bool, String) {
                 (false, bad.join(", "))
             }
         }
-        Test::Owner(glob, owner) => {
+        Test::Owner(glob, owner) | Test::OwnerIfPresent(glob, owner) => {
             let files = facts.files.get(glob).map(Vec::as_slice).unwrap_or_default();
             if files.is_empty() {
-                return (true, "absent".into());
+                return (matches!(check.test, Test::OwnerIfPresent(..)), "absent".into());
             }
             let bad: Vec<String> =
                 files.iter().filter(|(_, _, o)| o != owner).map(|(p, _, o)| format!("{p} {o}")).collect();
@@ -387,7 +393,9 @@ fn facts_command(checks: &[&Check]) -> (Command, Vec<&'static str>) {
     let mut configs: Vec<&str> = Vec::new();
     for c in checks {
         match c.test {
-            Test::Mode(g, _) | Test::Owner(g, _) => globs.push(g),
+            Test::Mode(g, _) | Test::Owner(g, _) | Test::ModeIfPresent(g, _) | Test::OwnerIfPresent(g, _) => {
+                globs.push(g)
+            }
             Test::Flag(..) => units.push(c.component.unit()),
             Test::Config { file, .. } => {
                 units.push(c.component.unit());
@@ -663,8 +671,8 @@ const CHECKS_TABLE: &[Check] = &[
     c("2.7", false, E, "a trusted CA is set for etcd", Test::Flag("trusted-ca-file", Cond::Set)),
     c("4.1.1", true, K, "kubelet unit file permissions 600 or more restrictive", Test::Mode(UNIT_KUBELET, 0o600)),
     c("4.1.2", true, K, "kubelet unit file owned by root:root", Test::Owner(UNIT_KUBELET, "root:root")),
-    c("4.1.3", false, P, "kube-proxy kubeconfig permissions 600 or more restrictive", Test::Mode("/etc/kubernetes/kube-proxy.conf", 0o600)),
-    c("4.1.4", false, P, "kube-proxy kubeconfig owned by root:root", Test::Owner("/etc/kubernetes/kube-proxy.conf", "root:root")),
+    c("4.1.3", false, P, "kube-proxy kubeconfig, if it exists, permissions 600 or more restrictive", Test::ModeIfPresent("/etc/kubernetes/kube-proxy.conf", 0o600)),
+    c("4.1.4", false, P, "kube-proxy kubeconfig, if it exists, owned by root:root", Test::OwnerIfPresent("/etc/kubernetes/kube-proxy.conf", "root:root")),
     c("4.1.5", true, K, "kubelet.conf permissions 600 or more restrictive", Test::Mode("/etc/kubernetes/kubelet.conf", 0o600)),
     c("4.1.6", true, K, "kubelet.conf owned by root:root", Test::Owner("/etc/kubernetes/kubelet.conf", "root:root")),
     c("4.1.7", false, K, "client CA file permissions 644 or more restrictive", Test::Mode("/etc/kubernetes/pki/ca.crt", 0o644)),
@@ -812,7 +820,9 @@ mod tests {
     }
 
     /// What a host kubeforge installed looks like to the audit: the flags and configuration files kubeforge
-    /// renders, and the modes its phases write files with.
+    /// renders. The file modes here are stand-ins for the flag and config tests; the modes the phases
+    /// really write are audited by `the_files_the_phases_write_pass_the_audits_file_checks` (apply's tests,
+    /// on the simulated hosts).
     fn kubeforge_host(m: &ClusterModel) -> Facts {
         let h = &m.hosts[0];
         let mut f = Facts::default();
@@ -833,7 +843,11 @@ mod tests {
             render::encryption_config("c2VjcmV0LWtleS1ub3Qtc2hvd24tMDEyMzQ1Njc4OWFi"),
         );
         for c in CHECKS {
-            if let Test::Mode(g, _) | Test::Owner(g, _) = c.test {
+            if let Test::Mode(g, _)
+            | Test::Owner(g, _)
+            | Test::ModeIfPresent(g, _)
+            | Test::OwnerIfPresent(g, _) = c.test
+            {
                 let mode = if g.contains(".crt") || g.ends_with("ca.crt") {
                     0o644
                 } else if g == "/var/lib/etcd" {
@@ -870,6 +884,23 @@ mod tests {
         let enc = found.iter().find(|x| x.id == "1.2.28").unwrap();
         assert_eq!((enc.result.as_str(), enc.seen.as_str()), ("PASS", "resources.0.providers.0: aescbc:"));
         assert!(!table(&found).contains("c2VjcmV0"), "no secret in the report");
+    }
+
+    /// As kube-bench: a file a check names that is not there fails the check (the benchmark asks for it to
+    /// exist with those permissions), except where the benchmark says "if it exists".
+    #[test]
+    fn an_absent_file_fails_its_checks_unless_the_benchmark_says_if_it_exists() {
+        let m = model();
+        let mut f = kubeforge_host(&m);
+        f.files.remove(UNIT_APISERVER);
+        f.files.remove("/etc/kubernetes/kube-proxy.conf");
+        let found = findings("cp1", &checks_for(&m.hosts[0]), &f);
+        let result =
+            |id: &str| found.iter().find(|x| x.id == id).map(|x| (x.result.clone(), x.seen.clone())).unwrap();
+        assert_eq!(result("1.1.1"), ("FAIL".into(), "absent".into()));
+        assert_eq!(result("1.1.2"), ("FAIL".into(), "absent".into()));
+        assert_eq!(result("4.1.3"), ("PASS".into(), "absent".into()));
+        assert_eq!(result("4.1.4"), ("PASS".into(), "absent".into()));
     }
 
     #[test]
