@@ -1974,7 +1974,7 @@ fn glob_matches(glob: &str, path: &str) -> bool {
 /// install uploaded, and they pass.
 #[test]
 fn the_files_the_phases_write_pass_the_audits_file_checks() {
-    use crate::audit::{Test, CHECKS};
+    use crate::audit::Test;
     let h = installed(SINGLE);
     let mut written: BTreeMap<String, u32> = BTreeMap::new();
     for c in h.hosts["n1"].calls() {
