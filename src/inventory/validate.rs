@@ -370,9 +370,41 @@ fn looks_public(head: &str) -> bool {
         .is_some_and(|w| ["ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-"].iter().any(|p| w.starts_with(p)))
 }
 
-/// Why an address (SSH target or bastion) written as `a` cannot be used, with a fix; `None` when it is an
-/// IP address or looks like a host name. The shapes caught here are the usual slips: a port, a user,
-/// brackets or a URL around the address, spaces.
+/// Why `name` is not an RFC 1123 host name (dot-separated labels of ASCII letters, digits and `-`, each
+/// 1-63 characters and not starting or ending with `-`; at most 253 characters; one trailing dot allowed);
+/// `None` when it is one. An address ends up in certificate SANs, known_hosts lines and messages, so
+/// nothing else is accepted.
+pub fn host_name_problem(name: &str) -> Option<String> {
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    if bare.is_empty() {
+        return Some("is empty".into());
+    }
+    if bare.len() > 253 {
+        return Some(format!("is {} characters long; a host name has at most 253", bare.len()));
+    }
+    if let Some(c) = bare.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.')) {
+        return Some(format!(
+            "contains `{}`; a host name has only letters, digits, `-` and `.`",
+            shown(&c.to_string())
+        ));
+    }
+    for label in bare.split('.') {
+        if label.is_empty() {
+            return Some("has an empty label (two dots in a row, or a dot at the start)".into());
+        }
+        if label.len() > 63 {
+            return Some(format!("has a label of {} characters; each label has at most 63", label.len()));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Some(format!("has the label `{label}`, which starts or ends with `-`"));
+        }
+    }
+    None
+}
+
+/// Why an address (SSH target or bastion) written as `a` cannot be used, with a fix, for the usual slips: a
+/// port, a user, brackets or a URL around the address, spaces. `None` when it is an IP address or none of
+/// these; [`address_problem`] then checks that it is a host name.
 fn address_slip(a: &str, port_field: &str) -> Option<(String, String)> {
     if a.parse::<IpAddr>().is_ok() {
         return None;
@@ -459,10 +491,32 @@ fn address_slip(a: &str, port_field: &str) -> Option<(String, String)> {
     None
 }
 
+/// [`address_slip`], then anything else that is neither an IP address nor an RFC 1123 host name.
+fn address_problem(a: &str, port_field: &str) -> Option<(String, String)> {
+    if a.parse::<IpAddr>().is_ok() {
+        return None;
+    }
+    address_slip(a, port_field).or_else(|| {
+        let why = host_name_problem(a)?;
+        // `node_1` is the usual one: an ssh config alias written with `_`.
+        let dashed = a.replace('_', "-");
+        let guess = if dashed != a && host_name_problem(&dashed).is_none() {
+            format!("did you mean `{}`? ", shown(&dashed))
+        } else {
+            String::new()
+        };
+        let write = if guess.is_empty() { "write" } else { "Write" };
+        Some((
+            format!("address `{}` is neither an IP address nor a host name: it {why}", shown(a)),
+            format!("{guess}{write} the host's IP address or DNS name (letters, digits, `-` and `.`, e.g. `node-1.example.com`); an ssh config `Host` alias must be such a name too (rename it, or write its `HostName` here)"),
+        ))
+    })
+}
+
 fn check_address(c: &mut Collector, path: &str, a: &str, port_field: &str) {
     if a.trim().is_empty() {
         c.add(path, "the address is empty", Some("write the host's IP address or DNS name".to_string()));
-    } else if let Some((message, hint)) = address_slip(a, port_field) {
+    } else if let Some((message, hint)) = address_problem(a, port_field) {
         c.add(path, message, Some(hint));
     }
 }
@@ -1115,7 +1169,7 @@ fn validate_with(inv: &Inventory, dir: &Path, files_may_be_missing: bool) -> Vec
                 Some("give every host its own name".into()),
             );
         }
-        let slip = address_slip(&h.address, "ssh.port").is_some();
+        let slip = address_problem(&h.address, "ssh.port").is_some();
         check_address(&mut c, &format!("{hp}.address"), &h.address, "ssh.port");
         let internal_field = if h.internal_address.is_some() { "internalAddress" } else { "address" };
         let internal: Option<IpAddr> = match &h.internal_address {
@@ -1667,5 +1721,53 @@ fn check_pins(c: &mut Collector, pins: &BTreeMap<String, String>) {
                 Some("copy the digest from the release's .sha256 file and write it as `sha256:<hex>`".into()),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_rfc_1123_and_nothing_else() {
+        let l63 = "a".repeat(63);
+        let long = [l63.as_str(); 4].join("."); // 255 characters
+        let max = format!("{}.{}", [l63.as_str(); 3].join("."), "b".repeat(61)); // 253
+        for ok in
+            ["node1", "Node-1.Example.COM", "node1.example.com.", "1a", "xn--bcher-kva.example", &l63, &max]
+        {
+            assert_eq!(host_name_problem(ok), None, "{ok}");
+        }
+        for (bad, why) in [
+            ("", "is empty"),
+            (".", "is empty"),
+            ("a..b", "empty label"),
+            (".a", "empty label"),
+            ("a.b..", "empty label"),
+            ("-a", "starts or ends with `-`"),
+            ("a-.b", "starts or ends with `-`"),
+            ("a_b", "contains `_`"),
+            ("x$(id)", "contains `$`"),
+            ("n\u{e9}ud", "contains `\u{e9}`"),
+            ("a*", "contains `*`"),
+        ] {
+            let got = host_name_problem(bad).unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert!(got.contains(why), "{bad:?}: {got}");
+        }
+        assert!(host_name_problem(&format!("{l63}a")).unwrap().contains("label of 64 characters"));
+        assert!(host_name_problem(&format!("{max}b")).unwrap().contains("254 characters long"));
+        assert!(host_name_problem(&long).unwrap().contains("at most 253"));
+    }
+
+    #[test]
+    fn an_address_is_an_ip_or_a_host_name() {
+        for ok in ["10.0.0.1", "fd00::1", "::ffff:10.0.0.1", "node-1", "cp1.lab.example.com."] {
+            assert_eq!(address_problem(ok, "ssh.port"), None, "{ok}");
+        }
+        let (message, hint) = address_problem("node_1", "ssh.port").unwrap();
+        assert_eq!(message, "address `node_1` is neither an IP address nor a host name: it contains `_`; a host name has only letters, digits, `-` and `.`");
+        assert!(hint.starts_with("did you mean `node-1`? Write "), "{hint}");
+        // The known slips keep their own fix.
+        assert!(address_problem("root@node1", "ssh.port").unwrap().0.contains("contains a user name"));
     }
 }
