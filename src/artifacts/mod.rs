@@ -256,6 +256,15 @@ pub enum ArtifactError {
     /// A mirror URL that is not an http(s) URL.
     #[error("mirror URL '{0}' is not an http:// or https:// URL")]
     BadMirrorUrl(String),
+    /// An artifact from a plain-HTTP mirror without a pin: anyone on the path could replace both the file
+    /// and the checksum file beside it.
+    #[error("refusing to download {url} over plain HTTP without a pin for `{pin_key}`")]
+    UnpinnedOverHttp {
+        /// The file's URL.
+        url: String,
+        /// The pin it needs (`component/arch`).
+        pin_key: String,
+    },
     /// The server answered with an error status.
     #[error("GET {url} returned HTTP {status}")]
     Http {
@@ -371,6 +380,9 @@ impl ArtifactError {
             ArtifactError::BadMirrorUrl(_) => {
                 "set cluster.releaseSource.url to the mirror's base, e.g. https://mirror.example.internal/k8s".into()
             }
+            ArtifactError::UnpinnedOverHttp { pin_key, .. } => format!(
+                "use an https:// mirror, or add `{pin_key}: sha256:<hex>` to cluster.releaseSource.pins with the digest of that file, taken from a source you trust"
+            ),
             ArtifactError::BadPin { .. } => {
                 "pins look like `etcd/amd64: sha256:` followed by the 64 hex digits of the downloaded file (etcdctl is pinned through the etcd tarball)".into()
             }

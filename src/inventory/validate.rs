@@ -1065,6 +1065,8 @@ fn validate_with(inv: &Inventory, dir: &Path, files_may_be_missing: bool) -> Vec
                     format!("mirror URL `{}` must start with https:// or http://", shown(url)),
                     Some("write the mirror's base URL, e.g. `https://mirror.example.com/kubernetes`".into()),
                 );
+            } else if url.starts_with("http://") {
+                check_plain_http_pins(&mut c, url, pins, &inv.hosts);
             }
             check_pins(&mut c, pins);
         }
@@ -1684,6 +1686,45 @@ fn check_extra_args(
     }
 }
 
+/// The pin keys (`component/arch`, by download unit) of everything the hosts install, in a stable order.
+fn needed_pins(hosts: &[HostSpec]) -> BTreeSet<String> {
+    use crate::artifacts::versions::components_for_roles;
+    hosts
+        .iter()
+        .filter_map(|h| {
+            let arch = h.arch.as_deref().unwrap_or("amd64");
+            // An unknown architecture is reported at the host; it downloads nothing.
+            ARCHES.contains(&arch).then(|| (arch, components_for_roles(&h.roles)))
+        })
+        .flat_map(|(arch, comps)| comps.into_iter().map(move |x| format!("{}/{arch}", x.download_unit())))
+        .collect()
+}
+
+/// A plain-HTTP mirror is trusted for nothing: anyone on the path can replace a file and the checksum file
+/// beside it, and the binaries run as root on every node. So every artifact the hosts install needs a pin;
+/// the checksum files are then never read.
+fn check_plain_http_pins(c: &mut Collector, url: &str, pins: &BTreeMap<String, String>, hosts: &[HostSpec]) {
+    let missing: Vec<String> = needed_pins(hosts).into_iter().filter(|k| !pins.contains_key(k)).collect();
+    if missing.is_empty() {
+        return;
+    }
+    let n = missing.len();
+    c.add(
+        "cluster.releaseSource.url",
+        format!(
+            "mirror `{}` is plain HTTP, and {n} artifact{} the hosts install {} no pin: {}",
+            shown(url),
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "has" } else { "have" },
+            missing.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+        ),
+        Some(format!(
+            "anyone on the path could replace them and their checksum files: use an https:// mirror, or pin each file's sha256 (from a source you trust) under `releaseSource.pins`, e.g. `{}: sha256:<64 hex digits>`",
+            missing[0]
+        )),
+    );
+}
+
 fn check_pins(c: &mut Collector, pins: &BTreeMap<String, String>) {
     for (k, v) in pins {
         if k.split_once('/').is_none_or(|(comp, arch)| comp.is_empty() || !ARCHES.contains(&arch)) {
@@ -1769,5 +1810,49 @@ mod tests {
         assert!(hint.starts_with("did you mean `node-1`? Write "), "{hint}");
         // The known slips keep their own fix.
         assert!(address_problem("root@node1", "ssh.port").unwrap().0.contains("contains a user name"));
+    }
+
+    fn mirror_problems(url: &str, pins: &[&str]) -> Vec<PathProblem> {
+        let pins: String = pins.iter().map(|k| format!("      {k}: sha256:{}\n", "ab".repeat(32))).collect();
+        let yaml = format!(
+            "cluster:\n  name: demo\n  kubernetesVersion: v1.35.7\n  releaseSource:\n    type: mirror\n    url: {url}\n    pins:{}\n{pins}hosts:\n  - {{name: cp1, address: 10.0.0.1, roles: [control-plane, etcd]}}\n  - {{name: w1, address: 10.0.0.2, roles: [worker], arch: arm64}}\n",
+            if pins.is_empty() { " {}" } else { "" }
+        );
+        let inv: Inventory = serde_yaml::from_str(&yaml).unwrap();
+        validate(&inv, Path::new("."))
+            .into_iter()
+            .filter(|p| p.path.starts_with("cluster.releaseSource"))
+            .collect()
+    }
+
+    #[test]
+    fn a_plain_http_mirror_needs_a_pin_for_every_artifact_the_hosts_install() {
+        let amd64 = ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "etcd"];
+        let node = ["kubelet", "kube-proxy", "containerd", "runc", "cni-plugins", "crictl"];
+        let all: Vec<String> = amd64
+            .iter()
+            .chain(&node)
+            .map(|c| format!("{c}/amd64"))
+            .chain(node.iter().map(|c| format!("{c}/arm64")))
+            .collect();
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        assert_eq!(needed_pins(&serde_yaml::from_str::<Inventory>("cluster: {name: d, kubernetesVersion: v1.35.7}\nhosts:\n  - {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd]}\n  - {name: w1, address: 10.0.0.2, roles: [worker], arch: arm64}\n").unwrap().hosts).len(), all.len());
+        // Every one pinned: accepted, on the loopback address as anywhere else.
+        for url in ["http://127.0.0.1:8080", "http://mirror.example.com/k8s"] {
+            assert_eq!(mirror_problems(url, &all), vec![], "{url}");
+        }
+        // One missing (etcdctl comes in etcd's archive, so `etcd/amd64` covers both): refused, naming it.
+        let fewer: Vec<&str> = all.iter().copied().filter(|k| *k != "etcd/amd64").collect();
+        let p = mirror_problems("http://127.0.0.1:8080", &fewer);
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert_eq!(p[0].path, "cluster.releaseSource.url");
+        assert!(
+            p[0].message.ends_with("1 artifact the hosts install has no pin: `etcd/amd64`"),
+            "{}",
+            p[0].message
+        );
+        assert!(p[0].hint.as_deref().unwrap().contains("use an https:// mirror"));
+        // https needs no pins: the checksum files come over an authenticated connection.
+        assert_eq!(mirror_problems("https://mirror.example.com/k8s", &[]), vec![]);
     }
 }
