@@ -33,6 +33,7 @@ pub mod command;
 mod download;
 mod extract;
 pub mod layout;
+pub mod manifest;
 pub mod progress;
 pub mod source;
 pub mod versions;
@@ -265,6 +266,9 @@ pub enum ArtifactError {
         /// The pin it needs (`component/arch`).
         pin_key: String,
     },
+    /// A manifest URL (applied as cluster-admin) that is not `https://`.
+    #[error("refusing to fetch manifest {0}: only https:// URLs are fetched")]
+    ManifestNotHttps(String),
     /// The server answered with an error status.
     #[error("GET {url} returned HTTP {status}")]
     Http {
@@ -383,6 +387,9 @@ impl ArtifactError {
             ArtifactError::UnpinnedOverHttp { pin_key, .. } => format!(
                 "use an https:// mirror, or add `{pin_key}: sha256:<hex>` to cluster.releaseSource.pins with the digest of that file, taken from a source you trust"
             ),
+            ArtifactError::ManifestNotHttps(_) => {
+                "serve the manifest over https://, or download it, check it, and give its file path".into()
+            }
             ArtifactError::BadPin { .. } => {
                 "pins look like `etcd/amd64: sha256:` followed by the 64 hex digits of the downloaded file (etcdctl is pinned through the etcd tarball)".into()
             }

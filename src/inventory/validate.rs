@@ -934,15 +934,7 @@ fn validate_with(inv: &Inventory, dir: &Path, files_may_be_missing: bool) -> Vec
                 Some("remove it, or set `plugin: manifest`".into()),
             );
         }
-        if let Some(m) = &cni.manifest {
-            if !(m.starts_with("https://") || m.starts_with("http://") || expand_path(dir, m).is_file()) {
-                c.add(
-                    "cluster.cni.manifest",
-                    format!("manifest `{}` is neither a URL nor an existing file", shown(m)),
-                    Some("give an https:// URL, or the path of an existing file relative to the inventory file or starting with ~/".into()),
-                );
-            }
-        }
+        check_cni_manifest(&mut c, cni, dir);
     }
 
     // Certificates. Both validities are bounded so that issuing never overflows a date, and a leaf never
@@ -1548,6 +1540,67 @@ fn validate_with(inv: &Inventory, dir: &Path, files_may_be_missing: bool) -> Vec
         }
     }
     c.0
+}
+
+/// A CNI manifest is applied as cluster-admin: a URL must be `https://` and pinned with `sha256`, since its
+/// content could otherwise change between runs (or on the way); a file may be pinned too.
+fn check_cni_manifest(c: &mut Collector, cni: &CniSpec, dir: &Path) {
+    match &cni.sha256 {
+        Some(_) if cni.manifest.is_none() || cni.plugin != "manifest" => {
+            c.add_key(
+                "cluster.cni.sha256",
+                "`sha256` pins the manifest of plugin `manifest`, and there is none",
+                Some("remove it, or set `plugin: manifest` and `manifest:`".into()),
+            );
+        }
+        Some(p) if !is_sha256_hex(p) => {
+            let hint = match p.strip_prefix("sha256:").filter(|h| is_sha256_hex(h)) {
+                Some(hex) => format!("write the hex digits alone: `sha256: {hex}`"),
+                None => {
+                    "write the manifest's sha256 as 64 hex digits (what `sha256sum FILE` prints first)".into()
+                }
+            };
+            c.add(
+                "cluster.cni.sha256",
+                format!("`{}` is not a sha256 (64 hex digits)", shown(p)),
+                Some(hint),
+            );
+        }
+        _ => {}
+    }
+    let Some(m) = &cni.manifest else { return };
+    let at = "cluster.cni.manifest";
+    if let Some(rest) = m.strip_prefix("http://") {
+        c.add(
+            at,
+            format!(
+                "manifest URL `{}` is plain HTTP, and the manifest is applied as cluster-admin",
+                shown(m)
+            ),
+            Some(format!(
+                "anyone on the path could change it: use `https://{}` and pin its content with `sha256:`",
+                shown(rest)
+            )),
+        );
+    } else if m.starts_with("https://") {
+        if cni.sha256.is_none() {
+            c.add(
+                at,
+                format!("manifest URL `{}` has no `sha256` pin; it is applied as cluster-admin, and what the URL serves can change between runs", shown(m)),
+                Some("download the manifest, review it, and add `sha256:` beside `manifest:` with its digest (what `sha256sum FILE` prints first)".into()),
+            );
+        }
+    } else if !expand_path(dir, m).is_file() {
+        c.add(
+            at,
+            format!("manifest `{}` is neither an https:// URL nor an existing file", shown(m)),
+            Some("give an https:// URL (with `sha256:`), or the path of an existing file relative to the inventory file or starting with ~/".into()),
+        );
+    }
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Where the value of a flag kubeforge owns comes from, where an inventory setting decides it.
