@@ -17,7 +17,10 @@
 //!
 //! No checksum table is compiled in: the digest comes from the published checksum file, or from a pin
 //! in the inventory (`pins: {"etcd/amd64": "sha256:<hex>"}`), which overrides it. A file whose digest does
-//! not match is deleted and reported with both digests; it never reaches the cache.
+//! not match is deleted and reported with both digests; it never reaches the cache. An `http://` mirror is
+//! trusted for nothing: every artifact from it needs a pin (validation requires one for each the hosts
+//! install, and [`ArtifactSource::ensure`] refuses an unpinned one before any request), and its checksum
+//! files are never read.
 //!
 //! # Cache
 //! `${XDG_CACHE_HOME:-~/.cache}/kubeforge/artifacts/<component>/<version>/<arch>/` (override with
