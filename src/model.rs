@@ -454,10 +454,14 @@ impl ClusterModel {
                 let spec = cl.cni.as_ref();
                 let given = spec.and_then(|c| c.manifest.clone()).unwrap_or_default();
                 let sha256 = spec.and_then(|c| c.sha256.as_deref()).map(str::to_ascii_lowercase);
-                let source = match (given.starts_with("https://"), sha256) {
+                let hex = sha256
+                    .as_deref()
+                    .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+                let source = match (given.starts_with("https://") && hex, sha256) {
+                    // The digest names the cached copy's file: hex digits only.
                     (true, Some(sha256)) => CniManifest::Url { url: given, sha256 },
-                    // Validation refuses a URL without a pin, and any http:// one; should one get here, the
-                    // addons phase reads it as a file and finds none.
+                    // Validation refuses a URL without a valid pin, and any http:// one; should one get here,
+                    // the addons phase reads it as a file and finds none.
                     (_, sha256) => CniManifest::File { path: given, sha256 },
                 };
                 Cni::Manifest { source }
