@@ -235,10 +235,31 @@ pub enum Cni {
     Bridge,
     /// Nothing: the user brings a network plugin.
     None,
-    /// A manifest (file path resolved against the inventory, or URL) applied by the addons phase.
+    /// A manifest applied by the addons phase.
     Manifest {
-        /// Path or URL.
-        source: String,
+        /// Where it comes from.
+        source: CniManifest,
+    },
+}
+
+/// Where a CNI manifest comes from (validation admits these two shapes only).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CniManifest {
+    /// A local file, as written (relative to the inventory file or with `~/`), checked against `sha256` when
+    /// one is given.
+    File {
+        /// The path.
+        path: String,
+        /// Its pinned sha256 (hex, lower case), if any.
+        sha256: Option<String>,
+    },
+    /// An `https://` URL, fetched by kubeforge into the artifact cache and held to its pin.
+    Url {
+        /// The URL.
+        url: String,
+        /// Its pinned sha256 (hex, lower case).
+        sha256: String,
     },
 }
 
@@ -430,7 +451,20 @@ impl ClusterModel {
         let cni = match cl.cni.as_ref().map(|c| c.plugin.as_str()) {
             Some("none") => Cni::None,
             Some("manifest") => {
-                Cni::Manifest { source: cl.cni.as_ref().and_then(|c| c.manifest.clone()).unwrap_or_default() }
+                let spec = cl.cni.as_ref();
+                let given = spec.and_then(|c| c.manifest.clone()).unwrap_or_default();
+                let sha256 = spec.and_then(|c| c.sha256.as_deref()).map(str::to_ascii_lowercase);
+                let hex = sha256
+                    .as_deref()
+                    .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+                let source = match (given.starts_with("https://") && hex, sha256) {
+                    // The digest names the cached copy's file: hex digits only.
+                    (true, Some(sha256)) => CniManifest::Url { url: given, sha256 },
+                    // Validation refuses a URL without a valid pin, and any http:// one; should one get here,
+                    // the addons phase reads it as a file and finds none.
+                    (_, sha256) => CniManifest::File { path: given, sha256 },
+                };
+                Cni::Manifest { source }
             }
             _ => Cni::Bridge,
         };

@@ -1,5 +1,6 @@
 //! Downloads from a mirror served by a loopback HTTP server: fetch, cache hits without any request,
-//! checksum rejection, resume of a truncated transfer, 404, server down, pins.
+//! checksum rejection, resume of a truncated transfer, 404, server down, pins. The server is plain HTTP, so
+//! every artifact fetched from it needs a pin ([`pinned`]); one without is refused before any request.
 
 #[path = "support/artifacts.rs"]
 mod fixture;
@@ -24,6 +25,11 @@ fn mirror(srv: &TestServer, pins: &[(&str, String)]) -> ReleaseSourceSpec {
         url: format!("{}/", srv.url()),
         pins: pins.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
     }
+}
+
+/// The fixture's mirror with a pin for every file it publishes, as a plain-HTTP mirror needs.
+fn pinned(srv: &TestServer, fx: &Fixture) -> ReleaseSourceSpec {
+    ReleaseSourceSpec::Mirror { url: format!("{}/", srv.url()), pins: fx.pins.clone() }
 }
 
 fn source(spec: &ReleaseSourceSpec, cache: &Path) -> ArtifactSource {
@@ -65,7 +71,7 @@ async fn fetch_every_host_requirement_then_hit_the_cache_without_a_request() {
     assert_eq!(reqs.len(), 18);
     assert_eq!(reqs.iter().filter(|r| r.arch == "arm64").count(), 6);
 
-    let spec = mirror(&srv, &[]);
+    let spec = pinned(&srv, &fx);
     let src = source(&spec, cache.path());
     let rec = Recorder::default();
     for r in &reqs {
@@ -91,9 +97,10 @@ async fn fetch_every_host_requirement_then_hit_the_cache_without_a_request() {
     assert_eq!(ctr, ["containerd", "containerd-shim-runc-v2", "ctr"]);
 
     // Each download unit was fetched once (etcd and etcdctl share a tarball): amd64 has 11 units, arm64 6;
-    // one file and one checksum file each.
+    // one file each, and no checksum file: every one is pinned.
     let log = srv.log();
-    assert_eq!(log.len(), 34, "{log:#?}");
+    assert_eq!(log.len(), 17, "{log:#?}");
+    assert!(log.iter().all(|l| !l.path.contains("sha256") && !l.path.ends_with("SHA256SUMS")), "{log:#?}");
     assert!(log.iter().all(|l| l.status == 200));
 
     // Same source, and a fresh source as a new process would build: no request at all.
@@ -111,7 +118,7 @@ async fn a_corrupted_cache_entry_is_detected_and_fetched_again() {
     let srv = TestServer::start().await;
     let fx = publish_mirror(&srv);
     let cache = tempfile::tempdir().unwrap();
-    let src = source(&mirror(&srv, &[]), cache.path());
+    let src = source(&pinned(&srv, &fx), cache.path());
     let r = req(Component::Kubelet, KUBE, "amd64");
     let a = src.ensure(&r, &Recorder::default()).await.unwrap();
     std::fs::write(&a.executables[0].path, b"evil").unwrap();
@@ -121,7 +128,7 @@ async fn a_corrupted_cache_entry_is_detected_and_fetched_again() {
         std::fs::read(&b.executables[0].path).unwrap(),
         fx.executables[&("amd64".into(), "kubelet".into())]
     );
-    assert_eq!(srv.log().len(), 2, "checksum file + binary fetched again");
+    assert_eq!(srv.log().len(), 1, "the binary fetched again (held to its pin)");
 }
 
 #[tokio::test]
@@ -131,7 +138,7 @@ async fn wrong_checksum_is_rejected_with_both_digests_and_nothing_is_cached() {
     let path = &fx.kube_paths[&("amd64".into(), "kubelet".into())];
     srv.put(path, b"#!/bin/sh\necho replaced\n".to_vec());
     let cache = tempfile::tempdir().unwrap();
-    let src = source(&mirror(&srv, &[]), cache.path());
+    let src = source(&pinned(&srv, &fx), cache.path());
     let err = src.ensure(&req(Component::Kubelet, KUBE, "amd64"), &Recorder::default()).await.unwrap_err();
     let want = sha(&fx.executables[&("amd64".into(), "kubelet".into())]);
     let got = sha(b"#!/bin/sh\necho replaced\n");
@@ -153,7 +160,7 @@ async fn a_truncated_transfer_is_resumed_with_a_range_request() {
     let path = fx.kube_paths[&("arm64".into(), "kube-apiserver".into())].clone();
     srv.fault(&path, Fault::Truncate(250_000));
     let cache = tempfile::tempdir().unwrap();
-    let src = source(&mirror(&srv, &[]), cache.path());
+    let src = source(&pinned(&srv, &fx), cache.path());
     let rec = Recorder::default();
     let a = src.ensure(&req(Component::KubeApiserver, KUBE, "arm64"), &rec).await.unwrap();
     assert_eq!(
@@ -175,7 +182,7 @@ async fn a_server_that_ignores_range_is_downloaded_again_from_the_start() {
     srv.fault(&path, Fault::Truncate(100_000));
     srv.fault(&path, Fault::IgnoreRange);
     let cache = tempfile::tempdir().unwrap();
-    let src = source(&mirror(&srv, &[]), cache.path());
+    let src = source(&pinned(&srv, &fx), cache.path());
     let a = src.ensure(&req(Component::KubeApiserver, KUBE, "amd64"), &Recorder::default()).await.unwrap();
     assert_eq!(
         std::fs::read(&a.executables[0].path).unwrap(),
@@ -191,7 +198,7 @@ async fn transient_failures_are_retried_and_then_given_up() {
     let srv = TestServer::start().await;
     let fx = publish_mirror(&srv);
     let cache = tempfile::tempdir().unwrap();
-    let src = source(&mirror(&srv, &[]), cache.path());
+    let src = source(&pinned(&srv, &fx), cache.path());
     let path = fx.kube_paths[&("amd64".into(), "kube-proxy".into())].clone();
     srv.fault(&path, Fault::Status(503));
     srv.fault(&path, Fault::Drop);
@@ -216,30 +223,26 @@ async fn not_found_is_reported_with_the_url_and_not_retried() {
     let path = fx.kube_paths[&("arm64".into(), "kubelet".into())].clone();
     srv.remove(&path);
     let cache = tempfile::tempdir().unwrap();
-    let src = source(&mirror(&srv, &[]), cache.path());
+    let src = source(&pinned(&srv, &fx), cache.path());
     let err = src.ensure(&req(Component::Kubelet, KUBE, "arm64"), &Recorder::default()).await.unwrap_err();
     let report = kubeforge::Error::from(err).report();
     assert!(report.starts_with(&format!("error: GET {}{path} returned HTTP 404", srv.url())), "{report}");
     assert!(report.contains("hint: check the version"), "{report}");
     assert_eq!(srv.log().iter().filter(|l| l.path == path).count(), 1);
     assert_eq!(files_under(cache.path()), Vec::<String>::new());
-
-    // A missing checksum file is just as clear.
-    srv.remove(&format!("{path}.sha256").replace("arm64", "amd64").replace("kubelet", "kube-proxy"));
-    let err = src.ensure(&req(Component::KubeProxy, KUBE, "amd64"), &Recorder::default()).await.unwrap_err();
-    assert!(err.to_string().ends_with("/amd64/kube-proxy.sha256 returned HTTP 404"), "{err}");
 }
 
 #[tokio::test]
 async fn a_server_that_is_down_is_reported_clearly() {
     let port = http::unused_port();
-    let spec = ReleaseSourceSpec::Mirror { url: format!("http://127.0.0.1:{port}"), pins: BTreeMap::new() };
+    let pins = BTreeMap::from([("runc/amd64".to_owned(), format!("sha256:{}", "ab".repeat(32)))]);
+    let spec = ReleaseSourceSpec::Mirror { url: format!("http://127.0.0.1:{port}"), pins };
     let cache = tempfile::tempdir().unwrap();
     let src = source(&spec, cache.path());
     let err = src.ensure(&req(Component::Runc, RUNC, "amd64"), &Recorder::default()).await.unwrap_err();
     let report = kubeforge::Error::from(err).report();
     let url = format!(
-        "http://127.0.0.1:{port}/github.com/opencontainers/runc/releases/download/v{RUNC}/runc.sha256sum"
+        "http://127.0.0.1:{port}/github.com/opencontainers/runc/releases/download/v{RUNC}/runc.amd64"
     );
     assert!(report.starts_with(&format!("error: cannot reach {url} (tried 3 times)")), "{report}");
     assert!(report.contains("caused by:"), "{report}");
@@ -288,7 +291,7 @@ async fn a_partial_download_left_by_an_earlier_run_is_resumed() {
     let path = fx.kube_paths[&("amd64".into(), "kube-apiserver".into())].clone();
     srv.fault(&path, Fault::Truncate(300_000));
     let cache = tempfile::tempdir().unwrap();
-    let spec = mirror(&srv, &[]);
+    let spec = pinned(&srv, &fx);
     let r = req(Component::KubeApiserver, KUBE, "amd64");
     // The first run gives up after one attempt and leaves the partial file behind, not an entry.
     let once = RetryPolicy { attempts: 1, initial_backoff: Duration::from_millis(1) };
@@ -316,9 +319,9 @@ async fn a_partial_download_left_by_an_earlier_run_is_resumed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_requests_for_one_tarball_download_it_once() {
     let srv = TestServer::start().await;
-    publish_mirror(&srv);
+    let fx = publish_mirror(&srv);
     let cache = tempfile::tempdir().unwrap();
-    let spec = mirror(&srv, &[]);
+    let spec = pinned(&srv, &fx);
     // Two sources on one cache behave like two processes: the file lock serializes them.
     let (a, b) = (source(&spec, cache.path()), source(&spec, cache.path()));
     let (ra, rb) = (req(Component::Etcd, ETCD, "arm64"), req(Component::Etcdctl, ETCD, "arm64"));
@@ -340,7 +343,7 @@ async fn redirects_to_another_host_path_are_followed() {
     srv.put("/cdn/blob/1234", want.clone());
     srv.fault(&path, Fault::Redirect(format!("{}/cdn/blob/1234", srv.url())));
     let cache = tempfile::tempdir().unwrap();
-    let a = source(&mirror(&srv, &[]), cache.path())
+    let a = source(&pinned(&srv, &fx), cache.path())
         .ensure(&req(Component::Kubectl, KUBE, "arm64"), &Recorder::default())
         .await
         .unwrap();
@@ -368,7 +371,7 @@ async fn a_206_for_the_wrong_range_is_not_appended() {
     srv.fault(&path, Fault::RangeFromStart);
     let cache = tempfile::tempdir().unwrap();
     let rec = Recorder::default();
-    let a = source(&mirror(&srv, &[]), cache.path())
+    let a = source(&pinned(&srv, &fx), cache.path())
         .ensure(&req(Component::KubeApiserver, KUBE, "amd64"), &rec)
         .await
         .unwrap();
@@ -385,4 +388,44 @@ async fn a_206_for_the_wrong_range_is_not_appended() {
         .unwrap()
         .iter()
         .any(|m| m.contains("server answered a different range than bytes=50000-")));
+}
+
+#[tokio::test]
+async fn a_plain_http_mirror_refuses_an_unpinned_artifact_before_any_request() {
+    let srv = TestServer::start().await;
+    let fx = publish_mirror(&srv);
+    let cache = tempfile::tempdir().unwrap();
+    let kubelet = req(Component::Kubelet, KUBE, "amd64");
+    // Fetched and cached while pinned.
+    source(&pinned(&srv, &fx), cache.path()).ensure(&kubelet, &Recorder::default()).await.unwrap();
+    srv.clear_log();
+    // The same mirror with the kubelet pin gone: refused, cache hit or not, and the server is never asked
+    // (neither for the file nor for the checksum file an attacker could have replaced with it).
+    let mut pins = fx.pins.clone();
+    pins.remove("kubelet/amd64");
+    let spec = ReleaseSourceSpec::Mirror { url: srv.url(), pins };
+    let src = source(&spec, cache.path());
+    let err = src.ensure(&kubelet, &Recorder::default()).await.unwrap_err();
+    let url = format!("{}{}", srv.url(), fx.kube_paths[&("amd64".into(), "kubelet".into())]);
+    assert!(
+        matches!(&err, ArtifactError::UnpinnedOverHttp { url: u, pin_key } if *u == url && pin_key == "kubelet/amd64"),
+        "{err:?}"
+    );
+    let report = kubeforge::Error::from(err).report();
+    assert!(
+        report.starts_with(&format!(
+            "error: refusing to download {url} over plain HTTP without a pin for `kubelet/amd64`"
+        )),
+        "{report}"
+    );
+    assert!(
+        report.contains(
+            "hint: use an https:// mirror, or add `kubelet/amd64: sha256:<hex>` to cluster.releaseSource.pins"
+        ),
+        "{report}"
+    );
+    assert_eq!(srv.log(), vec![], "nothing was asked of the server");
+    // What is still pinned is fetched from the same source.
+    src.ensure(&req(Component::Kubelet, KUBE, "arm64"), &Recorder::default()).await.unwrap();
+    assert_eq!(srv.log().len(), 1);
 }

@@ -33,7 +33,7 @@ fn interrupted_status(signal: nix::sys::signal::Signal) -> (i32, Vec<String>, St
     std::fs::write(
         &inv,
         format!(
-            "cluster:\n  name: sig\n  kubernetesVersion: v1.35.7\n  releaseSource: {{type: mirror, url: \"http://127.0.0.1:{port}\"}}\nhosts:\n  - {{name: n1, address: 127.0.0.1, internalAddress: 10.20.0.11, roles: [control-plane, etcd, worker]}}\n"
+            "cluster:\n  name: sig\n  kubernetesVersion: v1.35.7\n  releaseSource: {{type: mirror, url: \"https://127.0.0.1:{port}\"}}\nhosts:\n  - {{name: n1, address: 127.0.0.1, internalAddress: 10.20.0.11, roles: [control-plane, etcd, worker]}}\n"
         ),
     )
     .unwrap();

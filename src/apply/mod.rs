@@ -105,7 +105,8 @@ fn api_lb_binaries(model: &ClusterModel, dir: Option<&Path>) -> Result<BTreeMap<
 }
 
 /// Resolves (downloads or reads from the cache/bundle, verifying checksums) every artifact the cluster
-/// needs, once per component and architecture. Notes (test doubles) are printed.
+/// needs, once per component and architecture. Notes (test doubles) are printed. A CNI manifest URL is
+/// fetched into the cache too, held to its sha256 pin (the addons phase reads it from there).
 pub async fn prepare_artifacts(
     model: &ClusterModel,
     inv: &crate::inventory::Inventory,
@@ -152,6 +153,11 @@ pub async fn prepare_artifacts(
         for (c, n) in notes {
             eprintln!("  {c}: {n}");
         }
+    }
+    if let crate::model::Cni::Manifest { source: crate::model::CniManifest::Url { url, sha256 } } = &model.cni
+    {
+        artifacts::manifest::fetch(url, sha256, cache_dir, artifacts::RetryPolicy::default(), &progress)
+            .await?;
     }
     Ok(out)
 }

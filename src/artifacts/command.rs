@@ -19,6 +19,8 @@ pub enum ArtifactsCommand {
     /// Each host gets what its roles need, for its own arch. Digests come from the published checksum
     /// files, or from `cluster.releaseSource.pins` ("etcd/amd64": "sha256:<hex>"), never from a table
     /// inside kubeforge. A cached artifact is re-hashed and used without any network request.
+    /// An http:// mirror is trusted for nothing: every artifact fetched from it needs a pin, and its
+    /// checksum files are not read.
     ///
     /// A mirror (`releaseSource: {type: mirror, url: M}`) serves the upstream paths under M:
     ///   M/release/<v>/bin/linux/<arch>/<bin>            and <bin>.sha256

@@ -41,7 +41,24 @@ pub(crate) struct Downloader {
     retry: RetryPolicy,
 }
 
+/// Why a redirect to `next` after `previous` is not followed: from `https://` down to anything else (a
+/// checksum file or manifest fetched over https must not continue in the clear), or too many hops.
+fn refused_redirect(previous: &[reqwest::Url], next: &reqwest::Url) -> Option<String> {
+    if previous.iter().any(|u| u.scheme() == "https") && next.scheme() != "https" {
+        Some(format!("refusing a redirect from https:// to {next}, which is not https://"))
+    } else if previous.len() >= 10 {
+        Some(format!("too many redirects (stopped at {next})"))
+    } else {
+        None
+    }
+}
+
 fn classify_send_error(e: reqwest::Error) -> Failure {
+    if e.is_redirect() {
+        // The same answer on every attempt.
+        let url = e.url().map(|u| u.to_string()).unwrap_or_default();
+        return Failure::Fatal(ArtifactError::Transfer { url, attempts: 1, source: Box::new(e) });
+    }
     if e.is_connect() {
         Failure::Retry(Box::new(std::io::Error::other(e.to_string())), Some(e))
     } else {
@@ -71,6 +88,10 @@ impl Downloader {
             // A stalled transfer fails and is resumed rather than hanging forever.
             .read_timeout(Duration::from_secs(60))
             .user_agent(concat!("kubeforge/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::custom(|a| match refused_redirect(a.previous(), a.url()) {
+                Some(why) => a.error(why),
+                None => a.follow(),
+            }))
             .build()
             .expect("a reqwest client with static settings always builds");
         Downloader { client, retry: RetryPolicy { attempts: retry.attempts.max(1), ..retry } }
@@ -265,5 +286,30 @@ impl Downloader {
         bar.finish();
         result?;
         Ok((hex::encode(hasher.finalize()), done))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refused_redirect;
+    use reqwest::Url;
+
+    #[test]
+    fn a_redirect_never_leaves_https() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        let https = [u("https://mirror.example.com/release/v1.35.7/bin/linux/amd64/kubelet.sha256")];
+        let why = refused_redirect(&https, &u("http://cdn.example.com/kubelet.sha256")).unwrap();
+        assert_eq!(why, "refusing a redirect from https:// to http://cdn.example.com/kubelet.sha256, which is not https://");
+        // Through an https hop too.
+        let two = [https[0].clone(), u("https://cdn.example.com/a")];
+        assert!(refused_redirect(&two, &u("http://cdn.example.com/b")).is_some());
+        assert_eq!(refused_redirect(&https, &u("https://cdn.example.com/kubelet.sha256")), None);
+        // A plain-HTTP mirror (every file pinned) may redirect as it likes, within the hop limit.
+        let http = [u("http://127.0.0.1:8080/kubelet")];
+        assert_eq!(refused_redirect(&http, &u("http://127.0.0.1:8080/cdn/1")), None);
+        let many: Vec<Url> = (0..10).map(|i| u(&format!("http://127.0.0.1:8080/{i}"))).collect();
+        assert!(refused_redirect(&many, &u("http://127.0.0.1:8080/x"))
+            .unwrap()
+            .starts_with("too many redirects"));
     }
 }

@@ -17,7 +17,10 @@
 //!
 //! No checksum table is compiled in: the digest comes from the published checksum file, or from a pin
 //! in the inventory (`pins: {"etcd/amd64": "sha256:<hex>"}`), which overrides it. A file whose digest does
-//! not match is deleted and reported with both digests; it never reaches the cache.
+//! not match is deleted and reported with both digests; it never reaches the cache. An `http://` mirror is
+//! trusted for nothing: every artifact from it needs a pin (validation requires one for each the hosts
+//! install, and [`ArtifactSource::ensure`] refuses an unpinned one before any request), and its checksum
+//! files are never read.
 //!
 //! # Cache
 //! `${XDG_CACHE_HOME:-~/.cache}/kubeforge/artifacts/<component>/<version>/<arch>/` (override with
@@ -33,6 +36,7 @@ pub mod command;
 mod download;
 mod extract;
 pub mod layout;
+pub mod manifest;
 pub mod progress;
 pub mod source;
 pub mod versions;
@@ -256,6 +260,18 @@ pub enum ArtifactError {
     /// A mirror URL that is not an http(s) URL.
     #[error("mirror URL '{0}' is not an http:// or https:// URL")]
     BadMirrorUrl(String),
+    /// An artifact from a plain-HTTP mirror without a pin: anyone on the path could replace both the file
+    /// and the checksum file beside it.
+    #[error("refusing to download {url} over plain HTTP without a pin for `{pin_key}`")]
+    UnpinnedOverHttp {
+        /// The file's URL.
+        url: String,
+        /// The pin it needs (`component/arch`).
+        pin_key: String,
+    },
+    /// A manifest URL (applied as cluster-admin) that is not `https://`.
+    #[error("refusing to fetch manifest {0}: only https:// URLs are fetched")]
+    ManifestNotHttps(String),
     /// The server answered with an error status.
     #[error("GET {url} returned HTTP {status}")]
     Http {
@@ -370,6 +386,12 @@ impl ArtifactError {
             ),
             ArtifactError::BadMirrorUrl(_) => {
                 "set cluster.releaseSource.url to the mirror's base, e.g. https://mirror.example.internal/k8s".into()
+            }
+            ArtifactError::UnpinnedOverHttp { pin_key, .. } => format!(
+                "use an https:// mirror, or add `{pin_key}: sha256:<hex>` to cluster.releaseSource.pins with the digest of that file, taken from a source you trust"
+            ),
+            ArtifactError::ManifestNotHttps(_) => {
+                "serve the manifest over https://, or download it, check it, and give its file path".into()
             }
             ArtifactError::BadPin { .. } => {
                 "pins look like `etcd/amd64: sha256:` followed by the 64 hex digits of the downloaded file (etcdctl is pinned through the etcd tarball)".into()

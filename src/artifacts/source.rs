@@ -63,8 +63,18 @@ pub struct LocalArtifact {
 
 /// The configured source: remote (official or mirror, with pins) or a bundle opened on first use.
 enum SourceKind {
-    Remote { bases: Bases, pins: BTreeMap<String, String>, label: String },
-    Bundle { path: PathBuf, opened: tokio::sync::OnceCell<Arc<Bundle>> },
+    /// `plain_http`: the mirror is an `http://` URL, so nothing it serves is trusted: every artifact needs a
+    /// pin, and its checksum file is never read.
+    Remote {
+        bases: Bases,
+        pins: BTreeMap<String, String>,
+        label: String,
+        plain_http: bool,
+    },
+    Bundle {
+        path: PathBuf,
+        opened: tokio::sync::OnceCell<Arc<Bundle>>,
+    },
 }
 
 /// Where artifacts come from, plus the cache they land in.
@@ -110,11 +120,13 @@ impl ArtifactSource {
                 bases: Bases::official(),
                 pins: BTreeMap::new(),
                 label: "official release servers".into(),
+                plain_http: false,
             },
             Some(ReleaseSourceSpec::Official { pins }) => SourceKind::Remote {
                 bases: Bases::official(),
                 pins: parse_pins(pins)?,
                 label: "official release servers".into(),
+                plain_http: false,
             },
             Some(ReleaseSourceSpec::Mirror { url, .. })
                 if !(url.starts_with("http://") || url.starts_with("https://"))
@@ -126,6 +138,7 @@ impl ArtifactSource {
                 bases: Bases::mirror(url),
                 pins: parse_pins(pins)?,
                 label: format!("mirror {url}"),
+                plain_http: url.starts_with("http://"),
             },
             Some(ReleaseSourceSpec::Bundle { path }) => {
                 SourceKind::Bundle { path: inventory_dir.join(path), opened: tokio::sync::OnceCell::new() }
@@ -177,8 +190,18 @@ impl ArtifactSource {
         let u = unit.clone();
         let _file_lock = blocking(move || cache.lock(&u)).await?;
         let artifact = match &self.kind {
-            SourceKind::Remote { bases, pins, .. } => {
-                let entry = self.ensure_remote(&unit, bases, pins.get(&req.pin_key()), progress).await?;
+            SourceKind::Remote { bases, pins, plain_http, .. } => {
+                let pin = pins.get(&req.pin_key());
+                if *plain_http && pin.is_none() {
+                    // Validation refuses such an inventory; this holds for every other caller too (`artifacts
+                    // fetch` with another version or architecture). Not even a cache hit is used: it may have
+                    // been fetched, unpinned, by an older kubeforge.
+                    return Err(ArtifactError::UnpinnedOverHttp {
+                        url: remote_file(&unit, bases).url,
+                        pin_key: req.pin_key(),
+                    });
+                }
+                let entry = self.ensure_remote(&unit, bases, pin, progress).await?;
                 select(req, &self.cache.dir(&unit), &entry)?
             }
             SourceKind::Bundle { path, opened } => {

@@ -84,9 +84,13 @@ pub struct ApiEndpointSpec {
 pub struct CniSpec {
     /// `bridge` (built-in host-local bridge config), `none` (bring your own), or `manifest`.
     pub plugin: String,
-    /// With `manifest`: a local file path or URL applied by the addons phase.
+    /// With `manifest`: a local file path or an `https://` URL applied by the addons phase.
     #[serde(default)]
     pub manifest: Option<String>,
+    /// The manifest's sha256 (64 hex digits): required for a URL, optional for a file. kubeforge fetches the
+    /// URL itself and applies the manifest only when its digest is this one.
+    #[serde(default)]
+    pub sha256: Option<String>,
 }
 
 /// Certificate settings.

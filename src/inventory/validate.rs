@@ -370,9 +370,41 @@ fn looks_public(head: &str) -> bool {
         .is_some_and(|w| ["ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-"].iter().any(|p| w.starts_with(p)))
 }
 
-/// Why an address (SSH target or bastion) written as `a` cannot be used, with a fix; `None` when it is an
-/// IP address or looks like a host name. The shapes caught here are the usual slips: a port, a user,
-/// brackets or a URL around the address, spaces.
+/// Why `name` is not an RFC 1123 host name (dot-separated labels of ASCII letters, digits and `-`, each
+/// 1-63 characters and not starting or ending with `-`; at most 253 characters; one trailing dot allowed);
+/// `None` when it is one. An address ends up in certificate SANs, known_hosts lines and messages, so
+/// nothing else is accepted.
+pub fn host_name_problem(name: &str) -> Option<String> {
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    if bare.is_empty() {
+        return Some("is empty".into());
+    }
+    if bare.len() > 253 {
+        return Some(format!("is {} characters long; a host name has at most 253", bare.len()));
+    }
+    if let Some(c) = bare.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.')) {
+        return Some(format!(
+            "contains `{}`; a host name has only letters, digits, `-` and `.`",
+            shown(&c.to_string())
+        ));
+    }
+    for label in bare.split('.') {
+        if label.is_empty() {
+            return Some("has an empty label (two dots in a row, or a dot at the start)".into());
+        }
+        if label.len() > 63 {
+            return Some(format!("has a label of {} characters; each label has at most 63", label.len()));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Some(format!("has the label `{label}`, which starts or ends with `-`"));
+        }
+    }
+    None
+}
+
+/// Why an address (SSH target or bastion) written as `a` cannot be used, with a fix, for the usual slips: a
+/// port, a user, brackets or a URL around the address, spaces. `None` when it is an IP address or none of
+/// these; [`address_problem`] then checks that it is a host name.
 fn address_slip(a: &str, port_field: &str) -> Option<(String, String)> {
     if a.parse::<IpAddr>().is_ok() {
         return None;
@@ -459,10 +491,32 @@ fn address_slip(a: &str, port_field: &str) -> Option<(String, String)> {
     None
 }
 
+/// [`address_slip`], then anything else that is neither an IP address nor an RFC 1123 host name.
+fn address_problem(a: &str, port_field: &str) -> Option<(String, String)> {
+    if a.parse::<IpAddr>().is_ok() {
+        return None;
+    }
+    address_slip(a, port_field).or_else(|| {
+        let why = host_name_problem(a)?;
+        // `node_1` is the usual one: an ssh config alias written with `_`.
+        let dashed = a.replace('_', "-");
+        let guess = if dashed != a && host_name_problem(&dashed).is_none() {
+            format!("did you mean `{}`? ", shown(&dashed))
+        } else {
+            String::new()
+        };
+        let write = if guess.is_empty() { "write" } else { "Write" };
+        Some((
+            format!("address `{}` is neither an IP address nor a host name: it {why}", shown(a)),
+            format!("{guess}{write} the host's IP address or DNS name (letters, digits, `-` and `.`, e.g. `node-1.example.com`); an ssh config `Host` alias must be such a name too (rename it, or write its `HostName` here)"),
+        ))
+    })
+}
+
 fn check_address(c: &mut Collector, path: &str, a: &str, port_field: &str) {
     if a.trim().is_empty() {
         c.add(path, "the address is empty", Some("write the host's IP address or DNS name".to_string()));
-    } else if let Some((message, hint)) = address_slip(a, port_field) {
+    } else if let Some((message, hint)) = address_problem(a, port_field) {
         c.add(path, message, Some(hint));
     }
 }
@@ -880,15 +934,7 @@ fn validate_with(inv: &Inventory, dir: &Path, files_may_be_missing: bool) -> Vec
                 Some("remove it, or set `plugin: manifest`".into()),
             );
         }
-        if let Some(m) = &cni.manifest {
-            if !(m.starts_with("https://") || m.starts_with("http://") || expand_path(dir, m).is_file()) {
-                c.add(
-                    "cluster.cni.manifest",
-                    format!("manifest `{}` is neither a URL nor an existing file", shown(m)),
-                    Some("give an https:// URL, or the path of an existing file relative to the inventory file or starting with ~/".into()),
-                );
-            }
-        }
+        check_cni_manifest(&mut c, cni, dir);
     }
 
     // Certificates. Both validities are bounded so that issuing never overflows a date, and a leaf never
@@ -1011,6 +1057,8 @@ fn validate_with(inv: &Inventory, dir: &Path, files_may_be_missing: bool) -> Vec
                     format!("mirror URL `{}` must start with https:// or http://", shown(url)),
                     Some("write the mirror's base URL, e.g. `https://mirror.example.com/kubernetes`".into()),
                 );
+            } else if url.starts_with("http://") {
+                check_plain_http_pins(&mut c, url, pins, &inv.hosts);
             }
             check_pins(&mut c, pins);
         }
@@ -1115,7 +1163,7 @@ fn validate_with(inv: &Inventory, dir: &Path, files_may_be_missing: bool) -> Vec
                 Some("give every host its own name".into()),
             );
         }
-        let slip = address_slip(&h.address, "ssh.port").is_some();
+        let slip = address_problem(&h.address, "ssh.port").is_some();
         check_address(&mut c, &format!("{hp}.address"), &h.address, "ssh.port");
         let internal_field = if h.internal_address.is_some() { "internalAddress" } else { "address" };
         let internal: Option<IpAddr> = match &h.internal_address {
@@ -1494,6 +1542,67 @@ fn validate_with(inv: &Inventory, dir: &Path, files_may_be_missing: bool) -> Vec
     c.0
 }
 
+/// A CNI manifest is applied as cluster-admin: a URL must be `https://` and pinned with `sha256`, since its
+/// content could otherwise change between runs (or on the way); a file may be pinned too.
+fn check_cni_manifest(c: &mut Collector, cni: &CniSpec, dir: &Path) {
+    match &cni.sha256 {
+        Some(_) if cni.manifest.is_none() || cni.plugin != "manifest" => {
+            c.add_key(
+                "cluster.cni.sha256",
+                "`sha256` pins the manifest of plugin `manifest`, and there is none",
+                Some("remove it, or set `plugin: manifest` and `manifest:`".into()),
+            );
+        }
+        Some(p) if !is_sha256_hex(p) => {
+            let hint = match p.strip_prefix("sha256:").filter(|h| is_sha256_hex(h)) {
+                Some(hex) => format!("write the hex digits alone: `sha256: {hex}`"),
+                None => {
+                    "write the manifest's sha256 as 64 hex digits (what `sha256sum FILE` prints first)".into()
+                }
+            };
+            c.add(
+                "cluster.cni.sha256",
+                format!("`{}` is not a sha256 (64 hex digits)", shown(p)),
+                Some(hint),
+            );
+        }
+        _ => {}
+    }
+    let Some(m) = &cni.manifest else { return };
+    let at = "cluster.cni.manifest";
+    if let Some(rest) = m.strip_prefix("http://") {
+        c.add(
+            at,
+            format!(
+                "manifest URL `{}` is plain HTTP, and the manifest is applied as cluster-admin",
+                shown(m)
+            ),
+            Some(format!(
+                "anyone on the path could change it: use `https://{}` and pin its content with `sha256:`",
+                shown(rest)
+            )),
+        );
+    } else if m.starts_with("https://") {
+        if cni.sha256.is_none() {
+            c.add(
+                at,
+                format!("manifest URL `{}` has no `sha256` pin; it is applied as cluster-admin, and what the URL serves can change between runs", shown(m)),
+                Some("download the manifest, review it, and add `sha256:` beside `manifest:` with its digest (what `sha256sum FILE` prints first)".into()),
+            );
+        }
+    } else if !expand_path(dir, m).is_file() {
+        c.add(
+            at,
+            format!("manifest `{}` is neither an https:// URL nor an existing file", shown(m)),
+            Some("give an https:// URL (with `sha256:`), or the path of an existing file relative to the inventory file or starting with ~/".into()),
+        );
+    }
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Where the value of a flag kubeforge owns comes from, where an inventory setting decides it.
 fn owned_flag_source(flag: &str) -> Option<&'static str> {
     Some(match flag {
@@ -1630,6 +1739,45 @@ fn check_extra_args(
     }
 }
 
+/// The pin keys (`component/arch`, by download unit) of everything the hosts install, in a stable order.
+fn needed_pins(hosts: &[HostSpec]) -> BTreeSet<String> {
+    use crate::artifacts::versions::components_for_roles;
+    hosts
+        .iter()
+        .filter_map(|h| {
+            let arch = h.arch.as_deref().unwrap_or("amd64");
+            // An unknown architecture is reported at the host; it downloads nothing.
+            ARCHES.contains(&arch).then(|| (arch, components_for_roles(&h.roles)))
+        })
+        .flat_map(|(arch, comps)| comps.into_iter().map(move |x| format!("{}/{arch}", x.download_unit())))
+        .collect()
+}
+
+/// A plain-HTTP mirror is trusted for nothing: anyone on the path can replace a file and the checksum file
+/// beside it, and the binaries run as root on every node. So every artifact the hosts install needs a pin;
+/// the checksum files are then never read.
+fn check_plain_http_pins(c: &mut Collector, url: &str, pins: &BTreeMap<String, String>, hosts: &[HostSpec]) {
+    let missing: Vec<String> = needed_pins(hosts).into_iter().filter(|k| !pins.contains_key(k)).collect();
+    if missing.is_empty() {
+        return;
+    }
+    let n = missing.len();
+    c.add(
+        "cluster.releaseSource.url",
+        format!(
+            "mirror `{}` is plain HTTP, and {n} artifact{} the hosts install {} no pin: {}",
+            shown(url),
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "has" } else { "have" },
+            missing.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+        ),
+        Some(format!(
+            "anyone on the path could replace them and their checksum files: use an https:// mirror, or pin each file's sha256 (from a source you trust) under `releaseSource.pins`, e.g. `{}: sha256:<64 hex digits>`",
+            missing[0]
+        )),
+    );
+}
+
 fn check_pins(c: &mut Collector, pins: &BTreeMap<String, String>) {
     for (k, v) in pins {
         if k.split_once('/').is_none_or(|(comp, arch)| comp.is_empty() || !ARCHES.contains(&arch)) {
@@ -1667,5 +1815,97 @@ fn check_pins(c: &mut Collector, pins: &BTreeMap<String, String>) {
                 Some("copy the digest from the release's .sha256 file and write it as `sha256:<hex>`".into()),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_rfc_1123_and_nothing_else() {
+        let l63 = "a".repeat(63);
+        let long = [l63.as_str(); 4].join("."); // 255 characters
+        let max = format!("{}.{}", [l63.as_str(); 3].join("."), "b".repeat(61)); // 253
+        for ok in
+            ["node1", "Node-1.Example.COM", "node1.example.com.", "1a", "xn--bcher-kva.example", &l63, &max]
+        {
+            assert_eq!(host_name_problem(ok), None, "{ok}");
+        }
+        for (bad, why) in [
+            ("", "is empty"),
+            (".", "is empty"),
+            ("a..b", "empty label"),
+            (".a", "empty label"),
+            ("a.b..", "empty label"),
+            ("-a", "starts or ends with `-`"),
+            ("a-.b", "starts or ends with `-`"),
+            ("a_b", "contains `_`"),
+            ("x$(id)", "contains `$`"),
+            ("n\u{e9}ud", "contains `\u{e9}`"),
+            ("a*", "contains `*`"),
+        ] {
+            let got = host_name_problem(bad).unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert!(got.contains(why), "{bad:?}: {got}");
+        }
+        assert!(host_name_problem(&format!("{l63}a")).unwrap().contains("label of 64 characters"));
+        assert!(host_name_problem(&format!("{max}b")).unwrap().contains("254 characters long"));
+        assert!(host_name_problem(&long).unwrap().contains("at most 253"));
+    }
+
+    #[test]
+    fn an_address_is_an_ip_or_a_host_name() {
+        for ok in ["10.0.0.1", "fd00::1", "::ffff:10.0.0.1", "node-1", "cp1.lab.example.com."] {
+            assert_eq!(address_problem(ok, "ssh.port"), None, "{ok}");
+        }
+        let (message, hint) = address_problem("node_1", "ssh.port").unwrap();
+        assert_eq!(message, "address `node_1` is neither an IP address nor a host name: it contains `_`; a host name has only letters, digits, `-` and `.`");
+        assert!(hint.starts_with("did you mean `node-1`? Write "), "{hint}");
+        // The known slips keep their own fix.
+        assert!(address_problem("root@node1", "ssh.port").unwrap().0.contains("contains a user name"));
+    }
+
+    fn mirror_problems(url: &str, pins: &[&str]) -> Vec<PathProblem> {
+        let pins: String = pins.iter().map(|k| format!("      {k}: sha256:{}\n", "ab".repeat(32))).collect();
+        let yaml = format!(
+            "cluster:\n  name: demo\n  kubernetesVersion: v1.35.7\n  releaseSource:\n    type: mirror\n    url: {url}\n    pins:{}\n{pins}hosts:\n  - {{name: cp1, address: 10.0.0.1, roles: [control-plane, etcd]}}\n  - {{name: w1, address: 10.0.0.2, roles: [worker], arch: arm64}}\n",
+            if pins.is_empty() { " {}" } else { "" }
+        );
+        let inv: Inventory = serde_yaml::from_str(&yaml).unwrap();
+        validate(&inv, Path::new("."))
+            .into_iter()
+            .filter(|p| p.path.starts_with("cluster.releaseSource"))
+            .collect()
+    }
+
+    #[test]
+    fn a_plain_http_mirror_needs_a_pin_for_every_artifact_the_hosts_install() {
+        let amd64 = ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "etcd"];
+        let node = ["kubelet", "kube-proxy", "containerd", "runc", "cni-plugins", "crictl"];
+        let all: Vec<String> = amd64
+            .iter()
+            .chain(&node)
+            .map(|c| format!("{c}/amd64"))
+            .chain(node.iter().map(|c| format!("{c}/arm64")))
+            .collect();
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        assert_eq!(needed_pins(&serde_yaml::from_str::<Inventory>("cluster: {name: d, kubernetesVersion: v1.35.7}\nhosts:\n  - {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd]}\n  - {name: w1, address: 10.0.0.2, roles: [worker], arch: arm64}\n").unwrap().hosts).len(), all.len());
+        // Every one pinned: accepted, on the loopback address as anywhere else.
+        for url in ["http://127.0.0.1:8080", "http://mirror.example.com/k8s"] {
+            assert_eq!(mirror_problems(url, &all), vec![], "{url}");
+        }
+        // One missing (etcdctl comes in etcd's archive, so `etcd/amd64` covers both): refused, naming it.
+        let fewer: Vec<&str> = all.iter().copied().filter(|k| *k != "etcd/amd64").collect();
+        let p = mirror_problems("http://127.0.0.1:8080", &fewer);
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert_eq!(p[0].path, "cluster.releaseSource.url");
+        assert!(
+            p[0].message.ends_with("1 artifact the hosts install has no pin: `etcd/amd64`"),
+            "{}",
+            p[0].message
+        );
+        assert!(p[0].hint.as_deref().unwrap().contains("use an https:// mirror"));
+        // https needs no pins: the checksum files come over an authenticated connection.
+        assert_eq!(mirror_problems("https://mirror.example.com/k8s", &[]), vec![]);
     }
 }

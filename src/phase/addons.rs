@@ -6,10 +6,11 @@
 //! `/etc/kubernetes/addons/`, and applied only when one of them changed.
 
 use super::{Context, HostWork, Phase};
-use crate::model::{ClusterModel, Cni, HostModel};
+use crate::model::{ClusterModel, Cni, CniManifest, HostModel};
 use crate::plan::{DesiredFile, HostDesired};
 use crate::transport::Command;
 use serde_json::{json, Value};
+use std::path::Path;
 
 /// Phase `addons`.
 pub struct Addons;
@@ -186,13 +187,8 @@ impl Phase for Addons {
             DesiredFile::bytes(&format!("{DIR}/20-coredns.yaml"), 0o644, coredns(model), "CoreDNS"),
         ];
         if let Cni::Manifest { source } = &model.cni {
-            if !source.starts_with("http://") && !source.starts_with("https://") {
-                let path = crate::inventory::validate::resolve_path(&model.inventory_dir, source);
-                let data = std::fs::read(&path).map_err(|e| {
-                    crate::Error::io(format!("cannot read CNI manifest {}", path.display()), e)
-                })?;
-                files.push(DesiredFile::bytes(&format!("{DIR}/30-cni.yaml"), 0o644, data, "CNI manifest"));
-            }
+            let data = cni_manifest(source, &model.inventory_dir, &ctx.material.options.cache_dir)?;
+            files.push(DesiredFile::bytes(&format!("{DIR}/30-cni.yaml"), 0o644, data, "CNI manifest"));
         }
         let meta = DesiredFile::bytes(
             "/etc/kubernetes/kubeforge/node-metadata.json",
@@ -202,23 +198,41 @@ impl Phase for Addons {
         );
         files.push(meta);
         let mut after = vec![("apply addon manifests".to_string(), apply_manifests(DIR, APPLIED))];
-        if let Cni::Manifest { source } = &model.cni {
-            if source.starts_with("http://") || source.starts_with("https://") {
-                after.push((
-                    "apply CNI manifest".into(),
-                    retrying(&[
-                        "kubectl",
-                        "--kubeconfig",
-                        "/etc/kubernetes/admin.conf",
-                        "apply",
-                        "-f",
-                        source,
-                    ]),
-                ));
-            }
-        }
         after.push(("node labels and taints".into(), node_metadata_command(model)));
         Ok(Some(HostWork::Converge(HostDesired { files, after_change: after, ..Default::default() })))
+    }
+}
+
+/// The CNI manifest to place with the other addons: a file read now, or a URL's copy that
+/// [`crate::apply::prepare_artifacts`] fetched into the artifact cache (`cache_dir`). Either is held to its
+/// sha256 pin here, just before it is uploaded and applied: a mismatch refuses with both digests.
+pub fn cni_manifest(source: &CniManifest, inventory_dir: &Path, cache_dir: &Path) -> crate::Result<Vec<u8>> {
+    use crate::artifacts::manifest;
+    match source {
+        CniManifest::File { path, sha256 } => {
+            let full = crate::inventory::validate::resolve_path(inventory_dir, path);
+            match sha256 {
+                Some(pin) => {
+                    Ok(manifest::read_verified(&full, pin, &format!("CNI manifest {}", full.display()))?)
+                }
+                None => std::fs::read(&full)
+                    .map_err(|e| crate::Error::io(format!("cannot read CNI manifest {}", full.display()), e)),
+            }
+        }
+        CniManifest::Url { url, sha256 } => {
+            let cached = manifest::cached_path(cache_dir, sha256);
+            if !cached.is_file() {
+                return Err(crate::Error::msg(
+                    format!("CNI manifest {url} was not fetched (no {})", cached.display()),
+                    Some("run `kubeforge apply`, which fetches it into the artifact cache and checks its sha256"),
+                ));
+            }
+            Ok(manifest::read_verified(
+                &cached,
+                sha256,
+                &format!("CNI manifest {url} (cached at {})", cached.display()),
+            )?)
+        }
     }
 }
 
@@ -369,5 +383,44 @@ esac
             "{out}"
         );
         assert!(node_metadata(&m).contains("\"pool\": \"gpu\""));
+    }
+
+    /// The CNI manifest placed with the addons is held to its pin at the point of use: a URL's cached copy
+    /// (fetched by `prepare_artifacts`) or a pinned file whose content is not the pinned one is refused with
+    /// both digests, and a URL that was never fetched is an error, not a `kubectl apply -f URL`.
+    #[test]
+    fn the_cni_manifest_is_applied_only_with_its_pinned_digest() {
+        use super::{cni_manifest, CniManifest};
+        use crate::artifacts::manifest::cached_path;
+        let sha = |b: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b));
+        let (inv, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let reviewed = b"apiVersion: apps/v1\nkind: DaemonSet\n".to_vec();
+        let changed = b"apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\n".to_vec();
+        let pin = sha(&reviewed);
+        let url = "https://example.com/cni.yaml".to_owned();
+        let from_url = CniManifest::Url { url: url.clone(), sha256: pin.clone() };
+
+        let e = cni_manifest(&from_url, inv.path(), cache.path()).unwrap_err().report();
+        assert!(e.contains("CNI manifest https://example.com/cni.yaml was not fetched"), "{e}");
+        assert!(e.contains("hint: run `kubeforge apply`"), "{e}");
+
+        let cached = cached_path(cache.path(), &pin);
+        std::fs::create_dir_all(cached.parent().unwrap()).unwrap();
+        std::fs::write(&cached, &reviewed).unwrap();
+        assert_eq!(cni_manifest(&from_url, inv.path(), cache.path()).unwrap(), reviewed);
+        std::fs::write(&cached, &changed).unwrap();
+        let e = cni_manifest(&from_url, inv.path(), cache.path()).unwrap_err().report();
+        assert!(
+            e.contains(&format!("sha256 mismatch for CNI manifest {url} (cached at {})", cached.display()))
+                && e.contains(&format!("expected {pin}, got {}", sha(&changed))),
+            "{e}"
+        );
+
+        std::fs::write(inv.path().join("cni.yaml"), &changed).unwrap();
+        let file = |sha256: Option<String>| CniManifest::File { path: "cni.yaml".into(), sha256 };
+        assert_eq!(cni_manifest(&file(None), inv.path(), cache.path()).unwrap(), changed);
+        assert_eq!(cni_manifest(&file(Some(sha(&changed))), inv.path(), cache.path()).unwrap(), changed);
+        let e = cni_manifest(&file(Some(pin.clone())), inv.path(), cache.path()).unwrap_err().report();
+        assert!(e.contains(&format!("expected {pin}, got {}", sha(&changed))), "{e}");
     }
 }

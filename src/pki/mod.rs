@@ -181,8 +181,10 @@ impl crate::model::ClusterModel {
                 }
                 a
             },
+            // A host name (validation admits nothing else), without the trailing dot of an absolute name,
+            // which a certificate's dNSName does not carry.
             hostnames: if h.ssh_address.parse::<IpAddr>().is_err() {
-                vec![h.ssh_address.clone()]
+                vec![h.ssh_address.strip_suffix('.').unwrap_or(&h.ssh_address).to_owned()]
             } else {
                 vec![]
             },

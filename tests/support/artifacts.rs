@@ -50,6 +50,17 @@ pub struct Fixture {
     pub executables: BTreeMap<(String, String), Vec<u8>>,
     /// Path of each kube binary on the server, by `(arch, name)`.
     pub kube_paths: BTreeMap<(String, String), String>,
+    /// A pin for every published release file (`component/arch` → `sha256:<hex>`), as a plain-HTTP mirror
+    /// (which this server is) needs them.
+    pub pins: BTreeMap<String, String>,
+}
+
+impl Fixture {
+    /// The pins as a `releaseSource` YAML flow mapping: `{kubelet/amd64: "sha256:…", …}`.
+    pub fn pins_yaml(&self) -> String {
+        let items: Vec<String> = self.pins.iter().map(|(k, v)| format!("{k}: \"{v}\"")).collect();
+        format!("{{{}}}", items.join(", "))
+    }
 }
 
 pub const KUBE_BINS: [&str; 6] =
@@ -59,6 +70,10 @@ pub const KUBE_BINS: [&str; 6] =
 pub fn publish_mirror(srv: &TestServer) -> Fixture {
     let mut executables = BTreeMap::new();
     let mut kube_paths = BTreeMap::new();
+    let mut pins = BTreeMap::new();
+    let mut pin = |unit: &str, arch: &str, file: &[u8]| {
+        pins.insert(format!("{unit}/{arch}"), format!("sha256:{}", sha(file)));
+    };
     let mut put_exe = |arch: &str, name: &str, data: &Vec<u8>| {
         executables.insert((arch.to_owned(), name.to_owned()), data.clone());
     };
@@ -72,6 +87,7 @@ pub fn publish_mirror(srv: &TestServer) -> Fixture {
             let p = format!("/release/{KUBE}/bin/linux/{arch}/{bin}");
             srv.put(&p, data.clone());
             srv.put(&format!("{p}.sha256"), sha(&data));
+            pin(bin, arch, &data);
             put_exe(arch, bin, &data);
             kube_paths.insert((arch.to_owned(), bin.to_string()), p);
         }
@@ -88,6 +104,7 @@ pub fn publish_mirror(srv: &TestServer) -> Fixture {
         let tgz = targz(&files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect::<Vec<_>>());
         let name = format!("{top}.tar.gz");
         etcd_sums.push_str(&format!("{}  {name}\n", sha(&tgz)));
+        pin("etcd", arch, &tgz);
         srv.put(&format!("{gh}/etcd-io/etcd/releases/download/{ETCD}/{name}"), tgz);
 
         // containerd: bin/*, `<file>.sha256sum` in sha256sum format.
@@ -110,12 +127,14 @@ pub fn publish_mirror(srv: &TestServer) -> Fixture {
         let name = format!("containerd-{CONTAINERD}-linux-{arch}.tar.gz");
         let base = format!("{gh}/containerd/containerd/releases/download/v{CONTAINERD}");
         srv.put(&format!("{base}/{name}.sha256sum"), format!("{}  {name}\n", sha(&tgz)));
+        pin("containerd", arch, &tgz);
         srv.put(&format!("{base}/{name}"), tgz);
 
         // runc: a bare binary per arch, one `runc.sha256sum` with `*` names.
         let d = exe("runc", arch, 2200);
         put_exe(arch, "runc", &d);
         runc_sums.push_str(&format!("{} *runc.{arch}\n", sha(&d)));
+        pin("runc", arch, &d);
         srv.put(&format!("{gh}/opencontainers/runc/releases/download/v{RUNC}/runc.{arch}"), d);
 
         // CNI plugins: top-level `./<plugin>` plus a LICENSE that must not be installed.
@@ -130,6 +149,7 @@ pub fn publish_mirror(srv: &TestServer) -> Fixture {
         let name = format!("cni-plugins-linux-{arch}-v{CNI}.tgz");
         let base = format!("{gh}/containernetworking/plugins/releases/download/v{CNI}");
         srv.put(&format!("{base}/{name}.sha256"), format!("{}  {name}\n", sha(&tgz)));
+        pin("cni-plugins", arch, &tgz);
         srv.put(&format!("{base}/{name}"), tgz);
 
         // crictl: a bare digest file.
@@ -139,11 +159,12 @@ pub fn publish_mirror(srv: &TestServer) -> Fixture {
         let name = format!("crictl-{CRICTL}-linux-{arch}.tar.gz");
         let base = format!("{gh}/kubernetes-sigs/cri-tools/releases/download/{CRICTL}");
         srv.put(&format!("{base}/{name}.sha256"), sha(&tgz));
+        pin("crictl", arch, &tgz);
         srv.put(&format!("{base}/{name}"), tgz);
     }
     srv.put(&format!("{gh}/etcd-io/etcd/releases/download/{ETCD}/SHA256SUMS"), etcd_sums);
     srv.put(&format!("{gh}/opencontainers/runc/releases/download/v{RUNC}/runc.sha256sum"), runc_sums);
-    Fixture { executables, kube_paths }
+    Fixture { executables, kube_paths, pins }
 }
 
 /// An inventory: one amd64 control plane (stacked etcd) and one arm64 worker.
