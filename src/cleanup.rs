@@ -156,7 +156,24 @@ pub fn run() {
     run_where(|_| true);
 }
 
-/// Removes (and forgets) the registered paths `which` selects.
+static EXITING: AtomicBool = AtomicBool::new(false);
+
+/// Whether the process is exiting through [`exit`]: whatever copies files into a registered path stops.
+pub fn exiting() -> bool {
+    EXITING.load(Ordering::SeqCst)
+}
+
+/// When the process is exiting through [`exit`] (a signal), waits for that exit, whose code stands: the
+/// command's own ending (an error from a copy the exit stopped) must not race it. Returns otherwise.
+pub fn wait_if_exiting() {
+    while exiting() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Removes (and forgets) the registered paths `which` selects. Another thread may still be writing into
+/// one (a scratch copy in progress, stopped by [`exiting`] within a file): each removal is retried until
+/// the path is gone, for up to a second.
 fn run_where(which: impl Fn(&Path) -> bool) {
     let paths: Vec<PathBuf> = {
         let mut all = PATHS.lock().unwrap_or_else(|e| e.into_inner());
@@ -165,12 +182,19 @@ fn run_where(which: impl Fn(&Path) -> bool) {
         chosen
     };
     for p in paths {
-        let _ = std::fs::remove_dir_all(&p);
+        for _ in 0..100 {
+            let _ = std::fs::remove_dir_all(&p);
+            if !p.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 }
 
 /// Removes every registered path, then exits with `code`.
 pub fn exit(code: i32) -> ! {
+    EXITING.store(true, Ordering::SeqCst);
     run();
     std::process::exit(code)
 }

@@ -6,7 +6,10 @@ fn main() {
     restore_sigpipe();
     kubeforge::cleanup::install();
     let cli = kubeforge::cli::Cli::parse();
-    match kubeforge::cli::run(cli) {
+    let result = kubeforge::cli::run(cli);
+    // A signal's exit in progress decides the code (and says why); the command's own end waits for it.
+    kubeforge::cleanup::wait_if_exiting();
+    match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("{}", e.report());

@@ -602,6 +602,10 @@ fn copy_dir_except(from: &Path, to: &Path, except: &[&str]) -> std::io::Result<(
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700))?;
     for e in std::fs::read_dir(from)? {
         let e = e?;
+        // The process is exiting and removing its scratch copies: copy nothing more into them.
+        if crate::cleanup::exiting() {
+            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "the process is exiting"));
+        }
         if except.iter().any(|x| e.file_name() == *x) {
             continue;
         }
