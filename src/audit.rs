@@ -122,6 +122,28 @@ pub const SCHEDULER_CONFIG: &str = "/etc/kubernetes/scheduler-config.yaml";
 pub const KUBE_PROXY_CONFIG: &str = "/var/lib/kube-proxy/config.yaml";
 /// The apiserver's encryption-at-rest configuration.
 pub const ENCRYPTION_CONFIG: &str = "/etc/kubernetes/encryption-config.yaml";
+/// etcd's data directory where kubeforge puts it.
+pub const ETCD_DATA_DIR: &str = "/var/lib/etcd";
+
+/// The paths a check names that a running process chooses by a flag: the check reads the file (or
+/// directory) the process was started with, and the path here only when the process does not say (it is
+/// not running, or runs without the flag and so with this default). `(path, unit, flag)`.
+pub const FROM_PROCESS: &[(&str, &str, &str)] = &[
+    (KUBELET_CONFIG, "kubelet", "config"),
+    (SCHEDULER_CONFIG, "kube-scheduler", "config"),
+    (KUBE_PROXY_CONFIG, "kube-proxy", "config"),
+    (ENCRYPTION_CONFIG, "kube-apiserver", "encryption-provider-config"),
+    (ETCD_DATA_DIR, "etcd", "data-dir"),
+];
+
+/// A path as the facts script takes it: `PATH|UNIT|FLAG` when a process chooses it ([`FROM_PROCESS`]),
+/// else the path itself.
+fn path_spec(path: &str) -> String {
+    match FROM_PROCESS.iter().find(|(p, ..)| *p == path) {
+        Some((p, unit, flag)) => format!("{p}|{unit}|{flag}"),
+        None => path.to_owned(),
+    }
+}
 
 /// The result of one check on one host.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -150,19 +172,24 @@ pub struct Facts {
     pub files: BTreeMap<String, Vec<(String, u32, String)>>,
     /// Configuration file -> content.
     pub configs: BTreeMap<String, String>,
+    /// Configuration file as a check names it -> the file its process was started with, where they differ.
+    pub read_from: BTreeMap<String, String>,
 }
 
-/// The read-only facts script. Arguments: units, `--`, globs (each one or more space-separated patterns),
-/// `--`, configuration files. Prints `args UNIT` + the process's arguments separated by 0x1f (or `-`),
-/// `file GLOB-INDEX MODE OWNER PATH` per matching file, and `config PATH BASE64`.
+/// The read-only facts script. Arguments: units, `--`, globs (each one or more space-separated patterns,
+/// or a [`path_spec`]), `--`, configuration files (each a [`path_spec`]). Prints `args UNIT` + the
+/// process's arguments separated by 0x1f (or `-`), `file GLOB-INDEX MODE OWNER PATH` per matching file, and
+/// `config PATH READ-FROM BASE64` (PATH as the check names it, READ-FROM the file the process uses).
 const FACTS: &str = r#"units=""
 while [ $# -gt 0 ] && [ "$1" != -- ]; do units="$units $1.service"; shift; done; shift
+pids=""
 if [ -n "$units" ]; then
-  systemctl show -p Id -p MainPID $units 2>/dev/null |
+  pids=$(systemctl show -p Id -p MainPID $units 2>/dev/null |
   awk 'BEGIN { RS = ""; FS = "\n" } { id = ""; pid = ""
     for (i = 1; i <= NF; i++) { if ($i ~ /^Id=/) id = substr($i, 4); if ($i ~ /^MainPID=/) pid = substr($i, 9) }
-    sub(/\.service$/, "", id); print id, pid }' |
-  while read -r u pid; do
+    sub(/\.service$/, "", id); print id, pid }')
+  printf '%s\n' "$pids" | while read -r u pid; do
+    [ -n "$u" ] || continue
     if [ -n "$pid" ] && [ "$pid" != 0 ] && [ -r "/proc/$pid/cmdline" ]; then
       printf 'args %s ' "$u"; tr '\000' '\037' < "/proc/$pid/cmdline"; echo
     else
@@ -170,12 +197,32 @@ if [ -n "$units" ]; then
     fi
   done
 fi
+# resolve SPEC: `PATH|UNIT|FLAG` is the value of --FLAG on UNIT's running process (the last one, as with
+# pflag; UNIT is among the units read above), or PATH when the process does not name one; a plain PATH is
+# itself.
+resolve() {
+  case $1 in
+    *"|"*) ;;
+    *) echo "$1"; return ;;
+  esac
+  p=${1%%|*}; rest=${1#*|}; u=${rest%%|*}; fl=${rest#*|}
+  pid=$(printf '%s\n' "$pids" | awk -v u="$u" '$1 == u { print $2; exit }')
+  v=""
+  if [ -n "$pid" ] && [ "$pid" != 0 ] && [ -r "/proc/$pid/cmdline" ]; then
+    v=$(tr '\000' '\n' < "/proc/$pid/cmdline" | awk -v f="--$fl" 'take { v = $0; take = 0; next }
+      $0 == f { take = 1; next } index($0, f "=") == 1 { v = substr($0, length(f) + 2) } END { print v }')
+  fi
+  echo "${v:-$p}"
+}
 i=0
 while [ $# -gt 0 ] && [ "$1" != -- ]; do
-  for f in $1; do [ -e "$f" ] && printf 'file %s %s\n' "$i" "$(stat -c '%a %U:%G %n' -- "$f")"; done
+  for f in $(resolve "$1"); do [ -e "$f" ] && printf 'file %s %s\n' "$i" "$(stat -c '%a %U:%G %n' -- "$f")"; done
   i=$((i+1)); shift
 done; shift
-for f in "$@"; do [ -r "$f" ] && printf 'config %s %s\n' "$f" "$(base64 -w0 < "$f")"; done
+for spec in "$@"; do
+  f=$(resolve "$spec")
+  [ -r "$f" ] && printf 'config %s %s %s\n' "${spec%%|*}" "$f" "$(base64 -w0 < "$f")"
+done
 true"#;
 
 impl Facts {
@@ -208,9 +255,15 @@ impl Facts {
                     owner.to_owned(),
                 ));
             } else if let Some(rest) = line.strip_prefix("config ") {
-                let (path, b64) = rest.split_once(' ').unwrap_or((rest, ""));
+                let mut it = rest.splitn(3, ' ');
+                let (Some(path), Some(from), b64) = (it.next(), it.next(), it.next().unwrap_or("")) else {
+                    continue;
+                };
                 if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) {
                     f.configs.insert(path.to_owned(), String::from_utf8_lossy(&bytes).into_owned());
+                    if from != path {
+                        f.read_from.insert(path.to_owned(), from.to_owned());
+                    }
                 }
             }
         }
@@ -394,7 +447,11 @@ fn facts_command(checks: &[&Check]) -> (Command, Vec<&'static str>) {
     for c in checks {
         match c.test {
             Test::Mode(g, _) | Test::Owner(g, _) | Test::ModeIfPresent(g, _) | Test::OwnerIfPresent(g, _) => {
-                globs.push(g)
+                globs.push(g);
+                // A path its process names: that process's command line is read too.
+                if let Some((_, unit, _)) = FROM_PROCESS.iter().find(|(p, ..)| *p == g) {
+                    units.push(unit);
+                }
             }
             Test::Flag(..) => units.push(c.component.unit()),
             Test::Config { file, .. } => {
@@ -407,7 +464,12 @@ fn facts_command(checks: &[&Check]) -> (Command, Vec<&'static str>) {
         v.sort_unstable();
         v.dedup();
     }
-    let cmd = Command::shell(FACTS).args(units).arg("--").args(globs.iter().copied()).arg("--").args(configs);
+    let cmd = Command::shell(FACTS)
+        .args(units)
+        .arg("--")
+        .args(globs.iter().map(|g| path_spec(g)))
+        .arg("--")
+        .args(configs.iter().map(|c| path_spec(c)));
     (cmd.with_sudo(true), globs)
 }
 
@@ -556,13 +618,13 @@ const CHECKS_TABLE: &[Check] = &[
     c("1.1.8", true, E, "etcd unit file owned by root:root", Test::Owner(UNIT_ETCD, "root:root")),
     c("1.1.9", false, K, "CNI configuration permissions 600 or more restrictive", Test::Mode("/etc/cni/net.d/*", 0o600)),
     c("1.1.10", false, K, "CNI configuration owned by root:root", Test::Owner("/etc/cni/net.d/*", "root:root")),
-    c("1.1.11", true, E, "etcd data directory permissions 700 or more restrictive", Test::Mode("/var/lib/etcd", 0o700)),
+    c("1.1.11", true, E, "etcd data directory permissions 700 or more restrictive", Test::Mode(ETCD_DATA_DIR, 0o700)),
     d(
         "1.1.12",
         true,
         E,
         "etcd data directory owned by etcd:etcd",
-        Test::Owner("/var/lib/etcd", "etcd:etcd"),
+        Test::Owner(ETCD_DATA_DIR, "etcd:etcd"),
         "etcd runs as root, as kubeadm's stacked etcd does; the directory is root's, mode 0700",
     ),
     c("1.1.13", true, A, "admin.conf permissions 600", Test::Mode("/etc/kubernetes/admin.conf", 0o600)),
@@ -850,7 +912,7 @@ mod tests {
             {
                 let mode = if g.contains(".crt") || g.ends_with("ca.crt") {
                     0o644
-                } else if g == "/var/lib/etcd" {
+                } else if g == ETCD_DATA_DIR {
                     0o700
                 } else {
                     0o600
@@ -1009,5 +1071,68 @@ mod tests {
         assert_eq!(f.args["etcd"], None);
         assert!(f.files.is_empty(), "an index out of range is ignored");
         assert_eq!(f.flag("etcd", "name"), None);
+    }
+
+    /// A configuration file and a data directory are read where the running process says they are
+    /// (`--config FILE`, the last occurrence), not at the path kubeforge would have used; a process that
+    /// does not name one is read at the default path. Real shell, a real process, a stand-in `systemctl`.
+    #[test]
+    fn paths_come_from_the_running_processes_flags() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let real = d.join("elsewhere.yaml");
+        std::fs::write(&real, "authentication: {anonymous: {enabled: true}}\n").unwrap();
+        let default = d.join("default.yaml");
+        std::fs::write(&default, "authentication: {anonymous: {enabled: false}}\n").unwrap();
+        let mut proc = std::process::Command::new("sh")
+            .args(["-c", "sleep 30", "sh", "--config", "/first.yaml", "--config"])
+            .arg(&real)
+            .spawn()
+            .unwrap();
+        std::fs::create_dir_all(d.join("bin")).unwrap();
+        let systemctl = d.join("bin/systemctl");
+        // `systemctl show -p Id -p MainPID UNITS`: the process for kubelet, none for kube-proxy.
+        std::fs::write(
+            &systemctl,
+            format!(
+                "#!/bin/sh\nfor u; do case $u in kubelet.service) printf 'Id=kubelet.service\\nMainPID={}\\n\\n' ;; *.service) printf 'Id=%s\\nMainPID=0\\n\\n' \"$u\" ;; esac; done\n",
+                proc.id()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&systemctl, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (dflt, realp) = (default.to_str().unwrap(), real.to_str().unwrap());
+        let by_kubelet = format!("{dflt}|kubelet|config");
+        let by_proxy = format!("{dflt}|kube-proxy|config");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(FACTS)
+            .arg("sh")
+            .args(["kubelet", "--", &by_kubelet, "--", &by_kubelet])
+            .env("PATH", format!("{}:{}", d.join("bin").display(), std::env::var("PATH").unwrap()))
+            .output()
+            .unwrap();
+        let proxy = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(FACTS)
+            .arg("sh")
+            .args(["kube-proxy", "--", "--", &by_proxy])
+            .env("PATH", format!("{}:{}", d.join("bin").display(), std::env::var("PATH").unwrap()))
+            .output()
+            .unwrap();
+        let _ = proc.kill();
+        let _ = proc.wait();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let f = Facts::parse(&String::from_utf8_lossy(&out.stdout), &[by_kubelet.as_str()]);
+        assert_eq!(f.read_from.get(dflt).map(String::as_str), Some(realp), "{f:?}");
+        assert_eq!(f.field(dflt, "authentication.anonymous.enabled"), Some("true".into()));
+        assert_eq!(f.files[&by_kubelet][0].0, realp);
+        // No process names one: the default path.
+        let f = Facts::parse(&String::from_utf8_lossy(&proxy.stdout), &[]);
+        assert_eq!(f.field(dflt, "authentication.anonymous.enabled"), Some("false".into()));
+        assert!(f.read_from.is_empty());
+        assert_eq!(path_spec(KUBELET_CONFIG), format!("{KUBELET_CONFIG}|kubelet|config"));
+        assert_eq!(path_spec("/etc/kubernetes/admin.conf"), "/etc/kubernetes/admin.conf");
     }
 }
