@@ -25,6 +25,7 @@ pub use kubeforge_apilb as apilb;
 pub mod apply;
 pub mod args;
 pub mod artifacts;
+pub mod at_rest;
 pub mod audit;
 pub mod backup;
 pub mod certs;

@@ -190,6 +190,7 @@ const IDENTITY: &[&str] = &[
     "front-proxy-ca.key",
     "sa.key",
     "secrets/encryption-key",
+    "secrets/encryption-provider",
 ];
 
 /// The identity files in which the local store differs from the archive's (a missing file differs).

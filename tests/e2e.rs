@@ -1348,12 +1348,63 @@ fn high_availability(lab: &Lab) {
     backup_then_restore_in_place(lab, &cluster, &two);
 }
 
+/// The value of the Secret the HA scenario writes before its backup.
+const SECRET_VALUE: &str = "kf-e2e-plaintext-4b1d";
+
+/// A Secret `name` with `password: VALUE`, written with `kubectl apply -f` (as `data`: the apiserver double
+/// does not turn `stringData` into `data`).
+fn secret(lab: &Lab, cluster: &str, name: &str, value: &str) {
+    use base64::Engine;
+    let f = lab.dir.join(format!("{name}.yaml"));
+    let data = base64::engine::general_purpose::STANDARD.encode(value);
+    std::fs::write(
+        &f,
+        format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ndata: {{password: {data}}}\n"),
+    )
+    .unwrap();
+    must(lab.kubectl(cluster, &["apply", "-f", f.to_str().unwrap()]), "secret");
+}
+
+/// The Secret `name` as etcd holds it on `node` (etcdctl there, raw): written by kubeforge's
+/// EncryptionConfiguration of a new cluster, secretbox with the store's key, never the plaintext.
+fn secret_is_encrypted_in_etcd(lab: &Lab, node: &str, name: &str, value: &str) {
+    use base64::Engine;
+    let raw = etcdctl(
+        lab,
+        node,
+        "https://127.0.0.1:2379",
+        &format!("get /registry/secrets/default/{name} --print-value-only"),
+    );
+    let shown: String = raw.chars().take(40).collect();
+    eprintln!("[e2e] {node}: etcd holds /registry/secrets/default/{name} as {shown:?}...");
+    assert!(raw.starts_with("k8s:enc:secretbox:v1:kubeforge-1:"), "not encrypted with secretbox: {shown:?}");
+    let data = base64::engine::general_purpose::STANDARD.encode(value);
+    assert!(
+        !raw.contains(value) && !raw.contains(&data) && !raw.contains("\"kind\""),
+        "plaintext in etcd: {raw:?}"
+    );
+}
+
+/// The Secret `name` read through the API (kubectl) holds `value`.
+fn secret_reads(lab: &Lab, cluster: &str, name: &str, value: &str) {
+    use base64::Engine;
+    let got =
+        must(lab.kubectl(cluster, &["get", "secret", name, "-o", "jsonpath={.data.password}"]), "get secret");
+    let got = base64::engine::general_purpose::STANDARD.decode(got.trim()).expect("base64 data");
+    assert_eq!(String::from_utf8_lossy(&got), value, "Secret {name} through the API");
+}
+
 /// Takes an encrypted backup of `inv`'s cluster, writes an object after it, restores the backup onto the
 /// same hosts (every etcd member from the one snapshot, a fresh cluster token), and checks objects and etcd.
+/// A Secret written before the backup is encrypted at rest in etcd, and readable through the API after the
+/// restore (the restored store's key is the one the apiservers run with).
 fn backup_then_restore_in_place(lab: &Lab, cluster: &str, inv: &Path) {
     let me = env!("CARGO_BIN_EXE_kubeforge");
     let i = inv.to_str().unwrap();
     configmap(lab, cluster, "kf-ha-before", "before");
+    secret(lab, cluster, "kf-ha-secret", SECRET_VALUE);
+    secret_is_encrypted_in_etcd(lab, "node1", "kf-ha-secret", SECRET_VALUE);
+    secret_reads(lab, cluster, "kf-ha-secret", SECRET_VALUE);
     let archive = lab.dir.join(format!("{cluster}.backup.tar.gz.age"));
     let a = archive.to_str().unwrap();
     let t = Instant::now();
@@ -1374,6 +1425,8 @@ fn backup_then_restore_in_place(lab: &Lab, cluster: &str, inv: &Path) {
     assert!(out.contains("is back at etcd revision"), "{out}");
     assert!(out.contains("the previous etcd data is kept in"), "{out}");
     objects_are_those_of_the_backup(lab, cluster, "kf-ha-before", "kf-ha-after");
+    secret_reads(lab, cluster, "kf-ha-secret", SECRET_VALUE);
+    secret_is_encrypted_in_etcd(lab, "node2", "kf-ha-secret", SECRET_VALUE);
     let members = etcdctl(lab, "node1", "https://127.0.0.1:2379", "member list");
     assert_eq!(
         members.lines().filter(|l| l.ends_with(", false")).count(),

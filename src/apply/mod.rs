@@ -28,43 +28,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-/// The cluster's encryption-at-rest key: read from the store, or, for a new cluster only, created once
-/// (0600, forced to disk). A key that cannot be read, or is not 32 bytes of base64, stops the run: every
-/// Secret of a live cluster is encrypted with it, so it is never replaced by a new one.
-pub fn encryption_key(store: &crate::pki::store::Store, new_keys: NewKeys) -> Result<String> {
-    use base64::Engine;
-    const NAME: &str = "secrets/encryption-key";
-    let path = store.root().join(NAME);
-    let damaged = |why: String| {
-        Error::msg(
-            format!("{}: {why}", path.display()),
-            Some("bring the key back from a backup (`kubeforge restore --from ARCHIVE`); a new key would leave every Secret unreadable"),
-        )
-    };
-    match std::fs::read(&path) {
-        Ok(k) => {
-            let text = String::from_utf8_lossy(&k).trim().to_owned();
-            match base64::engine::general_purpose::STANDARD.decode(&text) {
-                Ok(b) if b.len() == 32 => Ok(text),
-                Ok(b) => Err(damaged(format!("the key is {} bytes, not 32", b.len()))),
-                Err(e) => Err(damaged(format!("not base64 ({e})"))),
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if new_keys == NewKeys::Refused {
-                return Err(damaged(
-                    "missing, and the cluster is not new: refusing to create a new encryption key".into(),
-                ));
-            }
-            let key: [u8; 32] = rand::random();
-            let text = base64::engine::general_purpose::STANDARD.encode(key);
-            store.write_durable(NAME, text.as_bytes(), 0o600)?;
-            Ok(text)
-        }
-        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
-    }
-}
-
 /// The balancer binary of every node architecture the cluster needs one for (none without a node-local
 /// balancer endpoint).
 fn api_lb_binaries(model: &ClusterModel, dir: Option<&Path>) -> Result<BTreeMap<String, LocalBinary>> {
@@ -721,7 +684,7 @@ pub fn prepare_with(
             if scratch.is_some() { "would be created" } else { "created" },
         );
     }
-    let encryption_key = encryption_key(&pki, new_keys)?;
+    let encryption_key = crate::at_rest::load_or_create(&pki, new_keys)?;
     let ca = pki.read("ca.crt")?;
     let marker = crate::identity::Marker {
         cluster: model.name.clone(),

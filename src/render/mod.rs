@@ -404,16 +404,17 @@ pub fn kube_proxy_config(m: &ClusterModel, h: &HostModel) -> String {
     serde_yaml::to_string(&v).expect("yaml")
 }
 
-/// Encryption at rest for Secrets (AES-CBC with the cluster's generated key; identity last so data written
-/// before encryption was enabled stays readable).
-pub fn encryption_config(key_base64: &str) -> String {
+/// Encryption at rest for Secrets with the cluster's key and the provider it is for (secretbox for new
+/// clusters, aescbc for clusters made before; see [`crate::at_rest`]); identity last so data written before
+/// encryption was enabled stays readable.
+pub fn encryption_config(key: &crate::at_rest::EncryptionKey) -> String {
     let v = json!({
         "apiVersion": "apiserver.config.k8s.io/v1",
         "kind": "EncryptionConfiguration",
         "resources": [{
             "resources": ["secrets"],
             "providers": [
-                {"aescbc": {"keys": [{"name": "kubeforge-1", "secret": key_base64}]}},
+                {key.provider.name(): {"keys": [{"name": crate::at_rest::KEY_NAME, "secret": key.secret}]}},
                 {"identity": {}}
             ]
         }]
@@ -698,6 +699,30 @@ mod tests {
 
     fn unit_for_test(c: Component) -> String {
         unit(c, "/usr/local/bin/x", vec![], "https://kubernetes.io")
+    }
+
+    #[test]
+    fn encryption_at_rest_uses_the_stores_provider_and_an_old_clusters_file_is_unchanged() {
+        use crate::at_rest::{EncryptionKey, Provider};
+        let secret = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned();
+        // A cluster made before secretbox (its store has an aescbc key) gets, byte for byte, the file
+        // kubeforge wrote for it then: its apiservers are not restarted and a re-apply changes nothing.
+        let aescbc = encryption_config(&EncryptionKey { provider: Provider::Aescbc, secret: secret.clone() });
+        assert_eq!(
+            aescbc,
+            format!(
+                "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- providers:\n  \
+                 - aescbc:\n      keys:\n      - name: kubeforge-1\n        secret: {secret}\n  - identity: {{}}\n  \
+                 resources:\n  - secrets\n"
+            )
+        );
+        let secretbox =
+            encryption_config(&EncryptionKey { provider: Provider::Secretbox, secret: secret.clone() });
+        assert_eq!(
+            secretbox,
+            aescbc.replace("- aescbc:", "- secretbox:"),
+            "the same file with secretbox first"
+        );
     }
 
     #[test]

@@ -320,7 +320,14 @@ pub async fn run(flags: Flags, version: KubeVersion) -> Result<(), String> {
         ident.extend_from_slice(etcd_key.pem.as_bytes());
         http = http.identity(reqwest::Identity::from_pem(&ident).map_err(|e| e.to_string())?);
     }
-    let etcd = Etcd::new(urls.clone(), http.build().map_err(|e| e.to_string())?);
+    let mut etcd = Etcd::new(urls.clone(), http.build().map_err(|e| e.to_string())?);
+    // Encryption at rest: a configuration that does not load stops the apiserver, as upstream.
+    if let Some(path) = flags.get("encryption-provider-config").filter(|p| !p.is_empty()) {
+        let config = crate::encryption::Config::load(path)?;
+        let served: Vec<(&str, &str, &str)> = RESOURCES.iter().map(|r| (r.group, r.plural, r.etcd)).collect();
+        etcd = etcd.with_at_rest(crate::encryption::AtRest::new(&config, &served));
+        log::info(SRC, "Loaded encryption provider configuration", &[("path", path.to_string())]);
+    }
     for url in &urls {
         let mut attempt = 0;
         loop {

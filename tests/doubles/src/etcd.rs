@@ -1,14 +1,19 @@
 //! Client for the real etcd's v3 JSON gateway (`/v3/kv/*`, base64 keys and values) over HTTPS with the
-//! apiserver's etcd client certificate. Tries each `--etcd-servers` URL in turn.
+//! apiserver's etcd client certificate. Tries each `--etcd-servers` URL in turn. Values pass through the
+//! encryption-at-rest transformers ([`crate::encryption::AtRest`]) on the way in and out, as the real
+//! apiserver's storage layer does: a value that cannot be read is an error, never skipped.
 
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use serde_json::{json, Value};
+
+use crate::encryption::AtRest;
 
 /// An etcd client over the JSON gateway.
 #[derive(Clone)]
 pub struct Etcd {
     urls: Vec<String>,
     http: reqwest::Client,
+    at_rest: std::sync::Arc<AtRest>,
 }
 
 /// One key's value and its modification revision.
@@ -45,7 +50,18 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
 impl Etcd {
     /// A client for `urls` with the given HTTP client (carrying CA + client identity).
     pub fn new(urls: Vec<String>, http: reqwest::Client) -> Self {
-        Self { urls, http }
+        Self { urls, http, at_rest: Default::default() }
+    }
+
+    /// The same client, storing values through `at_rest` (`--encryption-provider-config`).
+    pub fn with_at_rest(self, at_rest: AtRest) -> Self {
+        Self { at_rest: std::sync::Arc::new(at_rest), ..self }
+    }
+
+    /// The bytes stored for `value` under `key`.
+    fn encode(&self, key: &str, value: &Value) -> Result<String, String> {
+        let data = serde_json::to_vec(value).map_err(|e| e.to_string())?;
+        Ok(B64.encode(self.at_rest.to_storage(key, data)?))
     }
 
     async fn post(&self, path: &str, body: Value) -> Result<Value, String> {
@@ -99,7 +115,7 @@ impl Etcd {
     /// Reads one key.
     pub async fn get(&self, key: &str) -> Result<Option<Kv>, String> {
         let r = self.post("kv/range", json!({"key": B64.encode(key)})).await?;
-        Ok(kvs(&r).into_iter().next())
+        Ok(kvs(&r, &self.at_rest)?.into_iter().next())
     }
 
     /// Reads every key under a prefix; returns the items and the store revision.
@@ -107,13 +123,13 @@ impl Etcd {
         let r = self
             .post("kv/range", json!({"key": B64.encode(prefix), "range_end": B64.encode(prefix_end(prefix))}))
             .await?;
-        Ok((kvs(&r), rev(&r["header"]["revision"])))
+        Ok((kvs(&r, &self.at_rest)?, rev(&r["header"]["revision"])))
     }
 
     /// Writes a key; returns the new revision.
     pub async fn put(&self, key: &str, value: &Value) -> Result<i64, String> {
-        let data = serde_json::to_vec(value).map_err(|e| e.to_string())?;
-        let r = self.post("kv/put", json!({"key": B64.encode(key), "value": B64.encode(data)})).await?;
+        let data = self.encode(key, value)?;
+        let r = self.post("kv/put", json!({"key": B64.encode(key), "value": data})).await?;
         Ok(rev(&r["header"]["revision"]))
     }
 
@@ -121,14 +137,14 @@ impl Etcd {
     /// the real apiserver's optimistic concurrency does); returns the new revision, or `None` when the key
     /// changed in between.
     pub async fn put_if(&self, key: &str, value: &Value, mod_revision: i64) -> Result<Option<i64>, String> {
-        let data = serde_json::to_vec(value).map_err(|e| e.to_string())?;
+        let data = self.encode(key, value)?;
         let k = B64.encode(key);
         let r = self
             .post(
                 "kv/txn",
                 json!({
                     "compare": [{"key": k, "target": "MOD", "result": "EQUAL", "mod_revision": mod_revision.to_string()}],
-                    "success": [{"request_put": {"key": k, "value": B64.encode(data)}}],
+                    "success": [{"request_put": {"key": k, "value": data}}],
                 }),
             )
             .await?;
@@ -165,6 +181,7 @@ pub struct Event {
 pub struct WatchStream {
     resp: reqwest::Response,
     buf: Vec<u8>,
+    at_rest: std::sync::Arc<AtRest>,
 }
 
 /// What a watch stream yields.
@@ -176,6 +193,8 @@ pub enum WatchMessage {
     Compacted(i64),
     /// The stream ended or failed.
     Closed(String),
+    /// A value could not be read (encryption at rest: no provider or key for it); the watch is over.
+    Unreadable(String),
 }
 
 impl WatchStream {
@@ -196,10 +215,14 @@ impl WatchStream {
                 if result["canceled"] == true {
                     return WatchMessage::Closed("etcd watch canceled".into());
                 }
-                let events: Vec<Event> = result["events"]
+                let events: Result<Vec<Event>, String> = result["events"]
                     .as_array()
-                    .map(|evs| evs.iter().filter_map(event).collect())
-                    .unwrap_or_default();
+                    .map(|evs| evs.iter().filter_map(|e| event(e, &self.at_rest).transpose()).collect())
+                    .unwrap_or(Ok(Vec::new()));
+                let events = match events {
+                    Ok(events) => events,
+                    Err(e) => return WatchMessage::Unreadable(e),
+                };
                 if !events.is_empty() {
                     return WatchMessage::Events(events);
                 }
@@ -214,21 +237,29 @@ impl WatchStream {
     }
 }
 
-fn event(e: &Value) -> Option<Event> {
-    let decode = |kv: &Value| -> Option<Value> {
-        let raw = B64.decode(kv["value"].as_str()?).ok()?;
-        serde_json::from_slice(&raw).ok()
+/// One watch event; `Ok(None)` for one that is not an event of a readable key, `Err` for a value nothing can
+/// read.
+fn event(e: &Value, at_rest: &AtRest) -> Result<Option<Event>, String> {
+    let Some(key) = e["kv"]["key"].as_str().and_then(|k| String::from_utf8(B64.decode(k).ok()?).ok()) else {
+        return Ok(None);
+    };
+    let decode = |kv: &Value| -> Result<Option<Value>, String> {
+        let Some(raw) = kv["value"].as_str().and_then(|v| B64.decode(v).ok()) else { return Ok(None) };
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        let plain = at_rest.from_storage(&key, raw).map_err(|e| format!("{key}: {e}"))?;
+        Ok(serde_json::from_slice(&plain).ok())
     };
     let kv = &e["kv"];
-    let key = String::from_utf8(B64.decode(kv["key"].as_str()?).ok()?).ok()?;
     let deleted = e["type"] == "DELETE";
-    Some(Event {
-        key,
-        value: if deleted { None } else { decode(kv) },
-        prev: decode(&e["prev_kv"]),
+    Ok(Some(Event {
+        value: if deleted { None } else { decode(kv)? },
+        prev: decode(&e["prev_kv"])?,
         mod_revision: rev(&kv["mod_revision"]),
         created: !deleted && rev(&kv["create_revision"]) == rev(&kv["mod_revision"]),
-    })
+        key,
+    }))
 }
 
 impl Etcd {
@@ -265,7 +296,9 @@ impl Etcd {
                 .send()
                 .await
             {
-                Ok(resp) if resp.status().is_success() => return Ok(WatchStream { resp, buf: Vec::new() }),
+                Ok(resp) if resp.status().is_success() => {
+                    return Ok(WatchStream { resp, buf: Vec::new(), at_rest: self.at_rest.clone() })
+                }
                 Ok(resp) => last = format!("etcd {url}: HTTP {}", resp.status()),
                 Err(e) => last = format!("etcd {url}: {}", error_chain(&e)),
             }
@@ -274,21 +307,21 @@ impl Etcd {
     }
 }
 
-fn kvs(r: &Value) -> Vec<Kv> {
-    r["kvs"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|kv| {
-                    let key = String::from_utf8(B64.decode(kv["key"].as_str()?).ok()?).ok()?;
-                    let raw = B64.decode(kv["value"].as_str().unwrap_or("")).ok()?;
-                    let value = serde_json::from_slice(&raw).ok()?;
-                    Some(Kv { key, value, mod_revision: rev(&kv["mod_revision"]) })
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+/// The key-values of a range response, read through `at_rest`: a value it cannot read fails the whole
+/// read, as the real apiserver's get and list do.
+fn kvs(r: &Value, at_rest: &AtRest) -> Result<Vec<Kv>, String> {
+    let mut out = Vec::new();
+    for kv in r["kvs"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let Some(key) = kv["key"].as_str().and_then(|k| String::from_utf8(B64.decode(k).ok()?).ok()) else {
+            continue;
+        };
+        let Ok(raw) = B64.decode(kv["value"].as_str().unwrap_or("")) else { continue };
+        let plain = at_rest.from_storage(&key, raw).map_err(|e| format!("{key}: {e}"))?;
+        if let Ok(value) = serde_json::from_slice(&plain) {
+            out.push(Kv { key, value, mod_revision: rev(&kv["mod_revision"]) });
+        }
+    }
+    Ok(out)
 }
 
 /// An error with its causes, so TLS alerts from etcd (`bad certificate`) show up in the message.

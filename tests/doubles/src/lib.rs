@@ -9,6 +9,7 @@ pub mod apiserver;
 pub mod components;
 pub mod config;
 pub mod controllers;
+pub mod encryption;
 pub mod etcd;
 pub mod flags;
 pub mod http;

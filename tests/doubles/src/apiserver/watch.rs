@@ -158,6 +158,15 @@ pub(super) async fn serve(st: &State, req: &Request, t: &Target) -> Result<Respo
                         let _ = tx.send(line).await;
                         return;
                     }
+                    WatchMessage::Unreadable(e) => {
+                        let err = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {},
+                            "status": "Failure", "message": format!("Internal error occurred: {e}"),
+                            "reason": "InternalError", "code": 500}});
+                        let mut line = serde_json::to_vec(&err).unwrap_or_default();
+                        line.push(b'\n');
+                        let _ = tx.send(line).await;
+                        return;
+                    }
                     WatchMessage::Closed(_) => return,
                 }
             }
