@@ -1582,6 +1582,18 @@ struct SimApi {
     refuses: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
+impl SimApi {
+    /// What `kubectl cordon|uncordon NODE` does to the simulated API.
+    fn kubectl_cordon(&self, argv: &[String]) {
+        let at = |w: &str| argv.iter().position(|x| x == w).and_then(|i| argv.get(i + 1)).cloned();
+        if let Some(n) = at("uncordon") {
+            self.cordoned.lock().unwrap().remove(&n);
+        } else if let Some(n) = at("cordon") {
+            self.cordoned.lock().unwrap().insert(n);
+        }
+    }
+}
+
 /// The version a simulated host's binary reports (the fake artifacts say theirs).
 fn sim_version(fake: &FakeTransport, bin: &str) -> Option<String> {
     let b = fake.file(&format!("/usr/local/bin/{bin}"))?;
@@ -1631,12 +1643,7 @@ fn simulate_upgrades(h: &Harness, text: &str) -> SimApi {
         });
         let a = api.clone();
         h.hosts[&cp.name].handle("cordon", move |argv, _| {
-            let at = |w: &str| argv.iter().position(|x| x == w).and_then(|i| argv.get(i + 1)).cloned();
-            if let Some(n) = at("uncordon") {
-                a.cordoned.lock().unwrap().remove(&n);
-            } else if let Some(n) = at("cordon") {
-                a.cordoned.lock().unwrap().insert(n);
-            }
+            a.kubectl_cordon(argv);
             Reply::ok("")
         });
     }
@@ -1855,12 +1862,7 @@ fn an_interrupt_at_any_stage_of_an_upgrade_leaves_no_node_cordoned_and_a_rerun_f
         let a = api.clone();
         h.hosts[host].handle(needle, move |argv, fake| {
             stop.store(true, Ordering::SeqCst);
-            let at = |w: &str| argv.iter().position(|x| x == w).and_then(|i| argv.get(i + 1)).cloned();
-            if let Some(n) = at("uncordon") {
-                a.cordoned.lock().unwrap().remove(&n);
-            } else if let Some(n) = at("cordon") {
-                a.cordoned.lock().unwrap().insert(n);
-            }
+            a.kubectl_cordon(argv);
             if argv.iter().any(|x| x.contains("snapshot save")) {
                 return snapshot_saved(argv, fake, false);
             }
@@ -1890,12 +1892,7 @@ fn an_interrupt_at_any_stage_of_an_upgrade_leaves_no_node_cordoned_and_a_rerun_f
         // The cordon bookkeeping comes back with the simulation's own handler.
         let a = api.clone();
         h.hosts["cp1"].handle("cordon", move |argv, _| {
-            let at = |w: &str| argv.iter().position(|x| x == w).and_then(|i| argv.get(i + 1)).cloned();
-            if let Some(n) = at("uncordon") {
-                a.cordoned.lock().unwrap().remove(&n);
-            } else if let Some(n) = at("cordon") {
-                a.cordoned.lock().unwrap().insert(n);
-            }
+            a.kubectl_cordon(argv);
             Reply::ok("")
         });
         let (r, _, said) = upgrade(&h, &upgrade_options("v1.36.4"));

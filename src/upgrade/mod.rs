@@ -966,19 +966,8 @@ pub fn rollback_in(
 
 #[cfg(test)]
 mod tests {
+    use super::policy::tests::{model, v, INV};
     use super::*;
-
-    fn v(s: &str) -> Version {
-        s.parse().unwrap()
-    }
-
-    fn model(text: &str) -> ClusterModel {
-        ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), text).unwrap())
-    }
-
-    const INV: &str = "cluster: {name: c, kubernetesVersion: v1.34.10}\nhosts:\n\
-        - {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd, worker]}\n\
-        - {name: w1, address: 10.0.0.2, roles: [worker]}\n";
 
     #[test]
     fn apply_refuses_to_change_the_version_of_installed_hosts() {

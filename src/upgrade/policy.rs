@@ -445,20 +445,20 @@ pub fn gate_problems(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::upgrade::Batch;
     use std::path::Path;
 
-    fn v(s: &str) -> Version {
+    pub(crate) fn v(s: &str) -> Version {
         s.parse().unwrap()
     }
 
-    fn model(text: &str) -> ClusterModel {
+    pub(crate) fn model(text: &str) -> ClusterModel {
         ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), text).unwrap())
     }
 
-    const INV: &str = "cluster: {name: c, kubernetesVersion: v1.34.10}\nhosts:\n\
+    pub(crate) const INV: &str = "cluster: {name: c, kubernetesVersion: v1.34.10}\nhosts:\n\
         - {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd, worker]}\n\
         - {name: w1, address: 10.0.0.2, roles: [worker]}\n";
 
