@@ -16,7 +16,11 @@
 //! keeps the API answering while control planes restart one at a time during an upgrade.
 //!
 //! One thread per direction of each proxied connection, with small stacks: a node holds a few dozen
-//! long-lived connections (watches), which this serves in a few megabytes of memory.
+//! long-lived connections (watches), which this serves in a few megabytes of memory. Bounds: at most
+//! [`MAX_CONNECTIONS`] proxied connections at once (a connection beyond is closed at once, and said so), a
+//! connection with no byte in either direction for [`IDLE_TIMEOUT`] is closed (watches are never that quiet:
+//! the apiserver's bookmarks and the clients' HTTP/2 pings cross it every minute or so), and the `/readyz`
+//! answers are read with bounded lines and bodies.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -34,6 +38,14 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const STACK: usize = 128 * 1024;
 /// The largest `/readyz` answer body read.
 const MAX_BODY: u64 = 1 << 20;
+/// The longest line of a `/readyz` answer read (status line, a header, a chunk size).
+const MAX_LINE: u64 = 8 * 1024;
+/// Proxied connections at once; beyond, new ones are closed (two threads each).
+pub const MAX_CONNECTIONS: usize = 2048;
+/// A proxied connection with no byte in either direction for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// How often a quiet connection checks whether it has been idle too long.
+const IDLE_CHECK: Duration = Duration::from_secs(30);
 
 /// Balancer state shared by all connections.
 #[derive(Debug)]
@@ -43,6 +55,12 @@ pub struct Balancer {
     /// The last `/readyz` answer per backend (all ready until checked).
     ready: Mutex<Vec<bool>>,
     next: AtomicUsize,
+    /// Proxied connections now.
+    active: AtomicUsize,
+    /// At most this many at once.
+    max_connections: usize,
+    /// Closed after this long with no byte either way.
+    idle_timeout: Duration,
 }
 
 impl Balancer {
@@ -54,7 +72,33 @@ impl Balancer {
             down_until: Mutex::new(vec![None; n]),
             ready: Mutex::new(vec![true; n]),
             next: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            max_connections: MAX_CONNECTIONS,
+            idle_timeout: IDLE_TIMEOUT,
         })
+    }
+
+    /// A balancer with other bounds than [`MAX_CONNECTIONS`] and [`IDLE_TIMEOUT`] (tests).
+    pub fn with_limits(
+        backends: Vec<SocketAddr>,
+        max_connections: usize,
+        idle_timeout: Duration,
+    ) -> Arc<Self> {
+        let n = backends.len();
+        Arc::new(Balancer {
+            backends,
+            down_until: Mutex::new(vec![None; n]),
+            ready: Mutex::new(vec![true; n]),
+            next: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            max_connections,
+            idle_timeout,
+        })
+    }
+
+    /// Proxied connections now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
     }
 
     /// Connects to a healthy backend: round-robin, skipping backends in back-off unless all are.
@@ -159,18 +203,29 @@ impl Balancer {
                 }
                 Err(e) => return Err(e),
             };
+            if self.active.fetch_add(1, Ordering::SeqCst) >= self.max_connections {
+                self.active.fetch_sub(1, Ordering::SeqCst);
+                eprintln!(
+                    "api-lb: {} connections already, closing the one from {peer}",
+                    self.max_connections
+                );
+                drop(client);
+                continue;
+            }
             let me = self.clone();
             let spawned = std::thread::Builder::new().stack_size(STACK).spawn(move || {
                 let _ = client.set_nodelay(true);
                 match me.connect() {
                     Ok((_, upstream)) => {
                         let _ = upstream.set_nodelay(true);
-                        proxy(client, upstream);
+                        proxy(client, upstream, me.idle_timeout);
                     }
                     Err(e) => eprintln!("api-lb: no apiserver reachable for {peer}: {e}"),
                 }
+                me.active.fetch_sub(1, Ordering::SeqCst);
             });
             if let Err(e) = spawned {
+                self.active.fetch_sub(1, Ordering::SeqCst);
                 eprintln!("api-lb: cannot start a thread for {peer}: {e}");
             }
         }
@@ -179,24 +234,31 @@ impl Balancer {
 
 /// Copies both ways until either side is done. The apiserver closing (or failing) ends the whole
 /// connection; the client closing its side leaves the answer in flight [`DRAIN_TIMEOUT`] to arrive.
-fn proxy(client: TcpStream, upstream: TcpStream) {
+fn proxy(client: TcpStream, upstream: TcpStream, idle_timeout: Duration) {
     let (Ok(mut client_r), Ok(mut upstream_w)) = (client.try_clone(), upstream.try_clone()) else {
         return;
     };
-    let up_for_drain = upstream.try_clone().ok();
+    // The last byte either way: each direction's reads wake every IDLE_CHECK to look at it.
+    let started = Instant::now();
+    let last = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let check = IDLE_CHECK.min(idle_timeout).min(DRAIN_TIMEOUT);
+    let _ = client.set_read_timeout(Some(check));
+    let _ = upstream.set_read_timeout(Some(check));
+    let drain = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let idle = Idle { started, last: last.clone(), timeout: idle_timeout, drain: drain.clone() };
+    let idle_up = Idle { started, last, timeout: idle_timeout, drain };
     let to_upstream = std::thread::Builder::new().stack_size(STACK).spawn(move || {
-        let clean = copy(&mut client_r, &mut upstream_w).is_ok();
+        let clean = copy(&mut client_r, &mut upstream_w, &idle_up).is_ok();
         if clean {
             let _ = upstream_w.shutdown(Shutdown::Write);
-            if let Some(u) = up_for_drain {
-                let _ = u.set_read_timeout(Some(DRAIN_TIMEOUT));
-            }
+            // The answer in flight gets DRAIN_TIMEOUT of silence at most.
+            idle_up.drain.store(true, Ordering::Relaxed);
         } else {
             let _ = upstream_w.shutdown(Shutdown::Both);
         }
     });
     let (mut upstream_r, mut client_w) = (upstream, client);
-    let _ = copy(&mut upstream_r, &mut client_w);
+    let _ = copy(&mut upstream_r, &mut client_w, &idle);
     // Whatever ended this direction, the client gets nothing more: wake the other thread too.
     let _ = client_w.shutdown(Shutdown::Both);
     let _ = upstream_r.shutdown(Shutdown::Both);
@@ -205,16 +267,46 @@ fn proxy(client: TcpStream, upstream: TcpStream) {
     }
 }
 
-/// `std::io::copy` with a heap buffer (the threads' stacks are small); `Ok` on end of stream.
-fn copy(r: &mut TcpStream, w: &mut TcpStream) -> std::io::Result<()> {
+/// When a proxied connection last carried a byte, either way (milliseconds since it started).
+struct Idle {
+    started: Instant,
+    last: Arc<std::sync::atomic::AtomicU64>,
+    timeout: Duration,
+    /// The client has closed its side: the answer still coming may be quiet for [`DRAIN_TIMEOUT`] only.
+    drain: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Idle {
+    fn touch(&self) {
+        self.last.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn expired(&self) -> bool {
+        let quiet = self.started.elapsed().as_millis() as u64 - self.last.load(Ordering::Relaxed);
+        let limit =
+            if self.drain.load(Ordering::Relaxed) { self.timeout.min(DRAIN_TIMEOUT) } else { self.timeout };
+        quiet >= limit.as_millis() as u64
+    }
+}
+
+/// `std::io::copy` with a heap buffer (the threads' stacks are small); `Ok` on end of stream. A read that
+/// times out (the socket's read timeout) goes on unless the connection has been idle both ways too long.
+fn copy(r: &mut TcpStream, w: &mut TcpStream, idle: &Idle) -> std::io::Result<()> {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match r.read(&mut buf) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                if idle.expired() {
+                    return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle"));
+                }
+                continue;
+            }
             Err(e) => return Err(e),
         };
+        idle.touch();
         w.write_all(&buf[..n])?;
     }
 }
@@ -255,8 +347,9 @@ fn read_response<R: BufRead>(r: &mut R) -> Result<(u16, bool), String> {
     let mut line = String::new();
     let line_of = |r: &mut R, line: &mut String| -> Result<(), String> {
         line.clear();
-        match r.read_line(line) {
+        match r.by_ref().take(MAX_LINE).read_line(line) {
             Ok(0) => Err("connection closed".to_string()),
+            Ok(_) if !line.ends_with('\n') => Err(format!("a line longer than {MAX_LINE} bytes")),
             Ok(_) => Ok(()),
             Err(e) => Err(e.to_string()),
         }
@@ -636,5 +729,111 @@ mod tests {
         assert_eq!(run(&["--help"]), 0);
         // Valid flags but nothing to balance.
         assert_eq!(run(&["--listen", "127.0.0.1:0"]), 1);
+    }
+
+    /// A server that answers nothing and keeps every connection open (a quiet watch).
+    fn silent_server() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in l.incoming().flatten() {
+                held.push(s);
+            }
+        });
+        addr
+    }
+
+    /// Waits until `f` holds (up to 10 s).
+    fn eventually(what: &str, f: impl Fn() -> bool) {
+        let t = Instant::now();
+        while !f() {
+            assert!(t.elapsed() < Duration::from_secs(10), "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn connections_beyond_the_cap_are_closed_and_the_others_served() {
+        let (a, _) = echo_server(b'a');
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let lb = l.local_addr().unwrap();
+        // (Idle connections close after 2 s: after the client closes, the quiet backend's answer is waited
+        // for that long at most.)
+        let bal = Balancer::with_limits(vec![a, silent_server()], 2, Duration::from_secs(2));
+        // Both slots held by quiet connections to the silent backend... (the echo backend answers and
+        // closes, so it is taken out of the count by sending to it last).
+        bal.set_ready(0, false, "test");
+        let b = bal.clone();
+        std::thread::spawn(move || b.serve(l));
+        let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(lb).unwrap()).collect();
+        eventually("two connections proxied", || bal.active() == 2);
+        // ...a third is closed at once.
+        let mut third = TcpStream::connect(lb).unwrap();
+        third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(third.read(&mut buf).unwrap(), 0, "closed without an answer");
+        assert_eq!(bal.active(), 2);
+        // A slot freed is a slot served again.
+        drop(held);
+        eventually("the held connections are gone", || bal.active() == 0);
+        bal.set_ready(0, true, "");
+        bal.set_ready(1, false, "test");
+        assert_eq!(ask(lb), Some(b'a'));
+    }
+
+    #[test]
+    fn a_connection_quiet_both_ways_is_closed_and_a_busy_one_is_not() {
+        // A backend that streams a byte every 100 ms to whoever connects (a watch with events).
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let streaming = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut s = s;
+                    while s.write_all(b".").is_ok() {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                });
+            }
+        });
+        let quiet = silent_server();
+        let idle = Duration::from_millis(600);
+        let lq = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ls = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (q_addr, s_addr) = (lq.local_addr().unwrap(), ls.local_addr().unwrap());
+        let (bq, bs) =
+            (Balancer::with_limits(vec![quiet], 8, idle), Balancer::with_limits(vec![streaming], 8, idle));
+        let (q2, s2) = (bq.clone(), bs.clone());
+        std::thread::spawn(move || q2.serve(lq));
+        std::thread::spawn(move || s2.serve(ls));
+        let mut q = TcpStream::connect(q_addr).unwrap();
+        let mut busy = TcpStream::connect(s_addr).unwrap();
+        q.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        busy.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let t = Instant::now();
+        let mut buf = [0u8; 64];
+        // The quiet one ends (end of stream) after about the idle timeout.
+        assert_eq!(q.read(&mut buf).unwrap_or(0), 0);
+        assert!(t.elapsed() >= idle, "closed after {:?}", t.elapsed());
+        // The busy one, whose client never sends a byte, still streams after several idle timeouts.
+        let mut got = 0;
+        while t.elapsed() < 4 * idle {
+            got += busy.read(&mut buf).unwrap();
+        }
+        assert!(got > 10, "{got} bytes");
+        eventually("the quiet connection left the count", || bq.active() == 0);
+        assert_eq!(bs.active(), 1);
+    }
+
+    #[test]
+    fn a_readyz_answer_is_read_with_bounded_lines() {
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec();
+        assert_eq!(read_response(&mut &ok[..]).unwrap(), (200, true));
+        let mut long = b"HTTP/1.1 200 OK\r\nX-Pad: ".to_vec();
+        long.extend(std::iter::repeat_n(b'a', 64 * 1024));
+        long.extend(b"\r\n\r\n");
+        let e = read_response(&mut &long[..]).unwrap_err();
+        assert!(e.contains("longer than 8192 bytes"), "{e}");
     }
 }
