@@ -2008,3 +2008,68 @@ fn the_files_the_phases_write_pass_the_audits_file_checks() {
         assert!(ok || c.deviation.is_some(), "{} {}: {seen}", c.id, c.title);
     }
 }
+
+/// Two minors in one `upgrade apply`: the release source (a bundle offering v1.36.4) gives the hop between;
+/// every host goes through v1.36.4 (the runtime moving to containerd 2 there) before v1.37.1, and the
+/// plan's second hop sees the runtime already moved.
+#[test]
+fn an_upgrade_two_minors_ahead_goes_through_the_newest_patch_between_hop_by_hop() {
+    let bundle = tempfile::tempdir().unwrap();
+    std::fs::write(bundle.path().join("kube-apiserver"), b"kube-apiserver v1.36.4\n").unwrap();
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(b"kube-apiserver v1.36.4\n"))
+    };
+    std::fs::write(
+        bundle.path().join("manifest.json"),
+        format!(
+            r#"{{"schema": 1, "artifacts": [{{"component": "kube-apiserver", "version": "v1.36.4", "os": "linux", "arch": "amd64", "file": "kube-apiserver", "sha256": "{sha}", "kind": "binary"}}]}}"#
+        ),
+    )
+    .unwrap();
+    let text = TRIO.replace(
+        "kubernetesVersion: v1.35.7}",
+        &format!(
+            "kubernetesVersion: v1.35.7, releaseSource: {{type: bundle, path: {}}}}}",
+            bundle.path().display()
+        ),
+    );
+    let model = ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), &text).unwrap());
+    let h = Harness::new(&model);
+    h.run(&text, h.options()).0.unwrap_or_else(|e| panic!("{}", e.report()));
+    let api = simulate_upgrades(&h, &text);
+    // The plan: two hops, the runtime moving in the first only.
+    let session = h.session(&text, h.options(), Arc::new(Recorder::default())).capturing();
+    crate::upgrade::plan_in(
+        &session,
+        Some("v1.37.1".parse().unwrap()),
+        crate::upgrade::Batch::Nodes(1),
+        crate::output::Format::Table,
+    )
+    .unwrap_or_else(|e| panic!("{}", e.report()));
+    let plan = session.said();
+    assert!(plan.contains("path: v1.35.7 → v1.36.4 → v1.37.1 (2 hops)"), "{plan}");
+    let second = &plan[plan.find("hop to v1.37.1:").unwrap()..];
+    assert!(!second.contains("container runtime →"), "the runtime moved in the first hop:\n{plan}");
+    // The upgrade: every host at v1.36.4 before any at v1.37.1.
+    let session = h.session(&text, h.options(), Arc::new(Recorder::default())).capturing();
+    let o = upgrade_options("v1.37.1");
+    crate::upgrade::apply_in(&session, &o).unwrap_or_else(|e| panic!("{}\n{}", e.report(), session.said()));
+    let kubelets: Vec<(String, String)> = h.hosts["w2"]
+        .calls()
+        .iter()
+        .filter_map(|c| match c {
+            crate::transport::fake::Call::Upload { dest, sha256, .. } if dest == KUBELET => {
+                Some((dest.clone(), sha256.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(kubelets.len() >= 3, "w2's kubelet: installed, then each hop's: {kubelets:?}");
+    for host in ["cp1", "w1", "w2"] {
+        assert_eq!(kubelet_of(&h, host), "v1.37.1", "{host}");
+    }
+    let steps = rounds(&session.stages());
+    assert_eq!(steps.iter().filter(|s| s.starts_with("step")).count(), 6, "3 steps per hop: {steps:?}");
+    assert!(api.cordoned.lock().unwrap().is_empty());
+}

@@ -549,19 +549,18 @@ pub async fn assess(session: &Session, target: Version, batch: Batch) -> Result<
         let mut checks =
             skew_checks(&model, &f, hop, if kubectl == model.versions.kubernetes { hop } else { kubectl });
         checks.extend(release_note_checks(&session.loaded.inventory.cluster.extra_args, from, hop));
-        checks.extend(runtime_checks(
-            &model,
-            &f,
-            hop,
-            rolling::at_version(&session.loaded, hop).1.versions.containerd,
-        ));
+        let runtime = rolling::at_version(&session.loaded, hop).1.versions.containerd;
+        checks.extend(runtime_checks(&model, &f, hop, runtime));
         hops.push(Hop { version: hop, checks, steps: steps.clone() });
         from = hop;
-        // After the hop every binary is on it.
+        // After the hop every binary is on it, and every node on the hop's container runtime (the next hop
+        // does not move it again).
         for hf in f.values_mut() {
             for (b, v) in hf.versions.iter_mut() {
                 if KUBE_BINARIES.contains(&b.as_str()) {
                     *v = hop;
+                } else if b == "containerd" {
+                    *v = runtime;
                 }
             }
         }
