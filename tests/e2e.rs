@@ -7,29 +7,34 @@
 //!
 //! 1. **one control plane + one worker, then join, upgrade and remove a worker**: a port held by another
 //!    program on the worker fails preflight with the host and the cause and installs nothing anywhere; then
-//!    apply (v1.35.8, on each VM's distribution containerd 1.7); `join` installs node3 while the existing worker only receives
-//!    its route to node3's pods (checked from the per-host traffic), a second join has nothing to do and
-//!    apply reports 0 changes; a changed label changes exactly the label in the plan (it arrives with the upgrade); the cluster is upgraded
-//!    to v1.36.4 with a Deployment and a PodDisruptionBudget running, the container runtime moving to the bundle's
-//!    containerd 2 (config format 3) on every node on the way: plan (path, skew, the runtime move, refused
-//!    downgrade, two hops to v1.37.1),
-//!    etcd snapshot, drains seen while they run, node3's host refusing the new kubelet rolled back and
-//!    reported, a re-run finishing node3 only, then 0 changes; `remove-node node3` drains it, deletes its
-//!    Node, leaves nothing kubeforge installed on it, forgets it in the state file, and the rest of the
-//!    cluster is converged without it.
-//! 2. **HA** at v1.35.8: one node with every role behind the node-local API balancer (`--dry-run` writes
-//!    nothing; apply; etcdctl over TLS, key modes, `openssl s_client` against 6443); `join` of two
-//!    more control planes during which node3's VM is killed while it is an etcd learner: the join fails
-//!    naming node3 and removes the learner (two voting members); node3 boots again with its half-installed
-//!    disk and a re-run of `join` converges: three voting members, etcd healthy as a cluster (that a join
-//!    leaves 0 changes for apply is scenario 1's check). node3's etcd stopped makes `upgrade apply` refuse,
-//!    naming it. Then node3 is powered off: the API stays reachable through the balancers and etcd keeps
-//!    quorum; `remove-node` removes the dead member (quorum checked), its Node and every trace of it on the
-//!    others, and reports that the host itself could not be cleaned. Last, the two control planes are
-//!    upgraded to v1.36.4 (and containerd 2) one at a time while a loop runs `kubectl get --raw /readyz` every second through a
-//!    balancer: with KVM never two failures in a row; under emulation (where a quorum read can take more than
-//!    10 s while every VM is busy) every failure is an apiserver answering "not ready" or slowly, never a
-//!    moment without any apiserver to answer.
+//!    apply (v1.35.8, on each VM's distribution containerd 1.7); `join` installs node3 while the existing
+//!    worker only receives its route to node3's pods (checked from the per-host traffic), a second join has
+//!    nothing to do and apply reports 0 changes; a changed label changes exactly the label in the plan (it
+//!    arrives with the upgrade). Then **one `upgrade apply --to v1.37.1`: two hops**, v1.35.8 → v1.36.4 →
+//!    v1.37.1, with a Deployment and a PodDisruptionBudget running: plan (the two-hop path, skew, the runtime
+//!    move to the bundle's containerd 2 in the first hop, refused downgrade); Ctrl-C while the first host
+//!    drains puts it back at v1.35.8, uncordoned; then the run itself: etcd snapshot, drains seen while they
+//!    run, the first hop moving every node to v1.36.4 and to containerd 2 (config format 3), and in the second
+//!    hop node3's host refusing the v1.37 kubelet: node3 is rolled back to v1.36.4 (still on containerd 2)
+//!    while node1 and node2 stay at v1.37.1, the run stops reporting exactly that, and the Nodes agree; a
+//!    re-run finishes node3 only (one hop); then `upgrade apply` and `apply` report 0 changes, every Node
+//!    Ready at v1.37.1 and the workload whole. `remove-node node3` drains it, deletes its Node, leaves
+//!    nothing kubeforge installed on it, forgets it in the state file, and the rest of the cluster (at
+//!    v1.37.1) is converged without it.
+//! 2. **HA**, installed directly at v1.36.4 on the bundle's containerd 2: one node with every role behind
+//!    the node-local API balancer (`--dry-run` writes nothing; apply; etcdctl over TLS, key modes,
+//!    `openssl s_client` against 6443); `join` of two more control planes during which node3's VM is killed
+//!    while it is an etcd learner: the join fails naming node3 and removes the learner (two voting members);
+//!    node3 boots again with its half-installed disk and a re-run of `join` converges: three voting members,
+//!    etcd healthy as a cluster, every node on containerd 2 (that a join leaves 0 changes for apply is
+//!    scenario 1's check). node3's etcd stopped makes `upgrade apply` refuse, naming it. Then node3 is
+//!    powered off: the API stays reachable through the balancers and etcd keeps quorum; `remove-node` removes
+//!    the dead member (quorum checked), its Node and every trace of it on the others, and reports that the
+//!    host itself could not be cleaned. Last, the two control planes are upgraded to v1.37.1 one at a time
+//!    while a loop runs `kubectl get --raw /readyz` every second through a balancer: with KVM never two
+//!    failures in a row; under emulation (where a quorum read can take more than 10 s while every VM is busy)
+//!    every failure is an apiserver answering "not ready" or slowly, never a moment without any apiserver to
+//!    answer.
 //!
 //! Checked with real tools only (kubectl, etcdctl, systemctl, openssl). The lab is always torn down, also
 //! when an assertion fails; a failing scenario is reported and the next one still runs.
@@ -46,14 +51,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-/// The version the scenarios upgrade to (v1.36 and later run on containerd 2, which the bundle carries).
+/// The version scenario 1 installs (on the distribution's containerd 1.7), to upgrade from.
+const OLD_VERSION: &str = "v1.35.8";
+/// The newest v1.36 of the bundle: scenario 1's first hop, and the version the HA scenario installs
+/// (v1.36 and later run on containerd 2, which the bundle carries).
 const KUBE_VERSION: &str = "v1.36.4";
+/// The newest release, which both scenarios upgrade to: two hops from [`OLD_VERSION`], one from
+/// [`KUBE_VERSION`].
+const NEWEST_VERSION: &str = "v1.37.1";
 /// The backup passphrase, in the environment variable the commands are told to read.
 const PASS: &[(&str, &str)] = &[("KF_E2E_PASS", "correct horse battery staple")];
-/// The version scenarios 2 and 3 install first, to upgrade from.
-const OLD_VERSION: &str = "v1.35.8";
-/// The newest release: two hops from [`OLD_VERSION`].
-const NEWEST_VERSION: &str = "v1.37.1";
 const UNITS_CP: &str = "etcd kube-apiserver kube-controller-manager kube-scheduler";
 const UNITS_NODE: &str = "containerd kubelet kube-proxy";
 
@@ -106,8 +113,8 @@ impl Lab {
         eprintln!("[e2e] apply {extra:?} ({:.0}s):\n{}", t.elapsed().as_secs_f64(), text(&o));
         o
     }
-    /// `kubeforge upgrade apply --to KUBE_VERSION --yes --edit-inventory` from inside the lab network; prints
-    /// its output with its wall time.
+    /// `kubeforge upgrade apply --to NEWEST_VERSION --yes --edit-inventory` from inside the lab network;
+    /// prints its output with its wall time.
     fn upgrade(&self, inv: &Path, what: &str) -> Output {
         let me = env!("CARGO_BIN_EXE_kubeforge");
         let i = inv.to_str().unwrap();
@@ -119,7 +126,7 @@ impl Lab {
             "-i",
             i,
             "--to",
-            KUBE_VERSION,
+            NEWEST_VERSION,
             "--yes",
             "--edit-inventory",
             "--ignore-preflight-errors=cpu,memory",
@@ -268,10 +275,10 @@ fn has_no_schedule_taint(node: &serde_json::Value) -> bool {
     })
 }
 
-/// Every node registered, Ready, on the expected kubelet version; control planes labelled, tainted unless
-/// they also take workloads.
+/// Every node registered, Ready, on the version both scenarios upgrade to; control planes labelled,
+/// tainted unless they also take workloads.
 fn check_nodes(lab: &Lab, cluster: &str, expect: &[(&str, bool, bool)]) {
-    check_nodes_at(lab, cluster, KUBE_VERSION, expect)
+    check_nodes_at(lab, cluster, NEWEST_VERSION, expect)
 }
 
 /// [`check_nodes`] with the kubelet version expected.
@@ -448,8 +455,9 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
     );
     assert!(!out.lines().any(|l| l.starts_with("node2") || l.starts_with("node3")), "{out}");
 
-    // Upgrade v1.35.8 -> v1.36.4 with a workload running; node3 refuses the new kubelet. The upgrade
-    // converges each host to the whole inventory at the new version: the label arrives with node1's step.
+    // Upgrade v1.35.8 -> v1.36.4 -> v1.37.1 in one command with a workload running; node3 refuses the v1.37
+    // kubelet. The upgrade converges each host to the whole inventory at each hop's version: the label
+    // arrives with node1's first step.
     upgrade_with_a_workload_and_a_failing_node(lab, &cluster, &inv3);
     let ns = nodes(lab, &cluster);
     assert_eq!(ns["node2"]["metadata"]["labels"]["kubeforge.test/tier"], "edge");
@@ -514,7 +522,7 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
         serde_json::from_slice(&std::fs::read(lab.pki(&cluster).join("state.json")).unwrap()).unwrap();
     assert!(st["hosts"].get("node3").is_none() && st["podSubnets"].get("node3").is_none(), "{st}");
     let inv2 =
-        at_version(lab.inventory(&cluster, two, &[("node2", "kubeforge.test/tier", "edge")]), KUBE_VERSION);
+        at_version(lab.inventory(&cluster, two, &[("node2", "kubeforge.test/tier", "edge")]), NEWEST_VERSION);
     let after = must(lab.apply(&inv2, &[]), "apply without node3");
     assert!(after.contains("apply: 0 changes"), "remove-node converged the rest:\n{after}");
     // Rules of someone else's beside kube-proxy's: reset removes the KUBE-* chains and the jumps into them,
@@ -542,7 +550,7 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
     // restored, certificates re-issued for the new address; the objects are those of the backup.
     let on3 = at_version(
         lab.inventory(&cluster, &[("node3", &["control-plane", "etcd", "worker"])], &[]),
-        KUBE_VERSION,
+        NEWEST_VERSION,
     );
     let out = restore(lab, &on3, &archive, "restore onto node3");
     assert!(out.contains("has the backup's CAs and keys: kept"), "{out}");
@@ -719,11 +727,15 @@ fn web_pods_ready(lab: &Lab, cluster: &str) -> Vec<String> {
     out.lines().filter(|l| l.ends_with(" True")).map(|l| l.split(' ').next().unwrap().to_owned()).collect()
 }
 
-/// Scenario 2's upgrade: a workload with a PodDisruptionBudget runs; `upgrade plan` shows the path and the
-/// skew checks and refuses a downgrade; `upgrade apply` snapshots etcd, upgrades node1 and node2 (cordoned
-/// and drained through the eviction API, seen while it runs), and node3, whose host refuses to start a
-/// v1.36 kubelet, is rolled back to v1.35.8 and Ready, and the run stops saying so. With the fault gone, a
-/// re-run upgrades only node3; a third run and `apply` report 0 changes; the workload is whole.
+/// Scenario 1's upgrade, one `upgrade apply --to NEWEST_VERSION`: two hops. A workload with a
+/// PodDisruptionBudget runs; `upgrade plan` shows the two-hop path, the skew checks of each hop, the runtime
+/// move to containerd 2 in the first hop only, and refuses a downgrade. Ctrl-C while the first host drains
+/// puts it back at OLD_VERSION. Then `upgrade apply` snapshots etcd, and in the first hop upgrades every host
+/// to KUBE_VERSION (and containerd 2), in the second node1 and node2 to NEWEST_VERSION (cordoned and drained
+/// through the eviction API, seen while it runs); node3, whose host refuses to start a v1.37 kubelet, is
+/// rolled back to KUBE_VERSION (the hop it completed) and Ready, and the run stops saying which host runs
+/// which version, which the hosts and the Nodes confirm. With the fault gone, a re-run upgrades only node3,
+/// in one hop; a third run and `apply` report 0 changes; the workload is whole.
 fn upgrade_with_a_workload_and_a_failing_node(lab: &Lab, cluster: &str, inv: &Path) {
     let me = env!("CARGO_BIN_EXE_kubeforge");
     let i = inv.to_str().unwrap();
@@ -735,32 +747,43 @@ fn upgrade_with_a_workload_and_a_failing_node(lab: &Lab, cluster: &str, inv: &Pa
         "the workload is Ready",
     );
 
-    let plan = must(lab.exec(&[me, "upgrade", "plan", "-i", i, "--to", KUBE_VERSION]), "upgrade plan");
+    let plan = must(lab.exec(&[me, "upgrade", "plan", "-i", i, "--to", NEWEST_VERSION]), "upgrade plan");
     eprintln!("[e2e] upgrade plan:\n{plan}");
-    assert!(plan.contains(&format!("path: {OLD_VERSION} → {KUBE_VERSION} (1 hop)")), "{plan}");
-    assert!(plan.contains(&format!("ok   kubelet on node3 {OLD_VERSION}")), "{plan}");
-    assert!(plan.contains("health: every etcd member healthy"), "{plan}");
-    // The nodes run the distribution's containerd 1.7; v1.36 moves them to the bundle's containerd 2.
+    // v1.37 is two hops, through the newest v1.36 the bundle has.
     assert!(
-        plan.contains("ok   container runtime → containerd v2.1.9") && plan.contains("node3 v1.7."),
+        plan.contains(&format!("path: {OLD_VERSION} → {KUBE_VERSION} → {NEWEST_VERSION} (2 hops)")),
         "{plan}"
     );
+    assert!(plan.contains("health: every etcd member healthy"), "{plan}");
+    let (first, second) = plan_hops(&plan);
+    assert!(first.contains(&format!("ok   kubelet on node3 {OLD_VERSION}:")), "{first}");
+    // The skew checks of the second hop see the hosts as the first hop leaves them.
+    assert!(second.contains(&format!("ok   kubelet on node3 {KUBE_VERSION}:")), "{second}");
+    // The nodes run the distribution's containerd 1.7; the hop into v1.36 moves them to the bundle's
+    // containerd 2, and the second hop finds them there.
+    assert!(
+        first.contains("ok   container runtime → containerd v2.1.9") && first.contains("node3 v1.7."),
+        "{first}"
+    );
+    assert!(!second.contains("container runtime →"), "the runtime moved in the first hop:\n{second}");
     let down = lab.exec(&[me, "upgrade", "plan", "-i", i, "--to", "v1.34.11"]);
     assert!(!down.status.success() && text(&down).contains("does not downgrade"), "{}", text(&down));
-    // v1.37 is two hops, through the newest v1.36 the bundle has.
-    let two =
-        must(lab.exec(&[me, "upgrade", "plan", "-i", i, "--to", NEWEST_VERSION]), "upgrade plan, two hops");
-    assert!(
-        two.contains(&format!("path: {OLD_VERSION} → {KUBE_VERSION} → {NEWEST_VERSION} (2 hops)")),
-        "{two}"
-    );
 
     // Ctrl-C while the first host is being drained: the drain in progress finishes, nothing is converged,
     // the host is uncordoned (cleanup, which the interrupt does not stop) and the run ends with exit 130.
     let t = Instant::now();
     let (mut child, log) = spawn_kf(
         lab,
-        &["upgrade", "apply", "-i", i, "--to", KUBE_VERSION, "--yes", "--ignore-preflight-errors=cpu,memory"],
+        &[
+            "upgrade",
+            "apply",
+            "-i",
+            i,
+            "--to",
+            NEWEST_VERSION,
+            "--yes",
+            "--ignore-preflight-errors=cpu,memory",
+        ],
         "upgrade-interrupted.log",
     );
     loop {
@@ -784,6 +807,11 @@ fn upgrade_with_a_workload_and_a_failing_node(lab: &Lab, cluster: &str, inv: &Pa
     assert!(out.contains("interrupt: finishing the steps in progress"), "{out}");
     assert_eq!(status.code(), Some(130), "{out}");
     assert!(out.contains("interrupted before `converge`"), "{out}");
+    assert!(
+        out.contains(&format!("[upgrade] == hop to {KUBE_VERSION}"))
+            && !out.contains(&format!("[upgrade] == hop to {NEWEST_VERSION}")),
+        "the run stopped in its first hop:\n{out}"
+    );
     let unschedulable = lab.kubectl(
         cluster,
         &[
@@ -809,14 +837,15 @@ fn upgrade_with_a_workload_and_a_failing_node(lab: &Lab, cluster: &str, inv: &Pa
         std::fs::remove_file(b.unwrap().path()).unwrap();
     }
 
-    // node3's host refuses to start a v1.36 kubelet (a systemd drop-in checks the binary's version).
+    // node3's host refuses to start a v1.37 kubelet (a systemd drop-in checks the binary's version): it
+    // passes the first hop and fails the second.
     must(
         lab.ssh(
             "node3",
-            "mkdir -p /etc/systemd/system/kubelet.service.d && printf '[Service]\\nExecStartPre=/bin/sh -c \"! /usr/local/bin/kubelet --version | grep -q v1.36\"\\n' \
+            "mkdir -p /etc/systemd/system/kubelet.service.d && printf '[Service]\\nExecStartPre=/bin/sh -c \"! /usr/local/bin/kubelet --version | grep -q v1.37\"\\n' \
              > /etc/systemd/system/kubelet.service.d/90-e2e-refuse.conf && systemctl daemon-reload",
         ),
-        "make node3 refuse the new kubelet",
+        "make node3 refuse the v1.37 kubelet",
     );
     let t = Instant::now();
     let (mut child, log) = spawn_kf(
@@ -827,7 +856,7 @@ fn upgrade_with_a_workload_and_a_failing_node(lab: &Lab, cluster: &str, inv: &Pa
             "-i",
             i,
             "--to",
-            KUBE_VERSION,
+            NEWEST_VERSION,
             "--yes",
             "--drain-timeout",
             "3m",
@@ -856,22 +885,49 @@ fn upgrade_with_a_workload_and_a_failing_node(lab: &Lab, cluster: &str, inv: &Pa
         std::thread::sleep(Duration::from_secs(1));
     };
     let out = std::fs::read_to_string(&log).unwrap();
-    eprintln!("[e2e] upgrade apply with node3 failing ({:.0}s):\n{out}", t.elapsed().as_secs_f64());
+    eprintln!(
+        "[e2e] upgrade apply, two hops, node3 failing the second ({:.0}s):\n{out}",
+        t.elapsed().as_secs_f64()
+    );
     assert!(!status.success(), "the upgrade must stop at node3");
-    assert!(out.contains(&format!("node3: failed and rolled back to {OLD_VERSION}")), "{out}");
+    // The first hop took every host to KUBE_VERSION, the second node1 and node2 to NEWEST_VERSION; node3
+    // failed it and went back to the hop it had completed.
+    let second_hop = out
+        .find(&format!("[upgrade] == hop to {NEWEST_VERSION}"))
+        .unwrap_or_else(|| panic!("the second hop did not start:\n{out}"));
+    let (first, second) = out.split_at(second_hop);
+    assert!(first.contains(&format!("[upgrade] == hop to {KUBE_VERSION}")), "{out}");
+    for n in ["node1", "node2", "node3"] {
+        assert!(first.contains(&format!("[upgrade] {n}: on {KUBE_VERSION}, gate passed")), "{n}:\n{out}");
+    }
+    for n in ["node1", "node2"] {
+        assert!(second.contains(&format!("[upgrade] {n}: on {NEWEST_VERSION}, gate passed")), "{n}:\n{out}");
+    }
+    assert!(second.contains(&format!("[upgrade] node3: FAILED at {NEWEST_VERSION}")), "{out}");
+    assert!(out.contains(&format!("node3: failed and rolled back to {KUBE_VERSION}")), "{out}");
     assert!(cordoned.contains("node2"), "node2 was seen cordoned while it was upgraded: {cordoned:?}");
+    // What the run reports is what runs: its table, each host's binaries and the Nodes agree.
+    let expected = [("node1", NEWEST_VERSION), ("node2", NEWEST_VERSION), ("node3", KUBE_VERSION)];
+    let reported = versions_reported(&out);
     let ns = nodes(lab, cluster);
-    for (n, v) in [("node1", KUBE_VERSION), ("node2", KUBE_VERSION), ("node3", OLD_VERSION)] {
+    for (n, v) in expected {
+        assert_eq!(reported.get(n).map(String::as_str), Some(v), "{n} as reported:\n{out}");
         assert_eq!(ns[n]["status"]["nodeInfo"]["kubeletVersion"], v, "{n}");
         assert!(ready(&ns[n]), "{n} is Ready");
         assert!(ns[n]["spec"]["unschedulable"].as_bool() != Some(true), "{n} is uncordoned");
+        let bins =
+            must(lab.ssh(n, "for b in kubelet kube-proxy; do /usr/local/bin/$b --version; done"), "versions");
+        assert_eq!(bins.matches(&format!("Kubernetes {v}\n")).count(), 2, "{n}: {bins}");
     }
+    // node3 moved to containerd 2 in the first hop, and its rollback to v1.36 kept it there.
+    runs_containerd_2(lab, "node3");
     let evicted = must(
         lab.ssh("node1", "journalctl -u kube-apiserver --no-pager | grep -c 'Evicted pod' || true"),
         "apiserver log",
     );
     assert!(evicted.trim().parse::<u32>().unwrap_or(0) > 0, "the drain went through the eviction API");
-    // The snapshot taken first is on the admin machine and etcd's own tool reads it.
+    // The snapshot taken first (one for the whole run, before the first hop) is on the admin machine and
+    // etcd's own tool reads it.
     let backups: Vec<PathBuf> =
         std::fs::read_dir(lab.pki(cluster).join("backups")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(backups.len(), 1, "{backups:?}");
@@ -883,7 +939,7 @@ fn upgrade_with_a_workload_and_a_failing_node(lab: &Lab, cluster: &str, inv: &Pa
     let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
     assert!(v["totalKey"].as_u64().unwrap_or(0) > 0, "etcdctl snapshot status: {}", text(&st));
 
-    // The fault is gone: a re-run continues with node3 only.
+    // The fault is gone: a re-run continues with node3 only, in one hop.
     must(
         lab.ssh("node3", "rm -rf /etc/systemd/system/kubelet.service.d && systemctl daemon-reload"),
         "remove the fault",
@@ -891,8 +947,17 @@ fn upgrade_with_a_workload_and_a_failing_node(lab: &Lab, cluster: &str, inv: &Pa
     let o = lab.upgrade(inv, "again");
     let out = text(&o);
     assert!(o.status.success(), "{out}");
-    assert!(out.contains("node1: already on") && out.contains("node2: already on"), "{out}");
-    assert!(out.contains(&format!("node3: on {KUBE_VERSION}, gate passed")), "{out}");
+    assert!(
+        out.contains(&format!("[upgrade] == hop to {NEWEST_VERSION}"))
+            && !out.contains(&format!("[upgrade] == hop to {KUBE_VERSION}")),
+        "the control planes run {NEWEST_VERSION}: one hop:\n{out}"
+    );
+    assert!(
+        out.contains(&format!("node1: already on {NEWEST_VERSION}"))
+            && out.contains(&format!("node2: already on {NEWEST_VERSION}")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("node3: on {NEWEST_VERSION}, gate passed")), "{out}");
     let stats = host_stats(&out);
     assert!(stats["node2"].1 == 0, "node2 receives nothing: {:?}", stats["node2"]);
     let again = must(lab.exec(&[me, "upgrade", "apply", "-i", i, "--yes"]), "a third upgrade apply");
@@ -915,19 +980,48 @@ fn upgrade_with_a_workload_and_a_failing_node(lab: &Lab, cluster: &str, inv: &Pa
     for w in ["node1", "node2", "node3"] {
         let v =
             must(lab.ssh(w, "for b in kubelet kube-proxy; do /usr/local/bin/$b --version; done"), "versions");
-        assert_eq!(v.matches(&format!("Kubernetes {KUBE_VERSION}")).count(), 2, "{w}: {v}");
-        // The runtime moved to kubeforge's containerd 2 and its configuration to format version 3.
-        let rt = must(
-            lab.ssh(w, "systemctl is-active containerd; readlink -f /proc/$(systemctl show -p MainPID --value containerd)/exe; /usr/local/bin/containerd --version; grep -m1 '^version' /etc/containerd/config.toml"),
-            "the runtime",
-        );
-        assert!(
-            rt.starts_with("active\n/usr/local/bin/containerd\n")
-                && rt.contains(" 2.1.9")
-                && rt.contains("version = 3"),
-            "{w}: {rt}"
-        );
+        assert_eq!(v.matches(&format!("Kubernetes {NEWEST_VERSION}\n")).count(), 2, "{w}: {v}");
+        runs_containerd_2(lab, w);
     }
+}
+
+/// The sections of an `upgrade plan` with two hops: what it says under `hop to KUBE_VERSION:`, and under
+/// `hop to NEWEST_VERSION:` (up to the health line).
+fn plan_hops(plan: &str) -> (&str, &str) {
+    let at = |s: &str| plan.find(s).unwrap_or_else(|| panic!("no `{s}` in the plan:\n{plan}"));
+    let (a, b, end) =
+        (at(&format!("hop to {KUBE_VERSION}:")), at(&format!("hop to {NEWEST_VERSION}:")), at("\nhealth: "));
+    assert!(a < b && b < end, "{plan}");
+    (&plan[a..b], &plan[b..end])
+}
+
+/// The table `upgrade apply` prints after `versions now:` (host, then version), as host → version.
+fn versions_reported(out: &str) -> std::collections::BTreeMap<String, String> {
+    let table = out.split_once("versions now:\n").unwrap_or_else(|| panic!("no `versions now:`:\n{out}")).1;
+    table
+        .lines()
+        .map_while(|l| {
+            let mut w = l.split_whitespace();
+            match (w.next(), w.next(), w.next()) {
+                (Some(h), Some(v), None) if l.starts_with("  ") => Some((h.to_owned(), v.to_owned())),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// `node` runs kubeforge's containerd 2 (the bundle's v2.1.9) with its configuration in format version 3.
+fn runs_containerd_2(lab: &Lab, node: &str) {
+    let rt = must(
+        lab.ssh(node, "systemctl is-active containerd; readlink -f /proc/$(systemctl show -p MainPID --value containerd)/exe; /usr/local/bin/containerd --version; grep -m1 '^version' /etc/containerd/config.toml"),
+        "the runtime",
+    );
+    assert!(
+        rt.starts_with("active\n/usr/local/bin/containerd\n")
+            && rt.contains(" 2.1.9")
+            && rt.contains("version = 3"),
+        "{node}: {rt}"
+    );
 }
 
 /// Sets `cluster.kubernetesVersion` in an inventory the lab wrote.
@@ -1033,18 +1127,20 @@ fn under_readiness_loop(lab: &Lab, cluster: &str, cps: &[&str], f: impl FnOnce()
     o
 }
 
-/// The HA scenario's upgrade of the control planes `cps`, one at a time, under the readiness loop.
+/// The HA scenario's upgrade of the control planes `cps` from KUBE_VERSION to NEWEST_VERSION (one hop), one
+/// at a time, under the readiness loop.
 fn upgrade_ha(lab: &Lab, cluster: &str, inv: &Path, cps: &[&str]) {
     let o = under_readiness_loop(lab, cluster, cps, || {
         lab.upgrade(inv, &format!("of {} control planes", cps.len()))
     });
     let out = text(&o);
+    assert!(out.contains(&format!("path: {KUBE_VERSION} → {NEWEST_VERSION} (1 hop)")), "{out}");
     for n in cps {
-        assert!(out.contains(&format!("[upgrade] {n}: on {KUBE_VERSION}, gate passed")), "{out}");
+        assert!(out.contains(&format!("[upgrade] {n}: on {NEWEST_VERSION}, gate passed")), "{out}");
     }
     // One control plane at a time: each passed its gate before the next one started.
     let order: Vec<usize> =
-        cps.iter().map(|n| out.find(&format!("[upgrade] {n}: on {KUBE_VERSION}")).unwrap()).collect();
+        cps.iter().map(|n| out.find(&format!("[upgrade] {n}: on {NEWEST_VERSION}")).unwrap()).collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
 }
 
@@ -1131,8 +1227,9 @@ fn host_etcdctl(lab: &Lab, cluster: &str, endpoints: &str, args: &[&str]) -> Str
 fn high_availability(lab: &Lab) {
     let cluster = format!("{}-ha", lab.name);
     let all: &[&str] = &["control-plane", "etcd", "worker"];
-    // One control plane behind the node-local balancer, then two more join as etcd learners.
-    let one = at_version(lab.inventory(&cluster, &[("node1", all)], &[]), OLD_VERSION);
+    // One control plane behind the node-local balancer, then two more join as etcd learners; installed
+    // directly at v1.36, on the bundle's containerd 2.
+    let one = at_version(lab.inventory(&cluster, &[("node1", all)], &[]), KUBE_VERSION);
     endpoint_mode(&one, "local-lb");
     // A single node with every role: a dry run shows the plan and writes nothing.
     let dry = must(lab.apply(&one, &["--dry-run"]), "apply --dry-run");
@@ -1155,7 +1252,7 @@ fn high_availability(lab: &Lab) {
     tls_chain(lab, &cluster, "10.77.0.11");
     let inv = at_version(
         lab.inventory(&cluster, &[("node1", all), ("node2", all), ("node3", all)], &[]),
-        OLD_VERSION,
+        KUBE_VERSION,
     );
     endpoint_mode(&inv, "local-lb");
     let me = env!("CARGO_BIN_EXE_kubeforge");
@@ -1212,9 +1309,11 @@ fn high_availability(lab: &Lab) {
         "three voting members:\n{members}"
     );
     let all3 = [("node1", true, false), ("node2", true, false), ("node3", true, false)];
-    check_nodes_at(lab, &cluster, OLD_VERSION, &all3);
+    check_nodes_at(lab, &cluster, KUBE_VERSION, &all3);
     for n in ["node1", "node2", "node3"] {
         must(lab.ssh(n, &format!("systemctl is-active {UNITS_CP} {UNITS_NODE} kube-api-lb")), "HA units");
+        // v1.36 is installed on containerd 2 from the bundle, not on the distribution's 1.7.
+        runs_containerd_2(lab, n);
         // Every node's balancer asks each apiserver's /readyz, verified against the cluster CA.
         let lb = must(
             lab.ssh(n, "systemctl show -p ExecStart --value kube-api-lb; journalctl -u kube-api-lb --no-pager | grep -m1 \"checking each backend\"; true"),
@@ -1266,7 +1365,7 @@ fn high_availability(lab: &Lab) {
 
     // An etcd member down: `upgrade apply` refuses, naming it, and changes nothing.
     must(lab.ssh("node3", "systemctl stop etcd"), "stop etcd on node3");
-    let o = lab.exec(&[me, "upgrade", "apply", "-i", i, "--to", KUBE_VERSION, "--yes"]);
+    let o = lab.exec(&[me, "upgrade", "apply", "-i", i, "--to", NEWEST_VERSION, "--yes"]);
     let out = text(&o);
     assert!(
         !o.status.success()
@@ -1333,12 +1432,12 @@ fn high_availability(lab: &Lab) {
         assert!(!units.contains("10.77.0.13"), "{n} still lists node3:\n{units}");
     }
     // The admin's inventory without node3.
-    let two = at_version(lab.inventory(&cluster, &[("node1", all), ("node2", all)], &[]), OLD_VERSION);
+    let two = at_version(lab.inventory(&cluster, &[("node1", all), ("node2", all)], &[]), KUBE_VERSION);
     endpoint_mode(&two, "local-lb");
 
-    // The two control planes are upgraded one at a time while the API answers through a balancer.
+    // The two control planes are upgraded to v1.37 one at a time while the API answers through a balancer.
     upgrade_ha(lab, &cluster, &two, &["node1", "node2"]);
-    check_nodes_at(lab, &cluster, KUBE_VERSION, &[("node1", true, false), ("node2", true, false)]);
+    check_nodes(lab, &cluster, &[("node1", true, false), ("node2", true, false)]);
 
     // Every certificate renewed and pushed while the API answers: new certificates on the wire.
     renew_ha(lab, &cluster, &two, &["node1", "node2"]);
@@ -1434,7 +1533,7 @@ fn backup_then_restore_in_place(lab: &Lab, cluster: &str, inv: &Path) {
         "two voting members:\n{members}"
     );
     etcd_health(lab, "node1", 2);
-    check_nodes_at(lab, cluster, KUBE_VERSION, &[("node1", true, false), ("node2", true, false)]);
+    check_nodes(lab, cluster, &[("node1", true, false), ("node2", true, false)]);
 }
 
 #[test]
@@ -1489,12 +1588,12 @@ fn apply_on_lab_vms_workers_join_upgrade_remove_then_ha() {
     type Scenario = fn(&Lab);
     let scenarios: [(&str, Scenario, &[&str]); 2] = [
         (
-            "1 control plane + 1 worker, join a worker, remove it",
+            "1 control plane + 1 worker, join a worker, upgrade two hops, remove it",
             one_control_plane_then_join_and_remove_a_worker,
             &["node1", "node2", "node3"],
         ),
         (
-            "HA: one node with every role, grow to 3 control planes with join (one killed mid-way), lose one, remove it, upgrade",
+            "HA at v1.36: one node with every role, grow to 3 control planes with join (one killed mid-way), lose one, remove it, upgrade to v1.37",
             high_availability,
             &[],
         ),
