@@ -66,16 +66,7 @@ pub struct Balancer {
 impl Balancer {
     /// A balancer over `backends` (at least one).
     pub fn new(backends: Vec<SocketAddr>) -> Arc<Self> {
-        let n = backends.len();
-        Arc::new(Balancer {
-            backends,
-            down_until: Mutex::new(vec![None; n]),
-            ready: Mutex::new(vec![true; n]),
-            next: AtomicUsize::new(0),
-            active: AtomicUsize::new(0),
-            max_connections: MAX_CONNECTIONS,
-            idle_timeout: IDLE_TIMEOUT,
-        })
+        Self::with_limits(backends, MAX_CONNECTIONS, IDLE_TIMEOUT)
     }
 
     /// A balancer with other bounds than [`MAX_CONNECTIONS`] and [`IDLE_TIMEOUT`] (tests).
@@ -537,12 +528,18 @@ mod tests {
     }
 
     fn start(backends: Vec<SocketAddr>) -> (Arc<Balancer>, SocketAddr) {
+        let bal = Balancer::new(backends);
+        let addr = serving(&bal);
+        (bal, addr)
+    }
+
+    /// Serves `bal` on a free loopback port; its address.
+    fn serving(bal: &Arc<Balancer>) -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
-        let bal = Balancer::new(backends);
         let b = bal.clone();
         std::thread::spawn(move || b.serve(l));
-        (bal, addr)
+        addr
     }
 
     #[test]
@@ -756,16 +753,13 @@ mod tests {
     #[test]
     fn connections_beyond_the_cap_are_closed_and_the_others_served() {
         let (a, _) = echo_server(b'a');
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let lb = l.local_addr().unwrap();
         // (Idle connections close after 2 s: after the client closes, the quiet backend's answer is waited
         // for that long at most.)
         let bal = Balancer::with_limits(vec![a, silent_server()], 2, Duration::from_secs(2));
         // Both slots held by quiet connections to the silent backend... (the echo backend answers and
         // closes, so it is taken out of the count by sending to it last).
         bal.set_ready(0, false, "test");
-        let b = bal.clone();
-        std::thread::spawn(move || b.serve(l));
+        let lb = serving(&bal);
         let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(lb).unwrap()).collect();
         eventually("two connections proxied", || bal.active() == 2);
         // ...a third is closed at once.
@@ -799,14 +793,9 @@ mod tests {
         });
         let quiet = silent_server();
         let idle = Duration::from_millis(600);
-        let lq = TcpListener::bind("127.0.0.1:0").unwrap();
-        let ls = TcpListener::bind("127.0.0.1:0").unwrap();
-        let (q_addr, s_addr) = (lq.local_addr().unwrap(), ls.local_addr().unwrap());
         let (bq, bs) =
             (Balancer::with_limits(vec![quiet], 8, idle), Balancer::with_limits(vec![streaming], 8, idle));
-        let (q2, s2) = (bq.clone(), bs.clone());
-        std::thread::spawn(move || q2.serve(lq));
-        std::thread::spawn(move || s2.serve(ls));
+        let (q_addr, s_addr) = (serving(&bq), serving(&bs));
         let mut q = TcpStream::connect(q_addr).unwrap();
         let mut busy = TcpStream::connect(s_addr).unwrap();
         q.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
