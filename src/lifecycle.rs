@@ -204,13 +204,7 @@ pub(crate) fn kubectl_retrying(args: &[&str]) -> Command {
     crate::phase::addons::retrying(&argv)
 }
 
-/// `kubeforge remove-node`.
-pub fn remove_node(inventory: &Path, options: RemoveOptions) -> Result<i32> {
-    let session = crate::session::Session::open(inventory, options.apply.clone())?;
-    remove_node_in(&session, options)
-}
-
-/// [`remove_node`] in a session (fake transports in tests).
+/// `kubeforge remove-node` in a session (fake transports in tests).
 pub fn remove_node_in(session: &crate::session::Session, options: RemoveOptions) -> Result<i32> {
     let (loaded, inventory) = (&session.loaded, &session.loaded.path);
     let full = session.model();

@@ -98,11 +98,6 @@ impl Session {
         self.captured.lock().expect("output lock").clone().unwrap_or_default()
     }
 
-    /// Installs these artifacts instead of resolving the release source (tests).
-    pub fn with_artifacts(self, artifacts: Artifacts) -> Self {
-        self.with_artifacts_from(Arc::new(move |_: &ClusterModel| artifacts.clone()))
-    }
-
     /// Installs the artifacts `f` gives for each model (its versions) instead of resolving the release
     /// source (tests of commands that move between versions).
     pub fn with_artifacts_from(mut self, f: ArtifactsFor) -> Self {

@@ -21,7 +21,6 @@
 //! - Certificates within their renewal window are re-issued on the way (the store renews them whenever
 //!   material is prepared).
 
-use crate::apply::ApplyOptions;
 use crate::inventory::validate::Version;
 use crate::model::ClusterModel;
 use crate::prompt::Consent;
@@ -33,7 +32,6 @@ use policy::{Check, Health, HostFacts, KUBE_BINARIES};
 use rolling::{Outcome, Run};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub mod policy;
@@ -602,13 +600,7 @@ struct PlanDocument {
     plans: Vec<UpgradePlan>,
 }
 
-/// `kubeforge upgrade plan`: exit 1 when a plan has a blocker.
-pub fn plan(inventory: &Path, to: Option<Version>, options: ApplyOptions) -> Result<i32> {
-    let session = Session::open(inventory, options)?;
-    plan_in(&session, to, Batch::Nodes(1), crate::output::Format::Table)
-}
-
-/// [`plan`] in a session, in `format`.
+/// `kubeforge upgrade plan` in a session, in `format`: exit 1 when a plan has a blocker.
 pub fn plan_in(
     session: &Session,
     to: Option<Version>,
