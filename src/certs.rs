@@ -185,12 +185,7 @@ struct OnHosts {
 }
 
 fn when(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC")).ok()
-        })
-        .unwrap_or_default()
+    crate::report::unix_time(unix)
 }
 
 /// Reads the store (and with `on_hosts` the deployed files) into the expiration report.

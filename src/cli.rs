@@ -58,6 +58,11 @@ pub enum Command {
     /// and rolled back when it fails; `rollback` returns hosts to their previous version.
     #[command(subcommand)]
     Upgrade(crate::upgrade::UpgradeCommand),
+    /// Rolling host maintenance: per step (etcd-only members, control planes one at a time, workers in
+    /// batches) cordon, drain, optionally upgrade the OS packages (`--patch`), reboot when required or
+    /// always (`--reboot`), wait for SSH, the services, etcd and Node Ready, uncordon. A failing host stops
+    /// the run; a re-run with the same settings resumes. Without `--yes` it shows the plan and asks.
+    Maintain(crate::maintain::MaintainArgs),
     /// Certificates: generate, check expiration, renew.
     #[command(subcommand)]
     Certs(crate::certs::CertsCommand),
@@ -89,7 +94,7 @@ pub enum Command {
     /// List the phases of a workflow (`apply`) or the stages of a lifecycle command (`reset`, `restore`,
     /// ...), in the order they run.
     Phases {
-        /// The workflow: apply, join, remove-node, reset, backup, restore.
+        /// The workflow: apply, join, remove-node, reset, backup, restore, upgrade, maintain.
         #[arg(default_value = "apply")]
         workflow: String,
     },
@@ -399,6 +404,7 @@ fn cluster_of(c: &Command) -> Option<(&std::path::Path, Option<&std::path::Path>
         Command::Upgrade(U::Plan(a)) => (&a.inventory, a.common.pki_dir.as_deref()),
         Command::Upgrade(U::Apply(a)) => (&a.inventory, a.common.pki_dir.as_deref()),
         Command::Upgrade(U::Rollback(a)) => (&a.inventory, a.common.pki_dir.as_deref()),
+        Command::Maintain(a) => (&a.inventory, a.common.pki_dir.as_deref()),
         Command::Kubeconfig(k) => {
             use crate::certs::KubeconfigCommand as K;
             let t = match k {
@@ -490,6 +496,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             crate::lifecycle::state_pull(&inventory, &common.options(&inventory)?)
         }
         Command::Upgrade(c) => crate::upgrade::run(c),
+        Command::Maintain(a) => crate::maintain::run(a),
         Command::Certs(c) => crate::certs::run_certs(c),
         Command::Lab(c) => crate::lab::run_command(c),
         Command::Kubeconfig(c) => crate::certs::run_kubeconfig(c),

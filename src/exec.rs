@@ -88,7 +88,7 @@ pub enum StepError {
     #[error(transparent)]
     Transport(#[from] TransportError),
     /// A command exited non-zero.
-    #[error("`{command}` exited with status {status:?}")]
+    #[error("{}", command_failed(command, *status, output))]
     Command {
         /// The command (redacted).
         command: String,
@@ -100,6 +100,23 @@ pub enum StepError {
     /// A custom step's own failure.
     #[error("{0}")]
     Other(String),
+}
+
+/// `` `cmd` exited with status 1: `` and the last lines it wrote to stderr (else stdout), which usually say
+/// why.
+fn command_failed(command: &str, status: Option<u32>, output: &ExecOutput) -> String {
+    let status = status.map(|s| s.to_string()).unwrap_or("<killed by signal>".into());
+    let mut said = output.stderr_str();
+    if said.trim().is_empty() {
+        said = output.stdout_str();
+    }
+    let lines: Vec<&str> = said.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+    if tail.is_empty() {
+        format!("`{command}` exited with status {status}")
+    } else {
+        format!("`{command}` exited with status {status}: {tail}")
+    }
 }
 
 /// The result of one step.

@@ -264,3 +264,18 @@ pub fn fmt_dur(d: Duration) -> String {
         format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
     }
 }
+
+/// A Unix time as people read it (`2026-12-07 13:05 UTC`).
+pub fn unix_time(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC")).ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Now, in Unix seconds.
+pub fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}

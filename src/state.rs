@@ -60,6 +60,22 @@ pub struct ClusterState {
     /// How each etcd member bootstrapped (kept so that membership changes never rewrite running members).
     #[serde(default)]
     pub etcd_bootstrap: BTreeMap<String, crate::model::EtcdBootstrap>,
+    /// A `kubeforge maintain` run that has not finished: a re-run with the same settings skips the hosts
+    /// it already did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
+}
+
+/// The progress of a `kubeforge maintain` run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Maintenance {
+    /// When it started (Unix seconds).
+    pub started: i64,
+    /// Its settings (`--patch --reboot always`), which a re-run must repeat to resume it.
+    pub settings: String,
+    /// The hosts it finished, with what was done on each.
+    pub done: BTreeMap<String, String>,
 }
 
 /// Errors of the state file.

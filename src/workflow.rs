@@ -44,6 +44,8 @@ pub enum StageKind {
     /// A cluster operation on one API or etcd host (cordon, drain, delete a Node, etcd member changes,
     /// snapshot, restore of a member).
     ClusterAction,
+    /// Acts on the step's hosts themselves (a reboot).
+    Host,
     /// Waits for health and refuses to go on without it.
     Gate,
     /// A nested `apply` pass.
@@ -61,6 +63,7 @@ impl StageKind {
             StageKind::Confirm => "confirm",
             StageKind::Converge => "converge",
             StageKind::ClusterAction => "cluster",
+            StageKind::Host => "host",
             StageKind::Gate => "gate",
             StageKind::Apply => "apply",
             StageKind::Local => "local",
@@ -215,11 +218,36 @@ pub const UPGRADE: Workflow = Workflow {
     repeat: Some(("step", "rollback")),
 };
 
+/// `kubeforge maintain`.
+pub const MAINTAIN: Workflow = Workflow {
+    name: "maintain",
+    command: "maintain",
+    stages: &[
+        stage("identity", Check, "Read the selected hosts' and the control planes' markers: the store must be this installed cluster's"),
+        stage("read", Check, "Per host: boot id, package manager, pending package upgrades (--patch; lists refreshed unless --dry-run), reboot required; the cluster's health (refused when unhealthy)"),
+        stage("preview", Preview, "Show per step and host what will be done: packages, reboot and why, drain (`--dry-run` ends here)"),
+        stage("confirm", Confirm, "Ask on the terminal (--yes: go ahead; no terminal: refused)"),
+        stage("step", Check, "Per step (etcd-only members, control planes one at a time, then workers in batches): its hosts with work left; hosts done earlier in this maintenance are skipped"),
+        stage("cordon", ClusterAction, "Cordon the step's nodes"),
+        stage("drain", ClusterAction, "Drain them through the eviction API (PodDisruptionBudgets hold); a drain that cannot finish uncordons and stops"),
+        stage("leadership", ClusterAction, "Hand etcd leadership away from a member about to restart"),
+        stage("patch", Converge, "Upgrade the OS packages (--patch): apt-get upgrade or dnf upgrade, non-interactive, keeping changed configuration files"),
+        stage("reboot", Host, "Reboot when required (/var/run/reboot-required, needs-restarting -r) or always (--reboot)"),
+        stage("back", Gate, "SSH answers with a new boot id, then the host's services pass their health checks (--reboot-timeout)"),
+        stage("gate", Gate, "apiserver ready, etcd member healthy, Node Ready (--gate-timeout); a host that fails stays cordoned and the run stops"),
+        stage("uncordon", ClusterAction, "Uncordon the step's nodes; the host is recorded as done in the cluster state"),
+        stage("workloads", Gate, "Every workload controller has its Ready pods of before the drain again"),
+        stage("report", Local, "Per host: patched, rebooted, and the time of each part"),
+    ],
+    repeat: Some(("step", "workloads")),
+};
+
 /// Every lifecycle workflow with stages.
-pub const LIFECYCLE: &[&Workflow] = &[&JOIN, &REMOVE_NODE, &RESET, &BACKUP, &RESTORE, &UPGRADE];
+pub const LIFECYCLE: &[&Workflow] = &[&JOIN, &REMOVE_NODE, &RESET, &BACKUP, &RESTORE, &UPGRADE, &MAINTAIN];
 
 /// The names of every workflow (`kubeforge phases NAME`).
-pub const NAMES: &[&str] = &["apply", "join", "remove-node", "reset", "backup", "restore", "upgrade"];
+pub const NAMES: &[&str] =
+    &["apply", "join", "remove-node", "reset", "backup", "restore", "upgrade", "maintain"];
 
 /// A lifecycle workflow by name.
 pub fn lifecycle(name: &str) -> Option<&'static Workflow> {

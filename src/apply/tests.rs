@@ -2073,3 +2073,274 @@ fn an_upgrade_two_minors_ahead_goes_through_the_newest_patch_between_hop_by_hop(
     assert_eq!(steps.iter().filter(|s| s.starts_with("step")).count(), 6, "3 steps per hop: {steps:?}");
     assert!(api.cordoned.lock().unwrap().is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// `maintain` on the simulated hosts: its own code (`maintain::maintain_in`) in a session.
+
+/// Fake files through which a simulated host plays its part in a maintenance.
+const SIM_BOOT: &str = "/sim/boot-id";
+const SIM_REBOOT_REQUIRED: &str = "/sim/reboot-required";
+/// `apt-get -s upgrade` lines (`Inst name [old] (new ...)`), one per pending package.
+const SIM_PACKAGES: &str = "/sim/packages";
+/// Present: the packages install a new kernel (a reboot is required afterwards).
+const SIM_KERNEL: &str = "/sim/kernel";
+/// Present: the host does not come back from its reboot.
+const SIM_STUCK: &str = "/sim/stuck";
+
+/// The simulated hosts answer what an upgrade reads (health, versions, cordons) and what a maintenance
+/// does: the read (boot id, apt, pending packages, reboot required), the package upgrade, the reboot (a
+/// new boot id, unless the host is stuck) and the boot id.
+fn simulate_maintenance(h: &Harness, text: &str) -> SimApi {
+    let api = simulate_upgrades(h, text);
+    for t in h.hosts.values() {
+        let show = |fake: &FakeTransport, p: &str| {
+            fake.file(p).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+        };
+        t.put_file(SIM_BOOT, b"boot-0".to_vec());
+        t.handle("cat /proc/sys/kernel/random/boot_id", move |_, fake| Reply::ok(show(fake, SIM_BOOT)));
+        t.handle("Debug::NoLocking", move |argv, fake| {
+            let mut out = format!("boot {}\npm apt\n", show(fake, SIM_BOOT));
+            let required = fake.file(SIM_REBOOT_REQUIRED).is_some();
+            out.push_str(if required { "reboot-required yes\n" } else { "reboot-required no\n" });
+            if argv.iter().any(|a| a == "patch") {
+                out.push_str("lists 1765000000\n");
+                for l in show(fake, SIM_PACKAGES).lines() {
+                    out.push_str(&format!("apt {l}\n"));
+                }
+            }
+            Reply::ok(out)
+        });
+        t.handle("force-confold", |_, fake| {
+            fake.remove_file(SIM_PACKAGES);
+            if fake.file(SIM_KERNEL).is_some() {
+                fake.put_file(SIM_REBOOT_REQUIRED, Vec::new());
+                return Reply::ok("reboot-required yes\n");
+            }
+            Reply::ok("reboot-required no\n")
+        });
+        t.handle("kubeforge maintain: reboot", move |_, fake| {
+            if fake.file(SIM_STUCK).is_none() {
+                let n: u32 = show(fake, SIM_BOOT).trim_start_matches("boot-").parse().unwrap_or(0);
+                fake.put_file(SIM_BOOT, format!("boot-{}", n + 1).into_bytes());
+                fake.remove_file(SIM_REBOOT_REQUIRED);
+            }
+            Reply::ok("")
+        });
+    }
+    api
+}
+
+fn maintain_options(patch: bool, reboot: crate::maintain::Reboot) -> crate::maintain::MaintainOptions {
+    crate::maintain::MaintainOptions {
+        hosts: None,
+        patch,
+        reboot,
+        batch: crate::upgrade::Batch::Nodes(1),
+        consent: crate::prompt::Consent::Given,
+        drain_timeout: std::time::Duration::from_secs(60),
+        reboot_timeout: std::time::Duration::from_millis(300),
+        gate_timeout: std::time::Duration::from_secs(0),
+        poll: std::time::Duration::ZERO,
+    }
+}
+
+/// `maintain` in a new session on the harness: the result, the stages entered and what it said.
+fn maintain(h: &Harness, o: &crate::maintain::MaintainOptions) -> (Result<i32>, Vec<String>, String) {
+    let session = h.session(TRIO, h.options(), Arc::new(Recorder::default())).capturing();
+    let r = crate::maintain::maintain_in(&session, o);
+    (r, session.stages(), session.said())
+}
+
+fn boot_of(h: &Harness, host: &str) -> String {
+    String::from_utf8(h.hosts[host].file(SIM_BOOT).unwrap_or_default()).unwrap()
+}
+
+fn maintain_rounds(stages: &[String]) -> Vec<String> {
+    rounds(&stages.iter().map(|s| s.replace("maintain/", "upgrade/")).collect::<Vec<_>>())
+}
+
+#[test]
+fn maintain_reboots_every_host_one_node_at_a_time_and_a_second_run_reboots_again_only_when_asked() {
+    use crate::maintain::Reboot;
+    let h = installed(TRIO);
+    let api = simulate_maintenance(&h, TRIO);
+    let before = command_counts(&h);
+    let (r, stages, said) = maintain(&h, &maintain_options(false, Reboot::Always));
+    r.unwrap_or_else(|e| panic!("{}\n{said}", e.report()));
+    let step = "step cordon drain leadership reboot back gate uncordon workloads";
+    assert_eq!(maintain_rounds(&stages), ["identity read preview", step, step, step, "report"], "{stages:?}");
+    for host in ["cp1", "w1", "w2"] {
+        assert_eq!(boot_of(&h, host), "boot-1", "{host} rebooted once");
+    }
+    // One node out of service at a time: each is uncordoned before the next is cordoned.
+    let api_calls = new_commands(&h, "cp1", &before);
+    let at = |needle: &str| {
+        api_calls
+            .iter()
+            .position(|c| c.contains(needle))
+            .unwrap_or_else(|| panic!("{needle}: {api_calls:#?}"))
+    };
+    assert!(at("cordon cp1") < at("drain cp1") && at("uncordon cp1") < at("cordon w1"));
+    assert!(at("uncordon w1") < at("cordon w2") && at("drain w2") < at("uncordon w2"), "{api_calls:#?}");
+    assert!(api.cordoned.lock().unwrap().is_empty());
+    assert!(said.contains("the only control plane: the API is down while it reboots"), "{said}");
+    assert!(said.contains("maintain: trio maintained"), "{said}");
+    // The record is gone: the maintenance finished.
+    let state = ClusterState::load(&h.options().pki_root, "trio").unwrap();
+    assert_eq!(state.maintenance, None);
+    // `--reboot auto` with nothing required and no packages: nothing to do, nothing touched.
+    let before = call_counts(&h);
+    let (r, stages, said) = maintain(&h, &maintain_options(true, Reboot::Auto));
+    assert_eq!(r.unwrap(), 0);
+    assert!(said.contains("maintain: nothing to do"), "{said}");
+    assert_eq!(maintain_rounds(&stages), ["identity read preview"]);
+    let writes = not_reads(&h, &before);
+    let writes: Vec<&String> =
+        writes.iter().filter(|c| !c.contains("Debug::NoLocking") && !c.contains("--- marker")).collect();
+    assert!(writes.is_empty(), "{writes:#?}");
+}
+
+#[test]
+fn maintain_patches_lists_the_packages_and_reboots_only_the_host_whose_kernel_asks_for_it() {
+    use crate::maintain::Reboot;
+    let h = installed(TRIO);
+    let _api = simulate_maintenance(&h, TRIO);
+    h.hosts["w1"].put_file(
+        SIM_PACKAGES,
+        b"linux-image-amd64 [6.1.153-1] (6.1.158-1 Debian-Security:12/stable-security [amd64])\n\
+          openssl [3.0.17-1~deb12u2] (3.0.17-1~deb12u3 Debian:12.12/stable [amd64])\n"
+            .to_vec(),
+    );
+    h.hosts["w1"].put_file(SIM_KERNEL, Vec::new());
+    h.hosts["w2"].put_file(
+        SIM_PACKAGES,
+        b"tzdata [2025a-0+deb12u1] (2025b-0+deb12u1 Debian:12.12/stable [all])\n".to_vec(),
+    );
+    // The dry run shows each host's packages and writes nothing.
+    let before = call_counts(&h);
+    let mut o = maintain_options(true, Reboot::Auto);
+    o.consent = crate::prompt::Consent::Preview;
+    let (r, _, said) = maintain(&h, &o);
+    assert_eq!(r.unwrap(), 0);
+    assert!(said.contains("linux-image-amd64 6.1.153-1 -> 6.1.158-1"), "{said}");
+    assert!(said.contains("reboot if the packages require it"), "{said}");
+    assert!(said.contains("cp1            nothing to do"), "{said}");
+    assert!(said.contains("package lists as of"), "{said}");
+    assert!(said.contains("maintain --dry-run: nothing was changed"), "{said}");
+    let writes: Vec<String> = not_reads(&h, &before)
+        .into_iter()
+        .filter(|c| !c.contains("Debug::NoLocking") && !c.contains("--- marker"))
+        .collect();
+    assert!(writes.is_empty(), "{writes:#?}");
+    assert!(
+        !not_reads(&h, &before).iter().any(|c| c.contains("patch refresh")),
+        "a dry run does not refresh the lists"
+    );
+    // The run: w1 is patched and reboots (its kernel asks), w2 is patched and does not, cp1 is untouched.
+    let before = command_counts(&h);
+    let (r, stages, said) = maintain(&h, &maintain_options(true, Reboot::Auto));
+    r.unwrap_or_else(|e| panic!("{}\n{said}", e.report()));
+    assert_eq!(
+        maintain_rounds(&stages),
+        [
+            "identity read preview",
+            "step",
+            "step cordon drain leadership patch reboot back gate uncordon workloads",
+            "step cordon drain leadership patch gate uncordon workloads",
+            "report"
+        ],
+        "{stages:?}"
+    );
+    assert_eq!(
+        (boot_of(&h, "cp1"), boot_of(&h, "w1"), boot_of(&h, "w2")),
+        ("boot-0".into(), "boot-1".into(), "boot-0".into())
+    );
+    assert!(new_commands(&h, "cp1", &before).iter().all(|c| !c.contains("cordon cp1")));
+    assert!(h.hosts["w1"].file(SIM_PACKAGES).is_none() && h.hosts["w2"].file(SIM_PACKAGES).is_none());
+    let row = |host: &str| said.lines().find(|l| l.starts_with(host)).unwrap_or_default().to_owned();
+    assert!(row("w1").contains(" 2 ") && row("w1").contains("yes"), "{said}");
+    assert!(row("w2").contains(" 1 ") && row("w2").contains(" no "), "{said}");
+    assert!(row("cp1").contains("nothing to do"), "{said}");
+}
+
+#[test]
+fn a_host_that_does_not_come_back_stops_the_run_cordoned_and_a_re_run_resumes_after_the_hosts_done() {
+    use crate::maintain::Reboot;
+    let h = installed(TRIO);
+    let api = simulate_maintenance(&h, TRIO);
+    h.hosts["w1"].put_file(SIM_STUCK, Vec::new());
+    let (r, stages, said) = maintain(&h, &maintain_options(false, Reboot::Always));
+    let e = r.expect_err("w1 never comes back").report();
+    assert!(e.contains("maintenance stopped at `back`") && e.contains("w1: did not come back"), "{e}");
+    assert!(e.contains("run `kubeforge maintain` again with the same settings"), "{e}");
+    assert_eq!(
+        maintain_rounds(&stages).last().unwrap(),
+        "step cordon drain leadership reboot back",
+        "{said}"
+    );
+    // w1 stays out of service; w2 was never touched.
+    assert_eq!(api.cordoned.lock().unwrap().iter().cloned().collect::<Vec<_>>(), ["w1"]);
+    assert_eq!(boot_of(&h, "w2"), "boot-0");
+    let state = ClusterState::load(&h.options().pki_root, "trio").unwrap();
+    let m = state.maintenance.clone().expect("the maintenance is recorded");
+    assert_eq!(m.settings, "--reboot always");
+    assert_eq!(m.done.keys().cloned().collect::<Vec<_>>(), ["cp1"]);
+    // The admin fixes w1 (it boots) and uncordons it: the re-run skips cp1, reboots w1 and w2.
+    h.hosts["w1"].remove_file(SIM_STUCK);
+    h.hosts["w1"].put_file(SIM_BOOT, b"boot-7".to_vec());
+    api.cordoned.lock().unwrap().clear();
+    let (r, stages, said) = maintain(&h, &maintain_options(false, Reboot::Always));
+    r.unwrap_or_else(|e| panic!("{}\n{said}", e.report()));
+    assert!(said.contains("resuming the maintenance started"), "{said}");
+    assert!(said.contains("done earlier in this maintenance (rebooted)"), "{said}");
+    let step = "step cordon drain leadership reboot back gate uncordon workloads";
+    assert_eq!(maintain_rounds(&stages), ["identity read preview", "step", step, step, "report"]);
+    assert_eq!(
+        (boot_of(&h, "cp1"), boot_of(&h, "w1"), boot_of(&h, "w2")),
+        ("boot-1".into(), "boot-8".into(), "boot-1".into())
+    );
+    assert_eq!(ClusterState::load(&h.options().pki_root, "trio").unwrap().maintenance, None);
+}
+
+#[test]
+fn a_drain_that_cannot_finish_stops_maintain_before_the_host_is_touched_and_uncordons_it() {
+    use crate::maintain::Reboot;
+    let h = installed(TRIO);
+    let api = simulate_maintenance(&h, TRIO);
+    h.hosts["cp1"]
+        .on("drain w1", Reply::fail(1, "Cannot evict pod as it would violate the pod's disruption budget."));
+    let (r, _, _) = maintain(&h, &maintain_options(false, Reboot::Always));
+    let e = r.expect_err("the PDB holds").report();
+    assert!(e.contains("w1: the drain did not finish") && e.contains("disruption budget"), "{e}");
+    assert_eq!(boot_of(&h, "w1"), "boot-0", "w1 was not rebooted");
+    assert_eq!(boot_of(&h, "w2"), "boot-0", "w2 was not touched");
+    assert!(api.cordoned.lock().unwrap().is_empty(), "w1 is uncordoned again");
+}
+
+#[test]
+fn an_interrupt_during_a_reboot_lets_the_host_finish_and_stops_before_the_next_which_a_re_run_does() {
+    use crate::maintain::Reboot;
+    let h = installed(TRIO);
+    let api = simulate_maintenance(&h, TRIO);
+    let session = h.session(TRIO, h.options(), Arc::new(Recorder::default())).capturing();
+    let stop = session.executor.stop_flag();
+    h.hosts["w1"].handle("kubeforge maintain: reboot", move |_, fake| {
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        fake.put_file(SIM_BOOT, b"boot-1".to_vec());
+        Reply::ok("")
+    });
+    let e = crate::maintain::maintain_in(&session, &maintain_options(false, Reboot::Always)).unwrap_err();
+    assert_eq!(e.exit_code(), 130, "{}", e.report());
+    assert!(e.to_string().contains("interrupted before `step`"), "{}", e.report());
+    // w1 came back, passed its gate and is in service again; w2 was not touched.
+    assert!(api.cordoned.lock().unwrap().is_empty());
+    assert_eq!((boot_of(&h, "w1"), boot_of(&h, "w2")), ("boot-1".into(), "boot-0".into()));
+    let m = ClusterState::load(&h.options().pki_root, "trio").unwrap().maintenance.unwrap();
+    assert_eq!(m.done.keys().cloned().collect::<Vec<_>>(), ["cp1", "w1"]);
+    // The re-run does w2 only.
+    let (r, stages, said) = maintain(&h, &maintain_options(false, Reboot::Always));
+    r.unwrap_or_else(|e| panic!("{}\n{said}", e.report()));
+    let step = "step cordon drain leadership reboot back gate uncordon workloads";
+    assert_eq!(maintain_rounds(&stages), ["identity read preview", "step", "step", step, "report"]);
+    assert_eq!(boot_of(&h, "w2"), "boot-1");
+}

@@ -721,6 +721,12 @@ pub trait Transport: Send + Sync {
     /// Round trips and bytes sent so far.
     fn stats(&self) -> StatsSnapshot;
 
+    /// Closes the connection, so the next use connects anew (after a reboot: the old connection may not
+    /// know yet that its peer is gone). Transports without a connection do nothing.
+    fn drop_connection(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
     /// Runs `cmd` and collects its output.
     fn exec<'a>(&'a self, cmd: &'a Command) -> BoxFuture<'a, Result<ExecOutput, TransportError>> {
         self.exec_io(cmd, None, None)

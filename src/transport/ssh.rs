@@ -589,4 +589,8 @@ impl Transport for SshTransport {
     fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
     }
+
+    fn drop_connection(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.close())
+    }
 }

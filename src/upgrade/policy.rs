@@ -14,17 +14,7 @@ use std::sync::Arc;
 pub const KUBE_BINARIES: [&str; 5] =
     ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"];
 
-/// Run on an etcd member (after `ETCDCTL_FN`): when the local member is the leader, hands leadership to
-/// the first other started voting member and prints `moved NAME`; prints nothing otherwise.
-pub const MOVE_LEADER: &str = r#"eps=https://127.0.0.1:2379
-st=$(e endpoint status) || exit 1
-me=$(printf '%s\n' "$st" | awk -F', ' '{print $2; exit}')
-leader=$(printf '%s\n' "$st" | awk -F', ' '{print $5; exit}')
-[ "$leader" = true ] || exit 0
-to=$(e member list | awk -F', ' -v me="$me" '$1 != me && $2 == "started" && $6 == "false" {print $1 " " $3; exit}')
-[ -n "$to" ] || exit 0
-e move-leader "${to%% *}" >/dev/null || exit 1
-echo "moved ${to#* }""#;
+pub use crate::disrupt::{ready_counts, MOVE_LEADER};
 
 // ---------------------------------------------------------------------------------------------------------
 // Live facts
@@ -376,29 +366,12 @@ pub fn release_note_checks(
         .collect()
 }
 
-/// Parses `ns/Kind/name True|False` lines into Ready counts per controller (bare pods left out).
-pub fn ready_counts(out: &str) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for l in out.lines() {
-        let mut it = l.split_whitespace();
-        let (Some(owner), ready) = (it.next(), it.next()) else { continue };
-        if owner.ends_with("//") {
-            continue;
-        }
-        let e = m.entry(owner.to_owned()).or_insert(0);
-        if ready == Some("True") {
-            *e += 1;
-        }
-    }
-    m.retain(|_, n| *n > 0);
-    m
-}
-
-/// What keeps `hosts` from passing their gate at `v`.
+/// What keeps `hosts` from passing their gate: healthy, and at `v` when given (an upgrade; `None`: any
+/// version, as `maintain` gates a host that comes back from a reboot).
 pub fn gate_problems(
     model: &ClusterModel,
     hosts: &[String],
-    v: Version,
+    v: Option<Version>,
     health: &Health,
     facts: &BTreeMap<String, HostFacts>,
 ) -> Vec<String> {
@@ -407,7 +380,7 @@ pub fn gate_problems(
         let Some(h) = model.host(name) else { continue };
         if h.roles.control_plane {
             match health.api.get(&h.internal_ip.to_string()) {
-                Some((true, Some(got))) if *got == v => {}
+                Some((true, got)) if v.is_none() || *got == v => {}
                 Some((true, got)) => p.push(format!(
                     "{name}: kube-apiserver reports {}",
                     got.map(|g| g.to_string()).unwrap_or("no version".into())
@@ -420,7 +393,7 @@ pub fn gate_problems(
         }
         if h.is_node {
             match health.nodes.get(name) {
-                Some(n) if n.ready && n.kubelet == Some(v) => {}
+                Some(n) if n.ready && (v.is_none() || n.kubelet == v) => {}
                 Some(n) => p.push(format!(
                     "{name}: Node {} with kubelet {}",
                     if n.ready { "Ready" } else { "not Ready" },
@@ -432,7 +405,7 @@ pub fn gate_problems(
         match facts.get(name) {
             Some(f) if f.error.is_none() => {
                 for (bin, got) in f.versions.iter().filter(|(b, _)| KUBE_BINARIES.contains(&b.as_str())) {
-                    if *got != v {
+                    if v.is_some_and(|v| *got != v) {
                         p.push(format!("{name}: {bin} reports {got}"));
                     }
                 }
@@ -542,13 +515,13 @@ pub(crate) mod tests {
             )]
             .into()
         };
-        assert!(gate_problems(&m, &["cp1".into()], v("v1.35.7"), &ok, &facts("v1.35.7")).is_empty());
-        let p = gate_problems(&m, &["cp1".into()], v("v1.35.7"), &ok, &facts("v1.34.10"));
+        assert!(gate_problems(&m, &["cp1".into()], Some(v("v1.35.7")), &ok, &facts("v1.35.7")).is_empty());
+        let p = gate_problems(&m, &["cp1".into()], Some(v("v1.35.7")), &ok, &facts("v1.34.10"));
         assert_eq!(p, ["cp1: kube-apiserver reports v1.34.10", "cp1: kubelet reports v1.34.10"]);
         let old_api = parse_health(
             "etcd https://10.0.0.1:2379 healthy\napi 10.0.0.1 ok v1.34.10\nnode cp1|v1.34.10||True\n",
         );
-        let p = gate_problems(&m, &["cp1".into()], v("v1.35.7"), &old_api, &facts("v1.35.7"));
+        let p = gate_problems(&m, &["cp1".into()], Some(v("v1.35.7")), &old_api, &facts("v1.35.7"));
         assert_eq!(p, ["cp1: kube-apiserver reports v1.34.10", "cp1: Node Ready with kubelet v1.34.10"]);
     }
 

@@ -4,12 +4,13 @@
 
 use super::policy::{self, HostFacts};
 use crate::apply::{self, ApplyOptions, RunSummary};
+use crate::disrupt::Disruption;
 use crate::exec::Executor;
 use crate::inventory::validate::Version;
 use crate::model::ClusterModel;
 use crate::session::{Artifacts, Session};
 use crate::state::ClusterState;
-use crate::transport::{Command, Transport};
+use crate::transport::Transport;
 use crate::workflow::UPGRADE;
 use crate::{Error, Result};
 use std::collections::BTreeMap;
@@ -97,6 +98,17 @@ impl<'a> Run<'a> {
             .or(cps.first())
             .map(|s| s.to_string())
             .unwrap_or_default()
+    }
+
+    /// Taking the step's nodes out of service and back, through `api`.
+    fn disruption(&self, api: &str) -> Disruption<'_> {
+        Disruption {
+            session: self.session,
+            api: api.to_owned(),
+            drain_timeout: self.drain_timeout,
+            poll: self.poll,
+            tag: "upgrade",
+        }
     }
 
     pub async fn prepare_artifacts(&mut self, v: Version) -> Result<()> {
@@ -190,64 +202,6 @@ impl<'a> Run<'a> {
         checks.into_iter().collect()
     }
 
-    async fn kubectl(&self, api: &str, what: &str, args: &[&str], timeout: Duration) -> Result<String> {
-        let t = self.transport(api)?;
-        // Transient API errors are retried, except for a drain, whose own timeout must stand.
-        let cmd = if what == "drain" {
-            crate::lifecycle::kubectl(args)
-        } else {
-            crate::lifecycle::kubectl_retrying(args)
-        };
-        let cmd = cmd.timeout(timeout + Duration::from_secs(if what == "drain" { 30 } else { 120 }));
-        let out = crate::plan::run_checked(t.as_ref(), what, &cmd)
-            .await
-            .map_err(|e| Error::msg(format!("{what} (through {api}): {e}"), None))?;
-        Ok(out.stdout_str())
-    }
-
-    /// Ready pods per owning controller (`namespace/Kind/name`), cluster-wide.
-    async fn ready_by_owner(&self, api: &str) -> Result<BTreeMap<String, usize>> {
-        let out = self
-            .kubectl(
-                api,
-                "count Ready pods",
-                &[
-                    "get",
-                    "pods",
-                    "-A",
-                    "-o",
-                    r#"jsonpath={range .items[*]}{.metadata.namespace}{"/"}{.metadata.ownerReferences[0].kind}{"/"}{.metadata.ownerReferences[0].name}{" "}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}"#,
-                ],
-                Duration::from_secs(30),
-            )
-            .await?;
-        Ok(policy::ready_counts(&out))
-    }
-
-    /// Waits until every controller has at least as many Ready pods as in `before` (the pods a drain
-    /// evicted are back), up to the drain timeout.
-    async fn workload_gate(&self, api: &str, before: &BTreeMap<String, usize>) -> Result<()> {
-        let start = Instant::now();
-        loop {
-            let now = self.ready_by_owner(api).await.unwrap_or_default();
-            let short: Vec<String> = before
-                .iter()
-                .filter(|(k, n)| now.get(*k).copied().unwrap_or(0) < **n)
-                .map(|(k, n)| format!("{k} {}/{n} Ready", now.get(k).copied().unwrap_or(0)))
-                .collect();
-            if short.is_empty() {
-                return Ok(());
-            }
-            if start.elapsed() > self.drain_timeout {
-                return Err(Error::msg(
-                    format!("the workloads did not come back: {}", short.join(", ")),
-                    Some("check the pods with kubectl; re-run the upgrade to continue"),
-                ));
-            }
-            tokio::time::sleep(self.poll).await;
-        }
-    }
-
     /// Waits until `hosts` pass their gate at `v`: their apiserver ready and reporting `v`, their etcd member
     /// healthy, their Node Ready with kubelet `v`, and every Kubernetes binary on them reporting `v`.
     async fn gate(&self, api: &str, hosts: &[String], v: Version) -> Result<()> {
@@ -269,7 +223,7 @@ impl<'a> Run<'a> {
                 .await
                 .into_iter()
                 .collect();
-            let problems = policy::gate_problems(&self.model, hosts, v, &health, &facts);
+            let problems = policy::gate_problems(&self.model, hosts, Some(v), &health, &facts);
             if problems.is_empty() {
                 return Ok(());
             }
@@ -323,43 +277,6 @@ pub(super) enum Outcome {
 }
 
 impl Run<'_> {
-    /// One step: `hosts` (one control plane, or a batch of workers) from `from` to `to`.
-    /// Before a host's step: when its etcd member leads a cluster of several members, leadership moves to
-    /// another started voting member (`etcdctl move-leader`), so that the busy host (new binaries written,
-    /// services restarting) does not hold every write and every linearizable read of the cluster up, and a
-    /// member that restarts costs no election. A failure only warns: the step does not need it.
-    async fn hand_over_etcd_leadership(&self, hosts: &[String]) {
-        if self.model.etcd_members().count() < 2 {
-            return;
-        }
-        for h in hosts {
-            if !self.model.host(h).is_some_and(|m| m.roles.etcd) {
-                continue;
-            }
-            let Ok(t) = self.transport(h) else { continue };
-            let clock = Instant::now();
-            let cmd =
-                Command::shell(format!("{}\n{}", crate::phase::install::ETCDCTL_FN, policy::MOVE_LEADER))
-                    .sudo();
-            match t.exec(&cmd).await {
-                Ok(o) if o.success() => {
-                    if let Some(to) = o.stdout_str().lines().find_map(|l| l.strip_prefix("moved ")) {
-                        eprintln!(
-                            "[upgrade] {h}: etcd leadership handed to {} ({:.1}s)",
-                            to.trim(),
-                            clock.elapsed().as_secs_f64()
-                        );
-                    }
-                }
-                Ok(o) => eprintln!(
-                    "[upgrade] {h}: warning: etcd leadership not handed over: {}",
-                    o.stderr_str().trim()
-                ),
-                Err(e) => eprintln!("[upgrade] {h}: warning: etcd leadership not handed over: {e}"),
-            }
-        }
-    }
-
     /// One step: `hosts` (an etcd-only member, a control plane, or a batch of workers) from the versions in
     /// `from` to `to`, through the stages `step` to `rollback`. A failure is rolled back and reported in the
     /// outcomes; an error means the step stopped before anything was converged (a failed cordon or drain,
@@ -404,60 +321,26 @@ impl Run<'_> {
             return Ok(out);
         }
         let to_drain: Vec<String> = todo.iter().filter(|(_, n)| *n).map(|(h, _)| h.clone()).collect();
-        let before = if to_drain.is_empty() { BTreeMap::new() } else { self.ready_by_owner(&api).await? };
-        let drain_secs = format!("--timeout={}s", self.drain_timeout.as_secs().max(1));
+        let d = self.disruption(&api);
+        let before = if to_drain.is_empty() { BTreeMap::new() } else { d.ready_by_owner().await? };
         // The nodes cordoned so far: whatever stops the step before its converge uncordons them. The whole
         // batch is cordoned before the first drain, so no evicted pod lands on a node about to be drained.
         let mut cordoned: Vec<String> = Vec::new();
         if !to_drain.is_empty() && !session.executor.stopping() {
             session.enter(&UPGRADE, "cordon");
-            for h in &to_drain {
-                if let Err(e) = self.kubectl(&api, "cordon", &["cordon", h], Duration::from_secs(30)).await {
-                    self.uncordon(&api, &cordoned).await;
-                    return Err(e);
-                }
-                cordoned.push(h.clone());
-                crate::cleanup::host_doing(
-                    h,
-                    format!(
-                        "cordoned for its upgrade to {to} (`kubectl uncordon {h}` puts it back in service)"
-                    ),
-                );
-            }
+            cordoned = d.cordon(&to_drain, &format!("its upgrade to {to}")).await?;
             session.enter(&UPGRADE, "drain");
         }
-        for h in &cordoned {
-            if session.executor.stopping() {
-                break;
-            }
-            let clock = Instant::now();
-            eprintln!("[upgrade] {h}: cordoned; draining (eviction API)");
-            if let Err(e) = self
-                .kubectl(
-                    &api,
-                    "drain",
-                    &["drain", h, "--ignore-daemonsets", "--delete-emptydir-data", &drain_secs],
-                    self.drain_timeout,
-                )
-                .await
-            {
-                self.uncordon(&api, &cordoned).await;
-                return Err(Error::msg(
-                    format!("{h}: the drain did not finish, nothing was changed on it and it is uncordoned again: {e}"),
-                    Some("check the PodDisruptionBudgets that block it, or raise --drain-timeout; then re-run"),
-                ));
-            }
-            eprintln!("[upgrade] {h}: drained ({:.1}s)", clock.elapsed().as_secs_f64());
-        }
+        d.drain(&cordoned).await?;
         // An interrupt during the drains: nothing was converged; the drained nodes take pods again.
         if session.executor.stopping() {
-            self.uncordon(&api, &cordoned).await;
+            d.uncordon(&cordoned).await;
             return Err(session.boundary(&UPGRADE, "converge").expect_err("stopping"));
         }
         let names: Vec<String> = todo.iter().map(|(h, _)| h.clone()).collect();
         let t0 = Instant::now();
         session.enter(&UPGRADE, "leadership");
-        self.hand_over_etcd_leadership(&names).await;
+        d.hand_over_etcd_leadership(&self.model, &names).await;
         session.enter(&UPGRADE, "converge");
         let result = match self.execute(planned).await {
             Ok(s) => {
@@ -481,13 +364,13 @@ impl Run<'_> {
                     session.enter(&UPGRADE, "uncordon");
                     // Cleanup: an interrupt now does not leave the upgraded nodes cordoned.
                     for h in &cordoned {
-                        self.kubectl(&api, "uncordon", &["uncordon", h], Duration::from_secs(30)).await?;
+                        d.kubectl("uncordon", &["uncordon", h], Duration::from_secs(30)).await?;
                         crate::cleanup::host_doing(h, format!("upgraded to {to} and uncordoned"));
                         eprintln!("[upgrade] {h}: uncordoned");
                     }
                     session.enter(&UPGRADE, "workloads");
                     let clock = Instant::now();
-                    self.workload_gate(&api, &before).await?;
+                    d.workload_gate(&before).await?;
                     eprintln!(
                         "[upgrade] workloads back to Ready ({} controller(s), {:.1}s)",
                         before.len(),
@@ -531,24 +414,9 @@ impl Run<'_> {
                     .filter(|h| out.iter().any(|(n, o)| n == *h && matches!(o, Outcome::RolledBack(_))))
                     .cloned()
                     .collect();
-                self.uncordon(&api, &back).await;
+                d.uncordon(&back).await;
             }
         }
         Ok(out)
-    }
-
-    /// Uncordons `nodes` (cleanup: best effort, every node tried, each failure printed).
-    async fn uncordon(&self, api: &str, nodes: &[String]) {
-        for h in nodes {
-            match self.kubectl(api, "uncordon", &["uncordon", h], Duration::from_secs(30)).await {
-                Ok(_) => {
-                    crate::cleanup::host_doing(h, "uncordoned".into());
-                    eprintln!("[upgrade] {h}: uncordoned")
-                }
-                Err(e) => eprintln!(
-                    "[upgrade] {h}: warning: still cordoned, the uncordon failed: {e} (run `kubectl uncordon {h}`)"
-                ),
-            }
-        }
     }
 }
