@@ -18,7 +18,9 @@
 //!    hop node3's host refusing the v1.37 kubelet: node3 is rolled back to v1.36.4 (still on containerd 2)
 //!    while node1 and node2 stay at v1.37.1, the run stops reporting exactly that, and the Nodes agree; a
 //!    re-run finishes node3 only (one hop); then `upgrade apply` and `apply` report 0 changes, every Node
-//!    Ready at v1.37.1 and the workload whole. `remove-node node3` drains it, deletes its Node, leaves
+//!    Ready at v1.37.1 and the workload whole. `maintain --reboot always` reboots every VM one at a time
+//!    with the workload and its budget running (a new boot id each, never two nodes cordoned at once, the
+//!    budget always held, all Ready and schedulable after). `remove-node node3` drains it, deletes its Node, leaves
 //!    nothing kubeforge installed on it, forgets it in the state file, and the rest of the cluster (at
 //!    v1.37.1) is converged without it.
 //! 2. **HA**, installed directly at v1.36.4 on the bundle's containerd 2: one node with every role behind
@@ -461,6 +463,9 @@ fn one_control_plane_then_join_and_remove_a_worker(lab: &Lab) {
     upgrade_with_a_workload_and_a_failing_node(lab, &cluster, &inv3);
     let ns = nodes(lab, &cluster);
     assert_eq!(ns["node2"]["metadata"]["labels"]["kubeforge.test/tier"], "edge");
+
+    // Rolling maintenance with a reboot of every VM, the workload and its PodDisruptionBudget running.
+    maintain_reboots_every_node(lab, &cluster, &inv3);
 
     // An encrypted backup of the upgraded cluster, restored at the end onto another host with another
     // address; an object written after it must not come back.
@@ -983,6 +988,81 @@ fn upgrade_with_a_workload_and_a_failing_node(lab: &Lab, cluster: &str, inv: &Pa
         assert_eq!(v.matches(&format!("Kubernetes {NEWEST_VERSION}\n")).count(), 2, "{w}: {v}");
         runs_containerd_2(lab, w);
     }
+}
+
+/// `kubeforge maintain --reboot always` on one control plane and two workers with the web Deployment and its
+/// PodDisruptionBudget (minAvailable 2 of 3) running: every VM boots again (a new boot id), never two nodes
+/// are cordoned at once, the budget always holds (while the API answers: the only control plane reboots
+/// too), every node is Ready and schedulable at the end, the workload is whole, and the maintenance record
+/// is gone from the cluster state.
+fn maintain_reboots_every_node(lab: &Lab, cluster: &str, inv: &Path) {
+    let all = ["node1", "node2", "node3"];
+    let boot = |n: &str| must(lab.ssh(n, "cat /proc/sys/kernel/random/boot_id"), "boot id").trim().to_owned();
+    let before: Vec<String> = all.iter().map(|n| boot(n)).collect();
+    let t = Instant::now();
+    let (mut child, log) = spawn_kf(
+        lab,
+        &["maintain", "-i", inv.to_str().unwrap(), "--reboot", "always", "--yes", "--drain-timeout", "3m"],
+        "maintain.log",
+    );
+    // Watch while it runs: how many nodes are cordoned at once, and the budget's margin.
+    let (mut most_cordoned, mut least_margin, mut samples) = (0usize, i64::MAX, 0u32);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        let o = lab.kubectl(
+            cluster,
+            &[
+                "get",
+                "nodes,pdb",
+                "-o",
+                r#"jsonpath={range .items[*]}{.kind} {.spec.unschedulable} {.status.currentHealthy} {.status.desiredHealthy}{"\n"}{end}"#,
+            ],
+        );
+        if o.status.success() {
+            samples += 1;
+            let out = text(&o);
+            most_cordoned = most_cordoned.max(out.lines().filter(|l| l.starts_with("Node true")).count());
+            for l in out.lines().filter(|l| l.starts_with("PodDisruptionBudget")) {
+                let f: Vec<i64> = l.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+                if let [current, desired] = f.as_slice() {
+                    least_margin = least_margin.min(current - desired);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let out = std::fs::read_to_string(&log).unwrap();
+    eprintln!("[e2e] maintain --reboot always ({:.0}s):\n{out}", t.elapsed().as_secs_f64());
+    assert!(status.success(), "maintain failed:\n{out}");
+    eprintln!(
+        "[e2e] maintain watched {samples} time(s): at most {most_cordoned} node(s) cordoned at once, the budget's least margin {least_margin}"
+    );
+    for (n, b) in all.iter().zip(&before) {
+        assert_ne!(&boot(n), b, "{n} booted again");
+        assert!(out.contains(&format!("[maintain] {n}: back with a new boot id")), "{n}:\n{out}");
+        let row = out.lines().find(|l| l.starts_with(n)).unwrap_or_default();
+        assert!(row.contains(" yes "), "{n} rebooted, as the report says: {row}");
+    }
+    assert!(samples > 0, "the API answered while maintain ran");
+    assert!(most_cordoned <= 1, "never two nodes cordoned at once: {most_cordoned}");
+    assert!(least_margin >= 0 && least_margin != i64::MAX, "the PodDisruptionBudget held: {least_margin}");
+    check_nodes(lab, cluster, &[("node1", true, true), ("node2", false, false), ("node3", false, false)]);
+    let ns = nodes(lab, cluster);
+    for n in all {
+        assert!(ns[n]["spec"]["unschedulable"].as_bool() != Some(true), "{n} is uncordoned");
+    }
+    eventually(180, "the workload whole again", || {
+        let r = web_pods_ready(lab, cluster);
+        if r.len() == 3 {
+            Ok(r)
+        } else {
+            Err(format!("{r:?}"))
+        }
+    });
+    let state = std::fs::read_to_string(lab.pki(cluster).join("state.json")).unwrap();
+    assert!(!state.contains("maintenance"), "the finished maintenance is no longer recorded");
 }
 
 /// The sections of an `upgrade plan` with two hops: what it says under `hop to KUBE_VERSION:`, and under
