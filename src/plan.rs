@@ -507,6 +507,16 @@ pub fn diff(desired: &HostDesired, actual: &ActualState) -> HostChanges {
 /// one per follow-up command; one for the marker. The order (files, commands before the start, start, health waits, marker)
 /// is the same as one command per step.
 pub async fn apply_changes(t: &dyn Transport, changes: &HostChanges) -> Result<bool, StepError> {
+    apply_changes_marking(t, changes, &mut false).await
+}
+
+/// [`apply_changes`], setting `placed` once the new files are in place (a failure after that leaves the
+/// host with the new files and the `.kubeforge-prev` copies of the ones they replaced).
+async fn apply_changes_marking(
+    t: &dyn Transport,
+    changes: &HostChanges,
+    placed: &mut bool,
+) -> Result<bool, StepError> {
     if !changes.remove_units.is_empty() || !changes.remove_files.is_empty() {
         // Arguments: units, `--`, files. Units stop before the files they use go.
         let script = "while [ \"$1\" != \"--\" ]; do systemctl disable --now --quiet \"$1\" 2>/dev/null || systemctl stop \"$1\" 2>/dev/null || true; systemctl reset-failed \"$1\" 2>/dev/null || true; shift; done\nshift\nrm -f -- \"$@\"\n";
@@ -548,6 +558,7 @@ pub async fn apply_changes(t: &dyn Transport, changes: &HostChanges) -> Result<b
         // Every file in one round trip, and the units start in that same round trip once every file is
         // in place.
         let done = crate::transport::upload_all(t, &files, start.as_ref()).await?;
+        *placed = true;
         if let (Some(out), Some(cmd)) = (done.then, &start) {
             if !out.success() {
                 let command = format!("start services: {cmd}");
@@ -556,6 +567,7 @@ pub async fn apply_changes(t: &dyn Transport, changes: &HostChanges) -> Result<b
         }
     } else {
         crate::transport::upload_all(t, &files, None).await?;
+        *placed = true;
         for (name, cmd) in &changes.before_start {
             run_checked(t, name, cmd).await?;
         }
@@ -572,6 +584,69 @@ pub async fn apply_changes(t: &dyn Transport, changes: &HostChanges) -> Result<b
         t.upload(&up).await?;
     }
     Ok(!changes.is_empty())
+}
+
+/// Puts back the files given (`$@`) from their `.kubeforge-prev` copies, each renamed over the file (one
+/// atomic step per file); prints `restored FILE` or `no-copy FILE` (a secret keeps no copy, a file was
+/// new). Then `systemctl daemon-reload` when a unit file was restored.
+const REVERT: &str = r#"# kubeforge-revert
+reload=
+for d in "$@"; do
+  if [ -f "$d.kubeforge-prev" ]; then
+    mv -f -- "$d.kubeforge-prev" "$d" && echo "restored $d" || exit 1
+    case $d in /etc/systemd/*) reload=1 ;; esac
+  else
+    echo "no-copy $d"
+  fi
+done
+[ -z "$reload" ] || systemctl daemon-reload"#;
+
+/// [`apply_changes`] on a host that serves while it changes (a running control plane or etcd member
+/// restarting in a rolling group): when the change fails after its files are in place (a service refuses
+/// its new configuration, a health wait fails), the files it replaced are **put back** from their
+/// `.kubeforge-prev` copies, the units restarted again and the health waits run again, and the step fails
+/// saying whether the host is healthy on its previous configuration. The rolling group stops there: the
+/// hosts after it are never changed (issue #32).
+pub async fn apply_changes_reverting(t: &dyn Transport, changes: &HostChanges) -> Result<bool, StepError> {
+    let mut placed = false;
+    let err = match apply_changes_marking(t, changes, &mut placed).await {
+        Ok(changed) => return Ok(changed),
+        Err(e) => e,
+    };
+    let replaced: Vec<String> = changes
+        .files
+        .iter()
+        .filter(|f| f.old.is_some() && !is_marker(&f.file))
+        .map(|f| f.file.upload.dest.clone())
+        .collect();
+    if !placed || replaced.is_empty() {
+        return Err(err);
+    }
+    let revert = async {
+        let out =
+            run_checked(t, "put the previous files back", &Command::shell(REVERT).args(replaced).sudo())
+                .await?
+                .stdout_str();
+        let missing: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("no-copy ")).collect();
+        if !changes.restart.is_empty() {
+            let cmd = Command::shell("for u in \"$@\"; do systemctl restart --no-block \"$u\"; done")
+                .args(changes.restart.iter().cloned())
+                .sudo();
+            run_checked(t, "restart on the previous files", &cmd).await?;
+        }
+        for (name, cmd) in &changes.after_change {
+            run_checked(t, name, cmd).await?;
+        }
+        Ok::<_, StepError>((out.lines().filter(|l| l.starts_with("restored ")).count(), missing.join(", ")))
+    };
+    Err(StepError::Other(match revert.await {
+        Ok((n, missing)) => format!(
+            "{err}\n      REVERTED: {n} file(s) put back from their .kubeforge-prev copies{}, {} restarted: healthy again on the previous configuration",
+            if missing.is_empty() { String::new() } else { format!(" ({missing} kept the new content: no previous copy)") },
+            if changes.restart.is_empty() { "nothing".to_owned() } else { changes.restart.join(", ") }
+        ),
+        Err(r) => format!("{err}\n      the revert to the previous files failed too: {r}"),
+    }))
 }
 
 /// Runs a command that must succeed.

@@ -464,8 +464,17 @@ impl Runner<'_> {
                 for (host, changes) in group {
                     bytes += changes.bytes();
                     let changes = changes.clone();
+                    // A host that serves while it restarts goes back to its previous files when the change
+                    // fails its health waits; the group fails and the hosts after it are never changed.
+                    let rolling = phase.rollout() == Rollout::SerialWhenRunning && changes.disrupts;
                     let step = Step::custom("converge", move |t: &dyn Transport| {
-                        Box::pin(async move { crate::plan::apply_changes(t, &changes).await })
+                        Box::pin(async move {
+                            if rolling {
+                                crate::plan::apply_changes_reverting(t, &changes).await
+                            } else {
+                                crate::plan::apply_changes(t, &changes).await
+                            }
+                        })
                     });
                     plans.push(HostPlan { transport: self.transport(host)?, steps: vec![step] });
                 }

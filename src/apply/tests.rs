@@ -402,6 +402,67 @@ fn running_control_planes_restart_one_at_a_time_while_a_fresh_install_goes_at_on
     assert_eq!(batches(&events, "control-plane"), vec![2, 1]);
 }
 
+/// The first control plane's apiserver refuses a new flag's value at start: its files go back to what it
+/// ran, it restarts and passes its health wait again, the run stops, and the other control planes never
+/// receive the change. With the inventory fixed, the next run has nothing left to put back.
+#[test]
+fn a_control_plane_that_fails_its_health_wait_after_a_change_is_reverted_and_the_others_never_change() {
+    const UNIT: &str = "/etc/systemd/system/kube-apiserver.service";
+    let model = ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), HA).unwrap());
+    let h = Harness::new(&model);
+    h.run(HA, h.options()).0.unwrap();
+    let before: BTreeMap<String, Vec<u8>> =
+        h.hosts.iter().filter_map(|(n, t)| Some((n.clone(), t.file(UNIT)?))).collect();
+    // cp1's apiserver does not start with `--audit-log-maxage=-1` (its wait fails, as with a real one).
+    h.hosts["cp1"].handle("kube-apiserver keeps failing", |_, fake| {
+        let unit = String::from_utf8_lossy(&fake.file(UNIT).unwrap_or_default()).into_owned();
+        if unit.contains("audit-log-maxage=-1") {
+            Reply::fail(1, "kube-apiserver keeps failing (5 automatic restarts)")
+        } else {
+            Reply::ok("")
+        }
+    });
+    h.hosts["cp1"].handle("# kubeforge-revert", |argv, fake| {
+        let mut out = String::new();
+        for d in argv.iter().skip(4) {
+            let prev = format!("{d}.kubeforge-prev");
+            match fake.file(&prev) {
+                Some(old) => {
+                    fake.put_file(d.clone(), old);
+                    fake.remove_file(&prev);
+                    out.push_str(&format!("restored {d}\n"));
+                }
+                None => out.push_str(&format!("no-copy {d}\n")),
+            }
+        }
+        Reply::ok(out)
+    });
+    let bad = HA.replace(
+        "kubernetesVersion: v1.35.7}",
+        "kubernetesVersion: v1.35.7, extraArgs: {kube-apiserver: {audit-log-maxage: \"-1\"}}}",
+    );
+    let (r, events) = h.run(&bad, h.options());
+    let Err(e) = r else { panic!("cp1 refuses the flag: the run must fail") };
+    let e = e.report();
+    assert!(e.contains("cp1") && e.contains("kube-apiserver keeps failing"), "{e}");
+    assert!(
+        e.contains("REVERTED: 1 file(s) put back")
+            && e.contains("healthy again on the previous configuration"),
+        "{e}"
+    );
+    assert_eq!(batches(&events, "control-plane"), vec![1], "the run stopped after cp1");
+    for (host, unit) in &before {
+        assert_eq!(&h.hosts[host].file(UNIT).unwrap(), unit, "{host} runs its previous unit");
+    }
+    assert!(h.hosts["cp1"].file(&format!("{UNIT}.kubeforge-prev")).is_none());
+    // The restart on the previous files happened on cp1 after the revert.
+    let cmds = h.hosts["cp1"].commands();
+    let revert = cmds.iter().position(|c| c.contains("kubeforge-revert")).unwrap();
+    assert!(cmds[revert..]
+        .iter()
+        .any(|c| c.contains("systemctl restart --no-block") && c.contains("kube-apiserver")));
+}
+
 #[test]
 fn renewed_certificates_restart_the_services_that_read_them_one_control_plane_at_a_time_but_never_etcd() {
     let model = ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), HA).unwrap());

@@ -340,7 +340,15 @@ impl FakeTransport {
                 sha256: up.sha256.clone(),
                 unchanged,
             });
-            self.files.lock().unwrap().insert(up.dest.clone(), data);
+            // As the upload scripts do: a replaced file is kept as `.kubeforge-prev`, except a secret.
+            let mut files = self.files.lock().unwrap();
+            let prev = format!("{}.kubeforge-prev", up.dest);
+            if up.secret {
+                files.remove(&prev);
+            } else if let Some(old) = files.get(&up.dest).filter(|_| !unchanged).cloned() {
+                files.insert(prev, old);
+            }
+            files.insert(up.dest.clone(), data);
             Ok(if unchanged { UploadOutcome::Unchanged } else { UploadOutcome::Written })
         }
     }

@@ -898,14 +898,16 @@ pub(crate) fn remote_err(host: &str, what: String, out: &ExecOutput) -> Transpor
 }
 
 /// The remote side of an upload. `$1` dest, `$2` expected size, `$3` mode, `$4` owner (may be empty),
-/// `$5` expected sha256. A destination that already has that digest is left alone; otherwise the bytes go
+/// `$5` expected sha256, `$6` `secret` or `keep`. A destination that already has that digest is left alone; otherwise the bytes go
 /// to a temporary file in the destination directory, whose size **and sha256** are checked on the host
 /// before the final `mv` (a same-filesystem rename: atomic). `head -c` plus the checks guarantee that a
 /// stream cut short or corrupted never gets renamed into place. The file is fsynced (`sync FILE`) before
 /// the rename and its directory after it, so a power loss leaves either the old file or the complete new
 /// one, never an empty or partial file under the destination's name. The file being replaced is kept as
 /// `<dest>.kubeforge-prev` (a hard link: no copy, same mode) so an admin can see what changed and put it
-/// back, except a file only its owner may read (mode `?00`: keys, kubeconfigs, the encryption config): a
+/// back, and so a control plane that fails its health wait after a change goes back to its previous
+/// files ([`crate::plan::apply_changes_reverting`]), except a secret (`$6` = `secret`: keys, kubeconfigs,
+/// the encryption config, the cluster state; a unit file is 0600 for the benchmark but no secret): a
 /// secret's old version is not left on the host (its previous copy is removed instead; the store keeps the
 /// keys, and a rollback converges from the store, not from these copies); every
 /// directory kubeforge writes to ignores that suffix (systemd units, sysctl.d, modules-load.d, CNI configs
@@ -932,8 +934,8 @@ fi
 chmod "$3" -- "$t"
 if [ -n "$4" ]; then chown -- "$4" "$t"; fi
 sync -- "$t"
-case $3 in
-  *00) rm -f -- "$d.kubeforge-prev" ;;
+case $6 in
+  secret) rm -f -- "$d.kubeforge-prev" ;;
   *) if [ -f "$d" ]; then ln -f -- "$d" "$d.kubeforge-prev" 2>/dev/null || cp -p -- "$d" "$d.kubeforge-prev"; fi ;;
 esac
 mv -f -- "$t" "$d"
@@ -969,6 +971,7 @@ async fn upload_via_exec<T: Transport + ?Sized>(t: &T, up: &Upload) -> Result<Up
         .arg(format!("{:o}", up.mode))
         .arg(up.owner.clone().unwrap_or_default())
         .arg(&up.sha256)
+        .arg(if up.secret { "secret" } else { "keep" })
         .with_sudo(up.sudo);
     let reader = up.open().await.map_err(|e| TransportError::Io {
         host: t.host().into(),
@@ -1005,8 +1008,8 @@ pub struct BatchOutcome {
     pub then: Option<ExecOutput>,
 }
 
-/// The remote side of a batch. Arguments: the file count `n`; then per file `dest size mode owner sha256`
-/// (owner may be empty); then the follow-up command's argv (may be empty). Stdin carries the files'
+/// The remote side of a batch. Arguments: the file count `n`; then per file `dest size mode owner sha256
+/// secret|keep` (owner may be empty); then the follow-up command's argv (may be empty). Stdin carries the files'
 /// bytes back to back, in that order: `head -c` takes exactly each file's length (GNU head reads no
 /// further on a pipe; a `head` that did would shift the next file's bytes, which its sha256 check catches).
 ///
@@ -1047,7 +1050,7 @@ stage() {
       chmod "$3" -- "$t"
       if [ -n "$4" ]; then chown -- "$4" "$t"; fi
     fi
-    i=$((i+1)); shift 5
+    i=$((i+1)); shift 6
   done
 }
 commit() {
@@ -1059,8 +1062,8 @@ commit() {
       chmod "$3" -- "$d"; if [ -n "$4" ]; then chown -- "$4" "$d"; fi
       echo "kubeforge-batch $i unchanged"
     else
-      case $3 in
-        *00) rm -f -- "$d.kubeforge-prev" ;;
+      case $6 in
+        secret) rm -f -- "$d.kubeforge-prev" ;;
         *) if [ -f "$d" ]; then ln -f -- "$d" "$d.kubeforge-prev" 2>/dev/null || cp -p -- "$d" "$d.kubeforge-prev"; fi ;;
       esac
       mv -f -- "$t" "$d"
@@ -1068,7 +1071,7 @@ commit() {
       w=${d%/*}; eval "w_$i=\${w:-/}"
       echo "kubeforge-batch $i written"
     fi
-    i=$((i+1)); shift 5
+    i=$((i+1)); shift 6
   done
 }
 sync_named() {
@@ -1084,7 +1087,7 @@ sync_named t
 commit "$@"
 trap - EXIT
 sync_named w
-shift $((n * 5))
+shift $((n * 6))
 echo kubeforge-batch-done
 [ $# -eq 0 ] || exec "$@"
 "#;
@@ -1146,7 +1149,8 @@ pub async fn upload_batch_via_exec<T: Transport + ?Sized>(
             .arg(f.size.to_string())
             .arg(format!("{:o}", f.mode))
             .arg(f.owner.clone().unwrap_or_default())
-            .arg(&f.sha256);
+            .arg(&f.sha256)
+            .arg(if f.secret { "secret" } else { "keep" });
     }
     if let Some(c) = fold {
         cmd.args.extend(c.args.iter().cloned());
@@ -1431,8 +1435,9 @@ mod tests {
         );
     }
 
-    /// A file only its owner may read is a secret: replacing it keeps no previous copy and removes one left
-    /// by an older kubeforge, in a single upload and in a batch; other files keep theirs.
+    /// A secret keeps no previous copy when it is replaced, and one left by an older kubeforge is removed,
+    /// in a single upload and in a batch; other files keep theirs, a 0600 file that is no secret (a unit)
+    /// too.
     #[tokio::test]
     async fn a_replaced_secret_leaves_no_previous_copy_on_the_host() {
         let dir = tempfile::tempdir().unwrap();
@@ -1443,15 +1448,27 @@ mod tests {
             std::fs::write(d.join(format!("{f}.kubeforge-prev")), "older\n").unwrap();
         }
         let t = local::LocalTransport::new("local");
-        let mut single = local_up(b"new\n", &d.join("pki/a.key"), 0o600);
+        std::fs::write(d.join("pki/unit.service"), "old\n").unwrap();
+        let mut single = local_up(b"new\n", &d.join("pki/a.key"), 0o600).secret();
         single.precheck = false;
         assert_eq!(t.upload(&single).await.unwrap(), UploadOutcome::Written);
         let files = vec![
-            local_up(b"new\n", &d.join("pki/b.key"), 0o600),
+            local_up(b"new\n", &d.join("pki/b.key"), 0o600).secret(),
             local_up(b"new\n", &d.join("pki/c.crt"), 0o644),
+            local_up(b"new\n", &d.join("pki/unit.service"), 0o600),
         ];
         t.upload_batch(&files, None).await.unwrap();
-        assert_eq!(listing(d), ["pki/a.key", "pki/b.key", "pki/c.crt", "pki/c.crt.kubeforge-prev"]);
+        assert_eq!(
+            listing(d),
+            [
+                "pki/a.key",
+                "pki/b.key",
+                "pki/c.crt",
+                "pki/c.crt.kubeforge-prev",
+                "pki/unit.service",
+                "pki/unit.service.kubeforge-prev"
+            ]
+        );
         assert_eq!(std::fs::read(d.join("pki/c.crt.kubeforge-prev")).unwrap(), b"old\n");
     }
 
@@ -1490,7 +1507,15 @@ mod tests {
         for (stdin, expect) in
             [(&b"xy"[..], "short upload: got 2 of 3 bytes"), (&b"xyzw"[..], "more bytes than")]
         {
-            let cmd = Command::shell(BATCH_SCRIPT).args(["1", dest.to_str().unwrap(), "3", "644", "", &sha]);
+            let cmd = Command::shell(BATCH_SCRIPT).args([
+                "1",
+                dest.to_str().unwrap(),
+                "3",
+                "644",
+                "",
+                &sha,
+                "keep",
+            ]);
             let out =
                 t.exec_io(&cmd, Some(Box::new(std::io::Cursor::new(stdin.to_vec()))), None).await.unwrap();
             assert!(!out.success() && out.stderr_str().contains(expect), "{out:?}");
