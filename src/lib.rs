@@ -6,12 +6,13 @@
 //!
 //! - Command layer: `cli` (clap definitions and dispatch), `args` (argument types the commands share),
 //!   `prompt` (the one confirmation rule), `output` (`-o table|json|yaml` documents), and the commands:
-//!   `apply`, `lifecycle` (join, remove-node, reset, state pull), `upgrade`, `restore` (backup and
-//!   restore), `status`, `audit`, `certs` (certificates and kubeconfigs), `adhoc` (`exec`, `check`), `lab`.
+//!   `apply`, `lifecycle` (join, remove-node, reset, state pull), `upgrade`, `maintain` (rolling host
+//!   maintenance), `restore` (backup and restore), `status`, `audit`, `certs` (certificates and kubeconfigs), `adhoc` (`exec`, `check`), `lab`.
 //! - Engine: `session` (one session per command: inventory, one transport per host, one runtime, one
 //!   executor), `workflow` (every workflow's phases or typed stages, in one place), `phase` (what each apply
 //!   phase wants), `plan` (desired/actual state, diff, the plan value), `exec` (the parallel executor, the
-//!   only writer), `report` (progress events), `cleanup` (the interrupt policy).
+//!   only writer), `report` (progress events), `cleanup` (the interrupt policy), `disrupt` (cordon, drain,
+//!   leadership hand-over, uncordon and the workload gate, for the commands that take nodes out of service).
 //! - Library: `inventory` (YAML model and validation with file:line:col errors), `selector` (the one
 //!   `--hosts` grammar), `model` (the derived cluster model), `pki` (certificates, keys, kubeconfigs),
 //!   `identity` (the cluster marker and the check every writing command makes first), `material`, `state`,
