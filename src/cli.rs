@@ -27,6 +27,10 @@ pub enum Command {
     /// Remove a node from the cluster: cordon, drain (eviction API), delete the Node, remove what kubeforge
     /// installed on the host (a dead host is reported, not waited for), converge the others without it.
     RemoveNode(RemoveNodeArgs),
+    /// Move a node to a new machine under the same name: its etcd member leaves (quorum checked), its Node is
+    /// deleted (drained first when the old machine answers), the old machine is cleaned when it answers; the
+    /// new one joins with the node's pod subnet, an etcd member as a learner; the other hosts converge.
+    ReplaceNode(crate::replace::ReplaceNodeArgs),
     /// Remove everything kubeforge installed from the hosts (units, binaries, configs, certificates, data,
     /// CNI bridge and routes, kube-proxy's iptables chains), then check each host is clean. Without `--yes`
     /// it only shows what it would remove.
@@ -94,7 +98,7 @@ pub enum Command {
     /// List the phases of a workflow (`apply`) or the stages of a lifecycle command (`reset`, `restore`,
     /// ...), in the order they run.
     Phases {
-        /// The workflow: apply, join, remove-node, reset, backup, restore, upgrade, maintain.
+        /// The workflow: apply, join, remove-node, reset, backup, restore, upgrade, maintain, replace-node.
         #[arg(default_value = "apply")]
         workflow: String,
     },
@@ -405,6 +409,7 @@ fn cluster_of(c: &Command) -> Option<(&std::path::Path, Option<&std::path::Path>
         Command::Upgrade(U::Apply(a)) => (&a.inventory, a.common.pki_dir.as_deref()),
         Command::Upgrade(U::Rollback(a)) => (&a.inventory, a.common.pki_dir.as_deref()),
         Command::Maintain(a) => (&a.inventory, a.common.pki_dir.as_deref()),
+        Command::ReplaceNode(a) => (&a.inventory, a.common.pki_dir.as_deref()),
         Command::Kubeconfig(k) => {
             use crate::certs::KubeconfigCommand as K;
             let t = match k {
@@ -447,6 +452,8 @@ pub fn run(cli: Cli) -> Result<i32> {
                 force: a.force,
                 drain_timeout: a.drain_timeout,
                 apply,
+                replacing: false,
+                skip_drain: false,
             };
             options.apply.dry_run = consent != Consent::Given;
             // One session (one connection per host) for the preview and the removal it asks about.
@@ -497,6 +504,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Upgrade(c) => crate::upgrade::run(c),
         Command::Maintain(a) => crate::maintain::run(a),
+        Command::ReplaceNode(a) => crate::replace::run(a),
         Command::Certs(c) => crate::certs::run_certs(c),
         Command::Lab(c) => crate::lab::run_command(c),
         Command::Kubeconfig(c) => crate::certs::run_kubeconfig(c),

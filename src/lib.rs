@@ -49,6 +49,7 @@ pub mod pki;
 pub mod plan;
 pub mod prompt;
 pub mod render;
+pub mod replace;
 pub mod report;
 pub mod restore;
 pub mod selector;

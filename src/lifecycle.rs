@@ -164,6 +164,12 @@ pub struct RemoveOptions {
     pub drain_timeout: std::time::Duration,
     /// Everything else (PKI root, cache, SSH options, dry run).
     pub apply: ApplyOptions,
+    /// `replace-node`: the node comes back on another machine under its name: its pod subnet is kept, the
+    /// rest of the cluster is converged by the join that follows (not here).
+    pub replacing: bool,
+    /// Delete the Node without cordon and drain (`replace-node` of a machine that does not answer: its pods
+    /// do not run any more; deleting the Node lets their controllers start them elsewhere).
+    pub skip_drain: bool,
 }
 
 /// What kubeforge installs on `host`: every file and unit the apply phases place there, and the rollback
@@ -341,6 +347,10 @@ pub fn remove_node_in(session: &crate::session::Session, options: RemoveOptions)
             })?;
         if present.stdout_str().trim().is_empty() {
             eprintln!("[remove-node] {name}: no Node of that name any more (deleted already): nothing to cordon or drain");
+        } else if options.skip_drain {
+            session.enter(&REMOVE_NODE, "delete-node");
+            one(delete.0, delete.1)?;
+            eprintln!("[remove-node] {name}: the machine does not answer: Node deleted without a drain (its pods are started elsewhere)");
         } else {
             session.enter(&REMOVE_NODE, "cordon");
             one(cordon.0, cordon.1)?;
@@ -428,8 +438,20 @@ pub fn remove_node_in(session: &crate::session::Session, options: RemoveOptions)
 
     // 3. Forget it, then converge the rest of the cluster without it (routes, labels, the state copy).
     session.enter(&REMOVE_NODE, "forget");
+    let subnet = state.pod_subnets.get(&name).cloned();
     state.forget_host(&name);
+    if let (true, Some(s)) = (options.replacing, subnet) {
+        // The node comes back under its name on another machine: with its pod subnet.
+        state.pod_subnets.insert(name.clone(), s);
+    }
     state.save(&options.apply.pki_root)?;
+    if options.replacing {
+        session.say(format!(
+            "remove-node: {name} left cluster `{}` (its pod subnet kept); the old machine: {host_report}\n",
+            full.name
+        ));
+        return Ok(0);
+    }
     let mut rest = loaded.clone();
     rest.inventory.hosts.retain(|h| h.name != name);
     let model = ClusterModel::derive(&rest);

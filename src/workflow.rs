@@ -242,12 +242,28 @@ pub const MAINTAIN: Workflow = Workflow {
     repeat: Some(("step", "workloads")),
 };
 
+/// `kubeforge replace-node`.
+pub const REPLACE_NODE: Workflow = Workflow {
+    name: "replace-node",
+    command: "replace-node",
+    stages: &[
+        stage("select", Check, "The node is in the inventory and the cluster state, the inventory with its new address is valid, it is not the only etcd member; does the old machine answer?"),
+        stage("preview", Preview, "Show what happens to the old machine and the new one (`--dry-run` ends here)"),
+        stage("confirm", Confirm, "Ask on the terminal (--yes: go ahead; no terminal: refused)"),
+        stage("remove", Apply, "The remove-node workflow on the old machine (a machine that does not answer: Node deleted without a drain, not cleaned), its pod subnet kept"),
+        stage("join", Apply, "The join workflow on the new machine under the same name (an etcd member as a learner); the other hosts converge to the new address"),
+        stage("inventory", Local, "--edit-inventory writes the new address into the inventory file; otherwise the line to change is named"),
+    ],
+    repeat: None,
+};
+
 /// Every lifecycle workflow with stages.
-pub const LIFECYCLE: &[&Workflow] = &[&JOIN, &REMOVE_NODE, &RESET, &BACKUP, &RESTORE, &UPGRADE, &MAINTAIN];
+pub const LIFECYCLE: &[&Workflow] =
+    &[&JOIN, &REMOVE_NODE, &RESET, &BACKUP, &RESTORE, &UPGRADE, &MAINTAIN, &REPLACE_NODE];
 
 /// The names of every workflow (`kubeforge phases NAME`).
 pub const NAMES: &[&str] =
-    &["apply", "join", "remove-node", "reset", "backup", "restore", "upgrade", "maintain"];
+    &["apply", "join", "remove-node", "reset", "backup", "restore", "upgrade", "maintain", "replace-node"];
 
 /// A lifecycle workflow by name.
 pub fn lifecycle(name: &str) -> Option<&'static Workflow> {

@@ -1206,6 +1206,8 @@ fn removal(h: &Harness, node: &str, force: bool) -> crate::lifecycle::RemoveOpti
         force,
         drain_timeout: std::time::Duration::from_secs(60),
         apply,
+        replacing: false,
+        skip_drain: false,
     }
 }
 
@@ -1600,6 +1602,8 @@ fn golden_previews_of_reset_and_remove_node_for_every_example_inventory() {
                 force: false,
                 drain_timeout: std::time::Duration::from_secs(300),
                 apply: o,
+                replacing: false,
+                skip_drain: false,
             };
             crate::lifecycle::remove_node_in(&session, options)
                 .unwrap_or_else(|e| panic!("{}: {}", f.display(), e.report()));
@@ -2404,4 +2408,110 @@ fn an_interrupt_during_a_reboot_lets_the_host_finish_and_stops_before_the_next_w
     let step = "step cordon drain leadership reboot back gate uncordon workloads";
     assert_eq!(maintain_rounds(&stages), ["identity read preview", "step", "step", step, "report"]);
     assert_eq!(boot_of(&h, "w2"), "boot-1");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// `replace-node` on the simulated hosts.
+
+/// A session on `text` whose hosts are the harness's, except those given in `swap`.
+fn session_with(h: &Harness, text: &str, swap: &[(&str, Arc<FakeTransport>)]) -> crate::session::Session {
+    let path = h.dir.path().join("inventory.yaml");
+    std::fs::write(&path, text).unwrap();
+    let loaded = crate::inventory::parse(&path, text).unwrap();
+    let mut transports: BTreeMap<String, Arc<dyn Transport>> =
+        h.hosts.iter().map(|(n, t)| (n.clone(), t.clone() as Arc<dyn Transport>)).collect();
+    for (n, t) in swap {
+        transports.insert(n.to_string(), t.clone() as Arc<dyn Transport>);
+    }
+    let (dir, pad) = (h.dir.path().join("artifacts"), h.binary_pad);
+    crate::session::Session::new(loaded, transports, h.options(), Arc::new(Recorder::default()))
+        .unwrap()
+        .with_artifacts_from(Arc::new(move |m: &ClusterModel| fake_artifacts_padded(m, &dir, pad)))
+        .capturing()
+}
+
+fn replace_options(
+    node: &str,
+    address: &str,
+    consent: crate::prompt::Consent,
+) -> crate::replace::ReplaceOptions {
+    crate::replace::ReplaceOptions {
+        node: node.into(),
+        address: address.into(),
+        internal_address: None,
+        force: false,
+        drain_timeout: std::time::Duration::from_secs(60),
+        edit_inventory: true,
+        consent,
+    }
+}
+
+#[test]
+fn a_dead_worker_is_replaced_on_a_new_machine_under_its_name_with_its_pod_subnet() {
+    let h = installed(TRIO);
+    let _api = simulate_upgrades(&h, TRIO);
+    let before = ClusterState::load(&h.options().pki_root, "trio").unwrap();
+    // The old w2 does not answer any more; the new machine is empty.
+    let dead = Arc::new(FakeTransport::new("w2"));
+    dead.on("", Reply::Disconnect);
+    let fresh = simulated("w2");
+    let old = session_with(&h, TRIO, &[("w2", dead.clone())]);
+    let o = replace_options("w2", "10.0.0.9", crate::prompt::Consent::Given);
+    let (moved, text) = crate::replace::moved_inventory(&old.loaded, &o).unwrap();
+    assert!(text.contains("{name: w2, address: 10.0.0.9, roles: [worker]}"), "{text}");
+    let new = session_with(&h, &text, &[("w2", fresh.clone())]);
+    assert_eq!(new.loaded.inventory.hosts, moved.inventory.hosts);
+    let cp1 = command_counts(&h)["cp1"];
+    std::fs::write(h.dir.path().join("inventory.yaml"), TRIO).unwrap();
+    let r = crate::replace::replace_node_in(&old, &new, &o, &text);
+    r.unwrap_or_else(|e| panic!("{}\n{}\n{}", e.report(), old.said(), new.said()));
+    let said = format!("{}{}", old.said(), new.said());
+    assert!(said.contains("does not answer: its Node is deleted without a drain"), "{said}");
+    assert_eq!(
+        old.stages().into_iter().filter(|s| s.starts_with("replace-node/")).collect::<Vec<_>>(),
+        ["replace-node/select", "replace-node/preview", "replace-node/remove", "replace-node/join"]
+    );
+    // Through cp1: the Node deleted, never drained.
+    let api: Vec<String> = h.hosts["cp1"].commands()[cp1..].to_vec();
+    assert!(api.iter().any(|c| c.contains("delete node w2")), "{api:#?}");
+    assert!(!api.iter().any(|c| c.contains("drain w2")), "{api:#?}");
+    // The new machine runs the node's services; the state has it at its new address with its pod subnet.
+    assert!(fresh.file(KUBELET).is_some(), "the kubelet is installed on the new machine");
+    let after = ClusterState::load(&h.options().pki_root, "trio").unwrap();
+    assert_eq!(after.hosts["w2"].internal_address, "10.0.0.9");
+    assert_eq!(after.pod_subnets["w2"], before.pod_subnets["w2"], "the pod subnet stays");
+    assert_eq!(after.pod_subnets.len(), before.pod_subnets.len());
+    // --edit-inventory: the file says where w2 is now, every other byte as it was.
+    let file = std::fs::read_to_string(h.dir.path().join("inventory.yaml")).unwrap();
+    assert_eq!(file, TRIO.replace("address: 10.0.0.3", "address: 10.0.0.9"));
+    assert!(said.contains("replace-node: w2 runs on 10.0.0.9"), "{said}");
+}
+
+#[test]
+fn replace_node_refuses_the_only_etcd_member_a_name_not_in_the_inventory_and_the_same_address() {
+    let h = installed(TRIO);
+    let old = session_with(&h, TRIO, &[]);
+    let e = crate::replace::moved_inventory(
+        &old.loaded,
+        &replace_options("w9", "10.0.0.9", crate::prompt::Consent::Given),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("`w9` is not in"), "{e}");
+    let e = crate::replace::moved_inventory(
+        &old.loaded,
+        &replace_options("w2", "10.0.0.3", crate::prompt::Consent::Given),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("w2 is at 10.0.0.3 already"), "{e}");
+    let e = crate::replace::moved_inventory(
+        &old.loaded,
+        &replace_options("w2", "10.0.0.1", crate::prompt::Consent::Given),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("w2 at 10.0.0.1"), "the address of another host is refused: {e}");
+    let o = replace_options("cp1", "10.0.0.9", crate::prompt::Consent::Given);
+    let (_, text) = crate::replace::moved_inventory(&old.loaded, &o).unwrap();
+    let new = session_with(&h, &text, &[]);
+    let e = crate::replace::replace_node_in(&old, &new, &o, &text).unwrap_err();
+    assert!(e.to_string().contains("cp1 is the only etcd member"), "{e}");
 }
