@@ -1,4 +1,4 @@
-# Sourced by the lab benchmarks (benches/join.sh, benches/upgrade.sh) after they set LAB: host tools, the
+# Sourced by the lab benchmarks (benches/join.sh, benches/upgrade.sh, benches/maintain.sh) after they set LAB: host tools, the
 # kubeforge binary ($KF), the test bundle ($BUNDLE_DIR) and the lab torn down on exit (unless KEEP_LAB=1).
 BUNDLE_DIR=${BUNDLE_DIR:-$HOME/.cache/kubeforge/test-bundle}
 bash tests/lab/install-host-deps.sh >/dev/null
