@@ -2515,3 +2515,44 @@ fn replace_node_refuses_the_only_etcd_member_a_name_not_in_the_inventory_and_the
     let e = crate::replace::replace_node_in(&old, &new, &o, &text).unwrap_err();
     assert!(e.to_string().contains("cp1 is the only etcd member"), "{e}");
 }
+
+#[test]
+fn a_dead_control_plane_is_replaced_its_etcd_member_removed_first_and_the_new_one_joins_as_a_learner() {
+    let h = installed(HA);
+    let before = ClusterState::load(&h.options().pki_root, "ha").unwrap();
+    let dead = Arc::new(FakeTransport::new("cp3"));
+    dead.on("", Reply::Disconnect);
+    let fresh = simulated("cp3");
+    let old = session_with(&h, HA, &[("cp3", dead)]);
+    let o = replace_options("cp3", "10.0.0.9", crate::prompt::Consent::Given);
+    let (_, text) = crate::replace::moved_inventory(&old.loaded, &o).unwrap();
+    let new = session_with(&h, &text, &[("cp3", fresh.clone())]);
+    let (cp1, cp2) = (command_counts(&h)["cp1"], command_counts(&h)["cp2"]);
+    crate::replace::replace_node_in(&old, &new, &o, &text)
+        .unwrap_or_else(|e| panic!("{}\n{}\n{}", e.report(), old.said(), new.said()));
+    // The member left first, through a member that stays, with the quorum check.
+    let on_cp1 = h.hosts["cp1"].commands()[cp1..].to_vec();
+    let removed = on_cp1
+        .iter()
+        .position(|c| c.contains("e member remove") && c.contains("https://10.0.0.3:2380"))
+        .unwrap_or_else(|| panic!("{on_cp1:#?}"));
+    assert!(on_cp1[removed].contains("need=$((remaining / 2 + 1))"));
+    // The new machine joined as an etcd learner at its own address, and the apiservers that stay list it.
+    let _ = cp2;
+    let learner =
+        fresh.commands().into_iter().any(|c| c.contains("--learner") && c.contains("https://10.0.0.9:2380"));
+    assert!(learner, "{:#?}", fresh.commands());
+    let unit = |t: &FakeTransport, u: &str| {
+        String::from_utf8(t.file(&format!("/etc/systemd/system/{u}.service")).unwrap()).unwrap()
+    };
+    // Every node's API balancer sends to the new machine, not the old one.
+    for n in ["cp1", "cp2", "w1"] {
+        let u = unit(&h.hosts[n], "kube-api-lb");
+        assert!(u.contains("--backend=10.0.0.9:6443") && !u.contains("10.0.0.3:6443"), "{n}: {u}");
+    }
+    assert!(unit(&fresh, "kube-apiserver").contains("--advertise-address=10.0.0.9"));
+    let after = ClusterState::load(&h.options().pki_root, "ha").unwrap();
+    assert_eq!(after.hosts["cp3"].internal_address, "10.0.0.9");
+    assert_eq!(after.etcd_members, before.etcd_members);
+    assert_eq!(after.pod_subnets["cp3"], before.pod_subnets["cp3"]);
+}
