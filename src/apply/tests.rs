@@ -2556,3 +2556,23 @@ fn a_dead_control_plane_is_replaced_its_etcd_member_removed_first_and_the_new_on
     assert_eq!(after.etcd_members, before.etcd_members);
     assert_eq!(after.pod_subnets["cp3"], before.pod_subnets["cp3"]);
 }
+
+#[test]
+fn maintain_refuses_to_start_when_a_host_cannot_refresh_its_package_lists() {
+    use crate::maintain::Reboot;
+    let h = installed(TRIO);
+    let _api = simulate_maintenance(&h, TRIO);
+    h.hosts["w2"].handle("Debug::NoLocking", |_, _| {
+        Reply::ok("boot boot-0\npm apt\nreboot-required no\nerror apt-get update failed\n")
+    });
+    let before = call_counts(&h);
+    let (r, stages, _) = maintain(&h, &maintain_options(true, Reboot::Auto));
+    let e = r.expect_err("w2 cannot refresh").report();
+    assert!(e.contains("maintenance cannot start, nothing was changed: w2: apt-get update failed"), "{e}");
+    assert_eq!(maintain_rounds(&stages), ["identity read preview"]);
+    let writes: Vec<String> = not_reads(&h, &before)
+        .into_iter()
+        .filter(|c| !c.contains("Debug::NoLocking") && !c.contains("--- marker"))
+        .collect();
+    assert!(writes.is_empty(), "{writes:#?}");
+}

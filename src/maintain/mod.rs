@@ -491,8 +491,8 @@ pub fn maintain_in(session: &Session, o: &MaintainOptions) -> Result<i32> {
         session.say(plan.table(&model));
         if !plan.problems.is_empty() {
             return Err(Error::msg(
-                format!("the cluster is not healthy, nothing was changed: {}", plan.problems.join("; ")),
-                Some("fix these first (`kubeforge status` shows the details); maintenance starts from a healthy cluster"),
+                format!("maintenance cannot start, nothing was changed: {}", plan.problems.join("; ")),
+                Some("fix these first (`kubeforge status` shows the cluster's health); maintenance starts from a healthy cluster whose hosts all answer"),
             ));
         }
         if plan.busy() == 0 {
