@@ -58,6 +58,10 @@ pub enum Command {
     /// and rolled back when it fails; `rollback` returns hosts to their previous version.
     #[command(subcommand)]
     Upgrade(crate::upgrade::UpgradeCommand),
+    /// etcd care: `status` per member (leader, raft index, db size, in use, fragmentation, alarms),
+    /// `defrag` one member at a time with the leader last, `alarms` (`--disarm`: the NOSPACE recovery).
+    #[command(subcommand)]
+    Etcd(crate::etcd::EtcdCommand),
     /// Certificates: generate, check expiration, renew.
     #[command(subcommand)]
     Certs(crate::certs::CertsCommand),
@@ -89,7 +93,8 @@ pub enum Command {
     /// List the phases of a workflow (`apply`) or the stages of a lifecycle command (`reset`, `restore`,
     /// ...), in the order they run.
     Phases {
-        /// The workflow: apply, join, remove-node, reset, backup, restore.
+        /// The workflow: apply, join, remove-node, reset, backup, restore, upgrade, etcd-status, etcd-defrag,
+        /// etcd-alarms.
         #[arg(default_value = "apply")]
         workflow: String,
     },
@@ -399,6 +404,14 @@ fn cluster_of(c: &Command) -> Option<(&std::path::Path, Option<&std::path::Path>
         Command::Upgrade(U::Plan(a)) => (&a.inventory, a.common.pki_dir.as_deref()),
         Command::Upgrade(U::Apply(a)) => (&a.inventory, a.common.pki_dir.as_deref()),
         Command::Upgrade(U::Rollback(a)) => (&a.inventory, a.common.pki_dir.as_deref()),
+        Command::Etcd(e) => {
+            use crate::etcd::EtcdCommand as E;
+            match e {
+                E::Status(a) => (&a.inventory, a.common.pki_dir.as_deref()),
+                E::Defrag(a) => (&a.inventory, a.common.pki_dir.as_deref()),
+                E::Alarms(a) => (&a.inventory, a.common.pki_dir.as_deref()),
+            }
+        }
         Command::Kubeconfig(k) => {
             use crate::certs::KubeconfigCommand as K;
             let t = match k {
@@ -490,6 +503,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             crate::lifecycle::state_pull(&inventory, &common.options(&inventory)?)
         }
         Command::Upgrade(c) => crate::upgrade::run(c),
+        Command::Etcd(c) => crate::etcd::run(c),
         Command::Certs(c) => crate::certs::run_certs(c),
         Command::Lab(c) => crate::lab::run_command(c),
         Command::Kubeconfig(c) => crate::certs::run_kubeconfig(c),
