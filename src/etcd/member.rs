@@ -142,24 +142,34 @@ impl EndpointStatus {
 
 /// Parses `etcdctl endpoint status -w json` (one endpoint asked: its entry).
 pub fn parse_status(json: &str) -> Result<EndpointStatus, String> {
+    parse_statuses(json)?.into_iter().next().ok_or_else(|| "the member did not answer its status".into())
+}
+
+/// Parses `etcdctl endpoint status -w json` with several endpoints: one entry per endpoint that answered
+/// (etcdctl leaves out the others).
+pub fn parse_statuses(json: &str) -> Result<Vec<EndpointStatus>, String> {
     let entries: Vec<EndpointEntry> =
         serde_json::from_str(json.trim()).map_err(|e| format!("unreadable endpoint status ({e})"))?;
-    let e = entries.into_iter().next().ok_or("the member did not answer its status")?;
-    let s = e.status;
-    Ok(EndpointStatus {
-        endpoint: e.endpoint,
-        member_id: s.header.member_id,
-        leader: s.leader,
-        revision: s.header.revision,
-        raft_index: s.raft_index,
-        raft_term: s.raft_term,
-        db_size: s.db_size,
-        db_size_in_use: s.db_size_in_use,
-        is_learner: s.is_learner,
-        version: s.version,
-        errors: s.errors,
-        quota: s.db_size_quota,
-    })
+    Ok(entries
+        .into_iter()
+        .map(|e| {
+            let s = e.status;
+            EndpointStatus {
+                endpoint: e.endpoint,
+                member_id: s.header.member_id,
+                leader: s.leader,
+                revision: s.header.revision,
+                raft_index: s.raft_index,
+                raft_term: s.raft_term,
+                db_size: s.db_size,
+                db_size_in_use: s.db_size_in_use,
+                is_learner: s.is_learner,
+                version: s.version,
+                errors: s.errors,
+                quota: s.db_size_quota,
+            }
+        })
+        .collect())
 }
 
 /// One entry of `etcdctl endpoint health -w json`.
