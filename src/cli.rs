@@ -67,6 +67,10 @@ pub enum Command {
     /// always (`--reboot`), wait for SSH, the services, etcd and Node Ready, uncordon. A failing host stops
     /// the run; a re-run with the same settings resumes. Without `--yes` it shows the plan and asks.
     Maintain(crate::maintain::MaintainArgs),
+    /// etcd care: `status` per member (leader, raft index, db size, in use, fragmentation, alarms),
+    /// `defrag` one member at a time with the leader last, `alarms` (`--disarm`: the NOSPACE recovery).
+    #[command(subcommand)]
+    Etcd(crate::etcd::EtcdCommand),
     /// Certificates: generate, check expiration, renew.
     #[command(subcommand)]
     Certs(crate::certs::CertsCommand),
@@ -98,7 +102,8 @@ pub enum Command {
     /// List the phases of a workflow (`apply`) or the stages of a lifecycle command (`reset`, `restore`,
     /// ...), in the order they run.
     Phases {
-        /// The workflow: apply, join, remove-node, reset, backup, restore, upgrade, maintain, replace-node.
+        /// The workflow: apply, join, remove-node, reset, backup, restore, upgrade, maintain, replace-node,
+        /// etcd-status, etcd-defrag, etcd-alarms.
         #[arg(default_value = "apply")]
         workflow: String,
     },
@@ -410,6 +415,14 @@ fn cluster_of(c: &Command) -> Option<(&std::path::Path, Option<&std::path::Path>
         Command::Upgrade(U::Rollback(a)) => (&a.inventory, a.common.pki_dir.as_deref()),
         Command::Maintain(a) => (&a.inventory, a.common.pki_dir.as_deref()),
         Command::ReplaceNode(a) => (&a.inventory, a.common.pki_dir.as_deref()),
+        Command::Etcd(e) => {
+            use crate::etcd::EtcdCommand as E;
+            match e {
+                E::Status(a) => (&a.inventory, a.common.pki_dir.as_deref()),
+                E::Defrag(a) => (&a.inventory, a.common.pki_dir.as_deref()),
+                E::Alarms(a) => (&a.inventory, a.common.pki_dir.as_deref()),
+            }
+        }
         Command::Kubeconfig(k) => {
             use crate::certs::KubeconfigCommand as K;
             let t = match k {
@@ -505,6 +518,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Upgrade(c) => crate::upgrade::run(c),
         Command::Maintain(a) => crate::maintain::run(a),
         Command::ReplaceNode(a) => crate::replace::run(a),
+        Command::Etcd(c) => crate::etcd::run(c),
         Command::Certs(c) => crate::certs::run_certs(c),
         Command::Lab(c) => crate::lab::run_command(c),
         Command::Kubeconfig(c) => crate::certs::run_kubeconfig(c),

@@ -169,8 +169,10 @@ fn short(d: &str) -> &str {
     &d[..d.len().min(12)]
 }
 
-fn human_size(n: u64) -> String {
+/// A size for people: `812 B`, `4.0 KiB`, `3.2 MiB`, `2.0 GiB`.
+pub fn human_size(n: u64) -> String {
     match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
         n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
         n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
         n => format!("{n} B"),

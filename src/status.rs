@@ -4,7 +4,7 @@
 //! Per host, **one** round trip: the same state probe apply's plan makes (every file digest and unit state of
 //! every phase), so drift is exactly what `apply --dry-run` would change: files whose digest differs from what
 //! apply would write, services stopped. The first control plane answers one more command for the cluster:
-//! etcd members with their health and the leader, and each Node's readiness. Versions come from the cluster
+//! etcd members with their health, the leader and their db size and fragmentation, and each Node's readiness. Versions come from the cluster
 //! state; certificate expiry from `pki/<cluster>/`.
 
 use crate::apply::{self, ApplyOptions};
@@ -43,6 +43,21 @@ pub struct HostStatus {
     pub node_ready: Option<String>,
     /// etcd member health (`healthy`/`unhealthy`, `leader`), for members.
     pub etcd: Option<String>,
+    /// The member's db: size, size in use and fragmentation, when it answered (`kubeforge etcd status` has
+    /// the rest).
+    pub etcd_db: Option<EtcdDb>,
+}
+
+/// An etcd member's db as `status` reports it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdDb {
+    /// The db file's size in bytes.
+    pub db_size: u64,
+    /// The bytes in use, when the member says.
+    pub db_size_in_use: Option<u64>,
+    /// `1 - in use / db size`, rounded to 3 digits.
+    pub fragmentation: Option<f64>,
 }
 
 impl HostStatus {
@@ -97,8 +112,8 @@ impl ClusterStatus {
     /// The table for people.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "{:<14} {:<26} {:<10} {:<12} {:<9} {:<14} {}\n",
-            "HOST", "ROLES", "SSH", "VERSION", "NODE", "ETCD", "PROBLEMS"
+            "{:<14} {:<26} {:<10} {:<12} {:<9} {:<14} {:<18} {}\n",
+            "HOST", "ROLES", "SSH", "VERSION", "NODE", "ETCD", "ETCD DB (FRAG)", "PROBLEMS"
         );
         for h in &self.hosts {
             let version =
@@ -109,14 +124,19 @@ impl ClusterStatus {
             if let Some(e) = &h.error {
                 problems.push(e.clone());
             }
+            let db = h.etcd_db.as_ref().map_or("-".to_string(), |d| {
+                let frag = d.fragmentation.map(|f| format!(" ({:.0}%)", f * 100.0)).unwrap_or_default();
+                format!("{}{frag}", crate::plan::human_size(d.db_size))
+            });
             s.push_str(&format!(
-                "{:<14} {:<26} {:<10} {:<12} {:<9} {:<14} {}\n",
+                "{:<14} {:<26} {:<10} {:<12} {:<9} {:<14} {:<18} {}\n",
                 h.name,
                 h.roles.join(","),
                 if h.reachable { "ok" } else { "UNREACHABLE" },
                 version,
                 h.node_ready.as_deref().unwrap_or("-"),
                 h.etcd.as_deref().unwrap_or("-"),
+                db,
                 if problems.is_empty() { "-".to_string() } else { problems.join("; ") }
             ));
         }
@@ -128,15 +148,32 @@ impl ClusterStatus {
     }
 }
 
-/// The cluster query on the first control plane: `etcd NAME healthy|unhealthy [leader]` and
-/// `node NAME READY` lines. `$1` the etcd client URLs.
+/// The cluster query on the first control plane: `etcdstatus URL LEADER`, `etcdhealth URL STATE`,
+/// `etcdjson` (etcdctl's `endpoint status -w json`: every member's db sizes) and `node NAME READY` lines.
+/// `$1` the etcd client URLs.
 const CLUSTER_QUERY: &str = r#"eps=$1
 if [ -n "$eps" ]; then
   e endpoint status -w simple 2>/dev/null | awk -F', ' '{print "etcdstatus " $1 " " $5}'
+  e endpoint status -w json 2>/dev/null | sed -n 's/^\[/etcdjson [/p'
   e endpoint health 2>&1 | awk '/is healthy/ {print "etcdhealth " $1 " healthy"} /is unhealthy|failed/ {print "etcdhealth " $1 " unhealthy"}'
 fi
 kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes -o jsonpath='{range .items[*]}{"node "}{.metadata.name}{" "}{range .status.conditions[?(@.type=="Ready")]}{.status}{end}{"\n"}{end}' 2>/dev/null
 true"#;
+
+/// The members' db sizes by client URL, from the `etcdjson` line of [`CLUSTER_QUERY`]'s output.
+pub fn etcd_dbs(cluster: &str) -> BTreeMap<String, EtcdDb> {
+    let mut dbs = BTreeMap::new();
+    for json in cluster.lines().filter_map(|l| l.strip_prefix("etcdjson ")) {
+        for st in crate::etcd::member::parse_statuses(json).unwrap_or_default() {
+            let fragmentation = st.db_size_in_use.map(|_| (st.fragmentation() * 1000.0).round() / 1000.0);
+            dbs.insert(
+                st.endpoint.clone(),
+                EtcdDb { db_size: st.db_size, db_size_in_use: st.db_size_in_use, fragmentation },
+            );
+        }
+    }
+    dbs
+}
 
 /// Reads every host (one probe each) and the cluster (one query on the first control plane).
 pub async fn gather(
@@ -201,6 +238,7 @@ pub async fn gather(
     let mut etcd_by_url: BTreeMap<String, String> = BTreeMap::new();
     let mut leaders: Vec<String> = Vec::new();
     let mut nodes: BTreeMap<String, String> = BTreeMap::new();
+    let dbs = etcd_dbs(&cluster);
     for line in cluster.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
         match f.as_slice() {
@@ -260,6 +298,7 @@ pub async fn gather(
             units_down,
             drift,
             node_ready: h.is_node.then(|| nodes.get(&h.name).cloned().unwrap_or_else(|| "missing".into())),
+            etcd_db: h.roles.etcd.then(|| dbs.get(&url).cloned()).flatten(),
             etcd,
         });
     }
@@ -391,4 +430,45 @@ pub fn run(inventory: &Path, options: ApplyOptions, format: crate::output::Forma
         print!("{}", status.table());
     }
     Ok(if status.ok() { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_query_reports_each_members_db_from_etcdctls_json() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("etcdctl");
+        // etcdctl 3.5's answers for two members (the third does not answer: left out, as etcdctl does).
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\ncase \"$*\" in\n\
+             *'-w simple') echo 'https://10.0.0.1:2379, 8e9e05c52164694d, 3.5.1, 4.2 MB, true, false, 2, 1268, 1268, ' ;;\n\
+             *'-w json') echo '[{\"Endpoint\":\"https://10.0.0.1:2379\",\"Status\":{\"header\":{\"cluster_id\":1,\"member_id\":2,\"revision\":1125,\"raft_term\":2},\"version\":\"3.5.1\",\"dbSize\":4272128,\"leader\":2,\"raftIndex\":1268,\"raftTerm\":2,\"raftAppliedIndex\":1268,\"dbSizeInUse\":3518464}},{\"Endpoint\":\"https://10.0.0.2:2379\",\"Status\":{\"header\":{\"member_id\":3},\"version\":\"3.4.23\",\"dbSize\":20480,\"leader\":2}}]' ;;\n\
+             *) exit 1 ;;\n\
+             esac\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let script = format!("{}\n{CLUSTER_QUERY}", crate::phase::install::ETCDCTL_FN)
+            .replace("/usr/local/bin/etcdctl", fake.to_str().unwrap());
+        let eps = "https://10.0.0.1:2379,https://10.0.0.2:2379,https://10.0.0.3:2379";
+        let argv: Vec<String> = ["sh", "-c", &script, "sh", eps].map(String::from).to_vec();
+        let o = crate::test_support::run_with_fakes(&argv, dir.path());
+        assert!(o.status.success(), "{o:?}");
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("etcdstatus https://10.0.0.1:2379 true"), "{out}");
+        let dbs = etcd_dbs(&out);
+        assert_eq!(dbs.len(), 2, "{out}");
+        let a = &dbs["https://10.0.0.1:2379"];
+        assert_eq!((a.db_size, a.db_size_in_use, a.fragmentation), (4272128, Some(3518464), Some(0.176)));
+        let b = &dbs["https://10.0.0.2:2379"];
+        assert_eq!(
+            (b.db_size, b.db_size_in_use, b.fragmentation),
+            (20480, None, None),
+            "etcd 3.4 may not say"
+        );
+    }
 }

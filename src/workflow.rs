@@ -257,13 +257,86 @@ pub const REPLACE_NODE: Workflow = Workflow {
     repeat: None,
 };
 
+/// `kubeforge etcd status`.
+pub const ETCD_STATUS: Workflow = Workflow {
+    name: "etcd-status",
+    command: "etcd status",
+    stages: &[stage(
+        "read",
+        Check,
+        "Read every selected member on its host: status, health, alarms, quota (one round trip each)",
+    )],
+    repeat: None,
+};
+
+/// `kubeforge etcd defrag`.
+pub const ETCD_DEFRAG: Workflow = Workflow {
+    name: "etcd-defrag",
+    command: "etcd defrag",
+    stages: &[
+        stage("read", Check, "Read every member on its host: status, health, alarms (one round trip each)"),
+        stage("plan", Check, "Choose the selected members whose in-use share is below --threshold (or all with --force), the leader last; refuse when a member is unhealthy or an alarm is active"),
+        stage("preview", Preview, "Show the members and why (--dry-run ends here)"),
+        stage("identity", Check, "Read the members' markers: the store must be this installed cluster's"),
+        stage("confirm", Confirm, "Ask on the terminal (--yes: go ahead; no terminal: refused)"),
+        stage("quorum", Gate, "Per member: every member answers and is healthy, or the run stops before it"),
+        stage("defrag", ClusterAction, "Defragment the member (it answers nothing meanwhile)"),
+        stage("gate", Gate, "The member is healthy and answers again; its size after"),
+        stage("report", Local, "Size before and after per member, and the time"),
+    ],
+    repeat: Some(("quorum", "gate")),
+};
+
+/// `kubeforge etcd alarms` (without `--disarm` it ends after `preview`).
+pub const ETCD_ALARMS: Workflow = Workflow {
+    name: "etcd-alarms",
+    command: "etcd alarms --disarm",
+    stages: &[
+        stage("read", Check, "Read every member on its host: status, health, alarms, quota (one round trip each)"),
+        stage("preview", Preview, "List the alarms; with --disarm, the recovery's steps (refused for an alarm other than NOSPACE or a member that does not answer)"),
+        stage("identity", Check, "Read the members' markers: the store must be this installed cluster's"),
+        stage("confirm", Confirm, "Ask on the terminal (--yes: go ahead; no terminal: refused)"),
+        stage("compact", ClusterAction, "Compact the key space to the current revision"),
+        stage("quorum", Gate, "Per member: every member answers (the alarm makes health checks fail)"),
+        stage("defrag", ClusterAction, "Defragment the member, followers first, the leader last"),
+        stage("gate", Gate, "The member answers again; its size after"),
+        stage("quota", Check, "Every member's db is below its quota again, or the alarm stays armed and the run says so"),
+        stage("disarm", ClusterAction, "Disarm the NOSPACE alarm"),
+        stage("verify", Gate, "No alarm is left and every member is healthy"),
+    ],
+    repeat: Some(("quorum", "gate")),
+};
+
 /// Every lifecycle workflow with stages.
-pub const LIFECYCLE: &[&Workflow] =
-    &[&JOIN, &REMOVE_NODE, &RESET, &BACKUP, &RESTORE, &UPGRADE, &MAINTAIN, &REPLACE_NODE];
+pub const LIFECYCLE: &[&Workflow] = &[
+    &JOIN,
+    &REMOVE_NODE,
+    &RESET,
+    &BACKUP,
+    &RESTORE,
+    &UPGRADE,
+    &MAINTAIN,
+    &REPLACE_NODE,
+    &ETCD_STATUS,
+    &ETCD_DEFRAG,
+    &ETCD_ALARMS,
+];
 
 /// The names of every workflow (`kubeforge phases NAME`).
-pub const NAMES: &[&str] =
-    &["apply", "join", "remove-node", "reset", "backup", "restore", "upgrade", "maintain", "replace-node"];
+pub const NAMES: &[&str] = &[
+    "apply",
+    "join",
+    "remove-node",
+    "reset",
+    "backup",
+    "restore",
+    "upgrade",
+    "maintain",
+    "replace-node",
+    "etcd-status",
+    "etcd-defrag",
+    "etcd-alarms",
+];
 
 /// A lifecycle workflow by name.
 pub fn lifecycle(name: &str) -> Option<&'static Workflow> {
@@ -297,7 +370,8 @@ pub fn listing(name: &str) -> Option<Vec<String>> {
         .map(|(i, s)| format!("{:>2}. {:<14} {:<8} {}", i + 1, s.id, s.kind.name(), s.title))
         .collect();
     if let Some((first, last)) = w.repeat {
-        lines.push(format!("    `{first}` to `{last}` run once per step"));
+        let per = if w.name.starts_with("etcd-") { "member" } else { "step" };
+        lines.push(format!("    `{first}` to `{last}` run once per {per}"));
     }
     Some(lines)
 }
