@@ -58,6 +58,10 @@ pub enum Command {
     /// and rolled back when it fails; `rollback` returns hosts to their previous version.
     #[command(subcommand)]
     Upgrade(crate::upgrade::UpgradeCommand),
+    /// Rotate the cluster's keys with the API up: `encryption-key` replaces the key that encrypts Secrets at
+    /// rest, proves from etcd that every Secret carries the new key, then drops the old one.
+    #[command(subcommand)]
+    Rotate(crate::rotate::RotateCommand),
     /// Certificates: generate, check expiration, renew.
     #[command(subcommand)]
     Certs(crate::certs::CertsCommand),
@@ -399,6 +403,9 @@ fn cluster_of(c: &Command) -> Option<(&std::path::Path, Option<&std::path::Path>
         Command::Upgrade(U::Plan(a)) => (&a.inventory, a.common.pki_dir.as_deref()),
         Command::Upgrade(U::Apply(a)) => (&a.inventory, a.common.pki_dir.as_deref()),
         Command::Upgrade(U::Rollback(a)) => (&a.inventory, a.common.pki_dir.as_deref()),
+        Command::Rotate(crate::rotate::RotateCommand::EncryptionKey(a)) => {
+            (&a.inventory, a.common.pki_dir.as_deref())
+        }
         Command::Kubeconfig(k) => {
             use crate::certs::KubeconfigCommand as K;
             let t = match k {
@@ -490,6 +497,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             crate::lifecycle::state_pull(&inventory, &common.options(&inventory)?)
         }
         Command::Upgrade(c) => crate::upgrade::run(c),
+        Command::Rotate(c) => crate::rotate::run(c),
         Command::Certs(c) => crate::certs::run_certs(c),
         Command::Lab(c) => crate::lab::run_command(c),
         Command::Kubeconfig(c) => crate::certs::run_kubeconfig(c),

@@ -6,8 +6,8 @@
 //!
 //! - Command layer: `cli` (clap definitions and dispatch), `args` (argument types the commands share),
 //!   `prompt` (the one confirmation rule), `output` (`-o table|json|yaml` documents), and the commands:
-//!   `apply`, `lifecycle` (join, remove-node, reset, state pull), `upgrade`, `restore` (backup and
-//!   restore), `status`, `audit`, `certs` (certificates and kubeconfigs), `adhoc` (`exec`, `check`), `lab`.
+//!   `apply`, `lifecycle` (join, remove-node, reset, state pull), `upgrade`, `rotate` (encryption-key
+//!   rotation), `restore` (backup and restore), `status`, `audit`, `certs` (certificates and kubeconfigs), `adhoc` (`exec`, `check`), `lab`.
 //! - Engine: `session` (one session per command: inventory, one transport per host, one runtime, one
 //!   executor), `workflow` (every workflow's phases or typed stages, in one place), `phase` (what each apply
 //!   phase wants), `plan` (desired/actual state, diff, the plan value), `exec` (the parallel executor, the
@@ -48,6 +48,7 @@ pub mod prompt;
 pub mod render;
 pub mod report;
 pub mod restore;
+pub mod rotate;
 pub mod selector;
 pub mod session;
 pub mod sshconfig;

@@ -215,11 +215,33 @@ pub const UPGRADE: Workflow = Workflow {
     repeat: Some(("step", "rollback")),
 };
 
+/// `kubeforge rotate encryption-key` (a re-run after an interrupt resumes at the step the store records).
+pub const ROTATE_ENCRYPTION_KEY: Workflow = Workflow {
+    name: "rotate-encryption-key",
+    command: "rotate encryption-key",
+    stages: &[
+        stage("identity", Check, "Read every control plane's marker: the store must be this installed cluster's"),
+        stage("health", Check, "Every apiserver ready, every etcd member healthy; count the encrypted values in etcd per key"),
+        stage("preview", Preview, "Show the old and new key, the stages left and the count per key (`--dry-run` ends here)"),
+        stage("confirm", Confirm, "Ask on the terminal (--yes: go ahead; no terminal: refused)"),
+        stage("begin", Local, "Record the new secretbox key beside the current one in the store (or resume the recorded rotation)"),
+        stage("read-both", Converge, "Old key writes, both read: control planes one at a time, each gated on every apiserver ready"),
+        stage("write-new", Converge, "New key writes, both read: control planes one at a time, gated"),
+        stage("rewrite", ClusterAction, "Write every Secret back through the API, one namespace at a time, on one control plane"),
+        stage("prove", Gate, "Read every value from etcd: refuse to go on while any lacks the new key's prefix (count per key)"),
+        stage("drop-old", Converge, "New key alone: control planes one at a time, gated"),
+        stage("finish", Local, "The store's current key becomes the new one, the old one kept in secrets/retired/; the record goes last"),
+    ],
+    repeat: None,
+};
+
 /// Every lifecycle workflow with stages.
-pub const LIFECYCLE: &[&Workflow] = &[&JOIN, &REMOVE_NODE, &RESET, &BACKUP, &RESTORE, &UPGRADE];
+pub const LIFECYCLE: &[&Workflow] =
+    &[&JOIN, &REMOVE_NODE, &RESET, &BACKUP, &RESTORE, &UPGRADE, &ROTATE_ENCRYPTION_KEY];
 
 /// The names of every workflow (`kubeforge phases NAME`).
-pub const NAMES: &[&str] = &["apply", "join", "remove-node", "reset", "backup", "restore", "upgrade"];
+pub const NAMES: &[&str] =
+    &["apply", "join", "remove-node", "reset", "backup", "restore", "upgrade", "rotate-encryption-key"];
 
 /// A lifecycle workflow by name.
 pub fn lifecycle(name: &str) -> Option<&'static Workflow> {

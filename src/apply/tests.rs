@@ -2073,3 +2073,7 @@ fn an_upgrade_two_minors_ahead_goes_through_the_newest_patch_between_hop_by_hop(
     assert_eq!(steps.iter().filter(|s| s.starts_with("step")).count(), 6, "3 steps per hop: {steps:?}");
     assert!(api.cordoned.lock().unwrap().is_empty());
 }
+
+/// `rotate encryption-key` on these simulated hosts (its tests live beside the command).
+#[path = "../rotate/simulated.rs"]
+mod rotate_simulated;
