@@ -325,8 +325,7 @@ impl Rotator<'_> {
         let mut changed = false;
         let mut other = Vec::new();
         for pp in planned.summary.plan.phases.iter().filter(|p| p.phase == "control-plane") {
-            for (h, c) in pp.hosts.iter().filter(|(h, _)| h == cp) {
-                let _ = h;
+            for (_, c) in pp.hosts.iter().filter(|(h, _)| h == cp) {
                 for f in &c.files {
                     if f.file.upload.dest == config {
                         changed = true;

@@ -449,3 +449,32 @@ fn an_interrupt_at_any_stage_boundary_resumes_the_same_rotation_and_apply_never_
         assert_always_readable(&sim);
     }
 }
+
+#[test]
+fn a_control_plane_that_differs_beyond_the_encryption_config_stops_the_rotation_until_apply() {
+    use crate::prompt::Consent;
+    let h = installed(HA);
+    let sim = simulate_rotation(&h, HA, None);
+    h.hosts["cp2"].put_file("/etc/kubernetes/audit-policy.yaml", "edited by hand\n");
+    let (r, _, _) = rotate(&h, HA, Consent::Given);
+    let e = r.unwrap_err().report();
+    assert!(
+        e.contains("cp2: its control plane differs from what kubeforge renders beyond the encryption configuration (/etc/kubernetes/audit-policy.yaml)")
+            && e.contains("run `kubeforge apply` first"),
+        "{e}"
+    );
+    assert_eq!(config_keys(&h.hosts["cp2"]), ["secretbox:kubeforge-1"], "nothing written on cp2");
+    assert_eq!(config_keys(&h.hosts["cp1"]), ["secretbox:kubeforge-1", "secretbox:kubeforge-2"]);
+    assert_eq!(
+        h.hosts["cp2"].file("/etc/kubernetes/audit-policy.yaml").as_deref(),
+        Some(&b"edited by hand\n"[..])
+    );
+    // apply puts the file back and brings cp2 to the recorded step; the rotation then finishes.
+    let (summary, _) = h.run(HA, h.options());
+    summary.unwrap_or_else(|e| panic!("{}", e.report()));
+    assert_eq!(config_keys(&h.hosts["cp2"]), ["secretbox:kubeforge-1", "secretbox:kubeforge-2"]);
+    let (r, _, said) = rotate(&h, HA, Consent::Given);
+    r.unwrap_or_else(|e| panic!("{}\n{said}", e.report()));
+    assert_eq!(sim.labels(), BTreeMap::from([("secretbox:kubeforge-2".to_string(), 5)]));
+    assert_always_readable(&sim);
+}

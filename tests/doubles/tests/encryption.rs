@@ -219,6 +219,16 @@ fn the_rotations_rewrite_stores_every_secret_again_with_the_writing_key() {
     }
     let before = census(&env, &url);
     assert_eq!(before.summary(), "aescbc:kubeforge-1: 3");
+    // As upstream: an update that changes nothing is not written when the value is current.
+    let rv = |name: &str, ns: &str| {
+        k.ok(&["get", "secret", name, "-n", ns, "-o", "jsonpath={.metadata.resourceVersion}"])
+    };
+    let unchanged = rv("a", "default");
+    let json = k.ok(&["get", "secret", "a", "-o", "json"]);
+    let file = env.path("a.json");
+    std::fs::write(&file, json).unwrap();
+    k.ok(&["replace", "-f", &file.to_string_lossy()]);
+    assert_eq!(rv("a", "default"), unchanged, "a current value is not written again");
     drop(api);
 
     // read-both, then write-new: the old values still read; the rewrite stores them with the new key.
@@ -242,6 +252,7 @@ fn the_rotations_rewrite_stores_every_secret_again_with_the_writing_key() {
     assert_eq!(written, 3, "kube-public holds none: 0, not a failure");
     let after = census(&env, &url);
     assert_eq!(after.summary(), "secretbox:kubeforge-2: 3");
+    assert_ne!(rv("a", "default"), unchanged, "a stale value is written again");
     assert!(after.not_with(&k2).is_empty());
     drop(api);
 
