@@ -478,3 +478,24 @@ fn a_control_plane_that_differs_beyond_the_encryption_config_stops_the_rotation_
     assert_eq!(sim.labels(), BTreeMap::from([("secretbox:kubeforge-2".to_string(), 5)]));
     assert_always_readable(&sim);
 }
+
+#[test]
+fn a_backup_from_before_a_rotation_in_progress_is_restored_only_with_its_own_store() {
+    let h = installed(TRIO);
+    let archive = archive_of(&h);
+    // A rotation begun after the backup: the kept store would render keys the snapshot was not written with.
+    let store = store_of(&h, "trio");
+    let keys = at_rest::load_or_create(&store, crate::pki::store::NewKeys::Refused).unwrap();
+    let mut r = at_rest::begin(&store, &keys).unwrap();
+    r.step = Step::DropOld;
+    at_rest::record(&store, &r).unwrap();
+    let session = h.session(TRIO, h.options(), Arc::new(Recorder::default()));
+    let e = restore(&h, &archive, &session).unwrap_err().report();
+    assert!(
+        e.contains("holds other encryption-at-rest keys than the backup")
+            && e.contains("secrets/encryption-rotation.json")
+            && e.contains("--replace-pki"),
+        "{e}"
+    );
+    assert!(store.root().join(at_rest::ROTATION_FILE).exists(), "the store is untouched");
+}
