@@ -422,8 +422,9 @@ pub fn evaluate(check: &Check, facts: &Facts) -> (bool, String) {
 
 /// What to do about aescbc, the provider of clusters made before kubeforge defaulted to secretbox.
 const AESCBC_FIX: &str = "this cluster's key was made for aescbc, which kubeforge keeps until a deliberate \
-    rotation (a silent switch would need every Secret rewritten): `kubeforge rotate` (issue #31, not \
-    available yet) will move it to secretbox; aescbc still encrypts, nothing is stored in the clear";
+    rotation (a silent switch would need every Secret rewritten): `kubeforge rotate encryption-key -i \
+    INVENTORY` moves it to secretbox, with every Secret rewritten and proven from etcd; aescbc still \
+    encrypts, nothing is stored in the clear";
 
 /// CIS 1.2.28 on the apiserver's EncryptionConfiguration: whether it passes, what was seen (provider names
 /// only, never a key), and the fix kubeforge has for it.
@@ -954,7 +955,7 @@ mod tests {
     use crate::render;
 
     fn key(provider: Provider) -> EncryptionKey {
-        EncryptionKey { provider, secret: "c2VjcmV0LWtleS1ub3Qtc2hvd24tMDEyMzQ1Njc4OWFi".into() }
+        EncryptionKey::first(provider, "c2VjcmV0LWtleS1ub3Qtc2hvd24tMDEyMzQ1Njc4OWFi")
     }
 
     fn model() -> ClusterModel {
@@ -990,7 +991,8 @@ mod tests {
         f.configs.insert(KUBELET_CONFIG.into(), render::kubelet_config(m));
         f.configs.insert(SCHEDULER_CONFIG.into(), render::scheduler_config());
         f.configs.insert(KUBE_PROXY_CONFIG.into(), render::kube_proxy_config(m, h));
-        f.configs.insert(ENCRYPTION_CONFIG.into(), render::encryption_config(&key(Provider::Secretbox)));
+        f.configs
+            .insert(ENCRYPTION_CONFIG.into(), render::encryption_config(&key(Provider::Secretbox).into()));
         for c in CHECKS {
             if let Test::Mode(g, _)
             | Test::Owner(g, _)
@@ -1081,16 +1083,13 @@ mod tests {
             ))
         };
         // A cluster made before secretbox: aescbc, reported with the way out.
-        let (result, seen, fix) = with(Some(render::encryption_config(&key(Provider::Aescbc))), None);
+        let (result, seen, fix) = with(Some(render::encryption_config(&key(Provider::Aescbc).into())), None);
         assert_eq!(result, "WARN", "a manual check");
         assert!(
             seen.starts_with("resources.0 (secrets): first provider aescbc (upstream rates it weak"),
             "{seen}"
         );
-        assert!(
-            fix.as_deref().is_some_and(|f| f.contains("kubeforge rotate") && f.contains("#31")),
-            "{fix:?}"
-        );
+        assert!(fix.as_deref().is_some_and(|f| f.contains("kubeforge rotate encryption-key")), "{fix:?}");
         // identity first writes Secrets in the clear, even when a key follows.
         let (result, seen, fix) =
             with(doc("", "{identity: {}}, {secretbox: {keys: [{name: a, secret: x}]}}"), None);

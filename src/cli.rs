@@ -71,6 +71,10 @@ pub enum Command {
     /// `defrag` one member at a time with the leader last, `alarms` (`--disarm`: the NOSPACE recovery).
     #[command(subcommand)]
     Etcd(crate::etcd::EtcdCommand),
+    /// Rotate the cluster's keys with the API up: `encryption-key` replaces the key that encrypts Secrets at
+    /// rest, proves from etcd that every Secret carries the new key, then drops the old one.
+    #[command(subcommand)]
+    Rotate(crate::rotate::RotateCommand),
     /// Certificates: generate, check expiration, renew.
     #[command(subcommand)]
     Certs(crate::certs::CertsCommand),
@@ -103,7 +107,7 @@ pub enum Command {
     /// ...), in the order they run.
     Phases {
         /// The workflow: apply, join, remove-node, reset, backup, restore, upgrade, maintain, replace-node,
-        /// etcd-status, etcd-defrag, etcd-alarms.
+        /// rotate-encryption-key, etcd-status, etcd-defrag, etcd-alarms.
         #[arg(default_value = "apply")]
         workflow: String,
     },
@@ -423,6 +427,9 @@ fn cluster_of(c: &Command) -> Option<(&std::path::Path, Option<&std::path::Path>
                 E::Alarms(a) => (&a.inventory, a.common.pki_dir.as_deref()),
             }
         }
+        Command::Rotate(crate::rotate::RotateCommand::EncryptionKey(a)) => {
+            (&a.inventory, a.common.pki_dir.as_deref())
+        }
         Command::Kubeconfig(k) => {
             use crate::certs::KubeconfigCommand as K;
             let t = match k {
@@ -519,6 +526,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Maintain(a) => crate::maintain::run(a),
         Command::ReplaceNode(a) => crate::replace::run(a),
         Command::Etcd(c) => crate::etcd::run(c),
+        Command::Rotate(c) => crate::rotate::run(c),
         Command::Certs(c) => crate::certs::run_certs(c),
         Command::Lab(c) => crate::lab::run_command(c),
         Command::Kubeconfig(c) => crate::certs::run_kubeconfig(c),

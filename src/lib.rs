@@ -7,9 +7,9 @@
 //! - Command layer: `cli` (clap definitions and dispatch), `args` (argument types the commands share),
 //!   `prompt` (the one confirmation rule), `output` (`-o table|json|yaml` documents), and the commands:
 //!   `apply`, `lifecycle` (join, remove-node, reset, state pull), `upgrade`, `maintain` (rolling host
-//!   maintenance), `replace` (replace-node), `restore` (backup and restore), `status`, `etcd` (etcd status,
-//!   defragmentation, alarms), `audit`, `certs` (certificates and kubeconfigs), `adhoc` (`exec`, `check`),
-//!   `lab`.
+//!   maintenance), `replace` (replace-node), `rotate` (encryption-key rotation), `restore` (backup and
+//!   restore), `status`, `etcd` (etcd status, defragmentation, alarms), `audit`, `certs` (certificates and
+//!   kubeconfigs), `adhoc` (`exec`, `check`), `lab`.
 //! - Engine: `session` (one session per command: inventory, one transport per host, one runtime, one
 //!   executor), `workflow` (every workflow's phases or typed stages, in one place), `phase` (what each apply
 //!   phase wants), `plan` (desired/actual state, diff, the plan value), `exec` (the parallel executor, the
@@ -55,6 +55,7 @@ pub mod render;
 pub mod replace;
 pub mod report;
 pub mod restore;
+pub mod rotate;
 pub mod selector;
 pub mod session;
 pub mod sshconfig;

@@ -78,9 +78,9 @@ pub struct Material {
     pub pki_inputs: crate::pki::PkiInputs,
     /// Options of the run (preflight exceptions, dry-run).
     pub options: ApplyOptions,
-    /// The key that encrypts Secrets at rest and the provider it is for, generated once per cluster and
-    /// kept in the PKI store ([`crate::at_rest`]).
-    pub encryption_key: crate::at_rest::EncryptionKey,
+    /// The keys that encrypt Secrets at rest (the current one, and a rotation in progress), generated once
+    /// per cluster and kept in the PKI store ([`crate::at_rest`]).
+    pub encryption_key: crate::at_rest::Keys,
     /// The node-local API balancer (`kubeforge-apilb`) per node architecture, when the cluster uses one.
     pub api_lb: BTreeMap<String, LocalBinary>,
     /// The cluster state as it will be once this run succeeds (the `state` phase places it on the control

@@ -218,7 +218,13 @@ fn place_pki(
     let local = pki_root.join(cluster);
     let archived = opened.path(Manifest::PKI);
     if local.join("ca.crt").exists() {
-        let diff = identity_differences(&local, &archived);
+        let mut diff = identity_differences(&local, &archived);
+        // A key rotation recorded in one store and not the other (or at another step): the snapshot's Secrets
+        // are encrypted with the keys of the backup's own store, which the kept store may no longer render.
+        let rotation = crate::at_rest::ROTATION_FILE;
+        if std::fs::read(local.join(rotation)).ok() != std::fs::read(archived.join(rotation)).ok() {
+            diff.push(format!("{rotation} (an encryption-key rotation in progress in one of them)"));
+        }
         if diff.is_empty() {
             return Ok(format!(
                 "{} has the backup's CAs and keys: kept (its certificates are newer)",
@@ -226,12 +232,13 @@ fn place_pki(
             ));
         }
         if !replace {
+            let what = if diff.iter().all(|d| d.starts_with("secrets/")) {
+                "holds other encryption-at-rest keys than the backup"
+            } else {
+                "belongs to another cluster than the backup"
+            };
             return Err(Error::msg(
-                format!(
-                    "{} belongs to another cluster than the backup: {} differ",
-                    local.display(),
-                    diff.join(", ")
-                ),
+                format!("{} {what}: {} differ", local.display(), diff.join(", ")),
                 Some("restore from a backup of this cluster, or give --replace-pki to move the store aside and use the backup's"),
             ));
         }

@@ -257,6 +257,26 @@ pub const REPLACE_NODE: Workflow = Workflow {
     repeat: None,
 };
 
+/// `kubeforge rotate encryption-key` (a re-run after an interrupt resumes at the step the store records).
+pub const ROTATE_ENCRYPTION_KEY: Workflow = Workflow {
+    name: "rotate-encryption-key",
+    command: "rotate encryption-key",
+    stages: &[
+        stage("identity", Check, "Read every control plane's marker: the store must be this installed cluster's"),
+        stage("health", Check, "Every apiserver ready, every etcd member healthy; count the encrypted values in etcd per key"),
+        stage("preview", Preview, "Show the old and new key, the stages left and the count per key (`--dry-run` ends here)"),
+        stage("confirm", Confirm, "Ask on the terminal (--yes: go ahead; no terminal: refused)"),
+        stage("begin", Local, "Record the new secretbox key beside the current one in the store (or resume the recorded rotation)"),
+        stage("read-both", Converge, "Old key writes, both read: control planes one at a time, each gated on every apiserver ready"),
+        stage("write-new", Converge, "New key writes, both read: control planes one at a time, gated"),
+        stage("rewrite", ClusterAction, "Write every Secret back through the API, one namespace at a time, on one control plane"),
+        stage("prove", Gate, "Read every value from etcd: refuse to go on while any lacks the new key's prefix (count per key)"),
+        stage("drop-old", Converge, "New key alone: control planes one at a time, gated"),
+        stage("finish", Local, "The store's current key becomes the new one, the old one kept in secrets/retired/; the record goes last"),
+    ],
+    repeat: None,
+};
+
 /// `kubeforge etcd status`.
 pub const ETCD_STATUS: Workflow = Workflow {
     name: "etcd-status",
@@ -317,6 +337,7 @@ pub const LIFECYCLE: &[&Workflow] = &[
     &UPGRADE,
     &MAINTAIN,
     &REPLACE_NODE,
+    &ROTATE_ENCRYPTION_KEY,
     &ETCD_STATUS,
     &ETCD_DEFRAG,
     &ETCD_ALARMS,
@@ -333,6 +354,7 @@ pub const NAMES: &[&str] = &[
     "upgrade",
     "maintain",
     "replace-node",
+    "rotate-encryption-key",
     "etcd-status",
     "etcd-defrag",
     "etcd-alarms",

@@ -2576,3 +2576,6 @@ fn maintain_refuses_to_start_when_a_host_cannot_refresh_its_package_lists() {
         .collect();
     assert!(writes.is_empty(), "{writes:#?}");
 }
+/// `rotate encryption-key` on these simulated hosts (its tests live beside the command).
+#[path = "../rotate/simulated.rs"]
+mod rotate_simulated;

@@ -405,18 +405,22 @@ pub fn kube_proxy_config(m: &ClusterModel, h: &HostModel) -> String {
 }
 
 /// Encryption at rest for Secrets with the cluster's key and the provider it is for (secretbox for new
-/// clusters, aescbc for clusters made before; see [`crate::at_rest`]); identity last so data written before
-/// encryption was enabled stays readable.
-pub fn encryption_config(key: &crate::at_rest::EncryptionKey) -> String {
+/// clusters, aescbc for clusters made before; see [`crate::at_rest`]), or, during a rotation, the keys of
+/// the rotation's step, the writing key first ([`crate::at_rest::Keys::rendered`]); identity last so data
+/// written before encryption was enabled stays readable.
+pub fn encryption_config(keys: &crate::at_rest::Keys) -> String {
+    let mut providers: Vec<serde_json::Value> = keys
+        .rendered()
+        .into_iter()
+        .map(|k| json!({k.provider.name(): {"keys": [{"name": k.name, "secret": k.secret}]}}))
+        .collect();
+    providers.push(json!({"identity": {}}));
     let v = json!({
         "apiVersion": "apiserver.config.k8s.io/v1",
         "kind": "EncryptionConfiguration",
         "resources": [{
-            "resources": ["secrets"],
-            "providers": [
-                {key.provider.name(): {"keys": [{"name": crate::at_rest::KEY_NAME, "secret": key.secret}]}},
-                {"identity": {}}
-            ]
+            "resources": crate::at_rest::RESOURCES,
+            "providers": providers
         }]
     });
     serde_yaml::to_string(&v).expect("yaml")
@@ -707,7 +711,7 @@ mod tests {
         let secret = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned();
         // A cluster made before secretbox (its store has an aescbc key) gets, byte for byte, the file
         // kubeforge wrote for it then: its apiservers are not restarted and a re-apply changes nothing.
-        let aescbc = encryption_config(&EncryptionKey { provider: Provider::Aescbc, secret: secret.clone() });
+        let aescbc = encryption_config(&EncryptionKey::first(Provider::Aescbc, secret.clone()).into());
         assert_eq!(
             aescbc,
             format!(
@@ -716,8 +720,7 @@ mod tests {
                  resources:\n  - secrets\n"
             )
         );
-        let secretbox =
-            encryption_config(&EncryptionKey { provider: Provider::Secretbox, secret: secret.clone() });
+        let secretbox = encryption_config(&EncryptionKey::first(Provider::Secretbox, secret.clone()).into());
         assert_eq!(
             secretbox,
             aescbc.replace("- aescbc:", "- secretbox:"),

@@ -1036,6 +1036,15 @@ async fn resource(st: &State, req: &Request, t: &Target, verb: &str) -> Result<R
                 if let Some(m) = obj["metadata"].as_object_mut() {
                     m.remove("resourceVersion");
                 }
+                // Upstream's GuaranteedUpdate: an update that changes nothing is not written, unless the
+                // stored value is stale (written with another key or provider than the first).
+                let mut stored = existing.value.clone();
+                if let Some(m) = stored["metadata"].as_object_mut() {
+                    m.remove("resourceVersion");
+                }
+                if obj == stored && !existing.stale {
+                    return Ok(Response::json(200, &with_rv(obj, existing.mod_revision)));
+                }
                 match st.etcd.put_if(&key, &obj, existing.mod_revision).await? {
                     Some(rev) => return Ok(Response::json(200, &with_rv(obj, rev))),
                     None if named_rv => return Ok(conflict()),

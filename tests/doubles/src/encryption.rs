@@ -94,6 +94,23 @@ impl Providers {
         Ok(out)
     }
 
+    /// Whether `stored` was written otherwise than [`Providers::write`] writes now: by another provider or
+    /// key than the first one (upstream's prefix transformers then report the value stale, and the storage
+    /// layer writes it again on an update even when the object is unchanged: that is what makes
+    /// `kubectl get -o json | kubectl replace -f -` re-encrypt after a key rotation).
+    pub fn is_stale(&self, stored: &[u8]) -> bool {
+        let Some(first) = self.0.first() else { return false };
+        match first.keys().first() {
+            None => stored.starts_with(ENCRYPTED),
+            Some(key) => {
+                let mut prefix = first.prefix().to_vec();
+                prefix.extend_from_slice(key.name.as_bytes());
+                prefix.push(b':');
+                !stored.starts_with(&prefix)
+            }
+        }
+    }
+
     /// The plain value of a stored one, read by whichever provider and key it was written with.
     pub fn read(&self, stored: &[u8], etcd_key: &str) -> Result<Vec<u8>, String> {
         let mut errors = Vec::new();
@@ -497,6 +514,11 @@ impl AtRest {
         }
     }
 
+    /// Whether what is stored under `etcd_key` would be stored otherwise now ([`Providers::is_stale`]).
+    pub fn is_stale(&self, etcd_key: &str, stored: &[u8]) -> bool {
+        self.providers(etcd_key).is_some_and(|p| p.is_stale(stored))
+    }
+
     /// The plain value of what is stored under `etcd_key`.
     pub fn from_storage(&self, etcd_key: &str, stored: Vec<u8>) -> Result<Vec<u8>, String> {
         match self.providers(etcd_key) {
@@ -601,6 +623,14 @@ mod tests {
         ));
         assert_eq!(secrets(&two).read(&by_old, SECRET_KEY).unwrap(), PLAIN);
         assert!(secrets(&two).write(PLAIN, SECRET_KEY).unwrap().starts_with(b"k8s:enc:aescbc:v1:k2:"));
+        // Stale: anything but the first provider's first key (an update must write it again).
+        assert!(!secrets(&old).is_stale(&by_old));
+        assert!(secrets(&rotated).is_stale(&by_old) && !secrets(&rotated).is_stale(&by_new));
+        assert!(secrets(&rotated).is_stale(PLAIN), "a plain value read through identity");
+        assert!(secrets(&two).is_stale(&by_old), "the second key of the first provider");
+        let identity_first =
+            config(&format!("  - identity: {{}}\n  - aescbc: {{keys: [{{name: old, secret: {KEY1}}}]}}\n"));
+        assert!(secrets(&identity_first).is_stale(&by_old) && !secrets(&identity_first).is_stale(PLAIN));
 
         // Nothing can read: an error for that object, worded as upstream.
         let err = |c: &Config, v: &[u8]| secrets(c).read(v, SECRET_KEY).unwrap_err();

@@ -25,6 +25,10 @@ pub struct Kv {
     pub value: Value,
     /// etcd mod_revision (used as resourceVersion).
     pub mod_revision: i64,
+    /// Stored otherwise than the configuration would store it now (another key or provider than the first;
+    /// upstream's transformers report it "stale"): an update writes it again even when the object did not
+    /// change.
+    pub stale: bool,
 }
 
 fn rev(v: &Value) -> i64 {
@@ -316,9 +320,10 @@ fn kvs(r: &Value, at_rest: &AtRest) -> Result<Vec<Kv>, String> {
             continue;
         };
         let Ok(raw) = B64.decode(kv["value"].as_str().unwrap_or("")) else { continue };
+        let stale = at_rest.is_stale(&key, &raw);
         let plain = at_rest.from_storage(&key, raw).map_err(|e| format!("{key}: {e}"))?;
         if let Ok(value) = serde_json::from_slice(&plain) {
-            out.push(Kv { key, value, mod_revision: rev(&kv["mod_revision"]) });
+            out.push(Kv { key, value, mod_revision: rev(&kv["mod_revision"]), stale });
         }
     }
     Ok(out)

@@ -2,7 +2,8 @@
 //! kubeforge renders, the real etcd and the real kubectl. A Secret created through the API is stored
 //! encrypted (read raw with the real etcdctl) and read back in the clear through the API; a key rotation's
 //! middle step still reads it; a configuration without its key makes it unreadable (HTTP 500), and a bad
-//! configuration stops the apiserver.
+//! configuration stops the apiserver. `rotate encryption-key`'s rewrite script, run with the real kubectl
+//! against the double, stores every Secret again with the writing key, as the census read from etcd shows.
 
 #[path = "support/bins.rs"]
 mod bins;
@@ -18,7 +19,7 @@ use std::{process::Command, time::Duration};
 use base64::Engine;
 use cluster::{Env, V35};
 use kubectl::Kubectl;
-use kubeforge::at_rest::{EncryptionKey, Provider};
+use kubeforge::at_rest::{EncryptionKey, Keys, Provider, Rotation, Step};
 
 const PLAINTEXT: &str = "hunter2-the-plaintext";
 
@@ -55,8 +56,8 @@ fn secrets_are_stored_with_the_configuration_kubeforge_renders() {
     let env = Env::new("127.0.0.5");
     let (_etcd, url) = env.start_etcd();
     let b64 = base64::engine::general_purpose::STANDARD;
-    let new_key = EncryptionKey { provider: Provider::Secretbox, secret: b64.encode([0x5a; 32]) };
-    let old_key = EncryptionKey { provider: Provider::Aescbc, secret: b64.encode([0xa5; 32]) };
+    let new_key = EncryptionKey::first(Provider::Secretbox, b64.encode([0x5a; 32]));
+    let old_key = EncryptionKey::first(Provider::Aescbc, b64.encode([0xa5; 32]));
     let write = |name: &str, text: &str| {
         let p = env.path(name);
         std::fs::write(&p, text).unwrap();
@@ -89,7 +90,7 @@ fn secrets_are_stored_with_the_configuration_kubeforge_renders() {
     // 1. A cluster made before secretbox: kubeforge's aescbc configuration.
     flags.insert(
         "encryption-provider-config".into(),
-        write("enc-aescbc.yaml", &kubeforge::render::encryption_config(&old_key)),
+        write("enc-aescbc.yaml", &kubeforge::render::encryption_config(&old_key.clone().into())),
     );
     let api = start(&flags, "apiserver-1.log");
     secret("old");
@@ -98,7 +99,7 @@ fn secrets_are_stored_with_the_configuration_kubeforge_renders() {
     drop(api);
 
     // 2. kubeforge's configuration of a new cluster: secretbox. New Secrets are written with it.
-    let rendered = kubeforge::render::encryption_config(&new_key);
+    let rendered = kubeforge::render::encryption_config(&new_key.clone().into());
     flags.insert("encryption-provider-config".into(), write("enc-secretbox.yaml", &rendered));
     let api = start(&flags, "apiserver-2.log");
     secret("s1");
@@ -148,4 +149,116 @@ fn secrets_are_stored_with_the_configuration_kubeforge_renders() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("secret is not of the expected length, got 16, expected one of [32]"), "{err}");
     assert!(!err.contains(&new_key.secret), "no key in the message");
+}
+
+/// All values under `/registry/secrets/`, counted per key by `rotate encryption-key`'s own census.
+fn census(env: &Env, url: &str) -> kubeforge::rotate::Census {
+    let p = |r: &str| env.pki.p(r);
+    let out = Command::new(cluster::which("etcdctl"))
+        .env("ETCDCTL_API", "3")
+        .args([
+            &format!("--endpoints={url}"),
+            &format!("--cacert={}", p("pki/etcd/ca.crt")),
+            &format!("--cert={}", p("pki/apiserver-etcd-client.crt")),
+            &format!("--key={}", p("pki/apiserver-etcd-client.key")),
+            "get",
+            "/registry/secrets/",
+            "--prefix",
+            "-w",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "etcdctl: {}", String::from_utf8_lossy(&out.stderr));
+    kubeforge::rotate::parse_census(&String::from_utf8_lossy(&out.stdout)).unwrap()
+}
+
+#[test]
+fn the_rotations_rewrite_stores_every_secret_again_with_the_writing_key() {
+    let env = Env::new("127.0.0.6");
+    let (_etcd, url) = env.start_etcd();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let k1 = EncryptionKey::first(Provider::Aescbc, b64.encode([0x11; 32]));
+    let k2 = EncryptionKey {
+        name: "kubeforge-2".into(),
+        ..EncryptionKey::first(Provider::Secretbox, b64.encode([0x22; 32]))
+    };
+    let config = |name: &str, keys: &Keys| {
+        let p = env.path(name);
+        std::fs::write(&p, kubeforge::render::encryption_config(keys)).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let at = |step: Step| Keys {
+        current: k1.clone(),
+        rotation: Some(Rotation { step, old: k1.clone(), new: k2.clone() }),
+    };
+    let mut flags = env.apiserver_flags(&url);
+    let start = |flags: &std::collections::BTreeMap<String, String>, log: &str| {
+        let mut api = env.start_apiserver(V35, flags, log);
+        assert!(api.exited().is_none(), "apiserver exited:\n{}", api.log_text());
+        api
+    };
+    let kubeconfig = env.pki.p("admin.conf");
+    let k = Kubectl {
+        kubeconfig: kubeconfig.clone(),
+        cache: env.path("kubectl-cache").to_string_lossy().into_owned(),
+    };
+    flags.insert("encryption-provider-config".into(), config("enc-1.yaml", &k1.clone().into()));
+    let api = start(&flags, "apiserver-1.log");
+    for (ns, name) in [("default", "a"), ("default", "b"), ("kube-system", "c")] {
+        let file = env.path(&format!("{name}.yaml"));
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\ndata: {{password: {}}}\n",
+                b64.encode(PLAINTEXT)
+            ),
+        )
+        .unwrap();
+        k.ok(&["create", "-f", &file.to_string_lossy()]);
+    }
+    let before = census(&env, &url);
+    assert_eq!(before.summary(), "aescbc:kubeforge-1: 3");
+    // As upstream: an update that changes nothing is not written when the value is current.
+    let rv = |name: &str, ns: &str| {
+        k.ok(&["get", "secret", name, "-n", ns, "-o", "jsonpath={.metadata.resourceVersion}"])
+    };
+    let unchanged = rv("a", "default");
+    let json = k.ok(&["get", "secret", "a", "-o", "json"]);
+    let file = env.path("a.json");
+    std::fs::write(&file, json).unwrap();
+    k.ok(&["replace", "-f", &file.to_string_lossy()]);
+    assert_eq!(rv("a", "default"), unchanged, "a current value is not written again");
+    drop(api);
+
+    // read-both, then write-new: the old values still read; the rewrite stores them with the new key.
+    flags.insert("encryption-provider-config".into(), config("enc-2.yaml", &at(Step::ReadBoth)));
+    let api = start(&flags, "apiserver-2.log");
+    assert_eq!(k.json(&["get", "secrets", "-A"])["items"].as_array().unwrap().len(), 3);
+    drop(api);
+    flags.insert("encryption-provider-config".into(), config("enc-3.yaml", &at(Step::WriteNew)));
+    let api = start(&flags, "apiserver-3.log");
+    let script = kubeforge::rotate::REWRITE.replace(
+        "kubectl --kubeconfig /etc/kubernetes/admin.conf",
+        &format!("{} --kubeconfig {kubeconfig}", cluster::kubectl().display()),
+    );
+    assert_ne!(script, kubeforge::rotate::REWRITE, "the script runs kubectl with the admin kubeconfig");
+    let mut written = 0;
+    for ns in ["default", "kube-system", "kube-public"] {
+        let out = Command::new("sh").args(["-c", &script, "sh", ns, "secrets"]).output().unwrap();
+        assert!(out.status.success(), "{ns}: {}", String::from_utf8_lossy(&out.stderr));
+        written += String::from_utf8_lossy(&out.stdout).trim().parse::<usize>().unwrap();
+    }
+    assert_eq!(written, 3, "kube-public holds none: 0, not a failure");
+    let after = census(&env, &url);
+    assert_eq!(after.summary(), "secretbox:kubeforge-2: 3");
+    assert_ne!(rv("a", "default"), unchanged, "a stale value is written again");
+    assert!(after.not_with(&k2).is_empty());
+    drop(api);
+
+    // drop-old: the new key alone reads every Secret.
+    flags.insert("encryption-provider-config".into(), config("enc-4.yaml", &at(Step::DropOld)));
+    let _api = start(&flags, "apiserver-4.log");
+    let read = k.ok(&["get", "secret", "c", "-n", "kube-system", "-o", "jsonpath={.data.password}"]);
+    assert_eq!(b64.decode(read.trim()).unwrap(), PLAINTEXT.as_bytes());
 }
