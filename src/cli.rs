@@ -36,8 +36,8 @@ pub enum Command {
     /// it only shows what it would remove.
     Reset(ResetArgs),
     /// Per host: reachable, roles, versions, units down, drift (files that differ from what apply would
-    /// write), Node readiness, etcd health and leader; the earliest certificate expiry. Read-only, one round
-    /// trip per host; exits 1 when anything is unhealthy.
+    /// write), Node readiness, etcd health, leader, db size and fragmentation; the earliest certificate
+    /// expiry. Read-only, one round trip per host; exits 1 when anything is unhealthy.
     Status(StatusArgs),
     /// Audit the running cluster against the CIS Kubernetes Benchmark's checks (as kube-bench runs them),
     /// mapped to kubeforge's layout: file permissions and owners, the flags of the running processes, the

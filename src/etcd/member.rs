@@ -349,15 +349,16 @@ impl Member {
         if let Some(s) = status.as_mut() {
             s.quota = quota;
         }
-        let healthy = status.is_some() && health.is_ok();
+        let leads = status.as_ref().is_some_and(|s| s.leader != 0);
         if error.is_none() {
             if let Err(e) = &health {
                 error = Some(format!("unhealthy: {e}"));
-            } else if status.as_ref().is_some_and(|s| s.leader == 0) {
+            } else if !leads {
                 error = Some("has no leader".into());
             }
         }
-        let healthy = healthy && status.as_ref().is_some_and(|s| s.leader != 0);
+        // Healthy: it answers, knows a leader and passes etcd's own health check.
+        let healthy = leads && health.is_ok();
         Member { name: name.into(), endpoint, status, healthy, error, quota, alarms }
     }
 
