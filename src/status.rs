@@ -148,12 +148,11 @@ impl ClusterStatus {
     }
 }
 
-/// The cluster query on the first control plane: `etcdstatus URL LEADER`, `etcdhealth URL STATE`,
-/// `etcdjson` (etcdctl's `endpoint status -w json`: every member's db sizes) and `node NAME READY` lines.
+/// The cluster query on the first control plane: `etcdjson` (etcdctl's `endpoint status -w json`: every
+/// member's leader and db sizes), `etcdhealth URL STATE` and `node NAME READY` lines.
 /// `$1` the etcd client URLs.
 const CLUSTER_QUERY: &str = r#"eps=$1
 if [ -n "$eps" ]; then
-  e endpoint status -w simple 2>/dev/null | awk -F', ' '{print "etcdstatus " $1 " " $5}'
   e endpoint status -w json 2>/dev/null | sed -n 's/^\[/etcdjson [/p'
   e endpoint health 2>&1 | awk '/is healthy/ {print "etcdhealth " $1 " healthy"} /is unhealthy|failed/ {print "etcdhealth " $1 " unhealthy"}'
 fi
@@ -239,13 +238,16 @@ pub async fn gather(
     let mut leaders: Vec<String> = Vec::new();
     let mut nodes: BTreeMap<String, String> = BTreeMap::new();
     let dbs = etcd_dbs(&cluster);
+    for json in cluster.lines().filter_map(|l| l.strip_prefix("etcdjson ")) {
+        let statuses = crate::etcd::member::parse_statuses(json).unwrap_or_default();
+        leaders.extend(statuses.iter().filter(|s| s.is_leader()).map(|s| s.endpoint.clone()));
+    }
     for line in cluster.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
         match f.as_slice() {
             ["etcdhealth", url, h] => {
                 etcd_by_url.insert(url.trim_end_matches(':').to_string(), h.to_string());
             }
-            ["etcdstatus", url, leader] if *leader == "true" => leaders.push(url.to_string()),
             ["node", name, ready] => {
                 nodes.insert(name.to_string(), ready.to_string());
             }
@@ -445,7 +447,6 @@ mod tests {
         std::fs::write(
             &fake,
             "#!/bin/sh\ncase \"$*\" in\n\
-             *'-w simple') echo 'https://10.0.0.1:2379, 8e9e05c52164694d, 3.5.1, 4.2 MB, true, false, 2, 1268, 1268, ' ;;\n\
              *'-w json') echo '[{\"Endpoint\":\"https://10.0.0.1:2379\",\"Status\":{\"header\":{\"cluster_id\":1,\"member_id\":2,\"revision\":1125,\"raft_term\":2},\"version\":\"3.5.1\",\"dbSize\":4272128,\"leader\":2,\"raftIndex\":1268,\"raftTerm\":2,\"raftAppliedIndex\":1268,\"dbSizeInUse\":3518464}},{\"Endpoint\":\"https://10.0.0.2:2379\",\"Status\":{\"header\":{\"member_id\":3},\"version\":\"3.4.23\",\"dbSize\":20480,\"leader\":2}}]' ;;\n\
              *) exit 1 ;;\n\
              esac\n",
@@ -459,7 +460,7 @@ mod tests {
         let o = crate::test_support::run_with_fakes(&argv, dir.path());
         assert!(o.status.success(), "{o:?}");
         let out = String::from_utf8_lossy(&o.stdout);
-        assert!(out.contains("etcdstatus https://10.0.0.1:2379 true"), "{out}");
+        assert!(!out.contains("etcdstatus"), "one etcdctl status call: {out}");
         let dbs = etcd_dbs(&out);
         assert_eq!(dbs.len(), 2, "{out}");
         let a = &dbs["https://10.0.0.1:2379"];

@@ -766,8 +766,8 @@ fn status_reads_one_probe_per_host_and_reports_drift_stopped_units_and_unreachab
     h.run(text, h.options()).0.unwrap();
     // The first control plane answers the cluster query like etcdctl and kubectl would.
     h.hosts["cp1"].on(
-        "etcdstatus",
-        Reply::ok("etcdstatus https://10.0.0.1:2379 true\netcdhealth https://10.0.0.1:2379: healthy\nnode cp1 True\nnode w1 True\n"),
+        "etcdjson",
+        Reply::ok("etcdjson [{\"Endpoint\":\"https://10.0.0.1:2379\",\"Status\":{\"header\":{\"member_id\":2},\"dbSize\":4272128,\"leader\":2,\"dbSizeInUse\":3518464}}]\netcdhealth https://10.0.0.1:2379: healthy\nnode cp1 True\nnode w1 True\n"),
     );
     let status = |h: &Harness| {
         let loaded = crate::inventory::parse(Path::new("i.yaml"), text).unwrap();
