@@ -408,12 +408,22 @@ pub fn kube_proxy_config(m: &ClusterModel, h: &HostModel) -> String {
 /// clusters, aescbc for clusters made before; see [`crate::at_rest`]), or, during a rotation, the keys of
 /// the rotation's step, the writing key first ([`crate::at_rest::Keys::rendered`]); identity last so data
 /// written before encryption was enabled stays readable.
+///
+/// Keys of one provider that follow each other go into that provider's one `keys` list (a secretbox →
+/// secretbox rotation: one `secretbox` entry with both keys). Two entries of the same provider would not
+/// work: the apiserver hands a value to the first provider whose prefix (`k8s:enc:secretbox:v1:`) it
+/// carries, and that provider's error (no key of that name) is final.
 pub fn encryption_config(keys: &crate::at_rest::Keys) -> String {
-    let mut providers: Vec<serde_json::Value> = keys
-        .rendered()
-        .into_iter()
-        .map(|k| json!({k.provider.name(): {"keys": [{"name": k.name, "secret": k.secret}]}}))
-        .collect();
+    let mut grouped: Vec<(&str, Vec<serde_json::Value>)> = Vec::new();
+    for k in keys.rendered() {
+        let key = json!({"name": k.name, "secret": k.secret});
+        match grouped.last_mut() {
+            Some((p, ks)) if *p == k.provider.name() => ks.push(key),
+            _ => grouped.push((k.provider.name(), vec![key])),
+        }
+    }
+    let mut providers: Vec<serde_json::Value> =
+        grouped.into_iter().map(|(p, ks)| json!({p: {"keys": ks}})).collect();
     providers.push(json!({"identity": {}}));
     let v = json!({
         "apiVersion": "apiserver.config.k8s.io/v1",
