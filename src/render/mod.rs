@@ -739,6 +739,50 @@ mod tests {
     }
 
     #[test]
+    fn a_rotation_lists_keys_of_one_provider_in_one_entry_the_writing_key_first() {
+        use crate::at_rest::{EncryptionKey, Keys, Provider, Rotation, Step};
+        let secret = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let providers = |old: Provider, step: Step| {
+            let old = EncryptionKey::first(old, secret);
+            let new = EncryptionKey {
+                name: "kubeforge-2".into(),
+                ..EncryptionKey::first(Provider::Secretbox, secret)
+            };
+            let keys = Keys { current: old.clone(), rotation: Some(Rotation { step, old, new }) };
+            let doc: serde_yaml::Value = serde_yaml::from_str(&encryption_config(&keys)).unwrap();
+            doc["resources"][0]["providers"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    let (name, body) = p.as_mapping().unwrap().iter().next().unwrap();
+                    let keys: Vec<&str> = body["keys"]
+                        .as_sequence()
+                        .into_iter()
+                        .flatten()
+                        .map(|k| k["name"].as_str().unwrap())
+                        .collect();
+                    format!("{}{keys:?}", name.as_str().unwrap())
+                })
+                .collect::<Vec<_>>()
+        };
+        let sb = Provider::Secretbox;
+        assert_eq!(
+            providers(sb, Step::ReadBoth),
+            ["secretbox[\"kubeforge-1\", \"kubeforge-2\"]", "identity[]"]
+        );
+        assert_eq!(
+            providers(sb, Step::WriteNew),
+            ["secretbox[\"kubeforge-2\", \"kubeforge-1\"]", "identity[]"]
+        );
+        assert_eq!(providers(sb, Step::DropOld), ["secretbox[\"kubeforge-2\"]", "identity[]"]);
+        assert_eq!(
+            providers(Provider::Aescbc, Step::WriteNew),
+            ["secretbox[\"kubeforge-2\"]", "aescbc[\"kubeforge-1\"]", "identity[]"]
+        );
+    }
+
+    #[test]
     fn the_kubelet_event_qps_is_written_out_and_never_zero() {
         // v1.37 changed the meaning of `eventRecordQPS: 0` from "the default, 50" to "no limit" (Urgent
         // Upgrade Note, PR 117119). kubeforge writes the value itself, so the change cannot reach its
