@@ -408,12 +408,22 @@ pub fn kube_proxy_config(m: &ClusterModel, h: &HostModel) -> String {
 /// clusters, aescbc for clusters made before; see [`crate::at_rest`]), or, during a rotation, the keys of
 /// the rotation's step, the writing key first ([`crate::at_rest::Keys::rendered`]); identity last so data
 /// written before encryption was enabled stays readable.
+///
+/// Keys of one provider that follow each other go into that provider's one `keys` list (a secretbox →
+/// secretbox rotation: one `secretbox` entry with both keys). Two entries of the same provider would not
+/// work: the apiserver hands a value to the first provider whose prefix (`k8s:enc:secretbox:v1:`) it
+/// carries, and that provider's error (no key of that name) is final.
 pub fn encryption_config(keys: &crate::at_rest::Keys) -> String {
-    let mut providers: Vec<serde_json::Value> = keys
-        .rendered()
-        .into_iter()
-        .map(|k| json!({k.provider.name(): {"keys": [{"name": k.name, "secret": k.secret}]}}))
-        .collect();
+    let mut grouped: Vec<(&str, Vec<serde_json::Value>)> = Vec::new();
+    for k in keys.rendered() {
+        let key = json!({"name": k.name, "secret": k.secret});
+        match grouped.last_mut() {
+            Some((p, ks)) if *p == k.provider.name() => ks.push(key),
+            _ => grouped.push((k.provider.name(), vec![key])),
+        }
+    }
+    let mut providers: Vec<serde_json::Value> =
+        grouped.into_iter().map(|(p, ks)| json!({p: {"keys": ks}})).collect();
     providers.push(json!({"identity": {}}));
     let v = json!({
         "apiVersion": "apiserver.config.k8s.io/v1",
@@ -725,6 +735,50 @@ mod tests {
             secretbox,
             aescbc.replace("- aescbc:", "- secretbox:"),
             "the same file with secretbox first"
+        );
+    }
+
+    #[test]
+    fn a_rotation_lists_keys_of_one_provider_in_one_entry_the_writing_key_first() {
+        use crate::at_rest::{EncryptionKey, Keys, Provider, Rotation, Step};
+        let secret = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let providers = |old: Provider, step: Step| {
+            let old = EncryptionKey::first(old, secret);
+            let new = EncryptionKey {
+                name: "kubeforge-2".into(),
+                ..EncryptionKey::first(Provider::Secretbox, secret)
+            };
+            let keys = Keys { current: old.clone(), rotation: Some(Rotation { step, old, new }) };
+            let doc: serde_yaml::Value = serde_yaml::from_str(&encryption_config(&keys)).unwrap();
+            doc["resources"][0]["providers"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    let (name, body) = p.as_mapping().unwrap().iter().next().unwrap();
+                    let keys: Vec<&str> = body["keys"]
+                        .as_sequence()
+                        .into_iter()
+                        .flatten()
+                        .map(|k| k["name"].as_str().unwrap())
+                        .collect();
+                    format!("{}{keys:?}", name.as_str().unwrap())
+                })
+                .collect::<Vec<_>>()
+        };
+        let sb = Provider::Secretbox;
+        assert_eq!(
+            providers(sb, Step::ReadBoth),
+            ["secretbox[\"kubeforge-1\", \"kubeforge-2\"]", "identity[]"]
+        );
+        assert_eq!(
+            providers(sb, Step::WriteNew),
+            ["secretbox[\"kubeforge-2\", \"kubeforge-1\"]", "identity[]"]
+        );
+        assert_eq!(providers(sb, Step::DropOld), ["secretbox[\"kubeforge-2\"]", "identity[]"]);
+        assert_eq!(
+            providers(Provider::Aescbc, Step::WriteNew),
+            ["secretbox[\"kubeforge-2\"]", "aescbc[\"kubeforge-1\"]", "identity[]"]
         );
     }
 

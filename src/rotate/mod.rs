@@ -174,6 +174,17 @@ pub fn parse_census(out: &str) -> Result<Census> {
     Ok(census)
 }
 
+/// A failed remote command on `host` as an error that shows its last stderr lines.
+fn failed(host: &str, e: crate::exec::StepError, hint: Option<&str>) -> Error {
+    let mut text = format!("{host}: {e}");
+    if let crate::exec::StepError::Command { output, .. } = &e {
+        for l in output.last_stderr_lines(5) {
+            text.push_str(&format!("\n  stderr: {l}"));
+        }
+    }
+    Error::msg(text, hint)
+}
+
 /// `$1` the etcd client URLs, then one key prefix per resource: `etcdctl get --prefix -w json` of each.
 const READ_VALUES: &str = r#"eps=$1; shift
 for p in "$@"; do e get "$p" --prefix -w json || exit 1; echo; done"#;
@@ -187,7 +198,7 @@ async fn census(model: &ClusterModel, t: &dyn Transport) -> Result<Census> {
     }
     let out = crate::plan::run_checked(t, "read the encrypted values from etcd", &cmd.sudo())
         .await
-        .map_err(|e| Error::msg(format!("{}: {e}", t.host()), None))?;
+        .map_err(|e| failed(t.host(), e, None))?;
     parse_census(&out.stdout_str())
 }
 
@@ -412,7 +423,7 @@ impl Rotator<'_> {
             ]);
             let out = crate::plan::run_checked(t.as_ref(), &format!("list {r}"), &list)
                 .await
-                .map_err(|e| Error::msg(format!("{api}: {e}"), None))?;
+                .map_err(|e| failed(&api, e, None))?;
             for (ns, n) in parse_namespaces(&out.stdout_str()) {
                 self.session.boundary(&WF, "rewrite")?;
                 let clock = Instant::now();
@@ -420,8 +431,9 @@ impl Rotator<'_> {
                 let out = crate::plan::run_checked(t.as_ref(), &format!("rewrite {r} in {ns}"), &cmd)
                     .await
                     .map_err(|e| {
-                        Error::msg(
-                            format!("{api}: {e}"),
+                        failed(
+                            &api,
+                            e,
                             Some("the rotation stopped and is recorded: run `kubeforge rotate encryption-key` again to rewrite and prove again"),
                         )
                     })?;

@@ -24,6 +24,27 @@ fn config_keys(fake: &FakeTransport) -> Vec<String> {
     out
 }
 
+/// The keys a host's apiserver can read values of, as upstream reads them: a value goes to the first
+/// provider whose prefix (`k8s:enc:secretbox:v1:`) it carries, and only that provider's keys can read it (a
+/// second entry of the same provider is never reached).
+fn readable_keys(fake: &FakeTransport) -> Vec<String> {
+    let Some(text) = fake.file(CONFIG) else { return Vec::new() };
+    let doc: serde_yaml::Value = serde_yaml::from_slice(&text).unwrap();
+    let mut seen_providers = BTreeSet::new();
+    let mut out = Vec::new();
+    for p in doc["resources"][0]["providers"].as_sequence().unwrap() {
+        let (provider, body) = p.as_mapping().unwrap().iter().next().unwrap();
+        let provider = provider.as_str().unwrap().to_owned();
+        if !seen_providers.insert(provider.clone()) {
+            continue;
+        }
+        for k in body["keys"].as_sequence().into_iter().flatten() {
+            out.push(format!("{provider}:{}", k["name"].as_str().unwrap()));
+        }
+    }
+    out
+}
+
 /// Each control plane's configured keys (`provider:name`, in order).
 type Configs = BTreeMap<String, Vec<String>>;
 
@@ -38,6 +59,8 @@ struct SimCluster {
     down: Arc<Mutex<BTreeSet<String>>>,
     /// Each control plane's configured keys at every health reading (every gate).
     seen: Arc<Mutex<Vec<Configs>>>,
+    /// Each control plane's readable keys ([`readable_keys`]) at the same readings.
+    readers: Arc<Mutex<Vec<Configs>>>,
     /// Set when the Nth health reading happens (`usize::MAX`: never).
     stop_at_health: Arc<AtomicUsize>,
     health_reads: Arc<AtomicUsize>,
@@ -87,6 +110,9 @@ fn simulate_rotation(h: &Harness, text: &str, stop: Option<Arc<AtomicBool>>) -> 
             s.seen.lock().unwrap().push(
                 model2.control_planes().map(|c| (c.name.clone(), config_keys(&hosts[&c.name]))).collect(),
             );
+            s.readers.lock().unwrap().push(
+                model2.control_planes().map(|c| (c.name.clone(), readable_keys(&hosts[&c.name]))).collect(),
+            );
             let mut out = String::new();
             for m in model2.etcd_members() {
                 out.push_str(&format!("etcd {} healthy\n", crate::model::url(m.internal_ip, 2379)));
@@ -109,6 +135,7 @@ fn simulate_rotation(h: &Harness, text: &str, stop: Option<Arc<AtomicBool>>) -> 
             let (ns, res) = (&argv[argv.len() - 2], &argv[argv.len() - 1]);
             assert_eq!(res, "secrets");
             let keys = config_keys(fake);
+            let readable = readable_keys(fake);
             let mut etcd = s.etcd.lock().unwrap();
             let stuck = s.stuck.lock().unwrap();
             let mut n = 0;
@@ -116,7 +143,7 @@ fn simulate_rotation(h: &Harness, text: &str, stop: Option<Arc<AtomicBool>>) -> 
                 etcd.iter_mut().filter(|(k, _)| k.starts_with(&format!("/registry/secrets/{ns}/")))
             {
                 // The apiserver reads with any key it lists (identity last), then writes with the first.
-                if label != "identity" && !keys.contains(label) {
+                if label != "identity" && !readable.contains(label) {
                     return Reply::fail(1, format!("Internal error occurred: no key for {label} ({k})"));
                 }
                 if !stuck.contains(k) {
@@ -165,10 +192,11 @@ fn store_of(h: &Harness, cluster: &str) -> crate::pki::store::Store {
 /// No apiserver ever writes with a key that another apiserver cannot read: at every reading, each host's
 /// writing key is listed by every host.
 fn assert_always_readable(sim: &SimCluster) {
-    for snapshot in sim.seen.lock().unwrap().iter() {
+    let readers = sim.readers.lock().unwrap().clone();
+    for (snapshot, reads) in sim.seen.lock().unwrap().iter().zip(&readers) {
         for (h, keys) in snapshot {
             let Some(writer) = keys.first() else { continue };
-            for (other, theirs) in snapshot {
+            for (other, theirs) in reads {
                 assert!(
                     theirs.contains(writer),
                     "{h} writes with {writer} that {other} cannot read: {snapshot:?}"

@@ -175,10 +175,17 @@ fn census(env: &Env, url: &str) -> kubeforge::rotate::Census {
 
 #[test]
 fn the_rotations_rewrite_stores_every_secret_again_with_the_writing_key() {
-    let env = Env::new("127.0.0.6");
+    // secretbox → secretbox (both keys in one provider entry) and aescbc → secretbox (two providers).
+    rotation_through_the_double("127.0.0.6", Provider::Secretbox);
+    rotation_through_the_double("127.0.0.7", Provider::Aescbc);
+}
+
+fn rotation_through_the_double(ip: &str, first: Provider) {
+    let env = Env::new(ip);
     let (_etcd, url) = env.start_etcd();
     let b64 = base64::engine::general_purpose::STANDARD;
-    let k1 = EncryptionKey::first(Provider::Aescbc, b64.encode([0x11; 32]));
+    let k1 = EncryptionKey::first(first, b64.encode([0x11; 32]));
+    let old_label = format!("{}:kubeforge-1", first.name());
     let k2 = EncryptionKey {
         name: "kubeforge-2".into(),
         ..EncryptionKey::first(Provider::Secretbox, b64.encode([0x22; 32]))
@@ -218,7 +225,7 @@ fn the_rotations_rewrite_stores_every_secret_again_with_the_writing_key() {
         k.ok(&["create", "-f", &file.to_string_lossy()]);
     }
     let before = census(&env, &url);
-    assert_eq!(before.summary(), "aescbc:kubeforge-1: 3");
+    assert_eq!(before.summary(), format!("{old_label}: 3"));
     // As upstream: an update that changes nothing is not written when the value is current.
     let rv = |name: &str, ns: &str| {
         k.ok(&["get", "secret", name, "-n", ns, "-o", "jsonpath={.metadata.resourceVersion}"])
