@@ -96,7 +96,12 @@ pub fn run(a: ReplaceNodeArgs) -> Result<i32> {
         consent,
     };
     let (moved, text) = moved_inventory(&old.loaded, &options)?;
-    let transports = crate::apply::transports(&moved, &o.connect)?;
+    // The hosts that stay keep their connection; only the moved node gets one to its new machine.
+    let mut transports = old.transports.clone();
+    let fresh = crate::apply::transports(&moved, &o.connect)?;
+    if let Some(t) = fresh.get(&options.node) {
+        transports.insert(options.node.clone(), t.clone());
+    }
     let new = Session::new(moved, transports, o, crate::report::auto(false))?;
     replace_node_in(&old, &new, &options, &text)
 }
