@@ -1574,6 +1574,10 @@ fn high_availability(lab: &Lab) {
     // Every certificate renewed and pushed while the API answers: new certificates on the wire.
     renew_ha(lab, &cluster, &two, &["node1", "node2"]);
 
+    // The encryption key rotated while the API answers: every Secret moves from kubeforge-1 to kubeforge-2,
+    // counted in etcd before and after; the backup and restore below run with the rotated key.
+    rotate_encryption_key_ha(lab, &cluster, &two, &["node1", "node2"]);
+
     // backup (encrypted) -> an object written after it -> restore onto the same two control planes: the
     // object from before is back, the later one is gone, both members vote and are healthy.
     backup_then_restore_in_place(lab, &cluster, &two);
@@ -1616,6 +1620,75 @@ fn secret_is_encrypted_in_etcd(lab: &Lab, node: &str, name: &str, value: &str, k
     assert!(
         !raw.contains(value) && !raw.contains(&data) && !raw.contains("\"kind\""),
         "plaintext in etcd: {raw:?}"
+    );
+}
+
+/// How etcd stores every Secret, read on `node` with etcdctl (`get --prefix -w json`): the count per value
+/// prefix (`k8s:enc:secretbox:v1:kubeforge-1`, or `plain`). Counted here, not with kubeforge's own code.
+fn secrets_per_key(lab: &Lab, node: &str) -> std::collections::BTreeMap<String, usize> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let out = etcdctl(lab, node, "https://127.0.0.1:2379", "get /registry/secrets/ --prefix -w json");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("etcdctl -w json");
+    let mut counts = std::collections::BTreeMap::new();
+    for kv in doc["kvs"].as_array().into_iter().flatten() {
+        let value = b64.decode(kv["value"].as_str().unwrap_or_default()).expect("base64 value");
+        let label = if value.starts_with(b"k8s:enc:") {
+            let fields: Vec<&[u8]> = value.splitn(6, |b| *b == b':').take(5).collect();
+            fields.iter().map(|f| String::from_utf8_lossy(f)).collect::<Vec<_>>().join(":")
+        } else {
+            "plain".to_owned()
+        };
+        *counts.entry(label).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// `rotate encryption-key --yes` on the HA cluster under the readiness loop: Secrets counted per key in
+/// etcd before (all kubeforge-1) and after (all kubeforge-2, none left with kubeforge-1), a Secret written
+/// before reads the same after, and a second run with `--dry-run` proposes kubeforge-3 and changes nothing.
+fn rotate_encryption_key_ha(lab: &Lab, cluster: &str, inv: &Path, cps: &[&str]) {
+    let me = env!("CARGO_BIN_EXE_kubeforge");
+    let i = inv.to_str().unwrap();
+    for n in 1..=3 {
+        secret(lab, cluster, &format!("kf-rotate-{n}"), SECRET_VALUE);
+    }
+    secret_is_encrypted_in_etcd(lab, "node1", "kf-rotate-1", SECRET_VALUE, "kubeforge-1");
+    let before = secrets_per_key(lab, "node1");
+    let old = "k8s:enc:secretbox:v1:kubeforge-1";
+    let new = "k8s:enc:secretbox:v1:kubeforge-2";
+    let total: usize = before.values().sum();
+    eprintln!("[e2e] Secrets in etcd per key before the rotation: {before:?}");
+    assert!(total >= 3 && before.get(old) == Some(&total), "every Secret with kubeforge-1: {before:?}");
+    let t = Instant::now();
+    let o = under_readiness_loop(lab, cluster, cps, || {
+        lab.exec(&[me, "rotate", "encryption-key", "-i", i, "--yes"])
+    });
+    let wall = t.elapsed().as_secs_f64();
+    let out = text(&o);
+    eprintln!("[e2e] rotate encryption-key ({wall:.0}s):\n{out}");
+    assert!(out.contains("now encrypts with secretbox:kubeforge-2"), "{out}");
+    let after = secrets_per_key(lab, "node2");
+    eprintln!("[e2e] Secrets in etcd per key after the rotation: {after:?}");
+    assert_eq!(after.get(new), Some(&total), "every Secret rewritten with kubeforge-2: {after:?}");
+    assert_eq!(after.get(old), None, "no Secret left with kubeforge-1: {after:?}");
+    assert_eq!(after.values().sum::<usize>(), total, "{after:?}");
+    secret_reads(lab, cluster, "kf-rotate-1", SECRET_VALUE);
+    secret_is_encrypted_in_etcd(lab, "node2", "kf-rotate-1", SECRET_VALUE, "kubeforge-2");
+    for n in cps {
+        let config = must(lab.ssh(n, "cat /etc/kubernetes/encryption-config.yaml"), "encryption config");
+        assert!(
+            config.contains("kubeforge-2") && !config.contains("kubeforge-1"),
+            "{n}: the old key is still listed"
+        );
+    }
+    let shown = must(lab.exec(&[me, "rotate", "encryption-key", "-i", i, "--dry-run"]), "rotate --dry-run");
+    assert!(
+        shown.contains("secretbox:kubeforge-2 → kubeforge-3") && shown.contains("nothing was changed"),
+        "{shown}"
+    );
+    eprintln!(
+        "[e2e] rotate encryption-key: {total} Secrets moved from kubeforge-1 to kubeforge-2 in {wall:.0}s"
     );
 }
 
