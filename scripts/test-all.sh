@@ -8,6 +8,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 export CARGO_TERM_COLOR=never
+# A build from nothing (a fresh machine) is faster without incremental compilation's caches.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 # Tiers that need real machines (`#[ignore]`d VM tests) run for real here, with `--ignored`; a missing
 # prerequisite fails them instead of skipping.
 export KUBEFORGE_TEST_BUNDLE=${KUBEFORGE_TEST_BUNDLE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubeforge/test-bundle}
