@@ -56,6 +56,7 @@ pub mod replace;
 pub mod report;
 pub mod restore;
 pub mod rotate;
+pub mod sa_key;
 pub mod selector;
 pub mod session;
 pub mod sshconfig;
