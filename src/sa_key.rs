@@ -200,8 +200,8 @@ pub fn load(store: &Store) -> Result<SaKeys> {
     Ok(SaKeys { key, public, rotation })
 }
 
-/// The rotation [`begin`] would start (a dry run shows it without writing): a new key of the same algorithm
-/// as the store's, or the recorded rotation.
+/// The rotation to start (a dry run shows it without writing; a run [`record`]s it): a new key of the same
+/// algorithm as the store's, or the recorded rotation.
 pub fn plan_rotation(keys: &SaKeys) -> Result<SaRotation> {
     if let Some(r) = &keys.rotation {
         return Ok(r.clone());
@@ -216,17 +216,6 @@ pub fn plan_rotation(keys: &SaKeys) -> Result<SaRotation> {
         signing_new_since: None,
         old_tokens_valid_until: None,
     })
-}
-
-/// Starts a rotation (or returns the recorded one): the record is written (0600, forced to disk) at step
-/// [`SaStep::TrustBoth`]; `sa.key` and `sa.pub` are not touched.
-pub fn begin(store: &Store, keys: &SaKeys) -> Result<SaRotation> {
-    if let Some(r) = &keys.rotation {
-        return Ok(r.clone());
-    }
-    let r = plan_rotation(keys)?;
-    record(store, &r)?;
-    Ok(r)
 }
 
 /// Records `rotation` (its step moved on, or its wait stamped): atomically, 0600, forced to disk.
@@ -338,14 +327,15 @@ mod tests {
             parse_key(&planned.new, "new").unwrap().algorithm(),
             Some(crate::pki::KeyAlgorithm::EcdsaP256)
         );
-        let mut r = begin(&s, &keys).unwrap();
+        let mut r = planned.clone();
+        record(&s, &r).unwrap();
         assert_eq!(mode(&s, ROTATION_FILE), 0o600);
         assert_eq!(s.read("sa.key").unwrap(), old_key, "the store's key is untouched until the end");
         let new_pub = public_pem(&r.new).unwrap();
         let old_pub_s = String::from_utf8(old_pub.clone()).unwrap();
         let k = load(&s).unwrap();
         assert_eq!(k.rotation.as_ref(), Some(&r), "read back as recorded");
-        assert_eq!(begin(&s, &k).unwrap(), r, "a run in the middle resumes the same rotation");
+        assert_eq!(plan_rotation(&k).unwrap(), r, "a run in the middle resumes the same rotation");
         // trust-both: old signs, both verify.
         assert_eq!(k.signing_key(), old_key);
         assert_eq!(keys_in(&k.verifying_keys().unwrap()), [old_pub_s.clone(), new_pub.clone()]);
@@ -360,7 +350,7 @@ mod tests {
         record(&s, &r).unwrap();
         let k = load(&s).unwrap();
         assert_eq!(k.signing_key(), r.new.as_bytes());
-        assert_eq!(keys_in(&k.verifying_keys().unwrap()), [new_pub.clone()]);
+        assert_eq!(keys_in(&k.verifying_keys().unwrap()), vec![new_pub.clone()]);
         let rendered = (k.signing_key(), k.verifying_keys().unwrap());
         // The end, interrupted after the new key was written: the record still decides, a re-run finishes.
         s.write_durable("sa.key", r.new.as_bytes(), 0o600).unwrap();
