@@ -290,7 +290,7 @@ pub const ROTATE_SERVICE_ACCOUNT_KEY: Workflow = Workflow {
         stage("begin", Local, "Record the new key pair beside the current one in the store (or resume the recorded rotation)"),
         stage("trust-both", Converge, "sa.pub holds the old and the new public key, the old key signs: control planes one at a time, each gated on every apiserver ready"),
         stage("sign-new", Converge, "The new key signs (apiserver tokens, controller-manager legacy tokens), both verify: control planes one at a time, gated; the time it ended is recorded"),
-        stage("wait", Gate, "Tokens signed with the old key expire: the bound from the apiserver's flags (1h 5m by default) after sign-new ended; before it the run stops and says when to run again"),
+        stage("wait", Gate, "Tokens signed with the old key expire: the bound from the apiserver's flags (1h 5m 7s by default) after sign-new ended; before it the run stops and says when to run again"),
         stage("drop-old", Converge, "The new public key alone: control planes one at a time, gated"),
         stage("finish", Local, "The store's sa.key/sa.pub become the new pair, the old key kept in secrets/retired/; the record goes last"),
     ],

@@ -51,7 +51,7 @@ pub enum RotateCommand {
     EncryptionKey(EncryptionKeyArgs),
     /// Replace the service-account signing key: the new public key is trusted beside the old one on every
     /// control plane, then the apiservers and controller-managers sign with the new key; the old key stays
-    /// trusted until every token it signed has expired (a bound computed from the apiserver's flags, 1h 5m by
+    /// trusted until every token it signed has expired (a bound computed from the apiserver's flags, 1h 5m 7s by
     /// default: the run stops and says when; run it again after then), and is then dropped. Control planes
     /// change one at a time, each gated; an interrupted rotation resumes where it stopped. Legacy token
     /// Secrets signed with the old key stop working.
