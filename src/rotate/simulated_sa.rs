@@ -140,6 +140,20 @@ fn rotate(
     (r, session.stages(), session.said())
 }
 
+/// Per control plane: how many times kube-apiserver and kube-controller-manager were restarted so far.
+fn restarts(h: &Harness) -> BTreeMap<String, (usize, usize)> {
+    ["cp1", "cp2", "cp3"]
+        .iter()
+        .map(|cp| {
+            let cmds = h.hosts[*cp].commands();
+            let n = |unit: &str| {
+                cmds.iter().filter(|c| c.contains("systemctl restart --no-block") && c.contains(unit)).count()
+            };
+            (cp.to_string(), (n("kube-apiserver"), n("kube-controller-manager")))
+        })
+        .collect()
+}
+
 fn stage_ids(stages: &[String]) -> Vec<&str> {
     stages.iter().map(|s| s.strip_prefix("rotate-service-account-key/").unwrap_or(s)).collect()
 }
@@ -160,6 +174,8 @@ fn a_rotation_trusts_both_signs_new_stops_for_the_wait_then_drops_the_old_key() 
     let now = Arc::new(AtomicU64::new(T0));
     let old = store_kid(&h);
     assert_eq!(keys_of(&h.hosts["cp1"]), (old.clone(), vec![old.clone()]));
+    let restarted = restarts(&h);
+    let w1 = h.hosts["w1"].calls().len();
     let (r, stages, said) = rotate(&h, Consent::Given, &now);
     assert_eq!(r.unwrap_or_else(|e| panic!("{}\n{said}", e.report())), 0);
     assert_eq!(
@@ -198,6 +214,11 @@ fn a_rotation_trusts_both_signs_new_stops_for_the_wait_then_drops_the_old_key() 
         "the health stage, then one gate per control plane and step"
     );
     assert_always_trusted(&sim);
+    // trust-both restarts the apiserver (sa.pub), sign-new the apiserver and the controller-manager (sa.key).
+    for (cp, (api, cm)) in restarts(&h) {
+        assert_eq!((api, cm), (restarted[&cp].0 + 2, restarted[&cp].1 + 1), "{cp}");
+    }
+    assert_eq!(h.hosts["w1"].calls().len(), w1, "a worker is not touched");
 
     // A run before the bound changes nothing on the hosts and says when.
     now.store(T0 + WAIT - 60, Ordering::SeqCst);
@@ -224,6 +245,10 @@ fn a_rotation_trusts_both_signs_new_stops_for_the_wait_then_drops_the_old_key() 
         ["cp1", "cp2", "cp3"].map(|cp| (cp.to_string(), (new.clone(), vec![new.clone()])))
     );
     assert_always_trusted(&sim);
+    // drop-old restarts the apiserver alone (sa.pub).
+    for (cp, (api, cm)) in restarts(&h) {
+        assert_eq!((api, cm), (restarted[&cp].0 + 3, restarted[&cp].1 + 1), "{cp}");
+    }
     let s = store(&h);
     let keys = sa_key::load(&s).unwrap();
     assert_eq!((store_kid(&h), keys.rotation.is_none()), (new.clone(), true));
