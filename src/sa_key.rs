@@ -131,6 +131,13 @@ pub fn key_id(private: &str) -> Result<String> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(spki)))
 }
 
+/// The algorithm of a private key, as kubeforge names it (`ecdsa-p256`).
+pub fn algorithm(private: &str) -> Result<crate::pki::KeyAlgorithm> {
+    parse_key(private, "service-account key")?.algorithm().ok_or_else(|| {
+        Error::msg("the service-account key is of an algorithm kubeforge does not issue", None)
+    })
+}
+
 impl SaKeys {
     /// What the control planes' `sa.key` holds: the store's key, or the rotation step's signing key.
     pub fn signing_key(&self) -> Vec<u8> {

@@ -142,6 +142,12 @@ async fn run_stages(session: &Session, model: &ClusterModel, options: &RotateOpt
     let resuming = keys.rotation.is_some();
     let mut rotation = sa_key::plan_rotation(&keys)?;
     let (old, new) = (sa_key::key_id(&rotation.old)?, sa_key::key_id(&rotation.new)?);
+    // A dry run before any rotation makes a key only to show its kind: its id would not be the one used.
+    let shown_new = if resuming || options.consent != Consent::Preview {
+        format!("{new} ({})", sa_key::algorithm(&rotation.new)?)
+    } else {
+        format!("a new {} key", sa_key::algorithm(&rotation.new)?)
+    };
     let (wait, why) = sa_key::token_wait(&crate::render::apiserver_flags(model, first));
     let now = sa_key::epoch(options.clock.now());
     let stands = match (&keys.rotation, rotation.old_tokens_valid_until) {
@@ -164,7 +170,7 @@ async fn run_stages(session: &Session, model: &ClusterModel, options: &RotateOpt
         })
         .collect();
     session.say(format!(
-        "rotate service-account-key on {}: key {old} → {new}: {stands}\n  stages: {}, finish\n  control planes, one at a time: {}\n  wait before the old key goes: {} after sign-new ends ({why})\n  legacy token Secrets (type kubernetes.io/service-account-token) that the old key signed stop working when it goes: create them again after the rotation; projected tokens are re-issued by the kubelets\n",
+        "rotate service-account-key on {}: key {old} → {shown_new}: {stands}\n  stages: {}, finish\n  control planes, one at a time: {}\n  wait before the old key goes: {} after sign-new ends ({why})\n  legacy token Secrets (type kubernetes.io/service-account-token) that the old key signed stop working when it goes: create them again after the rotation; projected tokens are re-issued by the kubelets\n",
         model.name,
         steps.join(", "),
         cps.join(", "),

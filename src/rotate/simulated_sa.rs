@@ -197,6 +197,7 @@ fn a_rotation_trusts_both_signs_new_stops_for_the_wait_then_drops_the_old_key() 
         "{said}"
     );
     assert!(said.contains("legacy token Secrets"), "the preview says what stops working: {said}");
+    assert!(said.contains(&format!("key {old} → {new} (ecdsa-p256): a new rotation")), "{said}");
     assert_eq!(store_kid(&h), old, "the store's key changes only at the end");
     // One control plane at a time: first every sa.pub trusts both, then every sa.key signs with the new key.
     let both = vec![old.clone(), new.clone()];
@@ -280,6 +281,7 @@ fn a_dry_run_shows_where_a_rotation_stands_and_writes_nothing() {
     assert_eq!(r.unwrap(), 0);
     assert_eq!(stage_ids(&stages), ["identity", "health", "preview"]);
     assert!(said.contains("a new rotation") && said.contains("nothing was changed"), "{said}");
+    assert!(said.contains(" → a new ecdsa-p256 key: "), "no made-up key id: {said}");
     assert!(said.contains("stages: trust-both, sign-new, wait, drop-old, finish"), "{said}");
     assert!(said.contains("1h 5m 7s after sign-new ends"), "the wait bound: {said}");
     assert_eq!(tree(&pki), before, "nothing under pki/ was written");
