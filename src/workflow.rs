@@ -284,8 +284,8 @@ pub const ROTATE_SERVICE_ACCOUNT_KEY: Workflow = Workflow {
     command: "rotate service-account-key",
     stages: &[
         stage("identity", Check, "Read every control plane's marker: the store must be this installed cluster's"),
-        stage("health", Check, "Every apiserver ready, every etcd member healthy"),
-        stage("preview", Preview, "Show the old and new key ids, where a rotation stands, the token wait and what stops working (`--dry-run` ends here)"),
+        stage("health", Check, "Every apiserver ready, every etcd member healthy; the key id of each legacy token Secret (its token's header, cut on the control plane)"),
+        stage("preview", Preview, "Show the old and new key ids, where a rotation stands, the token wait and the legacy token Secrets that stop working (`--dry-run` ends here)"),
         stage("confirm", Confirm, "Ask on the terminal (--yes: go ahead; no terminal: refused)"),
         stage("begin", Local, "Record the new key pair beside the current one in the store (or resume the recorded rotation)"),
         stage("trust-both", Converge, "sa.pub holds the old and the new public key, the old key signs: control planes one at a time, each gated on every apiserver ready"),

@@ -30,6 +30,59 @@ use crate::workflow::ROTATE_SERVICE_ACCOUNT_KEY as WF;
 use crate::{Error, Result};
 use std::time::{Duration, Instant};
 
+/// Every legacy token Secret (`type: kubernetes.io/service-account-token`) as `NAMESPACE/NAME HEADER`: the
+/// token's JWS header (base64url JSON, which names the signing key's id), cut from the token on the control
+/// plane so that no token leaves it.
+const LEGACY_TOKENS: &str = r#"out=$(kubectl --kubeconfig /etc/kubernetes/admin.conf --request-timeout=60s \
+  get secrets -A --field-selector type=kubernetes.io/service-account-token \
+  -o jsonpath='{range .items[*]}{.metadata.namespace}/{.metadata.name} {.data.token}{"\n"}{end}') || exit 1
+printf '%s\n' "$out" | while read -r name tok; do
+  [ -n "$name" ] || continue
+  printf '%s %s\n' "$name" "$(printf '%s' "$tok" | base64 -d 2>/dev/null | cut -d. -f1)"
+done"#;
+
+/// The legacy token Secrets per signing key id (`?` when a header names none or cannot be read).
+fn parse_legacy_tokens(out: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    use base64::Engine;
+    let mut m: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for line in out.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (name, header) = line.split_once(' ').unwrap_or((line, ""));
+        let kid = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header.trim_end_matches('='))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|h| h["kid"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "?".into());
+        m.entry(kid).or_default().push(name.to_owned());
+    }
+    m
+}
+
+/// The preview's line on legacy token Secrets: how many the old key signed (they stop working when it goes),
+/// by name.
+fn legacy_line(tokens: &Result<std::collections::BTreeMap<String, Vec<String>>>, old: &str) -> String {
+    match tokens {
+        Err(e) => format!(
+            "legacy token Secrets could not be read ({e}); any the old key signed stop working when it goes"
+        ),
+        Ok(m) => {
+            let signed: Vec<&String> = m.get(old).into_iter().flatten().collect();
+            let others: usize = m.iter().filter(|(k, _)| k.as_str() != old).map(|(_, v)| v.len()).sum();
+            if signed.is_empty() {
+                format!("legacy token Secrets signed with the old key: none ({others} with other keys)")
+            } else {
+                let shown: Vec<&str> = signed.iter().take(10).map(|s| s.as_str()).collect();
+                format!(
+                    "legacy token Secrets signed with the old key: {} ({}{}) STOP WORKING when it goes: create them again after the rotation",
+                    signed.len(),
+                    shown.join(", "),
+                    if signed.len() > 10 { ", ..." } else { "" }
+                )
+            }
+        }
+    }
+}
+
 /// What a step changes on a control plane.
 const SA_FILES: &[&str] = &["/etc/kubernetes/pki/sa.key", "/etc/kubernetes/pki/sa.pub"];
 
@@ -136,6 +189,12 @@ async fn run_stages(session: &Session, model: &ClusterModel, options: &RotateOpt
             Some("fix these first (`kubeforge status` shows the details); a rotation restarts every apiserver and starts from a healthy cluster"),
         ));
     }
+    let t = session.transport(&api)?;
+    let cmd = crate::transport::Command::shell(LEGACY_TOKENS).sudo();
+    let legacy = crate::plan::run_checked(t.as_ref(), "read the legacy token Secrets' key ids", &cmd)
+        .await
+        .map(|o| parse_legacy_tokens(&o.stdout_str()))
+        .map_err(|e| super::failed(&api, e, None));
     eprintln!("[rotate] healthy: every apiserver ready, every etcd member healthy");
 
     session.enter(&WF, "preview");
@@ -170,11 +229,12 @@ async fn run_stages(session: &Session, model: &ClusterModel, options: &RotateOpt
         })
         .collect();
     session.say(format!(
-        "rotate service-account-key on {}: key {old} → {shown_new}: {stands}\n  stages: {}, finish\n  control planes, one at a time: {}\n  wait before the old key goes: {} after sign-new ends ({why})\n  legacy token Secrets (type kubernetes.io/service-account-token) that the old key signed stop working when it goes: create them again after the rotation; projected tokens are re-issued by the kubelets\n",
+        "rotate service-account-key on {}: key {old} → {shown_new}: {stands}\n  stages: {}, finish\n  control planes, one at a time: {}\n  wait before the old key goes: {} after sign-new ends ({why})\n  {}\n  projected tokens are re-issued by the kubelets; legacy token Secrets (type kubernetes.io/service-account-token) that the old key signed stop working when it goes\n",
         model.name,
         steps.join(", "),
         cps.join(", "),
         humantime::format_duration(wait),
+        legacy_line(&legacy, &old),
     ));
     match options.consent {
         Consent::Preview => {
@@ -243,4 +303,27 @@ fn stamp(r: &Rotator<'_>, rotation: &mut SaRotation, clock: &Clock, wait: Durati
         sa_key::show_time(t + wait.as_secs())
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_tokens_are_counted_by_the_key_id_in_their_header() {
+        use base64::Engine;
+        let h = |kid: &str| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(format!("{{\"alg\":\"ES256\",\"kid\":\"{kid}\"}}"))
+        };
+        let out =
+            format!("default/a {}\nkube-system/b {}\nteam/c {}\nteam/d \n\n", h("OLD"), h("NEW"), h("OLD"));
+        let m = parse_legacy_tokens(&out);
+        assert_eq!(m["OLD"], ["default/a", "team/c"]);
+        assert_eq!(m["NEW"], ["kube-system/b"]);
+        assert_eq!(m["?"], ["team/d"], "a Secret without a readable token");
+        let line = legacy_line(&Ok(m.clone()), "OLD");
+        assert!(line.contains("old key: 2 (default/a, team/c) STOP WORKING"), "{line}");
+        assert!(legacy_line(&Ok(m), "NONE").contains("none (4 with other keys)"));
+    }
 }

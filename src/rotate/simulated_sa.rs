@@ -13,6 +13,8 @@ const SA_KEY: &str = "/etc/kubernetes/pki/sa.key";
 const SA_PUB: &str = "/etc/kubernetes/pki/sa.pub";
 /// The clock's start (2026-12-07T17:00:00Z).
 const T0: u64 = 1_796_662_800;
+/// What the command reads on the control planes: the health, the legacy token Secrets' key ids.
+const READS: &[&str] = &["endpoint health", "type=kubernetes.io/service-account-token"];
 /// The default wait: the kubelet's 3607 s plus 5 min for clocks.
 const WAIT: u64 = 3607 + 300;
 
@@ -77,7 +79,19 @@ fn simulate(h: &Harness, text: &str, stop: Option<Arc<AtomicBool>>) -> SimCluste
     let model = ClusterModel::derive(&crate::inventory::parse(Path::new("i.yaml"), text).unwrap());
     let sim = SimCluster::default();
     sim.stop_at_health.store(usize::MAX, Ordering::SeqCst);
+    // One legacy token Secret, signed with the key the cluster has now (its header only, as the script
+    // cuts it on the host).
+    let header = {
+        use base64::Engine;
+        let kid = store_kid(h);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!("{{\"alg\":\"ES256\",\"kid\":\"{kid}\"}}"))
+    };
     for cp in model.control_planes() {
+        let header = header.clone();
+        h.hosts[&cp.name].handle("type=kubernetes.io/service-account-token", move |_, _| {
+            Reply::ok(format!("default/legacy {header}\n"))
+        });
         let (hosts, model2, s, stop) = (h.hosts.clone(), model.clone(), sim.clone(), stop.clone());
         h.hosts[&cp.name].handle("endpoint health", move |_, _| {
             let n = s.health_reads.fetch_add(1, Ordering::SeqCst) + 1;
@@ -196,7 +210,10 @@ fn a_rotation_trusts_both_signs_new_stops_for_the_wait_then_drops_the_old_key() 
         )) && said.contains("run `kubeforge rotate service-account-key` again after then"),
         "{said}"
     );
-    assert!(said.contains("legacy token Secrets"), "the preview says what stops working: {said}");
+    assert!(
+        said.contains("legacy token Secrets signed with the old key: 1 (default/legacy) STOP WORKING"),
+        "the preview says what stops working: {said}"
+    );
     assert!(said.contains(&format!("key {old} → {new} (ecdsa-p256): a new rotation")), "{said}");
     assert_eq!(store_kid(&h), old, "the store's key changes only at the end");
     // One control plane at a time: first every sa.pub trusts both, then every sa.key signs with the new key.
@@ -230,7 +247,7 @@ fn a_rotation_trusts_both_signs_new_stops_for_the_wait_then_drops_the_old_key() 
     assert!(said.contains("(in 1m)"), "{said}");
     let writes: Vec<String> = wrote_since(&h, &calls)
         .into_iter()
-        .filter(|c| !(c.contains(": Exec(") && c.contains("endpoint health")))
+        .filter(|c| !(c.contains(": Exec(") && READS.iter().any(|r| c.contains(r))))
         .collect();
     assert!(writes.is_empty(), "only reads: {writes:?}");
     assert_eq!(sim.moves().len(), 6, "no host moved");
@@ -287,7 +304,7 @@ fn a_dry_run_shows_where_a_rotation_stands_and_writes_nothing() {
     assert_eq!(tree(&pki), before, "nothing under pki/ was written");
     let writes: Vec<String> = wrote_since(&h, &calls)
         .into_iter()
-        .filter(|c| !(c.contains(": Exec(") && c.contains("endpoint health")))
+        .filter(|c| !(c.contains(": Exec(") && READS.iter().any(|r| c.contains(r))))
         .collect();
     assert!(writes.is_empty(), "only reads: {writes:?}");
     // In the middle of a rotation, during the wait: where it stands, until when, and nothing written.
@@ -308,7 +325,7 @@ fn a_dry_run_shows_where_a_rotation_stands_and_writes_nothing() {
     assert_eq!(sim.moves(), moves);
     let writes: Vec<String> = wrote_since(&h, &calls)
         .into_iter()
-        .filter(|c| !(c.contains(": Exec(") && c.contains("endpoint health")))
+        .filter(|c| !(c.contains(": Exec(") && READS.iter().any(|r| c.contains(r))))
         .collect();
     assert!(writes.is_empty(), "only reads: {writes:?}");
 }
