@@ -229,7 +229,7 @@ async fn run_stages(session: &Session, model: &ClusterModel, options: &RotateOpt
         })
         .collect();
     session.say(format!(
-        "rotate service-account-key on {}: key {old} → {shown_new}: {stands}\n  stages: {}, finish\n  control planes, one at a time: {}\n  wait before the old key goes: {} after sign-new ends ({why})\n  {}\n  projected tokens are re-issued by the kubelets; legacy token Secrets (type kubernetes.io/service-account-token) that the old key signed stop working when it goes\n",
+        "rotate service-account-key on {}: key {old} → {shown_new}: {stands}\n  stages: {}, finish\n  control planes, one at a time: {}\n  wait before the old key goes: {} after sign-new ends ({why})\n  {}\n  pods' projected tokens are re-issued by their kubelets with the new key during the wait\n",
         model.name,
         steps.join(", "),
         cps.join(", "),
