@@ -7,9 +7,9 @@
 //! - Command layer: `cli` (clap definitions and dispatch), `args` (argument types the commands share),
 //!   `prompt` (the one confirmation rule), `output` (`-o table|json|yaml` documents), and the commands:
 //!   `apply`, `lifecycle` (join, remove-node, reset, state pull), `upgrade`, `maintain` (rolling host
-//!   maintenance), `replace` (replace-node), `rotate` (encryption-key rotation), `restore` (backup and
-//!   restore), `status`, `etcd` (etcd status, defragmentation, alarms), `audit`, `certs` (certificates and
-//!   kubeconfigs), `adhoc` (`exec`, `check`), `lab`.
+//!   maintenance), `replace` (replace-node), `rotate` (encryption-key and service-account key rotation),
+//!   `restore` (backup and restore), `status`, `etcd` (etcd status, defragmentation, alarms), `audit`,
+//!   `certs` (certificates and kubeconfigs), `adhoc` (`exec`, `check`), `lab`.
 //! - Engine: `session` (one session per command: inventory, one transport per host, one runtime, one
 //!   executor), `workflow` (every workflow's phases or typed stages, in one place), `phase` (what each apply
 //!   phase wants), `plan` (desired/actual state, diff, the plan value), `exec` (the parallel executor, the
@@ -17,8 +17,9 @@
 //!   leadership hand-over, uncordon and the workload gate, for the commands that take nodes out of service).
 //! - Library: `inventory` (YAML model and validation with file:line:col errors), `selector` (the one
 //!   `--hosts` grammar), `model` (the derived cluster model), `pki` (certificates, keys, kubeconfigs),
-//!   `identity` (the cluster marker and the check every writing command makes first), `material`, `state`,
-//!   `render`, `artifacts`, `backup`.
+//!   `identity` (the cluster marker and the check every writing command makes first), `at_rest` and
+//!   `sa_key` (the encryption-at-rest key and the service-account key pair, each with its rotation's
+//!   record), `material`, `state`, `render`, `artifacts`, `backup`.
 //! - Transport: `transport` (SSH, local and fake machines; `target` the connection data, `settings` its
 //!   resolution), `sshconfig` (OpenSSH client config).
 
@@ -56,6 +57,7 @@ pub mod replace;
 pub mod report;
 pub mod restore;
 pub mod rotate;
+pub mod sa_key;
 pub mod selector;
 pub mod session;
 pub mod sshconfig;

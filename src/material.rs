@@ -81,6 +81,9 @@ pub struct Material {
     /// The keys that encrypt Secrets at rest (the current one, and a rotation in progress), generated once
     /// per cluster and kept in the PKI store ([`crate::at_rest`]).
     pub encryption_key: crate::at_rest::Keys,
+    /// The service-account key pair, and a rotation in progress, as the store holds them
+    /// ([`crate::sa_key`]): what the control planes' `sa.key` and `sa.pub` hold.
+    pub service_account: crate::sa_key::SaKeys,
     /// The node-local API balancer (`kubeforge-apilb`) per node architecture, when the cluster uses one.
     pub api_lb: BTreeMap<String, LocalBinary>,
     /// The cluster state as it will be once this run succeeds (the `state` phase places it on the control

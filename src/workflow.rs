@@ -277,6 +277,26 @@ pub const ROTATE_ENCRYPTION_KEY: Workflow = Workflow {
     repeat: None,
 };
 
+/// `kubeforge rotate service-account-key` (a re-run resumes at the step the store records; a run during the
+/// wait stops there and says when the old key can go).
+pub const ROTATE_SERVICE_ACCOUNT_KEY: Workflow = Workflow {
+    name: "rotate-service-account-key",
+    command: "rotate service-account-key",
+    stages: &[
+        stage("identity", Check, "Read every control plane's marker: the store must be this installed cluster's"),
+        stage("health", Check, "Every apiserver ready, every etcd member healthy; the key id of each legacy token Secret (its token's header, cut on the control plane)"),
+        stage("preview", Preview, "Show the old and new key ids, where a rotation stands, the token wait and the legacy token Secrets that stop working (`--dry-run` ends here)"),
+        stage("confirm", Confirm, "Ask on the terminal (--yes: go ahead; no terminal: refused)"),
+        stage("begin", Local, "Record the new key pair beside the current one in the store (or resume the recorded rotation)"),
+        stage("trust-both", Converge, "sa.pub holds the old and the new public key, the old key signs: control planes one at a time, each gated on every apiserver ready"),
+        stage("sign-new", Converge, "The new key signs (apiserver tokens, controller-manager legacy tokens), both verify: control planes one at a time, gated; the time it ended is recorded"),
+        stage("wait", Gate, "Tokens signed with the old key expire: the bound from the apiserver's flags (1h 5m 7s by default) after sign-new ended; before it the run stops and says when to run again"),
+        stage("drop-old", Converge, "The new public key alone: control planes one at a time, gated"),
+        stage("finish", Local, "The store's sa.key/sa.pub become the new pair, the old key kept in secrets/retired/; the record goes last"),
+    ],
+    repeat: None,
+};
+
 /// `kubeforge etcd status`.
 pub const ETCD_STATUS: Workflow = Workflow {
     name: "etcd-status",
@@ -338,6 +358,7 @@ pub const LIFECYCLE: &[&Workflow] = &[
     &MAINTAIN,
     &REPLACE_NODE,
     &ROTATE_ENCRYPTION_KEY,
+    &ROTATE_SERVICE_ACCOUNT_KEY,
     &ETCD_STATUS,
     &ETCD_DEFRAG,
     &ETCD_ALARMS,
@@ -355,6 +376,7 @@ pub const NAMES: &[&str] = &[
     "maintain",
     "replace-node",
     "rotate-encryption-key",
+    "rotate-service-account-key",
     "etcd-status",
     "etcd-defrag",
     "etcd-alarms",

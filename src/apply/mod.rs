@@ -694,6 +694,7 @@ pub fn prepare_with(
         );
     }
     let encryption_key = crate::at_rest::load_or_create(&pki, new_keys)?;
+    let service_account = crate::sa_key::load(&pki)?;
     let ca = pki.read("ca.crt")?;
     let marker = crate::identity::Marker {
         cluster: model.name.clone(),
@@ -717,6 +718,7 @@ pub fn prepare_with(
         pki_inputs,
         options: options.clone(),
         encryption_key,
+        service_account,
         api_lb,
         state: state.clone(),
         marker,

@@ -2579,3 +2579,7 @@ fn maintain_refuses_to_start_when_a_host_cannot_refresh_its_package_lists() {
 /// `rotate encryption-key` on these simulated hosts (its tests live beside the command).
 #[path = "../rotate/simulated.rs"]
 mod rotate_simulated;
+
+/// `rotate service-account-key` on these simulated hosts (its tests live beside the command).
+#[path = "../rotate/simulated_sa.rs"]
+mod rotate_sa_simulated;

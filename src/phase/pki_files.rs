@@ -104,15 +104,24 @@ pub fn control_plane(ctx: &Context<'_>, host: &HostModel) -> Result<Vec<DesiredF
             "front-proxy CA certificate",
         )?,
         file(ctx, "etcd/ca.crt", &format!("{PKI}/etcd/ca.crt"), false, api, "etcd CA certificate")?,
-        file(
-            ctx,
-            "sa.key",
+        // The service-account pair as the store holds it, or the step of a rotation in progress
+        // (`crate::sa_key`): the key signs (apiserver tokens, controller-manager legacy tokens), every key of
+        // `sa.pub` verifies.
+        DesiredFile::bytes(
             &format!("{PKI}/sa.key"),
-            true,
-            &["kube-apiserver", "kube-controller-manager"],
+            0o600,
+            ctx.material.service_account.signing_key(),
             "service-account signing key",
-        )?,
-        file(ctx, "sa.pub", &format!("{PKI}/sa.pub"), false, api, "service-account public key")?,
+        )
+        .restarts(&["kube-apiserver", "kube-controller-manager"])
+        .secret(),
+        DesiredFile::bytes(
+            &format!("{PKI}/sa.pub"),
+            0o644,
+            ctx.material.service_account.verifying_keys()?,
+            "service-account public key",
+        )
+        .restarts(api),
     ];
     v.extend(pair(ctx, "apiserver", &format!("{PKI}/apiserver"), api, "apiserver serving")?);
     v.extend(pair(

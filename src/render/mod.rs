@@ -682,6 +682,34 @@ mod tests {
         ClusterModel::derive(&crate::inventory::parse(std::path::Path::new("t.yaml"), &text).unwrap())
     }
 
+    /// A service-account key rotation changes what `sa.key` and `sa.pub` hold, never the flags: at every
+    /// step the apiserver verifies with every key of `sa.pub` and signs with `sa.key`, and the
+    /// controller-manager signs legacy tokens with the same `sa.key`. The wait before the old key goes is
+    /// computed from these flags: projected tokens are not extended, so it is the kubelet's 3607 s (plus 5
+    /// min for clocks).
+    #[test]
+    fn the_service_account_flags_name_the_files_a_rotation_rewrites_and_bound_its_wait() {
+        let m = model("v1.35.7");
+        let cp = m.control_planes().next().unwrap();
+        let api = apiserver_flags(&m, cp);
+        let cm = controller_manager_flags(&m);
+        assert_eq!(api["service-account-key-file"], "/etc/kubernetes/pki/sa.pub");
+        assert_eq!(api["service-account-signing-key-file"], "/etc/kubernetes/pki/sa.key");
+        assert_eq!(cm["service-account-private-key-file"], "/etc/kubernetes/pki/sa.key");
+        assert_eq!(api["service-account-extend-token-expiration"], "false");
+        assert!(!api.contains_key("service-account-max-token-expiration"));
+        let (wait, why) = crate::sa_key::token_wait(&api);
+        assert_eq!((wait.as_secs(), why.contains("3607 s")), (3607 + 300, true), "{why}");
+        // An extraArgs cap is the bound instead.
+        let text = "cluster: {name: c, kubernetesVersion: v1.35.7, \
+             extraArgs: {kube-apiserver: {service-account-max-token-expiration: 2h}}}\nhosts:\n\
+             - {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd]}\n";
+        let m = ClusterModel::derive(&crate::inventory::parse(std::path::Path::new("t.yaml"), text).unwrap());
+        let api = apiserver_flags(&m, m.control_planes().next().unwrap());
+        assert_eq!(api["service-account-max-token-expiration"], "2h");
+        assert_eq!(crate::sa_key::token_wait(&api).0.as_secs(), 7200 + 300);
+    }
+
     #[test]
     fn containerd_2_gets_config_version_3_and_a_unit_that_keeps_containers_across_restarts() {
         let v3 = containerd_config(Some("v2.1.9"));

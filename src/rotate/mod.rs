@@ -37,6 +37,9 @@ use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+mod service_account;
+pub use service_account::service_account_key_in;
+
 /// `kubeforge rotate`.
 #[derive(Debug, clap::Subcommand)]
 pub enum RotateCommand {
@@ -46,6 +49,35 @@ pub enum RotateCommand {
     /// dropped. Control planes change one at a time, each gated on its apiserver's readiness; an
     /// interrupted rotation resumes where it stopped. Users' kubeconfigs are not touched.
     EncryptionKey(EncryptionKeyArgs),
+    /// Replace the service-account signing key: the new public key is trusted beside the old one on every
+    /// control plane, then the apiservers and controller-managers sign with the new key; the old key stays
+    /// trusted until every token it signed has expired (a bound computed from the apiserver's flags, 1h 5m 7s by
+    /// default: the run stops and says when; run it again after then), and is then dropped. Control planes
+    /// change one at a time, each gated; an interrupted rotation resumes where it stopped. Legacy token
+    /// Secrets signed with the old key stop working.
+    ServiceAccountKey(ServiceAccountKeyArgs),
+}
+
+/// Arguments of `rotate service-account-key`.
+#[derive(Debug, clap::Args)]
+pub struct ServiceAccountKeyArgs {
+    /// The inventory file.
+    #[arg(short, long)]
+    pub inventory: std::path::PathBuf,
+    /// Show the cluster's health, where a rotation stands (and until when the old key must stay trusted)
+    /// and the stages that would run; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask (without it, the rotation is shown and a terminal is asked; without a terminal it
+    /// refuses).
+    #[arg(short, long)]
+    pub yes: bool,
+    /// How long a control plane may take to be ready again after its keys changed.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub gate_timeout: Duration,
+    /// Connection, PKI and cache settings.
+    #[command(flatten)]
+    pub common: crate::args::ClusterArgs,
 }
 
 /// Arguments of `rotate encryption-key`.
@@ -79,6 +111,36 @@ pub struct RotateOptions {
     pub gate_timeout: Duration,
     /// Between two readings of a gate (tests: none).
     pub poll: Duration,
+    /// The time now (tests: a clock they move).
+    pub clock: Clock,
+}
+
+/// Where a command reads the time (the service-account rotation's wait): the system clock, or one a test
+/// sets.
+#[derive(Clone)]
+pub struct Clock(std::sync::Arc<dyn Fn() -> std::time::SystemTime + Send + Sync>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Clock(std::sync::Arc::new(std::time::SystemTime::now))
+    }
+
+    /// A clock that reads `f`.
+    pub fn from_fn(f: impl Fn() -> std::time::SystemTime + Send + Sync + 'static) -> Self {
+        Clock(std::sync::Arc::new(f))
+    }
+
+    /// The time now.
+    pub fn now(&self) -> std::time::SystemTime {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
 }
 
 /// Runs a parsed `rotate` command: flags first, then one session for the whole command.
@@ -90,7 +152,26 @@ pub fn run(cmd: RotateCommand) -> Result<i32> {
             let session = Session::open(&a.inventory, o)?;
             encryption_key_in(
                 &session,
-                &RotateOptions { consent, gate_timeout: a.gate_timeout, poll: Duration::from_secs(3) },
+                &RotateOptions {
+                    consent,
+                    gate_timeout: a.gate_timeout,
+                    poll: Duration::from_secs(3),
+                    clock: Clock::system(),
+                },
+            )
+        }
+        RotateCommand::ServiceAccountKey(a) => {
+            let consent = Consent::from_flags("rotate service-account-key", a.dry_run, a.yes)?;
+            let o = a.common.options(&a.inventory)?;
+            let session = Session::open(&a.inventory, o)?;
+            service_account::service_account_key_in(
+                &session,
+                &RotateOptions {
+                    consent,
+                    gate_timeout: a.gate_timeout,
+                    poll: Duration::from_secs(3),
+                    clock: Clock::system(),
+                },
             )
         }
     }
@@ -240,13 +321,22 @@ fn stage_of(step: Step) -> &'static str {
     }
 }
 
+/// A rotation's work on the control planes, shared by `rotate encryption-key` and `rotate
+/// service-account-key`: health, gates, and a step's files rolled out by the apply engine.
 struct Rotator<'a> {
     session: &'a Session,
     model: ClusterModel,
     options: &'a RotateOptions,
     verified: crate::identity::Verified,
     store: crate::pki::store::Store,
+    /// The command line, for hints (`rotate encryption-key`).
+    command: &'static str,
+    /// The files a step may change on a control plane (anything else stops the rotation until `apply`).
+    files: &'static [&'static str],
 }
+
+/// What `rotate encryption-key` changes on a control plane.
+const ENCRYPTION_FILES: &[&str] = &["/etc/kubernetes/encryption-config.yaml"];
 
 impl Rotator<'_> {
     fn control_planes(&self) -> Vec<String> {
@@ -299,7 +389,7 @@ impl Rotator<'_> {
                         self.options.gate_timeout.as_secs(),
                         p.join("; ")
                     ),
-                    Some("the rotation stopped here and is recorded in the store: fix the control plane (`journalctl -u kube-apiserver` on it), then run `kubeforge rotate encryption-key` again to go on"),
+                    Some(format!("the rotation stopped here and is recorded in the store: fix the control plane (`journalctl -u kube-apiserver` on it), then run `kubeforge {}` again to go on", self.command).as_str()),
                 ));
             }
             tokio::time::sleep(self.options.poll).await;
@@ -308,8 +398,8 @@ impl Rotator<'_> {
 
     /// The apply engine's `control-plane` phase on `cp` alone (and the state copy on the control planes),
     /// with the keys the store records now. Refuses
-    /// (before writing) when anything but the encryption configuration would change there: the rotation
-    /// changes nothing else. Returns whether the file changed.
+    /// (before writing) when anything but the rotation's files would change there: the rotation
+    /// changes nothing else. Returns whether one of its files changed.
     async fn converge(&self, cp: &str) -> Result<bool> {
         let session = self.session;
         let mut model = self.model.clone();
@@ -332,13 +422,12 @@ impl Rotator<'_> {
             &session.executor,
         )
         .await?;
-        let config = format!("{}/encryption-config.yaml", crate::render::paths::KUBE);
         let mut changed = false;
         let mut other = Vec::new();
         for pp in planned.summary.plan.phases.iter().filter(|p| p.phase == "control-plane") {
             for (_, c) in pp.hosts.iter().filter(|(h, _)| h == cp) {
                 for f in &c.files {
-                    if f.file.upload.dest == config {
+                    if self.files.contains(&f.file.upload.dest.as_str()) {
                         changed = true;
                     } else if !f.file.upload.dest.starts_with(crate::plan::MARKER_DIR) {
                         // (the phase's converged marker follows its digest)
@@ -351,10 +440,11 @@ impl Rotator<'_> {
         if !other.is_empty() {
             return Err(Error::msg(
                 format!(
-                    "{cp}: its control plane differs from what kubeforge renders beyond the encryption configuration ({}); the rotation changes nothing else",
+                    "{cp}: its control plane differs from what kubeforge renders beyond {} ({}); the rotation changes nothing else",
+                    self.files.join(", "),
                     other.join(", ")
                 ),
-                Some("run `kubeforge apply` first (`apply --dry-run` shows the differences), then `kubeforge rotate encryption-key` again: the rotation is recorded and goes on"),
+                Some(format!("run `kubeforge apply` first (`apply --dry-run` shows the differences), then `kubeforge {}` again: the rotation is recorded and goes on", self.command).as_str()),
             ));
         }
         if planned.summary.total_changes() == 0 {
@@ -387,22 +477,31 @@ impl Rotator<'_> {
             .map(|k| k.name.clone())
             .collect();
         eprintln!("[rotate] {stage}: keys {} (the first writes)", keys.join(", "));
+        self.each_control_plane(&WF, stage).await
+    }
+
+    /// The files of the recorded step, converged on every control plane one at a time, each gated.
+    async fn each_control_plane(
+        &self,
+        wf: &'static crate::workflow::Workflow,
+        stage: &'static str,
+    ) -> Result<()> {
         for cp in self.control_planes() {
-            self.session.boundary(&WF, stage)?;
+            self.session.boundary(wf, stage)?;
             let clock = Instant::now();
-            crate::cleanup::host_doing(&cp, format!("rotate encryption-key: {stage}"));
+            crate::cleanup::host_doing(&cp, format!("{}: {stage}", self.command));
             let changed = self.converge(&cp).await?;
             self.gate(&cp).await?;
             eprintln!(
                 "[rotate] {cp}: {} ({:.1}s)",
                 if changed {
-                    "configuration written, kube-apiserver restarted, gate passed"
+                    "configuration written, services restarted, gate passed"
                 } else {
                     "already on this configuration"
                 },
                 clock.elapsed().as_secs_f64()
             );
-            crate::cleanup::host_doing(&cp, format!("rotate encryption-key: {stage} done"));
+            crate::cleanup::host_doing(&cp, format!("{}: {stage} done", self.command));
         }
         Ok(())
     }
@@ -494,7 +593,15 @@ async fn run_stages(
     }
     let store = crate::pki::store::Store::new(&session.options.pki_root, &model.name);
     let keys = at_rest::load_or_create(&store, crate::pki::store::NewKeys::Refused)?;
-    let r = Rotator { session, model: model.clone(), options, verified, store };
+    let r = Rotator {
+        session,
+        model: model.clone(),
+        options,
+        verified,
+        store,
+        command: WF.command,
+        files: ENCRYPTION_FILES,
+    };
 
     session.enter(&WF, "health");
     let clock = Instant::now();

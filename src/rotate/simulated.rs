@@ -175,6 +175,7 @@ fn rotate_options(consent: crate::prompt::Consent) -> RotateOptions {
         consent,
         gate_timeout: std::time::Duration::from_secs(0),
         poll: std::time::Duration::ZERO,
+        clock: crate::rotate::Clock::system(),
     }
 }
 
@@ -487,7 +488,7 @@ fn a_control_plane_that_differs_beyond_the_encryption_config_stops_the_rotation_
     let (r, _, _) = rotate(&h, HA, Consent::Given);
     let e = r.unwrap_err().report();
     assert!(
-        e.contains("cp2: its control plane differs from what kubeforge renders beyond the encryption configuration (/etc/kubernetes/audit-policy.yaml)")
+        e.contains("cp2: its control plane differs from what kubeforge renders beyond /etc/kubernetes/encryption-config.yaml (/etc/kubernetes/audit-policy.yaml)")
             && e.contains("run `kubeforge apply` first"),
         "{e}"
     );

@@ -141,6 +141,10 @@ struct Settings {
     anonymous: bool,
     service_ip: IpAddr,
     sa_public: Vec<Vec<u8>>,
+    /// `--service-account-issuer` (the first one issues).
+    sa_issuers: Vec<String>,
+    /// `--api-audiences` (default: the issuers).
+    audiences: Vec<String>,
     /// `--etcd-readycheck-timeout`.
     ready_timeout: std::time::Duration,
 }
@@ -356,7 +360,20 @@ pub async fn run(flags: Flags, version: KubeVersion) -> Result<(), String> {
     let anonymous = flags.bool_or("anonymous-auth", true);
     let tls = http::server_tls(&chain, &key, Some(&client_ca))?;
     let state = Arc::new(State {
-        s: Settings { version, bind, port, anonymous, service_ip, sa_public, ready_timeout },
+        s: Settings {
+            version,
+            bind,
+            port,
+            anonymous,
+            service_ip,
+            sa_public,
+            audiences: match flags.list("api-audiences") {
+                a if a.is_empty() => flags.list("service-account-issuer"),
+                a => a,
+            },
+            sa_issuers: flags.list("service-account-issuer"),
+            ready_timeout,
+        },
         etcd,
     });
     bootstrap(&state).await?;
@@ -580,8 +597,28 @@ async fn handle(st: &State, req: Request) -> Response {
         log::error("authentication.go:73", "Unable to authenticate the request", &[("err", err.clone())]);
         return status(401, "Unauthorized", "Unauthorized");
     }
-    // Authentication: a verified client cert, or anonymous.
-    let Some(id) = req.identity.clone() else {
+    // Authentication: a verified client cert, a service-account token, or anonymous.
+    let mut identity = req.identity.clone();
+    if let (None, Some(token)) = (&identity, req.authorization.strip_prefix("Bearer ")) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let v = crate::satoken::Verifier {
+            keys: &st.s.sa_public,
+            issuers: &st.s.sa_issuers,
+            audiences: &st.s.audiences,
+            now,
+        };
+        match crate::satoken::verify(token.trim(), &v) {
+            Ok(id) => identity = Some(id),
+            Err(err) => {
+                log::error("authentication.go:73", "Unable to authenticate the request", &[("err", err)]);
+                return status(401, "Unauthorized", "Unauthorized");
+            }
+        }
+    }
+    let Some(id) = identity else {
         if is_health(&path) && st.s.anonymous {
             return non_resource(st, &req).await;
         }

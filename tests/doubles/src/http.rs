@@ -33,6 +33,8 @@ pub struct Request {
     pub content_type: String,
     /// Body bytes.
     pub body: Vec<u8>,
+    /// `Authorization` header (a bearer token).
+    pub authorization: String,
     /// Client-cert identity, if a verified cert was presented.
     pub identity: Option<Identity>,
     /// Why a presented client cert was rejected (the real servers answer 401 for such requests).
@@ -291,6 +293,7 @@ where
                 query: parts.uri.query().unwrap_or("").to_string(),
                 accept: header("accept"),
                 content_type: header("content-type"),
+                authorization: header("authorization"),
                 body,
                 identity,
                 auth_error,

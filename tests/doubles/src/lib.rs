@@ -19,6 +19,7 @@ pub mod kubelet;
 pub mod log;
 pub mod objects;
 pub mod pki;
+pub mod satoken;
 pub mod scheduler;
 pub mod version;
 
