@@ -977,6 +977,18 @@ fn upgrade_with_a_workload_and_a_failing_node(lab: &Lab, cluster: &str, inv: &Pa
         "[e2e] upgrade apply, two hops, node3 failing the second ({:.0}s):\n{out}",
         t.elapsed().as_secs_f64()
     );
+    if out.contains("the drain did not finish") {
+        // What held the drain (for the record): the pods and where they run, the budget, the controllers.
+        let o = lab.kubectl(cluster, &["get", "pods,pdb,nodes", "-o", "wide"]);
+        eprintln!("[e2e] a drain did not finish:\n{}", text(&o));
+        let o = lab.ssh(
+            "node1",
+            "journalctl -u kube-controller-manager -u kube-scheduler --no-pager -n 40; journalctl -u kubelet -n 20 --no-pager",
+        );
+        eprintln!("[e2e] node1's controllers:\n{}", text(&o));
+        let o = lab.ssh("node3", "journalctl -u kubelet -n 30 --no-pager");
+        eprintln!("[e2e] node3's kubelet:\n{}", text(&o));
+    }
     assert!(!status.success(), "the upgrade must stop at node3");
     // The first hop took every host to KUBE_VERSION, the second node1 and node2 to NEWEST_VERSION; node3
     // failed it and went back to the hop it had completed.
