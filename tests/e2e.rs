@@ -619,7 +619,8 @@ fn replace_a_powered_off_worker(lab: &Lab, cluster: &str, inv: &Path) {
     let args = ["replace-node", "-i", i, "node2", "--address", "10.77.0.13"];
     let shown = must(lab.exec(&[&[me][..], &args, &["--dry-run"]].concat()), "replace-node --dry-run");
     assert!(
-        shown.contains("does not answer") && shown.contains(&format!("pod subnet {subnet} kept"))
+        shown.contains("does not answer")
+            && shown.contains(&format!("pod subnet {subnet} kept"))
             && shown.contains("nothing was changed"),
         "{shown}"
     );
@@ -647,7 +648,10 @@ fn replace_a_powered_off_worker(lab: &Lab, cluster: &str, inv: &Path) {
         node["status"]["addresses"]
     );
     let edited = std::fs::read_to_string(inv).unwrap();
-    assert!(edited.contains("10.77.0.13") && !edited.contains("10.77.0.12"), "the inventory is edited:\n{edited}");
+    assert!(
+        edited.contains("10.77.0.13") && !edited.contains("10.77.0.12"),
+        "the inventory is edited:\n{edited}"
+    );
     let again = must(lab.apply(inv, &[]), "apply after replace-node");
     assert!(again.contains("apply: 0 changes"), "replace-node converged the cluster:\n{again}");
 }
