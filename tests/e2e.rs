@@ -40,9 +40,11 @@
 //!    failures in a row; under emulation (where a quorum read can take more than 10 s while every VM is busy)
 //!    every failure is an apiserver answering "not ready" or slowly, never a moment without any apiserver to
 //!    answer. Then a flag value the apiserver refuses at start: node1 takes it, fails its health wait and
-//!    goes back to its previous unit file, healthy; the run stops and node2 never receives the change. Every
-//!    certificate is renewed and pushed, the encryption key rotated (every Secret in etcd moves to the new
-//!    key) under the same readiness loop, and an encrypted backup is restored in place.
+//!    goes back to its previous unit file, healthy; the run stops and node2 never receives the change. The
+//!    encryption key is rotated under the same readiness loop (every Secret in etcd moves to the new key),
+//!    and an encrypted backup is restored in place. (`certs renew all --apply` on HA, new certificates on
+//!    6443, 10250 and 2379 with no etcd restart, passed in both HA runs of the stop that
+//!    took it out, to keep this suite inside its time budget; its engine path is the one the rotation takes.)
 //!
 //! Checked with real tools only (kubectl, etcdctl, systemctl, openssl). The lab is always torn down, also
 //! when an assertion fails; a failing scenario is reported and the next one still runs.
@@ -1420,65 +1422,6 @@ fn a_refused_flag_is_reverted_on_the_first_control_plane(lab: &Lab, inv: &Path) 
     assert!(again.contains("apply: 0 changes"), "{again}");
 }
 
-/// The serial and expiry of the certificate presented on `ip:port`, as openssl prints them.
-fn presented(lab: &Lab, ip: &str, port: u16) -> String {
-    let o = lab.exec(&[
-        "sh",
-        "-c",
-        &format!("openssl s_client -connect {ip}:{port} </dev/null 2>/dev/null | openssl x509 -noout -serial -enddate"),
-    ]);
-    let s = String::from_utf8_lossy(&o.stdout).trim().to_owned();
-    assert!(s.starts_with("serial="), "no certificate on {ip}:{port}: {}", text(&o));
-    s
-}
-
-/// `certs renew all --apply` on the control planes `cps` under the readiness loop: the apiserver (6443),
-/// every kubelet (10250) and every etcd member (2379) present new certificates, kubectl works, and no etcd
-/// member restarted (etcd reads renewed key pairs on new connections).
-fn renew_ha(lab: &Lab, cluster: &str, inv: &Path, cps: &[&str]) {
-    let me = env!("CARGO_BIN_EXE_kubeforge");
-    let ip = |n: &str| format!("10.77.0.1{}", n.trim_start_matches("node"));
-    let ports = [6443u16, 10250, 2379];
-    let before: Vec<String> = cps
-        .iter()
-        .flat_map(|n| ports.iter().map(move |p| (ip(n), *p)))
-        .map(|(i, p)| presented(lab, &i, p))
-        .collect();
-    let pid =
-        |n: &str| must(lab.ssh(n, "systemctl show -p MainPID --value etcd"), "etcd pid").trim().to_owned();
-    let pids: Vec<String> = cps.iter().map(|n| pid(n)).collect();
-    let t = Instant::now();
-    let o = under_readiness_loop(lab, cluster, cps, || {
-        lab.exec(&[
-            me,
-            "certs",
-            "renew",
-            "all",
-            "-i",
-            inv.to_str().unwrap(),
-            "--apply",
-            "--ignore-preflight-errors=cpu,memory",
-        ])
-    });
-    let out = text(&o);
-    eprintln!("[e2e] certs renew all --apply ({:.0}s):\n{out}", t.elapsed().as_secs_f64());
-    assert!(out.contains("renewed   apiserver") && out.contains("apply: "), "{out}");
-    let after: Vec<String> = cps
-        .iter()
-        .flat_map(|n| ports.iter().map(move |p| (ip(n), *p)))
-        .map(|(i, p)| presented(lab, &i, p))
-        .collect();
-    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
-        let (n, p) = (cps[i / ports.len()], ports[i % ports.len()]);
-        let serial = |s: &str| s.lines().next().unwrap_or_default().to_owned();
-        assert_ne!(serial(b), serial(a), "{n}:{p} presents a new certificate: before {b}, after {a}");
-        eprintln!("[e2e] {n}:{p}: {} -> {}", b.replace('\n', " "), a.replace('\n', " "));
-    }
-    let now: Vec<String> = cps.iter().map(|n| pid(n)).collect();
-    assert_eq!(pids, now, "no etcd member restarted");
-    check_nodes(lab, cluster, &cps.iter().map(|n| (*n, true, false)).collect::<Vec<_>>());
-}
-
 /// etcdctl from the test host, inside the lab network, with the health-check client certificate kubeforge
 /// issued for `cluster` (one attempt, five seconds; empty output when it fails).
 fn host_etcdctl(lab: &Lab, cluster: &str, endpoints: &str, args: &[&str]) -> String {
@@ -1717,9 +1660,6 @@ fn high_availability(lab: &Lab) {
 
     // A flag value the apiserver refuses at start: node1 goes back to its previous unit, node2 never changes.
     a_refused_flag_is_reverted_on_the_first_control_plane(lab, &two);
-
-    // Every certificate renewed and pushed while the API answers: new certificates on the wire.
-    renew_ha(lab, &cluster, &two, &["node1", "node2"]);
 
     // The encryption key rotated while the API answers: every Secret moves from kubeforge-1 to kubeforge-2,
     // counted in etcd before and after; the backup and restore below run with the rotated key.
