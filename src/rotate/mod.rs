@@ -571,16 +571,18 @@ pub fn encryption_key_in(session: &Session, options: &RotateOptions) -> Result<i
 }
 
 /// The stages; `Some((census before, census after, new key label))` once a rotation finished.
-async fn run_stages(
+/// The identity stage every rotation starts with: the control planes (refused when there is none), the
+/// store checked against them (a cluster kubeforge has not installed has no key to rotate), and the store.
+pub(super) async fn identity(
     session: &Session,
     model: &ClusterModel,
-    options: &RotateOptions,
-) -> Result<Option<(Census, Census, String)>> {
+    wf: &'static crate::workflow::Workflow,
+) -> Result<(Vec<String>, crate::identity::Verified, crate::pki::store::Store)> {
     let cps: Vec<String> = model.control_planes().map(|h| h.name.clone()).collect();
     if cps.is_empty() {
         return Err(Error::msg("the inventory has no control plane", None));
     }
-    session.enter(&WF, "identity");
+    session.enter(wf, "identity");
     let guarded = crate::apply::guarded_hosts(model, Some(&cps));
     let verified =
         crate::apply::guard(model, &session.options, &guarded, &session.transports, &session.executor)
@@ -591,7 +593,15 @@ async fn run_stages(
             Some("install it with `kubeforge apply` first"),
         ));
     }
-    let store = crate::pki::store::Store::new(&session.options.pki_root, &model.name);
+    Ok((cps, verified, crate::pki::store::Store::new(&session.options.pki_root, &model.name)))
+}
+
+async fn run_stages(
+    session: &Session,
+    model: &ClusterModel,
+    options: &RotateOptions,
+) -> Result<Option<(Census, Census, String)>> {
+    let (cps, verified, store) = identity(session, model, &WF).await?;
     let keys = at_rest::load_or_create(&store, crate::pki::store::NewKeys::Refused)?;
     let r = Rotator {
         session,

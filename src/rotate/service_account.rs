@@ -153,22 +153,8 @@ async fn roll_out(r: &Rotator<'_>, rotation: &mut SaRotation, step: SaStep) -> R
 }
 
 async fn run_stages(session: &Session, model: &ClusterModel, options: &RotateOptions) -> Result<Outcome> {
-    let cps: Vec<String> = model.control_planes().map(|h| h.name.clone()).collect();
-    let Some(first) = model.control_planes().next() else {
-        return Err(Error::msg("the inventory has no control plane", None));
-    };
-    session.enter(&WF, "identity");
-    let guarded = crate::apply::guarded_hosts(model, Some(&cps));
-    let verified =
-        crate::apply::guard(model, &session.options, &guarded, &session.transports, &session.executor)
-            .await?;
-    if verified.fresh {
-        return Err(Error::msg(
-            format!("cluster `{}` is not installed: there is no key to rotate", model.name),
-            Some("install it with `kubeforge apply` first"),
-        ));
-    }
-    let store = crate::pki::store::Store::new(&session.options.pki_root, &model.name);
+    let (cps, verified, store) = super::identity(session, model, &WF).await?;
+    let first = model.control_planes().next().expect("identity refuses an inventory without a control plane");
     let keys = sa_key::load(&store)?;
     let r = Rotator {
         session,
