@@ -75,6 +75,12 @@ pub struct ServiceAccountKeyArgs {
     /// How long a control plane may take to be ready again after its keys changed.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub gate_timeout: Duration,
+    /// For a leaked key: drop the old key as soon as the new one signs on every control plane, without
+    /// waiting for the tokens it signed to expire (also ends a rotation that is waiting). Every token the
+    /// old key signed stops working at once: pods get 401 from the API until their kubelets renew their
+    /// tokens (within the hour), legacy token Secrets for good.
+    #[arg(long)]
+    pub drop_old_now: bool,
     /// Connection, PKI and cache settings.
     #[command(flatten)]
     pub common: crate::args::ClusterArgs,
@@ -113,6 +119,8 @@ pub struct RotateOptions {
     pub poll: Duration,
     /// The time now (tests: a clock they move).
     pub clock: Clock,
+    /// `rotate service-account-key --drop-old-now`: no wait before the old key goes.
+    pub drop_old_now: bool,
 }
 
 /// Where a command reads the time (the service-account rotation's wait): the system clock, or one a test
@@ -157,6 +165,7 @@ pub fn run(cmd: RotateCommand) -> Result<i32> {
                     gate_timeout: a.gate_timeout,
                     poll: Duration::from_secs(3),
                     clock: Clock::system(),
+                    drop_old_now: false,
                 },
             )
         }
@@ -171,6 +180,7 @@ pub fn run(cmd: RotateCommand) -> Result<i32> {
                     gate_timeout: a.gate_timeout,
                     poll: Duration::from_secs(3),
                     clock: Clock::system(),
+                    drop_old_now: a.drop_old_now,
                 },
             )
         }

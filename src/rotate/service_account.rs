@@ -209,17 +209,31 @@ async fn run_stages(session: &Session, model: &ClusterModel, options: &RotateOpt
         .into_iter()
         .filter(|s| *s >= rotation.step)
         .map(|s| match s {
+            SaStep::SignNew if options.drop_old_now && rotation.old_tokens_valid_until.is_some() => {
+                "wait (skipped)"
+            }
+            SaStep::SignNew if options.drop_old_now => "sign-new",
             SaStep::SignNew if rotation.old_tokens_valid_until.is_some() => "wait",
             SaStep::SignNew => "sign-new, wait",
             s => s.name(),
         })
         .collect();
+    let (wait_line, pods_line) = if options.drop_old_now {
+        (
+            format!("none (--drop-old-now; without it {} after sign-new ends)", humantime::format_duration(wait)),
+            "EVERY TOKEN THE OLD KEY SIGNED STOPS WORKING at drop-old: pods get 401 from the API until their kubelets renew their tokens (within the hour)",
+        )
+    } else {
+        (
+            format!("{} after sign-new ends ({why})", humantime::format_duration(wait)),
+            "pods' projected tokens are re-issued by their kubelets with the new key during the wait",
+        )
+    };
     session.say(format!(
-        "rotate service-account-key on {}: key {old} → {shown_new}: {stands}\n  stages: {}, finish\n  control planes, one at a time: {}\n  wait before the old key goes: {} after sign-new ends ({why})\n  {}\n  pods' projected tokens are re-issued by their kubelets with the new key during the wait\n",
+        "rotate service-account-key on {}: key {old} → {shown_new}: {stands}\n  stages: {}, finish\n  control planes, one at a time: {}\n  wait before the old key goes: {wait_line}\n  {}\n  {pods_line}\n",
         model.name,
         steps.join(", "),
         cps.join(", "),
-        humantime::format_duration(wait),
         legacy_line(&legacy, &old),
     ));
     match options.consent {
@@ -231,8 +245,9 @@ async fn run_stages(session: &Session, model: &ClusterModel, options: &RotateOpt
         Consent::Ask => {
             session.enter(&WF, "confirm");
             if !crate::prompt::ask(&format!(
-                "Rotate the service-account key of cluster `{}` (every apiserver restarts three times, one at a time)?",
-                model.name
+                "Rotate the service-account key of cluster `{}` (every apiserver restarts three times, one at a time{})?",
+                model.name,
+                if options.drop_old_now { "; every token the old key signed stops working at once" } else { "" }
             ))? {
                 return Err(Error::msg("rotation cancelled, nothing was changed", None));
             }
@@ -262,10 +277,16 @@ async fn run_stages(session: &Session, model: &ClusterModel, options: &RotateOpt
         session.boundary(&WF, "wait")?;
         session.enter(&WF, "wait");
         let until = rotation.old_tokens_valid_until.expect("stamped");
-        if sa_key::epoch(options.clock.now()) < until {
+        if sa_key::epoch(options.clock.now()) >= until {
+            eprintln!("[rotate] wait: tokens the old key signed expired by {}", sa_key::show_time(until));
+        } else if options.drop_old_now {
+            eprintln!(
+                "[rotate] wait: skipped (--drop-old-now): tokens the old key signed, valid until {} at most, stop working now",
+                sa_key::show_time(until)
+            );
+        } else {
             return Ok(Outcome::Waiting { until, old, new });
         }
-        eprintln!("[rotate] wait: tokens the old key signed expired by {}", sa_key::show_time(until));
     }
     roll_out(&r, &mut rotation, SaStep::DropOld).await?;
     session.boundary(&WF, "finish")?;

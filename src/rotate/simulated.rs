@@ -176,6 +176,7 @@ fn rotate_options(consent: crate::prompt::Consent) -> RotateOptions {
         gate_timeout: std::time::Duration::from_secs(0),
         poll: std::time::Duration::ZERO,
         clock: crate::rotate::Clock::system(),
+        drop_old_now: false,
     }
 }
 

@@ -140,7 +140,13 @@ fn clock(at: &Arc<AtomicU64>) -> Clock {
 }
 
 fn options(consent: crate::prompt::Consent, now: &Arc<AtomicU64>) -> RotateOptions {
-    RotateOptions { consent, gate_timeout: Duration::from_secs(0), poll: Duration::ZERO, clock: clock(now) }
+    RotateOptions {
+        consent,
+        gate_timeout: Duration::from_secs(0),
+        poll: Duration::ZERO,
+        clock: clock(now),
+        drop_old_now: false,
+    }
 }
 
 /// `rotate service-account-key` in a new session at `now`: the result, the stages entered, what it said.
@@ -284,6 +290,57 @@ fn a_rotation_trusts_both_signs_new_stops_for_the_wait_then_drops_the_old_key() 
     let (summary, _) = h.run(HA, h.options());
     let summary = summary.unwrap();
     assert_eq!(summary.total_changes(), 0, "apply after a rotation changes nothing: {}", summary.plan.text());
+}
+
+/// `--drop-old-now` (a leaked key): one run goes through to the end without the wait, and says before it
+/// starts that the old key's tokens stop working at once; a rotation already waiting ends at once with it.
+#[test]
+fn drop_old_now_skips_the_wait_and_says_what_stops_working() {
+    use crate::prompt::Consent;
+    let now = Arc::new(AtomicU64::new(T0));
+    let leaked = |h: &Harness, consent| {
+        let session = h.session(HA, h.options(), Arc::new(Recorder::default())).capturing();
+        let r =
+            service_account_key_in(&session, &RotateOptions { drop_old_now: true, ..options(consent, &now) });
+        (r, session.stages(), session.said())
+    };
+
+    let h = installed(HA);
+    let sim = simulate(&h, HA, None);
+    let old = store_kid(&h);
+    let (r, _, said) = leaked(&h, Consent::Preview);
+    r.unwrap();
+    assert!(
+        said.contains("stages: trust-both, sign-new, drop-old, finish")
+            && said.contains("wait before the old key goes: none (--drop-old-now; without it 1h 5m 7s")
+            && said.contains("EVERY TOKEN THE OLD KEY SIGNED STOPS WORKING"),
+        "{said}"
+    );
+    assert!(sim.moves().is_empty(), "a dry run moves nothing");
+    let (r, stages, said) = leaked(&h, Consent::Given);
+    r.unwrap_or_else(|e| panic!("{}\n{said}", e.report()));
+    assert_eq!(
+        stage_ids(&stages),
+        ["identity", "health", "preview", "begin", "trust-both", "sign-new", "wait", "drop-old", "finish"]
+    );
+    let new = store_kid(&h);
+    assert_ne!(new, old);
+    assert_eq!(sim.moves().len(), 9, "three steps on three control planes");
+    assert_always_trusted(&sim);
+    assert!(sa_key::load(&store(&h)).unwrap().rotation.is_none(), "finished");
+
+    // A rotation stopped at the wait: a run with --drop-old-now before the bound drops the old key.
+    let h = installed(HA);
+    let sim = simulate(&h, HA, None);
+    let (r, stages, _) = rotate(&h, Consent::Given, &now);
+    r.unwrap();
+    assert_eq!(stage_ids(&stages).last(), Some(&"wait"));
+    let (r, stages, said) = leaked(&h, Consent::Given);
+    r.unwrap_or_else(|e| panic!("{}\n{said}", e.report()));
+    assert!(said.contains("stages: wait (skipped), drop-old, finish"), "{said}");
+    assert_eq!(stage_ids(&stages), ["identity", "health", "preview", "begin", "wait", "drop-old", "finish"]);
+    assert_eq!(sim.moves().len(), 9);
+    assert!(sa_key::load(&store(&h)).unwrap().rotation.is_none(), "finished");
 }
 
 #[test]
