@@ -86,6 +86,15 @@ pub struct Local {
     pub uid: Option<String>,
     /// Hosts the state file records as installed.
     pub installed: Vec<String>,
+    /// While a CA rotation runs: the old and the new cluster CA's fingerprints, which a host may carry.
+    pub rotating: Vec<Fingerprint>,
+}
+
+impl Local {
+    /// Whether a host's CA fingerprint is this store's (or one a rotation in progress moves between).
+    fn accepts(&self, ca: &Fingerprint, host: &Fingerprint) -> bool {
+        ca == host || self.rotating.contains(host)
+    }
 }
 
 impl Local {
@@ -105,12 +114,20 @@ impl Local {
             Err(e) => return Err(Error::io(format!("reading {}", crt.display()), e)),
         };
         let state = crate::state::ClusterState::load(pki_root, cluster)?;
+        let rotating = match ca {
+            Some(_) => crate::pki::store::Store::new(pki_root, cluster)
+                .ca_rotation()?
+                .map(|r| r.cluster_fingerprints().into_iter().map(Fingerprint).collect())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
         Ok(Local {
             cluster: cluster.to_owned(),
             store: store.display().to_string(),
             ca,
             uid: state.uid.clone(),
             installed: state.hosts.keys().cloned().collect(),
+            rotating,
         })
     }
 }
@@ -320,7 +337,7 @@ pub fn decide(local: &Local, remotes: &[(String, Remote)]) -> std::result::Resul
                 }
                 live.push((host.clone(), Some(m.ca_sha256.clone())));
                 if let Some(ca) = &local.ca {
-                    if *ca != m.ca_sha256 {
+                    if !local.accepts(ca, &m.ca_sha256) {
                         refusals.push(Refusal::OtherCa {
                             host: host.clone(),
                             host_ca: m.ca_sha256.clone(),
@@ -345,7 +362,7 @@ pub fn decide(local: &Local, remotes: &[(String, Remote)]) -> std::result::Resul
                 let Some(host_ca) = &r.ca else { continue };
                 live.push((host.clone(), Some(host_ca.clone())));
                 match &local.ca {
-                    Some(ca) if ca == host_ca => adopted.push(host.clone()),
+                    Some(ca) if local.accepts(ca, host_ca) => adopted.push(host.clone()),
                     Some(ca) => refusals.push(Refusal::OtherCa {
                         host: host.clone(),
                         host_ca: host_ca.clone(),
@@ -487,6 +504,7 @@ mod tests {
             ca: ca.map(fp),
             uid: uid.map(str::to_owned),
             installed: installed.iter().map(|s| s.to_string()).collect(),
+            rotating: Vec::new(),
         }
     }
     fn marked(cluster: &str, uid: &str, ca: char) -> Remote {
@@ -497,6 +515,29 @@ mod tests {
     }
     fn hosts(r: &[(&str, Remote)]) -> Vec<(String, Remote)> {
         r.iter().map(|(h, r)| (h.to_string(), r.clone())).collect()
+    }
+
+    /// During a CA rotation the hosts carry the old or the new cluster CA (markers and `ca.crt` move at
+    /// `issue`): both are this cluster's; any other CA is still refused.
+    #[test]
+    fn a_ca_rotation_in_progress_accepts_its_old_and_new_ca_and_nothing_else() {
+        let rotating =
+            Local { rotating: vec![fp('a'), fp('b')], ..local(Some('a'), Some("u1"), &["n1", "n2"]) };
+        let v = decide(
+            &rotating,
+            &hosts(&[("n1", marked("prod", "u1", 'a')), ("n2", marked("prod", "u1", 'b'))]),
+        )
+        .unwrap();
+        assert_eq!(v.uid, "u1");
+        let unmarked = Remote { marker: None, ca: Some(fp('b')) };
+        assert_eq!(decide(&rotating, &hosts(&[("n3", unmarked)])).unwrap().adopted, ["n3"]);
+        let r = decide(&rotating, &hosts(&[("n1", marked("prod", "u1", 'c'))])).unwrap_err();
+        assert!(matches!(r[0], Refusal::OtherCa { .. }), "{r:?}");
+        let plain = local(Some('a'), Some("u1"), &["n1"]);
+        assert!(
+            decide(&plain, &hosts(&[("n1", marked("prod", "u1", 'b'))])).is_err(),
+            "no rotation: refused"
+        );
     }
 
     #[test]

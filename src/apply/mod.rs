@@ -695,7 +695,9 @@ pub fn prepare_with(
     }
     let encryption_key = crate::at_rest::load_or_create(&pki, new_keys)?;
     let service_account = crate::sa_key::load(&pki)?;
-    let ca = pki.read("ca.crt")?;
+    // The CA that signs: the store's, or during a CA rotation the one its step signs with (from `issue` on,
+    // the new CA), so the markers follow the rotation and agree with the store once it ends.
+    let ca = pki.issuing_ca_pem(crate::pki::spec::CaId::Cluster)?;
     let marker = crate::identity::Marker {
         cluster: model.name.clone(),
         uid: verified.uid.clone(),

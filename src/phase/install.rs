@@ -406,7 +406,7 @@ impl Phase for ApiEndpoint {
             DesiredFile::bytes(
                 render::API_LB_CA,
                 0o644,
-                ctx.material.pki.read("ca.crt")?,
+                ctx.material.pki.trust_pem(crate::pki::spec::CaId::Cluster)?,
                 "cluster CA for the balancer's checks",
             )
             .restarts(&["kube-api-lb"]),

@@ -4,6 +4,7 @@
 
 use super::Context;
 use crate::model::HostModel;
+use crate::pki::spec::CaId;
 use crate::plan::DesiredFile;
 use crate::Result;
 
@@ -22,6 +23,12 @@ fn file(
     let mode = if secret { 0o600 } else { 0o644 };
     let f = DesiredFile::bytes(remote, mode, data, label).restarts(restarts);
     Ok(if secret { f.secret() } else { f })
+}
+
+/// A CA's trust file: the store's CA certificate, or the certificates a CA rotation's step trusts.
+fn trust(ctx: &Context<'_>, ca: CaId, remote: &str, restarts: &[&str], label: &str) -> Result<DesiredFile> {
+    let data = ctx.material.pki.trust_pem(ca)?;
+    Ok(DesiredFile::bytes(remote, 0o644, data, label).restarts(restarts))
 }
 
 fn pair(
@@ -59,8 +66,7 @@ fn pair(
 /// must change together), and so does the CA, which etcd reads only at start.
 pub fn etcd(ctx: &Context<'_>, host: &HostModel) -> Result<Vec<DesiredFile>> {
     let r = &["etcd"];
-    let mut v =
-        vec![file(ctx, "etcd/ca.crt", &format!("{PKI}/etcd/ca.crt"), false, r, "etcd CA certificate")?];
+    let mut v = vec![trust(ctx, CaId::Etcd, &format!("{PKI}/etcd/ca.crt"), r, "etcd CA certificate")?];
     for (local, remote, label) in [
         (format!("etcd/{}/server", host.name), format!("{PKI}/etcd/server"), "etcd server"),
         (format!("etcd/{}/peer", host.name), format!("{PKI}/etcd/peer"), "etcd peer"),
@@ -86,24 +92,26 @@ pub fn control_plane(ctx: &Context<'_>, host: &HostModel) -> Result<Vec<DesiredF
     let cm = &["kube-controller-manager"];
     let all = &["kube-apiserver", "kube-controller-manager", "kube-scheduler"];
     let mut v = vec![
-        file(ctx, "ca.crt", &format!("{PKI}/ca.crt"), false, all, "cluster CA certificate")?,
-        file(
-            ctx,
-            "ca.key",
+        // The cluster CA's trust file is also the controller-manager's signer certificate
+        // (`--cluster-signing-cert-file`): during a CA rotation it lists the signing CA first, whose key
+        // `ca.key` is ([`crate::pki::rotation`]).
+        trust(ctx, CaId::Cluster, &format!("{PKI}/ca.crt"), all, "cluster CA certificate")?,
+        DesiredFile::bytes(
             &format!("{PKI}/ca.key"),
-            true,
-            cm,
+            0o600,
+            ctx.material.pki.issuing_ca_key_pem(CaId::Cluster)?,
             "cluster CA key (controller-manager signer)",
-        )?,
-        file(
+        )
+        .restarts(cm)
+        .secret(),
+        trust(
             ctx,
-            "front-proxy-ca.crt",
+            CaId::FrontProxy,
             &format!("{PKI}/front-proxy-ca.crt"),
-            false,
             &["kube-apiserver", "kube-controller-manager"],
             "front-proxy CA certificate",
         )?,
-        file(ctx, "etcd/ca.crt", &format!("{PKI}/etcd/ca.crt"), false, api, "etcd CA certificate")?,
+        trust(ctx, CaId::Etcd, &format!("{PKI}/etcd/ca.crt"), api, "etcd CA certificate")?,
         // The service-account pair as the store holds it, or the step of a rotation in progress
         // (`crate::sa_key`): the key signs (apiserver tokens, controller-manager legacy tokens), every key of
         // `sa.pub` verifies.
@@ -179,7 +187,7 @@ pub fn control_plane(ctx: &Context<'_>, host: &HostModel) -> Result<Vec<DesiredF
 pub fn node(ctx: &Context<'_>, host: &HostModel) -> Result<Vec<DesiredFile>> {
     let kubelet = &["kubelet"];
     let mut v = vec![
-        file(ctx, "ca.crt", &format!("{PKI}/ca.crt"), false, &["kubelet"], "cluster CA certificate")?,
+        trust(ctx, CaId::Cluster, &format!("{PKI}/ca.crt"), &["kubelet"], "cluster CA certificate")?,
         file(
             ctx,
             &format!("nodes/{}/kubelet.conf", host.name),

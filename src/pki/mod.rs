@@ -10,6 +10,7 @@
 
 pub mod issue;
 pub mod kubeconfig;
+pub mod rotation;
 pub mod spec;
 pub mod store;
 pub mod users;

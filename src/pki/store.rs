@@ -227,8 +227,42 @@ impl Store {
         }
     }
 
-    /// A signer for `ca`.
+    /// The CA rotation in progress in this store, if any ([`super::rotation`]).
+    pub fn ca_rotation(&self) -> Result<Option<super::rotation::CaRotation>, PkiError> {
+        super::rotation::load(self)
+    }
+
+    /// The certificate of the CA that signs `ca`'s leaves now: the store's, or the one a rotation in progress
+    /// says.
+    pub fn issuing_ca_pem(&self, ca: CaId) -> Result<Vec<u8>, PkiError> {
+        match self.ca_rotation()?.as_ref().and_then(|r| r.issuer(ca)) {
+            Some((cert, _)) => Ok(cert.as_bytes().to_vec()),
+            None => self.read(&format!("{}.crt", ca.name())),
+        }
+    }
+
+    /// The key of the CA that signs `ca`'s leaves now (what the controller-manager's signer gets).
+    pub fn issuing_ca_key_pem(&self, ca: CaId) -> Result<Vec<u8>, PkiError> {
+        match self.ca_rotation()?.as_ref().and_then(|r| r.issuer(ca)) {
+            Some((_, key)) => Ok(key.as_bytes().to_vec()),
+            None => self.read(&format!("{}.key", ca.name())),
+        }
+    }
+
+    /// What a trust file of `ca` holds: the store's CA certificate, or during a rotation the certificates
+    /// its step trusts, the signing CA first.
+    pub fn trust_pem(&self, ca: CaId) -> Result<Vec<u8>, PkiError> {
+        match self.ca_rotation()?.as_ref().and_then(|r| r.trust(ca)) {
+            Some(t) => Ok(t.into_bytes()),
+            None => self.read(&format!("{}.crt", ca.name())),
+        }
+    }
+
+    /// A signer for `ca`: the store's CA, or the one a rotation in progress signs with.
     pub fn signer(&self, ca: CaId) -> Result<Signer, PkiError> {
+        if let Some(s) = self.ca_rotation()?.as_ref().and_then(|r| super::rotation::signer(r, ca)) {
+            return s;
+        }
         let cert = String::from_utf8_lossy(&self.read(&format!("{}.crt", ca.name()))?).into_owned();
         let key = self
             .load_key(ca.name())?
@@ -261,7 +295,7 @@ impl Store {
         if key.algorithm() != Some(i.key_algorithm) {
             return Ok(Some(format!("key algorithm is not {}", i.key_algorithm)));
         }
-        if !signed_by(&pem, &self.read(&format!("{}.crt", spec.ca.name()))?) {
+        if !signed_by(&pem, &self.issuing_ca_pem(spec.ca)?) {
             return Ok(Some(format!("not signed by the current {}", spec.ca.name())));
         }
         let mut orgs = spec.organizations.clone();
@@ -397,7 +431,7 @@ impl Store {
         user: &str,
         server: &str,
     ) -> Result<String, PkiError> {
-        let ca = self.read("ca.crt")?;
+        let ca = self.trust_pem(CaId::Cluster)?;
         let crt = self.read(&format!("{cert_name}.crt"))?;
         let key = self.read(&format!("{cert_name}.key"))?;
         Ok(super::kubeconfig::Kubeconfig::with_client_cert(&i.cluster_name, server, &ca, user, &crt, &key)

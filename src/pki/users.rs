@@ -106,7 +106,7 @@ pub fn issue_user(
     ledger.push(entry.clone());
     store.write(&format!("users/{user}/{}.crt", entry.serial), cert_pem.as_bytes(), 0o644)?;
     store.write("ledger.json", serde_json::to_string_pretty(&ledger).expect("json").as_bytes(), 0o600)?;
-    let ca_pem = store.read("ca.crt")?;
+    let ca_pem = store.trust_pem(super::spec::CaId::Cluster)?;
     let kubeconfig = super::kubeconfig::Kubeconfig::with_client_cert(
         &i.cluster_name,
         &i.api_server_url,
