@@ -1,5 +1,5 @@
 //! A CA rotation's record in the store, and what it makes every path render: the foundation of
-//! `kubeforge rotate ca` (DESIGN.md §7).
+//! `kubeforge rotate ca`, on the pattern of the service-account key's rotation ([`crate::sa_key`]).
 //!
 //! A rotation ([`CaRotation`], `secrets/ca-rotation.json`, 0600, written atomically and forced to disk) holds,
 //! for each CA it replaces (`ca`, `etcd/ca`, `front-proxy-ca`), the old certificate and key and the new ones,
