@@ -563,13 +563,34 @@ mod tests {
     /// An HTTPS server on 127.0.0.1 whose `/readyz` answers each request on a kept-alive connection with
     /// `status` (chunked when `chunked`), with a certificate from a fresh CA. Counts TLS handshakes.
     fn https_readyz(status: &'static str, chunked: bool) -> (SocketAddr, Vec<u8>, Arc<AtomicUsize>) {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let ca = TestCa::new("kubeforge-apilb-test-ca");
+        let (addr, handshakes) = https_readyz_of(&ca, status, chunked);
+        (addr, ca.pem.into_bytes(), handshakes)
+    }
+
+    /// A self-signed CA for the health-check tests.
+    struct TestCa {
+        params: rcgen::CertificateParams,
+        key: rcgen::KeyPair,
+        pem: String,
+    }
+
+    impl TestCa {
+        fn new(cn: &str) -> Self {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let pem = params.self_signed(&key).unwrap().pem();
+            Self { params, key, pem }
+        }
+    }
+
+    /// [`https_readyz`] with a serving certificate of `ca`; its address and handshake count.
+    fn https_readyz_of(ca: &TestCa, status: &'static str, chunked: bool) -> (SocketAddr, Arc<AtomicUsize>) {
         let key = rcgen::KeyPair::generate().unwrap();
         let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-        let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+        let issuer = rcgen::Issuer::from_params(&ca.params, &ca.key);
         let cert = params.signed_by(&key, &issuer).unwrap();
         let config =
             rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -619,7 +640,31 @@ mod tests {
                 });
             }
         });
-        (addr, ca.pem().into_bytes(), handshakes)
+        (addr, handshakes)
+    }
+
+    /// During a CA rotation `--ca-file` holds the old and the new cluster CA (same subject `kubernetes`,
+    /// different keys): a backend serving a cert of either is checked and ready, one of a third CA with the
+    /// same subject fails verification and stays out of rotation.
+    #[test]
+    fn health_checks_trust_every_ca_of_a_bundle_and_no_other() {
+        let (old, new, other) =
+            (TestCa::new("kubernetes"), TestCa::new("kubernetes"), TestCa::new("kubernetes"));
+        let (by_old, _) = https_readyz_of(&old, "200 OK", false);
+        let (by_new, _) = https_readyz_of(&new, "200 OK", false);
+        let (by_other, _) = https_readyz_of(&other, "200 OK", false);
+        let bundle = format!("{}{}", new.pem, old.pem);
+        let bal = Balancer::new(vec![by_old, by_new, by_other]);
+        // Start the two that must come in out of rotation, and the one that must go out in it.
+        bal.set_ready(0, false, "start out of rotation");
+        bal.set_ready(1, false, "start out of rotation");
+        bal.spawn_health_checks(bundle.as_bytes(), Duration::from_millis(100)).unwrap();
+        assert!(wait_for(&bal, &[true, true, false]), "ready: {:?}", bal.ready());
+        // The new CA alone: the old CA's backend is refused like the third.
+        let bal = Balancer::new(vec![by_old, by_new]);
+        bal.set_ready(1, false, "start out of rotation");
+        bal.spawn_health_checks(new.pem.as_bytes(), Duration::from_millis(100)).unwrap();
+        assert!(wait_for(&bal, &[false, true]), "ready: {:?}", bal.ready());
     }
 
     fn wait_for(bal: &Balancer, want: &[bool]) -> bool {
