@@ -110,9 +110,7 @@ pub async fn controller_manager(flags: Flags, _version: KubeVersion) -> Result<(
     }
     match (flags.get("cluster-signing-cert-file"), flags.get("cluster-signing-key-file")) {
         (Some(c), Some(k)) => {
-            let cas = pki::load_ca(c).map_err(e)?;
-            let key = pki::load_key(k).map_err(e)?;
-            pki::check_pair(&cas[0], &key).map_err(e)?;
+            pki::load_signing_pair(c, k).map_err(e)?;
         }
         (None, None) => {}
         _ => {

@@ -188,6 +188,31 @@ pub fn load_ca(path: &str) -> Result<Vec<Cert>, PkiError> {
     Ok(cas)
 }
 
+/// Loads a CSR signer (`--cluster-signing-cert-file` + `--cluster-signing-key-file`) the way the real
+/// controller-manager does (`signer.newCAProvider`): `tls.X509KeyPair` first (the key must belong to the
+/// FIRST certificate of the file), then the file must hold exactly one certificate
+/// (`expected 1 certificate, found 2`): a CA bundle is a trust file, never a signer.
+pub fn load_signing_pair(cert_path: &str, key_path: &str) -> Result<(Cert, Key), PkiError> {
+    let certs = load_certs(cert_path)?;
+    let key = load_key(key_path)?;
+    check_pair(&certs[0], &key)
+        .map_err(|e| PkiError(format!("error reading CA cert file {cert_path:?}: {e}")))?;
+    if certs.len() != 1 {
+        return Err(PkiError(format!(
+            "error reading CA cert file \"csr-controller\": expected 1 certificate, found {} (--cluster-signing-cert-file {cert_path})",
+            certs.len()
+        )));
+    }
+    let ca = certs.into_iter().next().expect("one certificate");
+    if !ca.is_ca {
+        return Err(PkiError(format!(
+            "{cert_path}: certificate {:?} is not a CA (basicConstraints CA:FALSE)",
+            ca.cn
+        )));
+    }
+    Ok((ca, key))
+}
+
 /// The usage a leaf must carry.
 #[derive(Debug, Clone, Copy)]
 pub enum Usage {
@@ -289,4 +314,129 @@ pub fn load_public_keys(path: &str) -> Result<Vec<Vec<u8>>, PkiError> {
         )));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+pub(crate) mod test_ca {
+    //! Throw-away CAs and leaves for the unit tests (rcgen), and a helper writing them to files.
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose,
+    };
+
+    /// A self-signed CA that signs leaves.
+    pub(crate) struct TestCa {
+        /// PEM certificate.
+        pub(crate) cert_pem: String,
+        /// PEM key.
+        pub(crate) key_pem: String,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    impl TestCa {
+        /// A new CA with subject CN `cn` and a key of its own.
+        pub(crate) fn new(cn: &str) -> Self {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+            let key = KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            Self { cert_pem: cert.pem(), key_pem: key.serialize_pem(), issuer: Issuer::new(params, key) }
+        }
+
+        /// A leaf this CA signs: (cert PEM, key PEM).
+        pub(crate) fn leaf(
+            &self,
+            cn: &str,
+            ekus: &[ExtendedKeyUsagePurpose],
+            sans: &[&str],
+        ) -> (String, String) {
+            let mut params =
+                CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+            params.extended_key_usages = ekus.to_vec();
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &self.issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        }
+    }
+
+    /// Writes `text` to `dir/name`; its path.
+    pub(crate) fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_ca::{write, TestCa};
+    use super::*;
+    use rcgen::ExtendedKeyUsagePurpose as Eku;
+
+    /// The old and the new cluster CA of a rotation share their subject (`CN=kubernetes`) and differ in
+    /// their keys; a third CA with that subject stands for a foreign one.
+    #[test]
+    fn a_bundle_of_two_cas_with_one_subject_trusts_the_leaves_of_either_and_not_of_a_third() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new, other) =
+            (TestCa::new("kubernetes"), TestCa::new("kubernetes"), TestCa::new("kubernetes"));
+        let bundle = write(dir.path(), "ca.crt", &format!("{}{}", new.cert_pem, old.cert_pem));
+        let cas = load_ca(&bundle).unwrap();
+        assert_eq!(cas.len(), 2, "every certificate of the file is a trust anchor");
+        assert!(cas.iter().all(|c| c.cn == "kubernetes" && c.is_ca));
+        for (name, ca, trusted) in [("old", &old, true), ("new", &new, true), ("other", &other, false)] {
+            // A serving cert (the apiserver's and the kubelet's are checked against their client CA).
+            let (c, k) = ca.leaf("kube-apiserver", &[Eku::ServerAuth], &["127.0.0.1"]);
+            let (cp, kp) = (
+                write(dir.path(), &format!("{name}.crt"), &c),
+                write(dir.path(), &format!("{name}.key"), &k),
+            );
+            match load_leaf(&cp, &kp, Usage::Server, Some(&cas)) {
+                Ok(_) => assert!(trusted, "a leaf of the {name} CA must be refused"),
+                Err(e) => {
+                    assert!(!trusted, "a leaf of the {name} CA must be accepted: {e}");
+                    assert!(e.0.contains("x509: certificate signed by unknown authority"), "{e}");
+                }
+            }
+            // A client cert, as the x509 authenticator of the apiserver, kubelet and controller-manager sees it.
+            let (c, _) = ca.leaf("jane", &[Eku::ClientAuth], &[]);
+            let cert = certs_from_pem(c.as_bytes(), "client").unwrap().remove(0);
+            assert_eq!(check_chain(&cert, &cas).is_ok(), trusted, "client cert of the {name} CA");
+        }
+        // Each CA alone trusts its own leaves only: the second certificate of the bundle is what lets the old
+        // CA's leaves in.
+        let new_only = certs_from_pem(new.cert_pem.as_bytes(), "new").unwrap();
+        let (c, _) = old.leaf("jane", &[Eku::ClientAuth], &[]);
+        assert!(check_chain(&certs_from_pem(c.as_bytes(), "client").unwrap()[0], &new_only).is_err());
+    }
+
+    #[test]
+    fn a_csr_signer_is_one_certificate_with_its_key_as_the_controller_manager_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (TestCa::new("kubernetes"), TestCa::new("kubernetes"));
+        let w = |name: &str, text: &str| write(dir.path(), name, text);
+        let (new_crt, new_key, old_key) =
+            (w("new.crt", &new.cert_pem), w("new.key", &new.key_pem), w("old.key", &old.key_pem));
+        let (signer, _) = load_signing_pair(&new_crt, &new_key).unwrap();
+        assert_eq!(signer.cn, "kubernetes");
+        // A bundle, signing CA first, with its key: tls.X509KeyPair accepts it, the CSR signer does not.
+        let bundle = w("bundle.crt", &format!("{}{}", new.cert_pem, old.cert_pem));
+        let err = load_signing_pair(&bundle, &new_key).unwrap_err().0;
+        assert!(err.contains("expected 1 certificate, found 2"), "{err}");
+        // The key of the second certificate: refused by tls.X509KeyPair already.
+        let err = load_signing_pair(&bundle, &old_key).unwrap_err().0;
+        assert!(err.contains("tls: private key does not match public key"), "{err}");
+        // One certificate and another CA's key.
+        let err = load_signing_pair(&new_crt, &old_key).unwrap_err().0;
+        assert!(err.contains("tls: private key does not match public key"), "{err}");
+        // A leaf is no signer.
+        let (c, k) = new.leaf("kube-apiserver", &[Eku::ServerAuth], &["127.0.0.1"]);
+        let err = load_signing_pair(&w("leaf.crt", &c), &w("leaf.key", &k)).unwrap_err().0;
+        assert!(err.contains("is not a CA"), "{err}");
+    }
 }
