@@ -163,3 +163,120 @@ pub fn build_client(ca_pem: &[u8], cert_pem: &[u8], key_pem: &[u8]) -> Result<re
     builder = builder.identity(reqwest::Identity::from_pem(&ident).map_err(|e| e.to_string())?);
     builder.build().map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use base64::Engine;
+    use rcgen::ExtendedKeyUsagePurpose as Eku;
+
+    use super::ApiClient;
+    use crate::http::{self, Response};
+    use crate::pki::{
+        self,
+        test_ca::{write, TestCa},
+    };
+
+    /// An HTTPS server on 127.0.0.1 with a serving cert of `ca`, verifying client certs against
+    /// `client_ca_pem` like the apiserver and the kubelet: 200 with the user, 401 for a cert that chains to
+    /// none of its CAs, 403 for none. Its URL.
+    async fn server(ca: &TestCa, client_ca_pem: &str) -> String {
+        let (c, k) = ca.leaf("kube-apiserver", &[Eku::ServerAuth], &["127.0.0.1"]);
+        let chain = pki::certs_from_pem(c.as_bytes(), "serving").unwrap();
+        let key = pki::key_from_pem(&k, "serving").unwrap();
+        let cas = pki::certs_from_pem(client_ca_pem.as_bytes(), "client CA").unwrap();
+        let tls = http::server_tls(&chain, &key, Some(&cas)).unwrap();
+        let listener = http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handler: http::Handler = Arc::new(|req| {
+            Box::pin(async move {
+                match (req.identity, req.auth_error) {
+                    (_, Some(e)) => Response::text(401, &e),
+                    (Some(id), None) => Response::json(200, &serde_json::json!({"user": id.user})),
+                    (None, None) => Response::text(403, "anonymous"),
+                }
+            })
+        });
+        tokio::spawn(http::serve(listener, Some((tls, cas)), handler));
+        format!("https://{addr}")
+    }
+
+    /// A kubeconfig for `server` trusting `ca_pem` (embedded, or as a file when `as_file`), with a client
+    /// cert of `client`.
+    fn kubeconfig(
+        dir: &std::path::Path,
+        name: &str,
+        server: &str,
+        ca_pem: &str,
+        as_file: bool,
+        client: &TestCa,
+    ) -> String {
+        let b = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let (c, k) = client.leaf(&format!("user-{name}"), &[Eku::ClientAuth], &[]);
+        let ca = if as_file {
+            format!("certificate-authority: {}", write(dir, &format!("{name}-ca.crt"), ca_pem))
+        } else {
+            format!("certificate-authority-data: {}", b(ca_pem))
+        };
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    {ca}\nusers:\n- name: u\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n",
+            b(&c),
+            b(&k)
+        );
+        write(dir, &format!("{name}.conf"), &text)
+    }
+
+    /// During a CA rotation every kubeconfig's CA data and every client CA file hold the old and the new
+    /// cluster CA (same subject, different keys): a server cert and a client cert of either must be
+    /// accepted, and those of a third CA refused.
+    #[tokio::test]
+    async fn kubeconfig_ca_data_and_client_ca_files_with_two_cas_trust_either_and_not_a_third() {
+        http::init_crypto();
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new, other) =
+            (TestCa::new("kubernetes"), TestCa::new("kubernetes"), TestCa::new("kubernetes"));
+        let bundle = format!("{}{}", new.cert_pem, old.cert_pem);
+        let cas = [("old", &old), ("new", &new), ("other", &other)];
+        let mut servers = Vec::new();
+        for (name, ca) in cas {
+            servers.push((name, server(ca, &bundle).await));
+        }
+        for (i, (server_ca, url)) in servers.iter().enumerate() {
+            for (client_ca, client) in cas {
+                let name = format!("{server_ca}-{client_ca}");
+                let conf = kubeconfig(dir.path(), &name, url, &bundle, i == 0, client);
+                let api = ApiClient::from_kubeconfig(&conf).unwrap();
+                let got = api.call("GET", "/whoami", None).await;
+                match (*server_ca, client_ca) {
+                    ("other", _) => {
+                        let err = got.expect_err("a server cert of a third CA must be refused");
+                        assert!(untrusted(&err), "{name}: {err}");
+                    }
+                    (_, "other") => {
+                        let (code, _) = got.unwrap();
+                        assert_eq!(code, 401, "{name}: a client cert of a third CA gets 401");
+                    }
+                    _ => {
+                        let (code, body) = got.unwrap();
+                        assert_eq!(
+                            (code, body["user"].as_str()),
+                            (200, Some(format!("user-{name}").as_str())),
+                            "{name}"
+                        );
+                    }
+                }
+            }
+        }
+        // The bundle is what makes both work: CA data with the new CA alone refuses the old CA's server.
+        let conf = kubeconfig(dir.path(), "new-only", &servers[0].1, &new.cert_pem, false, &new);
+        let err = ApiClient::from_kubeconfig(&conf).unwrap().call("GET", "/whoami", None).await.unwrap_err();
+        assert!(untrusted(&err), "{err}");
+    }
+
+    /// rustls' verdict on a server cert no trusted CA signed: a CA with the issuer's subject whose key did
+    /// not sign it (`BadSignature`: the same CN, as here) or none with that subject (`UnknownIssuer`).
+    fn untrusted(err: &str) -> bool {
+        err.contains("InvalidCertificate(BadSignature)") || err.contains("InvalidCertificate(UnknownIssuer)")
+    }
+}
