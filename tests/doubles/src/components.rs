@@ -67,22 +67,38 @@ fn tls_pair(flags: &Flags, default_cn: &str) -> Result<(Vec<Cert>, Key), String>
     }
 }
 
-async fn serve_healthz(addr: SocketAddr, chain: &[Cert], key: &Key) -> Result<(), String> {
-    let tls = http::server_tls(chain, key, None)?;
+/// Serves the secure port: `/healthz`, `/livez`, `/readyz` to anyone authenticated or anonymous, 403 for
+/// the rest. With `client_cas` (`--client-ca-file`, every certificate of it), a client certificate is
+/// requested and verified like the real delegated authentication: one that chains to none of them gets
+/// 401 on every path (upstream's union authenticator fails on an error before anonymous is considered).
+async fn serve_healthz(
+    addr: SocketAddr,
+    chain: &[Cert],
+    key: &Key,
+    client_cas: Vec<Cert>,
+) -> Result<(), String> {
+    let tls = http::server_tls(chain, key, Some(&client_cas))?;
     let listener = http::bind(addr).await?;
     log::info("secure_serving.go:213", "Serving securely on", &[("address", addr.to_string())]);
     let handler: http::Handler = Arc::new(|req| {
         Box::pin(async move {
+            if req.auth_error.is_some() {
+                return Response::json(
+                    401,
+                    &json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}),
+                );
+            }
+            let user = req.identity.map(|i| i.user).unwrap_or_else(|| "system:anonymous".into());
             match req.path.as_str() {
                 "/healthz" | "/livez" | "/readyz" => Response::text(200, "ok"),
                 p => Response::json(
                     403,
-                    &json!({"kind":"Status","apiVersion":"v1","status":"Failure","message":format!("forbidden: User \"system:anonymous\" cannot get path \"{p}\""),"reason":"Forbidden","code":403}),
+                    &json!({"kind":"Status","apiVersion":"v1","status":"Failure","message":format!("forbidden: User \"{user}\" cannot get path \"{p}\""),"reason":"Forbidden","code":403}),
                 ),
             }
         })
     });
-    http::serve(listener, Some((tls, Vec::new())), handler).await;
+    http::serve(listener, Some((tls, client_cas)), handler).await;
     Ok(())
 }
 
@@ -100,14 +116,17 @@ fn addr(flags: &Flags, default_port: u16) -> Result<SocketAddr, String> {
 /// kube-controller-manager double.
 pub async fn controller_manager(flags: Flags, _version: KubeVersion) -> Result<(), String> {
     let e = |e: pki::PkiError| e.0;
+    // Trust files: every certificate of each is a trust anchor (a bundle during a CA rotation).
     if let Some(ca) = flags.get("root-ca-file") {
         pki::load_ca(ca).map_err(e)?;
     }
-    for f in ["client-ca-file", "requestheader-client-ca-file"] {
-        if let Some(ca) = flags.get(f) {
-            pki::load_ca(ca).map_err(e)?;
-        }
+    if let Some(ca) = flags.get("requestheader-client-ca-file") {
+        pki::load_ca(ca).map_err(e)?;
     }
+    let client_cas = match flags.get("client-ca-file") {
+        Some(ca) => pki::load_ca(ca).map_err(e)?,
+        None => Vec::new(),
+    };
     match (flags.get("cluster-signing-cert-file"), flags.get("cluster-signing-key-file")) {
         (Some(c), Some(k)) => {
             pki::load_signing_pair(c, k).map_err(e)?;
@@ -140,7 +159,7 @@ pub async fn controller_manager(flags: Flags, _version: KubeVersion) -> Result<(
         }
     }
     tokio::spawn(crate::controllers::run(client));
-    serve_healthz(addr(&flags, 10257)?, &chain, &key).await
+    serve_healthz(addr(&flags, 10257)?, &chain, &key, client_cas).await
 }
 
 /// kube-scheduler double.
@@ -157,7 +176,7 @@ pub async fn scheduler(flags: Flags, version: KubeVersion) -> Result<(), String>
     let (chain, key) = tls_pair(&flags, "kube-scheduler")?;
     authenticate(&client, Component::Scheduler).await?;
     tokio::spawn(crate::scheduler::run(client));
-    serve_healthz(addr(&flags, 10259)?, &chain, &key).await
+    serve_healthz(addr(&flags, 10259)?, &chain, &key, Vec::new()).await
 }
 
 fn ipport(text: &str, default_port: u16) -> Result<SocketAddr, String> {
