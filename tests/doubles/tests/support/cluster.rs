@@ -59,6 +59,12 @@ impl Env {
 
     /// Starts the real etcd with TLS on client and peer URLs; returns the process and client URL.
     pub fn start_etcd(&self) -> (Proc, String) {
+        self.start_etcd_as("etcd-data", "pki/etcd/server")
+    }
+
+    /// [`Env::start_etcd`] with its data in `data` (below the temp dir) and the serving cert and key
+    /// `<server>.crt`/`<server>.key` (below the PKI root).
+    pub fn start_etcd_as(&self, data: &str, server: &str) -> (Proc, String) {
         let client = free_port(&self.ip);
         let peer = free_port(&self.ip);
         let url = format!("https://{}:{client}", self.ip);
@@ -68,7 +74,7 @@ impl Env {
             "--name".into(),
             "cp1".into(),
             "--data-dir".into(),
-            self.path("etcd-data").to_string_lossy().into_owned(),
+            self.path(data).to_string_lossy().into_owned(),
             "--listen-client-urls".into(),
             url.clone(),
             "--advertise-client-urls".into(),
@@ -80,9 +86,9 @@ impl Env {
             "--initial-cluster".into(),
             format!("cp1={peer_url}"),
             "--cert-file".into(),
-            p("pki/etcd/server.crt"),
+            p(&format!("{server}.crt")),
             "--key-file".into(),
-            p("pki/etcd/server.key"),
+            p(&format!("{server}.key")),
             "--trusted-ca-file".into(),
             p("pki/etcd/ca.crt"),
             "--client-cert-auth".into(),
@@ -95,7 +101,7 @@ impl Env {
             "--peer-client-cert-auth".into(),
         ];
         let etcd = which("etcd");
-        let proc_ = Proc::start(&etcd, &args, &self.path("etcd.log"));
+        let proc_ = Proc::start(&etcd, &args, &self.path(&format!("{data}.log")));
         let ok = bins::wait_for(Duration::from_secs(20), || bins::listening(&self.ip, client).then_some(()));
         assert!(ok.is_some(), "etcd did not start:\n{}", proc_.log_text());
         (proc_, url)
