@@ -37,7 +37,9 @@ use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+mod ca;
 mod service_account;
+pub use ca::{ca_in, CaChoice};
 pub use service_account::service_account_key_in;
 
 /// `kubeforge rotate`.
@@ -56,6 +58,38 @@ pub enum RotateCommand {
     /// change one at a time, each gated; an interrupted rotation resumes where it stopped. Legacy token
     /// Secrets signed with the old key stop working.
     ServiceAccountKey(ServiceAccountKeyArgs),
+    /// Replace the cluster, etcd and front-proxy CAs (or those `--only` names): every trust file and
+    /// kubeconfig on every host trusts the old and the new CA, then every leaf is re-issued by the new CA,
+    /// then the old CA is distrusted and the store switches to the new ones (the old ones kept in
+    /// secrets/retired/). Control planes and etcd members change one at a time, then workers, each gated;
+    /// an interrupted rotation resumes where it stopped. Users' kubeconfigs the old cluster CA issued stop
+    /// working (their CA data from issue on, their certificates at distrust): the preview names them.
+    Ca(CaArgs),
+}
+
+/// Arguments of `rotate ca`.
+#[derive(Debug, clap::Args)]
+pub struct CaArgs {
+    /// The inventory file.
+    #[arg(short, long)]
+    pub inventory: std::path::PathBuf,
+    /// The CAs to rotate (default: all three); a rotation in progress goes on with the CAs it records.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "CA,...")]
+    pub only: Vec<CaChoice>,
+    /// Show the cluster's health, each CA's old and new fingerprint, where a rotation stands, the hosts in
+    /// rollout order and the users' kubeconfigs that stop working; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask (without it, the rotation is shown and a terminal is asked; without a terminal it
+    /// refuses).
+    #[arg(short, long)]
+    pub yes: bool,
+    /// How long the cluster may take to be healthy again after a host's certificates changed.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub gate_timeout: Duration,
+    /// Connection, PKI and cache settings.
+    #[command(flatten)]
+    pub common: crate::args::ClusterArgs,
 }
 
 /// Arguments of `rotate service-account-key`.
@@ -182,6 +216,22 @@ pub fn run(cmd: RotateCommand) -> Result<i32> {
                     clock: Clock::system(),
                     drop_old_now: a.drop_old_now,
                 },
+            )
+        }
+        RotateCommand::Ca(a) => {
+            let consent = Consent::from_flags("rotate ca", a.dry_run, a.yes)?;
+            let o = a.common.options(&a.inventory)?;
+            let session = Session::open(&a.inventory, o)?;
+            ca::ca_in(
+                &session,
+                &RotateOptions {
+                    consent,
+                    gate_timeout: a.gate_timeout,
+                    poll: Duration::from_secs(3),
+                    clock: Clock::system(),
+                    drop_old_now: false,
+                },
+                &a.only,
             )
         }
     }
@@ -623,7 +673,8 @@ pub fn encryption_key_in(session: &Session, options: &RotateOptions) -> Result<i
 
 /// The stages; `Some((census before, census after, new key label))` once a rotation finished.
 /// The identity stage every rotation starts with: the control planes (refused when there is none), the
-/// store checked against them (a cluster kubeforge has not installed has no key to rotate), and the store.
+/// store checked against them, or against every host when `every_host` (a rotation that writes to every
+/// host; a cluster kubeforge has not installed has no key to rotate), and the store.
 pub(super) async fn identity(
     session: &Session,
     model: &ClusterModel,
