@@ -257,7 +257,17 @@ fn rotate(
     consent: crate::prompt::Consent,
     only: &[CaChoice],
 ) -> (Result<i32>, Vec<String>, String) {
-    let session = h.session(HA, h.options(), Arc::new(Recorder::default())).capturing();
+    rotate_on(h, HA, consent, only)
+}
+
+/// [`rotate`] on the cluster of inventory `text`.
+fn rotate_on(
+    h: &Harness,
+    text: &str,
+    consent: crate::prompt::Consent,
+    only: &[CaChoice],
+) -> (Result<i32>, Vec<String>, String) {
+    let session = h.session(text, h.options(), Arc::new(Recorder::default())).capturing();
     let r = ca_in(&session, &options(consent), only);
     (r, session.stages(), session.said())
 }
@@ -519,4 +529,35 @@ fn a_control_plane_that_differs_beyond_its_pki_stops_the_rotation_naming_the_fil
         (1, 0, 0),
         "cp1 went ahead, nothing was written on cp2"
     );
+}
+
+/// Two stacked control planes, an etcd-only member, a worker (the cluster keeps the name `ha`).
+const WITH_ETCD_ONLY: &str = "cluster: {name: ha, kubernetesVersion: v1.35.7}\nhosts:\n\
+    - {name: w1, address: 10.0.0.4, roles: [worker]}\n\
+    - {name: e1, address: 10.0.0.3, roles: [etcd]}\n\
+    - {name: cp1, address: 10.0.0.1, roles: [control-plane, etcd]}\n\
+    - {name: cp2, address: 10.0.0.2, roles: [control-plane, etcd]}\n";
+
+#[test]
+fn an_etcd_only_member_moves_after_the_control_planes_and_before_the_workers() {
+    use crate::prompt::Consent;
+    let h = installed(WITH_ETCD_ONLY);
+    let sim = simulate(&h, WITH_ETCD_ONLY, None);
+    let before = store_cas(&h);
+    let (r, _, said) = rotate_on(&h, WITH_ETCD_ONLY, Consent::Given, &[]);
+    r.unwrap_or_else(|e| panic!("{}\n{said}", e.report()));
+    assert!(said.contains("each gated: cp1, cp2, e1, w1"), "{said}");
+    let cas = cas(&before, &store_cas(&h));
+    let mut expect = Vec::new();
+    for step in 1..=3u8 {
+        expect.extend(["cp1", "cp2", "e1", "w1"].map(|host| (host.to_string(), step)));
+    }
+    assert_eq!(sim.moves(&cas, ALL), expect);
+    let e1 = pki_of(&h.hosts["e1"]);
+    assert_eq!(
+        e1["/etc/kubernetes/pki/etcd/ca.crt"],
+        Held::Trust(vec![rotation::fingerprint(&store_cas(&h)["etcd/ca"])])
+    );
+    let (summary, _) = h.run(WITH_ETCD_ONLY, h.options());
+    assert_eq!(summary.unwrap().total_changes(), 0);
 }
