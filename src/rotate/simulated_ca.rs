@@ -5,7 +5,7 @@
 //! trusted and which CA signed its leaves at every gate.
 
 use super::*;
-use crate::pki::rotation;
+use crate::pki::rotation::{self, CaStep};
 use crate::pki::spec::CaId;
 use crate::rotate::{ca_in, CaChoice, Clock, RotateOptions};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -455,7 +455,8 @@ fn a_dry_run_says_a_new_ca_and_writes_nothing_and_an_unhealthy_cluster_is_refuse
 }
 
 /// An interrupt (the stop flag, as the first Ctrl-C raises it) at every health reading: the health stage and
-/// each gate of each step. The run stops at the next boundary with exit 130, the record stays, and a re-run
+/// each gate of each step. The run stops at the next boundary with exit 130, the record stays (a backup
+/// carries it), `apply` in between brings every host to the recorded step (none goes back), and a re-run
 /// finishes the same rotation (the same new CAs).
 #[test]
 fn an_interrupt_at_every_stage_boundary_resumes_the_same_rotation() {
@@ -484,6 +485,23 @@ fn an_interrupt_at_every_stage_boundary_resumes_the_same_rotation() {
             "reading {point}: a backup taken now carries the record"
         );
         let new = recorded_new(&h);
+        // apply in the middle brings every host to the recorded step; none goes back.
+        if let Some(rec) = &recorded {
+            let cas = cas(&before, &new);
+            let at = |host: &str| stage_of_host(host, &pki_of(&h.hosts[host]), &cas, ALL);
+            let was: Vec<Option<u8>> = ORDER.iter().map(|host| at(host)).collect();
+            let (summary, _) = h.run(HA, h.options());
+            summary.unwrap_or_else(|e| panic!("reading {point}: apply: {}", e.report()));
+            let want = match rec.step {
+                CaStep::TrustBoth => 1,
+                CaStep::Issue => 2,
+                CaStep::Distrust => 3,
+            };
+            for (host, was) in ORDER.iter().zip(was) {
+                assert_eq!(at(host), Some(want), "reading {point}: {host} after apply (it was at {was:?})");
+                assert!(was <= Some(want), "reading {point}: {host} went back");
+            }
+        }
         let (r, _, said) = rotate(&h, Consent::Given, &[]);
         r.unwrap_or_else(|e| panic!("reading {point}: the re-run: {}\n{said}", e.report()));
         assert!(rotation::load(&store(&h)).unwrap().is_none(), "reading {point}: finished");
