@@ -74,7 +74,8 @@ pub enum Command {
     /// Rotate the cluster's keys with the API up: `encryption-key` replaces the key that encrypts Secrets at
     /// rest, proves from etcd that every Secret carries the new key, then drops the old one;
     /// `service-account-key` replaces the key that signs service-account tokens (trust both, sign with the
-    /// new one, wait for the old tokens to expire, drop the old one).
+    /// new one, wait for the old tokens to expire, drop the old one); `ca` replaces the cluster, etcd and
+    /// front-proxy CAs (trust both, re-issue every leaf, distrust the old ones).
     #[command(subcommand)]
     Rotate(crate::rotate::RotateCommand),
     /// Certificates: generate, check expiration, renew.
@@ -109,7 +110,7 @@ pub enum Command {
     /// ...), in the order they run.
     Phases {
         /// The workflow: apply, join, remove-node, reset, backup, restore, upgrade, maintain, replace-node,
-        /// rotate-encryption-key, rotate-service-account-key, etcd-status, etcd-defrag, etcd-alarms.
+        /// rotate-encryption-key, rotate-service-account-key, rotate-ca, etcd-status, etcd-defrag, etcd-alarms.
         #[arg(default_value = "apply")]
         workflow: String,
     },
@@ -435,6 +436,7 @@ fn cluster_of(c: &Command) -> Option<(&std::path::Path, Option<&std::path::Path>
         Command::Rotate(crate::rotate::RotateCommand::ServiceAccountKey(a)) => {
             (&a.inventory, a.common.pki_dir.as_deref())
         }
+        Command::Rotate(crate::rotate::RotateCommand::Ca(a)) => (&a.inventory, a.common.pki_dir.as_deref()),
         Command::Kubeconfig(k) => {
             use crate::certs::KubeconfigCommand as K;
             let t = match k {

@@ -297,6 +297,24 @@ pub const ROTATE_SERVICE_ACCOUNT_KEY: Workflow = Workflow {
     repeat: None,
 };
 
+/// `kubeforge rotate ca` (a re-run after an interrupt resumes at the step the store records).
+pub const ROTATE_CA: Workflow = Workflow {
+    name: "rotate-ca",
+    command: "rotate ca",
+    stages: &[
+        stage("identity", Check, "Read every host's marker: the store must be this installed cluster's (the old or the new cluster CA while a rotation runs)"),
+        stage("health", Check, "Every apiserver ready, every etcd member healthy"),
+        stage("preview", Preview, "Show each CA's old and new fingerprint, where a rotation stands, the hosts in rollout order and the users' kubeconfigs the old cluster CA issued, which stop working (`--dry-run` ends here)"),
+        stage("confirm", Confirm, "Ask on the terminal (--yes: go ahead; no terminal: refused)"),
+        stage("begin", Local, "Record a new CA beside each current one in the store (or resume the recorded rotation)"),
+        stage("trust-both", Converge, "Every trust file, kubeconfig and the balancers' CA hold the old and the new CA, the old one signs: control planes one at a time (gated), etcd-only members one at a time, then workers"),
+        stage("issue", Converge, "Every leaf and kubeconfig re-issued by the new CA, both still trusted, markers take the new cluster CA: same order, gated"),
+        stage("distrust", Converge, "The new CA alone: same order, gated; certificates the old CA issued (users' kubeconfigs) are refused from here"),
+        stage("finish", Local, "The store's CAs become the new ones, the old ones kept in secrets/retired/; the record goes last"),
+    ],
+    repeat: None,
+};
+
 /// `kubeforge etcd status`.
 pub const ETCD_STATUS: Workflow = Workflow {
     name: "etcd-status",
@@ -359,6 +377,7 @@ pub const LIFECYCLE: &[&Workflow] = &[
     &REPLACE_NODE,
     &ROTATE_ENCRYPTION_KEY,
     &ROTATE_SERVICE_ACCOUNT_KEY,
+    &ROTATE_CA,
     &ETCD_STATUS,
     &ETCD_DEFRAG,
     &ETCD_ALARMS,
@@ -377,6 +396,7 @@ pub const NAMES: &[&str] = &[
     "replace-node",
     "rotate-encryption-key",
     "rotate-service-account-key",
+    "rotate-ca",
     "etcd-status",
     "etcd-defrag",
     "etcd-alarms",

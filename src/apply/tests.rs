@@ -2583,3 +2583,7 @@ mod rotate_simulated;
 /// `rotate service-account-key` on these simulated hosts (its tests live beside the command).
 #[path = "../rotate/simulated_sa.rs"]
 mod rotate_sa_simulated;
+
+/// `rotate ca` on these simulated hosts (its tests live beside the command).
+#[path = "../rotate/simulated_ca.rs"]
+mod rotate_ca_simulated;

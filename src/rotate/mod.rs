@@ -37,7 +37,9 @@ use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+mod ca;
 mod service_account;
+pub use ca::{ca_in, CaChoice};
 pub use service_account::service_account_key_in;
 
 /// `kubeforge rotate`.
@@ -56,6 +58,38 @@ pub enum RotateCommand {
     /// change one at a time, each gated; an interrupted rotation resumes where it stopped. Legacy token
     /// Secrets signed with the old key stop working.
     ServiceAccountKey(ServiceAccountKeyArgs),
+    /// Replace the cluster, etcd and front-proxy CAs (or those `--only` names): every trust file and
+    /// kubeconfig on every host trusts the old and the new CA, then every leaf is re-issued by the new CA,
+    /// then the old CA is distrusted and the store switches to the new ones (the old ones kept in
+    /// secrets/retired/). Control planes and etcd members change one at a time, then workers, each gated;
+    /// an interrupted rotation resumes where it stopped. Users' kubeconfigs the old cluster CA issued stop
+    /// working (their CA data from issue on, their certificates at distrust): the preview names them.
+    Ca(CaArgs),
+}
+
+/// Arguments of `rotate ca`.
+#[derive(Debug, clap::Args)]
+pub struct CaArgs {
+    /// The inventory file.
+    #[arg(short, long)]
+    pub inventory: std::path::PathBuf,
+    /// The CAs to rotate (default: all three); a rotation in progress goes on with the CAs it records.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "CA,...")]
+    pub only: Vec<CaChoice>,
+    /// Show the cluster's health, each CA's old and new fingerprint, where a rotation stands, the hosts in
+    /// rollout order and the users' kubeconfigs that stop working; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask (without it, the rotation is shown and a terminal is asked; without a terminal it
+    /// refuses).
+    #[arg(short, long)]
+    pub yes: bool,
+    /// How long the cluster may take to be healthy again after a host's certificates changed.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub gate_timeout: Duration,
+    /// Connection, PKI and cache settings.
+    #[command(flatten)]
+    pub common: crate::args::ClusterArgs,
 }
 
 /// Arguments of `rotate service-account-key`.
@@ -182,6 +216,22 @@ pub fn run(cmd: RotateCommand) -> Result<i32> {
                     clock: Clock::system(),
                     drop_old_now: a.drop_old_now,
                 },
+            )
+        }
+        RotateCommand::Ca(a) => {
+            let consent = Consent::from_flags("rotate ca", a.dry_run, a.yes)?;
+            let o = a.common.options(&a.inventory)?;
+            let session = Session::open(&a.inventory, o)?;
+            ca::ca_in(
+                &session,
+                &RotateOptions {
+                    consent,
+                    gate_timeout: a.gate_timeout,
+                    poll: Duration::from_secs(3),
+                    clock: Clock::system(),
+                    drop_old_now: false,
+                },
+                &a.only,
             )
         }
     }
@@ -331,8 +381,8 @@ fn stage_of(step: Step) -> &'static str {
     }
 }
 
-/// A rotation's work on the control planes, shared by `rotate encryption-key` and `rotate
-/// service-account-key`: health, gates, and a step's files rolled out by the apply engine.
+/// A rotation's work on the hosts, shared by `rotate encryption-key`, `rotate service-account-key` and
+/// `rotate ca`: health, gates, and a step's files rolled out by the apply engine.
 struct Rotator<'a> {
     session: &'a Session,
     model: ClusterModel,
@@ -341,24 +391,37 @@ struct Rotator<'a> {
     store: crate::pki::store::Store,
     /// The command line, for hints (`rotate encryption-key`).
     command: &'static str,
-    /// The files a step may change on a control plane (anything else stops the rotation until `apply`).
+    /// The files a step may change on a host (anything else stops the rotation until `apply`); an entry
+    /// ending in `/` stands for every file under that directory.
     files: &'static [&'static str],
+    /// The apply phases that carry those files (`control-plane`); the cluster state's copy is added.
+    phases: &'static [&'static str],
+    /// How a refusal names what a step may change (`None`: the [`Rotator::files`] themselves).
+    material: Option<&'static str>,
 }
 
 /// What `rotate encryption-key` changes on a control plane.
 const ENCRYPTION_FILES: &[&str] = &["/etc/kubernetes/encryption-config.yaml"];
 
+/// The apply phase that carries the keys the encryption-key and service-account-key rotations change.
+const CONTROL_PLANE_PHASE: &[&str] = &["control-plane"];
+
 impl Rotator<'_> {
+    /// Whether a step may change `dest` (one of [`Rotator::files`], or under one of its directories).
+    fn rotates(&self, dest: &str) -> bool {
+        self.files.iter().any(|f| if f.ends_with('/') { dest.starts_with(f) } else { dest == *f })
+    }
+
     fn control_planes(&self) -> Vec<String> {
         self.model.control_planes().map(|h| h.name.clone()).collect()
     }
 
-    /// The control plane that reads health, etcd and the API while `busy` changes: another one when there is
+    /// The control plane that reads health, etcd and the API while `busy` change: another one when there is
     /// one.
-    fn api_host(&self, busy: Option<&str>) -> Result<String> {
+    fn api_host(&self, busy: &[String]) -> Result<String> {
         let cps = self.control_planes();
         cps.iter()
-            .find(|c| Some(c.as_str()) != busy)
+            .find(|c| !busy.contains(c))
             .or(cps.first())
             .cloned()
             .ok_or_else(|| Error::msg("the inventory has no control plane", None))
@@ -383,9 +446,11 @@ impl Rotator<'_> {
         Ok(p)
     }
 
-    /// Waits for [`Rotator::problems`] to be empty, up to the gate timeout.
-    async fn gate(&self, busy: &str) -> Result<()> {
-        let api = self.api_host(Some(busy))?;
+    /// Waits for [`Rotator::problems`] to be empty, up to the gate timeout, read through a control plane
+    /// outside `busy` when there is one.
+    async fn gate(&self, busy: &[String]) -> Result<()> {
+        let api = self.api_host(busy)?;
+        let busy = busy.join(", ");
         let start = Instant::now();
         loop {
             let p = self.problems(&api).await.unwrap_or_else(|e| vec![e.to_string()]);
@@ -406,17 +471,19 @@ impl Rotator<'_> {
         }
     }
 
-    /// The apply engine's `control-plane` phase on `cp` alone (and the state copy on the control planes),
-    /// with the keys the store records now. Refuses
-    /// (before writing) when anything but the rotation's files would change there: the rotation
-    /// changes nothing else. Returns whether one of its files changed.
-    async fn converge(&self, cp: &str) -> Result<bool> {
+    /// The apply engine's [`Rotator::phases`] on `hosts` alone (and the state copy on the control planes),
+    /// with the material the store records now. Refuses (before writing) when anything but the rotation's
+    /// files would change there: the rotation changes nothing else. Returns whether one of its files
+    /// changed.
+    async fn converge(&self, hosts: &[String]) -> Result<bool> {
         let session = self.session;
         let mut model = self.model.clone();
         let mut o = session.options.clone();
-        o.hosts = Some(vec![cp.to_owned()]);
+        o.hosts = Some(hosts.to_vec());
         // With the cluster state's copy on the control planes, which records each phase's checkpoint.
-        o.only = Some(vec!["control-plane".into(), crate::phase::state::ID.into()]);
+        let mut only: Vec<String> = self.phases.iter().map(|p| p.to_string()).collect();
+        only.push(crate::phase::state::ID.into());
+        o.only = Some(only);
         o.dry_run = false;
         o.follow_changes = false;
         o.ignore_preflight = vec!["all".into()];
@@ -433,27 +500,34 @@ impl Rotator<'_> {
         )
         .await?;
         let mut changed = false;
-        let mut other = Vec::new();
-        for pp in planned.summary.plan.phases.iter().filter(|p| p.phase == "control-plane") {
-            for (_, c) in pp.hosts.iter().filter(|(h, _)| h == cp) {
+        let mut other: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for pp in planned.summary.plan.phases.iter().filter(|p| self.phases.contains(&p.phase.as_str())) {
+            for (h, c) in pp.hosts.iter().filter(|(h, _)| hosts.contains(h)) {
                 for f in &c.files {
-                    if self.files.contains(&f.file.upload.dest.as_str()) {
+                    if self.rotates(&f.file.upload.dest) {
                         changed = true;
                     } else if !f.file.upload.dest.starts_with(crate::plan::MARKER_DIR) {
                         // (the phase's converged marker follows its digest)
-                        other.push(f.file.upload.dest.clone());
+                        other.entry(h).or_default().push(f.file.upload.dest.clone());
                     }
                 }
-                other.extend(c.remove_files.iter().cloned());
+                other.entry(h).or_default().extend(c.remove_files.iter().cloned());
             }
         }
+        other.retain(|_, files| !files.is_empty());
         if !other.is_empty() {
+            let (what, beyond) = match self.material {
+                Some(m) => ("it differs", m.to_string()),
+                None => ("its control plane differs", self.files.join(", ")),
+            };
+            let each: Vec<String> = other
+                .iter()
+                .map(|(h, files)| {
+                    format!("{h}: {what} from what kubeforge renders beyond {beyond} ({})", files.join(", "))
+                })
+                .collect();
             return Err(Error::msg(
-                format!(
-                    "{cp}: its control plane differs from what kubeforge renders beyond {} ({}); the rotation changes nothing else",
-                    self.files.join(", "),
-                    other.join(", ")
-                ),
+                format!("{}; the rotation changes nothing else", each.join("; ")),
                 Some(format!("run `kubeforge apply` first (`apply --dry-run` shows the differences), then `kubeforge {}` again: the rotation is recorded and goes on", self.command).as_str()),
             ));
         }
@@ -496,12 +570,27 @@ impl Rotator<'_> {
         wf: &'static crate::workflow::Workflow,
         stage: &'static str,
     ) -> Result<()> {
-        for cp in self.control_planes() {
+        let one_at_a_time: Vec<Vec<String>> = self.control_planes().into_iter().map(|cp| vec![cp]).collect();
+        self.each_batch(wf, stage, &one_at_a_time).await
+    }
+
+    /// The files of the recorded step, converged on each batch of hosts in turn, each batch gated (through
+    /// a control plane outside it when there is one).
+    async fn each_batch(
+        &self,
+        wf: &'static crate::workflow::Workflow,
+        stage: &'static str,
+        batches: &[Vec<String>],
+    ) -> Result<()> {
+        for batch in batches {
             self.session.boundary(wf, stage)?;
             let clock = Instant::now();
-            crate::cleanup::host_doing(&cp, format!("{}: {stage}", self.command));
-            let changed = self.converge(&cp).await?;
-            self.gate(&cp).await?;
+            let cp = batch.join(", ");
+            for h in batch {
+                crate::cleanup::host_doing(h, format!("{}: {stage}", self.command));
+            }
+            let changed = self.converge(batch).await?;
+            self.gate(batch).await?;
             eprintln!(
                 "[rotate] {cp}: {} ({:.1}s)",
                 if changed {
@@ -511,14 +600,16 @@ impl Rotator<'_> {
                 },
                 clock.elapsed().as_secs_f64()
             );
-            crate::cleanup::host_doing(&cp, format!("{}: {stage} done", self.command));
+            for h in batch {
+                crate::cleanup::host_doing(h, format!("{}: {stage} done", self.command));
+            }
         }
         Ok(())
     }
 
     /// Every object of every encrypted resource written back through the API, one namespace at a time.
     async fn rewrite(&self) -> Result<usize> {
-        let api = self.api_host(None)?;
+        let api = self.api_host(&[])?;
         let t = self.session.transport(&api)?;
         let mut total = 0;
         for r in at_rest::RESOURCES {
@@ -582,18 +673,21 @@ pub fn encryption_key_in(session: &Session, options: &RotateOptions) -> Result<i
 
 /// The stages; `Some((census before, census after, new key label))` once a rotation finished.
 /// The identity stage every rotation starts with: the control planes (refused when there is none), the
-/// store checked against them (a cluster kubeforge has not installed has no key to rotate), and the store.
+/// store checked against them, or against every host when `every_host` (a rotation that writes to every
+/// host; a cluster kubeforge has not installed has no key to rotate), and the store.
 pub(super) async fn identity(
     session: &Session,
     model: &ClusterModel,
     wf: &'static crate::workflow::Workflow,
+    every_host: bool,
 ) -> Result<(Vec<String>, crate::identity::Verified, crate::pki::store::Store)> {
     let cps: Vec<String> = model.control_planes().map(|h| h.name.clone()).collect();
     if cps.is_empty() {
         return Err(Error::msg("the inventory has no control plane", None));
     }
     session.enter(wf, "identity");
-    let guarded = crate::apply::guarded_hosts(model, Some(&cps));
+    // A rotation that writes to every host checks every host's marker first.
+    let guarded = crate::apply::guarded_hosts(model, (!every_host).then_some(&cps[..]));
     let verified =
         crate::apply::guard(model, &session.options, &guarded, &session.transports, &session.executor)
             .await?;
@@ -611,7 +705,7 @@ async fn run_stages(
     model: &ClusterModel,
     options: &RotateOptions,
 ) -> Result<Option<(Census, Census, String)>> {
-    let (cps, verified, store) = identity(session, model, &WF).await?;
+    let (cps, verified, store) = identity(session, model, &WF, false).await?;
     let keys = at_rest::load_or_create(&store, crate::pki::store::NewKeys::Refused)?;
     let r = Rotator {
         session,
@@ -621,11 +715,13 @@ async fn run_stages(
         store,
         command: WF.command,
         files: ENCRYPTION_FILES,
+        phases: CONTROL_PLANE_PHASE,
+        material: None,
     };
 
     session.enter(&WF, "health");
     let clock = Instant::now();
-    let api = r.api_host(None)?;
+    let api = r.api_host(&[])?;
     let problems = r.problems(&api).await?;
     if !problems.is_empty() {
         return Err(Error::msg(

@@ -153,7 +153,7 @@ async fn roll_out(r: &Rotator<'_>, rotation: &mut SaRotation, step: SaStep) -> R
 }
 
 async fn run_stages(session: &Session, model: &ClusterModel, options: &RotateOptions) -> Result<Outcome> {
-    let (cps, verified, store) = super::identity(session, model, &WF).await?;
+    let (cps, verified, store) = super::identity(session, model, &WF, false).await?;
     let first = model.control_planes().next().expect("identity refuses an inventory without a control plane");
     let keys = sa_key::load(&store)?;
     let r = Rotator {
@@ -164,10 +164,12 @@ async fn run_stages(session: &Session, model: &ClusterModel, options: &RotateOpt
         store,
         command: WF.command,
         files: SA_FILES,
+        phases: super::CONTROL_PLANE_PHASE,
+        material: None,
     };
 
     session.enter(&WF, "health");
-    let api = r.api_host(None)?;
+    let api = r.api_host(&[])?;
     let problems = r.problems(&api).await?;
     if !problems.is_empty() {
         return Err(Error::msg(
