@@ -92,10 +92,16 @@ pub fn control_plane(ctx: &Context<'_>, host: &HostModel) -> Result<Vec<DesiredF
     let cm = &["kube-controller-manager"];
     let all = &["kube-apiserver", "kube-controller-manager", "kube-scheduler"];
     let mut v = vec![
-        // The cluster CA's trust file is also the controller-manager's signer certificate
-        // (`--cluster-signing-cert-file`): during a CA rotation it lists the signing CA first, whose key
-        // `ca.key` is ([`crate::pki::rotation`]).
         trust(ctx, CaId::Cluster, &format!("{PKI}/ca.crt"), all, "cluster CA certificate")?,
+        // The controller-manager's CSR signer: the CA that signs now, one certificate (the real component
+        // refuses a file with more, and `ca.crt` holds two during a CA rotation), and its key.
+        DesiredFile::bytes(
+            &format!("{PKI}/ca-signer.crt"),
+            0o644,
+            ctx.material.pki.issuing_ca_pem(CaId::Cluster)?,
+            "cluster CA certificate (controller-manager signer)",
+        )
+        .restarts(cm),
         DesiredFile::bytes(
             &format!("{PKI}/ca.key"),
             0o600,

@@ -11,10 +11,9 @@
 //!   (`trust-both`, `issue`), the new one alone at `distrust`. Every trust file kubeforge renders (`ca.crt`,
 //!   `etcd/ca.crt`, `front-proxy-ca.crt`) and every kubeconfig's `certificate-authority-data` hold it.
 //!
-//! A bundle lists the CA that signs first. The controller-manager reads its signer from `ca.crt`/`ca.key`
-//! (`--cluster-signing-cert-file`), and a PEM certificate file read with its key takes the first certificate
-//! as the one the key belongs to: with the signing CA first, the same file is both the trust bundle and the
-//! signer, and the controller-manager signs with the CA the record says.
+//! A bundle lists the CA that signs first. The controller-manager's CSR signer is a file of its own
+//! (`ca-signer.crt` with `ca.key`, [`Store::issuing_ca_pem`]): kube-controller-manager refuses a signer file
+//! with more than one certificate, so it never reads the bundle.
 //!
 //! The rotation ends ([`finish`]) by keeping the old CAs aside (`secrets/retired/<ca>-<fingerprint>.crt/.key`),
 //! writing the new ones as the store's CAs, and removing the record last: an interrupt anywhere leaves the

@@ -286,7 +286,9 @@ pub fn controller_manager_flags(m: &ClusterModel) -> Flags {
             ("bind-address", "127.0.0.1".into()),
             ("client-ca-file", format!("{PKI}/ca.crt")),
             ("cluster-name", m.name.clone()),
-            ("cluster-signing-cert-file", format!("{PKI}/ca.crt")),
+            // One certificate, the CA that signs now: kube-controller-manager refuses a file with more
+            // (`ca.crt` holds two during a CA rotation).
+            ("cluster-signing-cert-file", format!("{PKI}/ca-signer.crt")),
             ("cluster-signing-key-file", format!("{PKI}/ca.key")),
             ("kubeconfig", kc),
             ("leader-elect", "true".into()),
