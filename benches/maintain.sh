@@ -5,7 +5,7 @@
 # total, from maintain's own report, with the SSH round trips and connections per host, and the wall time.
 # Under emulated lab VMs a reboot is the guests' boot time (about 80 s each); with KVM it is a few seconds.
 #
-#   bash benches/maintain.sh          # as root; KEEP_LAB=1 keeps the lab; CPUS=1 for one vCPU per VM
+#   bash benches/maintain.sh          # as root; KEEP_LAB=1 keeps the lab; CPUS=N vCPUs per VM (default: lab up's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "benches/maintain.sh needs root (network namespaces, VMs)" >&2; exit 1; }
@@ -16,7 +16,7 @@ OUT=$(mktemp -d -t kf-maintain-bench.XXXXXX)
 
 . benches/lab-bench.sh
 
-"$KF" lab up --name "$LAB" --nodes 3 --cpus "${CPUS:-2}" --bundle "$BUNDLE_DIR" --kubernetes-version "$VERSION" >"$OUT/lab-up.txt" 2>&1 \
+"$KF" lab up --name "$LAB" --nodes 3 ${CPUS:+--cpus "$CPUS"} --bundle "$BUNDLE_DIR" --kubernetes-version "$VERSION" >"$OUT/lab-up.txt" 2>&1 \
   || { cat "$OUT/lab-up.txt"; exit 1; }
 INV=lab/$LAB/inventory.yaml
 "$KF" lab exec --name "$LAB" -- "$KF" apply -i "$INV" --ignore-preflight-errors=cpu,memory >"$OUT/apply.txt" 2>&1 \

@@ -137,11 +137,13 @@ pub struct UpArgs {
     /// Memory per VM in MiB.
     #[arg(long, default_value_t = 1024)]
     pub memory: u32,
-    /// Virtual CPUs per VM. Under software emulation each is a host thread: two let a VM's components run
-    /// side by side while the other VMs are idle (`CPUS=1 bash benches/maintain.sh` against the default:
-    /// a first apply of three VMs took 2m58s with one, 2m29s with two).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
-    pub cpus: u32,
+    /// Virtual CPUs per VM (default: 2 with KVM, 1 under software emulation). Under emulation each is a
+    /// host thread and guests have no paravirtual spinlocks: on a quiet host two were a little faster (a first
+    /// apply of three VMs 2m29s instead of 2m58s, `CPUS=2 bash benches/maintain.sh`), but with more busy
+    /// vCPUs than host cores a guest's vCPU spins while the host has descheduled the one it waits for: with
+    /// a build beside them the same steps took up to twice as long as with one vCPU.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub cpus: Option<u32>,
     /// Debian suite of the image (`trixie` or `bookworm`).
     #[arg(long, default_value = "trixie")]
     pub suite: String,
@@ -641,7 +643,7 @@ fn up(a: UpArgs) -> Result<i32> {
         known_hosts,
         vms: Vec::new(),
         memory: a.memory,
-        cpus: a.cpus,
+        cpus: a.cpus.unwrap_or(if kvm_usable() { 2 } else { 1 }),
         suite: a.suite.clone(),
         translation_cache: Some(
             a.translation_cache
@@ -1133,7 +1135,7 @@ mod tests {
                 name: "t".into(),
                 nodes: 3,
                 memory: 1024,
-                cpus: 2,
+                cpus: None,
                 suite: "trixie".into(),
                 topology: topology.into(),
                 kubernetes_version: crate::inventory::validate::DEFAULT_KUBERNETES_VERSION.into(),
