@@ -42,7 +42,9 @@
 //!    answer. Then a flag value the apiserver refuses at start: node1 takes it, fails its health wait and
 //!    goes back to its previous unit file, healthy; the run stops and node2 never receives the change. The
 //!    encryption key is rotated under the same readiness loop (every Secret in etcd moves to the new key),
-//!    and an encrypted backup is restored in place. (`certs renew all --apply` on HA, new certificates on
+//!    and an encrypted backup is restored in place. node1 ran someone else's container on the distribution's
+//!    containerd before kubeforge came: after the whole scenario and `kubeforge reset` it is the same running
+//!    process, and containerd is as it was found. (`certs renew all --apply` on HA, new certificates on
 //!    6443, 10250 and 2379 with no etcd restart, passed in both HA runs of the stop that
 //!    took it out, to keep this suite inside its time budget; its engine path is the one the rotation takes.)
 //!
@@ -669,6 +671,35 @@ fn containerd_as_found(lab: &Lab, node: &str) -> String {
         ),
         "containerd's state",
     )
+}
+
+/// Someone else's workload on `node`: the distribution's containerd enabled and running, with a container of
+/// its own (namespace `foreign`, not Kubernetes'; its root file system is the VM's `/usr`, bound read-only,
+/// so no image is needed). Returns the container's process id.
+fn start_a_foreign_container(lab: &Lab, node: &str) -> String {
+    must(
+        lab.ssh(
+            node,
+            "set -e; systemctl enable --now containerd >/dev/null 2>&1; \
+             for i in $(seq 60); do ctr version >/dev/null 2>&1 && break; sleep 1; done; \
+             r=/srv/kf-foreign; mkdir -p $r/usr $r/proc $r/dev $r/sys $r/tmp; \
+             mountpoint -q $r/usr || { mount --bind /usr $r/usr && mount -o remount,bind,ro $r/usr; }; \
+             for d in bin sbin lib lib64; do [ -e $r/$d ] || ln -s usr/$d $r/$d; done; \
+             ctr -n foreign run -d --rootfs $r foreign-sleeper /usr/bin/sleep infinity",
+        ),
+        "start a foreign container",
+    );
+    foreign_container_pid(lab, node).unwrap_or_else(|| panic!("the foreign container runs on {node}"))
+}
+
+/// The process id of the foreign container's task when it runs (`ctr -n foreign task ls`).
+fn foreign_container_pid(lab: &Lab, node: &str) -> Option<String> {
+    let o = lab.ssh(node, "ctr -n foreign task ls 2>&1");
+    let out = text(&o);
+    eprintln!("[e2e] {node}: ctr -n foreign task ls:\n{out}");
+    out.lines()
+        .find(|l| l.starts_with("foreign-sleeper") && l.contains("RUNNING"))
+        .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
 }
 
 /// `restore --yes` of the encrypted `archive` onto `inv`'s hosts; its output (stdout and progress), timed as
@@ -1450,6 +1481,11 @@ fn high_availability(lab: &Lab) {
     // directly at v1.36, on the bundle's containerd 2.
     let one = at_version(lab.inventory(&cluster, &[("node1", all)], &[]), KUBE_VERSION);
     endpoint_mode(&one, "local-lb");
+    // node1 runs someone else's container on the distribution's containerd before kubeforge comes: it is
+    // still running (the same process) after the installation, the whole scenario and the reset at its end,
+    // and containerd is as it was found.
+    let foreign = start_a_foreign_container(lab, "node1");
+    let containerd_before = containerd_as_found(lab, "node1");
     // A single node with every role: a dry run shows the plan and writes nothing.
     let dry = must(lab.apply(&one, &["--dry-run"]), "apply --dry-run");
     assert!(
@@ -1668,6 +1704,16 @@ fn high_availability(lab: &Lab) {
     // backup (encrypted) -> an object written after it -> restore onto the same two control planes: the
     // object from before is back, the later one is gone, both members vote and are healthy.
     backup_then_restore_in_place(lab, &cluster, &two);
+
+    // The foreign container ran through it all; reset leaves it and the distribution's containerd as found.
+    assert_eq!(foreign_container_pid(lab, "node1").as_deref(), Some(foreign.as_str()), "before the reset");
+    lab.product_reset(&cluster, &two, &[("node1", "node1"), ("node2", "node2")], &[]);
+    assert_eq!(
+        foreign_container_pid(lab, "node1").as_deref(),
+        Some(foreign.as_str()),
+        "the foreign container survives the reset, the same process"
+    );
+    assert_eq!(containerd_as_found(lab, "node1"), containerd_before, "node1: containerd as it was found");
 }
 
 /// The value of the Secret the HA scenario writes before its backup.
