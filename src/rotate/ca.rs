@@ -302,33 +302,23 @@ async fn run_stages(
         hosts.join(", "),
         users_line(&rotation, &users),
     ));
-    match options.consent {
-        Consent::Preview => {
-            session.say("rotate ca --dry-run: nothing was changed; run with --yes to rotate\n");
-            return Ok(Outcome::Previewed);
-        }
-        Consent::Ask => {
-            session.enter(&WF, "confirm");
-            let names: Vec<&str> = users.iter().map(|u| u.user.as_str()).collect();
-            let lost = if names.is_empty() {
-                String::new()
-            } else {
-                format!("; the kubeconfigs of {} STOP WORKING (from issue on)", names.join(", "))
-            };
-            let which: Vec<&str> = rotation.cas.keys().map(String::as_str).collect();
-            if !crate::prompt::ask(&format!(
-                "Rotate the CAs {} of cluster `{}` (components restart three times, host by host{lost})?",
-                which.join(", "),
-                model.name
-            ))? {
-                return Err(Error::msg("rotation cancelled, nothing was changed", None));
-            }
-        }
-        Consent::Given => {}
+    let question = || {
+        let names: Vec<&str> = users.iter().map(|u| u.user.as_str()).collect();
+        let lost = if names.is_empty() {
+            String::new()
+        } else {
+            format!("; the kubeconfigs of {} STOP WORKING (from issue on)", names.join(", "))
+        };
+        let which: Vec<&str> = rotation.cas.keys().map(String::as_str).collect();
+        format!(
+            "Rotate the CAs {} of cluster `{}` (components restart three times, host by host{lost})?",
+            which.join(", "),
+            model.name
+        )
+    };
+    if !super::consent_then_begin(session, &WF, options.consent, question)? {
+        return Ok(Outcome::Previewed);
     }
-    session.boundary(&WF, "begin")?;
-    crate::cleanup::writing();
-    session.enter(&WF, "begin");
     if !resuming {
         rotation::record(&r.store, &rotation)?;
     }

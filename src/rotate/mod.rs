@@ -372,6 +372,34 @@ fn parse_namespaces(out: &str) -> BTreeMap<String, usize> {
 // ---------------------------------------------------------------------------------------------------------
 // The command
 
+/// A rotation's consent, then its `begin` stage: a dry run says so and ends (`false`: nothing was written);
+/// otherwise the terminal is asked `question` when consent is to be asked (a no cancels, nothing written), and
+/// the run enters `begin`, from which it writes (`true`).
+fn consent_then_begin(
+    session: &Session,
+    wf: &'static crate::workflow::Workflow,
+    consent: Consent,
+    question: impl FnOnce() -> String,
+) -> Result<bool> {
+    match consent {
+        Consent::Preview => {
+            session.say(format!("{} --dry-run: nothing was changed; run with --yes to rotate\n", wf.command));
+            return Ok(false);
+        }
+        Consent::Ask => {
+            session.enter(wf, "confirm");
+            if !crate::prompt::ask(&question())? {
+                return Err(Error::msg("rotation cancelled, nothing was changed", None));
+            }
+        }
+        Consent::Given => {}
+    }
+    session.boundary(wf, "begin")?;
+    crate::cleanup::writing();
+    session.enter(wf, "begin");
+    Ok(true)
+}
+
 /// The stage that rolls out `step`'s configuration.
 fn stage_of(step: Step) -> &'static str {
     match step {
@@ -759,25 +787,15 @@ async fn run_stages(
         cps.join(", "),
         before.summary()
     ));
-    match options.consent {
-        Consent::Preview => {
-            session.say("rotate encryption-key --dry-run: nothing was changed; run with --yes to rotate\n");
-            return Ok(None);
-        }
-        Consent::Ask => {
-            session.enter(&WF, "confirm");
-            if !crate::prompt::ask(&format!(
-                "Rotate the encryption key of cluster `{}` (every apiserver restarts three times, one at a time)?",
-                model.name
-            ))? {
-                return Err(Error::msg("rotation cancelled, nothing was changed", None));
-            }
-        }
-        Consent::Given => {}
+    let question = || {
+        format!(
+            "Rotate the encryption key of cluster `{}` (every apiserver restarts three times, one at a time)?",
+            model.name
+        )
+    };
+    if !consent_then_begin(session, &WF, options.consent, question)? {
+        return Ok(None);
     }
-    session.boundary(&WF, "begin")?;
-    crate::cleanup::writing();
-    session.enter(&WF, "begin");
     let mut rotation = if resuming { rotation } else { at_rest::begin(&r.store, &keys)? };
     eprintln!(
         "[rotate] {} key {} recorded beside {} in {}",

@@ -238,27 +238,16 @@ async fn run_stages(session: &Session, model: &ClusterModel, options: &RotateOpt
         cps.join(", "),
         legacy_line(&legacy, &old),
     ));
-    match options.consent {
-        Consent::Preview => {
-            session
-                .say("rotate service-account-key --dry-run: nothing was changed; run with --yes to rotate\n");
-            return Ok(Outcome::Previewed);
-        }
-        Consent::Ask => {
-            session.enter(&WF, "confirm");
-            if !crate::prompt::ask(&format!(
-                "Rotate the service-account key of cluster `{}` (every apiserver restarts three times, one at a time{})?",
-                model.name,
-                if options.drop_old_now { "; every token the old key signed stops working at once" } else { "" }
-            ))? {
-                return Err(Error::msg("rotation cancelled, nothing was changed", None));
-            }
-        }
-        Consent::Given => {}
+    let question = || {
+        format!(
+            "Rotate the service-account key of cluster `{}` (every apiserver restarts three times, one at a time{})?",
+            model.name,
+            if options.drop_old_now { "; every token the old key signed stops working at once" } else { "" }
+        )
+    };
+    if !super::consent_then_begin(session, &WF, options.consent, question)? {
+        return Ok(Outcome::Previewed);
     }
-    session.boundary(&WF, "begin")?;
-    crate::cleanup::writing();
-    session.enter(&WF, "begin");
     if !resuming {
         sa_key::record(&r.store, &rotation)?;
     }
