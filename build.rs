@@ -9,8 +9,11 @@ fn main() {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .filter(|c| !c.is_empty())
         .unwrap_or_else(|| "unknown".into());
+    // `--no-optional-locks`: a plain `git status` refreshes the index's stat cache and writes `.git/index`,
+    // which this script watches: every cargo command after a fresh clone would then run it again and rebuild
+    // the crate and everything built on it (three times in the test suite).
     let dirty = std::process::Command::new("git")
-        .args(["status", "--porcelain", "--untracked-files=no"])
+        .args(["--no-optional-locks", "status", "--porcelain", "--untracked-files=no"])
         .output()
         .ok()
         .is_some_and(|o| o.status.success() && !o.stdout.is_empty());
