@@ -9,3 +9,7 @@ cd "$(dirname "$0")/.."
 # etcd-server/etcd-client + containerd: the contract doubles' cluster test; python3-pip: wheels.
 apt_install openssl openssh-server openssh-client sudo strace fish curl iproute2 socat \
   etcd-server etcd-client containerd python3-pip
+# cargo-nextest runs the host tiers' tests (scripts/test-all.sh); machines of this kind come with it.
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install --locked cargo-nextest
+fi

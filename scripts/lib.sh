@@ -40,11 +40,14 @@ KF_STAGE_FAILURES=${KF_STAGE_FAILURES:-$(mktemp -t kf-stage-failures.XXXXXX)}
 export KF_STAGE_FAILURES
 
 # stage_failures FILE: the failing tests' messages in a stage's output (cargo test's panics and its
-# `failures:` list), or the output's last 40 lines when it has none.
+# `failures:` list; cargo-nextest's captured output of a failed test and its FAIL lines), or the output's
+# last 40 lines when it has none.
 stage_failures() {
   local digest
   digest=$(awk '
     /^---- .* stdout ----$/ { keep = 60 }
+    /^--- STD(OUT|ERR): / { keep = 60 }
+    /^ *(FAIL|SIGSEGV|SIGABRT|TIMEOUT) \[/ { print; next }
     /panicked at / { keep = (keep > 30 ? keep : 30) }
     /^failures:$/ { keep = 40 }
     keep > 0 { print; keep-- }
