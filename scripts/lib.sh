@@ -11,6 +11,8 @@ stage() {
   echo
   echo "=== stage: $name ($(date -u +%H:%M:%S))"
   t0=$(date +%s%N)
+  local c0 c1
+  c0=$(cpu_ticks)
   local out
   out=$(mktemp -t kf-stage-out.XXXXXX)
   if [ -t 1 ]; then
@@ -21,6 +23,7 @@ stage() {
     "$@" 2>&1 | tee "$out"; rc=${PIPESTATUS[0]}
   fi
   t1=$(date +%s%N)
+  c1=$(cpu_ticks)
   # A failed stage's test failures are printed again at the end (the summary), where a reader of the
   # log's tail finds them; its whole output stays in the file.
   if [ $rc -ne 0 ]; then
@@ -31,9 +34,17 @@ stage() {
   else
     rm -f "$out"
   fi
-  printf '%-32s %8ss  %s\n' "$name" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", (b-a)/1e9}')" \
-    "$([ $rc -eq 0 ] && echo ok || echo "FAILED ($rc)")" | tee -a "$KF_STAGE_LOG"
+  printf '%-32s %8ss  %-10s machine CPU busy %s\n' "$name" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", (b-a)/1e9}')" \
+    "$([ $rc -eq 0 ] && echo ok || echo "FAILED ($rc)")" "$(cpu_busy "$c0" "$c1")" | tee -a "$KF_STAGE_LOG"
   return $rc
+}
+
+# cpu_ticks: the machine's busy and idle CPU ticks so far (/proc/stat); cpu_busy A B: the busy share
+# between two readings, all cores and every process (stages that run side by side share it).
+cpu_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat; }
+cpu_busy() {
+  awk -v a="$1" -v b="$2" 'BEGIN{split(a,x," "); split(b,y," "); bu=y[1]-x[1]; id=y[2]-x[2];
+    if (bu+id>0) printf "%.0f%%", 100*bu/(bu+id); else printf "-"}'
 }
 
 KF_STAGE_FAILURES=${KF_STAGE_FAILURES:-$(mktemp -t kf-stage-failures.XXXXXX)}
