@@ -1,6 +1,7 @@
 //! Downloads from a mirror served by a loopback HTTP server: fetch, cache hits without any request,
 //! checksum rejection, resume of a truncated transfer, 404, server down, pins. The server is plain HTTP, so
-//! every artifact fetched from it needs a pin ([`pinned`]); one without is refused before any request.
+//! every artifact fetched from it needs a pin ([`pinned`]); one without is refused before any request. One
+//! test serves the mirror over TLS with a certificate from a private CA (`releaseSource.caFile`).
 
 #[path = "support/artifacts.rs"]
 mod fixture;
@@ -24,12 +25,13 @@ fn mirror(srv: &TestServer, pins: &[(&str, String)]) -> ReleaseSourceSpec {
     ReleaseSourceSpec::Mirror {
         url: format!("{}/", srv.url()),
         pins: pins.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        ca_file: None,
     }
 }
 
 /// The fixture's mirror with a pin for every file it publishes, as a plain-HTTP mirror needs.
 fn pinned(srv: &TestServer, fx: &Fixture) -> ReleaseSourceSpec {
-    ReleaseSourceSpec::Mirror { url: format!("{}/", srv.url()), pins: fx.pins.clone() }
+    ReleaseSourceSpec::Mirror { url: format!("{}/", srv.url()), pins: fx.pins.clone(), ca_file: None }
 }
 
 fn source(spec: &ReleaseSourceSpec, cache: &Path) -> ArtifactSource {
@@ -236,7 +238,7 @@ async fn not_found_is_reported_with_the_url_and_not_retried() {
 async fn a_server_that_is_down_is_reported_clearly() {
     let port = http::unused_port();
     let pins = BTreeMap::from([("runc/amd64".to_owned(), format!("sha256:{}", "ab".repeat(32)))]);
-    let spec = ReleaseSourceSpec::Mirror { url: format!("http://127.0.0.1:{port}"), pins };
+    let spec = ReleaseSourceSpec::Mirror { url: format!("http://127.0.0.1:{port}"), pins, ca_file: None };
     let cache = tempfile::tempdir().unwrap();
     let src = source(&spec, cache.path());
     let err = src.ensure(&req(Component::Runc, RUNC, "amd64"), &Recorder::default()).await.unwrap_err();
@@ -355,7 +357,7 @@ async fn redirects_to_another_host_path_are_followed() {
 #[test]
 fn a_mirror_url_must_be_http() {
     for url in ["mirror.lan/k8s", "ftp://mirror.lan", "https://"] {
-        let spec = ReleaseSourceSpec::Mirror { url: url.into(), pins: BTreeMap::new() };
+        let spec = ReleaseSourceSpec::Mirror { url: url.into(), pins: BTreeMap::new(), ca_file: None };
         let e =
             ArtifactSource::from_spec(Some(&spec), Path::new("."), Path::new("/nonexistent")).unwrap_err();
         assert_eq!(e.to_string(), format!("mirror URL '{url}' is not an http:// or https:// URL"));
@@ -403,7 +405,7 @@ async fn a_plain_http_mirror_refuses_an_unpinned_artifact_before_any_request() {
     // (neither for the file nor for the checksum file an attacker could have replaced with it).
     let mut pins = fx.pins.clone();
     pins.remove("kubelet/amd64");
-    let spec = ReleaseSourceSpec::Mirror { url: srv.url(), pins };
+    let spec = ReleaseSourceSpec::Mirror { url: srv.url(), pins, ca_file: None };
     let src = source(&spec, cache.path());
     let err = src.ensure(&kubelet, &Recorder::default()).await.unwrap_err();
     let url = format!("{}{}", srv.url(), fx.kube_paths[&("amd64".into(), "kubelet".into())]);
@@ -428,4 +430,69 @@ async fn a_plain_http_mirror_refuses_an_unpinned_artifact_before_any_request() {
     // What is still pinned is fetched from the same source.
     src.ensure(&req(Component::Kubelet, KUBE, "arm64"), &Recorder::default()).await.unwrap();
     assert_eq!(srv.log().len(), 1);
+}
+
+/// A CA and a certificate it signed for 127.0.0.1 (PEM: the CA, the server's chain, its key).
+fn private_ca_and_server_cert() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "mirror test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_cert.pem(), &ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    leaf.subject_alt_names.push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// An https mirror whose certificate chains to a private CA, nothing pinned (the checksums come from the
+/// mirror, over TLS). With the public roots alone the handshake fails: no request is served and nothing is
+/// cached. With `caFile` (relative to the inventory file) the artifact is fetched and verified. A `caFile`
+/// with no certificate, or beside a plain-http mirror, is refused before any request.
+#[tokio::test]
+async fn an_https_mirror_behind_a_private_ca_is_trusted_through_ca_file_only() {
+    let (ca_pem, chain_pem, key_pem) = private_ca_and_server_cert();
+    let srv = TestServer::start_tls(&chain_pem, &key_pem).await;
+    assert!(srv.url().starts_with("https://127.0.0.1:"));
+    let fx = publish_mirror(&srv);
+    let inv_dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(inv_dir.path().join("certs")).unwrap();
+    std::fs::write(inv_dir.path().join("certs/mirror-ca.pem"), &ca_pem).unwrap();
+    let kubelet = req(Component::Kubelet, KUBE, "amd64");
+    let spec = |ca_file: Option<&str>| ReleaseSourceSpec::Mirror {
+        url: srv.url(),
+        pins: BTreeMap::new(),
+        ca_file: ca_file.map(str::to_owned),
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let open = |s: &ReleaseSourceSpec| ArtifactSource::from_spec(Some(s), inv_dir.path(), cache.path());
+
+    let err =
+        open(&spec(None)).unwrap().with_retry(FAST).ensure(&kubelet, &Recorder::default()).await.unwrap_err();
+    let report = kubeforge::Error::from(err).report();
+    assert!(report.contains("UnknownIssuer"), "the mirror's certificate is not trusted: {report}");
+    assert_eq!(srv.log(), vec![], "no request got through the failed handshake");
+    assert!(files_under(cache.path()).is_empty(), "{:?}", files_under(cache.path()));
+
+    let src = open(&spec(Some("certs/mirror-ca.pem"))).unwrap().with_retry(FAST);
+    assert_eq!(src.describe(), format!("mirror {}", srv.url()));
+    let got = src.ensure(&kubelet, &Recorder::default()).await.unwrap();
+    assert!(!got.executables.is_empty());
+    let path = &fx.kube_paths[&("amd64".into(), "kubelet".into())];
+    assert!(srv.log().iter().any(|l| &l.path == path && l.status == 200), "{:?}", srv.log());
+
+    std::fs::write(inv_dir.path().join("certs/none.pem"), "no certificate here\n").unwrap();
+    let e = open(&spec(Some("certs/none.pem"))).unwrap_err();
+    assert!(e.to_string().contains("holds no certificate"), "{e}");
+    let e = open(&spec(Some("certs/missing.pem"))).unwrap_err();
+    assert!(e.to_string().contains("cannot be read"), "{e}");
+    let http = ReleaseSourceSpec::Mirror {
+        url: "http://127.0.0.1:9/".into(),
+        pins: fx.pins.clone(),
+        ca_file: Some("certs/mirror-ca.pem".into()),
+    };
+    let e = open(&http).unwrap_err();
+    assert!(e.to_string().contains("is for an https:// mirror"), "{e}");
 }

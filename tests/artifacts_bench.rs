@@ -25,7 +25,7 @@ async fn bench_artifacts() {
     let cache = tempfile::tempdir().unwrap();
     // A plain-HTTP mirror needs a pin for what it serves.
     let pins = [("kubelet/amd64".to_owned(), format!("sha256:{}", sha(&data)))].into();
-    let spec = ReleaseSourceSpec::Mirror { url: srv.url(), pins };
+    let spec = ReleaseSourceSpec::Mirror { url: srv.url(), pins, ca_file: None };
     let src = ArtifactSource::from_spec(Some(&spec), Path::new("."), cache.path()).unwrap();
     let req = Requirement::new(Component::Kubelet, "v1.35.7", "amd64").unwrap();
     let rec = Recorder::default();

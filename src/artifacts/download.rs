@@ -39,6 +39,27 @@ enum Failure {
 pub(crate) struct Downloader {
     client: reqwest::Client,
     retry: RetryPolicy,
+    extra_roots: Vec<reqwest::Certificate>,
+}
+
+/// The CA certificates of a PEM file (`releaseSource.caFile`): at least one, each one a certificate that
+/// parses. Nothing else in the file is read.
+pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot be read: {e}"))?;
+    let ders = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("is not PEM: {e}"))?;
+    if ders.is_empty() {
+        return Err("holds no certificate (no `-----BEGIN CERTIFICATE-----` block)".into());
+    }
+    ders.iter()
+        .enumerate()
+        .map(|(i, der)| {
+            x509_parser::parse_x509_certificate(der)
+                .map_err(|e| format!("certificate {} does not parse: {e}", i + 1))?;
+            reqwest::Certificate::from_der(der).map_err(|e| format!("certificate {}: {e}", i + 1))
+        })
+        .collect()
 }
 
 /// Why a redirect to `next` after `previous` is not followed: from `https://` down to anything else (a
@@ -83,7 +104,21 @@ fn content_range_start(resp: &reqwest::Response) -> Option<u64> {
 
 impl Downloader {
     pub(crate) fn new(retry: RetryPolicy) -> Self {
-        let client = reqwest::Client::builder()
+        Self::with_roots(retry, Vec::new())
+    }
+
+    /// The CA certificates trusted beside the public roots.
+    pub(crate) fn extra_roots(&self) -> &[reqwest::Certificate] {
+        &self.extra_roots
+    }
+
+    /// A downloader that also trusts `extra_roots` (a mirror behind a private CA) beside the public roots.
+    pub(crate) fn with_roots(retry: RetryPolicy, extra_roots: Vec<reqwest::Certificate>) -> Self {
+        let mut builder = reqwest::Client::builder();
+        for root in &extra_roots {
+            builder = builder.add_root_certificate(root.clone());
+        }
+        let client = builder
             .connect_timeout(Duration::from_secs(15))
             // A stalled transfer fails and is resumed rather than hanging forever.
             .read_timeout(Duration::from_secs(60))
@@ -94,7 +129,7 @@ impl Downloader {
             }))
             .build()
             .expect("a reqwest client with static settings always builds");
-        Downloader { client, retry: RetryPolicy { attempts: retry.attempts.max(1), ..retry } }
+        Downloader { client, retry: RetryPolicy { attempts: retry.attempts.max(1), ..retry }, extra_roots }
     }
 
     async fn with_retries<T, F, Fut>(

@@ -42,6 +42,7 @@ pub mod source;
 pub mod versions;
 
 pub use bundle::{Manifest, ManifestEntry};
+pub use download::read_ca_file;
 pub use progress::{Progress, Silent, TerminalProgress};
 pub use source::{ArtifactSource, Executable, LocalArtifact, RetryPolicy};
 pub use versions::{
@@ -260,6 +261,14 @@ pub enum ArtifactError {
     /// A mirror URL that is not an http(s) URL.
     #[error("mirror URL '{0}' is not an http:// or https:// URL")]
     BadMirrorUrl(String),
+    /// `releaseSource.caFile` cannot be used.
+    #[error("CA file {path}: {why}")]
+    BadCaFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// An artifact from a plain-HTTP mirror without a pin: anyone on the path could replace both the file
     /// and the checksum file beside it.
     #[error("refusing to download {url} over plain HTTP without a pin for `{pin_key}`")]
@@ -386,6 +395,9 @@ impl ArtifactError {
             ),
             ArtifactError::BadMirrorUrl(_) => {
                 "set cluster.releaseSource.url to the mirror's base, e.g. https://mirror.example.internal/k8s".into()
+            }
+            ArtifactError::BadCaFile { .. } => {
+                "set cluster.releaseSource.caFile to a PEM file of the mirror's CA certificate(s)".into()
             }
             ArtifactError::UnpinnedOverHttp { pin_key, .. } => format!(
                 "use an https:// mirror, or add `{pin_key}: sha256:<hex>` to cluster.releaseSource.pins with the digest of that file, taken from a source you trust"

@@ -134,7 +134,7 @@ impl ArtifactSource {
             {
                 return Err(ArtifactError::BadMirrorUrl(url.clone()));
             }
-            Some(ReleaseSourceSpec::Mirror { url, pins }) => SourceKind::Remote {
+            Some(ReleaseSourceSpec::Mirror { url, pins, .. }) => SourceKind::Remote {
                 bases: Bases::mirror(url),
                 pins: parse_pins(pins)?,
                 label: format!("mirror {url}"),
@@ -144,17 +144,28 @@ impl ArtifactSource {
                 SourceKind::Bundle { path: inventory_dir.join(path), opened: tokio::sync::OnceCell::new() }
             }
         };
+        let roots = match spec {
+            Some(ReleaseSourceSpec::Mirror { url, ca_file: Some(f), .. }) => {
+                let path = inventory_dir.join(f);
+                let bad = |why: String| ArtifactError::BadCaFile { path: path.display().to_string(), why };
+                if !url.starts_with("https://") {
+                    return Err(bad(format!("is for an https:// mirror; {url} is not one")));
+                }
+                super::read_ca_file(&path).map_err(bad)?
+            }
+            _ => Vec::new(),
+        };
         Ok(ArtifactSource {
             kind,
             cache: Cache::new(cache_dir),
-            downloader: Downloader::new(RetryPolicy::default()),
+            downloader: Downloader::with_roots(RetryPolicy::default(), roots),
             locks: Mutex::new(HashMap::new()),
         })
     }
 
     /// Replaces the retry policy (tests use short backoffs).
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
-        self.downloader = Downloader::new(retry);
+        self.downloader = Downloader::with_roots(retry, self.downloader.extra_roots().to_vec());
         self
     }
 

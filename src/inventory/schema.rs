@@ -134,6 +134,10 @@ pub enum ReleaseSourceSpec {
         /// Pinned digests, as for `official`.
         #[serde(default)]
         pins: BTreeMap<String, String>,
+        /// A PEM file of CA certificates (relative to the inventory file) that an `https://` mirror's
+        /// certificate may also chain to: a mirror behind a private CA. The public roots stay trusted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_file: Option<String>,
     },
     /// A local directory or archive with a `manifest.json` (component, version, arch, file, sha256).
     #[serde(rename = "bundle")]
@@ -172,6 +176,9 @@ pub struct RawReleaseSource {
     /// The bundle (`bundle`).
     #[serde(default)]
     pub path: Option<String>,
+    /// CA certificates for an https mirror (`mirror`).
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 impl TryFrom<RawReleaseSource> for ReleaseSourceSpec {
@@ -181,10 +188,15 @@ impl TryFrom<RawReleaseSource> for ReleaseSourceSpec {
     fn try_from(r: RawReleaseSource) -> Result<Self, String> {
         let (allowed, kind): (&[&str], &str) = match r.kind {
             ReleaseSourceType::Official => (&["type", "pins"], "official"),
-            ReleaseSourceType::Mirror => (&["type", "url", "pins"], "mirror"),
+            ReleaseSourceType::Mirror => (&["type", "url", "pins", "caFile"], "mirror"),
             ReleaseSourceType::Bundle => (&["type", "path"], "bundle"),
         };
-        let given = [("url", r.url.is_some()), ("pins", r.pins.is_some()), ("path", r.path.is_some())];
+        let given = [
+            ("url", r.url.is_some()),
+            ("pins", r.pins.is_some()),
+            ("path", r.path.is_some()),
+            ("caFile", r.ca_file.is_some()),
+        ];
         if let Some((field, _)) = given.iter().find(|(f, set)| *set && !allowed.contains(f)) {
             let expected = allowed.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ");
             return Err(format!(
@@ -197,6 +209,7 @@ impl TryFrom<RawReleaseSource> for ReleaseSourceSpec {
             ReleaseSourceType::Mirror => ReleaseSourceSpec::Mirror {
                 url: r.url.ok_or_else(|| format!("{}missing field `url`", super::explain::RELEASE_SOURCE))?,
                 pins: r.pins.unwrap_or_default(),
+                ca_file: r.ca_file,
             },
             ReleaseSourceType::Bundle => ReleaseSourceSpec::Bundle {
                 path: r

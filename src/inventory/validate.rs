@@ -273,6 +273,29 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         .map_err(|_| format!("`{}` is not a duration like 8760h or 365d", shown(s)))
 }
 
+/// `cluster.releaseSource.caFile`: only with an `https://` mirror, and a readable PEM file of CA
+/// certificates.
+fn check_mirror_ca_file(c: &mut Collector, dir: &Path, url: &str, file: &str) {
+    const AT: &str = "cluster.releaseSource.caFile";
+    if !url.starts_with("https://") {
+        c.add(
+            AT,
+            format!("`caFile` is for an https:// mirror; `{}` is not one", shown(url)),
+            Some("serve the mirror over https:// with a certificate from this CA, or remove `caFile`".into()),
+        );
+        return;
+    }
+    let full = expand_path(dir, file);
+    match crate::artifacts::read_ca_file(&full) {
+        Ok(_) => {}
+        Err(why) => c.add(
+            AT,
+            format!("CA file `{}`: {why}", shown(&full.display().to_string())),
+            Some("give a PEM file with the mirror's CA certificate(s) (`-----BEGIN CERTIFICATE-----`), relative to the inventory file".into()),
+        ),
+    }
+}
+
 fn expand_path(base: &Path, p: &str) -> std::path::PathBuf {
     if let Some(rest) = p.strip_prefix("~/") {
         if let Some(home) = dirs::home_dir() {
@@ -1050,7 +1073,10 @@ fn validate_with(inv: &Inventory, dir: &Path, files_may_be_missing: bool) -> Vec
 
     // Release source.
     match &cl.release_source {
-        Some(ReleaseSourceSpec::Mirror { url, pins }) => {
+        Some(ReleaseSourceSpec::Mirror { url, pins, ca_file }) => {
+            if let Some(f) = ca_file {
+                check_mirror_ca_file(&mut c, dir, url, f);
+            }
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 c.add(
                     "cluster.releaseSource.url",

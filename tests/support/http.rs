@@ -6,8 +6,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 /// A fault applied to the next request of a path (queued, one per request).
 #[derive(Debug, Clone)]
@@ -49,6 +49,7 @@ struct State {
 /// The running server; stops when dropped.
 pub struct TestServer {
     addr: SocketAddr,
+    tls: bool,
     state: Arc<Mutex<State>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -62,27 +63,53 @@ impl Drop for TestServer {
 impl TestServer {
     /// Binds 127.0.0.1:0 and starts serving.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// The same server over TLS (rustls), with this certificate chain and key (PEM); `url()` is `https://`.
+    pub async fn start_tls(cert_chain_pem: &str, key_pem: &str) -> Self {
+        let certs: Vec<_> =
+            rustls_pemfile::certs(&mut cert_chain_pem.as_bytes()).collect::<Result<_, _>>().unwrap();
+        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes()).unwrap().expect("a private key");
+        let config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .expect("the test certificate and key");
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
         let st = state.clone();
+        let is_tls = tls.is_some();
         let task = tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
                 let st = st.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let _ = serve(sock, st).await;
+                    let _ = match tls {
+                        // A client that refuses the certificate ends the handshake: nothing is served.
+                        Some(acceptor) => match acceptor.accept(sock).await {
+                            Ok(s) => serve(s, st).await,
+                            Err(_) => Ok(()),
+                        },
+                        None => serve(sock, st).await,
+                    };
                 });
             }
         });
-        TestServer { addr, state, task }
+        TestServer { addr, tls: is_tls, state, task }
     }
 
-    /// `http://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
     }
 
-    /// Serves `bytes` at `path` (must start with `/`).
     pub fn put(&self, path: &str, bytes: impl Into<Vec<u8>>) {
         self.state.lock().unwrap().files.insert(path.to_owned(), bytes.into());
     }
@@ -114,7 +141,7 @@ pub fn unused_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-async fn serve(mut sock: TcpStream, st: Arc<Mutex<State>>) -> std::io::Result<()> {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut sock: S, st: Arc<Mutex<State>>) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
