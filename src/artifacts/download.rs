@@ -39,7 +39,6 @@ enum Failure {
 pub(crate) struct Downloader {
     client: reqwest::Client,
     retry: RetryPolicy,
-    extra_roots: Vec<reqwest::Certificate>,
 }
 
 /// The CA certificates of a PEM file (`releaseSource.caFile`): at least one, each one a certificate that
@@ -107,16 +106,16 @@ impl Downloader {
         Self::with_roots(retry, Vec::new())
     }
 
-    /// The CA certificates trusted beside the public roots.
-    pub(crate) fn extra_roots(&self) -> &[reqwest::Certificate] {
-        &self.extra_roots
+    /// Replaces the retry policy; the client (and the CAs it trusts) stays.
+    pub(crate) fn set_retry(&mut self, retry: RetryPolicy) {
+        self.retry = RetryPolicy { attempts: retry.attempts.max(1), ..retry };
     }
 
     /// A downloader that also trusts `extra_roots` (a mirror behind a private CA) beside the public roots.
     pub(crate) fn with_roots(retry: RetryPolicy, extra_roots: Vec<reqwest::Certificate>) -> Self {
         let mut builder = reqwest::Client::builder();
-        for root in &extra_roots {
-            builder = builder.add_root_certificate(root.clone());
+        for root in extra_roots {
+            builder = builder.add_root_certificate(root);
         }
         let client = builder
             .connect_timeout(Duration::from_secs(15))
@@ -129,7 +128,7 @@ impl Downloader {
             }))
             .build()
             .expect("a reqwest client with static settings always builds");
-        Downloader { client, retry: RetryPolicy { attempts: retry.attempts.max(1), ..retry }, extra_roots }
+        Downloader { client, retry: RetryPolicy { attempts: retry.attempts.max(1), ..retry } }
     }
 
     async fn with_retries<T, F, Fut>(

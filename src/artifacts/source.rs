@@ -146,7 +146,8 @@ impl ArtifactSource {
         };
         let roots = match spec {
             Some(ReleaseSourceSpec::Mirror { url, ca_file: Some(f), .. }) => {
-                let path = inventory_dir.join(f);
+                // As validation resolves it (`~/` expanded).
+                let path = crate::inventory::validate::resolve_path(inventory_dir, f);
                 let bad = |why: String| ArtifactError::BadCaFile { path: path.display().to_string(), why };
                 if !url.starts_with("https://") {
                     return Err(bad(format!("is for an https:// mirror; {url} is not one")));
@@ -165,7 +166,7 @@ impl ArtifactSource {
 
     /// Replaces the retry policy (tests use short backoffs).
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
-        self.downloader = Downloader::with_roots(retry, self.downloader.extra_roots().to_vec());
+        self.downloader.set_retry(retry);
         self
     }
 
